@@ -1,0 +1,81 @@
+// eqflow/egnn.h: the EGNN vector field of DESIGN.md section 4 -- configuration, parameter
+// layout (PyTorch state_dict names and shapes), initialisation, and the CPU reference path in
+// double precision: forward, backward, exact divergence, Hutchinson estimate, dense Jacobian.
+//
+// Shapes: x [B][n][d] row-major, t [B], v [B][n][d], div [B]. Parameters live in one flat
+// buffer; egnn_parameter_layout() names every tensor in it (offset, shape) in a fixed order.
+//
+// Gradient contract (backward): parameter gradients ACCUMULATE (dL_dparams += ...), input
+// gradients OVERWRITE (dL_dx = ...).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "eqflow/export.h"
+#include "eqflow/tensor.h"
+
+namespace eqflow {
+
+struct EgnnConfig {
+    std::string system;           // name of the target system ("dw4", "lj13", ...), informational
+    int n_particles = 0;
+    int dim = 0;
+    int hidden = 32;
+    int layers = 3;
+    bool attention = true;
+    bool tanh = true;
+    double coords_range = 0.0;    // 0 means the default 15 / layers
+    std::vector<int> atom_types;  // empty: untyped; else a type index per particle
+
+    int num_types() const;        // 0 when untyped
+    int in_features() const;      // num_types() + 1 (one-hot type, then t)
+    double effective_coords_range() const { return coords_range > 0 ? coords_range : 15.0 / layers; }
+};
+
+// The defaults of DESIGN.md: dw4 and lj13 H = 32, L = 3; lj55 H = 64, L = 7; attention and tanh.
+EQFLOW_API EgnnConfig default_egnn_config(const std::string& system_name, int n, int d);
+
+struct ParamEntry {
+    std::string name;  // e.g. "gcl_0.edge_mlp.0.weight"
+    Shape shape;       // PyTorch shape, e.g. [H, 2H+2]
+    int64_t offset;    // into the flat buffer
+};
+
+EQFLOW_API std::vector<ParamEntry> egnn_parameter_layout(const EgnnConfig& config);
+EQFLOW_API int64_t egnn_parameter_count(const EgnnConfig& config);
+
+// PyTorch's nn.Linear default (U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases) and
+// Xavier-uniform with gain 0.001 for each coord_mlp.2.weight; drawn from Philox(seed, ...).
+EQFLOW_API std::vector<double> egnn_init_parameters(const EgnnConfig& config, uint64_t seed);
+
+// CPU reference (double). All pointers are host memory.
+EQFLOW_API void egnn_forward(const EgnnConfig& config, const double* params, int64_t B, const double* x,
+                             const double* t, double* v);
+
+// dL_dparams += dL/dparams; dL_dx = dL/dx (nullable: skip the input gradient).
+EQFLOW_API void egnn_backward(const EgnnConfig& config, const double* params, int64_t B, const double* x,
+                              const double* t, const double* dL_dv, double* dL_dparams, double* dL_dx);
+
+// v (nullable) and the exact divergence sum_{i,a} dv_ia/dx_ia per sample, by forward-mode
+// tangents along all n*d input directions sharing one primal pass.
+EQFLOW_API void egnn_divergence(const EgnnConfig& config, const double* params, int64_t B, const double* x,
+                                const double* t, double* v, double* div);
+
+// Hutchinson estimate with `probes` Rademacher vectors per sample (Philox(seed, sample)).
+EQFLOW_API void egnn_divergence_hutchinson(const EgnnConfig& config, const double* params, int64_t B,
+                                           const double* x, const double* t, int probes, uint64_t seed,
+                                           double* v, double* div);
+
+// Dense Jacobian jac [B][n*d][n*d], jac[b][p][q] = dv_p / dx_q (tests and debugging).
+EQFLOW_API void egnn_jacobian(const EgnnConfig& config, const double* params, int64_t B, const double* x,
+                              const double* t, double* jac);
+
+// A model: configuration + parameters (+ the system name it was trained for).
+struct EgnnModel {
+    EgnnConfig config;
+    std::vector<double> params;
+};
+
+}  // namespace eqflow

@@ -1,0 +1,72 @@
+// eqflow: the command-line program. Each subcommand lives in src/cli/cmd_*.cpp.
+//
+// Exit codes: 0 success, 1 bad input or a failure while running (one line on stderr), 2 bad
+// usage (unknown command or option). Outputs are written atomically, so a failed run never
+// leaves a half-written file.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "cli/cli_common.h"
+#include "eqflow/device.h"
+#include "eqflow/error.h"
+
+namespace eqflow::cli {
+
+const std::vector<Command>& commands() {
+    static const std::vector<Command> table = {
+        {"data", "equilibrium samples of a system (parallel-tempering Metropolis)", kDataUsage, cmd_data},
+        {"energy", "reduced energies u = E/kT of configurations", kEnergyUsage, cmd_energy},
+    };
+    return table;
+}
+
+namespace {
+void print_main_help() {
+    std::printf(
+        "eqflow: equivariant flow matching for Boltzmann generators\n\n"
+        "usage: eqflow <command> [options]    (eqflow <command> --help for its options)\n\ncommands:\n");
+    for (const Command& c : commands()) std::printf("  %-8s %s\n", c.name, c.summary);
+    std::printf("\nGPU: %s\n", cuda_status().c_str());
+}
+}  // namespace
+
+int run(int argc, char** argv) {
+    if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
+        !std::strcmp(argv[1], "help")) {
+        print_main_help();
+        return argc < 2 ? 2 : 0;
+    }
+    const std::string name = argv[1];
+    const Command* cmd = nullptr;
+    for (const Command& c : commands())
+        if (name == c.name) cmd = &c;
+    if (cmd == nullptr) {
+        std::fprintf(stderr, "eqflow: unknown command '%s' (see eqflow --help)\n", name.c_str());
+        return 2;
+    }
+    try {
+        Args args(name, std::vector<std::string>(argv + 2, argv + argc));
+        if (args.help()) {
+            std::printf("%s", cmd->usage);
+            return 0;
+        }
+        return cmd->run(args);
+    } catch (const UsageError& e) {
+        std::fprintf(stderr, "eqflow %s: %s (see eqflow %s --help)\n", name.c_str(), e.message.c_str(),
+                     name.c_str());
+        return 2;
+    } catch (const Error& e) {
+        std::fprintf(stderr, "eqflow %s: error: %s\n", name.c_str(), e.what());
+        return 1;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "eqflow %s: error: %s\n", name.c_str(), e.what());
+        return 1;
+    }
+}
+
+}  // namespace eqflow::cli
+
+int main(int argc, char** argv) { return eqflow::cli::run(argc, argv); }

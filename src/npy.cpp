@@ -1,0 +1,274 @@
+#include "eqflow/npy.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "eqflow/error.h"
+#include "eqflow/io.h"
+
+namespace eqflow {
+
+namespace {
+
+const char kMagic[] = "\x93NUMPY";
+constexpr size_t kMagicLen = 6;
+
+struct Descr {
+    NpyDtype dtype;
+    size_t item;
+    bool big_endian;
+};
+
+// Value of `key` in the header dict, as raw text up to the next top-level ',' or '}'.
+std::string dict_value(const std::string& header, const std::string& key, const std::string& path) {
+    const std::string quoted1 = "'" + key + "'";
+    const std::string quoted2 = "\"" + key + "\"";
+    size_t k = header.find(quoted1);
+    size_t klen = quoted1.size();
+    if (k == std::string::npos) {
+        k = header.find(quoted2);
+        klen = quoted2.size();
+    }
+    EQFLOW_CHECK(k != std::string::npos, path << ": not a valid .npy file (header has no '" << key << "')");
+    size_t p = header.find(':', k + klen);
+    EQFLOW_CHECK(p != std::string::npos, path << ": not a valid .npy file (malformed header)");
+    ++p;
+    while (p < header.size() && header[p] == ' ') ++p;
+    size_t end = p;
+    int depth = 0;
+    while (end < header.size()) {
+        const char c = header[end];
+        if (c == '(' || c == '[') ++depth;
+        if (c == ')' || c == ']') --depth;
+        if (depth == 0 && (c == ',' || c == '}')) break;
+        ++end;
+    }
+    EQFLOW_CHECK(end < header.size(), path << ": not a valid .npy file (malformed header)");
+    std::string v = header.substr(p, end - p);
+    while (!v.empty() && v.back() == ' ') v.pop_back();
+    return v;
+}
+
+Descr parse_descr(const std::string& raw, const std::string& path) {
+    EQFLOW_CHECK(raw.size() >= 2 && (raw.front() == '\'' || raw.front() == '"') && raw.back() == raw.front(),
+                 path << ": unsupported dtype " << raw << " (expected float32, float64, int32 or int64)");
+    const std::string d = raw.substr(1, raw.size() - 2);
+    auto is = [&](const char* code) { return d.size() == 3 && d.compare(1, 2, code) == 0; };
+    EQFLOW_CHECK(d.size() == 3 && (d[0] == '<' || d[0] == '>' || d[0] == '|' || d[0] == '='),
+                 path << ": unsupported dtype '" << d << "' (expected float32, float64, int32 or int64)");
+    const bool big = d[0] == '>';
+    if (is("f8")) return {NpyDtype::f64, 8, big};
+    if (is("f4")) return {NpyDtype::f32, 4, big};
+    if (is("i8")) return {NpyDtype::i64, 8, big};
+    if (is("i4")) return {NpyDtype::i32, 4, big};
+    EQFLOW_THROW(path << ": unsupported dtype '" << d << "' (expected float32, float64, int32 or int64)");
+}
+
+Shape parse_shape(const std::string& raw, const std::string& path) {
+    EQFLOW_CHECK(raw.size() >= 2 && raw.front() == '(' && raw.back() == ')',
+                 path << ": not a valid .npy file (malformed shape " << raw << ")");
+    Shape shape;
+    std::string tok;
+    const std::string inner = raw.substr(1, raw.size() - 2);
+    for (size_t i = 0; i <= inner.size(); ++i) {
+        const char c = i < inner.size() ? inner[i] : ',';
+        if (c == ',') {
+            // trim
+            size_t a = tok.find_first_not_of(" L");
+            size_t b = tok.find_last_not_of(" L");
+            if (a != std::string::npos) {
+                const std::string num = tok.substr(a, b - a + 1);
+                EQFLOW_CHECK(num.find_first_not_of("0123456789") == std::string::npos && num.size() <= 15,
+                             path << ": not a valid .npy file (malformed shape " << raw << ")");
+                shape.push_back(std::stoll(num));
+            }
+            tok.clear();
+        } else {
+            tok += c;
+        }
+    }
+    return shape;
+}
+
+void byteswap(unsigned char* p, size_t n) {
+    for (size_t i = 0; i < n / 2; ++i) std::swap(p[i], p[n - 1 - i]);
+}
+
+std::string make_header(const char* descr, const Shape& shape) {
+    std::string dict = "{'descr': '";
+    dict += descr;
+    dict += "', 'fortran_order': False, 'shape': (";
+    for (size_t i = 0; i < shape.size(); ++i) {
+        dict += std::to_string(shape[i]);
+        if (shape.size() == 1 || i + 1 < shape.size()) dict += ",";
+        if (i + 1 < shape.size()) dict += " ";
+    }
+    dict += "), }";
+    // Version 1.0: magic, 2 version bytes, uint16 header length; total padded to 64 bytes.
+    size_t total = kMagicLen + 2 + 2 + dict.size() + 1;
+    const size_t pad = (64 - total % 64) % 64;
+    dict.append(pad, ' ');
+    dict += '\n';
+    std::string out(kMagic, kMagicLen);
+    out += '\x01';
+    out += '\x00';
+    const uint16_t len = static_cast<uint16_t>(dict.size());
+    out += static_cast<char>(len & 0xff);
+    out += static_cast<char>(len >> 8);
+    out += dict;
+    return out;
+}
+
+template <class T>
+void append_le(std::string& out, T v) {
+    unsigned char b[sizeof(T)];
+    std::memcpy(b, &v, sizeof(T));  // the hosts eqflow supports are little-endian
+    out.append(reinterpret_cast<const char*>(b), sizeof(T));
+}
+
+}  // namespace
+
+NpyArray read_npy(const std::string& path) {
+    const std::string bytes = read_file(path);
+    EQFLOW_CHECK(bytes.size() >= kMagicLen + 4 && std::memcmp(bytes.data(), kMagic, kMagicLen) == 0,
+                 path << ": not a .npy file (wrong magic bytes)");
+    const unsigned major = static_cast<unsigned char>(bytes[6]);
+    EQFLOW_CHECK(major >= 1 && major <= 3, path << ": unsupported .npy format version " << major);
+    size_t header_len = 0;
+    size_t offset = 0;
+    if (major == 1) {
+        header_len = static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8);
+        offset = 10;
+    } else {
+        EQFLOW_CHECK(bytes.size() >= 12, path << ": truncated .npy header");
+        header_len = 0;
+        for (int i = 3; i >= 0; --i) header_len = (header_len << 8) | static_cast<unsigned char>(bytes[8 + i]);
+        offset = 12;
+    }
+    EQFLOW_CHECK(header_len <= bytes.size() - offset, path << ": truncated .npy header");
+    const std::string header = bytes.substr(offset, header_len);
+    offset += header_len;
+    EQFLOW_CHECK(header.find('{') != std::string::npos && header.find('}') != std::string::npos,
+                 path << ": not a valid .npy file (malformed header)");
+
+    const Descr descr = parse_descr(dict_value(header, "descr", path), path);
+    const std::string fortran = dict_value(header, "fortran_order", path);
+    EQFLOW_CHECK(fortran == "False" || fortran == "True", path << ": not a valid .npy file (fortran_order "
+                                                               << fortran << ")");
+    EQFLOW_CHECK(fortran == "False", path << ": Fortran-ordered arrays are not supported (save with C order)");
+    NpyArray arr;
+    arr.shape = parse_shape(dict_value(header, "shape", path), path);
+    arr.dtype = descr.dtype;
+
+    // Guard the element count against overflow before multiplying by the item size.
+    size_t count = 1;
+    for (int64_t s : arr.shape) {
+        EQFLOW_CHECK(s >= 0 && (s == 0 || count <= (size_t{1} << 40) / static_cast<size_t>(s)),
+                     path << ": shape " << shape_string(arr.shape) << " is too large");
+        count *= static_cast<size_t>(s);
+    }
+    const size_t need = count * descr.item;
+    EQFLOW_CHECK(bytes.size() - offset >= need, path << ": truncated data (shape " << shape_string(arr.shape)
+                                                     << " needs " << need << " bytes, file has "
+                                                     << bytes.size() - offset << ")");
+    arr.values.resize(count);
+    const unsigned char* p = reinterpret_cast<const unsigned char*>(bytes.data()) + offset;
+    unsigned char tmp[8];
+    for (size_t i = 0; i < count; ++i, p += descr.item) {
+        std::memcpy(tmp, p, descr.item);
+        if (descr.big_endian) byteswap(tmp, descr.item);
+        switch (descr.dtype) {
+            case NpyDtype::f64: { double v; std::memcpy(&v, tmp, 8); arr.values[i] = v; break; }
+            case NpyDtype::f32: { float v; std::memcpy(&v, tmp, 4); arr.values[i] = v; break; }
+            case NpyDtype::i32: { int32_t v; std::memcpy(&v, tmp, 4); arr.values[i] = v; break; }
+            case NpyDtype::i64: {
+                int64_t v;
+                std::memcpy(&v, tmp, 8);
+                EQFLOW_CHECK(v <= (int64_t{1} << 53) && v >= -(int64_t{1} << 53),
+                             path << ": int64 value " << v << " does not fit a double exactly");
+                arr.values[i] = static_cast<double>(v);
+                break;
+            }
+        }
+    }
+    return arr;
+}
+
+void write_npy(const std::string& path, const double* values, const Shape& shape, NpyDtype dtype) {
+    const size_t count = static_cast<size_t>(shape_numel(shape));
+    std::string out;
+    switch (dtype) {
+        case NpyDtype::f64:
+            out = make_header("<f8", shape);
+            for (size_t i = 0; i < count; ++i) append_le<double>(out, values[i]);
+            break;
+        case NpyDtype::f32:
+            out = make_header("<f4", shape);
+            for (size_t i = 0; i < count; ++i) append_le<float>(out, static_cast<float>(values[i]));
+            break;
+        case NpyDtype::i64:
+            out = make_header("<i8", shape);
+            for (size_t i = 0; i < count; ++i) append_le<int64_t>(out, static_cast<int64_t>(values[i]));
+            break;
+        case NpyDtype::i32:
+            out = make_header("<i4", shape);
+            for (size_t i = 0; i < count; ++i) append_le<int32_t>(out, static_cast<int32_t>(values[i]));
+            break;
+    }
+    write_file_atomic(path, out);
+}
+
+void write_npy(const std::string& path, const float* values, const Shape& shape) {
+    const size_t count = static_cast<size_t>(shape_numel(shape));
+    std::string out = make_header("<f4", shape);
+    for (size_t i = 0; i < count; ++i) append_le<float>(out, values[i]);
+    write_file_atomic(path, out);
+}
+
+void write_npy(const std::string& path, const int64_t* values, const Shape& shape) {
+    const size_t count = static_cast<size_t>(shape_numel(shape));
+    std::string out = make_header("<i8", shape);
+    for (size_t i = 0; i < count; ++i) append_le<int64_t>(out, values[i]);
+    write_file_atomic(path, out);
+}
+
+std::vector<double> load_configurations(const std::string& path, int n, int d, int64_t* count,
+                                        bool center) {
+    NpyArray arr = read_npy(path);
+    EQFLOW_CHECK(arr.dtype == NpyDtype::f32 || arr.dtype == NpyDtype::f64,
+                 path << ": positions must be float32 or float64");
+    const Shape& s = arr.shape;
+    const bool flat = s.size() == 2 && s[1] == static_cast<int64_t>(n) * d;
+    const bool nested = s.size() == 3 && s[1] == n && s[2] == d;
+    EQFLOW_CHECK(flat || nested, path << ": shape " << shape_string(s) << " does not match the system (expected [N, "
+                                      << n * d << "] or [N, " << n << ", " << d << "])");
+    const int64_t N = s[0];
+    for (size_t i = 0; i < arr.values.size(); ++i) {
+        if (!std::isfinite(arr.values[i])) {
+            EQFLOW_THROW(path << ": non-finite value " << arr.values[i] << " in configuration "
+                              << static_cast<int64_t>(i) / (n * d) << " (NaN or Inf positions)");
+        }
+    }
+    if (center) {
+        for (int64_t b = 0; b < N; ++b) {
+            double* x = arr.values.data() + b * n * d;
+            for (int a = 0; a < d; ++a) {
+                double mean = 0.0;
+                for (int i = 0; i < n; ++i) mean += x[i * d + a];
+                mean /= n;
+                for (int i = 0; i < n; ++i) x[i * d + a] -= mean;
+            }
+        }
+    }
+    if (count) *count = N;
+    return std::move(arr.values);
+}
+
+void save_configurations(const std::string& path, const std::vector<double>& x, int64_t count, int n,
+                         int d, NpyDtype dtype) {
+    EQFLOW_CHECK(static_cast<int64_t>(x.size()) == count * n * d,
+                 "save_configurations: " << x.size() << " values for " << count << " configurations");
+    write_npy(path, x.data(), Shape{count, static_cast<int64_t>(n) * d}, dtype);
+}
+
+}  // namespace eqflow

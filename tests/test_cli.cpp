@@ -1,0 +1,127 @@
+// The command-line program: exit codes, one-line errors, no partial outputs.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "eqflow/device.h"
+#include "eqflow/npy.h"
+#include "eqflow/systems.h"
+#include "test_util.h"
+
+namespace eqflow {
+namespace {
+
+struct Result {
+    int code;
+    std::string out;  // stdout and stderr together
+};
+
+Result run(const std::string& args) {
+    const std::string cmd = std::string(EQFLOW_CLI_PATH) + " " + args + " 2>&1";
+    FILE* p = ::popen(cmd.c_str(), "r");
+    Result r{-1, ""};
+    if (!p) return r;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+    const int status = ::pclose(p);
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return r;
+}
+
+bool exists(const std::string& path) {
+    struct stat st{};
+    return ::stat(path.c_str(), &st) == 0;
+}
+
+class Cli : public ::testing::Test {
+protected:
+    std::string dir_ = test::temp_path("cli");
+    void SetUp() override { ::mkdir(dir_.c_str(), 0755); }
+    void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
+    std::string file(const std::string& name) const { return dir_ + "/" + name; }
+};
+
+TEST_F(Cli, HelpAndUsageErrors) {
+    EXPECT_EQ(run("").code, 2);
+    const Result help = run("--help");
+    EXPECT_EQ(help.code, 0);
+    EXPECT_NE(help.out.find("data"), std::string::npos);
+    EXPECT_NE(help.out.find("GPU:"), std::string::npos);
+    EXPECT_EQ(run("frobnicate").code, 2);
+    for (const char* cmd : {"data", "energy"}) {
+        const Result r = run(std::string(cmd) + " --help");
+        EXPECT_EQ(r.code, 0) << cmd;
+        EXPECT_NE(r.out.find("usage: eqflow"), std::string::npos) << cmd;
+    }
+    Result r = run("data --system dw4 --out " + file("x.npy"));
+    EXPECT_EQ(r.code, 2);
+    EXPECT_NE(r.out.find("--samples"), std::string::npos) << r.out;
+    r = run("data --system dw4 --samples 10 --out " + file("x.npy") + " --bogus 3");
+    EXPECT_EQ(r.code, 2);
+    EXPECT_NE(r.out.find("unknown option --bogus"), std::string::npos) << r.out;
+    EXPECT_FALSE(exists(file("x.npy")));
+}
+
+TEST_F(Cli, DataThenEnergy) {
+    const std::string x = file("dw4.npy"), u = file("u.npy");
+    Result r = run("data --system dw4 --samples 64 --seed 3 --burn-in 200 --out " + x);
+    ASSERT_EQ(r.code, 0) << r.out;
+    const NpyArray data = read_npy(x);
+    EXPECT_EQ(data.shape, (Shape{64, 8}));
+    r = run("energy --system dw4 --in " + x + " --out " + u + " --device cpu");
+    ASSERT_EQ(r.code, 0) << r.out;
+    const NpyArray energies = read_npy(u);
+    ASSERT_EQ(energies.shape, (Shape{64}));
+    const System s = make_system("dw4");
+    for (int b = 0; b < 64; ++b) EXPECT_NEAR(energies.values[b], energy_reference(s, data.values.data() + 8 * b), 1e-9);
+}
+
+TEST_F(Cli, BadInputIsOneLineErrorWithoutOutput) {
+    const std::string x = file("dw4.npy"), u = file("u.npy");
+    ASSERT_EQ(run("data --system dw4 --samples 8 --burn-in 10 --out " + x).code, 0);
+    struct Case {
+        std::string args, expect;
+    };
+    const std::string nan_file = file("nan.npy");
+    const std::vector<double> bad = {0, 0, 1, 0, 0, 1, std::nan(""), 1};
+    write_npy(nan_file, bad.data(), Shape{1, 8});
+    const Case cases[] = {
+        {"energy --system lj13 --in " + x + " --out " + u, "does not match the system"},
+        {"energy --system dw9 --in " + x + " --out " + u, "unknown system"},
+        {"energy --system dw4 --in " + file("missing.npy") + " --out " + u, "cannot read"},
+        {"energy --system dw4 --in " + nan_file + " --out " + u, "non-finite"},
+        {"data --system nope --samples 5 --out " + u, "unknown system"},
+        {"energy --system dw4 --in " + x + " --out " + dir_ + "/no/such/dir/u.npy", "cannot write"},
+    };
+    for (const Case& c : cases) {
+        const Result r = run(c.args);
+        EXPECT_EQ(r.code, 1) << c.args << "\n" << r.out;
+        EXPECT_NE(r.out.find(c.expect), std::string::npos) << c.args << "\n" << r.out;
+        EXPECT_NE(r.out.find("error:"), std::string::npos) << r.out;
+        EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << "not one line:\n" << r.out;
+        EXPECT_FALSE(exists(u)) << c.args;
+    }
+    // No temporary files are left in the output directory either.
+    const Result ls = run("energy --help");
+    (void)ls;
+    EXPECT_EQ(std::system(("test -z \"$(ls " + dir_ + " | grep tmp)\"").c_str()), 0);
+}
+
+TEST_F(Cli, DeviceCudaWithoutGpuSaysWhy) {
+    if (cuda_available()) GTEST_SKIP() << "a GPU is present";
+    const std::string x = file("dw4.npy");
+    ASSERT_EQ(run("data --system dw4 --samples 4 --burn-in 10 --out " + x).code, 0);
+    const Result r = run("energy --system dw4 --in " + x + " --out " + file("u.npy") + " --device cuda");
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.out.find("--device cuda"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace eqflow
