@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The one command for a machine with a GPU (DESIGN.md section 10): builds for sm_90, runs every
+# test (cpu and gpu labels), compute-sanitizer memcheck on the gpu test executables, the
+# benchmarks, and prints a short table. Results also go to $OUT when it is set.
+#
+#   here:   scripts/prepare-device-deps.sh          (GoogleTest / Benchmark for a bare machine)
+#   there:  scripts/device-check.sh                 (with .deps carried)
+#
+# Environment: EQFLOW_DEVICE_JOBS (build jobs, default: all cores), EQFLOW_SKIP_BENCH=1,
+# EQFLOW_SKIP_SANITIZER=1, EQFLOW_BENCH_FILTER (a --benchmark_filter regex).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=${OUT:-$ROOT/build/device-check-out}
+mkdir -p "$OUT"
+LOG=$OUT/device-check.log
+: > "$LOG"
+say() { echo "$@" | tee -a "$LOG"; }
+JOBS=${EQFLOW_DEVICE_JOBS:-$(nproc)}
+BUILD=$ROOT/build/device
+
+say "== device"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$LOG"
+nvcc --version | tail -1 | tee -a "$LOG"
+
+extra=()
+[ -d "$ROOT/.deps/googletest" ] && extra+=(-DEQFLOW_GTEST_SOURCE_DIR="$ROOT/.deps/googletest")
+[ -d "$ROOT/.deps/benchmark" ] && extra+=(-DEQFLOW_BENCHMARK_ROOT="$ROOT/.deps/benchmark")
+export LD_LIBRARY_PATH="$ROOT/.deps/benchmark/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+say "== build (sm_90)"
+t0=$(date +%s)
+if ! cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DEQFLOW_CUDA=ON \
+        -DCMAKE_CUDA_ARCHITECTURES=90 "${extra[@]}" >> "$LOG" 2>&1 ||
+   ! cmake --build "$BUILD" -j "$JOBS" >> "$LOG" 2>&1; then
+    say "BUILD FAILED (see $LOG)"; tail -40 "$LOG"; exit 1
+fi
+say "build: $(( $(date +%s) - t0 )) s"
+
+say "== tests (all labels)"
+ctest --test-dir "$BUILD" --output-on-failure -j 4 2>&1 | tee "$OUT/ctest.log" >> "$LOG"
+test_summary=$(grep -E "tests passed|tests failed" "$OUT/ctest.log" | tail -1)
+gpu_skipped=$(grep -c "Skipped" "$OUT/ctest.log" || true)
+say "tests: $test_summary (skipped: $gpu_skipped)"
+
+san_rows=()
+if [ "${EQFLOW_SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer > /dev/null; then
+    say "== compute-sanitizer memcheck (gpu tests)"
+    for exe in "$BUILD"/tests/test_*_gpu; do
+        [ -x "$exe" ] || continue
+        name=$(basename "$exe")
+        if compute-sanitizer --tool memcheck --error-exitcode 99 --leak-check full "$exe" \
+                > "$OUT/sanitizer_$name.log" 2>&1; then
+            san_rows+=("$name: clean")
+        else
+            san_rows+=("$name: FAILED (rc $?, see sanitizer_$name.log)")
+        fi
+    done
+    printf '%s\n' "${san_rows[@]}" | tee -a "$LOG"
+fi
+
+if [ "${EQFLOW_SKIP_BENCH:-0}" != 1 ]; then
+    say "== benchmarks"
+    for exe in "$BUILD"/bench/bench_*; do
+        [ -x "$exe" ] || continue
+        name=$(basename "$exe")
+        "$exe" --benchmark_min_time=0.2 ${EQFLOW_BENCH_FILTER:+--benchmark_filter="$EQFLOW_BENCH_FILTER"} \
+            --benchmark_out="$OUT/$name.json" --benchmark_out_format=json > "$OUT/$name.txt" 2>&1
+        grep -E "^BM_" "$OUT/$name.txt" | tee -a "$LOG"
+    done
+    if [ -f "$ROOT/tools/bench_torch.py" ] && python3 -c "import torch" 2> /dev/null; then
+        say "== PyTorch reference benchmark"
+        PYTHONUNBUFFERED=1 python3 "$ROOT/tools/bench_torch.py" --out "$OUT/bench_torch.json" 2>&1 | tee -a "$LOG"
+    fi
+fi
+
+say "== summary"
+say "$(printf '%-28s %s' tests "$test_summary")"
+for row in "${san_rows[@]}"; do say "$(printf '%-28s %s' sanitizer "$row")"; done
+grep -q "tests failed out of" "$OUT/ctest.log" && grep -q " 0 tests failed" "$OUT/ctest.log"
