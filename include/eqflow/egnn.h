@@ -2,6 +2,11 @@
 // layout (PyTorch state_dict names and shapes), initialisation, and the CPU reference path in
 // double precision: forward, backward, exact divergence, Hutchinson estimate, dense Jacobian.
 //
+// Semantics (DESIGN.md section 4): features [one_hot(type), t] -> embedding; the edge attribute
+// a_ij = |x0_i - x0_j|^2 uses the input coordinates, r_ij the current ones; messages use the old
+// h; the coordinate update is sum_j (x_i - x_j) / (sqrt(r_ij + 1e-8) + 1) * phi_ij; sum
+// aggregation; v = x^L - x^0 with the particle mean removed. Model files: eqflow/model_io.h.
+//
 // Shapes: x [B][n][d] row-major, t [B], v [B][n][d], div [B]. Parameters live in one flat
 // buffer; egnn_parameter_layout() names every tensor in it (offset, shape) in a fixed order.
 //
@@ -29,13 +34,23 @@ struct EgnnConfig {
     double coords_range = 0.0;    // 0 means the default 15 / layers
     std::vector<int> atom_types;  // empty: untyped; else a type index per particle
 
-    int num_types() const;        // 0 when untyped
-    int in_features() const;      // num_types() + 1 (one-hot type, then t)
+    // 0 when untyped, else the largest type index + 1.
+    int num_types() const {
+        int m = -1;
+        for (int type : atom_types) m = type > m ? type : m;
+        return m + 1;
+    }
+    int in_features() const { return num_types() + 1; }  // one-hot type, then t
     double effective_coords_range() const { return coords_range > 0 ? coords_range : 15.0 / layers; }
 };
 
 // The defaults of DESIGN.md: dw4 and lj13 H = 32, L = 3; lj55 H = 64, L = 7; attention and tanh.
 EQFLOW_API EgnnConfig default_egnn_config(const std::string& system_name, int n, int d);
+
+// Throws Error naming the problem: n >= 2, d >= 1, hidden >= 1, layers >= 1, coords_range
+// finite and >= 0, atom_types empty or one non-negative index per particle. Every entry point
+// below calls it.
+EQFLOW_API void validate_egnn_config(const EgnnConfig& config);
 
 struct ParamEntry {
     std::string name;  // e.g. "gcl_0.edge_mlp.0.weight"
@@ -47,7 +62,8 @@ EQFLOW_API std::vector<ParamEntry> egnn_parameter_layout(const EgnnConfig& confi
 EQFLOW_API int64_t egnn_parameter_count(const EgnnConfig& config);
 
 // PyTorch's nn.Linear default (U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases) and
-// Xavier-uniform with gain 0.001 for each coord_mlp.2.weight; drawn from Philox(seed, ...).
+// Xavier-uniform with gain 0.001 for each coord_mlp.2.weight; tensor k of the layout draws
+// from Philox(seed, k) (uniform(), in C order), so the values do not depend on anything else.
 EQFLOW_API std::vector<double> egnn_init_parameters(const EgnnConfig& config, uint64_t seed);
 
 // CPU reference (double). All pointers are host memory.
@@ -63,7 +79,14 @@ EQFLOW_API void egnn_backward(const EgnnConfig& config, const double* params, in
 EQFLOW_API void egnn_divergence(const EgnnConfig& config, const double* params, int64_t B, const double* x,
                                 const double* t, double* v, double* div);
 
-// Hutchinson estimate with `probes` Rademacher vectors per sample (Philox(seed, sample)).
+// Forward mode: K Jacobian-vector products per sample on one shared primal pass.
+// xdot [B][K][n][d] -> vdot [B][K][n][d], vdot[b][k] = J_v(x_b) xdot[b][k]; v [B][n][d] nullable.
+EQFLOW_API void egnn_jvp(const EgnnConfig& config, const double* params, int64_t B, const double* x,
+                         const double* t, int K, const double* xdot, double* v, double* vdot);
+
+// Hutchinson estimate with `probes` Rademacher vectors per sample (Philox(seed, sample)):
+// div[b] = mean_k eps_k . J_v eps_k, unbiased for the exact divergence (E[eps eps^T] = I). The
+// probes cover all n*d coordinates; the probe values are a pure function of (seed, b, probe).
 EQFLOW_API void egnn_divergence_hutchinson(const EgnnConfig& config, const double* params, int64_t B,
                                            const double* x, const double* t, int probes, uint64_t seed,
                                            double* v, double* div);

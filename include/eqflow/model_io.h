@@ -1,0 +1,89 @@
+// eqflow/model_io.h: safetensors files (DESIGN.md section 8) -- a generic reader and writer, and
+// EGNN model files on top of them.
+//
+// Format: 8-byte little-endian header length N, N bytes of JSON header, then the data section.
+// The header maps each tensor name to {"dtype", "shape", "data_offsets": [begin, end]} (offsets
+// relative to the data section) and may hold "__metadata__", a map of strings to strings.
+//
+// Writing: tensors are stored in the given order, contiguous; the header is padded with spaces
+// to a multiple of 8 bytes; the metadata gets "eqflow.checksum" = FNV-1a 64 of the data section
+// (16 lower-case hex digits); the file is written atomically (io.h).
+//
+// Reading is strict and never reads past the file: header length within the file (and at most
+// 100 MB), valid JSON (eqflow/json.h), metadata values strings, dtypes F32/F64/I64, shapes of
+// non-negative integers, data_offsets inside the data section, consistent with dtype and shape,
+// covering the data section exactly with neither holes nor overlaps, no duplicate names. When
+// "eqflow.checksum" is present it must match; files from other safetensors writers (no checksum)
+// load as well. Every problem is an Error naming the file and what is wrong.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "eqflow/egnn.h"
+#include "eqflow/export.h"
+#include "eqflow/tensor.h"
+
+namespace eqflow {
+
+enum class SafetensorsDtype { f32, f64, i64 };
+
+EQFLOW_API const char* safetensors_dtype_name(SafetensorsDtype dtype);  // "F32", "F64", "I64"
+
+// One named tensor. Floating tensors (F32, F64) keep their values as double in `values`; I64
+// tensors keep theirs exactly in `ints` (store unsigned 64-bit state, e.g. RNG counters, by
+// bit-casting to int64_t).
+struct EQFLOW_API SafeTensor {
+    std::string name;
+    SafetensorsDtype dtype = SafetensorsDtype::f64;
+    Shape shape;
+    std::vector<double> values;  // f32 / f64: shape_numel(shape) values, C order
+    std::vector<int64_t> ints;   // i64: shape_numel(shape) values, C order
+
+    static SafeTensor f64(std::string name, Shape shape, std::vector<double> values);
+    static SafeTensor f32(std::string name, Shape shape, std::vector<double> values);  // rounded on write
+    static SafeTensor i64(std::string name, Shape shape, std::vector<int64_t> ints);
+};
+
+struct EQFLOW_API SafetensorsFile {
+    std::vector<SafeTensor> tensors;                               // in file order
+    std::vector<std::pair<std::string, std::string>> metadata;    // "__metadata__", in file order
+
+    const SafeTensor* find(const std::string& name) const;  // nullptr when absent
+    const SafeTensor& at(const std::string& name) const;    // throws Error naming the tensor
+    bool has_meta(const std::string& key) const;
+    const std::string& meta(const std::string& key) const;  // throws Error naming the key
+    void set_meta(const std::string& key, std::string value);  // replaces an existing key
+};
+
+// FNV-1a 64 of bytes (the checksum of the data section).
+EQFLOW_API uint64_t fnv1a64(const void* data, size_t size);
+
+// The file's bytes, and back. `what` names the source in error messages.
+EQFLOW_API std::string serialize_safetensors(const SafetensorsFile& file);
+EQFLOW_API SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& what);
+
+EQFLOW_API void write_safetensors(const std::string& path, const SafetensorsFile& file);
+EQFLOW_API SafetensorsFile read_safetensors(const std::string& path);
+
+// ---------------------------------------------------------------------------------------------
+// EGNN model files: one tensor per egnn_parameter_layout() entry, named and shaped as the
+// PyTorch module's state_dict, F64 (default, exact) or F32; the configuration in the metadata:
+//   eqflow.system, eqflow.n_particles, eqflow.dim, eqflow.hidden, eqflow.layers,
+//   eqflow.attention ("true"/"false"), eqflow.tanh, eqflow.coords_range (the effective value,
+//   17 significant digits), eqflow.atom_types (comma-separated type per particle; only when
+//   typed), plus eqflow.format = "egnn-v1" and eqflow.checksum.
+// Loading accepts "true"/"false"/"1"/"0" for the switches, F32 or F64 tensors, and checks every
+// name, shape and dtype, naming the missing, misshapen or unexpected tensor.
+// ---------------------------------------------------------------------------------------------
+EQFLOW_API SafetensorsFile egnn_model_to_safetensors(const EgnnModel& model,
+                                                     SafetensorsDtype dtype = SafetensorsDtype::f64);
+EQFLOW_API EgnnModel egnn_model_from_safetensors(const SafetensorsFile& file, const std::string& what);
+
+EQFLOW_API void save_model(const std::string& path, const EgnnModel& model,
+                           SafetensorsDtype dtype = SafetensorsDtype::f64);
+EQFLOW_API EgnnModel load_model(const std::string& path);
+
+}  // namespace eqflow

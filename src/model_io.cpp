@@ -1,0 +1,455 @@
+// safetensors reading and writing, and EGNN model files (see eqflow/model_io.h).
+#include "eqflow/model_io.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <set>
+#include <sstream>
+
+#include "eqflow/error.h"
+#include "eqflow/io.h"
+#include "eqflow/json.h"
+
+namespace eqflow {
+
+namespace {
+
+// The reader holds the header in memory; anything bigger is not a header but a corrupted length.
+constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+constexpr const char* kChecksumKey = "eqflow.checksum";
+
+static_assert(sizeof(double) == 8 && sizeof(float) == 4, "IEEE 754 binary64 / binary32 expected");
+
+bool host_is_little_endian() {
+    const uint16_t one = 1;
+    uint8_t first;
+    std::memcpy(&first, &one, 1);
+    return first == 1;
+}
+
+size_t item_size(SafetensorsDtype dtype) { return dtype == SafetensorsDtype::f32 ? 4 : 8; }
+
+std::string hex64(uint64_t v) {
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016" PRIx64, v);
+    return buf;
+}
+
+}  // namespace
+
+const char* safetensors_dtype_name(SafetensorsDtype dtype) {
+    switch (dtype) {
+        case SafetensorsDtype::f32: return "F32";
+        case SafetensorsDtype::f64: return "F64";
+        case SafetensorsDtype::i64: return "I64";
+    }
+    return "?";
+}
+
+SafeTensor SafeTensor::f64(std::string name, Shape shape, std::vector<double> values) {
+    SafeTensor t;
+    t.name = std::move(name);
+    t.dtype = SafetensorsDtype::f64;
+    t.shape = std::move(shape);
+    t.values = std::move(values);
+    return t;
+}
+
+SafeTensor SafeTensor::f32(std::string name, Shape shape, std::vector<double> values) {
+    SafeTensor t = f64(std::move(name), std::move(shape), std::move(values));
+    t.dtype = SafetensorsDtype::f32;
+    return t;
+}
+
+SafeTensor SafeTensor::i64(std::string name, Shape shape, std::vector<int64_t> ints) {
+    SafeTensor t;
+    t.name = std::move(name);
+    t.dtype = SafetensorsDtype::i64;
+    t.shape = std::move(shape);
+    t.ints = std::move(ints);
+    return t;
+}
+
+const SafeTensor* SafetensorsFile::find(const std::string& name) const {
+    for (const SafeTensor& t : tensors)
+        if (t.name == name) return &t;
+    return nullptr;
+}
+
+const SafeTensor& SafetensorsFile::at(const std::string& name) const {
+    const SafeTensor* t = find(name);
+    EQFLOW_CHECK(t != nullptr, "missing tensor '" << name << "'");
+    return *t;
+}
+
+bool SafetensorsFile::has_meta(const std::string& key) const {
+    for (const auto& kv : metadata)
+        if (kv.first == key) return true;
+    return false;
+}
+
+const std::string& SafetensorsFile::meta(const std::string& key) const {
+    for (const auto& kv : metadata)
+        if (kv.first == key) return kv.second;
+    EQFLOW_THROW("missing metadata key '" << key << "'");
+}
+
+void SafetensorsFile::set_meta(const std::string& key, std::string value) {
+    for (auto& kv : metadata) {
+        if (kv.first == key) {
+            kv.second = std::move(value);
+            return;
+        }
+    }
+    metadata.emplace_back(key, std::move(value));
+}
+
+uint64_t fnv1a64(const void* data, size_t size) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t k = 0; k < size; ++k) {
+        h ^= p[k];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+std::string serialize_safetensors(const SafetensorsFile& file) {
+    EQFLOW_CHECK(host_is_little_endian(), "safetensors writing needs a little-endian host");
+    std::set<std::string> names;
+    std::string data;
+    Json header = Json::object();
+    std::vector<std::pair<std::string, Json>> entries;
+    for (const SafeTensor& t : file.tensors) {
+        EQFLOW_CHECK(!t.name.empty(), "safetensors: a tensor has an empty name");
+        EQFLOW_CHECK(t.name != "__metadata__", "safetensors: '__metadata__' is not a tensor name");
+        EQFLOW_CHECK(names.insert(t.name).second, "safetensors: duplicate tensor name '" << t.name << "'");
+        for (int64_t s : t.shape) EQFLOW_CHECK(s >= 0, "safetensors: tensor '" << t.name << "' has a negative dimension");
+        const int64_t count = shape_numel(t.shape);
+        const size_t have = t.dtype == SafetensorsDtype::i64 ? t.ints.size() : t.values.size();
+        EQFLOW_CHECK(static_cast<int64_t>(have) == count, "safetensors: tensor '" << t.name << "' has " << have
+                                                              << " values for shape " << shape_string(t.shape));
+        const size_t begin = data.size();
+        for (int64_t k = 0; k < count; ++k) {
+            if (t.dtype == SafetensorsDtype::f64) {
+                data.append(reinterpret_cast<const char*>(&t.values[k]), 8);
+            } else if (t.dtype == SafetensorsDtype::f32) {
+                const float f = static_cast<float>(t.values[k]);
+                data.append(reinterpret_cast<const char*>(&f), 4);
+            } else {
+                data.append(reinterpret_cast<const char*>(&t.ints[k]), 8);
+            }
+        }
+        Json entry = Json::object();
+        entry["dtype"] = safetensors_dtype_name(t.dtype);
+        Json shape = Json::array();
+        for (int64_t s : t.shape) shape.push_back(Json(s));
+        entry["shape"] = shape;
+        Json offsets = Json::array();
+        offsets.push_back(Json(static_cast<int64_t>(begin)));
+        offsets.push_back(Json(static_cast<int64_t>(data.size())));
+        entry["data_offsets"] = offsets;
+        entries.emplace_back(t.name, entry);
+    }
+    Json meta = Json::object();
+    for (const auto& kv : file.metadata) {
+        if (kv.first == kChecksumKey) continue;  // recomputed below
+        meta[kv.first] = kv.second;
+    }
+    meta[kChecksumKey] = hex64(fnv1a64(data.data(), data.size()));
+    header["__metadata__"] = meta;
+    for (auto& e : entries) header[e.first] = e.second;
+
+    std::string json = header.dump();
+    while (json.size() % 8 != 0) json.push_back(' ');
+    std::string out(8, '\0');
+    const uint64_t n = json.size();
+    std::memcpy(&out[0], &n, 8);
+    out += json;
+    out += data;
+    return out;
+}
+
+SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& what) {
+    EQFLOW_CHECK(host_is_little_endian(), "safetensors reading needs a little-endian host");
+    EQFLOW_CHECK(bytes.size() >= 8, what << ": not a safetensors file (" << bytes.size()
+                                         << " bytes, shorter than the 8-byte header length)");
+    uint64_t header_len = 0;
+    std::memcpy(&header_len, bytes.data(), 8);
+    EQFLOW_CHECK(header_len >= 2 && header_len <= kMaxHeaderBytes,
+                 what << ": corrupted header length " << header_len);
+    EQFLOW_CHECK(header_len <= bytes.size() - 8, what << ": truncated file (header of " << header_len
+                                                      << " bytes, but only " << bytes.size() - 8 << " follow)");
+    const std::string header_text = bytes.substr(8, header_len);
+    const size_t data_begin = 8 + header_len;
+    const uint64_t data_size = bytes.size() - data_begin;
+
+    Json header;
+    try {
+        header = Json::parse(header_text);
+    } catch (const Error& e) {
+        EQFLOW_THROW(what << ": corrupted header: " << e.what());
+    }
+    EQFLOW_CHECK(header.is_object(), what << ": corrupted header: not a JSON object");
+
+    SafetensorsFile file;
+    struct Span {
+        uint64_t begin, end;
+        size_t index;
+    };
+    std::vector<Span> spans;
+    for (const auto& kv : header.as_object()) {
+        const std::string& name = kv.first;
+        const Json& entry = kv.second;
+        if (name == "__metadata__") {
+            EQFLOW_CHECK(entry.is_object(), what << ": __metadata__ is not an object");
+            for (const auto& m : entry.as_object()) {
+                EQFLOW_CHECK(m.second.is_string(), what << ": metadata value of '" << m.first << "' is not a string");
+                file.metadata.emplace_back(m.first, m.second.as_string());
+            }
+            continue;
+        }
+        EQFLOW_CHECK(entry.is_object() && entry.contains("dtype") && entry.contains("shape") &&
+                         entry.contains("data_offsets"),
+                     what << ": tensor '" << name << "' needs dtype, shape and data_offsets");
+        SafeTensor t;
+        t.name = name;
+        EQFLOW_CHECK(entry.at("dtype").is_string(), what << ": tensor '" << name << "' has a non-string dtype");
+        const std::string& dtype = entry.at("dtype").as_string();
+        if (dtype == "F32") {
+            t.dtype = SafetensorsDtype::f32;
+        } else if (dtype == "F64") {
+            t.dtype = SafetensorsDtype::f64;
+        } else if (dtype == "I64") {
+            t.dtype = SafetensorsDtype::i64;
+        } else {
+            EQFLOW_THROW(what << ": tensor '" << name << "' has unsupported dtype " << dtype
+                              << " (supported: F32, F64, I64)");
+        }
+        const Json& shape = entry.at("shape");
+        EQFLOW_CHECK(shape.is_array(), what << ": tensor '" << name << "' has a shape that is not an array");
+        uint64_t count = 1;
+        for (const Json& s : shape.as_array()) {
+            EQFLOW_CHECK(s.is_number() && s.as_number() >= 0 && s.as_number() <= static_cast<double>(data_size) &&
+                             std::floor(s.as_number()) == s.as_number(),
+                         what << ": tensor '" << name << "' has an invalid shape " << shape.dump());
+            const uint64_t dim = static_cast<uint64_t>(s.as_int());
+            // count <= data_size < 2^63 after each step, unless a zero dimension came first.
+            EQFLOW_CHECK(dim == 0 || count <= data_size / dim,
+                         what << ": tensor '" << name << "' shape " << shape.dump() << " does not fit the file");
+            count *= dim;
+            t.shape.push_back(static_cast<int64_t>(dim));
+        }
+        const Json& offsets = entry.at("data_offsets");
+        EQFLOW_CHECK(offsets.is_array() && offsets.size() == 2 && offsets.as_array()[0].is_number() &&
+                         offsets.as_array()[1].is_number(),
+                     what << ": tensor '" << name << "' has invalid data_offsets");
+        const double b = offsets.as_array()[0].as_number(), e = offsets.as_array()[1].as_number();
+        EQFLOW_CHECK(b >= 0 && e >= b && std::floor(b) == b && std::floor(e) == e && e <= static_cast<double>(data_size),
+                     what << ": tensor '" << name << "' data_offsets [" << b << ", " << e
+                          << "] outside the data section of " << data_size << " bytes (truncated file?)");
+        const uint64_t begin = static_cast<uint64_t>(b), end = static_cast<uint64_t>(e);
+        EQFLOW_CHECK(end - begin == count * item_size(t.dtype),
+                     what << ": tensor '" << name << "' has " << end - begin << " bytes, but " << dtype << " "
+                          << shape_string(t.shape) << " needs " << count * item_size(t.dtype));
+        spans.push_back(Span{begin, end, file.tensors.size()});
+        file.tensors.push_back(std::move(t));
+    }
+    // The tensors must tile the data section: no holes, no overlaps.
+    std::vector<Span> sorted = spans;
+    std::sort(sorted.begin(), sorted.end(), [](const Span& a, const Span& b) {
+        return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+    });
+    uint64_t cursor = 0;
+    for (const Span& s : sorted) {
+        EQFLOW_CHECK(s.begin == cursor, what << ": tensor '" << file.tensors[s.index].name << "' starts at byte "
+                                             << s.begin << " of the data section, expected " << cursor
+                                             << " (tensors must be contiguous, without overlap)");
+        cursor = s.end;
+    }
+    EQFLOW_CHECK(cursor == data_size, what << ": data section has " << data_size << " bytes, tensors cover "
+                                           << cursor << " (trailing bytes or truncated file)");
+
+    const char* data = bytes.data() + data_begin;
+    for (const Span& s : spans) {
+        SafeTensor& t = file.tensors[s.index];
+        const size_t count = static_cast<size_t>(shape_numel(t.shape));
+        const char* src = data + s.begin;
+        if (t.dtype == SafetensorsDtype::i64) {
+            t.ints.resize(count);
+            if (count) std::memcpy(t.ints.data(), src, count * 8);
+        } else if (t.dtype == SafetensorsDtype::f64) {
+            t.values.resize(count);
+            if (count) std::memcpy(t.values.data(), src, count * 8);
+        } else {
+            t.values.resize(count);
+            for (size_t k = 0; k < count; ++k) {
+                float f;
+                std::memcpy(&f, src + 4 * k, 4);
+                t.values[k] = f;
+            }
+        }
+    }
+    if (file.has_meta(kChecksumKey)) {
+        const std::string expected = file.meta(kChecksumKey);
+        const std::string actual = hex64(fnv1a64(data, data_size));
+        EQFLOW_CHECK(expected == actual, what << ": checksum mismatch (header says " << expected << ", data gives "
+                                              << actual << "): the file is corrupted");
+    }
+    return file;
+}
+
+void write_safetensors(const std::string& path, const SafetensorsFile& file) {
+    write_file_atomic(path, serialize_safetensors(file));
+}
+
+SafetensorsFile read_safetensors(const std::string& path) { return parse_safetensors(read_file(path), path); }
+
+// ---------------------------------------------------------------------------------------------
+// EGNN model files
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+std::string format_double(double x) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.17g", x);
+    return buf;
+}
+
+int64_t parse_int_meta(const SafetensorsFile& f, const std::string& key, const std::string& what) {
+    EQFLOW_CHECK(f.has_meta(key), what << ": missing metadata key '" << key << "'");
+    const std::string& s = f.meta(key);
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(s.c_str(), &end, 10);
+    EQFLOW_CHECK(!s.empty() && end && *end == '\0' && errno == 0,
+                 what << ": metadata '" << key << "' = '" << s << "' is not an integer");
+    return v;
+}
+
+bool parse_bool_meta(const SafetensorsFile& f, const std::string& key, const std::string& what) {
+    EQFLOW_CHECK(f.has_meta(key), what << ": missing metadata key '" << key << "'");
+    const std::string& s = f.meta(key);
+    if (s == "true" || s == "1" || s == "True") return true;
+    if (s == "false" || s == "0" || s == "False") return false;
+    EQFLOW_THROW(what << ": metadata '" << key << "' = '" << s << "' is not true or false");
+}
+
+double parse_double_meta(const SafetensorsFile& f, const std::string& key, const std::string& what) {
+    EQFLOW_CHECK(f.has_meta(key), what << ": missing metadata key '" << key << "'");
+    const std::string& s = f.meta(key);
+    char* end = nullptr;
+    const double v = std::strtod(s.c_str(), &end);
+    EQFLOW_CHECK(!s.empty() && end && *end == '\0' && std::isfinite(v),
+                 what << ": metadata '" << key << "' = '" << s << "' is not a finite number");
+    return v;
+}
+
+}  // namespace
+
+SafetensorsFile egnn_model_to_safetensors(const EgnnModel& model, SafetensorsDtype dtype) {
+    const EgnnConfig& c = model.config;
+    EQFLOW_CHECK(dtype != SafetensorsDtype::i64, "EGNN model tensors are F32 or F64");
+    const std::vector<ParamEntry> layout = egnn_parameter_layout(c);
+    const int64_t count = egnn_parameter_count(c);
+    EQFLOW_CHECK(static_cast<int64_t>(model.params.size()) == count,
+                 "EGNN model has " << model.params.size() << " parameters, its configuration needs " << count);
+    SafetensorsFile f;
+    f.set_meta("eqflow.format", "egnn-v1");
+    f.set_meta("eqflow.system", c.system);
+    f.set_meta("eqflow.n_particles", std::to_string(c.n_particles));
+    f.set_meta("eqflow.dim", std::to_string(c.dim));
+    f.set_meta("eqflow.hidden", std::to_string(c.hidden));
+    f.set_meta("eqflow.layers", std::to_string(c.layers));
+    f.set_meta("eqflow.attention", c.attention ? "true" : "false");
+    f.set_meta("eqflow.tanh", c.tanh ? "true" : "false");
+    f.set_meta("eqflow.coords_range", format_double(c.effective_coords_range()));
+    if (!c.atom_types.empty()) {
+        std::string types;
+        for (size_t i = 0; i < c.atom_types.size(); ++i) types += (i ? "," : "") + std::to_string(c.atom_types[i]);
+        f.set_meta("eqflow.atom_types", types);
+    }
+    for (const ParamEntry& e : layout) {
+        std::vector<double> values(model.params.begin() + e.offset,
+                                   model.params.begin() + e.offset + shape_numel(e.shape));
+        f.tensors.push_back(dtype == SafetensorsDtype::f64 ? SafeTensor::f64(e.name, e.shape, std::move(values))
+                                                           : SafeTensor::f32(e.name, e.shape, std::move(values)));
+    }
+    return f;
+}
+
+EgnnModel egnn_model_from_safetensors(const SafetensorsFile& f, const std::string& what) {
+    EgnnModel model;
+    EgnnConfig& c = model.config;
+    EQFLOW_CHECK(f.has_meta("eqflow.system"), what << ": missing metadata key 'eqflow.system'");
+    c.system = f.meta("eqflow.system");
+    const int64_t limits[4] = {parse_int_meta(f, "eqflow.n_particles", what), parse_int_meta(f, "eqflow.dim", what),
+                               parse_int_meta(f, "eqflow.hidden", what), parse_int_meta(f, "eqflow.layers", what)};
+    for (int64_t v : limits) {
+        EQFLOW_CHECK(v >= 0 && v <= (1 << 20), what << ": model size " << v << " in the metadata is out of range");
+    }
+    c.n_particles = static_cast<int>(limits[0]);
+    c.dim = static_cast<int>(limits[1]);
+    c.hidden = static_cast<int>(limits[2]);
+    c.layers = static_cast<int>(limits[3]);
+    c.attention = parse_bool_meta(f, "eqflow.attention", what);
+    c.tanh = parse_bool_meta(f, "eqflow.tanh", what);
+    c.coords_range = parse_double_meta(f, "eqflow.coords_range", what);
+    if (f.has_meta("eqflow.atom_types")) {
+        const std::string& s = f.meta("eqflow.atom_types");
+        std::stringstream ss(s);
+        std::string item;
+        while (std::getline(ss, item, ',')) {
+            char* end = nullptr;
+            const long v = std::strtol(item.c_str(), &end, 10);
+            EQFLOW_CHECK(!item.empty() && end && *end == '\0' && v >= 0 && v < (1 << 20),
+                         what << ": metadata 'eqflow.atom_types' = '" << s << "' is not a list of type indices");
+            c.atom_types.push_back(static_cast<int>(v));
+        }
+    }
+    try {
+        validate_egnn_config(c);
+    } catch (const Error& e) {
+        EQFLOW_THROW(what << ": invalid model configuration: " << e.what());
+    }
+
+    const std::vector<ParamEntry> layout = egnn_parameter_layout(c);
+    model.params.assign(static_cast<size_t>(egnn_parameter_count(c)), 0.0);
+    std::set<std::string> expected;
+    for (const ParamEntry& e : layout) {
+        expected.insert(e.name);
+        const SafeTensor* t = f.find(e.name);
+        EQFLOW_CHECK(t != nullptr, what << ": missing tensor '" << e.name << "' (expected shape "
+                                        << shape_string(e.shape) << ")");
+        EQFLOW_CHECK(t->dtype == SafetensorsDtype::f32 || t->dtype == SafetensorsDtype::f64,
+                     what << ": tensor '" << e.name << "' has dtype " << safetensors_dtype_name(t->dtype)
+                          << ", expected F32 or F64");
+        EQFLOW_CHECK(t->shape == e.shape, what << ": tensor '" << e.name << "' has shape " << shape_string(t->shape)
+                                               << ", expected " << shape_string(e.shape));
+        for (size_t k = 0; k < t->values.size(); ++k) {
+            EQFLOW_CHECK(std::isfinite(t->values[k]), what << ": tensor '" << e.name << "' holds a non-finite value");
+            model.params[e.offset + k] = t->values[k];
+        }
+    }
+    for (const SafeTensor& t : f.tensors) {
+        EQFLOW_CHECK(expected.count(t.name), what << ": unexpected tensor '" << t.name
+                                                  << "' (not part of this model configuration)");
+    }
+    return model;
+}
+
+void save_model(const std::string& path, const EgnnModel& model, SafetensorsDtype dtype) {
+    write_safetensors(path, egnn_model_to_safetensors(model, dtype));
+}
+
+EgnnModel load_model(const std::string& path) {
+    return egnn_model_from_safetensors(read_safetensors(path), path);
+}
+
+}  // namespace eqflow

@@ -1,0 +1,332 @@
+// safetensors files and EGNN model files: round trips (bit-identical), files from other
+// writers, and clear errors for every kind of damage (never a crash, never a read past the end).
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "eqflow/egnn.h"
+#include "eqflow/error.h"
+#include "eqflow/io.h"
+#include "eqflow/json.h"
+#include "eqflow/model_io.h"
+#include "test_util.h"
+
+namespace eqflow {
+namespace {
+
+// The message of the Error that `fn` throws ("" when it does not throw).
+template <class Fn>
+std::string error_of(Fn fn) {
+    try {
+        fn();
+    } catch (const Error& e) {
+        return e.what();
+    }
+    return "";
+}
+
+#define EXPECT_ERROR_CONTAINS(expr, text)                                           \
+    do {                                                                            \
+        const std::string msg_ = error_of([&] { (void)(expr); });                   \
+        EXPECT_NE(msg_.find(text), std::string::npos) << "message: '" << msg_ << "'"; \
+    } while (0)
+
+// A safetensors file as another writer would produce it: our own header JSON, no checksum.
+std::string foreign_file(const std::string& header_json, const std::string& data) {
+    std::string out(8, '\0');
+    const uint64_t n = header_json.size();
+    std::memcpy(&out[0], &n, 8);
+    return out + header_json + data;
+}
+
+std::string f64_bytes(const std::vector<double>& v) {
+    return std::string(reinterpret_cast<const char*>(v.data()), v.size() * 8);
+}
+
+SafetensorsFile sample_file() {
+    SafetensorsFile f;
+    f.tensors.push_back(SafeTensor::f64("w", {2, 3}, {1.0, -2.5, 3.25, 1e-300, -0.0, 1.0 / 3.0}));
+    f.tensors.push_back(SafeTensor::f32("h", {3}, {0.5, 1.0 / 3.0, -7.0}));
+    f.tensors.push_back(SafeTensor::i64("step", {}, {123456789012345LL}));
+    f.tensors.push_back(SafeTensor::i64("state", {3},
+                                        {std::numeric_limits<int64_t>::min(), -1, std::numeric_limits<int64_t>::max()}));
+    f.tensors.push_back(SafeTensor::f64("empty", {0, 4}, {}));
+    f.set_meta("kind", "test");
+    f.set_meta("note", "quotes \" and \\ backslashes, unicode \xc3\xa9");
+    return f;
+}
+
+TEST(Safetensors, RoundTripAllDtypes) {
+    const SafetensorsFile f = sample_file();
+    const std::string path = test::temp_path("roundtrip.safetensors");
+    write_safetensors(path, f);
+    const SafetensorsFile g = read_safetensors(path);
+    std::remove(path.c_str());
+    ASSERT_EQ(g.tensors.size(), f.tensors.size());
+    for (size_t k = 0; k < f.tensors.size(); ++k) {
+        EXPECT_EQ(g.tensors[k].name, f.tensors[k].name);
+        EXPECT_EQ(g.tensors[k].dtype, f.tensors[k].dtype);
+        EXPECT_EQ(g.tensors[k].shape, f.tensors[k].shape);
+        EXPECT_EQ(g.tensors[k].ints, f.tensors[k].ints);
+    }
+    // F64 bit-identical (including -0.0 and subnormal-adjacent values), F32 rounded once.
+    const std::vector<double>& w = g.at("w").values;
+    ASSERT_EQ(w.size(), 6u);
+    EXPECT_EQ(std::memcmp(w.data(), f.tensors[0].values.data(), 6 * sizeof(double)), 0);
+    EXPECT_EQ(g.at("h").values, (std::vector<double>{0.5, static_cast<double>(1.0f / 3.0f), -7.0}));
+    EXPECT_EQ(g.meta("kind"), "test");
+    EXPECT_EQ(g.meta("note"), f.meta("note"));
+    EXPECT_TRUE(g.has_meta("eqflow.checksum"));
+    EXPECT_EQ(g.meta("eqflow.checksum").size(), 16u);
+    EXPECT_THROW(g.at("nope"), Error);
+    EXPECT_THROW(g.meta("nope"), Error);
+}
+
+TEST(Safetensors, LayoutFollowsTheFormat) {
+    const std::string bytes = serialize_safetensors(sample_file());
+    uint64_t n = 0;
+    std::memcpy(&n, bytes.data(), 8);
+    EXPECT_EQ(n % 8, 0u);  // header padded to a multiple of 8
+    const Json header = Json::parse(bytes.substr(8, n));
+    EXPECT_EQ(header.at("w").at("dtype").as_string(), "F64");
+    EXPECT_EQ(header.at("w").at("data_offsets").as_array()[0].as_int(), 0);
+    EXPECT_EQ(header.at("w").at("data_offsets").as_array()[1].as_int(), 48);
+    EXPECT_EQ(header.at("h").at("data_offsets").as_array()[1].as_int(), 60);
+    EXPECT_EQ(bytes.size(), 8 + n + 48 + 12 + 8 + 24);
+    // FNV-1a 64 of the data section, and the published test vector of the hash.
+    EXPECT_EQ(fnv1a64("a", 1), 0xaf63dc4c8601ec8cull);
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016llx",
+                  static_cast<unsigned long long>(fnv1a64(bytes.data() + 8 + n, bytes.size() - 8 - n)));
+    EXPECT_EQ(header.at("__metadata__").at("eqflow.checksum").as_string(), hex);
+}
+
+TEST(Safetensors, ForeignFileWithoutChecksumLoads) {
+    const std::string header = R"({"b":{"dtype":"F32","shape":[1],"data_offsets":[16,20]},)"
+                               R"("a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})";
+    float b = 2.5f;
+    const std::string data = f64_bytes({1.5, -3.0}) + std::string(reinterpret_cast<const char*>(&b), 4);
+    const SafetensorsFile f = parse_safetensors(foreign_file(header, data), "foreign");
+    EXPECT_EQ(f.at("a").values, (std::vector<double>{1.5, -3.0}));
+    EXPECT_EQ(f.at("b").values, (std::vector<double>{2.5}));
+    EXPECT_TRUE(f.metadata.empty());
+}
+
+TEST(Safetensors, DamagedFilesGiveClearErrors) {
+    const std::string good_header = R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})";
+    const std::string data = f64_bytes({1.0, 2.0});
+    auto parse = [](const std::string& bytes) { return parse_safetensors(bytes, "damaged.safetensors"); };
+    EXPECT_NO_THROW(parse(foreign_file(good_header, data)));
+
+    EXPECT_ERROR_CONTAINS(parse("abc"), "not a safetensors file");
+    EXPECT_ERROR_CONTAINS(parse(foreign_file(good_header, data.substr(0, 12))), "damaged.safetensors");
+    EXPECT_ERROR_CONTAINS(parse(foreign_file(good_header, data.substr(0, 12))), "truncated");
+    {
+        std::string bytes = foreign_file(good_header, data);
+        const uint64_t huge = 1ull << 62;
+        std::memcpy(&bytes[0], &huge, 8);
+        EXPECT_ERROR_CONTAINS(parse(bytes), "corrupted header length");
+        const uint64_t too_long = bytes.size();
+        std::memcpy(&bytes[0], &too_long, 8);
+        EXPECT_ERROR_CONTAINS(parse(bytes), "truncated file");
+    }
+    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]})", data)),
+                          "corrupted header");
+    EXPECT_ERROR_CONTAINS(parse(foreign_file("[1, 2]", "")), "not a JSON object");
+    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"BF16","shape":[8],"data_offsets":[0,16]}})", data)),
+                          "unsupported dtype BF16");
+    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[3],"data_offsets":[0,16]}})", data)),
+                          "needs 24");
+    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[8,24]}})", data)),
+                          "outside the data section");
+    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[-2],"data_offsets":[0,16]}})", data)),
+                          "invalid shape");
+    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", data)),
+                          "trailing bytes");
+    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[8,16]}})", data)),
+                          "contiguous");
+    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},)"
+                                             R"("b":{"dtype":"F64","shape":[1],"data_offsets":[8,16]}})",
+                                             data)),
+                          "contiguous");
+    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2]}})", data)), "data_offsets");
+    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"__metadata__":{"k":1},)"
+                                             R"("a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})",
+                                             data)),
+                          "not a string");
+    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[16,16],)"
+                                             R"("data_offsets":[0,16]}})",
+                                             data)),
+                          "does not fit");
+
+    // Our own files: a flipped data byte fails the checksum; every truncation and every flipped
+    // header byte is an Error (or, for a byte inside a string that stays valid, a clean load).
+    const std::string ours = serialize_safetensors(sample_file());
+    uint64_t n = 0;
+    std::memcpy(&n, ours.data(), 8);
+    {
+        std::string bad = ours;
+        bad[8 + n + 3] ^= 0x10;
+        EXPECT_ERROR_CONTAINS(parse(bad), "checksum mismatch");
+    }
+    for (size_t len = 0; len < ours.size(); ++len) {
+        EXPECT_THROW(parse(ours.substr(0, len)), Error) << "truncated to " << len;
+    }
+    for (size_t k = 8; k < 8 + n; ++k) {
+        std::string bad = ours;
+        bad[k] = static_cast<char>(bad[k] ^ 0x5a);
+        try {
+            parse(bad);
+        } catch (const Error&) {
+        }
+    }
+}
+
+TEST(Safetensors, WriterRejectsInconsistentTensors) {
+    SafetensorsFile f;
+    f.tensors.push_back(SafeTensor::f64("a", {2, 2}, {1.0, 2.0, 3.0}));
+    EXPECT_ERROR_CONTAINS(serialize_safetensors(f), "3 values for shape [2, 2]");
+    f.tensors[0] = SafeTensor::f64("a", {1}, {1.0});
+    f.tensors.push_back(SafeTensor::f64("a", {1}, {1.0}));
+    EXPECT_ERROR_CONTAINS(serialize_safetensors(f), "duplicate tensor name 'a'");
+    // A missing directory: an error, and nothing is left behind.
+    EXPECT_THROW(write_safetensors("/nonexistent_dir_eqflow/x.safetensors", sample_file()), Error);
+}
+
+// ---------------------------------------------------------------------------------------------
+// EGNN model files
+// ---------------------------------------------------------------------------------------------
+
+EgnnModel small_model(bool typed) {
+    EgnnModel m;
+    m.config = default_egnn_config("dw4", 4, 2);
+    m.config.hidden = 6;
+    m.config.layers = 2;
+    if (typed) m.config.atom_types = {0, 1, 1, 0};
+    m.params = egnn_init_parameters(m.config, 11);
+    auto gen = test::rng(21);
+    // Make the coordinate layers matter, so that evaluating is a real check.
+    for (const ParamEntry& e : egnn_parameter_layout(m.config))
+        if (e.name.find("coord_mlp.2") != std::string::npos)
+            for (int64_t k = 0; k < shape_numel(e.shape); ++k) m.params[e.offset + k] = test::random_normal(1, gen)[0];
+    return m;
+}
+
+TEST(ModelFile, SaveLoadEvaluateBitIdentical) {
+    for (bool typed : {false, true}) {
+        const EgnnModel m = small_model(typed);
+        const std::string path = test::temp_path("model.safetensors");
+        save_model(path, m);
+        const EgnnModel r = load_model(path);
+        const SafetensorsFile raw = read_safetensors(path);
+        std::remove(path.c_str());
+        EXPECT_EQ(r.params, m.params);
+        EXPECT_EQ(r.config.system, "dw4");
+        EXPECT_EQ(r.config.n_particles, 4);
+        EXPECT_EQ(r.config.dim, 2);
+        EXPECT_EQ(r.config.hidden, 6);
+        EXPECT_EQ(r.config.layers, 2);
+        EXPECT_EQ(r.config.attention, m.config.attention);
+        EXPECT_EQ(r.config.tanh, m.config.tanh);
+        EXPECT_EQ(r.config.atom_types, m.config.atom_types);
+        EXPECT_EQ(r.config.effective_coords_range(), m.config.effective_coords_range());
+        for (const char* key : {"eqflow.system", "eqflow.n_particles", "eqflow.dim", "eqflow.hidden", "eqflow.layers",
+                                "eqflow.attention", "eqflow.tanh", "eqflow.coords_range", "eqflow.checksum"})
+            EXPECT_TRUE(raw.has_meta(key)) << key;
+        EXPECT_EQ(raw.has_meta("eqflow.atom_types"), typed);
+        if (typed) EXPECT_EQ(raw.meta("eqflow.atom_types"), "0,1,1,0");
+        // Tensors carry the state_dict names and shapes.
+        EXPECT_EQ(raw.at("gcl_1.edge_mlp.0.weight").shape, (Shape{6, 14}));
+
+        auto gen = test::rng(22);
+        const std::vector<double> x = test::random_normal(3 * 8, gen), t = {0.1, 0.5, 0.9};
+        std::vector<double> v1(24), v2(24), d1(3), d2(3);
+        egnn_divergence(m.config, m.params.data(), 3, x.data(), t.data(), v1.data(), d1.data());
+        egnn_divergence(r.config, r.params.data(), 3, x.data(), t.data(), v2.data(), d2.data());
+        EXPECT_TRUE(test::not_all_zero(v1));
+        EXPECT_EQ(std::memcmp(v1.data(), v2.data(), 24 * sizeof(double)), 0);
+        EXPECT_EQ(std::memcmp(d1.data(), d2.data(), 3 * sizeof(double)), 0);
+    }
+}
+
+TEST(ModelFile, Float32FilesLoadRounded) {
+    const EgnnModel m = small_model(false);
+    const std::string path = test::temp_path("model32.safetensors");
+    save_model(path, m, SafetensorsDtype::f32);
+    const EgnnModel r = load_model(path);
+    EXPECT_EQ(read_safetensors(path).at("embedding.weight").dtype, SafetensorsDtype::f32);
+    std::remove(path.c_str());
+    ASSERT_EQ(r.params.size(), m.params.size());
+    for (size_t k = 0; k < m.params.size(); ++k)
+        EXPECT_EQ(r.params[k], static_cast<double>(static_cast<float>(m.params[k])));
+}
+
+TEST(ModelFile, LoadChecksNamesShapesDtypesAndMetadata) {
+    const EgnnModel m = small_model(false);
+    const SafetensorsFile good = egnn_model_to_safetensors(m);
+    auto load = [](const SafetensorsFile& f) { return egnn_model_from_safetensors(f, "m.safetensors"); };
+    EXPECT_NO_THROW(load(good));
+
+    SafetensorsFile f = good;
+    f.tensors.erase(f.tensors.begin() + 5);  // gcl_0.edge_mlp.0.bias
+    EXPECT_ERROR_CONTAINS(load(f), "m.safetensors: missing tensor 'gcl_0.edge_mlp.0.bias' (expected shape [6])");
+
+    f = good;
+    for (SafeTensor& t : f.tensors)
+        if (t.name == "gcl_1.node_mlp.2.weight") t = SafeTensor::f64(t.name, {6, 5}, std::vector<double>(30, 0.0));
+    EXPECT_ERROR_CONTAINS(load(f), "tensor 'gcl_1.node_mlp.2.weight' has shape [6, 5], expected [6, 6]");
+
+    f = good;
+    f.tensors[0] = SafeTensor::i64("embedding.weight", {6, 1}, std::vector<int64_t>(6, 1));
+    EXPECT_ERROR_CONTAINS(load(f), "tensor 'embedding.weight' has dtype I64, expected F32 or F64");
+
+    f = good;
+    f.tensors.push_back(SafeTensor::f64("gcl_2.edge_mlp.0.bias", {6}, std::vector<double>(6, 0.0)));
+    EXPECT_ERROR_CONTAINS(load(f), "unexpected tensor 'gcl_2.edge_mlp.0.bias'");
+
+    f = good;
+    f.set_meta("eqflow.attention", "false");  // the att_mlp tensors are then unexpected
+    EXPECT_ERROR_CONTAINS(load(f), "unexpected tensor 'gcl_0.att_mlp.0.weight'");
+
+    f = good;
+    for (size_t k = 0; k < f.metadata.size(); ++k)
+        if (f.metadata[k].first == "eqflow.n_particles") f.metadata.erase(f.metadata.begin() + k);
+    EXPECT_ERROR_CONTAINS(load(f), "missing metadata key 'eqflow.n_particles'");
+
+    f = good;
+    f.set_meta("eqflow.tanh", "maybe");
+    EXPECT_ERROR_CONTAINS(load(f), "'eqflow.tanh' = 'maybe'");
+    f = good;
+    f.set_meta("eqflow.hidden", "6x");
+    EXPECT_ERROR_CONTAINS(load(f), "'eqflow.hidden' = '6x' is not an integer");
+    f = good;
+    f.set_meta("eqflow.atom_types", "0,1,x,0");
+    EXPECT_ERROR_CONTAINS(load(f), "eqflow.atom_types");
+    f = good;
+    f.set_meta("eqflow.atom_types", "0,1");
+    EXPECT_ERROR_CONTAINS(load(f), "invalid model configuration");
+    f = good;
+    f.set_meta("eqflow.coords_range", "nan");
+    EXPECT_ERROR_CONTAINS(load(f), "eqflow.coords_range");
+
+    f = good;
+    f.tensors[1].values[0] = std::numeric_limits<double>::quiet_NaN();
+    EXPECT_ERROR_CONTAINS(load(f), "non-finite");
+
+    // A truncated model file on disk.
+    const std::string path = test::temp_path("trunc.safetensors");
+    const std::string bytes = serialize_safetensors(good);
+    write_file_atomic(path, bytes.substr(0, bytes.size() - 100));
+    EXPECT_ERROR_CONTAINS(load_model(path), path);
+    EXPECT_ERROR_CONTAINS(load_model(path), "truncated");
+    std::remove(path.c_str());
+    EXPECT_ERROR_CONTAINS(load_model(path), "cannot read");
+}
+
+}  // namespace
+}  // namespace eqflow
