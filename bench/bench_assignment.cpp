@@ -1,0 +1,229 @@
+// Batched assignment, Kabsch and the couplings: problems (pairs, samples) per second.
+//
+// BM_Assignment_<Backend>/n: P uniform-random [0, 1) cost matrices of size n (the distribution
+// tools/scipy_lsa_bench.py times SciPy on); items = problems. CUDA: P = 65,536 (B^2 at B = 256);
+// CPU: a smaller P, same per-problem rate. BM_Kabsch_*: B configuration pairs of n particles in
+// 3D. BM_Coupling_<Kind>_<Backend>/<system>: the whole coupling of a batch of B = 256 prior
+// (standard normal, centred) and data-like (random, centred) samples; items = batches. CUDA
+// timings synchronise after each iteration (the calls do) and use real time. The CPU eqot at
+// LJ55 size runs B = 64 (4,096 pair alignments, seconds); B = 256 costs 16 times as much; it
+// uses all cores, hence real time. EqotReference: DESIGN.md's one-start recipe, for comparison.
+#include <benchmark/benchmark.h>
+
+#include <random>
+#include <vector>
+
+#include "eqflow/assignment.h"
+#include "eqflow/buffer.h"
+#include "eqflow/coupling.h"
+#include "eqflow/device.h"
+#include "eqflow/kabsch.h"
+#include "eqflow/tensor.h"
+
+namespace {
+
+using eqflow::Device;
+
+bool skip_without_gpu(benchmark::State& state, Device device) {
+    if (device == Device::cuda && !eqflow::cuda_available()) {
+        state.SkipWithError(("no GPU: " + eqflow::cuda_status()).c_str());
+        return true;
+    }
+    return false;
+}
+
+std::vector<double> uniform(size_t count, uint64_t seed) {
+    std::mt19937_64 gen(seed);
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    std::vector<double> v(count);
+    for (auto& x : v) x = u(gen);
+    return v;
+}
+
+std::vector<double> centred_normal(int64_t B, int n, int d, double scale, uint64_t seed) {
+    std::mt19937_64 gen(seed);
+    std::normal_distribution<double> g(0.0, scale);
+    std::vector<double> x(static_cast<size_t>(B * n * d));
+    for (auto& v : x) v = g(gen);
+    for (int64_t b = 0; b < B; ++b)
+        for (int a = 0; a < d; ++a) {
+            double m = 0;
+            for (int i = 0; i < n; ++i) m += x[(b * n + i) * d + a];
+            for (int i = 0; i < n; ++i) x[(b * n + i) * d + a] -= m / n;
+        }
+    return x;
+}
+
+template <class T>
+void assignment(benchmark::State& state, Device device) {
+    if (skip_without_gpu(state, device)) return;
+    const int64_t n = state.range(0), P = state.range(1);
+    const std::vector<double> c = uniform(static_cast<size_t>(P * n * n), 1);
+    const std::vector<T> ct(c.begin(), c.end());
+    auto cost = eqflow::Tensor<T>::from_host(ct, {P, n, n}, device);
+    eqflow::Tensor<int64_t> perm({P, n}, device);
+    eqflow::Tensor<double> total({P}, device);
+    const std::size_t bytes = eqflow::assignment_workspace_bytes(device, P, n);
+    eqflow::Buffer<unsigned char> ws(bytes, device);
+    for (auto _ : state)
+        eqflow::linear_sum_assignment(cost.cview(), perm.view(), total.view(), {}, ws.data(),
+                                      bytes);
+    state.SetItemsProcessed(state.iterations() * P);
+    state.SetBytesProcessed(state.iterations() * P * n * n * static_cast<int64_t>(sizeof(T)));
+    // Seconds per problem (printed with an SI prefix, e.g. 12.3u), to compare with SciPy.
+    state.counters["s/problem"] =
+        benchmark::Counter(static_cast<double>(P) * state.iterations(),
+                           benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
+void BM_Assignment_CPU(benchmark::State& state) {
+    assignment<double>(state, Device::cpu);
+}
+void BM_Assignment_CUDA(benchmark::State& state) {
+    assignment<float>(state, Device::cuda);
+}
+
+template <class T>
+void kabsch_bench(benchmark::State& state, Device device) {
+    if (skip_without_gpu(state, device)) return;
+    const int n = static_cast<int>(state.range(0));
+    const int64_t B = state.range(1);
+    const std::vector<double> a = centred_normal(B, n, 3, 1.0, 2),
+                              b = centred_normal(B, n, 3, 1.0, 3);
+    auto x = eqflow::Tensor<T>::from_host(std::vector<T>(a.begin(), a.end()), {B, n, 3}, device);
+    auto y = eqflow::Tensor<T>::from_host(std::vector<T>(b.begin(), b.end()), {B, n, 3}, device);
+    eqflow::Tensor<T> r({B, 3, 3}, device), c({B}, device), al({B, n, 3}, device);
+    for (auto _ : state) {
+        eqflow::kabsch(x.cview(), y.cview(), r.view(), c.view(), al.view());
+        eqflow::synchronize();
+    }
+    state.SetItemsProcessed(state.iterations() * B);
+    state.SetBytesProcessed(state.iterations() * B * (3 * n * 3 + 10) *
+                            static_cast<int64_t>(sizeof(T)));
+}
+
+void BM_Kabsch_CPU(benchmark::State& state) {
+    kabsch_bench<double>(state, Device::cpu);
+}
+void BM_Kabsch_CUDA(benchmark::State& state) {
+    kabsch_bench<float>(state, Device::cuda);
+}
+
+template <class T>
+void coupling(benchmark::State& state, eqflow::CouplingKind kind, Device device, int n, int d,
+              bool reference = false) {
+    if (skip_without_gpu(state, device)) return;
+    const int64_t B = state.range(0);
+    eqflow::CouplingOptions o;
+    o.kind = kind;
+    if (reference) {  // DESIGN.md's recipe: identity start, one Hungarian + Kabsch per pair
+        o.frame_starts = false;
+        o.refine_iterations = 0;
+    }
+    const std::vector<double> a = centred_normal(B, n, d, 1.0, 4),
+                              b = centred_normal(B, n, d, 0.7, 5);
+    auto x0 = eqflow::Tensor<T>::from_host(std::vector<T>(a.begin(), a.end()), {B, n, d}, device);
+    auto x1 = eqflow::Tensor<T>::from_host(std::vector<T>(b.begin(), b.end()), {B, n, d}, device);
+    eqflow::Tensor<T> out({B, n, d}, device);
+    const std::size_t bytes = eqflow::coupling_workspace_bytes(device, o, B, n, d);
+    eqflow::Buffer<unsigned char> ws(bytes, device);
+    for (auto _ : state)
+        eqflow::couple(o, x0.cview(), x1.cview(), out.view(), {}, {}, ws.data(), bytes);
+    state.SetItemsProcessed(state.iterations() * B * (kind == eqflow::CouplingKind::eqot ? B : 1));
+    state.SetLabel(kind == eqflow::CouplingKind::eqot ? "items = pair alignments"
+                                                      : "items = samples");
+}
+
+void BM_Coupling_Eqot_CPU(benchmark::State& s, int n, int d) {
+    coupling<double>(s, eqflow::CouplingKind::eqot, Device::cpu, n, d);
+}
+void BM_Coupling_Eqot_CUDA(benchmark::State& s, int n, int d) {
+    coupling<float>(s, eqflow::CouplingKind::eqot, Device::cuda, n, d);
+}
+void BM_Coupling_EqotReference_CPU(benchmark::State& s, int n, int d) {
+    coupling<double>(s, eqflow::CouplingKind::eqot, Device::cpu, n, d, true);
+}
+void BM_Coupling_EqotReference_CUDA(benchmark::State& s, int n, int d) {
+    coupling<float>(s, eqflow::CouplingKind::eqot, Device::cuda, n, d, true);
+}
+void BM_Coupling_Ot_CPU(benchmark::State& s, int n, int d) {
+    coupling<double>(s, eqflow::CouplingKind::ot, Device::cpu, n, d);
+}
+void BM_Coupling_Ot_CUDA(benchmark::State& s, int n, int d) {
+    coupling<float>(s, eqflow::CouplingKind::ot, Device::cuda, n, d);
+}
+
+}  // namespace
+
+BENCHMARK(BM_Assignment_CPU)
+    ->ArgNames({"n", "P"})
+    ->Args({4, 65536})
+    ->Args({13, 16384})
+    ->Args({22, 8192})
+    ->Args({55, 2048})
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Assignment_CUDA)
+    ->ArgNames({"n", "P"})
+    ->Args({4, 65536})
+    ->Args({13, 65536})
+    ->Args({22, 65536})
+    ->Args({55, 65536})
+    ->Args({128, 4096})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Kabsch_CPU)
+    ->ArgNames({"n", "B"})
+    ->Args({13, 65536})
+    ->Args({55, 16384})
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Kabsch_CUDA)
+    ->ArgNames({"n", "B"})
+    ->Args({13, 65536})
+    ->Args({55, 65536})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+BENCHMARK_CAPTURE(BM_Coupling_Ot_CPU, lj55, 55, 3)->Arg(256)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Coupling_Ot_CUDA, lj55, 55, 3)
+    ->Arg(256)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Coupling_Eqot_CPU, dw4, 4, 2)
+    ->Arg(256)
+    ->Iterations(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Coupling_Eqot_CPU, lj13, 13, 3)
+    ->Arg(256)
+    ->Iterations(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Coupling_Eqot_CPU, lj55, 55, 3)
+    ->Arg(64)
+    ->Iterations(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Coupling_Eqot_CUDA, dw4, 4, 2)
+    ->Arg(256)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Coupling_Eqot_CUDA, lj13, 13, 3)
+    ->Arg(256)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Coupling_Eqot_CUDA, lj55, 55, 3)
+    ->Arg(256)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+BENCHMARK_CAPTURE(BM_Coupling_EqotReference_CPU, lj55, 55, 3)
+    ->Arg(64)
+    ->Iterations(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Coupling_EqotReference_CUDA, lj55, 55, 3)
+    ->Arg(256)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+BENCHMARK_MAIN();

@@ -1,0 +1,413 @@
+// kernels/coupling.cu: the fm / ot / eqot couplings on the GPU (CPU reference:
+// src/cpu/coupling_cpu.cpp; the contract: eqflow/coupling.h).
+//
+// Layout: x0, x1, x1_paired [B][n][D] row-major (T = float or double; D = 2 or 3), pairing [B]
+// int64, cost [B] double. Workspace (device, 256-byte aligned pieces): M [B][B] double (pair
+// costs), sigma [B] int64, the assignment flags, types [n] int32 (when typed).
+//
+//   ot    pair_distance_kernel: one warp per pair (i, j), lanes over the n*D coordinates,
+//         M_ij = |x0_i - x1_j|^2 (double); then the B x B assignment (kernels/assignment.cu);
+//         then gather_kernel (one warp per i) writes x1_paired[i] = x1[sigma(i)] and cost[i].
+//   fm    gather_kernel with sigma = identity.
+//   eqot  eqot_pair_kernel over all B^2 pairs: one warp per pair. The warp stages x0_i and x1_j
+//         (as double) in shared memory and runs the search of the CPU reference: principal-axes
+//         starts (+ the identity safety net), each refined by rounds of Hungarian on the rotated
+//         x1_j (warp_solve_assignment with the squared distances computed on the fly from shared
+//         memory, +inf across types: no n x n matrix is stored) and Kabsch (the shared double
+//         math of src/cpu/kabsch_cpu.h, H reduced by warp shuffles). It writes M_ij; after the
+//         B x B assignment on M, the same kernel runs once more for the B chosen pairs and writes
+//         the aligned x1_paired[i] = R P x1[sigma(i)], cost[i] and pairing[i] (the same code on the
+//         same inputs, hence the alignment M was built from).
+// Shared memory per warp (eqot): 3 n D doubles (x0, x1, rotated x1) + 3 n ints (types, best and
+// previous assignment) + ~37 n bytes of solver state: ~6.7 KiB at n = 55, D = 3; up to 4 warps
+// per block within the 48 KiB default budget.
+// Work per eqot pair: (starts x rounds) assignments of size n (O(n^2)..O(n^3) each) + Kabsch.
+#include <algorithm>
+#include <cstdint>
+
+#include "cpu/kabsch_cpu.h"
+#include "kernels/assignment.cuh"
+#include "kernels/assignment_device.cuh"
+#include "kernels/coupling.cuh"
+#include "kernels/cuda_check.cuh"
+
+namespace eqflow::cuda {
+
+namespace {
+constexpr int kWarpsPerBlock = 4;
+constexpr std::size_t kSmemBudget = 48 * 1024;
+constexpr std::size_t kAlign = 256;
+// The Kabsch / principal-axes Jacobi code inlined into the eqot kernel would take ~250 registers
+// (8 warps per SM); capping them (64 per thread at 8 blocks of 4 warps) keeps the latency-bound
+// solver loop at full occupancy and moves the rarely run eigen-solver into local memory.
+constexpr int kEqotMinBlocksPerSm = 8;
+
+std::size_t align_up(std::size_t b) {
+    return (b + kAlign - 1) / kAlign * kAlign;
+}
+
+__device__ inline double warp_sum(double v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+__device__ inline double inf_double() {
+    return __longlong_as_double(0x7ff0000000000000ll);
+}
+
+// M_ij = |x0_i - x1_j|^2 for all pairs; one warp per pair.
+template <class T>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock)
+    pair_distance_kernel(const T* __restrict__ x0, const T* __restrict__ x1, int B, int nd,
+                         double* __restrict__ m) {
+    const int64_t q = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+    if (q >= static_cast<int64_t>(B) * B) return;
+    const int lane = threadIdx.x & 31;
+    const int64_t i = q / B, j = q % B;
+    double s = 0.0;
+    for (int k = lane; k < nd; k += 32) {
+        const double diff =
+            static_cast<double>(x0[i * nd + k]) - static_cast<double>(x1[j * nd + k]);
+        s += diff * diff;
+    }
+    s = warp_sum(s);
+    if (lane == 0) m[q] = s;
+}
+
+// x1_paired[i] = x1[sigma(i)] (sigma == nullptr: identity), cost[i], pairing[i]; one warp per i.
+template <class T>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock)
+    gather_kernel(const T* __restrict__ x0, const T* __restrict__ x1, int B, int nd,
+                  const int64_t* __restrict__ sigma, T* __restrict__ x1_paired,
+                  int64_t* __restrict__ pairing, double* __restrict__ cost) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+    if (i >= B) return;
+    const int lane = threadIdx.x & 31;
+    const int64_t j = sigma ? sigma[i] : i;
+    double s = 0.0;
+    for (int k = lane; k < nd; k += 32) {
+        const T v = x1[j * nd + k];
+        x1_paired[i * nd + k] = v;
+        const double diff = static_cast<double>(x0[i * nd + k]) - static_cast<double>(v);
+        s += diff * diff;
+    }
+    s = warp_sum(s);
+    if (lane == 0) {
+        if (cost) cost[i] = s;
+        if (pairing) pairing[i] = j;
+    }
+}
+
+struct EqotParams {
+    int allow_reflection;
+    int frame_starts;
+    int refine_iterations;
+};
+
+// Squared distance between particle a of x0 and particle b of the rotated x1, +inf across types.
+template <int D>
+struct PairCost {
+    const double* x0;
+    const double* y;
+    const int* types;
+    __device__ double operator()(int a, int b) const {
+        if (types && types[a] != types[b]) return inf_double();
+        double s = 0.0;
+#pragma unroll
+        for (int k = 0; k < D; ++k) {
+            const double diff = x0[a * D + k] - y[b * D + k];
+            s += diff * diff;
+        }
+        return s;
+    }
+};
+
+template <int D>
+std::size_t eqot_warp_bytes(int n) {
+    const std::size_t own = 3 * static_cast<std::size_t>(n) * D * sizeof(double) +
+                            3 * static_cast<std::size_t>(n) * sizeof(int);
+    return (own + 15) / 16 * 16 + warp_lsa_state_bytes(n);
+}
+
+// One warp per pair. sigma == nullptr: all B^2 pairs (i = q / B, j = q % B), writes m[q].
+// Otherwise pairs (i, sigma[i]) for i < B, writes x1_paired[i], cost[i], pairing[i].
+template <class T, int D>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock, kEqotMinBlocksPerSm)
+    eqot_pair_kernel(const T* __restrict__ x0, const T* __restrict__ x1, int B, int n,
+                     const int* __restrict__ types, EqotParams p, const int64_t* __restrict__ sigma,
+                     double* __restrict__ m, T* __restrict__ x1_paired, double* __restrict__ cost,
+                     int64_t* __restrict__ pairing, std::size_t warp_bytes) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int64_t q = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
+    if (q >= (sigma ? static_cast<int64_t>(B) : static_cast<int64_t>(B) * B))
+        return;  // warp-uniform
+    const int64_t i = sigma ? q : q / B;
+    const int64_t j = sigma ? sigma[q] : q % B;
+    const int nd = n * D;
+
+    unsigned char* base = smem_raw + warp * warp_bytes;
+    double* xs0 = reinterpret_cast<double*>(base);  // [n][D] x0_i
+    double* xs1 = xs0 + nd;                         // [n][D] x1_j
+    double* ys = xs1 + nd;                          // [n][D] R x1_j
+    int* ts = reinterpret_cast<int*>(ys + nd);      // [n] types
+    int* best_perm = ts + n;                        // [n]
+    int* prev = best_perm + n;                      // [n]
+    const WarpLsaState st =
+        warp_lsa_state(base + (3 * static_cast<std::size_t>(nd) * sizeof(double) +
+                               3 * static_cast<std::size_t>(n) * sizeof(int) + 15) /
+                                  16 * 16,
+                       n);
+    for (int k = lane; k < nd; k += 32) {
+        xs0[k] = static_cast<double>(x0[i * nd + k]);
+        xs1[k] = static_cast<double>(x1[j * nd + k]);
+    }
+    for (int k = lane; k < n; k += 32) ts[k] = types ? types[k] : 0;
+    __syncwarp();
+    const PairCost<D> pc{xs0, ys, types ? ts : nullptr};
+
+    double best = inf_double();
+    double best_r[9] = {1, 0, 0, 0, 1, 0, 0, 0, 1};
+    // One search from start r0 (all lanes hold the same r0): rounds of Hungarian + Kabsch.
+    const auto search = [&](const double* r0) {
+        double r[9];
+        for (int k = 0; k < D * D; ++k) r[k] = r0[k];
+        for (int round = 0; round <= p.refine_iterations; ++round) {
+            for (int b = lane; b < n; b += 32)
+#pragma unroll
+                for (int a = 0; a < D; ++a) {
+                    double v = 0.0;
+#pragma unroll
+                    for (int c = 0; c < D; ++c) v += r[a * D + c] * xs1[b * D + c];
+                    ys[b * D + a] = v;
+                }
+            __syncwarp();
+            // Always feasible (x0 and x1 share the types) unless a coordinate is NaN: then the
+            // pair keeps M_ij = +inf and the batch assignment reports the bad input.
+            if (!warp_solve_assignment(pc, n, st)) return;
+            bool same = round > 0;
+            for (int a = lane; a < n; a += 32) same &= prev[a] == st.col4row[a];
+            if (__all_sync(0xffffffffu, same)) break;
+            double h[D * D];
+#pragma unroll
+            for (int k = 0; k < D * D; ++k) h[k] = 0.0;
+            for (int a = lane; a < n; a += 32) {
+                const int b = st.col4row[a];
+#pragma unroll
+                for (int u = 0; u < D; ++u)
+#pragma unroll
+                    for (int v = 0; v < D; ++v) h[u * D + v] += xs0[a * D + u] * xs1[b * D + v];
+            }
+#pragma unroll
+            for (int k = 0; k < D * D; ++k) h[k] = warp_sum(h[k]);
+            kabsch_math::best_orthogonal(h, D, p.allow_reflection != 0, r);
+            double c = 0.0;
+            for (int a = lane; a < n; a += 32) {
+                const int b = st.col4row[a];
+#pragma unroll
+                for (int u = 0; u < D; ++u) {
+                    double v = 0.0;
+#pragma unroll
+                    for (int w = 0; w < D; ++w) v += r[u * D + w] * xs1[b * D + w];
+                    const double diff = xs0[a * D + u] - v;
+                    c += diff * diff;
+                }
+            }
+            c = warp_sum(c);
+            const bool better = c < best;  // warp-uniform (same sum in every lane)
+            for (int a = lane; a < n; a += 32) {
+                if (better) best_perm[a] = st.col4row[a];
+                prev[a] = st.col4row[a];
+            }
+            if (better) {
+                best = c;
+                for (int k = 0; k < D * D; ++k) best_r[k] = r[k];
+            }
+            __syncwarp();
+        }
+    };
+
+    double identity[9];
+    for (int a = 0; a < D; ++a)
+        for (int b = 0; b < D; ++b) identity[a * D + b] = a == b ? 1.0 : 0.0;
+    if (p.frame_starts) {
+        double c0[D * D], c1[D * D];
+#pragma unroll
+        for (int k = 0; k < D * D; ++k) c0[k] = c1[k] = 0.0;
+        for (int a = lane; a < n; a += 32)
+#pragma unroll
+            for (int u = 0; u < D; ++u)
+#pragma unroll
+                for (int v = 0; v < D; ++v) {
+                    c0[u * D + v] += xs0[a * D + u] * xs0[a * D + v];
+                    c1[u * D + v] += xs1[a * D + u] * xs1[a * D + v];
+                }
+#pragma unroll
+        for (int k = 0; k < D * D; ++k) {
+            c0[k] = warp_sum(c0[k]);
+            c1[k] = warp_sum(c1[k]);
+        }
+        double f0[9], f1[9], r0[9];
+        kabsch_math::principal_frame(c0, D, f0);
+        kabsch_math::principal_frame(c1, D, f1);
+        for (int mask = 0; mask < (1 << D); ++mask) {
+            const double det = kabsch_math::frame_start(f0, f1, D, mask, r0);
+            if (det > 0.0 || p.allow_reflection) search(r0);
+        }
+        double plain = 0.0;
+        for (int k = lane; k < nd; k += 32) plain += (xs0[k] - xs1[k]) * (xs0[k] - xs1[k]);
+        plain = warp_sum(plain);
+        if (!(best <= plain)) search(identity);  // the safety net of eqflow/coupling.h
+    } else {
+        search(identity);
+    }
+
+    if (!sigma) {
+        if (lane == 0) m[q] = best;
+        return;
+    }
+    double c = 0.0;
+    for (int a = lane; a < n; a += 32) {
+        const int b = best_perm[a];
+#pragma unroll
+        for (int u = 0; u < D; ++u) {
+            double v = 0.0;
+#pragma unroll
+            for (int w = 0; w < D; ++w) v += best_r[u * D + w] * xs1[b * D + w];
+            x1_paired[(i * n + a) * D + u] = static_cast<T>(v);
+            const double diff = xs0[a * D + u] - v;
+            c += diff * diff;
+        }
+    }
+    c = warp_sum(c);
+    if (lane == 0) {
+        if (cost) cost[i] = c;
+        if (pairing) pairing[i] = j;
+    }
+}
+
+struct Workspace {
+    double* m;
+    int64_t* sigma;
+    void* lsa;
+    std::size_t lsa_bytes;
+    int* types;
+};
+
+Workspace carve(void* base, int64_t B, int64_t n, bool typed) {
+    auto* p = static_cast<unsigned char*>(base);
+    Workspace w;
+    w.m = reinterpret_cast<double*>(p);
+    p += align_up(static_cast<std::size_t>(B * B) * sizeof(double));
+    w.sigma = reinterpret_cast<int64_t*>(p);
+    p += align_up(static_cast<std::size_t>(B) * sizeof(int64_t));
+    w.lsa = p;
+    w.lsa_bytes = align_up(assignment_workspace_bytes(1, B));
+    p += w.lsa_bytes;
+    w.types = typed ? reinterpret_cast<int*>(p) : nullptr;
+    (void)n;
+    return w;
+}
+
+// sigma <- the B x B assignment on M (synchronises the stream).
+void assign_batch(const Workspace& w, int64_t B, Stream stream) {
+    int64_t first_invalid = -1, first_infeasible = -1;
+    linear_sum_assignment<double>(w.m, 1, B, w.sigma, nullptr, nullptr, w.lsa, w.lsa_bytes, stream,
+                                  &first_invalid, &first_infeasible);
+    EQFLOW_CHECK(first_invalid < 0, "coupling: a pair cost is NaN (non-finite input?)");
+    EQFLOW_CHECK(first_infeasible < 0,
+                 "coupling: the batch assignment is infeasible (non-finite input?)");
+}
+
+unsigned grid(int64_t warps) {
+    const int64_t blocks = (warps + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    EQFLOW_CHECK(blocks <= 0x7fffffff,
+                 "GPU coupling: " << warps << " pairs are too many for one launch");
+    return static_cast<unsigned>(blocks);
+}
+
+template <class T, int D>
+void eqot(const CouplingOptions& o, const T* x0, const T* x1, int64_t B, int n, T* x1_paired,
+          int64_t* pairing, double* cost, const Workspace& w, Stream stream) {
+    const std::size_t warp_bytes = eqot_warp_bytes<D>(n);
+    EQFLOW_CHECK(warp_bytes <= kSmemBudget,
+                 "GPU eqot: " << n << " particles in " << D
+                              << "D need more shared memory than one block's budget");
+    const int warps =
+        static_cast<int>(std::min<std::size_t>(kWarpsPerBlock, kSmemBudget / warp_bytes));
+    const auto blocks = [&](int64_t pairs) {
+        const int64_t b = (pairs + warps - 1) / warps;
+        EQFLOW_CHECK(b <= 0x7fffffff,
+                     "GPU eqot: " << pairs << " pairs are too many for one launch");
+        return static_cast<unsigned>(b);
+    };
+    if (w.types)
+        EQFLOW_CUDA_CHECK(cudaMemcpyAsync(w.types, o.atom_types.data(), n * sizeof(int),
+                                          cudaMemcpyHostToDevice, EQFLOW_STREAM(stream)));
+    const EqotParams p{o.allow_reflection ? 1 : 0, o.frame_starts ? 1 : 0, o.refine_iterations};
+    const std::size_t smem = warps * warp_bytes;
+    eqot_pair_kernel<T, D><<<blocks(B * B), 32 * warps, smem, EQFLOW_STREAM(stream)>>>(
+        x0, x1, static_cast<int>(B), n, w.types, p, nullptr, w.m, nullptr, nullptr, nullptr,
+        warp_bytes);
+    EQFLOW_CUDA_CHECK_LAUNCH();
+    assign_batch(w, B, stream);
+    eqot_pair_kernel<T, D><<<blocks(B), 32 * warps, smem, EQFLOW_STREAM(stream)>>>(
+        x0, x1, static_cast<int>(B), n, w.types, p, w.sigma, nullptr, x1_paired, cost, pairing,
+        warp_bytes);
+    EQFLOW_CUDA_CHECK_LAUNCH();
+}
+}  // namespace
+
+std::size_t coupling_workspace_bytes(const CouplingOptions& o, int64_t B, int64_t n, int64_t) {
+    return align_up(static_cast<std::size_t>(B * B) * sizeof(double)) +
+           align_up(static_cast<std::size_t>(B) * sizeof(int64_t)) +
+           align_up(assignment_workspace_bytes(1, B)) +
+           (o.atom_types.empty() ? 0 : align_up(static_cast<std::size_t>(n) * sizeof(int)));
+}
+
+template <class T>
+void couple(const CouplingOptions& o, const T* x0, const T* x1, int64_t B, int n, int d,
+            T* x1_paired, int64_t* pairing, double* cost, void* workspace,
+            std::size_t workspace_bytes, Stream stream) {
+    if (B == 0) return;
+    const std::size_t need = coupling_workspace_bytes(o, B, n, d);
+    EQFLOW_CHECK(workspace != nullptr && workspace_bytes >= need,
+                 "GPU coupling needs " << need << " bytes of workspace, got " << workspace_bytes);
+    EQFLOW_CHECK(o.kind == CouplingKind::fm || B <= 1024,
+                 "GPU coupling: batch " << B << " exceeds the GPU assignment limit of 1024");
+    const Workspace w = carve(workspace, B, n, !o.atom_types.empty());
+    const int nd = n * d;
+    if (o.kind == CouplingKind::fm) {
+        gather_kernel<T><<<grid(B), 32 * kWarpsPerBlock, 0, EQFLOW_STREAM(stream)>>>(
+            x0, x1, static_cast<int>(B), nd, nullptr, x1_paired, pairing, cost);
+        EQFLOW_CUDA_CHECK_LAUNCH();
+        EQFLOW_CUDA_CHECK(cudaStreamSynchronize(EQFLOW_STREAM(stream)));
+        return;
+    }
+    if (o.kind == CouplingKind::ot) {
+        pair_distance_kernel<T><<<grid(B * B), 32 * kWarpsPerBlock, 0, EQFLOW_STREAM(stream)>>>(
+            x0, x1, static_cast<int>(B), nd, w.m);
+        EQFLOW_CUDA_CHECK_LAUNCH();
+        assign_batch(w, B, stream);
+        gather_kernel<T><<<grid(B), 32 * kWarpsPerBlock, 0, EQFLOW_STREAM(stream)>>>(
+            x0, x1, static_cast<int>(B), nd, w.sigma, x1_paired, pairing, cost);
+        EQFLOW_CUDA_CHECK_LAUNCH();
+        EQFLOW_CUDA_CHECK(cudaStreamSynchronize(EQFLOW_STREAM(stream)));
+        return;
+    }
+    if (d == 2) {
+        eqot<T, 2>(o, x0, x1, B, n, x1_paired, pairing, cost, w, stream);
+    } else {
+        eqot<T, 3>(o, x0, x1, B, n, x1_paired, pairing, cost, w, stream);
+    }
+    EQFLOW_CUDA_CHECK(cudaStreamSynchronize(EQFLOW_STREAM(stream)));
+}
+
+template void couple<float>(const CouplingOptions&, const float*, const float*, int64_t, int, int,
+                            float*, int64_t*, double*, void*, std::size_t, Stream);
+template void couple<double>(const CouplingOptions&, const double*, const double*, int64_t, int,
+                             int, double*, int64_t*, double*, void*, std::size_t, Stream);
+
+}  // namespace eqflow::cuda

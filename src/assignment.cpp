@@ -1,0 +1,119 @@
+// Linear sum assignment: argument checks, then dispatch on where the costs live.
+#include "eqflow/assignment.h"
+
+#include <limits>
+
+#include "cpu/assignment_cpu.h"
+#include "eqflow/error.h"
+
+#if defined(EQFLOW_HAVE_CUDA)
+#include "kernels/assignment.cuh"
+#endif
+
+namespace eqflow {
+
+std::size_t assignment_workspace_bytes(Device device, int64_t P, int64_t n) {
+    EQFLOW_CHECK(P >= 0 && n >= 0, "assignment workspace: negative size P=" << P << " n=" << n);
+    if (device == Device::cpu) return 0;
+#if defined(EQFLOW_HAVE_CUDA)
+    return cuda::assignment_workspace_bytes(P, n);
+#else
+    EQFLOW_THROW("assignment on the GPU: eqflow was built without CUDA");
+#endif
+}
+
+namespace {
+
+template <class T>
+void lsa_impl(TensorView<const T> cost, TensorView<int64_t> perm, TensorView<double> total,
+              TensorView<int32_t> status, void* workspace, std::size_t workspace_bytes,
+              Stream stream) {
+    EQFLOW_CHECK(cost.rank() == 2 || cost.rank() == 3, "assignment: cost has shape "
+                                                           << shape_string(cost.shape)
+                                                           << ", expected [P, n, n] or [n, n]");
+    const bool single = cost.rank() == 2;
+    const int64_t P = single ? 1 : cost.size(0);
+    const int64_t n = cost.size(-1);
+    EQFLOW_CHECK(cost.size(-2) == n,
+                 "assignment: cost matrices must be square, got " << shape_string(cost.shape));
+    EQFLOW_CHECK(cost.data != nullptr || cost.numel() == 0, "assignment: cost has no data");
+    EQFLOW_CHECK(perm.numel() == P * n && perm.rank() == (single ? 1 : 2) && perm.size(-1) == n,
+                 "assignment: perm has shape "
+                     << shape_string(perm.shape) << ", expected "
+                     << (single ? shape_string({n}) : shape_string({P, n})));
+    EQFLOW_CHECK(perm.data != nullptr || perm.numel() == 0, "assignment: perm has no data");
+    EQFLOW_CHECK(perm.device == cost.device, "assignment: perm and cost live on different devices");
+    if (total.defined()) {
+        EQFLOW_CHECK(total.numel() == P && total.rank() <= 1, "assignment: total has shape "
+                                                                  << shape_string(total.shape)
+                                                                  << ", expected [" << P << "]");
+        EQFLOW_CHECK(total.device == cost.device,
+                     "assignment: total and cost live on different devices");
+    }
+    if (status.defined()) {
+        EQFLOW_CHECK(status.numel() == P && status.rank() <= 1, "assignment: status has shape "
+                                                                    << shape_string(status.shape)
+                                                                    << ", expected [" << P << "]");
+        EQFLOW_CHECK(status.device == cost.device,
+                     "assignment: status and cost live on different devices");
+    }
+    if (P == 0) return;
+
+    int64_t first_invalid = -1, first_infeasible = -1;
+    if (cost.device == Device::cpu) {
+        first_invalid = cpu::first_invalid_problem(cost.data, P, n);
+        if (first_invalid < 0) {
+            cpu::AssignmentScratch scratch;
+            for (int64_t p = 0; p < P; ++p) {
+                double t = 0.0;
+                const AssignmentStatus st =
+                    cpu::solve_assignment(cost.data + p * n * n, n, perm.data + p * n, &t, scratch);
+                if (total.defined()) total.data[p] = t;
+                if (status.defined()) status.data[p] = static_cast<int32_t>(st);
+                if (st != AssignmentStatus::ok && first_infeasible < 0) first_infeasible = p;
+            }
+        }
+    } else {
+#if defined(EQFLOW_HAVE_CUDA)
+        cuda::linear_sum_assignment(cost.data, P, n, perm.data,
+                                    total.defined() ? total.data : nullptr,
+                                    status.defined() ? status.data : nullptr, workspace,
+                                    workspace_bytes, stream, &first_invalid, &first_infeasible);
+#else
+        (void)workspace;
+        (void)workspace_bytes;
+        (void)stream;
+        EQFLOW_THROW("assignment on the GPU: eqflow was built without CUDA");
+#endif
+    }
+    EQFLOW_CHECK(first_invalid < 0, "assignment: problem "
+                                        << first_invalid
+                                        << " has a NaN or -inf cost (+inf marks a forbidden pair)");
+    EQFLOW_CHECK(first_infeasible < 0 || status.defined(),
+                 "assignment: problem "
+                     << first_infeasible
+                     << " is infeasible (every assignment uses a forbidden +inf pair)");
+}
+
+}  // namespace
+
+void linear_sum_assignment(TensorView<const double> cost, TensorView<int64_t> perm,
+                           TensorView<double> total, TensorView<int32_t> status, void* workspace,
+                           std::size_t workspace_bytes, Stream stream) {
+    lsa_impl<double>(cost, perm, total, status, workspace, workspace_bytes, stream);
+}
+void linear_sum_assignment(TensorView<const float> cost, TensorView<int64_t> perm,
+                           TensorView<double> total, TensorView<int32_t> status, void* workspace,
+                           std::size_t workspace_bytes, Stream stream) {
+    lsa_impl<float>(cost, perm, total, status, workspace, workspace_bytes, stream);
+}
+
+double linear_sum_assignment_host(const double* cost, int64_t n, int64_t* perm) {
+    double total = 0.0;
+    linear_sum_assignment(TensorView<const double>(cost, Shape{n, n}),
+                          TensorView<int64_t>(perm, Shape{n}),
+                          TensorView<double>(&total, Shape{1}));
+    return total;
+}
+
+}  // namespace eqflow

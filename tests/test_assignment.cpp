@@ -1,0 +1,293 @@
+// Linear sum assignment, CPU reference: brute force, known optima, special values, shapes.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "eqflow/assignment.h"
+#include "eqflow/error.h"
+#include "eqflow/tensor.h"
+#include "test_util.h"
+
+namespace eqflow {
+namespace {
+
+const double kInf = std::numeric_limits<double>::infinity();
+// Random real costs in [0, 1): the solver's total and brute force sum the same n <= 8 numbers in
+// different orders; double rounding is ~1e-16 per addition.
+constexpr double kSumRtol = 1e-13;
+
+// min over all n! permutations of sum_i c[i][perm[i]] (+inf when every permutation is forbidden).
+double brute_force(const std::vector<double>& c, int n) {
+    std::vector<int> perm(n);
+    std::iota(perm.begin(), perm.end(), 0);
+    double best = kInf;
+    do {
+        double s = 0.0;
+        for (int i = 0; i < n; ++i) s += c[i * n + perm[i]];
+        best = std::min(best, s);
+    } while (std::next_permutation(perm.begin(), perm.end()));
+    return best;
+}
+
+bool is_permutation(const int64_t* p, int n) {
+    std::vector<int> seen(n, 0);
+    for (int i = 0; i < n; ++i) {
+        if (p[i] < 0 || p[i] >= n || seen[p[i]]) return false;
+        seen[p[i]] = 1;
+    }
+    return true;
+}
+
+struct Solved {
+    std::vector<int64_t> perm;
+    std::vector<double> total;
+    std::vector<int32_t> status;
+};
+
+template <class T>
+Solved solve(const std::vector<T>& cost, int64_t P, int64_t n, bool with_status = false) {
+    Solved s{std::vector<int64_t>(P * n), std::vector<double>(P), std::vector<int32_t>(P, -7)};
+    linear_sum_assignment(
+        TensorView<const T>(cost.data(), Shape{P, n, n}),
+        TensorView<int64_t>(s.perm.data(), Shape{P, n}),
+        TensorView<double>(s.total.data(), Shape{P}),
+        with_status ? TensorView<int32_t>(s.status.data(), Shape{P}) : TensorView<int32_t>());
+    return s;
+}
+
+// Checks that each perm row is a permutation and that total equals the cost it selects.
+template <class T>
+void expect_consistent(const std::vector<T>& cost, const Solved& s, int64_t P, int64_t n) {
+    for (int64_t p = 0; p < P; ++p) {
+        ASSERT_TRUE(is_permutation(s.perm.data() + p * n, static_cast<int>(n))) << "problem " << p;
+        double sum = 0.0;
+        for (int64_t i = 0; i < n; ++i)
+            sum += static_cast<double>(cost[(p * n + i) * n + s.perm[p * n + i]]);
+        EXPECT_EQ(sum, s.total[p]) << "problem " << p;
+    }
+}
+
+TEST(Assignment, BruteForceRandomReal) {
+    auto gen = test::rng(401);
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    for (int n = 1; n <= 8; ++n) {
+        const int P = n <= 6 ? 40 : 6;
+        std::vector<double> cost(P * n * n);
+        for (auto& c : cost) c = u(gen);
+        const Solved s = solve(cost, P, n);
+        expect_consistent(cost, s, P, n);
+        for (int p = 0; p < P; ++p) {
+            const std::vector<double> c(cost.begin() + p * n * n, cost.begin() + (p + 1) * n * n);
+            const double bf = brute_force(c, n);
+            EXPECT_NEAR(s.total[p], bf, kSumRtol * bf) << "n=" << n << " p=" << p;
+        }
+    }
+}
+
+TEST(Assignment, BruteForceIntegersExact) {
+    // Small integer ranges make many ties and duplicate rows; integer sums are exact in double.
+    auto gen = test::rng(402);
+    for (int range : {2, 5, 100}) {
+        std::uniform_int_distribution<int> u(0, range - 1);
+        for (int n = 1; n <= 8; ++n) {
+            const int P = n <= 6 ? 30 : 5;
+            std::vector<double> cost(P * n * n);
+            for (auto& c : cost) c = u(gen);
+            const Solved s = solve(cost, P, n);
+            expect_consistent(cost, s, P, n);
+            std::vector<float> costf(cost.begin(), cost.end());
+            const Solved sf = solve(costf, P, n);
+            for (int p = 0; p < P; ++p) {
+                const std::vector<double> c(cost.begin() + p * n * n,
+                                            cost.begin() + (p + 1) * n * n);
+                const double bf = brute_force(c, n);
+                EXPECT_EQ(s.total[p], bf) << "range " << range << " n=" << n << " p=" << p;
+                EXPECT_EQ(sf.total[p], bf) << "float, range " << range << " n=" << n << " p=" << p;
+            }
+        }
+    }
+}
+
+TEST(Assignment, TiesAndDuplicateRows) {
+    const int n = 7;
+    // All rows identical: every permutation costs the sum of the row.
+    std::vector<double> dup(n * n);
+    for (int i = 0; i < n; ++i)
+        for (int j = 0; j < n; ++j) dup[i * n + j] = (j * 37) % 11;
+    Solved s = solve(dup, 1, n);
+    expect_consistent(dup, s, 1, n);
+    double row_sum = 0.0;
+    for (int j = 0; j < n; ++j) row_sum += dup[j];
+    EXPECT_EQ(s.total[0], row_sum);
+    // A constant matrix and the zero matrix.
+    for (double v : {0.0, 3.0}) {
+        std::vector<double> c(n * n, v);
+        s = solve(c, 1, n);
+        expect_consistent(c, s, 1, n);
+        EXPECT_EQ(s.total[0], v * n);
+    }
+}
+
+TEST(Assignment, VeryLargeAndVerySmallCosts) {
+    // The optimum of an integer matrix scaled by 1e30 or 1e-30 is the scaled optimum: the
+    // potentials must neither overflow nor underflow. Scaling rounds each entry (~1e-16
+    // relative), so the totals agree to summation rounding.
+    constexpr double kScaledRtol = 1e-13;
+    auto gen = test::rng(403);
+    std::uniform_int_distribution<int> u(1, 50);
+    const int n = 8, P = 6;
+    for (double scale : {1e30, 1e-30, 1e300 / 1e3}) {
+        std::vector<double> cost(P * n * n);
+        for (auto& c : cost) c = u(gen) * scale;
+        const Solved s = solve(cost, P, n);
+        expect_consistent(cost, s, P, n);
+        for (int p = 0; p < P; ++p) {
+            const std::vector<double> c(cost.begin() + p * n * n, cost.begin() + (p + 1) * n * n);
+            const double bf = brute_force(c, n);
+            EXPECT_NEAR(s.total[p], bf, kScaledRtol * bf) << "scale " << scale << " p=" << p;
+        }
+    }
+}
+
+TEST(Assignment, NegativeCosts) {
+    auto gen = test::rng(404);
+    std::uniform_int_distribution<int> u(-1000, 1000);
+    const int n = 6, P = 20;
+    std::vector<double> cost(P * n * n);
+    for (auto& c : cost) c = u(gen);
+    const Solved s = solve(cost, P, n);
+    for (int p = 0; p < P; ++p) {
+        const std::vector<double> c(cost.begin() + p * n * n, cost.begin() + (p + 1) * n * n);
+        EXPECT_EQ(s.total[p], brute_force(c, n)) << p;
+    }
+}
+
+TEST(Assignment, LargeNAgainstSortedMatching) {
+    // Points a_i, b_j on a line with cost (a_i - b_j)^2: matching by rank is optimal (the
+    // squared distance is submodular), an optimum known without search, for n up to 300.
+    constexpr double kRtol = 1e-12;  // sums of 300 positive terms in different orders
+    auto gen = test::rng(405);
+    std::normal_distribution<double> g(0.0, 1.0);
+    for (int n : {13, 55, 100, 300}) {
+        std::vector<double> a(n), b(n), cost(n * n);
+        for (auto& v : a) v = g(gen);
+        for (auto& v : b) v = g(gen);
+        for (int i = 0; i < n; ++i)
+            for (int j = 0; j < n; ++j) cost[i * n + j] = (a[i] - b[j]) * (a[i] - b[j]);
+        std::vector<double> as = a, bs = b;
+        std::sort(as.begin(), as.end());
+        std::sort(bs.begin(), bs.end());
+        double expected = 0.0;
+        for (int i = 0; i < n; ++i) expected += (as[i] - bs[i]) * (as[i] - bs[i]);
+        std::vector<int64_t> perm(n);
+        const double total = linear_sum_assignment_host(cost.data(), n, perm.data());
+        EXPECT_TRUE(is_permutation(perm.data(), n));
+        EXPECT_NEAR(total, expected, kRtol * expected) << "n=" << n;
+    }
+}
+
+TEST(Assignment, ForbiddenPairsRespected) {
+    auto gen = test::rng(406);
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    const int n = 7, P = 30;
+    std::vector<double> cost(P * n * n);
+    for (int p = 0; p < P; ++p)
+        for (int i = 0; i < n; ++i)
+            for (int j = 0; j < n; ++j) {
+                // About half the pairs forbidden, the diagonal kept so every problem is feasible.
+                const double v = u(gen);
+                cost[(p * n + i) * n + j] = (i != j && v < 0.5) ? kInf : v;
+            }
+    const Solved s = solve(cost, P, n, /*with_status=*/true);
+    expect_consistent(cost, s, P, n);
+    for (int p = 0; p < P; ++p) {
+        const std::vector<double> c(cost.begin() + p * n * n, cost.begin() + (p + 1) * n * n);
+        const double bf = brute_force(c, n);
+        ASSERT_TRUE(std::isfinite(bf));
+        EXPECT_NEAR(s.total[p], bf, kSumRtol * bf) << p;
+        EXPECT_EQ(s.status[p], static_cast<int32_t>(AssignmentStatus::ok));
+    }
+}
+
+TEST(Assignment, InfeasibleIsReported) {
+    const int n = 4;
+    std::vector<double> cost(3 * n * n, 1.0);
+    // Problem 1: rows 0 and 1 may only take column 2 (Hall's condition fails, no row is all +inf).
+    for (int j = 0; j < n; ++j) {
+        if (j == 2) continue;
+        cost[(1 * n + 0) * n + j] = kInf;
+        cost[(1 * n + 1) * n + j] = kInf;
+    }
+    // Problem 2: an all-forbidden row.
+    for (int j = 0; j < n; ++j) cost[(2 * n + 3) * n + j] = kInf;
+    const Solved s = solve(cost, 3, n, /*with_status=*/true);
+    EXPECT_EQ(s.status[0], static_cast<int32_t>(AssignmentStatus::ok));
+    EXPECT_EQ(s.total[0], 4.0);
+    for (int p : {1, 2}) {
+        EXPECT_EQ(s.status[p], static_cast<int32_t>(AssignmentStatus::infeasible)) << p;
+        EXPECT_EQ(s.total[p], kInf) << p;
+        for (int i = 0; i < n; ++i) EXPECT_EQ(s.perm[p * n + i], -1);
+    }
+    // Without a status view the call throws, naming the first infeasible problem.
+    try {
+        solve(cost, 3, n);
+        FAIL() << "no error";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("problem 1 is infeasible"), std::string::npos)
+            << e.what();
+    }
+}
+
+TEST(Assignment, NanAndMinusInfAreErrors) {
+    const int n = 3;
+    for (double bad : {std::nan(""), -kInf}) {
+        std::vector<double> cost(2 * n * n, 1.0);
+        cost[n * n + 4] = bad;
+        try {
+            solve(cost, 2, n, true);
+            FAIL() << "no error for " << bad;
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("problem 1 has a NaN or -inf"), std::string::npos)
+                << e.what();
+        }
+        std::vector<float> costf(cost.begin(), cost.end());
+        EXPECT_THROW(solve(costf, 2, n, true), Error);
+    }
+}
+
+TEST(Assignment, EdgeSizesAndShapes) {
+    // Empty batch, n = 1, n = 2, and the single-matrix [n, n] form.
+    EXPECT_NO_THROW(solve(std::vector<double>{}, 0, 5));
+    Solved s = solve(std::vector<double>{2.5}, 1, 1);
+    EXPECT_EQ(s.perm[0], 0);
+    EXPECT_EQ(s.total[0], 2.5);
+    s = solve(std::vector<double>{3, 1, 1, 3}, 1, 2);
+    EXPECT_EQ(s.perm[0], 1);
+    EXPECT_EQ(s.perm[1], 0);
+    EXPECT_EQ(s.total[0], 2.0);
+    std::vector<double> one = {4, 1, 3, 2, 0, 5, 3, 2, 2};
+    std::vector<int64_t> perm(3, -5);
+    double total = 0;
+    linear_sum_assignment(TensorView<const double>(one.data(), Shape{3, 3}),
+                          TensorView<int64_t>(perm.data(), Shape{3}),
+                          TensorView<double>(&total, Shape{1}));
+    EXPECT_EQ(total, 5.0);  // 1 + 2 + 2
+    EXPECT_EQ(perm, (std::vector<int64_t>{1, 0, 2}));
+    // Shape errors.
+    std::vector<double> rect(2 * 3);
+    EXPECT_THROW(linear_sum_assignment(TensorView<const double>(rect.data(), Shape{2, 3}),
+                                       TensorView<int64_t>(perm.data(), Shape{2})),
+                 Error);
+    EXPECT_THROW(linear_sum_assignment(TensorView<const double>(one.data(), Shape{1, 3, 3}),
+                                       TensorView<int64_t>(perm.data(), Shape{1, 2})),
+                 Error);
+    EXPECT_EQ(assignment_workspace_bytes(Device::cpu, 100, 55), 0u);
+}
+
+}  // namespace
+}  // namespace eqflow

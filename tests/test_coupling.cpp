@@ -1,0 +1,355 @@
+// Couplings fm / ot / eqot, CPU reference: brute force, eqot <= ot, invariances, types.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "eqflow/coupling.h"
+#include "eqflow/error.h"
+#include "eqflow/tensor.h"
+#include "test_util.h"
+
+namespace eqflow {
+namespace {
+
+// Sums of ~n*d*B O(1) squares in double, recomputed in other orders / after exact symmetries.
+constexpr double kCostRtol = 1e-10;
+// Coordinates after a rotation by a double-precision matrix: ~1e-15 relative per entry.
+constexpr double kCoordTol = 1e-9;
+
+std::vector<double> centred(std::vector<double> x, int B, int n, int d) {
+    for (int b = 0; b < B; ++b)
+        for (int a = 0; a < d; ++a) {
+            double m = 0;
+            for (int i = 0; i < n; ++i) m += x[(b * n + i) * d + a];
+            m /= n;
+            for (int i = 0; i < n; ++i) x[(b * n + i) * d + a] -= m;
+        }
+    return x;
+}
+
+std::vector<double> prior(int B, int n, int d, std::mt19937_64& gen) {
+    return centred(test::random_normal(B * n * d, gen), B, n, d);
+}
+
+std::vector<double> data(int B, int n, int d, std::mt19937_64& gen) {
+    std::vector<double> x;
+    for (int b = 0; b < B; ++b) {
+        const std::vector<double> c =
+            test::random_configuration(n, d, 0.6 * std::cbrt(n), 0.8, gen);
+        x.insert(x.end(), c.begin(), c.end());
+    }
+    return centred(x, B, n, d);
+}
+
+std::vector<double> random_rotation(int d, std::mt19937_64& gen, bool improper = false) {
+    std::normal_distribution<double> g(0.0, 1.0);
+    std::vector<double> r;
+    if (d == 2) {
+        const double t = std::atan2(g(gen), g(gen));
+        r = {std::cos(t), -std::sin(t), std::sin(t), std::cos(t)};
+    } else {
+        double q[4], norm = 0;
+        for (double& v : q) {
+            v = g(gen);
+            norm += v * v;
+        }
+        for (double& v : q) v /= std::sqrt(norm);
+        const double w = q[0], x = q[1], y = q[2], z = q[3];
+        r = {1 - 2 * (y * y + z * z), 2 * (x * y - w * z),     2 * (x * z + w * y),
+             2 * (x * y + w * z),     1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+             2 * (x * z - w * y),     2 * (y * z + w * x),     1 - 2 * (x * x + y * y)};
+    }
+    if (improper)
+        for (int a = 0; a < d; ++a) r[a * d] = -r[a * d];
+    return r;
+}
+
+// Sample b of x [B][n][d] rotated by r and with its particles permuted: out_i = r x_{pi(i)}.
+void transform_sample(std::vector<double>& x, int b, int n, int d, const std::vector<double>& r,
+                      const std::vector<int>& pi) {
+    std::vector<double> out(n * d, 0.0);
+    for (int i = 0; i < n; ++i)
+        for (int a = 0; a < d; ++a)
+            for (int c = 0; c < d; ++c) out[i * d + a] += r[a * d + c] * x[(b * n + pi[i]) * d + c];
+    std::copy(out.begin(), out.end(), x.begin() + b * n * d);
+}
+
+struct Coupled {
+    std::vector<double> x1p;
+    std::vector<int64_t> pairing;
+    std::vector<double> cost;
+    double total() const { return std::accumulate(cost.begin(), cost.end(), 0.0); }
+};
+
+Coupled run(const CouplingOptions& o, const std::vector<double>& x0, const std::vector<double>& x1,
+            int B, int n, int d) {
+    Coupled c{std::vector<double>(B * n * d), std::vector<int64_t>(B), std::vector<double>(B)};
+    couple(o, TensorView<const double>(x0.data(), Shape{B, n, d}),
+           TensorView<const double>(x1.data(), Shape{B, n, d}),
+           TensorView<double>(c.x1p.data(), Shape{B, n, d}),
+           TensorView<int64_t>(c.pairing.data(), Shape{B}),
+           TensorView<double>(c.cost.data(), Shape{B}));
+    return c;
+}
+
+CouplingOptions opts(CouplingKind k) {
+    CouplingOptions o;
+    o.kind = k;
+    return o;
+}
+
+double sq(const double* a, const double* b, int m) {
+    double s = 0;
+    for (int k = 0; k < m; ++k) s += (a[k] - b[k]) * (a[k] - b[k]);
+    return s;
+}
+
+TEST(Coupling, ParseAndNames) {
+    EXPECT_EQ(parse_coupling("fm"), CouplingKind::fm);
+    EXPECT_EQ(parse_coupling("ot"), CouplingKind::ot);
+    EXPECT_EQ(parse_coupling("eqot"), CouplingKind::eqot);
+    EXPECT_STREQ(coupling_name(CouplingKind::eqot), "eqot");
+    EXPECT_THROW(parse_coupling("sinkhorn"), Error);
+}
+
+TEST(Coupling, FmIsIdentity) {
+    auto gen = test::rng(601);
+    const int B = 5, n = 4, d = 2;
+    const std::vector<double> x0 = prior(B, n, d, gen), x1 = data(B, n, d, gen);
+    const Coupled c = run(opts(CouplingKind::fm), x0, x1, B, n, d);
+    EXPECT_EQ(c.x1p, x1);
+    for (int i = 0; i < B; ++i) {
+        EXPECT_EQ(c.pairing[i], i);
+        EXPECT_NEAR(c.cost[i], sq(&x0[i * n * d], &x1[i * n * d], n * d), 1e-12);
+    }
+}
+
+TEST(Coupling, OtMatchesBruteForce) {
+    auto gen = test::rng(602);
+    const int n = 4, d = 2;
+    for (int B : {1, 2, 5, 7}) {
+        const std::vector<double> x0 = prior(B, n, d, gen), x1 = data(B, n, d, gen);
+        const Coupled c = run(opts(CouplingKind::ot), x0, x1, B, n, d);
+        std::vector<int> p(B);
+        std::iota(p.begin(), p.end(), 0);
+        double best = 1e300;
+        do {
+            double s = 0;
+            for (int i = 0; i < B; ++i) s += sq(&x0[i * n * d], &x1[p[i] * n * d], n * d);
+            best = std::min(best, s);
+        } while (std::next_permutation(p.begin(), p.end()));
+        EXPECT_NEAR(c.total(), best, kCostRtol * best) << "B=" << B;
+        for (int i = 0; i < B; ++i)
+            for (int k = 0; k < n * d; ++k)
+                EXPECT_EQ(c.x1p[i * n * d + k], x1[c.pairing[i] * n * d + k]);
+    }
+}
+
+class Eqot : public ::testing::TestWithParam<std::pair<int, int>> {};  // (n, d)
+
+TEST_P(Eqot, NeverWorseThanOtAndConsistent) {
+    const auto [n, d] = GetParam();
+    auto gen = test::rng(610 + n);
+    const int B = 12;
+    const std::vector<double> x0 = prior(B, n, d, gen), x1 = data(B, n, d, gen);
+    const Coupled ot = run(opts(CouplingKind::ot), x0, x1, B, n, d);
+    const Coupled eq = run(opts(CouplingKind::eqot), x0, x1, B, n, d);
+    EXPECT_LE(eq.total(), ot.total());
+    // Per pair too: the identity start is DESIGN.md's recipe, never worse than no alignment.
+    std::vector<int64_t> perm(n);
+    double r[9];
+    const CouplingOptions o = opts(CouplingKind::eqot);
+    for (int i = 0; i < B; ++i)
+        for (int j = 0; j < B; ++j)
+            EXPECT_LE(eqot_align_pair(o, &x0[i * n * d], &x1[j * n * d], n, d, perm.data(), r),
+                      sq(&x0[i * n * d], &x1[j * n * d], n * d));
+    // The output: cost[i] = |x0_i - x1_paired[i]|^2 and x1_paired[i] = R P x1[sigma(i)], R proper.
+    std::vector<bool> used(B, false);
+    for (int i = 0; i < B; ++i) {
+        const int64_t j = eq.pairing[i];
+        ASSERT_TRUE(j >= 0 && j < B && !used[j]);
+        used[j] = true;
+        EXPECT_NEAR(eq.cost[i], sq(&x0[i * n * d], &eq.x1p[i * n * d], n * d),
+                    kCostRtol * eq.cost[i]);
+        eqot_align_pair(o, &x0[i * n * d], &x1[j * n * d], n, d, perm.data(), r);
+        const double det = d == 2 ? r[0] * r[3] - r[1] * r[2]
+                                  : r[0] * (r[4] * r[8] - r[5] * r[7]) -
+                                        r[1] * (r[3] * r[8] - r[5] * r[6]) +
+                                        r[2] * (r[3] * r[7] - r[4] * r[6]);
+        EXPECT_NEAR(det, 1.0, 1e-12);
+        std::vector<int64_t> sorted = perm;
+        std::sort(sorted.begin(), sorted.end());
+        for (int a = 0; a < n; ++a) EXPECT_EQ(sorted[a], a);
+        for (int a = 0; a < n; ++a)
+            for (int p = 0; p < d; ++p) {
+                double v = 0;
+                for (int q = 0; q < d; ++q) v += r[p * d + q] * x1[(j * n + perm[a]) * d + q];
+                EXPECT_NEAR(eq.x1p[(i * n + a) * d + p], v, kCoordTol);
+            }
+    }
+}
+
+TEST_P(Eqot, InvariantToRotatingAndPermutingSamples) {
+    const auto [n, d] = GetParam();
+    auto gen = test::rng(620 + n);
+    const int B = 10;
+    const std::vector<double> x0 = prior(B, n, d, gen), x1 = data(B, n, d, gen);
+    const CouplingOptions o = opts(CouplingKind::eqot);
+    const Coupled base = run(o, x0, x1, B, n, d);
+    // Rotate and permute every data sample (each its own way): nothing changes.
+    std::vector<double> x1t = x1;
+    for (int b = 0; b < B; ++b) {
+        std::vector<int> pi(n);
+        std::iota(pi.begin(), pi.end(), 0);
+        std::shuffle(pi.begin(), pi.end(), gen);
+        transform_sample(x1t, b, n, d, random_rotation(d, gen), pi);
+    }
+    const Coupled c1 = run(o, x0, x1t, B, n, d);
+    EXPECT_EQ(c1.pairing, base.pairing);
+    EXPECT_ALL_CLOSE(c1.cost, base.cost, 0.0, kCostRtol);
+    EXPECT_ALL_CLOSE(c1.x1p, base.x1p, kCoordTol, 0.0);
+    // Rotate and permute every prior sample: the costs stay, the paired data turn with x0.
+    std::vector<double> x0t = x0, expected = base.x1p;
+    for (int b = 0; b < B; ++b) {
+        std::vector<int> pi(n);
+        std::iota(pi.begin(), pi.end(), 0);
+        std::shuffle(pi.begin(), pi.end(), gen);
+        const std::vector<double> q = random_rotation(d, gen);
+        transform_sample(x0t, b, n, d, q, pi);
+        transform_sample(expected, b, n, d, q, pi);
+    }
+    const Coupled c0 = run(o, x0t, x1, B, n, d);
+    EXPECT_EQ(c0.pairing, base.pairing);
+    EXPECT_ALL_CLOSE(c0.cost, base.cost, 0.0, kCostRtol);
+    EXPECT_ALL_CLOSE(c0.x1p, expected, kCoordTol, 0.0);
+}
+
+TEST_P(Eqot, FindsExactSymmetryCopies) {
+    // x1 = a shuffled batch of rotated, particle-permuted copies of x0: eqot pairs every sample
+    // with its own copy at (numerically) zero cost; plain ot cannot.
+    constexpr double kZeroCost = 1e-18;
+    const auto [n, d] = GetParam();
+    auto gen = test::rng(630 + n);
+    const int B = 8;
+    const std::vector<double> x0 = data(B, n, d, gen);
+    std::vector<int> order(B);
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), gen);
+    std::vector<double> x1(B * n * d);
+    for (int b = 0; b < B; ++b) {
+        std::copy(x0.begin() + order[b] * n * d, x0.begin() + (order[b] + 1) * n * d,
+                  x1.begin() + b * n * d);
+        std::vector<int> pi(n);
+        std::iota(pi.begin(), pi.end(), 0);
+        std::shuffle(pi.begin(), pi.end(), gen);
+        transform_sample(x1, b, n, d, random_rotation(d, gen), pi);
+    }
+    const Coupled c = run(opts(CouplingKind::eqot), x0, x1, B, n, d);
+    for (int i = 0; i < B; ++i) {
+        EXPECT_EQ(order[c.pairing[i]], i);
+        EXPECT_LT(c.cost[i], kZeroCost);
+    }
+    EXPECT_GT(run(opts(CouplingKind::ot), x0, x1, B, n, d).total(), 1.0);
+}
+
+TEST_P(Eqot, ReflectionsOnlyWhenAsked) {
+    const auto [n, d] = GetParam();
+    auto gen = test::rng(640 + n);
+    const int B = 4;
+    const std::vector<double> x0 = data(B, n, d, gen);
+    std::vector<double> x1 = x0;
+    for (int b = 0; b < B; ++b) {
+        std::vector<int> pi(n);
+        std::iota(pi.begin(), pi.end(), 0);
+        std::shuffle(pi.begin(), pi.end(), gen);
+        transform_sample(x1, b, n, d, random_rotation(d, gen, /*improper=*/true), pi);
+    }
+    CouplingOptions o = opts(CouplingKind::eqot);
+    const Coupled proper = run(o, x0, x1, B, n, d);
+    EXPECT_GT(proper.total(), 1e-3);  // mirror images are not superposable by rotations
+    o.allow_reflection = true;
+    const Coupled mirrored = run(o, x0, x1, B, n, d);
+    EXPECT_LT(mirrored.total(), 1e-18);
+}
+
+INSTANTIATE_TEST_SUITE_P(Systems, Eqot,
+                         ::testing::Values(std::make_pair(4, 2), std::make_pair(13, 3)),
+                         [](const auto& info) { return "n" + std::to_string(info.param.first); });
+
+TEST(Coupling, EqotRespectsTypes) {
+    auto gen = test::rng(650);
+    const int B = 6, n = 7, d = 3;
+    CouplingOptions o = opts(CouplingKind::eqot);
+    o.atom_types = {0, 1, 1, 0, 2, 1, 0};
+    const std::vector<double> x0 = prior(B, n, d, gen), x1 = data(B, n, d, gen);
+    std::vector<int64_t> perm(n);
+    double r[9];
+    for (int i = 0; i < B; ++i)
+        for (int j = 0; j < B; ++j) {
+            eqot_align_pair(o, &x0[i * n * d], &x1[j * n * d], n, d, perm.data(), r);
+            for (int a = 0; a < n; ++a) EXPECT_EQ(o.atom_types[perm[a]], o.atom_types[a]);
+        }
+    // The batch coupling keeps types too: each paired sample is a type-preserving permutation.
+    const Coupled c = run(o, x0, x1, B, n, d);
+    EXPECT_TRUE(test::not_all_zero(c.x1p));
+    for (int i = 0; i < B; ++i) {
+        eqot_align_pair(o, &x0[i * n * d], &x1[c.pairing[i] * n * d], n, d, perm.data(), r);
+        for (int a = 0; a < n; ++a) EXPECT_EQ(o.atom_types[perm[a]], o.atom_types[a]);
+    }
+}
+
+TEST(Coupling, FloatMatchesDouble) {
+    // Float inputs are widened and coupled in double; x1_paired is rounded back to float.
+    constexpr double kFloatTol = 1e-5;
+    auto gen = test::rng(660);
+    const int B = 6, n = 13, d = 3;
+    const std::vector<double> a = prior(B, n, d, gen), b = data(B, n, d, gen);
+    const std::vector<float> af(a.begin(), a.end()), bf(b.begin(), b.end());
+    const std::vector<double> ar(af.begin(), af.end()), br(bf.begin(), bf.end());
+    for (CouplingKind k : {CouplingKind::fm, CouplingKind::ot, CouplingKind::eqot}) {
+        const Coupled ref = run(opts(k), ar, br, B, n, d);
+        std::vector<float> out(B * n * d);
+        std::vector<int64_t> pairing(B);
+        std::vector<double> cost(B);
+        couple(opts(k), TensorView<const float>(af.data(), Shape{B, n, d}),
+               TensorView<const float>(bf.data(), Shape{B, n, d}),
+               TensorView<float>(out.data(), Shape{B, n, d}),
+               TensorView<int64_t>(pairing.data(), Shape{B}),
+               TensorView<double>(cost.data(), Shape{B}));
+        EXPECT_EQ(pairing, ref.pairing);
+        EXPECT_ALL_CLOSE(cost, ref.cost, 0.0, 1e-12);
+        EXPECT_ALL_CLOSE(out, ref.x1p, kFloatTol, kFloatTol);
+    }
+}
+
+TEST(Coupling, ArgumentErrors) {
+    std::vector<double> x(2 * 4 * 2), y(2 * 4 * 2), out(2 * 4 * 2);
+    const TensorView<const double> xv(x.data(), Shape{2, 4, 2}), yv(y.data(), Shape{2, 4, 2});
+    CouplingOptions o;
+    o.atom_types = {0, 1};
+    EXPECT_THROW(couple(o, xv, yv, TensorView<double>(out.data(), Shape{2, 4, 2})), Error);
+    o.atom_types.clear();
+    EXPECT_THROW(couple(o, xv, TensorView<const double>(y.data(), Shape{2, 2, 4}),
+                        TensorView<double>(out.data(), Shape{2, 4, 2})),
+                 Error);
+    EXPECT_THROW(couple(o, xv, yv, TensorView<double>(y.data(), Shape{2, 4, 2})),
+                 Error);  // aliasing x1
+    x[3] = std::nan("");
+    EXPECT_THROW(couple(o, xv, yv, TensorView<double>(out.data(), Shape{2, 4, 2})), Error);
+    std::vector<double> x4(2 * 4 * 4), o4(2 * 4 * 4);
+    EXPECT_THROW(couple(o, TensorView<const double>(x4.data(), Shape{2, 4, 4}),
+                        TensorView<const double>(x4.data(), Shape{2, 4, 4}),
+                        TensorView<double>(o4.data(), Shape{2, 4, 4})),
+                 Error);
+    EXPECT_NO_THROW(couple(o, TensorView<const double>(nullptr, Shape{0, 4, 2}),
+                           TensorView<const double>(nullptr, Shape{0, 4, 2}),
+                           TensorView<double>(nullptr, Shape{0, 4, 2})));
+    EXPECT_EQ(coupling_workspace_bytes(Device::cpu, o, 256, 55, 3), 0u);
+}
+
+}  // namespace
+}  // namespace eqflow

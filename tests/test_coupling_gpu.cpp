@@ -1,0 +1,119 @@
+// Couplings: the CUDA path against the CPU reference (label gpu).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "eqflow/buffer.h"
+#include "eqflow/coupling.h"
+#include "eqflow/error.h"
+#include "eqflow/tensor.h"
+#include "test_util.h"
+
+namespace eqflow {
+namespace {
+
+// Both backends run the same double-precision search; only FMA contraction and summation order
+// differ (~1e-15 relative), which cannot flip a decision on random (tie-free) inputs.
+constexpr double kCostRtol = 1e-9;
+constexpr double kCoordTol = 1e-8;
+
+std::vector<double> centred_normal(int B, int n, int d, std::mt19937_64& gen, double scale) {
+    std::vector<double> x = test::random_normal(B * n * d, gen, scale);
+    for (int b = 0; b < B; ++b)
+        for (int a = 0; a < d; ++a) {
+            double m = 0;
+            for (int i = 0; i < n; ++i) m += x[(b * n + i) * d + a];
+            for (int i = 0; i < n; ++i) x[(b * n + i) * d + a] -= m / n;
+        }
+    return x;
+}
+
+struct Out {
+    std::vector<double> x1p, cost;
+    std::vector<int64_t> pairing;
+};
+
+Out run(const CouplingOptions& o, const std::vector<double>& x0, const std::vector<double>& x1,
+        int B, int n, int d, Device device) {
+    Tensor<double> a = Tensor<double>::from_host(x0, Shape{B, n, d}, device);
+    Tensor<double> b = Tensor<double>::from_host(x1, Shape{B, n, d}, device);
+    Tensor<double> out(Shape{B, n, d}, device), cost(Shape{B}, device);
+    Tensor<int64_t> pairing(Shape{B}, device);
+    const std::size_t bytes = coupling_workspace_bytes(device, o, B, n, d);
+    Buffer<unsigned char> ws(bytes, device);
+    couple(o, a.cview(), b.cview(), out.view(), pairing.view(), cost.view(), ws.data(), bytes);
+    return {out.to_vector(), cost.to_vector(), pairing.to_vector()};
+}
+
+struct Case {
+    int n, d, B;
+};
+
+class CouplingGpu : public ::testing::TestWithParam<Case> {};
+
+TEST_P(CouplingGpu, MatchesCpu) {
+    const Case c = GetParam();
+    auto gen = test::rng(900 + c.n);
+    const std::vector<double> x0 = centred_normal(c.B, c.n, c.d, gen, 1.0),
+                              x1 = centred_normal(c.B, c.n, c.d, gen, 0.7);
+    for (CouplingKind k : {CouplingKind::fm, CouplingKind::ot, CouplingKind::eqot}) {
+        CouplingOptions o;
+        o.kind = k;
+        const Out cpu = run(o, x0, x1, c.B, c.n, c.d, Device::cpu);
+        const Out gpu = run(o, x0, x1, c.B, c.n, c.d, Device::cuda);
+        EXPECT_EQ(gpu.pairing, cpu.pairing) << coupling_name(k);
+        EXPECT_ALL_CLOSE(gpu.cost, cpu.cost, 0.0, kCostRtol) << coupling_name(k);
+        EXPECT_ALL_CLOSE(gpu.x1p, cpu.x1p, kCoordTol, 0.0) << coupling_name(k);
+        EXPECT_TRUE(test::not_all_zero(gpu.x1p));
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Systems, CouplingGpu,
+                         ::testing::Values(Case{4, 2, 64}, Case{13, 3, 48}, Case{22, 3, 16},
+                                           Case{55, 3, 24}, Case{2, 3, 5}),
+                         [](const auto& info) {
+                             return "n" + std::to_string(info.param.n) + "_B" +
+                                    std::to_string(info.param.B);
+                         });
+
+TEST(CouplingGpuEdge, TypesReflectionsAndFloat) {
+    auto gen = test::rng(950);
+    const int B = 12, n = 7, d = 3;
+    const std::vector<double> x0 = centred_normal(B, n, d, gen, 1.0),
+                              x1 = centred_normal(B, n, d, gen, 1.0);
+    CouplingOptions o;
+    o.atom_types = {0, 1, 1, 0, 2, 1, 0};
+    o.allow_reflection = true;
+    o.refine_iterations = 3;
+    const Out cpu = run(o, x0, x1, B, n, d, Device::cpu),
+              gpu = run(o, x0, x1, B, n, d, Device::cuda);
+    EXPECT_EQ(gpu.pairing, cpu.pairing);
+    EXPECT_ALL_CLOSE(gpu.cost, cpu.cost, 0.0, kCostRtol);
+    EXPECT_ALL_CLOSE(gpu.x1p, cpu.x1p, kCoordTol, 0.0);
+    // float inputs: widened to double on both sides, x1_paired rounded to float.
+    const std::vector<float> af(x0.begin(), x0.end()), bf(x1.begin(), x1.end());
+    Tensor<float> a = Tensor<float>::from_host(af, Shape{B, n, d}, Device::cuda),
+                  b = Tensor<float>::from_host(bf, Shape{B, n, d}, Device::cuda);
+    Tensor<float> out(Shape{B, n, d}, Device::cuda);
+    Tensor<double> cost(Shape{B}, Device::cuda);
+    const std::size_t bytes = coupling_workspace_bytes(Device::cuda, o, B, n, d);
+    Buffer<unsigned char> ws(bytes, Device::cuda);
+    couple(o, a.cview(), b.cview(), out.view(), {}, cost.view(), ws.data(), bytes);
+    std::vector<float> outc(B * n * d);
+    std::vector<double> costc(B);
+    couple(o, TensorView<const float>(af.data(), Shape{B, n, d}),
+           TensorView<const float>(bf.data(), Shape{B, n, d}),
+           TensorView<float>(outc.data(), Shape{B, n, d}), {},
+           TensorView<double>(costc.data(), Shape{B}));
+    EXPECT_ALL_CLOSE(cost.to_vector(), costc, 0.0, kCostRtol);
+    EXPECT_ALL_CLOSE(out.to_vector(), outc, 1e-5, 1e-5);
+    // Too little workspace is an error, an empty batch is not.
+    EXPECT_THROW(couple(o, a.cview(), b.cview(), out.view(), {}, {}, ws.data(), 8), Error);
+    Tensor<float> e(Shape{0, n, d}, Device::cuda), eo(Shape{0, n, d}, Device::cuda);
+    EXPECT_NO_THROW(couple(o, e.cview(), e.cview(), eo.view()));
+}
+
+}  // namespace
+}  // namespace eqflow
