@@ -158,6 +158,9 @@ ChainResult run_chain(const System& s, const McmcOptions& opt, const std::vector
 
 std::vector<double> sample_equilibrium(const System& s, const McmcOptions& opt, McmcStats* stats) {
     EQFLOW_CHECK(s.n >= 2 && s.d >= 1, "sampling: system " << s.name << " has no particles");
+    EQFLOW_CHECK(s.kind == PotentialKind::double_well || s.kind == PotentialKind::lennard_jones,
+                 "sampling: Metropolis sampling supports the pair-potential systems only, not " << s.name
+                                                                                              << " (molecules use MD)");
     EQFLOW_CHECK(opt.samples >= 0, "sampling: negative sample count " << opt.samples);
     EQFLOW_CHECK(opt.replicas >= 1 && opt.replicas <= 64, "sampling: replicas must be 1..64, got " << opt.replicas);
     EQFLOW_CHECK(opt.burn_in >= 0 && opt.thin >= 0, "sampling: burn-in and thinning must be non-negative");

@@ -3,21 +3,19 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "cpu/molecule_cpu.h"
 #include "cpu/systems_cpu.h"
 #include "eqflow/error.h"
+#include "eqflow/molecule.h"
 
 #if defined(EQFLOW_HAVE_CUDA)
+#include "kernels/molecule.cuh"
 #include "kernels/systems.cuh"
 #endif
 
 namespace eqflow {
 
-int System::num_types() const {
-    if (atom_types.empty()) return 1;
-    return *std::max_element(atom_types.begin(), atom_types.end()) + 1;
-}
-
-std::vector<std::string> builtin_system_names() { return {"dw4", "lj13", "lj55", "lj:N"}; }
+std::vector<std::string> builtin_system_names() { return {"dw4", "lj13", "lj55", "lj:N", "aldp"}; }
 
 System make_system(const std::string& name) {
     System s;
@@ -34,6 +32,15 @@ System make_system(const std::string& name) {
         s.d = 3;
         return s;
     };
+    if (name == "aldp") {
+        s.kind = PotentialKind::molecule;
+        s.n = kAldpAtoms;
+        s.d = 3;
+        s.kT = kBoltzmannKJ * kAldpTemperature;
+        s.atom_types = aldp_atom_types();
+        s.force_field = aldp_force_field();
+        return s;
+    }
     if (name == "lj13") return lj(13);
     if (name == "lj55") return lj(55);
     if (name.rfind("lj:", 0) == 0) {
@@ -44,14 +51,20 @@ System make_system(const std::string& name) {
                      "system '" << name << "': lj:N needs an integer N >= 2");
         return lj(static_cast<int>(n));
     }
-    EQFLOW_THROW("unknown system '" << name << "' (choose dw4, lj13, lj55 or lj:N)");
+    EQFLOW_THROW("unknown system '" << name << "' (choose dw4, lj13, lj55, lj:N or aldp)");
 }
 
 void pair_potential(const System& s, double r, double* phi, double* dphi, double* d2phi) {
+    EQFLOW_CHECK(s.kind != PotentialKind::molecule, "system " << s.name << " has no pair potential");
     cpu::pair_terms(s, r, phi, dphi, d2phi);
 }
 
 double energy_reference(const System& s, const double* x, double* grad, double* laplacian) {
+    if (s.kind == PotentialKind::molecule) {
+        EQFLOW_CHECK(s.force_field && laplacian == nullptr,
+                     "system " << s.name << ": " << (s.force_field ? "no Laplacian for molecules" : "no force field"));
+        return cpu::molecule_energy_one(*s.force_field, x, grad, kTermAll);
+    }
     return cpu::energy_one(s, x, grad, laplacian);
 }
 
@@ -77,12 +90,22 @@ void energy_forces_impl(const System& s, TensorView<const T> x, TensorView<T> u,
     check_energy_args(s, x, u, forces);
     const int64_t B = x.size(0);
     if (B == 0) return;
+    const bool molecule = s.kind == PotentialKind::molecule;
+    EQFLOW_CHECK(!molecule || s.force_field, "system " << s.name << " has no force field");
     if (x.device == Device::cpu) {
-        cpu::energy_forces(s, x.data, B, u.data, forces.defined() ? forces.data : nullptr);
+        if (molecule)
+            cpu::molecule_energy_forces(*s.force_field, x.data, B, u.data, forces.defined() ? forces.data : nullptr,
+                                        kTermAll, 1.0 / s.kT);
+        else
+            cpu::energy_forces(s, x.data, B, u.data, forces.defined() ? forces.data : nullptr);
         return;
     }
 #if defined(EQFLOW_HAVE_CUDA)
-    cuda::energy_forces(s, x.data, B, u.data, forces.defined() ? forces.data : nullptr, stream);
+    if (molecule)
+        cuda::molecule_energy_forces(*s.force_field, x.data, B, u.data, forces.defined() ? forces.data : nullptr,
+                                     kTermAll, stream, 1.0 / s.kT);
+    else
+        cuda::energy_forces(s, x.data, B, u.data, forces.defined() ? forces.data : nullptr, stream);
 #else
     (void)stream;
     EQFLOW_THROW("energy on the GPU: eqflow was built without CUDA");

@@ -12,6 +12,7 @@
 // kT = 1 (all built-in particle systems) the two coincide.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -21,10 +22,14 @@
 
 namespace eqflow {
 
-enum class PotentialKind { double_well, lennard_jones };
+// molecule: a molecular force field (eqflow/molecule.h), e.g. `aldp` (alanine dipeptide, 22 atoms,
+// Amber ff99SB-ILDN + OBC, nm and kJ/mol, kT = k_B * 300 K).
+enum class PotentialKind { double_well, lennard_jones, molecule };
+
+struct ForceField;  // eqflow/molecule.h
 
 struct System {
-    std::string name;  // "dw4", "lj13", "lj55", "lj:N"
+    std::string name;  // "dw4", "lj13", "lj55", "lj:N", "aldp"
     PotentialKind kind = PotentialKind::double_well;
     int n = 0;         // particles
     int d = 0;         // spatial dimension
@@ -39,12 +44,19 @@ struct System {
     double lj_oscillator = 0.5;
     // Optional per-particle type index (empty: all particles identical).
     std::vector<int> atom_types;
+    // The force field of a `molecule` system (shared, immutable).
+    std::shared_ptr<const ForceField> force_field;
 
     int dof() const { return (n - 1) * d; }  // dimension of the mean-free subspace
-    int num_types() const;
+    int num_types() const {  // 1 when untyped
+        int m = 0;
+        for (int t : atom_types) m = t + 1 > m ? t + 1 : m;
+        return atom_types.empty() ? 1 : m;
+    }
 };
 
-// "dw4", "lj13", "lj55" or "lj:N" (N >= 2). Unknown names throw an Error listing the choices.
+// "dw4", "lj13", "lj55", "lj:N" (N >= 2) or "aldp" (reads data/aldp, see eqflow/molecule.h).
+// Unknown names throw an Error listing the choices.
 EQFLOW_API System make_system(const std::string& name);
 EQFLOW_API std::vector<std::string> builtin_system_names();
 
@@ -58,7 +70,7 @@ EQFLOW_API void energy_forces(const System& system, TensorView<const float> x, T
 
 // CPU reference for one configuration x [n][d]: returns E (not reduced); fills grad [n][d] with
 // dE/dx when non-null, and *laplacian with the full-space Laplacian of E when non-null (the
-// configurational-temperature estimator needs it).
+// configurational-temperature estimator needs it; not available for `molecule` systems).
 EQFLOW_API double energy_reference(const System& system, const double* x, double* grad = nullptr,
                                    double* laplacian = nullptr);
 

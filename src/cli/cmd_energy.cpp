@@ -12,7 +12,8 @@ namespace eqflow::cli {
 const char* const kEnergyUsage =
     "usage: eqflow energy --system S --in x.npy --out u.npy [--device cpu|cuda|auto]\n\n"
     "Reduced energies u = E/kT (float64, shape [N]) of the configurations in x.npy\n"
-    "(shape [N, n*d] or [N, n, d], float32 or float64). Systems: dw4, lj13, lj55, lj:N.\n";
+    "(shape [N, n*d] or [N, n, d], float32 or float64). Systems: dw4, lj13, lj55, lj:N, aldp\n"
+    "(alanine dipeptide: positions in nm, u = E / (k_B 300 K) with E in kJ/mol).\n";
 
 int cmd_energy(Args& args) {
     const System system = make_system(args.require("system"));
