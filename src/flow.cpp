@@ -1,0 +1,107 @@
+// The prior, sampling with the exact log-density and likelihoods by backward integration: see
+// eqflow/flow.h.
+#include "eqflow/flow.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "eqflow/error.h"
+#include "eqflow/philox.h"
+
+namespace eqflow {
+
+namespace {
+constexpr double kLog2Pi = 1.8378770664093454836;  // log(2 pi)
+}
+
+double prior_log_normalizer(int n, int d) { return 0.5 * static_cast<double>((n - 1) * d) * kLog2Pi; }
+
+void remove_mean(int64_t B, int n, int d, double* x) {
+    for (int64_t b = 0; b < B; ++b) {
+        double* xb = x + b * n * d;
+        for (int a = 0; a < d; ++a) {
+            double mean = 0.0;
+            for (int i = 0; i < n; ++i) mean += xb[i * d + a];
+            mean /= n;
+            for (int i = 0; i < n; ++i) xb[i * d + a] -= mean;
+        }
+    }
+}
+
+void sample_prior(int64_t count, int n, int d, uint64_t seed, uint64_t first_stream, double* x) {
+    EQFLOW_CHECK(count >= 0 && n >= 2 && d >= 1, "sample_prior: bad sizes " << count << " x " << n << " x " << d);
+    for (int64_t i = 0; i < count; ++i) {
+        Philox rng(seed, first_stream + static_cast<uint64_t>(i));
+        for (int k = 0; k < n * d; ++k) x[i * n * d + k] = rng.normal();
+    }
+    remove_mean(count, n, d, x);
+}
+
+void prior_log_density(int64_t B, int n, int d, const double* x, double* log_p) {
+    const double c = prior_log_normalizer(n, d);
+    for (int64_t b = 0; b < B; ++b) {
+        double s = 0.0;
+        for (int k = 0; k < n * d; ++k) s += x[b * n * d + k] * x[b * n * d + k];
+        log_p[b] = -0.5 * s - c;
+    }
+}
+
+FlowSamples flow_sample(const FlowField& field, int n, int d, int64_t count, uint64_t seed,
+                        const FlowOptions& options) {
+    EQFLOW_CHECK(count >= 0, "flow_sample: negative sample count");
+    EQFLOW_CHECK(options.batch > 0, "flow_sample: batch must be positive");
+    const int64_t D = static_cast<int64_t>(n) * d;
+    FlowSamples out;
+    out.n = n;
+    out.d = d;
+    out.count = count;
+    out.x.resize(static_cast<size_t>(count * D));
+    out.x0.resize(static_cast<size_t>(count * D));
+    out.log_q.resize(static_cast<size_t>(count));
+    out.path_length.resize(static_cast<size_t>(count));
+    sample_prior(count, n, d, seed, 0, out.x0.data());
+    std::vector<double> div_int, log_p0;
+    for (int64_t start = 0; start < count; start += options.batch) {
+        const int64_t B = std::min(options.batch, count - start);
+        double* xb = out.x.data() + start * D;
+        std::copy(out.x0.begin() + start * D, out.x0.begin() + (start + B) * D, xb);
+        div_int.assign(static_cast<size_t>(B), 0.0);
+        log_p0.assign(static_cast<size_t>(B), 0.0);
+        prior_log_density(B, n, d, xb, log_p0.data());
+        ode_integrate(field, B, D, xb, 0.0, 1.0, options.ode, div_int.data(), out.path_length.data() + start,
+                      &out.ode, true);
+        for (int64_t b = 0; b < B; ++b) out.log_q[static_cast<size_t>(start + b)] = log_p0[static_cast<size_t>(b)] - div_int[static_cast<size_t>(b)];
+        if (options.progress) options.progress(start + B, count);
+    }
+    out.failed = out.ode.failed;
+    return out;
+}
+
+FlowLikelihood flow_log_likelihood(const FlowField& field, int n, int d, const double* x, int64_t count,
+                                   const FlowOptions& options) {
+    EQFLOW_CHECK(count >= 0, "flow_log_likelihood: negative count");
+    EQFLOW_CHECK(options.batch > 0, "flow_log_likelihood: batch must be positive");
+    const int64_t D = static_cast<int64_t>(n) * d;
+    FlowLikelihood out;
+    out.x0.assign(x, x + count * D);
+    out.log_q.resize(static_cast<size_t>(count));
+    out.path_length.resize(static_cast<size_t>(count));
+    std::vector<double> div_int, log_p0;
+    for (int64_t start = 0; start < count; start += options.batch) {
+        const int64_t B = std::min(options.batch, count - start);
+        double* xb = out.x0.data() + start * D;
+        div_int.assign(static_cast<size_t>(B), 0.0);
+        log_p0.assign(static_cast<size_t>(B), 0.0);
+        // Backwards from t = 1 to 0: I = int_1^0 div dt = -int_0^1 div dt, so
+        // log q(x1) = log p0(x0) - int_0^1 div dt = log p0(x0) + I.
+        ode_integrate(field, B, D, xb, 1.0, 0.0, options.ode, div_int.data(), out.path_length.data() + start,
+                      &out.ode, true);
+        prior_log_density(B, n, d, xb, log_p0.data());
+        for (int64_t b = 0; b < B; ++b) out.log_q[static_cast<size_t>(start + b)] = log_p0[static_cast<size_t>(b)] + div_int[static_cast<size_t>(b)];
+        if (options.progress) options.progress(start + B, count);
+    }
+    out.failed = out.ode.failed;
+    return out;
+}
+
+}  // namespace eqflow

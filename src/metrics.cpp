@@ -1,0 +1,219 @@
+// Importance weights, ESS, energy histograms and the metrics JSON: see eqflow/flow.h.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "eqflow/error.h"
+#include "eqflow/flow.h"
+
+namespace eqflow {
+
+double effective_sample_size(const double* log_w, int64_t N) {
+    if (N <= 0) return 0.0;
+    double max_lw = -std::numeric_limits<double>::infinity();
+    for (int64_t i = 0; i < N; ++i)
+        if (std::isfinite(log_w[i])) max_lw = std::max(max_lw, log_w[i]);
+    if (!std::isfinite(max_lw)) return 0.0;
+    // Shift by the largest log weight so the largest w is 1: no overflow, and ESS is scale-free.
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t i = 0; i < N; ++i) {
+        if (!std::isfinite(log_w[i])) continue;
+        const double w = std::exp(log_w[i] - max_lw);
+        s1 += w;
+        s2 += w * w;
+    }
+    return s1 * s1 / s2 / static_cast<double>(N);
+}
+
+Reweighting importance_weights(const double* u, const double* log_q, int64_t N) {
+    Reweighting r;
+    r.log_w.resize(static_cast<size_t>(std::max<int64_t>(N, 0)));
+    double max_lw = -std::numeric_limits<double>::infinity();
+    double sum_u = 0.0;
+    int64_t finite_u = 0;
+    for (int64_t i = 0; i < N; ++i) {
+        const bool ok = std::isfinite(u[i]) && std::isfinite(log_q[i]);
+        r.log_w[static_cast<size_t>(i)] = ok ? -u[i] - log_q[i] : -std::numeric_limits<double>::infinity();
+        if (!ok) ++r.invalid;
+        if (ok) max_lw = std::max(max_lw, r.log_w[static_cast<size_t>(i)]);
+        if (std::isfinite(u[i])) {
+            sum_u += u[i];
+            ++finite_u;
+        }
+    }
+    r.energy_mean = finite_u > 0 ? sum_u / static_cast<double>(finite_u) : std::numeric_limits<double>::quiet_NaN();
+    r.ess = effective_sample_size(r.log_w.data(), N);
+    double sw = 0.0, swu = 0.0;
+    for (int64_t i = 0; i < N && std::isfinite(max_lw); ++i) {
+        const double lw = r.log_w[static_cast<size_t>(i)];
+        if (!std::isfinite(lw)) continue;
+        const double w = std::exp(lw - max_lw);
+        sw += w;
+        swu += w * u[i];
+    }
+    r.energy_mean_reweighted = sw > 0 ? swu / sw : std::numeric_limits<double>::quiet_NaN();
+    return r;
+}
+
+std::vector<double> reduced_energies(const System& system, const double* x, int64_t N) {
+    const int64_t D = static_cast<int64_t>(system.n) * system.d;
+    std::vector<double> u(static_cast<size_t>(N));
+    for (int64_t i = 0; i < N; ++i) {
+        bool finite = true;
+        for (int64_t k = 0; k < D; ++k) finite = finite && std::isfinite(x[i * D + k]);
+        double e = finite ? energy_reference(system, x + i * D) / system.kT : std::numeric_limits<double>::infinity();
+        if (!std::isfinite(e)) e = std::numeric_limits<double>::infinity();
+        u[static_cast<size_t>(i)] = e;
+    }
+    return u;
+}
+
+namespace {
+
+double quantile(std::vector<double> v, double q) {
+    if (v.empty()) return 0.0;
+    std::sort(v.begin(), v.end());
+    const double pos = q * static_cast<double>(v.size() - 1);
+    const size_t lo = static_cast<size_t>(std::floor(pos));
+    const size_t hi = std::min(lo + 1, v.size() - 1);
+    return v[lo] + (pos - static_cast<double>(lo)) * (v[hi] - v[lo]);
+}
+
+// Histogram as a density over [edges.front(), edges.back()]; values outside are left out, but
+// the normalisation counts every finite value (so a figure shows how much falls outside).
+std::vector<double> histogram(const std::vector<double>& values, const std::vector<double>* weights,
+                              const std::vector<double>& edges) {
+    const size_t bins = edges.size() - 1;
+    std::vector<double> h(bins, 0.0);
+    const double lo = edges.front(), hi = edges.back(), width = (hi - lo) / static_cast<double>(bins);
+    double total = 0.0;
+    for (size_t i = 0; i < values.size(); ++i) {
+        const double w = weights ? (*weights)[i] : 1.0;
+        if (!std::isfinite(values[i]) || !(w > 0)) continue;
+        total += w;
+        if (values[i] < lo || values[i] > hi) continue;
+        size_t k = static_cast<size_t>((values[i] - lo) / width);
+        if (k >= bins) k = bins - 1;
+        h[k] += w;
+    }
+    if (total > 0)
+        for (double& x : h) x /= total * width;
+    return h;
+}
+
+}  // namespace
+
+EnergyHistogram energy_histogram(const std::vector<double>& u_data, const std::vector<double>& u_samples,
+                                 const std::vector<double>& log_w, int bins) {
+    EQFLOW_CHECK(bins > 0, "energy_histogram: bins must be positive");
+    EQFLOW_CHECK(log_w.size() == u_samples.size(), "energy_histogram: " << log_w.size() << " weights for "
+                                                                        << u_samples.size() << " samples");
+    std::vector<double> data, samples;
+    for (double u : u_data)
+        if (std::isfinite(u)) data.push_back(u);
+    for (double u : u_samples)
+        if (std::isfinite(u)) samples.push_back(u);
+    // The data set the scale: a poor model's high-energy tail must not squeeze the data's
+    // histogram into a few bins. Samples beyond the range still count in the normalisation.
+    const std::vector<double>& ref = data.empty() ? samples : data;
+    const double d_lo = quantile(ref, 0.005), d_hi = quantile(ref, 0.995);
+    double lo = samples.empty() ? d_lo : std::min(d_lo, quantile(samples, 0.005));
+    double hi = d_hi + 0.5 * (d_hi - d_lo);
+    if (!(hi > lo)) {
+        lo -= 0.5;
+        hi += 0.5;
+    }
+    EnergyHistogram h;
+    h.edges.resize(static_cast<size_t>(bins) + 1);
+    for (int k = 0; k <= bins; ++k) h.edges[static_cast<size_t>(k)] = lo + (hi - lo) * k / bins;
+    std::vector<double> w(log_w.size(), 0.0);
+    double max_lw = -std::numeric_limits<double>::infinity();
+    for (double lw : log_w)
+        if (std::isfinite(lw)) max_lw = std::max(max_lw, lw);
+    for (size_t i = 0; i < log_w.size(); ++i)
+        w[i] = std::isfinite(log_w[i]) ? std::exp(log_w[i] - max_lw) : 0.0;
+    h.data = histogram(u_data, nullptr, h.edges);
+    h.samples = histogram(u_samples, nullptr, h.edges);
+    h.reweighted = histogram(u_samples, &w, h.edges);
+    return h;
+}
+
+Json EnergyHistogram::to_json() const {
+    Json j = Json::object();
+    Json e = Json::array(), a = Json::array(), s = Json::array(), r = Json::array();
+    for (double x : edges) e.push_back(x);
+    for (double x : data) a.push_back(x);
+    for (double x : samples) s.push_back(x);
+    for (double x : reweighted) r.push_back(x);
+    j["bin_edges"] = e;
+    j["data"] = a;
+    j["samples"] = s;
+    j["reweighted"] = r;
+    return j;
+}
+
+FlowMetrics flow_metrics(int n, int d, const std::vector<double>& test_log_q, const std::vector<double>& test_u,
+                         const std::vector<double>& sample_log_q, const std::vector<double>& sample_u,
+                         const std::vector<double>& sample_path_length) {
+    EQFLOW_CHECK(sample_log_q.size() == sample_u.size() && sample_u.size() == sample_path_length.size(),
+                 "flow_metrics: sample arrays differ in length");
+    FlowMetrics m;
+    m.n_samples = static_cast<int64_t>(sample_u.size());
+    m.n_test = static_cast<int64_t>(test_log_q.size());
+    double s = 0.0;
+    int64_t k = 0;
+    for (double lq : test_log_q) {
+        if (!std::isfinite(lq)) {
+            ++m.failed_test;
+            continue;
+        }
+        s -= lq;
+        ++k;
+    }
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    m.nll_normalized = k > 0 ? s / static_cast<double>(k) : nan;
+    m.nll = m.nll_normalized - prior_log_normalizer(n, d);
+    const Reweighting rw = importance_weights(sample_u.data(), sample_log_q.data(), m.n_samples);
+    m.ess = rw.ess;
+    m.failed_samples = rw.invalid;
+    m.energy_mean_samples = rw.energy_mean;
+    m.energy_mean_reweighted = rw.energy_mean_reweighted;
+    double pl = 0.0;
+    int64_t np = 0;
+    for (double l : sample_path_length)
+        if (std::isfinite(l)) {
+            pl += l;
+            ++np;
+        }
+    m.path_length = np > 0 ? pl / static_cast<double>(np) : nan;
+    double su = 0.0;
+    int64_t nu = 0;
+    for (double u : test_u)
+        if (std::isfinite(u)) {
+            su += u;
+            ++nu;
+        }
+    m.energy_mean_test = nu > 0 ? su / static_cast<double>(nu) : nan;
+    m.histogram = energy_histogram(test_u, sample_u, rw.log_w);
+    return m;
+}
+
+Json FlowMetrics::to_json() const {
+    Json j = Json::object();
+    j["nll"] = nll;
+    j["nll_normalized"] = nll_normalized;
+    j["ess"] = ess;
+    j["path_length"] = path_length;
+    j["n_samples"] = n_samples;
+    j["n_test"] = n_test;
+    j["energy_mean_samples"] = energy_mean_samples;
+    j["energy_mean_reweighted"] = energy_mean_reweighted;
+    j["energy_mean_test"] = energy_mean_test;
+    j["failed_samples"] = failed_samples;
+    j["failed_test"] = failed_test;
+    j["approximate"] = approximate;
+    j["energy_histogram"] = histogram.to_json();
+    return j;
+}
+
+}  // namespace eqflow
