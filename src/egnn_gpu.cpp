@@ -1,0 +1,267 @@
+// EgnnGpu: argument checks and the device copy of the parameters; the math is in kernels/egnn.cu.
+#include "eqflow/egnn_gpu.h"
+
+#include <map>
+#include <string>
+
+#include "eqflow/device.h"
+#include "eqflow/error.h"
+
+#if defined(EQFLOW_HAVE_CUDA)
+#include "kernels/egnn.cuh"
+#endif
+
+namespace eqflow {
+
+struct EgnnGpu::Impl {
+    EgnnConfig config;
+    std::vector<ParamEntry> layout;
+#if defined(EQFLOW_HAVE_CUDA)
+    Buffer<float> params;
+    Buffer<int> types;
+    Buffer<unsigned char> workspace;
+    cuda::EgnnNet net;
+#endif
+};
+
+namespace {
+#if defined(EQFLOW_HAVE_CUDA)
+// Device pointers of every named tensor, wired into the kernels' EgnnNet.
+cuda::EgnnNet make_net(const EgnnConfig& c, const std::vector<ParamEntry>& layout, const float* base,
+                       const int* types) {
+    std::map<std::string, const float*> ptr;
+    for (const ParamEntry& p : layout) ptr[p.name] = base + p.offset;
+    auto get = [&](const std::string& name) {
+        auto it = ptr.find(name);
+        EQFLOW_CHECK(it != ptr.end(), "EGNN parameter layout has no tensor " << name);
+        return it->second;
+    };
+    cuda::EgnnNet net;
+    net.n = c.n_particles;
+    net.d = c.dim;
+    net.hidden = c.hidden;
+    net.layers = c.layers;
+    net.in_features = c.in_features();
+    net.num_types = c.num_types();
+    net.attention = c.attention ? 1 : 0;
+    net.use_tanh = c.tanh ? 1 : 0;
+    net.coords_range = static_cast<float>(c.effective_coords_range());
+    net.emb_w = get("embedding.weight");
+    net.emb_b = get("embedding.bias");
+    net.types = types;
+    EQFLOW_CHECK(c.layers <= cuda::kEgnnMaxLayers, "GPU EGNN supports up to " << cuda::kEgnnMaxLayers << " layers");
+    for (int l = 0; l < c.layers; ++l) {
+        const std::string g = "gcl_" + std::to_string(l) + ".";
+        cuda::EgnnLayerPtrs& p = net.layer[l];
+        p.w1 = get(g + "edge_mlp.0.weight");
+        p.b1 = get(g + "edge_mlp.0.bias");
+        p.w2 = get(g + "edge_mlp.2.weight");
+        p.b2 = get(g + "edge_mlp.2.bias");
+        p.wc1 = get(g + "coord_mlp.0.weight");
+        p.bc1 = get(g + "coord_mlp.0.bias");
+        p.wc2 = get(g + "coord_mlp.2.weight");
+        p.wn1 = get(g + "node_mlp.0.weight");
+        p.bn1 = get(g + "node_mlp.0.bias");
+        p.wn2 = get(g + "node_mlp.2.weight");
+        p.bn2 = get(g + "node_mlp.2.bias");
+        if (c.attention) {
+            p.wa = get(g + "att_mlp.0.weight");
+            p.ba = get(g + "att_mlp.0.bias");
+        }
+    }
+    cuda::egnn_check_supported(net);
+    return net;
+}
+#endif
+
+void check_batch(const EgnnConfig& c, const TensorView<const float>& x, const TensorView<const float>& t,
+                 const char* what) {
+    EQFLOW_CHECK(x.device == Device::cuda && t.device == Device::cuda, what << ": inputs must be in device memory");
+    EQFLOW_CHECK(x.rank() == 3 && x.size(1) == c.n_particles && x.size(2) == c.dim,
+                 what << ": x has shape " << shape_string(x.shape) << ", expected [B, " << c.n_particles << ", "
+                      << c.dim << "]");
+    check_shape(t, Shape{x.size(0)}, "t");
+}
+}  // namespace
+
+EgnnGpu::EgnnGpu(const EgnnModel& model) : impl_(std::make_unique<Impl>()) {
+    EQFLOW_CHECK(cuda_available(), "the GPU EGNN needs a GPU, but " << cuda_status());
+    impl_->config = model.config;
+    impl_->layout = egnn_parameter_layout(model.config);
+#if defined(EQFLOW_HAVE_CUDA)
+    const Impl& im = *impl_;
+    if (!im.config.atom_types.empty()) {
+        impl_->types = Buffer<int>(im.config.atom_types.size(), Device::cuda);
+        impl_->types.copy_from_host(im.config.atom_types.data(), im.config.atom_types.size());
+    }
+    set_parameters(model.params);
+#endif
+}
+
+EgnnGpu::~EgnnGpu() = default;
+EgnnGpu::EgnnGpu(EgnnGpu&&) noexcept = default;
+EgnnGpu& EgnnGpu::operator=(EgnnGpu&&) noexcept = default;
+
+const EgnnConfig& EgnnGpu::config() const { return impl_->config; }
+
+void EgnnGpu::set_parameters(const std::vector<double>& params) {
+    const int64_t count = egnn_parameter_count(impl_->config);
+    EQFLOW_CHECK(static_cast<int64_t>(params.size()) == count,
+                 "EGNN parameters: " << params.size() << " values, the configuration has " << count);
+#if defined(EQFLOW_HAVE_CUDA)
+    std::vector<float> f(params.begin(), params.end());
+    if (impl_->params.size() != f.size()) impl_->params = Buffer<float>(f.size(), Device::cuda);
+    impl_->params.copy_from_host(f.data(), f.size());
+    impl_->net = make_net(impl_->config, impl_->layout, impl_->params.data(),
+                          impl_->config.atom_types.empty() ? nullptr : impl_->types.data());
+#endif
+}
+
+void EgnnGpu::forward(TensorView<const float> x, TensorView<const float> t, TensorView<float> v, Stream stream) {
+    const EgnnConfig& c = impl_->config;
+    check_batch(c, x, t, "EGNN forward");
+    check_shape(v, x.shape, "v");
+    EQFLOW_CHECK(v.device == Device::cuda, "EGNN forward: v must be in device memory");
+#if defined(EQFLOW_HAVE_CUDA)
+    cuda::egnn_forward(impl_->net, x.size(0), x.data, t.data, v.data, stream);
+#else
+    (void)stream;
+#endif
+}
+
+void EgnnGpu::divergence(TensorView<const float> x, TensorView<const float> t, TensorView<float> v,
+                         TensorView<float> div, Stream stream) {
+    const EgnnConfig& c = impl_->config;
+    check_batch(c, x, t, "EGNN divergence");
+    check_shape(div, Shape{x.size(0)}, "div");
+    EQFLOW_CHECK(div.device == Device::cuda, "EGNN divergence: div must be in device memory");
+    if (v.defined()) {
+        check_shape(v, x.shape, "v");
+        EQFLOW_CHECK(v.device == Device::cuda, "EGNN divergence: v must be in device memory");
+    }
+#if defined(EQFLOW_HAVE_CUDA)
+    const int64_t B = x.size(0);
+    const size_t need = cuda::egnn_divergence_workspace_bytes(impl_->net, B);
+    if (impl_->workspace.size() < need) impl_->workspace = Buffer<unsigned char>(need, Device::cuda);
+    cuda::egnn_divergence(impl_->net, B, x.data, t.data, v.defined() ? v.data : nullptr, div.data,
+                          impl_->workspace.data(), impl_->workspace.size(), stream);
+#else
+    (void)stream;
+#endif
+}
+
+void EgnnGpu::backward(TensorView<const float> x, TensorView<const float> t, TensorView<const float> dL_dv,
+                       TensorView<float> dL_dparams, TensorView<float> dL_dx, Stream stream) {
+    const EgnnConfig& c = impl_->config;
+    check_batch(c, x, t, "EGNN backward");
+    check_shape(dL_dv, x.shape, "dL_dv");
+    const int64_t count = egnn_parameter_count(c);
+    check_shape(dL_dparams, Shape{count}, "dL_dparams");
+    EQFLOW_CHECK(dL_dv.device == Device::cuda && dL_dparams.device == Device::cuda,
+                 "EGNN backward: gradients must be in device memory");
+    if (dL_dx.defined()) {
+        check_shape(dL_dx, x.shape, "dL_dx");
+        EQFLOW_CHECK(dL_dx.device == Device::cuda, "EGNN backward: dL_dx must be in device memory");
+    }
+#if defined(EQFLOW_HAVE_CUDA)
+    const int64_t B = x.size(0);
+    const size_t need = cuda::egnn_backward_workspace_bytes(impl_->net, B, count);
+    if (impl_->workspace.size() < need) impl_->workspace = Buffer<unsigned char>(need, Device::cuda);
+    cuda::egnn_backward(impl_->net, impl_->params.data(), count, B, x.data, t.data, dL_dv.data, dL_dparams.data,
+                        dL_dx.defined() ? dL_dx.data : nullptr, impl_->workspace.data(), impl_->workspace.size(),
+                        stream);
+#else
+    (void)stream;
+#endif
+}
+
+TensorView<float> EgnnGpu::parameters() {
+#if defined(EQFLOW_HAVE_CUDA)
+    return TensorView<float>(impl_->params.data(), Shape{egnn_parameter_count(impl_->config)}, Device::cuda);
+#else
+    return {};
+#endif
+}
+
+double flow_matching_loss_gpu(EgnnGpu& gpu, int64_t B, const double* x0, const double* x1, const double* t,
+                              const double* eps, double sigma, double* grad) {
+    const EgnnConfig& c = gpu.config();
+    const int n = c.n_particles, d = c.dim;
+    const int64_t nd = static_cast<int64_t>(n) * d, count = egnn_parameter_count(c);
+    EQFLOW_CHECK(B > 0, "flow-matching loss of an empty batch");
+    std::vector<float> xt(static_cast<size_t>(B * nd)), tf(static_cast<size_t>(B));
+    std::vector<double> u(static_cast<size_t>(B * nd));
+    for (int64_t b = 0; b < B; ++b) {
+        tf[b] = static_cast<float>(t[b]);
+        for (int64_t k = 0; k < nd; ++k) {
+            const int64_t idx = b * nd + k;
+            xt[idx] = static_cast<float>((1.0 - t[b]) * x0[idx] + t[b] * x1[idx] + sigma * eps[idx]);
+            u[idx] = x1[idx] - x0[idx];
+        }
+    }
+    const Shape xs{B, n, d};
+    Tensor<float> xd = Tensor<float>::from_host(xt, xs, Device::cuda);
+    Tensor<float> td = Tensor<float>::from_host(tf, Shape{B}, Device::cuda);
+    Tensor<float> vd(xs, Device::cuda);
+    gpu.forward(xd.cview(), td.cview(), vd.view());
+    const std::vector<float> v = vd.to_vector();
+    const double scale = 1.0 / static_cast<double>(B * nd);
+    double loss = 0.0;
+    std::vector<float> g(v.size());
+    for (size_t k = 0; k < v.size(); ++k) {
+        const double r = static_cast<double>(v[k]) - u[k];
+        loss += r * r * scale;
+        g[k] = static_cast<float>(2.0 * r * scale);
+    }
+    if (grad != nullptr) {
+        Tensor<float> gd = Tensor<float>::from_host(g, xs, Device::cuda);
+        Tensor<float> gp = Tensor<float>::zeros(Shape{count}, Device::cuda);
+        gpu.backward(xd.cview(), td.cview(), gd.cview(), gp.view(), {});
+        const std::vector<float> gh = gp.to_vector();
+        for (int64_t k = 0; k < count; ++k) grad[k] = gh[k];
+    }
+    return loss;
+}
+
+OdeField egnn_gpu_field(std::shared_ptr<EgnnGpu> gpu) {
+    EQFLOW_CHECK(gpu != nullptr, "egnn_gpu_field: no model");
+    struct State {
+        std::shared_ptr<EgnnGpu> gpu;
+        Tensor<float> x, t, v, div;
+        std::vector<float> host;
+    };
+    auto st = std::make_shared<State>();
+    st->gpu = std::move(gpu);
+    return [st](int64_t B, const double* x, const double* t, double* v, double* div) {
+        const EgnnConfig& c = st->gpu->config();
+        const int64_t nd = static_cast<int64_t>(c.n_particles) * c.dim;
+        if (B == 0) return;
+        if (st->x.numel() < B * nd) {  // grow the device buffers; never shrink
+            st->x = Tensor<float>(Shape{B, c.n_particles, c.dim}, Device::cuda);
+            st->v = Tensor<float>(Shape{B, c.n_particles, c.dim}, Device::cuda);
+            st->t = Tensor<float>(Shape{B}, Device::cuda);
+            st->div = Tensor<float>(Shape{B}, Device::cuda);
+        }
+        const Shape xs{B, c.n_particles, c.dim};
+        TensorView<float> xv(st->x.data(), xs, Device::cuda), vv(st->v.data(), xs, Device::cuda);
+        TensorView<float> tv(st->t.data(), Shape{B}, Device::cuda), dv(st->div.data(), Shape{B}, Device::cuda);
+        st->host.assign(x, x + B * nd);
+        detail::copy_bytes(xv.data, Device::cuda, st->host.data(), Device::cpu, B * nd * sizeof(float));
+        st->host.assign(t, t + B);
+        detail::copy_bytes(tv.data, Device::cuda, st->host.data(), Device::cpu, B * sizeof(float));
+        if (div != nullptr) {
+            st->gpu->divergence(xv, tv, vv, dv);
+        } else {
+            st->gpu->forward(xv, tv, vv);
+        }
+        st->host.resize(static_cast<size_t>(B * nd));
+        detail::copy_bytes(st->host.data(), Device::cpu, vv.data, Device::cuda, B * nd * sizeof(float));
+        for (int64_t k = 0; k < B * nd; ++k) v[k] = st->host[k];
+        if (div != nullptr) {
+            detail::copy_bytes(st->host.data(), Device::cpu, dv.data, Device::cuda, B * sizeof(float));
+            for (int64_t k = 0; k < B; ++k) div[k] = st->host[k];
+        }
+    };
+}
+
+}  // namespace eqflow

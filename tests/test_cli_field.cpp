@@ -1,0 +1,160 @@
+// `eqflow field`: help, one-line errors with the right exit codes, no partial outputs, and the
+// values it writes equal the library's.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "eqflow/egnn.h"
+#include "eqflow/model_io.h"
+#include "eqflow/npy.h"
+#include "test_util.h"
+
+namespace eqflow {
+namespace {
+
+struct Result {
+    int code;
+    std::string out;  // stdout and stderr together
+};
+
+Result run(const std::string& args) {
+    const std::string cmd = std::string(EQFLOW_CLI_PATH) + " " + args + " 2>&1";
+    FILE* p = ::popen(cmd.c_str(), "r");
+    Result r{-1, ""};
+    if (!p) return r;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+    const int status = ::pclose(p);
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return r;
+}
+
+bool exists(const std::string& path) {
+    struct stat st{};
+    return ::stat(path.c_str(), &st) == 0;
+}
+
+int count_lines(const std::string& s) {
+    int lines = 0;
+    for (char ch : s) lines += ch == '\n';
+    return lines;
+}
+
+class CliField : public ::testing::Test {
+protected:
+    std::string dir_ = test::temp_path("cli_field");
+    void SetUp() override { ::mkdir(dir_.c_str(), 0755); }
+    void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
+    std::string file(const std::string& name) const { return dir_ + "/" + name; }
+
+    // A small DW4-shaped model with coordinate layers that matter, saved to model.safetensors.
+    EgnnModel make_model() {
+        EgnnModel m;
+        m.config = default_egnn_config("dw4", 4, 2);
+        m.config.hidden = 8;
+        m.config.layers = 2;
+        m.params = egnn_init_parameters(m.config, 5);
+        auto gen = test::rng(31);
+        for (const ParamEntry& e : egnn_parameter_layout(m.config))
+            if (e.name.find("coord_mlp.2") != std::string::npos)
+                for (int64_t k = 0; k < shape_numel(e.shape); ++k)
+                    m.params[e.offset + k] = test::random_normal(1, gen, 0.5)[0];
+        save_model(file("model.safetensors"), m);
+        return m;
+    }
+};
+
+TEST_F(CliField, HelpAndUsageErrors) {
+    Result r = run("field --help");
+    EXPECT_EQ(r.code, 0);
+    EXPECT_NE(r.out.find("usage: eqflow field"), std::string::npos);
+    EXPECT_NE(run("--help").out.find("field"), std::string::npos);
+    r = run("field --in x.npy --t 0.5 --out " + file("v.npy"));
+    EXPECT_EQ(r.code, 2);
+    EXPECT_NE(r.out.find("--model"), std::string::npos) << r.out;
+    r = run("field --model m --in x.npy --t abc --out " + file("v.npy"));
+    EXPECT_EQ(r.code, 2);
+    EXPECT_NE(r.out.find("--t"), std::string::npos) << r.out;
+    r = run("field --model m --in x.npy --t 0.5 --out " + file("v.npy") + " --bogus 1");
+    EXPECT_EQ(r.code, 2);
+    EXPECT_NE(r.out.find("unknown option --bogus"), std::string::npos) << r.out;
+    EXPECT_FALSE(exists(file("v.npy")));
+}
+
+TEST_F(CliField, BadInputsAreOneLineErrors) {
+    make_model();
+    auto gen = test::rng(32);
+    const std::vector<double> wrong = test::random_normal(3 * 9, gen);
+    write_npy(file("wrong.npy"), wrong.data(), Shape{3, 9});
+    const std::vector<double> good = test::random_normal(3 * 8, gen);
+    write_npy(file("x.npy"), good.data(), Shape{3, 8});
+    {
+        const std::string junk = "this is not a model";
+        FILE* f = std::fopen(file("junk.safetensors").c_str(), "wb");
+        std::fwrite(junk.data(), 1, junk.size(), f);
+        std::fclose(f);
+    }
+    const std::string out = " --t 0.5 --out " + file("v.npy");
+    for (const std::string& args :
+         {"field --model " + file("missing.safetensors") + " --in " + file("x.npy") + out,
+          "field --model " + file("junk.safetensors") + " --in " + file("x.npy") + out,
+          "field --model " + file("model.safetensors") + " --in " + file("wrong.npy") + out,
+          "field --model " + file("model.safetensors") + " --in " + file("none.npy") + out}) {
+        const Result r = run(args);
+        EXPECT_EQ(r.code, 1) << args << "\n" << r.out;
+        EXPECT_EQ(count_lines(r.out), 1) << r.out;
+        EXPECT_NE(r.out.find("eqflow field: error:"), std::string::npos) << r.out;
+        EXPECT_FALSE(exists(file("v.npy")));
+    }
+}
+
+TEST_F(CliField, WritesFieldAndDivergence) {
+    const EgnnModel m = make_model();
+    auto gen = test::rng(33);
+    const int64_t N = 5;
+    std::vector<double> x;
+    for (int64_t b = 0; b < N; ++b) {
+        std::vector<double> xb = test::random_configuration(4, 2, 1.5, 0.5, gen);
+        x.insert(x.end(), xb.begin(), xb.end());
+    }
+    // Shape [N, n, d] on input; the command centres the configurations on load.
+    write_npy(file("x.npy"), x.data(), Shape{N, 4, 2});
+    const Result r = run("field --model " + file("model.safetensors") + " --in " + file("x.npy") +
+                         " --t 0.25 --out " + file("v.npy") + " --div-out " + file("div.npy"));
+    ASSERT_EQ(r.code, 0) << r.out;
+
+    std::vector<double> xc = x;
+    for (int64_t b = 0; b < N; ++b)
+        for (int a = 0; a < 2; ++a) {
+            double mean = 0.0;
+            for (int i = 0; i < 4; ++i) mean += xc[(b * 4 + i) * 2 + a] / 4.0;
+            for (int i = 0; i < 4; ++i) xc[(b * 4 + i) * 2 + a] -= mean;
+        }
+    const std::vector<double> t(N, 0.25);
+    std::vector<double> v(N * 8), div(N);
+    egnn_divergence(m.config, m.params.data(), N, xc.data(), t.data(), v.data(), div.data());
+    const NpyArray v_file = read_npy(file("v.npy"));
+    const NpyArray div_file = read_npy(file("div.npy"));
+    EXPECT_EQ(v_file.shape, (Shape{N, 8}));
+    EXPECT_EQ(div_file.shape, (Shape{N}));
+    EXPECT_TRUE(test::not_all_zero(v));
+    // Same library, same inputs, float64 files: identical.
+    EXPECT_EQ(v_file.values, v);
+    EXPECT_EQ(div_file.values, div);
+
+    // Without --div-out only v is written, and it is the same field.
+    std::remove(file("v.npy").c_str());
+    const Result r2 = run("field --model " + file("model.safetensors") + " --in " + file("x.npy") +
+                          " --t 0.25 --out " + file("v.npy"));
+    ASSERT_EQ(r2.code, 0) << r2.out;
+    EXPECT_EQ(read_npy(file("v.npy")).values, v);
+}
+
+}  // namespace
+}  // namespace eqflow
