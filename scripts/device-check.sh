@@ -11,9 +11,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-OUT=${OUT:-$ROOT/build/device-check-out}
-mkdir -p "$OUT"
-LOG=$OUT/device-check.log
+# Everything goes to build/device-check-out; $OUT (when set) receives the log, the test log and
+# one tarball of the rest (the device tool returns at most 8 files).
+RES=$ROOT/build/device-check-out
+rm -rf "$RES" && mkdir -p "$RES"
+LOG=$RES/device-check.log
 : > "$LOG"
 say() { echo "$@" | tee -a "$LOG"; }
 JOBS=${EQFLOW_DEVICE_JOBS:-$(nproc)}
@@ -38,9 +40,9 @@ fi
 say "build: $(( $(date +%s) - t0 )) s"
 
 say "== tests (all labels)"
-ctest --test-dir "$BUILD" --output-on-failure -j 4 2>&1 | tee "$OUT/ctest.log" >> "$LOG"
-test_summary=$(grep -E "tests passed|tests failed" "$OUT/ctest.log" | tail -1)
-gpu_skipped=$(grep -c "Skipped" "$OUT/ctest.log" || true)
+ctest --test-dir "$BUILD" --output-on-failure -j 4 2>&1 | tee "$RES/ctest.log" >> "$LOG"
+test_summary=$(grep -E "tests passed|tests failed" "$RES/ctest.log" | tail -1)
+gpu_skipped=$(grep -c "Skipped" "$RES/ctest.log" || true)
 say "tests: $test_summary (skipped: $gpu_skipped)"
 
 san_rows=()
@@ -50,7 +52,7 @@ if [ "${EQFLOW_SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer > /dev
         [ -x "$exe" ] || continue
         name=$(basename "$exe")
         if compute-sanitizer --tool memcheck --error-exitcode 99 --leak-check full "$exe" \
-                > "$OUT/sanitizer_$name.log" 2>&1; then
+                > "$RES/sanitizer_$name.log" 2>&1; then
             san_rows+=("$name: clean")
         else
             san_rows+=("$name: FAILED (rc $?, see sanitizer_$name.log)")
@@ -65,16 +67,25 @@ if [ "${EQFLOW_SKIP_BENCH:-0}" != 1 ]; then
         [ -x "$exe" ] || continue
         name=$(basename "$exe")
         "$exe" --benchmark_min_time=0.2 ${EQFLOW_BENCH_FILTER:+--benchmark_filter="$EQFLOW_BENCH_FILTER"} \
-            --benchmark_out="$OUT/$name.json" --benchmark_out_format=json > "$OUT/$name.txt" 2>&1
-        grep -E "^BM_" "$OUT/$name.txt" | tee -a "$LOG"
+            --benchmark_out="$RES/$name.json" --benchmark_out_format=json > "$RES/$name.txt" 2>&1
+        grep -E "^BM_" "$RES/$name.txt" | tee -a "$LOG"
     done
     if [ -f "$ROOT/tools/bench_torch.py" ] && python3 -c "import torch" 2> /dev/null; then
         say "== PyTorch reference benchmark"
-        PYTHONUNBUFFERED=1 python3 "$ROOT/tools/bench_torch.py" --out "$OUT/bench_torch.json" 2>&1 | tee -a "$LOG"
+        PYTHONUNBUFFERED=1 timeout 600 python3 "$ROOT/tools/bench_torch.py" --out "$RES/bench_torch.json" 2>&1 | tee -a "$LOG"
+        if [ -f "$RES/bench_egnn_gpu.json" ] && [ -f "$RES/bench_torch.json" ]; then
+            say "== eqflow vs PyTorch"
+            python3 "$ROOT/tools/compare_bench.py" "$RES/bench_egnn_gpu.json" "$RES/bench_torch.json" 2>&1 | tee -a "$LOG"
+        fi
     fi
 fi
 
 say "== summary"
 say "$(printf '%-28s %s' tests "$test_summary")"
 for row in "${san_rows[@]}"; do say "$(printf '%-28s %s' sanitizer "$row")"; done
-grep -q "tests failed out of" "$OUT/ctest.log" && grep -q " 0 tests failed" "$OUT/ctest.log"
+if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT"
+    cp "$LOG" "$RES/ctest.log" "$OUT/" 2> /dev/null
+    tar -czf "$OUT/device-check-results.tgz" -C "$ROOT/build" device-check-out 2> /dev/null
+fi
+grep -q " 0 tests failed" "$RES/ctest.log"

@@ -67,8 +67,20 @@ const std::vector<Command>& commands();
 // Each command lives in its own file.
 int cmd_data(Args& args);
 int cmd_energy(Args& args);
+int cmd_assign(Args& args);
+int cmd_train(Args& args);
+int cmd_sample(Args& args);
+int cmd_eval(Args& args);
+int cmd_demo(Args& args);
+int cmd_field(Args& args);
 
 extern const char* const kDataUsage;
 extern const char* const kEnergyUsage;
+extern const char* const kAssignUsage;
+extern const char* const kTrainUsage;
+extern const char* const kSampleUsage;
+extern const char* const kEvalUsage;
+extern const char* const kDemoUsage;
+extern const char* const kFieldUsage;
 
 }  // namespace eqflow::cli

@@ -19,6 +19,12 @@ const std::vector<Command>& commands() {
     static const std::vector<Command> table = {
         {"data", "equilibrium samples of a system (parallel-tempering Metropolis)", kDataUsage, cmd_data},
         {"energy", "reduced energies u = E/kT of configurations", kEnergyUsage, cmd_energy},
+        {"train", "train an EGNN flow by (equivariant OT) flow matching", kTrainUsage, cmd_train},
+        {"sample", "samples with exact log-density and importance weights", kSampleUsage, cmd_sample},
+        {"eval", "NLL, ESS, path length and energy histograms of a model", kEvalUsage, cmd_eval},
+        {"field", "the vector field v(x, t) and its exact divergence", kFieldUsage, cmd_field},
+        {"assign", "batched exact linear sum assignment (Hungarian) of cost matrices", kAssignUsage, cmd_assign},
+        {"demo", "DW4 end to end: data, training, sampling, metrics", kDemoUsage, cmd_demo},
     };
     return table;
 }
