@@ -12,40 +12,18 @@
 #include "eqflow/molecule.h"
 #include "eqflow/npy.h"
 #include "eqflow/systems.h"
+#include "cli_test_util.h"
 #include "test_util.h"
 
 namespace eqflow {
 namespace {
 
-struct Result {
-    int code;
-    std::string out;
-};
-
-Result run(const std::string& args) {
-    const std::string cmd = std::string(EQFLOW_CLI_PATH) + " " + args + " 2>&1";
-    FILE* p = ::popen(cmd.c_str(), "r");
-    Result r{-1, ""};
-    if (!p) return r;
-    char buf[4096];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-    const int status = ::pclose(p);
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return r;
-}
-
-bool exists(const std::string& path) {
-    struct stat st {};
-    return ::stat(path.c_str(), &st) == 0;
-}
-
-class AldpCli : public ::testing::Test {
-  protected:
-    std::string dir_ = test::temp_path("aldp_cli");
-    void SetUp() override { ::mkdir(dir_.c_str(), 0755); }
-    void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
-    std::string file(const std::string& name) const { return dir_ + "/" + name; }
+using test::exists;
+using test::Result;
+using test::run;
+class AldpCli : public test::TempDirTest {
+protected:
+    AldpCli() : TempDirTest("aldp_cli") {}
 };
 
 TEST_F(AldpCli, DataThenEnergy) {

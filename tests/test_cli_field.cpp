@@ -12,46 +12,24 @@
 #include "eqflow/egnn.h"
 #include "eqflow/model_io.h"
 #include "eqflow/npy.h"
+#include "cli_test_util.h"
 #include "test_util.h"
 
 namespace eqflow {
 namespace {
 
-struct Result {
-    int code;
-    std::string out;  // stdout and stderr together
-};
-
-Result run(const std::string& args) {
-    const std::string cmd = std::string(EQFLOW_CLI_PATH) + " " + args + " 2>&1";
-    FILE* p = ::popen(cmd.c_str(), "r");
-    Result r{-1, ""};
-    if (!p) return r;
-    char buf[4096];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-    const int status = ::pclose(p);
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return r;
-}
-
-bool exists(const std::string& path) {
-    struct stat st{};
-    return ::stat(path.c_str(), &st) == 0;
-}
-
+using test::exists;
+using test::Result;
+using test::run;
 int count_lines(const std::string& s) {
     int lines = 0;
     for (char ch : s) lines += ch == '\n';
     return lines;
 }
 
-class CliField : public ::testing::Test {
+class CliField : public test::TempDirTest {
 protected:
-    std::string dir_ = test::temp_path("cli_field");
-    void SetUp() override { ::mkdir(dir_.c_str(), 0755); }
-    void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
-    std::string file(const std::string& name) const { return dir_ + "/" + name; }
+    CliField() : TempDirTest("cli_field") {}
 
     // A small DW4-shaped model with coordinate layers that matter, saved to model.safetensors.
     EgnnModel make_model() {

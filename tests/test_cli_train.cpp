@@ -15,35 +15,16 @@
 #include "eqflow/json.h"
 #include "eqflow/model_io.h"
 #include "eqflow/npy.h"
+#include "cli_test_util.h"
 #include "test_util.h"
 
 namespace eqflow {
 namespace {
 
-struct Result {
-    int code;
-    std::string out;  // stdout and stderr together
-};
-
-Result sh(const std::string& command) {
-    FILE* p = ::popen((command + " 2>&1").c_str(), "r");
-    Result r{-1, ""};
-    if (!p) return r;
-    char buf[4096];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-    const int status = ::pclose(p);
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return r;
-}
-
-Result run(const std::string& args) { return sh(std::string(EQFLOW_CLI_PATH) + " " + args); }
-
-bool exists(const std::string& path) {
-    struct stat st{};
-    return ::stat(path.c_str(), &st) == 0;
-}
-
+using test::exists;
+using test::Result;
+using test::run;
+using test::sh;
 class CliTrain : public ::testing::Test {
 protected:
     static std::string dir_;
