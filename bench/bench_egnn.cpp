@@ -54,10 +54,12 @@ Inputs make_inputs(const Size& s, int64_t B) {
 void report(benchmark::State& state, int64_t B, double flops_per_sample) {
     state.SetItemsProcessed(state.iterations() * B);
     // Seconds per configuration (printed with an SI prefix, e.g. "128us"), from the CPU time.
-    state.counters["per_sample"] = benchmark::Counter(static_cast<double>(state.iterations() * B),
-                                                      benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+    state.counters["per_sample"] =
+        benchmark::Counter(static_cast<double>(state.iterations() * B),
+                           benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
     state.counters["FLOP/s"] =
-        benchmark::Counter(flops_per_sample * static_cast<double>(state.iterations() * B), benchmark::Counter::kIsRate);
+        benchmark::Counter(flops_per_sample * static_cast<double>(state.iterations() * B),
+                           benchmark::Counter::kIsRate);
 }
 
 void BM_EgnnForward_CPU(benchmark::State& state, Size s) {
@@ -76,8 +78,8 @@ void BM_EgnnBackward_CPU(benchmark::State& state, Size s) {
     const Inputs in = make_inputs(s, B);
     std::vector<double> g(in.params.size(), 0.0), gx(in.x.size());
     for (auto _ : state) {
-        eqflow::egnn_backward(in.config, in.params.data(), B, in.x.data(), in.t.data(), in.w.data(), g.data(),
-                              gx.data());
+        eqflow::egnn_backward(in.config, in.params.data(), B, in.x.data(), in.t.data(), in.w.data(),
+                              g.data(), gx.data());
         benchmark::DoNotOptimize(g.data());
     }
     report(state, B, 3.0 * forward_flops(in.config));
@@ -88,7 +90,8 @@ void BM_EgnnDivergence_CPU(benchmark::State& state, Size s) {
     const Inputs in = make_inputs(s, B);
     std::vector<double> v(in.x.size()), div(static_cast<size_t>(B));
     for (auto _ : state) {
-        eqflow::egnn_divergence(in.config, in.params.data(), B, in.x.data(), in.t.data(), v.data(), div.data());
+        eqflow::egnn_divergence(in.config, in.params.data(), B, in.x.data(), in.t.data(), v.data(),
+                                div.data());
         benchmark::DoNotOptimize(div.data());
     }
     const double n = s.n, H = in.config.hidden;
@@ -108,6 +111,9 @@ BENCHMARK_CAPTURE(BM_EgnnBackward_CPU, lj55, kSizes[2])->Arg(1)->Unit(benchmark:
 BENCHMARK_CAPTURE(BM_EgnnDivergence_CPU, dw4, kSizes[0])->Arg(64)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_EgnnDivergence_CPU, lj13, kSizes[1])->Arg(2)->Unit(benchmark::kMillisecond);
 // One LJ55 divergence is n*d = 165 tangents through 7 layers: seconds; one iteration suffices.
-BENCHMARK_CAPTURE(BM_EgnnDivergence_CPU, lj55, kSizes[2])->Arg(1)->Iterations(1)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_EgnnDivergence_CPU, lj55, kSizes[2])
+    ->Arg(1)
+    ->Iterations(1)
+    ->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();

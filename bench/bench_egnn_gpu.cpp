@@ -40,7 +40,8 @@ Setup make(const std::string& name, int64_t B) {
     st.model.params = eqflow::egnn_init_parameters(st.model.config, 1);
     std::mt19937_64 gen(2);
     std::normal_distribution<float> dist(0.0f, 1.0f);
-    std::vector<float> x(static_cast<size_t>(B * s.n * s.d)), t(static_cast<size_t>(B)), g(x.size());
+    std::vector<float> x(static_cast<size_t>(B * s.n * s.d)), t(static_cast<size_t>(B)),
+        g(x.size());
     for (auto& v : x) v = dist(gen);
     for (auto& v : g) v = dist(gen);
     for (size_t b = 0; b < t.size(); ++b) t[b] = static_cast<float>(b) / B;
@@ -67,9 +68,15 @@ void run(benchmark::State& state, const char* name, Op op) {
     eqflow::EgnnGpu gpu(st.model);
     auto step = [&] {
         switch (op) {
-            case Op::forward: gpu.forward(st.x.cview(), st.t.cview(), st.v.view()); break;
-            case Op::backward: gpu.backward(st.x.cview(), st.t.cview(), st.g.cview(), st.gp.view(), st.gx.view()); break;
-            case Op::divergence: gpu.divergence(st.x.cview(), st.t.cview(), st.v.view(), st.div.view()); break;
+            case Op::forward:
+                gpu.forward(st.x.cview(), st.t.cview(), st.v.view());
+                break;
+            case Op::backward:
+                gpu.backward(st.x.cview(), st.t.cview(), st.g.cview(), st.gp.view(), st.gx.view());
+                break;
+            case Op::divergence:
+                gpu.divergence(st.x.cview(), st.t.cview(), st.v.view(), st.div.view());
+                break;
         }
     };
     step();  // sizes the workspace
@@ -83,23 +90,44 @@ void run(benchmark::State& state, const char* name, Op op) {
     // Backward: the forward with storage, a recompute of every edge, and about twice the
     // forward's matrix work for the input and parameter gradients. Divergence: one primal and
     // n*d tangents, each tangent about the forward's matrix work.
-    const double per_sample = op == Op::forward ? fwd : op == Op::backward ? 4 * fwd : (1 + c.n_particles * c.dim) * fwd;
+    const double per_sample = op == Op::forward    ? fwd
+                              : op == Op::backward ? 4 * fwd
+                                                   : (1 + c.n_particles * c.dim) * fwd;
     state.SetItemsProcessed(state.iterations() * B);
-    state.counters["FLOP/s"] = benchmark::Counter(per_sample * B * state.iterations(), benchmark::Counter::kIsRate);
-    state.counters["fp32_peak_frac"] =
-        benchmark::Counter(per_sample * B * state.iterations() / 67e12, benchmark::Counter::kIsRate);
+    state.counters["FLOP/s"] =
+        benchmark::Counter(per_sample * B * state.iterations(), benchmark::Counter::kIsRate);
+    state.counters["fp32_peak_frac"] = benchmark::Counter(
+        per_sample * B * state.iterations() / 67e12, benchmark::Counter::kIsRate);
 }
 
-void BM_EgnnForward_CUDA(benchmark::State& s, const char* name) { run(s, name, Op::forward); }
-void BM_EgnnBackward_CUDA(benchmark::State& s, const char* name) { run(s, name, Op::backward); }
-void BM_EgnnDivergence_CUDA(benchmark::State& s, const char* name) { run(s, name, Op::divergence); }
+void BM_EgnnForward_CUDA(benchmark::State& s, const char* name) {
+    run(s, name, Op::forward);
+}
+void BM_EgnnBackward_CUDA(benchmark::State& s, const char* name) {
+    run(s, name, Op::backward);
+}
+void BM_EgnnDivergence_CUDA(benchmark::State& s, const char* name) {
+    run(s, name, Op::divergence);
+}
 
 }  // namespace
 
-#define EQFLOW_EGNN_BENCH(fn)                                                                     \
-    BENCHMARK_CAPTURE(fn, dw4, "dw4")->Arg(256)->Arg(1024)->UseRealTime()->Unit(benchmark::kMillisecond); \
-    BENCHMARK_CAPTURE(fn, lj13, "lj13")->Arg(256)->Arg(1024)->UseRealTime()->Unit(benchmark::kMillisecond); \
-    BENCHMARK_CAPTURE(fn, lj55, "lj55")->Arg(256)->Arg(1024)->UseRealTime()->Unit(benchmark::kMillisecond);
+#define EQFLOW_EGNN_BENCH(fn)            \
+    BENCHMARK_CAPTURE(fn, dw4, "dw4")    \
+        ->Arg(256)                       \
+        ->Arg(1024)                      \
+        ->UseRealTime()                  \
+        ->Unit(benchmark::kMillisecond); \
+    BENCHMARK_CAPTURE(fn, lj13, "lj13")  \
+        ->Arg(256)                       \
+        ->Arg(1024)                      \
+        ->UseRealTime()                  \
+        ->Unit(benchmark::kMillisecond); \
+    BENCHMARK_CAPTURE(fn, lj55, "lj55")  \
+        ->Arg(256)                       \
+        ->Arg(1024)                      \
+        ->UseRealTime()                  \
+        ->Unit(benchmark::kMillisecond);
 
 EQFLOW_EGNN_BENCH(BM_EgnnForward_CUDA)
 EQFLOW_EGNN_BENCH(BM_EgnnBackward_CUDA)

@@ -17,7 +17,8 @@ constexpr double kFlopPerPair = 30.0;
 
 std::vector<double> random_batch(const eqflow::System& s, int64_t B) {
     std::mt19937_64 gen(1);
-    std::normal_distribution<double> dist(0.0, s.kind == eqflow::PotentialKind::double_well ? 2.0 : 1.0);
+    std::normal_distribution<double> dist(0.0,
+                                          s.kind == eqflow::PotentialKind::double_well ? 2.0 : 1.0);
     std::vector<double> x(static_cast<size_t>(B * s.n * s.d));
     for (auto& v : x) v = dist(gen);
     return x;
@@ -41,20 +42,35 @@ void run(benchmark::State& state, const char* name, eqflow::Device device) {
     }
     const double pairs = static_cast<double>(B) * s.n * (s.n - 1);
     state.SetItemsProcessed(state.iterations() * B);
-    state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(sizeof(T)) * B * (2 * s.n * s.d + 1));
-    state.counters["FLOP/s"] = benchmark::Counter(pairs * kFlopPerPair * state.iterations(), benchmark::Counter::kIsRate);
+    state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(sizeof(T)) * B *
+                            (2 * s.n * s.d + 1));
+    state.counters["FLOP/s"] =
+        benchmark::Counter(pairs * kFlopPerPair * state.iterations(), benchmark::Counter::kIsRate);
 }
 
-void BM_Energy_CPU(benchmark::State& state, const char* name) { run<double>(state, name, eqflow::Device::cpu); }
-void BM_Energy_CUDA(benchmark::State& state, const char* name) { run<float>(state, name, eqflow::Device::cuda); }
+void BM_Energy_CPU(benchmark::State& state, const char* name) {
+    run<double>(state, name, eqflow::Device::cpu);
+}
+void BM_Energy_CUDA(benchmark::State& state, const char* name) {
+    run<float>(state, name, eqflow::Device::cuda);
+}
 
 }  // namespace
 
 BENCHMARK_CAPTURE(BM_Energy_CPU, dw4, "dw4")->Arg(4096)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_Energy_CPU, lj13, "lj13")->Arg(4096)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_Energy_CPU, lj55, "lj55")->Arg(1024)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Energy_CUDA, dw4, "dw4")->Arg(1 << 20)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Energy_CUDA, lj13, "lj13")->Arg(1 << 20)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Energy_CUDA, lj55, "lj55")->Arg(1 << 18)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Energy_CUDA, dw4, "dw4")
+    ->Arg(1 << 20)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Energy_CUDA, lj13, "lj13")
+    ->Arg(1 << 20)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Energy_CUDA, lj55, "lj55")
+    ->Arg(1 << 18)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();

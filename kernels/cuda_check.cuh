@@ -11,7 +11,8 @@
 
 namespace eqflow::cuda_detail {
 [[noreturn]] void throw_cuda_error(cudaError_t err, const char* call, const char* file, int line);
-[[noreturn]] void throw_cublas_error(cublasStatus_t st, const char* call, const char* file, int line);
+[[noreturn]] void throw_cublas_error(cublasStatus_t st, const char* call, const char* file,
+                                     int line);
 
 inline void check(cudaError_t err, const char* call, const char* file, int line) {
     if (err != cudaSuccess) throw_cuda_error(err, call, file, line);

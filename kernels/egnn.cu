@@ -121,8 +121,8 @@ __host__ __device__ inline size_t tangent_slot_floats(int n, int H) {
 
 __global__ void __launch_bounds__(kThreads)
     egnn_divergence_kernel(EgnnNet net, int64_t B, int chunks, const float* __restrict__ x,
-                           const float* __restrict__ t, float* __restrict__ v, float* __restrict__ partial,
-                           float* __restrict__ workspace) {
+                           const float* __restrict__ t, float* __restrict__ v,
+                           float* __restrict__ partial, float* __restrict__ workspace) {
     extern __shared__ float sm[];
     const int n = net.n, d = net.d, H = net.hidden, nd = n * d;
     const PrimalLayout L = primal_layout(n, d, H);
@@ -201,10 +201,12 @@ __global__ void __launch_bounds__(kThreads)
                     for (int tau = 0; tau < kTangents; ++tau) {
                         float drt = 0.0f, dat = 0.0f;
                         for (int c = 0; c < d; ++c) {
-                            ddiff[tau][c] = sm[dcur + tau * nd + i * d + c] - sm[dcur + tau * nd + j * d + c];
+                            ddiff[tau][c] =
+                                sm[dcur + tau * nd + i * d + c] - sm[dcur + tau * nd + j * d + c];
                             drt += 2.0f * diff[c] * ddiff[tau][c];
                             const int pdir = p0 + tau;  // input tangent e_p moves x0 too
-                            const float dd0 = (pdir == i * d + c ? 1.0f : 0.0f) - (pdir == j * d + c ? 1.0f : 0.0f);
+                            const float dd0 = (pdir == i * d + c ? 1.0f : 0.0f) -
+                                              (pdir == j * d + c ? 1.0f : 0.0f);
                             dat += 2.0f * diff0[c] * dd0;
                         }
                         dr[tau] = drt;
@@ -212,8 +214,9 @@ __global__ void __launch_bounds__(kThreads)
                         for (int q = 0; q < kLanesQ; ++q) {
                             const int k = lane + 32 * q;
                             if (k < H) {
-                                const float dpre1 = dP[tau * plane + i * H + k] + dQ[tau * plane + j * H + k] +
-                                                    lv.w1r[q] * drt + lv.w1a[q] * dat;
+                                const float dpre1 = dP[tau * plane + i * H + k] +
+                                                    dQ[tau * plane + j * H + k] + lv.w1r[q] * drt +
+                                                    lv.w1a[q] * dat;
                                 ds1[tau * H + k] = silu_grad(e.pre1[q]) * dpre1;
                             }
                         }
@@ -231,7 +234,8 @@ __global__ void __launch_bounds__(kThreads)
                             dmv[tau][q] = 0.0f;
                             if (k < H) {
                                 float acc = 0.0f;
-                                for (int mi = 0; mi < H; ++mi) acc += sm[L.w2t + mi * H + k] * ds1[tau * H + mi];
+                                for (int mi = 0; mi < H; ++mi)
+                                    acc += sm[L.w2t + mi * H + k] * ds1[tau * H + mi];
                                 dmv[tau][q] = silu_grad(e.pre2[q]) * acc;  // d mraw
                                 zpart += lv.wa[q] * dmv[tau][q];
                             }
@@ -251,7 +255,8 @@ __global__ void __launch_bounds__(kThreads)
                     }
                     __syncwarp();
                     // dphi from the coordinate MLP, then the coordinate update's tangent.
-                    const float dphi_dc = net.use_tanh ? net.coords_range * (1.0f - tanhf(e.c) * tanhf(e.c)) : 1.0f;
+                    const float dphi_dc =
+                        net.use_tanh ? net.coords_range * (1.0f - tanhf(e.c) * tanhf(e.c)) : 1.0f;
 #pragma unroll
                     for (int tau = 0; tau < kTangents; ++tau) {
                         float cpart = 0.0f;
@@ -260,7 +265,8 @@ __global__ void __launch_bounds__(kThreads)
                             const int k = lane + 32 * q;
                             if (k < H) {
                                 float acc = 0.0f;
-                                for (int mi = 0; mi < H; ++mi) acc += sm[L.wc1t + mi * H + k] * dmm[tau * H + mi];
+                                for (int mi = 0; mi < H; ++mi)
+                                    acc += sm[L.wc1t + mi * H + k] * dmm[tau * H + mi];
                                 cpart += lv.wc2[q] * silu_grad(e.pre3[q]) * acc;
                             }
                         }
@@ -268,7 +274,8 @@ __global__ void __launch_bounds__(kThreads)
                         // d[diff / (sq + 1)] = ddiff / (sq + 1) - diff (dr / (2 sq)) / (sq + 1)^2
                         const float dinv = -inv * inv * dr[tau] / (2.0f * sq);
                         for (int c = 0; c < d; ++c)
-                            daccX[tau][c] += (ddiff[tau][c] * inv + diff[c] * dinv) * e.phi + diff[c] * inv * dphi;
+                            daccX[tau][c] += (ddiff[tau][c] * inv + diff[c] * dinv) * e.phi +
+                                             diff[c] * inv * dphi;
                     }
                     __syncwarp();  // scratch is rewritten by the next edge
                 }
@@ -278,14 +285,16 @@ __global__ void __launch_bounds__(kThreads)
                     if (k < H) {
                         sm[L.M + i * H + k] = accM[q];
 #pragma unroll
-                        for (int tau = 0; tau < kTangents; ++tau) dM[tau * plane + i * H + k] = daccM[tau][q];
+                        for (int tau = 0; tau < kTangents; ++tau)
+                            dM[tau * plane + i * H + k] = daccM[tau][q];
                     }
                 }
                 if (lane < d) {
                     sm[nxt + i * d + lane] = sm[cur + i * d + lane] + accX[lane];
 #pragma unroll
                     for (int tau = 0; tau < kTangents; ++tau)
-                        sm[dnxt + tau * nd + i * d + lane] = sm[dcur + tau * nd + i * d + lane] + daccX[tau][lane];
+                        sm[dnxt + tau * nd + i * d + lane] =
+                            sm[dcur + tau * nd + i * d + lane] + daccX[tau][lane];
                 }
             }
             __syncthreads();
@@ -314,7 +323,8 @@ __global__ void __launch_bounds__(kThreads)
                             if (k < H) {
                                 const float* row = p.wn1 + k * 2 * H;
                                 float acc = 0.0f;
-                                for (int m = 0; m < H; ++m) acc += row[m] * dhi[m] + row[H + m] * dMi[m];
+                                for (int m = 0; m < H; ++m)
+                                    acc += row[m] * dhi[m] + row[H + m] * dMi[m];
                                 ds1[k] = silu_grad(hid_pre[q]) * acc;  // d hid, in scratch
                             }
                         }
@@ -372,7 +382,8 @@ __global__ void __launch_bounds__(kThreads)
 
 // div[b] = sum_c partial[b][c], in chunk order (deterministic).
 __global__ void __launch_bounds__(kThreads)
-    sum_chunks_kernel(const float* __restrict__ partial, int64_t B, int chunks, float* __restrict__ div) {
+    sum_chunks_kernel(const float* __restrict__ partial, int64_t B, int chunks,
+                      float* __restrict__ div) {
     const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (b >= B) return;
     float acc = 0.0f;
@@ -386,10 +397,13 @@ size_t forward_smem_bytes(const EgnnNet& net) {
 
 size_t divergence_smem_bytes(const EgnnNet& net) {
     const PrimalLayout L = primal_layout(net.n, net.d, net.hidden);
-    return static_cast<size_t>(tangent_layout(L.total, net.n, net.d, net.hidden).total) * sizeof(float);
+    return static_cast<size_t>(tangent_layout(L.total, net.n, net.d, net.hidden).total) *
+           sizeof(float);
 }
 
-int divergence_chunks(const EgnnNet& net) { return (net.n * net.d + kTangents - 1) / kTangents; }
+int divergence_chunks(const EgnnNet& net) {
+    return (net.n * net.d + kTangents - 1) / kTangents;
+}
 
 // Resident blocks of the divergence kernel: the number of workspace slots.
 int divergence_slots(const EgnnNet& net, int64_t B) {
@@ -397,32 +411,37 @@ int divergence_slots(const EgnnNet& net, int64_t B) {
     EQFLOW_CUDA_CHECK(cudaGetDevice(&device));
     EQFLOW_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     const int64_t items = B * divergence_chunks(net);
-    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(items, 2 * static_cast<int64_t>(sms))));
+    return static_cast<int>(
+        std::max<int64_t>(1, std::min<int64_t>(items, 2 * static_cast<int64_t>(sms))));
 }
 
 }  // namespace
 
 void egnn_check_supported(const EgnnNet& net) {
-    EQFLOW_CHECK(net.hidden >= 1 && net.hidden <= kEgnnMaxHidden,
-                 "GPU EGNN supports hidden sizes up to " << kEgnnMaxHidden << ", got " << net.hidden);
+    EQFLOW_CHECK(
+        net.hidden >= 1 && net.hidden <= kEgnnMaxHidden,
+        "GPU EGNN supports hidden sizes up to " << kEgnnMaxHidden << ", got " << net.hidden);
     EQFLOW_CHECK(net.layers >= 1 && net.layers <= kEgnnMaxLayers,
                  "GPU EGNN supports up to " << kEgnnMaxLayers << " layers, got " << net.layers);
     EQFLOW_CHECK(net.d >= 1 && net.d <= kEgnnMaxDim, "GPU EGNN supports d <= 3, got " << net.d);
     EQFLOW_CHECK(net.n >= 2, "GPU EGNN needs at least 2 particles");
     const size_t smem_limit = max_smem_bytes();
     EQFLOW_CHECK(divergence_smem_bytes(net) <= smem_limit,
-                 "GPU EGNN: n = " << net.n << ", H = " << net.hidden << " needs " << divergence_smem_bytes(net)
+                 "GPU EGNN: n = " << net.n << ", H = " << net.hidden << " needs "
+                                  << divergence_smem_bytes(net)
                                   << " bytes of shared memory per block, more than " << smem_limit);
 }
 
-void egnn_forward(const EgnnNet& net, int64_t B, const float* x, const float* t, float* v, Stream stream) {
+void egnn_forward(const EgnnNet& net, int64_t B, const float* x, const float* t, float* v,
+                  Stream stream) {
     if (B == 0) return;
     egnn_check_supported(net);
     const size_t smem = forward_smem_bytes(net);
-    EQFLOW_CUDA_CHECK(cudaFuncSetAttribute(egnn_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem)));
+    EQFLOW_CUDA_CHECK(cudaFuncSetAttribute(
+        egnn_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     EQFLOW_CHECK(B <= 0x7fffffff, "GPU EGNN: batch too large for one launch");
-    egnn_forward_kernel<<<static_cast<unsigned>(B), kThreads, smem, EQFLOW_STREAM(stream)>>>(net, x, t, v);
+    egnn_forward_kernel<<<static_cast<unsigned>(B), kThreads, smem, EQFLOW_STREAM(stream)>>>(net, x,
+                                                                                             t, v);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 
@@ -430,29 +449,34 @@ size_t egnn_divergence_workspace_bytes(const EgnnNet& net, int64_t B) {
     if (B == 0) return 0;
     const size_t partial = static_cast<size_t>(B) * divergence_chunks(net) * sizeof(float);
     const size_t slots = static_cast<size_t>(divergence_slots(net, B));
-    return (partial + 255) / 256 * 256 + slots * tangent_slot_floats(net.n, net.hidden) * sizeof(float);
+    return (partial + 255) / 256 * 256 +
+           slots * tangent_slot_floats(net.n, net.hidden) * sizeof(float);
 }
 
-void egnn_divergence(const EgnnNet& net, int64_t B, const float* x, const float* t, float* v, float* div,
-                     void* workspace, size_t workspace_bytes, Stream stream) {
+void egnn_divergence(const EgnnNet& net, int64_t B, const float* x, const float* t, float* v,
+                     float* div, void* workspace, size_t workspace_bytes, Stream stream) {
     if (B == 0) return;
     egnn_check_supported(net);
     const size_t need = egnn_divergence_workspace_bytes(net, B);
-    EQFLOW_CHECK(workspace != nullptr && workspace_bytes >= need,
-                 "GPU EGNN divergence needs " << need << " bytes of workspace, got " << workspace_bytes);
+    EQFLOW_CHECK(
+        workspace != nullptr && workspace_bytes >= need,
+        "GPU EGNN divergence needs " << need << " bytes of workspace, got " << workspace_bytes);
     const int chunks = divergence_chunks(net);
     const int slots = divergence_slots(net, B);
     float* partial = static_cast<float*>(workspace);
-    const size_t partial_bytes = (static_cast<size_t>(B) * chunks * sizeof(float) + 255) / 256 * 256;
+    const size_t partial_bytes =
+        (static_cast<size_t>(B) * chunks * sizeof(float) + 255) / 256 * 256;
     float* slot_ws = reinterpret_cast<float*>(static_cast<char*>(workspace) + partial_bytes);
     const size_t smem = divergence_smem_bytes(net);
-    EQFLOW_CUDA_CHECK(cudaFuncSetAttribute(egnn_divergence_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    EQFLOW_CUDA_CHECK(cudaFuncSetAttribute(egnn_divergence_kernel,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem)));
     egnn_divergence_kernel<<<static_cast<unsigned>(slots), kThreads, smem, EQFLOW_STREAM(stream)>>>(
         net, B, chunks, x, t, v, partial, slot_ws);
     EQFLOW_CUDA_CHECK_LAUNCH();
     const int64_t blocks = (B + kThreads - 1) / kThreads;
-    sum_chunks_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, EQFLOW_STREAM(stream)>>>(partial, B, chunks, div);
+    sum_chunks_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, EQFLOW_STREAM(stream)>>>(
+        partial, B, chunks, div);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 

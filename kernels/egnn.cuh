@@ -49,19 +49,20 @@ struct EgnnNet {
 void egnn_check_supported(const EgnnNet& net);
 
 // v [B][n][d] = field(x [B][n][d], t [B]). No workspace.
-void egnn_forward(const EgnnNet& net, int64_t B, const float* x, const float* t, float* v, Stream stream);
+void egnn_forward(const EgnnNet& net, int64_t B, const float* x, const float* t, float* v,
+                  Stream stream);
 
 // Exact divergence div [B] (and v [B][n][d], nullable) by forward-mode tangents.
 size_t egnn_divergence_workspace_bytes(const EgnnNet& net, int64_t B);
-void egnn_divergence(const EgnnNet& net, int64_t B, const float* x, const float* t, float* v, float* div,
-                     void* workspace, size_t workspace_bytes, Stream stream);
+void egnn_divergence(const EgnnNet& net, int64_t B, const float* x, const float* t, float* v,
+                     float* div, void* workspace, size_t workspace_bytes, Stream stream);
 
 // Reverse mode: dL_dparams [param_count] += dL/dparams (accumulates), dL_dx [B][n][d] =
 // dL/dx (overwrites; nullable), for dL_dv [B][n][d]. params_base is the start of the flat
 // parameter buffer that net's pointers point into (gradients use the same offsets).
 size_t egnn_backward_workspace_bytes(const EgnnNet& net, int64_t B, int64_t param_count);
-void egnn_backward(const EgnnNet& net, const float* params_base, int64_t param_count, int64_t B, const float* x,
-                   const float* t, const float* dL_dv, float* dL_dparams, float* dL_dx, void* workspace,
-                   size_t workspace_bytes, Stream stream);
+void egnn_backward(const EgnnNet& net, const float* params_base, int64_t param_count, int64_t B,
+                   const float* x, const float* t, const float* dL_dv, float* dL_dparams,
+                   float* dL_dx, void* workspace, size_t workspace_bytes, Stream stream);
 
 }  // namespace eqflow::cuda

@@ -34,7 +34,7 @@ namespace {
 
 using namespace egnn_detail;
 
-constexpr int kVecs = 8;     // per-warp H-vectors: s1, me, gz1, gz2, gzc, gwc2, gwa, spare
+constexpr int kVecs = 8;      // per-warp H-vectors: s1, me, gz1, gz2, gzc, gwc2, gwa, spare
 constexpr int kScalars = 16;  // per-warp scalars: active, gba, r, a, gdiff[3], gdiff0[3]
 
 struct BackLayout {
@@ -94,9 +94,10 @@ __device__ __forceinline__ float* grad_of(float* grad, const float* base, const 
 }
 
 __global__ void __launch_bounds__(kThreads)
-    egnn_backward_kernel(EgnnNet net, const float* __restrict__ pbase, int64_t param_count, int64_t B,
-                         const float* __restrict__ x, const float* __restrict__ t, const float* __restrict__ dL_dv,
-                         float* __restrict__ dL_dx, float* __restrict__ workspace) {
+    egnn_backward_kernel(EgnnNet net, const float* __restrict__ pbase, int64_t param_count,
+                         int64_t B, const float* __restrict__ x, const float* __restrict__ t,
+                         const float* __restrict__ dL_dv, float* __restrict__ dL_dx,
+                         float* __restrict__ workspace) {
     extern __shared__ float sm[];
     const int n = net.n, d = net.d, H = net.hidden, Lyr = net.layers, nd = n * d;
     const PrimalLayout L = primal_layout(n, d, H);
@@ -119,8 +120,10 @@ __global__ void __launch_bounds__(kThreads)
         __syncthreads();
         for (int l = 0; l < Lyr; ++l) {
             const EgnnLayerPtrs& p = net.layer[l];
-            for (int k = threadIdx.x; k < n * H; k += blockDim.x) slot[S.hs + static_cast<size_t>(l) * n * H + k] = sm[L.h + k];
-            for (int k = threadIdx.x; k < nd; k += blockDim.x) slot[S.xs + static_cast<size_t>(l) * nd + k] = sm[cur + k];
+            for (int k = threadIdx.x; k < n * H; k += blockDim.x)
+                slot[S.hs + static_cast<size_t>(l) * n * H + k] = sm[L.h + k];
+            for (int k = threadIdx.x; k < nd; k += blockDim.x)
+                slot[S.xs + static_cast<size_t>(l) * nd + k] = sm[cur + k];
             prepare_layer(net, p, sm, L);
             __syncthreads();
             const LaneVectors lv = lane_vectors(net, p, lane);
@@ -157,14 +160,16 @@ __global__ void __launch_bounds__(kThreads)
             }
             __syncthreads();
             if (l + 1 < Lyr)
-                for (int i = warp; i < n; i += kWarps) node_primal(net, p, sm, L, i, lane, s1, nullptr);
+                for (int i = warp; i < n; i += kWarps)
+                    node_primal(net, p, sm, L, i, lane, s1, nullptr);
             const int tmp = cur;
             cur = nxt;
             nxt = tmp;
             __syncthreads();
         }
 
-        // ---- 2. seed: v = x^L - x^0 - mean  =>  dL/dx^L = g - mean(g), dL/dx^0 gets -(g - mean(g)) ----
+        // ---- 2. seed: v = x^L - x^0 - mean  =>  dL/dx^L = g - mean(g), dL/dx^0 gets -(g -
+        // mean(g)) ----
         const float* g = dL_dv + b * nd;
         for (int idx = threadIdx.x; idx < nd; idx += blockDim.x) {
             const int c = idx % d;
@@ -204,7 +209,8 @@ __global__ void __launch_bounds__(kThreads)
             //     h' = h + Wn2 hid + bn2, hid = SiLU(zn), zn = Wn1 [h, M] + bn1.
             float* gM = slot + S.gM;
             if (l + 1 < Lyr) {
-                float* zn = sm + K.vec;       // block-wide scratch (the warps' edge vectors are idle now)
+                float* zn =
+                    sm + K.vec;  // block-wide scratch (the warps' edge vectors are idle now)
                 float* hid = zn + H;
                 float* gzn = hid + H;
                 float* newgh = gzn + H;
@@ -230,7 +236,8 @@ __global__ void __launch_bounds__(kThreads)
                         gzn[k] = silu_grad(zn[k]) * acc;
                     }
                     __syncthreads();
-                    for (int e = threadIdx.x; e < H * H; e += blockDim.x) gwn2[e] += ghi[e / H] * hid[e % H];
+                    for (int e = threadIdx.x; e < H * H; e += blockDim.x)
+                        gwn2[e] += ghi[e / H] * hid[e % H];
                     for (int e = threadIdx.x; e < H * 2 * H; e += blockDim.x) {
                         const int o = e / (2 * H), m = e % (2 * H);
                         gwn1[e] += gzn[o] * (m < H ? hi[m] : Mi[m - H]);
@@ -251,7 +258,8 @@ __global__ void __launch_bounds__(kThreads)
                     __syncthreads();
                 }
             } else {
-                for (int k = threadIdx.x; k < n * H; k += blockDim.x) gM[k] = 0.0f;  // M^{L-1} feeds nothing
+                for (int k = threadIdx.x; k < n * H; k += blockDim.x)
+                    gM[k] = 0.0f;  // M^{L-1} feeds nothing
                 __syncthreads();
             }
 
@@ -296,7 +304,8 @@ __global__ void __launch_bounds__(kThreads)
                         }
                         float gr = ginv * (-inv * inv / (2.0f * sq));
                         const float th = net.use_tanh ? tanhf(e.c) : 0.0f;
-                        const float gc = net.use_tanh ? gphi * net.coords_range * (1.0f - th * th) : gphi;
+                        const float gc =
+                            net.use_tanh ? gphi * net.coords_range * (1.0f - th * th) : gphi;
                         // Coordinate MLP: c = wc2 . SiLU(zc), zc = Wc1 me + bc1.
 #pragma unroll
                         for (int q = 0; q < kLanesQ; ++q) {
@@ -318,13 +327,15 @@ __global__ void __launch_bounds__(kThreads)
                             gme[q] = 0.0f;
                             if (k < H) {
                                 float acc = gM[i * H + k];
-                                for (int o = 0; o < H; ++o) acc += sm[K.wc1 + o * H + k] * vec[V_GZC * H + o];
+                                for (int o = 0; o < H; ++o)
+                                    acc += sm[K.wc1 + o * H + k] * vec[V_GZC * H + o];
                                 gme[q] = acc;
                                 gdot += acc * e.mraw[q];
                             }
                         }
                         // Attention: me = mraw gate, gate = sigmoid(wa . mraw + ba).
-                        const float gz_att = net.attention ? warp_sum(gdot) * e.gate * (1.0f - e.gate) : 0.0f;
+                        const float gz_att =
+                            net.attention ? warp_sum(gdot) * e.gate * (1.0f - e.gate) : 0.0f;
 #pragma unroll
                         for (int q = 0; q < kLanesQ; ++q) {
                             const int k = lane + 32 * q;
@@ -342,7 +353,8 @@ __global__ void __launch_bounds__(kThreads)
                             const int k = lane + 32 * q;
                             if (k < H) {
                                 float acc = 0.0f;
-                                for (int o = 0; o < H; ++o) acc += sm[K.w2 + o * H + k] * vec[V_GZ2 * H + o];
+                                for (int o = 0; o < H; ++o)
+                                    acc += sm[K.w2 + o * H + k] * vec[V_GZ2 * H + o];
                                 const float gz1 = silu_grad(e.pre1[q]) * acc;
                                 vec[V_GZ1 * H + k] = gz1;
                                 gPacc[q] += gz1;
@@ -385,7 +397,8 @@ __global__ void __launch_bounds__(kThreads)
                         sm[K.gwc1 + e] += ac;
                     }
                     for (int k = threadIdx.x; k < H; k += blockDim.x) {
-                        float sb2 = 0, sbc1 = 0, swc2 = 0, swa = 0, sb1 = 0, sw1r = 0, sw1a = 0, sq = 0;
+                        float sb2 = 0, sbc1 = 0, swc2 = 0, swa = 0, sb1 = 0, sw1r = 0, sw1a = 0,
+                              sq = 0;
                         for (int w = 0; w < kWarps; ++w) {
                             const float* vw = sm + K.vec + w * kVecs * H;
                             const float* sw = sm + K.scal + w * kScalars;
@@ -450,7 +463,8 @@ __global__ void __launch_bounds__(kThreads)
                 const int o = e / (2 * H), m = e % (2 * H);
                 float acc = 0.0f;
                 for (int i = 0; i < n; ++i)
-                    acc += (m < H ? gP[i * H + o] : sm[K.gQ + i * H + o]) * sm[L.h + i * H + (m % H)];
+                    acc +=
+                        (m < H ? gP[i * H + o] : sm[K.gQ + i * H + o]) * sm[L.h + i * H + (m % H)];
                 gw1[o * W1 + m] += acc;
             }
             for (int e = threadIdx.x; e < H * H; e += blockDim.x) {
@@ -462,7 +476,8 @@ __global__ void __launch_bounds__(kThreads)
                 const int i = idx / H, m = idx % H;
                 float acc = sm[K.gh + idx];
                 for (int o = 0; o < H; ++o)
-                    acc += p.w1[o * W1 + m] * gP[i * H + o] + p.w1[o * W1 + H + m] * sm[K.gQ + i * H + o];
+                    acc += p.w1[o * W1 + m] * gP[i * H + o] +
+                           p.w1[o * W1 + H + m] * sm[K.gQ + i * H + o];
                 sm[L.P + idx] = acc;  // P is free now: stage the new dL/dh^l there
             }
             for (int k = threadIdx.x; k < nd; k += blockDim.x) sm[K.gx + k] += sm[K.gxsrc + k];
@@ -481,7 +496,8 @@ __global__ void __launch_bounds__(kThreads)
                 const int k = e / F, f = e % F;
                 float acc = 0.0f;
                 for (int i = 0; i < n; ++i) {
-                    const float feat = f == F - 1 ? tb : (net.types != nullptr && net.types[i] == f ? 1.0f : 0.0f);
+                    const float feat =
+                        f == F - 1 ? tb : (net.types != nullptr && net.types[i] == f ? 1.0f : 0.0f);
                     acc += sm[K.gh + i * H + k] * feat;
                 }
                 gemb_w[e] += acc;
@@ -492,7 +508,8 @@ __global__ void __launch_bounds__(kThreads)
                 gemb_b[k] += acc;
             }
             if (dL_dx != nullptr)
-                for (int k = threadIdx.x; k < nd; k += blockDim.x) dL_dx[b * nd + k] = sm[K.gx + k] + sm[K.gx0 + k];
+                for (int k = threadIdx.x; k < nd; k += blockDim.x)
+                    dL_dx[b * nd + k] = sm[K.gx + k] + sm[K.gx0 + k];
         }
         __syncthreads();  // the next sample reuses shared memory
     }
@@ -500,8 +517,8 @@ __global__ void __launch_bounds__(kThreads)
 
 // dL_dparams[p] += sum_s slot_s.grad[p], in slot order.
 __global__ void __launch_bounds__(kThreads)
-    reduce_slots_kernel(const float* __restrict__ workspace, size_t slot_floats, size_t grad_offset, int slots,
-                        int64_t param_count, float* __restrict__ dL_dparams) {
+    reduce_slots_kernel(const float* __restrict__ workspace, size_t slot_floats, size_t grad_offset,
+                        int slots, int64_t param_count, float* __restrict__ dL_dparams) {
     const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (p >= param_count) return;
     float acc = 0.0f;
@@ -511,7 +528,8 @@ __global__ void __launch_bounds__(kThreads)
 
 size_t backward_smem_bytes(const EgnnNet& net) {
     const PrimalLayout L = primal_layout(net.n, net.d, net.hidden);
-    return static_cast<size_t>(back_layout(L.total, net.n, net.d, net.hidden).total) * sizeof(float);
+    return static_cast<size_t>(back_layout(L.total, net.n, net.d, net.hidden).total) *
+           sizeof(float);
 }
 
 int backward_slots(int64_t B) {
@@ -529,30 +547,32 @@ size_t egnn_backward_workspace_bytes(const EgnnNet& net, int64_t B, int64_t para
     return static_cast<size_t>(backward_slots(B)) * S.total * sizeof(float);
 }
 
-void egnn_backward(const EgnnNet& net, const float* params_base, int64_t param_count, int64_t B, const float* x,
-                   const float* t, const float* dL_dv, float* dL_dparams, float* dL_dx, void* workspace,
-                   size_t workspace_bytes, Stream stream) {
+void egnn_backward(const EgnnNet& net, const float* params_base, int64_t param_count, int64_t B,
+                   const float* x, const float* t, const float* dL_dv, float* dL_dparams,
+                   float* dL_dx, void* workspace, size_t workspace_bytes, Stream stream) {
     if (B == 0) return;
     egnn_check_supported(net);
     const size_t smem = backward_smem_bytes(net);
-    EQFLOW_CHECK(smem <= max_smem_bytes(), "GPU EGNN backward: n = " << net.n << ", H = " << net.hidden << " needs "
-                                                                  << smem << " bytes of shared memory per block");
+    EQFLOW_CHECK(smem <= max_smem_bytes(),
+                 "GPU EGNN backward: n = " << net.n << ", H = " << net.hidden << " needs " << smem
+                                           << " bytes of shared memory per block");
     const size_t need = egnn_backward_workspace_bytes(net, B, param_count);
-    EQFLOW_CHECK(workspace != nullptr && workspace_bytes >= need,
-                 "GPU EGNN backward needs " << need << " bytes of workspace, got " << workspace_bytes);
+    EQFLOW_CHECK(
+        workspace != nullptr && workspace_bytes >= need,
+        "GPU EGNN backward needs " << need << " bytes of workspace, got " << workspace_bytes);
     const int slots = backward_slots(B);
     const SlotLayout S = slot_layout(net.n, net.d, net.hidden, net.layers, param_count);
     const cudaStream_t s = EQFLOW_STREAM(stream);
     EQFLOW_CUDA_CHECK(cudaMemsetAsync(workspace, 0, need, s));  // slot gradients start at zero
-    EQFLOW_CUDA_CHECK(
-        cudaFuncSetAttribute(egnn_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    EQFLOW_CUDA_CHECK(cudaFuncSetAttribute(
+        egnn_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     float* ws = static_cast<float*>(workspace);
-    egnn_backward_kernel<<<static_cast<unsigned>(slots), kThreads, smem, s>>>(net, params_base, param_count, B, x, t,
-                                                                                dL_dv, dL_dx, ws);
+    egnn_backward_kernel<<<static_cast<unsigned>(slots), kThreads, smem, s>>>(
+        net, params_base, param_count, B, x, t, dL_dv, dL_dx, ws);
     EQFLOW_CUDA_CHECK_LAUNCH();
     const int64_t blocks = (param_count + kThreads - 1) / kThreads;
-    reduce_slots_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(ws, S.total, S.grad, slots, param_count,
-                                                                          dL_dparams);
+    reduce_slots_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(
+        ws, S.total, S.grad, slots, param_count, dL_dparams);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 

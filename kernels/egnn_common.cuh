@@ -15,19 +15,24 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kLanesQ = kEgnnMaxHidden / 32;  // hidden units per lane, at most
 constexpr int kTangents = 8;                  // tangent directions per divergence block
 constexpr size_t kMaxSmemBytes = 227 * 1024;
-constexpr float kCoordEps = 1e-8f;            // sqrt(r + eps) + 1 in the coordinate update
+constexpr float kCoordEps = 1e-8f;  // sqrt(r + eps) + 1 in the coordinate update
 
 // Dynamic shared memory one block may opt in to on the current device, at most kMaxSmemBytes
 // (227 KB on sm_90, but 163 KB on sm_80 and 99 KB on sm_86/89, which run the sm_80 build).
 inline size_t max_smem_bytes() {
     int device = 0, optin = 0;
     EQFLOW_CUDA_CHECK(cudaGetDevice(&device));
-    EQFLOW_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    EQFLOW_CUDA_CHECK(
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     return std::min(kMaxSmemBytes, static_cast<size_t>(optin));
 }
 
-__device__ __forceinline__ float sigmoid(float z) { return 1.0f / (1.0f + expf(-z)); }
-__device__ __forceinline__ float silu(float z) { return z * sigmoid(z); }
+__device__ __forceinline__ float sigmoid(float z) {
+    return 1.0f / (1.0f + expf(-z));
+}
+__device__ __forceinline__ float silu(float z) {
+    return z * sigmoid(z);
+}
 // d/dz SiLU(z) = s (1 + z (1 - s)), s = sigmoid(z)
 __device__ __forceinline__ float silu_grad(float z) {
     const float s = sigmoid(z);
@@ -91,8 +96,8 @@ __host__ __device__ inline TangentLayout tangent_layout(int base, int n, int d, 
 // ---------------------------------------------------------------------------------------------
 
 // h_i = embedding([one_hot(type_i), t]); x0 = x = input.
-__device__ inline void load_sample(const EgnnNet& net, const float* __restrict__ xb, float tb, float* sm,
-                            const PrimalLayout& L) {
+__device__ inline void load_sample(const EgnnNet& net, const float* __restrict__ xb, float tb,
+                                   float* sm, const PrimalLayout& L) {
     const int n = net.n, d = net.d, H = net.hidden, F = net.in_features;
     for (int k = threadIdx.x; k < n * d; k += blockDim.x) {
         sm[L.x0 + k] = xb[k];
@@ -107,7 +112,8 @@ __device__ inline void load_sample(const EgnnNet& net, const float* __restrict__
 }
 
 // W2^T and Wc1^T into shared memory; P = W1a h + b1 and Q = W1b h for every node.
-__device__ inline void prepare_layer(const EgnnNet& net, const EgnnLayerPtrs& p, float* sm, const PrimalLayout& L) {
+__device__ inline void prepare_layer(const EgnnNet& net, const EgnnLayerPtrs& p, float* sm,
+                                     const PrimalLayout& L) {
     const int n = net.n, H = net.hidden, W1 = 2 * H + 2;
     for (int idx = threadIdx.x; idx < H * H; idx += blockDim.x) {
         const int k = idx / H, m = idx % H;  // row k (output), column m (input)
@@ -160,8 +166,9 @@ struct EdgePrimal {
 
 // One edge (i, j) for one warp: the messages m_ij (lane's units) and phi_ij.
 // s1 and mm are this warp's two H-vectors of scratch.
-__device__ inline void edge_primal(const EgnnNet& net, const float* sm, const PrimalLayout& L, const LaneVectors& lv,
-                                   int i, int j, float r, float a, int lane, float* s1, float* mm, EdgePrimal& e) {
+__device__ inline void edge_primal(const EgnnNet& net, const float* sm, const PrimalLayout& L,
+                                   const LaneVectors& lv, int i, int j, float r, float a, int lane,
+                                   float* s1, float* mm, EdgePrimal& e) {
     const int H = net.hidden;
 #pragma unroll
     for (int q = 0; q < kLanesQ; ++q) {
@@ -213,8 +220,9 @@ __device__ inline void edge_primal(const EgnnNet& net, const float* sm, const Pr
 
 // h_i += Wn2 SiLU(Wn1 [h_i, M_i] + bn1) + bn2 for the warp's nodes. hid_pre (nullable) keeps the
 // lane's pre-activations for the tangent pass.
-__device__ inline void node_primal(const EgnnNet& net, const EgnnLayerPtrs& p, float* sm, const PrimalLayout& L,
-                                   int i, int lane, float* hid, float* hid_pre) {
+__device__ inline void node_primal(const EgnnNet& net, const EgnnLayerPtrs& p, float* sm,
+                                   const PrimalLayout& L, int i, int lane, float* hid,
+                                   float* hid_pre) {
     const int H = net.hidden;
     const float* hi = sm + L.h + i * H;
     const float* Mi = sm + L.M + i * H;
@@ -252,8 +260,8 @@ __device__ inline void node_primal(const EgnnNet& net, const EgnnLayerPtrs& p, f
 }
 
 // v = x^L - x^0 with its particle mean removed, written to vb (block-wide).
-__device__ inline void write_field(const EgnnNet& net, const float* sm, const PrimalLayout& L, const float* xL,
-                            float* __restrict__ vb) {
+__device__ inline void write_field(const EgnnNet& net, const float* sm, const PrimalLayout& L,
+                                   const float* xL, float* __restrict__ vb) {
     const int n = net.n, d = net.d;
     for (int idx = threadIdx.x; idx < n * d; idx += blockDim.x) {
         const int a = idx % d;
@@ -263,6 +271,5 @@ __device__ inline void write_field(const EgnnNet& net, const float* sm, const Pr
         vb[idx] = xL[idx] - sm[L.x0 + idx] - mean;
     }
 }
-
 
 }  // namespace eqflow::cuda::egnn_detail

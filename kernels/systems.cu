@@ -23,8 +23,8 @@ constexpr int kThreads = 128;
 constexpr int kMaxParticles = 2048;
 
 struct PairParams {
-    int lj;  // 1: Lennard-Jones (ordered pairs), 0: double well (unordered pairs)
-    double a, b, d0;             // double well
+    int lj;           // 1: Lennard-Jones (ordered pairs), 0: double well (unordered pairs)
+    double a, b, d0;  // double well
     double eps, rm, oscillator;  // Lennard-Jones
     double inv_kT;
 };
@@ -51,8 +51,9 @@ __global__ void __launch_bounds__(kThreads)
     energy_forces_kernel(const T* __restrict__ x, int n, PairParams p, T* __restrict__ u,
                          T* __restrict__ forces) {
     extern __shared__ unsigned char smem_raw[];
-    T* xs = reinterpret_cast<T*>(smem_raw);                        // [n][D]
-    double* red = reinterpret_cast<double*>(smem_raw + ((n * D * sizeof(T) + 15) / 16) * 16);  // [kThreads]
+    T* xs = reinterpret_cast<T*>(smem_raw);  // [n][D]
+    double* red =
+        reinterpret_cast<double*>(smem_raw + ((n * D * sizeof(T) + 15) / 16) * 16);  // [kThreads]
     const int64_t b = blockIdx.x;
     const T* xb = x + b * n * D;
     for (int k = threadIdx.x; k < n * D; k += blockDim.x) xs[k] = xb[k];
@@ -114,11 +115,17 @@ __global__ void __launch_bounds__(kThreads)
 
 template <class T, int D>
 void launch(const System& s, const T* x, int64_t B, T* u, T* forces, Stream stream) {
-    PairParams p{s.kind == PotentialKind::lennard_jones ? 1 : 0, s.dw_a, s.dw_b, s.dw_d0,
-                 s.lj_eps, s.lj_rm, s.lj_oscillator, 1.0 / s.kT};
+    PairParams p{s.kind == PotentialKind::lennard_jones ? 1 : 0,
+                 s.dw_a,
+                 s.dw_b,
+                 s.dw_d0,
+                 s.lj_eps,
+                 s.lj_rm,
+                 s.lj_oscillator,
+                 1.0 / s.kT};
     const size_t smem = ((s.n * D * sizeof(T) + 15) / 16) * 16 + kThreads * sizeof(double);
-    energy_forces_kernel<T, D><<<static_cast<unsigned>(B), kThreads, smem, EQFLOW_STREAM(stream)>>>(
-        x, s.n, p, u, forces);
+    energy_forces_kernel<T, D>
+        <<<static_cast<unsigned>(B), kThreads, smem, EQFLOW_STREAM(stream)>>>(x, s.n, p, u, forces);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 }  // namespace
@@ -126,17 +133,26 @@ void launch(const System& s, const T* x, int64_t B, T* u, T* forces, Stream stre
 template <class T>
 void energy_forces(const System& s, const T* x, int64_t B, T* u, T* forces, Stream stream) {
     if (B == 0) return;
-    EQFLOW_CHECK(s.n <= kMaxParticles, "GPU energy supports up to " << kMaxParticles << " particles, got " << s.n);
+    EQFLOW_CHECK(s.n <= kMaxParticles,
+                 "GPU energy supports up to " << kMaxParticles << " particles, got " << s.n);
     EQFLOW_CHECK(B <= 0x7fffffff, "GPU energy: batch of " << B << " is too large for one launch");
     switch (s.d) {
-        case 1: launch<T, 1>(s, x, B, u, forces, stream); break;
-        case 2: launch<T, 2>(s, x, B, u, forces, stream); break;
-        case 3: launch<T, 3>(s, x, B, u, forces, stream); break;
-        default: EQFLOW_THROW("GPU energy supports d = 1, 2, 3, got " << s.d);
+        case 1:
+            launch<T, 1>(s, x, B, u, forces, stream);
+            break;
+        case 2:
+            launch<T, 2>(s, x, B, u, forces, stream);
+            break;
+        case 3:
+            launch<T, 3>(s, x, B, u, forces, stream);
+            break;
+        default:
+            EQFLOW_THROW("GPU energy supports d = 1, 2, 3, got " << s.d);
     }
 }
 
 template void energy_forces<float>(const System&, const float*, int64_t, float*, float*, Stream);
-template void energy_forces<double>(const System&, const double*, int64_t, double*, double*, Stream);
+template void energy_forces<double>(const System&, const double*, int64_t, double*, double*,
+                                    Stream);
 
 }  // namespace eqflow::cuda

@@ -52,10 +52,11 @@ void free_bytes(void* ptr, Device device) noexcept {
 #endif
 }
 
-void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device,
-                std::size_t bytes, Stream stream) {
+void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, std::size_t bytes,
+                Stream stream) {
     if (bytes == 0) return;
-    EQFLOW_CHECK(dst != nullptr && src != nullptr, "copy of " << bytes << " bytes with a null pointer");
+    EQFLOW_CHECK(dst != nullptr && src != nullptr,
+                 "copy of " << bytes << " bytes with a null pointer");
     if (dst_device == Device::cpu && src_device == Device::cpu) {
         std::memmove(dst, src, bytes);
         return;

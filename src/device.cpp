@@ -11,7 +11,9 @@
 
 namespace eqflow {
 
-const char* device_name(Device device) { return device == Device::cuda ? "cuda" : "cpu"; }
+const char* device_name(Device device) {
+    return device == Device::cuda ? "cuda" : "cpu";
+}
 
 bool cuda_compiled() {
 #if defined(EQFLOW_HAVE_CUDA)
@@ -64,11 +66,17 @@ const CudaProbe& probe() {
 }
 }  // namespace
 
-bool cuda_available() { return probe().available; }
+bool cuda_available() {
+    return probe().available;
+}
 
-std::string cuda_status() { return probe().status; }
+std::string cuda_status() {
+    return probe().status;
+}
 
-Device default_device() { return cuda_available() ? Device::cuda : Device::cpu; }
+Device default_device() {
+    return cuda_available() ? Device::cuda : Device::cpu;
+}
 
 Device parse_device(const std::string& name) {
     if (name == "cpu") return Device::cpu;

@@ -37,13 +37,15 @@ void validate_egnn_config(const EgnnConfig& c) {
     EQFLOW_CHECK(c.dim >= 1, "EGNN dimension must be positive, got " << c.dim);
     EQFLOW_CHECK(c.hidden >= 1, "EGNN hidden width must be positive, got " << c.hidden);
     EQFLOW_CHECK(c.layers >= 1, "EGNN needs at least one layer, got " << c.layers);
-    EQFLOW_CHECK(std::isfinite(c.coords_range) && c.coords_range >= 0.0,
-                 "EGNN coords_range must be finite and >= 0 (0: 15/layers), got " << c.coords_range);
+    EQFLOW_CHECK(
+        std::isfinite(c.coords_range) && c.coords_range >= 0.0,
+        "EGNN coords_range must be finite and >= 0 (0: 15/layers), got " << c.coords_range);
     if (!c.atom_types.empty()) {
         EQFLOW_CHECK(static_cast<int>(c.atom_types.size()) == c.n_particles,
-                     "EGNN atom_types has " << c.atom_types.size() << " entries for " << c.n_particles
-                                            << " particles");
-        for (int type : c.atom_types) EQFLOW_CHECK(type >= 0, "EGNN atom type " << type << " is negative");
+                     "EGNN atom_types has " << c.atom_types.size() << " entries for "
+                                            << c.n_particles << " particles");
+        for (int type : c.atom_types)
+            EQFLOW_CHECK(type >= 0, "EGNN atom type " << type << " is negative");
     }
 }
 
@@ -100,21 +102,23 @@ std::vector<double> egnn_init_parameters(const EgnnConfig& c, uint64_t seed) {
         const bool is_bias = p.shape.size() == 1;
         if (!is_bias) fan_in = p.shape[1];
         double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
-        if (p.name.size() >= 18 && p.name.compare(p.name.size() - 18, 18, "coord_mlp.2.weight") == 0) {
+        if (p.name.size() >= 18 &&
+            p.name.compare(p.name.size() - 18, 18, "coord_mlp.2.weight") == 0) {
             // Xavier-uniform, gain 0.001: bound = gain sqrt(6 / (fan_in + fan_out)).
             bound = 0.001 * std::sqrt(6.0 / static_cast<double>(p.shape[0] + p.shape[1]));
         }
         Philox rng(seed, static_cast<uint64_t>(e));  // one stream per tensor, in layout order
         const int64_t count = shape_numel(p.shape);
-        for (int64_t k = 0; k < count; ++k) params[p.offset + k] = (2.0 * rng.uniform() - 1.0) * bound;
+        for (int64_t k = 0; k < count; ++k)
+            params[p.offset + k] = (2.0 * rng.uniform() - 1.0) * bound;
     }
     return params;
 }
 
 namespace {
 
-void check_call(const EgnnConfig& c, const double* params, int64_t B, const double* x, const double* t,
-                const char* what) {
+void check_call(const EgnnConfig& c, const double* params, int64_t B, const double* x,
+                const double* t, const char* what) {
     validate_egnn_config(c);
     EQFLOW_CHECK(B >= 0, what << ": batch size " << B << " is negative");
     EQFLOW_CHECK(params != nullptr, what << ": no parameters");
@@ -126,16 +130,18 @@ void check_call(const EgnnConfig& c, const double* params, int64_t B, const doub
 
 }  // namespace
 
-void egnn_forward(const EgnnConfig& c, const double* params, int64_t B, const double* x, const double* t, double* v) {
+void egnn_forward(const EgnnConfig& c, const double* params, int64_t B, const double* x,
+                  const double* t, double* v) {
     check_call(c, params, B, x, t, "egnn_forward");
     EQFLOW_CHECK(B == 0 || v != nullptr, "egnn_forward: no output");
     const cpu::EgnnOffsets off = cpu::egnn_offsets(c);
     const int64_t nd = static_cast<int64_t>(c.n_particles) * c.dim;
-    for (int64_t b = 0; b < B; ++b) cpu::egnn_forward_one(c, off, params, x + b * nd, t[b], v + b * nd);
+    for (int64_t b = 0; b < B; ++b)
+        cpu::egnn_forward_one(c, off, params, x + b * nd, t[b], v + b * nd);
 }
 
-void egnn_backward(const EgnnConfig& c, const double* params, int64_t B, const double* x, const double* t,
-                   const double* dL_dv, double* dL_dparams, double* dL_dx) {
+void egnn_backward(const EgnnConfig& c, const double* params, int64_t B, const double* x,
+                   const double* t, const double* dL_dv, double* dL_dparams, double* dL_dx) {
     check_call(c, params, B, x, t, "egnn_backward");
     EQFLOW_CHECK(B == 0 || dL_dv != nullptr, "egnn_backward: no dL_dv");
     EQFLOW_CHECK(dL_dparams != nullptr, "egnn_backward: no parameter gradient buffer");
@@ -147,21 +153,21 @@ void egnn_backward(const EgnnConfig& c, const double* params, int64_t B, const d
     }
 }
 
-void egnn_jvp(const EgnnConfig& c, const double* params, int64_t B, const double* x, const double* t, int K,
-              const double* xdot, double* v, double* vdot) {
+void egnn_jvp(const EgnnConfig& c, const double* params, int64_t B, const double* x,
+              const double* t, int K, const double* xdot, double* v, double* vdot) {
     check_call(c, params, B, x, t, "egnn_jvp");
     EQFLOW_CHECK(K >= 1, "egnn_jvp: need at least one tangent direction, got " << K);
     EQFLOW_CHECK(B == 0 || (xdot != nullptr && vdot != nullptr), "egnn_jvp: no tangents");
     const cpu::EgnnOffsets off = cpu::egnn_offsets(c);
     const int64_t nd = static_cast<int64_t>(c.n_particles) * c.dim;
     for (int64_t b = 0; b < B; ++b) {
-        cpu::egnn_jvp_one(c, off, params, x + b * nd, t[b], K, xdot + b * K * nd, v ? v + b * nd : nullptr,
-                          vdot + b * K * nd);
+        cpu::egnn_jvp_one(c, off, params, x + b * nd, t[b], K, xdot + b * K * nd,
+                          v ? v + b * nd : nullptr, vdot + b * K * nd);
     }
 }
 
-void egnn_divergence(const EgnnConfig& c, const double* params, int64_t B, const double* x, const double* t,
-                     double* v, double* div) {
+void egnn_divergence(const EgnnConfig& c, const double* params, int64_t B, const double* x,
+                     const double* t, double* v, double* div) {
     check_call(c, params, B, x, t, "egnn_divergence");
     EQFLOW_CHECK(B == 0 || div != nullptr, "egnn_divergence: no output");
     const cpu::EgnnOffsets off = cpu::egnn_offsets(c);
@@ -170,17 +176,20 @@ void egnn_divergence(const EgnnConfig& c, const double* params, int64_t B, const
     std::vector<double> eye(static_cast<size_t>(nd) * nd, 0.0), vdot(static_cast<size_t>(nd) * nd);
     for (int q = 0; q < nd; ++q) eye[static_cast<size_t>(q) * nd + q] = 1.0;
     for (int64_t b = 0; b < B; ++b) {
-        cpu::egnn_jvp_one(c, off, params, x + b * nd, t[b], nd, eye.data(), v ? v + b * nd : nullptr, vdot.data());
+        cpu::egnn_jvp_one(c, off, params, x + b * nd, t[b], nd, eye.data(),
+                          v ? v + b * nd : nullptr, vdot.data());
         double tr = 0.0;
         for (int q = 0; q < nd; ++q) tr += vdot[static_cast<size_t>(q) * nd + q];
         div[b] = tr;
     }
 }
 
-void egnn_divergence_hutchinson(const EgnnConfig& c, const double* params, int64_t B, const double* x,
-                                const double* t, int probes, uint64_t seed, double* v, double* div) {
+void egnn_divergence_hutchinson(const EgnnConfig& c, const double* params, int64_t B,
+                                const double* x, const double* t, int probes, uint64_t seed,
+                                double* v, double* div) {
     check_call(c, params, B, x, t, "egnn_divergence_hutchinson");
-    EQFLOW_CHECK(probes >= 1, "egnn_divergence_hutchinson: need at least one probe, got " << probes);
+    EQFLOW_CHECK(probes >= 1,
+                 "egnn_divergence_hutchinson: need at least one probe, got " << probes);
     EQFLOW_CHECK(B == 0 || div != nullptr, "egnn_divergence_hutchinson: no output");
     const cpu::EgnnOffsets off = cpu::egnn_offsets(c);
     const int nd = c.n_particles * c.dim;
@@ -203,8 +212,8 @@ void egnn_divergence_hutchinson(const EgnnConfig& c, const double* params, int64
     }
 }
 
-void egnn_jacobian(const EgnnConfig& c, const double* params, int64_t B, const double* x, const double* t,
-                   double* jac) {
+void egnn_jacobian(const EgnnConfig& c, const double* params, int64_t B, const double* x,
+                   const double* t, double* jac) {
     check_call(c, params, B, x, t, "egnn_jacobian");
     EQFLOW_CHECK(B == 0 || jac != nullptr, "egnn_jacobian: no output");
     const cpu::EgnnOffsets off = cpu::egnn_offsets(c);
@@ -216,7 +225,8 @@ void egnn_jacobian(const EgnnConfig& c, const double* params, int64_t B, const d
         // vdot[q][p] = dv_p / dx_q  ->  jac[p][q]
         double* J = jac + b * static_cast<int64_t>(nd) * nd;
         for (int p = 0; p < nd; ++p)
-            for (int q = 0; q < nd; ++q) J[static_cast<size_t>(p) * nd + q] = vdot[static_cast<size_t>(q) * nd + p];
+            for (int q = 0; q < nd; ++q)
+                J[static_cast<size_t>(p) * nd + q] = vdot[static_cast<size_t>(q) * nd + p];
     }
 }
 

@@ -27,8 +27,8 @@ struct EgnnGpu::Impl {
 namespace {
 #if defined(EQFLOW_HAVE_CUDA)
 // Device pointers of every named tensor, wired into the kernels' EgnnNet.
-cuda::EgnnNet make_net(const EgnnConfig& c, const std::vector<ParamEntry>& layout, const float* base,
-                       const int* types) {
+cuda::EgnnNet make_net(const EgnnConfig& c, const std::vector<ParamEntry>& layout,
+                       const float* base, const int* types) {
     std::map<std::string, const float*> ptr;
     for (const ParamEntry& p : layout) ptr[p.name] = base + p.offset;
     auto get = [&](const std::string& name) {
@@ -49,7 +49,8 @@ cuda::EgnnNet make_net(const EgnnConfig& c, const std::vector<ParamEntry>& layou
     net.emb_w = get("embedding.weight");
     net.emb_b = get("embedding.bias");
     net.types = types;
-    EQFLOW_CHECK(c.layers <= cuda::kEgnnMaxLayers, "GPU EGNN supports up to " << cuda::kEgnnMaxLayers << " layers");
+    EQFLOW_CHECK(c.layers <= cuda::kEgnnMaxLayers,
+                 "GPU EGNN supports up to " << cuda::kEgnnMaxLayers << " layers");
     for (int l = 0; l < c.layers; ++l) {
         const std::string g = "gcl_" + std::to_string(l) + ".";
         cuda::EgnnLayerPtrs& p = net.layer[l];
@@ -74,12 +75,13 @@ cuda::EgnnNet make_net(const EgnnConfig& c, const std::vector<ParamEntry>& layou
 }
 #endif
 
-void check_batch(const EgnnConfig& c, const TensorView<const float>& x, const TensorView<const float>& t,
-                 const char* what) {
-    EQFLOW_CHECK(x.device == Device::cuda && t.device == Device::cuda, what << ": inputs must be in device memory");
+void check_batch(const EgnnConfig& c, const TensorView<const float>& x,
+                 const TensorView<const float>& t, const char* what) {
+    EQFLOW_CHECK(x.device == Device::cuda && t.device == Device::cuda,
+                 what << ": inputs must be in device memory");
     EQFLOW_CHECK(x.rank() == 3 && x.size(1) == c.n_particles && x.size(2) == c.dim,
-                 what << ": x has shape " << shape_string(x.shape) << ", expected [B, " << c.n_particles << ", "
-                      << c.dim << "]");
+                 what << ": x has shape " << shape_string(x.shape) << ", expected [B, "
+                      << c.n_particles << ", " << c.dim << "]");
     check_shape(t, Shape{x.size(0)}, "t");
 }
 }  // namespace
@@ -102,12 +104,15 @@ EgnnGpu::~EgnnGpu() = default;
 EgnnGpu::EgnnGpu(EgnnGpu&&) noexcept = default;
 EgnnGpu& EgnnGpu::operator=(EgnnGpu&&) noexcept = default;
 
-const EgnnConfig& EgnnGpu::config() const { return impl_->config; }
+const EgnnConfig& EgnnGpu::config() const {
+    return impl_->config;
+}
 
 void EgnnGpu::set_parameters(const std::vector<double>& params) {
     const int64_t count = egnn_parameter_count(impl_->config);
-    EQFLOW_CHECK(static_cast<int64_t>(params.size()) == count,
-                 "EGNN parameters: " << params.size() << " values, the configuration has " << count);
+    EQFLOW_CHECK(
+        static_cast<int64_t>(params.size()) == count,
+        "EGNN parameters: " << params.size() << " values, the configuration has " << count);
 #if defined(EQFLOW_HAVE_CUDA)
     std::vector<float> f(params.begin(), params.end());
     if (impl_->params.size() != f.size()) impl_->params = Buffer<float>(f.size(), Device::cuda);
@@ -117,7 +122,8 @@ void EgnnGpu::set_parameters(const std::vector<double>& params) {
 #endif
 }
 
-void EgnnGpu::forward(TensorView<const float> x, TensorView<const float> t, TensorView<float> v, Stream stream) {
+void EgnnGpu::forward(TensorView<const float> x, TensorView<const float> t, TensorView<float> v,
+                      Stream stream) {
     const EgnnConfig& c = impl_->config;
     check_batch(c, x, t, "EGNN forward");
     check_shape(v, x.shape, "v");
@@ -142,7 +148,8 @@ void EgnnGpu::divergence(TensorView<const float> x, TensorView<const float> t, T
 #if defined(EQFLOW_HAVE_CUDA)
     const int64_t B = x.size(0);
     const size_t need = cuda::egnn_divergence_workspace_bytes(impl_->net, B);
-    if (impl_->workspace.size() < need) impl_->workspace = Buffer<unsigned char>(need, Device::cuda);
+    if (impl_->workspace.size() < need)
+        impl_->workspace = Buffer<unsigned char>(need, Device::cuda);
     cuda::egnn_divergence(impl_->net, B, x.data, t.data, v.defined() ? v.data : nullptr, div.data,
                           impl_->workspace.data(), impl_->workspace.size(), stream);
 #else
@@ -150,8 +157,9 @@ void EgnnGpu::divergence(TensorView<const float> x, TensorView<const float> t, T
 #endif
 }
 
-void EgnnGpu::backward(TensorView<const float> x, TensorView<const float> t, TensorView<const float> dL_dv,
-                       TensorView<float> dL_dparams, TensorView<float> dL_dx, Stream stream) {
+void EgnnGpu::backward(TensorView<const float> x, TensorView<const float> t,
+                       TensorView<const float> dL_dv, TensorView<float> dL_dparams,
+                       TensorView<float> dL_dx, Stream stream) {
     const EgnnConfig& c = impl_->config;
     check_batch(c, x, t, "EGNN backward");
     check_shape(dL_dv, x.shape, "dL_dv");
@@ -166,10 +174,11 @@ void EgnnGpu::backward(TensorView<const float> x, TensorView<const float> t, Ten
 #if defined(EQFLOW_HAVE_CUDA)
     const int64_t B = x.size(0);
     const size_t need = cuda::egnn_backward_workspace_bytes(impl_->net, B, count);
-    if (impl_->workspace.size() < need) impl_->workspace = Buffer<unsigned char>(need, Device::cuda);
-    cuda::egnn_backward(impl_->net, impl_->params.data(), count, B, x.data, t.data, dL_dv.data, dL_dparams.data,
-                        dL_dx.defined() ? dL_dx.data : nullptr, impl_->workspace.data(), impl_->workspace.size(),
-                        stream);
+    if (impl_->workspace.size() < need)
+        impl_->workspace = Buffer<unsigned char>(need, Device::cuda);
+    cuda::egnn_backward(impl_->net, impl_->params.data(), count, B, x.data, t.data, dL_dv.data,
+                        dL_dparams.data, dL_dx.defined() ? dL_dx.data : nullptr,
+                        impl_->workspace.data(), impl_->workspace.size(), stream);
 #else
     (void)stream;
 #endif
@@ -177,14 +186,15 @@ void EgnnGpu::backward(TensorView<const float> x, TensorView<const float> t, Ten
 
 TensorView<float> EgnnGpu::parameters() {
 #if defined(EQFLOW_HAVE_CUDA)
-    return TensorView<float>(impl_->params.data(), Shape{egnn_parameter_count(impl_->config)}, Device::cuda);
+    return TensorView<float>(impl_->params.data(), Shape{egnn_parameter_count(impl_->config)},
+                             Device::cuda);
 #else
     return {};
 #endif
 }
 
-double flow_matching_loss_gpu(EgnnGpu& gpu, int64_t B, const double* x0, const double* x1, const double* t,
-                              const double* eps, double sigma, double* grad) {
+double flow_matching_loss_gpu(EgnnGpu& gpu, int64_t B, const double* x0, const double* x1,
+                              const double* t, const double* eps, double sigma, double* grad) {
     const EgnnConfig& c = gpu.config();
     const int n = c.n_particles, d = c.dim;
     const int64_t nd = static_cast<int64_t>(n) * d, count = egnn_parameter_count(c);
@@ -195,7 +205,8 @@ double flow_matching_loss_gpu(EgnnGpu& gpu, int64_t B, const double* x0, const d
         tf[b] = static_cast<float>(t[b]);
         for (int64_t k = 0; k < nd; ++k) {
             const int64_t idx = b * nd + k;
-            xt[idx] = static_cast<float>((1.0 - t[b]) * x0[idx] + t[b] * x1[idx] + sigma * eps[idx]);
+            xt[idx] =
+                static_cast<float>((1.0 - t[b]) * x0[idx] + t[b] * x1[idx] + sigma * eps[idx]);
             u[idx] = x1[idx] - x0[idx];
         }
     }
@@ -244,9 +255,11 @@ OdeField egnn_gpu_field(std::shared_ptr<EgnnGpu> gpu) {
         }
         const Shape xs{B, c.n_particles, c.dim};
         TensorView<float> xv(st->x.data(), xs, Device::cuda), vv(st->v.data(), xs, Device::cuda);
-        TensorView<float> tv(st->t.data(), Shape{B}, Device::cuda), dv(st->div.data(), Shape{B}, Device::cuda);
+        TensorView<float> tv(st->t.data(), Shape{B}, Device::cuda),
+            dv(st->div.data(), Shape{B}, Device::cuda);
         st->host.assign(x, x + B * nd);
-        detail::copy_bytes(xv.data, Device::cuda, st->host.data(), Device::cpu, B * nd * sizeof(float));
+        detail::copy_bytes(xv.data, Device::cuda, st->host.data(), Device::cpu,
+                           B * nd * sizeof(float));
         st->host.assign(t, t + B);
         detail::copy_bytes(tv.data, Device::cuda, st->host.data(), Device::cpu, B * sizeof(float));
         if (div != nullptr) {
@@ -255,10 +268,12 @@ OdeField egnn_gpu_field(std::shared_ptr<EgnnGpu> gpu) {
             st->gpu->forward(xv, tv, vv);
         }
         st->host.resize(static_cast<size_t>(B * nd));
-        detail::copy_bytes(st->host.data(), Device::cpu, vv.data, Device::cuda, B * nd * sizeof(float));
+        detail::copy_bytes(st->host.data(), Device::cpu, vv.data, Device::cuda,
+                           B * nd * sizeof(float));
         for (int64_t k = 0; k < B * nd; ++k) v[k] = st->host[k];
         if (div != nullptr) {
-            detail::copy_bytes(st->host.data(), Device::cpu, dv.data, Device::cuda, B * sizeof(float));
+            detail::copy_bytes(st->host.data(), Device::cpu, dv.data, Device::cuda,
+                               B * sizeof(float));
             for (int64_t k = 0; k < B; ++k) div[k] = st->host[k];
         }
     };

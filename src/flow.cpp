@@ -14,7 +14,9 @@ namespace {
 constexpr double kLog2Pi = 1.8378770664093454836;  // log(2 pi)
 }
 
-double prior_log_normalizer(int n, int d) { return 0.5 * static_cast<double>((n - 1) * d) * kLog2Pi; }
+double prior_log_normalizer(int n, int d) {
+    return 0.5 * static_cast<double>((n - 1) * d) * kLog2Pi;
+}
 
 void remove_mean(int64_t B, int n, int d, double* x) {
     for (int64_t b = 0; b < B; ++b) {
@@ -29,7 +31,8 @@ void remove_mean(int64_t B, int n, int d, double* x) {
 }
 
 void sample_prior(int64_t count, int n, int d, uint64_t seed, uint64_t first_stream, double* x) {
-    EQFLOW_CHECK(count >= 0 && n >= 2 && d >= 1, "sample_prior: bad sizes " << count << " x " << n << " x " << d);
+    EQFLOW_CHECK(count >= 0 && n >= 2 && d >= 1,
+                 "sample_prior: bad sizes " << count << " x " << n << " x " << d);
     for (int64_t i = 0; i < count; ++i) {
         Philox rng(seed, first_stream + static_cast<uint64_t>(i));
         for (int k = 0; k < n * d; ++k) x[i * n * d + k] = rng.normal();
@@ -68,17 +71,19 @@ FlowSamples flow_sample(const FlowField& field, int n, int d, int64_t count, uin
         div_int.assign(static_cast<size_t>(B), 0.0);
         log_p0.assign(static_cast<size_t>(B), 0.0);
         prior_log_density(B, n, d, xb, log_p0.data());
-        ode_integrate(field, B, D, xb, 0.0, 1.0, options.ode, div_int.data(), out.path_length.data() + start,
-                      &out.ode, true);
-        for (int64_t b = 0; b < B; ++b) out.log_q[static_cast<size_t>(start + b)] = log_p0[static_cast<size_t>(b)] - div_int[static_cast<size_t>(b)];
+        ode_integrate(field, B, D, xb, 0.0, 1.0, options.ode, div_int.data(),
+                      out.path_length.data() + start, &out.ode, true);
+        for (int64_t b = 0; b < B; ++b)
+            out.log_q[static_cast<size_t>(start + b)] =
+                log_p0[static_cast<size_t>(b)] - div_int[static_cast<size_t>(b)];
         if (options.progress) options.progress(start + B, count);
     }
     out.failed = out.ode.failed;
     return out;
 }
 
-FlowLikelihood flow_log_likelihood(const FlowField& field, int n, int d, const double* x, int64_t count,
-                                   const FlowOptions& options) {
+FlowLikelihood flow_log_likelihood(const FlowField& field, int n, int d, const double* x,
+                                   int64_t count, const FlowOptions& options) {
     EQFLOW_CHECK(count >= 0, "flow_log_likelihood: negative count");
     EQFLOW_CHECK(options.batch > 0, "flow_log_likelihood: batch must be positive");
     const int64_t D = static_cast<int64_t>(n) * d;
@@ -94,10 +99,12 @@ FlowLikelihood flow_log_likelihood(const FlowField& field, int n, int d, const d
         log_p0.assign(static_cast<size_t>(B), 0.0);
         // Backwards from t = 1 to 0: I = int_1^0 div dt = -int_0^1 div dt, so
         // log q(x1) = log p0(x0) - int_0^1 div dt = log p0(x0) + I.
-        ode_integrate(field, B, D, xb, 1.0, 0.0, options.ode, div_int.data(), out.path_length.data() + start,
-                      &out.ode, true);
+        ode_integrate(field, B, D, xb, 1.0, 0.0, options.ode, div_int.data(),
+                      out.path_length.data() + start, &out.ode, true);
         prior_log_density(B, n, d, xb, log_p0.data());
-        for (int64_t b = 0; b < B; ++b) out.log_q[static_cast<size_t>(start + b)] = log_p0[static_cast<size_t>(b)] + div_int[static_cast<size_t>(b)];
+        for (int64_t b = 0; b < B; ++b)
+            out.log_q[static_cast<size_t>(start + b)] =
+                log_p0[static_cast<size_t>(b)] + div_int[static_cast<size_t>(b)];
         if (options.progress) options.progress(start + B, count);
     }
     out.failed = out.ode.failed;

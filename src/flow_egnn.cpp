@@ -12,18 +12,20 @@ namespace eqflow {
 
 FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& options) {
     if (options.device == Device::cuda) {
-        EQFLOW_CHECK(!options.hutchinson, "the GPU field computes the exact divergence; Hutchinson runs on the CPU");
+        EQFLOW_CHECK(!options.hutchinson,
+                     "the GPU field computes the exact divergence; Hutchinson runs on the CPU");
         return egnn_gpu_field(std::make_shared<EgnnGpu>(model));
     }
     auto shared = std::make_shared<EgnnModel>(model);
-    const int threads = options.threads > 0 ? options.threads
-                                            : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    const int threads = options.threads > 0
+                            ? options.threads
+                            : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
     const bool hutchinson = options.hutchinson;
     const int probes = options.hutchinson_probes;
     const uint64_t hseed = options.hutchinson_seed;
     EQFLOW_CHECK(!hutchinson || probes > 0, "Hutchinson divergence needs at least one probe");
-    return [shared, threads, hutchinson, probes, hseed](int64_t B, const double* x, const double* t, double* v,
-                                                        double* div) {
+    return [shared, threads, hutchinson, probes, hseed](int64_t B, const double* x, const double* t,
+                                                        double* v, double* div) {
         const EgnnConfig& c = shared->config;
         const int64_t D = static_cast<int64_t>(c.n_particles) * c.dim;
         auto run = [&](int64_t begin, int64_t end) {
@@ -35,10 +37,12 @@ FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& options) {
                 // The probe stream of a row is Philox(seed, row) inside the call: offsetting the
                 // seed by the row index keeps rows independent of how they are split.
                 for (int64_t r = begin; r < end; ++r)
-                    egnn_divergence_hutchinson(c, shared->params.data(), 1, x + r * D, t + r, probes,
-                                               hseed + static_cast<uint64_t>(r), v + r * D, div + r);
+                    egnn_divergence_hutchinson(c, shared->params.data(), 1, x + r * D, t + r,
+                                               probes, hseed + static_cast<uint64_t>(r), v + r * D,
+                                               div + r);
             } else {
-                egnn_divergence(c, shared->params.data(), m, x + begin * D, t + begin, v + begin * D, div + begin);
+                egnn_divergence(c, shared->params.data(), m, x + begin * D, t + begin,
+                                v + begin * D, div + begin);
             }
         };
         const int64_t workers = std::min<int64_t>(threads, B);
@@ -48,19 +52,20 @@ FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& options) {
         }
         std::vector<std::thread> pool;
         const int64_t per = (B + workers - 1) / workers;
-        for (int64_t w = 1; w < workers; ++w) pool.emplace_back(run, w * per, std::min(B, (w + 1) * per));
+        for (int64_t w = 1; w < workers; ++w)
+            pool.emplace_back(run, w * per, std::min(B, (w + 1) * per));
         run(0, std::min(B, per));
         for (auto& th : pool) th.join();
     };
 }
 
-FlowMetrics evaluate_flow(const EgnnModel& model, const System& system, const double* test_x, int64_t n_test,
-                          int64_t n_samples, uint64_t seed, const FlowOptions& options, FlowSamples* samples,
-                          Reweighting* weights) {
+FlowMetrics evaluate_flow(const EgnnModel& model, const System& system, const double* test_x,
+                          int64_t n_test, int64_t n_samples, uint64_t seed,
+                          const FlowOptions& options, FlowSamples* samples, Reweighting* weights) {
     EQFLOW_CHECK(model.config.n_particles == system.n && model.config.dim == system.d,
-                 "the model is for " << model.config.n_particles << " particles in " << model.config.dim
-                                     << " dimensions, the system " << system.name << " has " << system.n << " in "
-                                     << system.d);
+                 "the model is for " << model.config.n_particles << " particles in "
+                                     << model.config.dim << " dimensions, the system "
+                                     << system.name << " has " << system.n << " in " << system.d);
     const FlowField field = egnn_flow_field(model, options);
     FlowSamples s = flow_sample(field, system.n, system.d, n_samples, seed, options);
     const std::vector<double> u = reduced_energies(system, s.x.data(), s.count);

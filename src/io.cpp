@@ -26,7 +26,8 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
     const int err_close = std::fclose(f) == 0 ? 0 : errno;
     if (err_write != 0 || err_close != 0 || written != bytes.size()) {
         std::remove(tmp.c_str());
-        EQFLOW_THROW("cannot write " << path << ": " << std::strerror(err_write ? err_write : err_close));
+        EQFLOW_THROW("cannot write " << path << ": "
+                                     << std::strerror(err_write ? err_write : err_close));
     }
     if (std::rename(tmp.c_str(), path.c_str()) != 0) {
         const int err = errno;
@@ -36,8 +37,9 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
 }
 
 std::string read_file(const std::string& path) {
-    struct stat st{};
-    EQFLOW_CHECK(::stat(path.c_str(), &st) == 0, "cannot read " << path << ": " << std::strerror(errno));
+    struct stat st {};
+    EQFLOW_CHECK(::stat(path.c_str(), &st) == 0,
+                 "cannot read " << path << ": " << std::strerror(errno));
     EQFLOW_CHECK(!S_ISDIR(st.st_mode), "cannot read " << path << ": it is a directory");
     std::ifstream in(path, std::ios::binary);
     EQFLOW_CHECK(in.good(), "cannot read " << path << ": " << std::strerror(errno));
@@ -59,7 +61,7 @@ void make_directories(const std::string& path) {
             EQFLOW_THROW("cannot create directory " << partial << ": " << std::strerror(errno));
         }
     }
-    struct stat st{};
+    struct stat st {};
     EQFLOW_CHECK(::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode),
                  "cannot create directory " << path);
 }

@@ -11,12 +11,18 @@ namespace eqflow {
 namespace {
 const char* type_name(Json::Type t) {
     switch (t) {
-        case Json::Type::null: return "null";
-        case Json::Type::boolean: return "boolean";
-        case Json::Type::number: return "number";
-        case Json::Type::string: return "string";
-        case Json::Type::array: return "array";
-        case Json::Type::object: return "object";
+        case Json::Type::null:
+            return "null";
+        case Json::Type::boolean:
+            return "boolean";
+        case Json::Type::number:
+            return "number";
+        case Json::Type::string:
+            return "string";
+        case Json::Type::array:
+            return "array";
+        case Json::Type::object:
+            return "object";
     }
     return "?";
 }
@@ -25,11 +31,21 @@ void escape_to(std::string& out, const std::string& s) {
     out += '"';
     for (unsigned char c : s) {
         switch (c) {
-            case '"': out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\n': out += "\\n"; break;
-            case '\r': out += "\\r"; break;
-            case '\t': out += "\\t"; break;
+            case '"':
+                out += "\\\"";
+                break;
+            case '\\':
+                out += "\\\\";
+                break;
+            case '\n':
+                out += "\\n";
+                break;
+            case '\r':
+                out += "\\r";
+                break;
+            case '\t':
+                out += "\\t";
+                break;
             default:
                 if (c < 0x20) {
                     char buf[8];
@@ -44,7 +60,7 @@ void escape_to(std::string& out, const std::string& s) {
 }
 
 class Parser {
-public:
+  public:
     explicit Parser(const std::string& text) : s_(text) {}
 
     Json parse_document() {
@@ -54,12 +70,13 @@ public:
         return v;
     }
 
-private:
+  private:
     [[noreturn]] void fail(const char* what) {
         EQFLOW_THROW("JSON: " << what << " at byte " << pos_);
     }
     void skip_ws() {
-        while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\n' || s_[pos_] == '\r' || s_[pos_] == '\t'))
+        while (pos_ < s_.size() &&
+               (s_[pos_] == ' ' || s_[pos_] == '\n' || s_[pos_] == '\r' || s_[pos_] == '\t'))
             ++pos_;
     }
     bool consume(const char* lit) {
@@ -120,24 +137,44 @@ private:
             if (pos_ >= s_.size()) fail("unterminated escape");
             const char e = s_[pos_++];
             switch (e) {
-                case '"': out += '"'; break;
-                case '\\': out += '\\'; break;
-                case '/': out += '/'; break;
-                case 'b': out += '\b'; break;
-                case 'f': out += '\f'; break;
-                case 'n': out += '\n'; break;
-                case 'r': out += '\r'; break;
-                case 't': out += '\t'; break;
+                case '"':
+                    out += '"';
+                    break;
+                case '\\':
+                    out += '\\';
+                    break;
+                case '/':
+                    out += '/';
+                    break;
+                case 'b':
+                    out += '\b';
+                    break;
+                case 'f':
+                    out += '\f';
+                    break;
+                case 'n':
+                    out += '\n';
+                    break;
+                case 'r':
+                    out += '\r';
+                    break;
+                case 't':
+                    out += '\t';
+                    break;
                 case 'u': {
                     if (pos_ + 4 > s_.size()) fail("short \\u escape");
                     unsigned code = 0;
                     for (int i = 0; i < 4; ++i) {
                         const char h = s_[pos_++];
                         code <<= 4;
-                        if (h >= '0' && h <= '9') code |= static_cast<unsigned>(h - '0');
-                        else if (h >= 'a' && h <= 'f') code |= static_cast<unsigned>(h - 'a' + 10);
-                        else if (h >= 'A' && h <= 'F') code |= static_cast<unsigned>(h - 'A' + 10);
-                        else fail("bad \\u escape");
+                        if (h >= '0' && h <= '9')
+                            code |= static_cast<unsigned>(h - '0');
+                        else if (h >= 'a' && h <= 'f')
+                            code |= static_cast<unsigned>(h - 'a' + 10);
+                        else if (h >= 'A' && h <= 'F')
+                            code |= static_cast<unsigned>(h - 'A' + 10);
+                        else
+                            fail("bad \\u escape");
                     }
                     // UTF-8 encode (surrogate pairs are kept as two code units; enough here).
                     if (code < 0x80) {
@@ -152,7 +189,8 @@ private:
                     }
                     break;
                 }
-                default: fail("unknown escape");
+                default:
+                    fail("unknown escape");
             }
         }
         return out;
@@ -169,8 +207,14 @@ private:
             arr.push_back(parse_value(depth + 1));
             skip_ws();
             if (pos_ >= s_.size()) fail("unterminated array");
-            if (s_[pos_] == ',') { ++pos_; continue; }
-            if (s_[pos_] == ']') { ++pos_; break; }
+            if (s_[pos_] == ',') {
+                ++pos_;
+                continue;
+            }
+            if (s_[pos_] == ']') {
+                ++pos_;
+                break;
+            }
             fail("expected ',' or ']'");
         }
         return arr;
@@ -194,8 +238,14 @@ private:
             obj[key] = parse_value(depth + 1);
             skip_ws();
             if (pos_ >= s_.size()) fail("unterminated object");
-            if (s_[pos_] == ',') { ++pos_; continue; }
-            if (s_[pos_] == '}') { ++pos_; break; }
+            if (s_[pos_] == ',') {
+                ++pos_;
+                continue;
+            }
+            if (s_[pos_] == '}') {
+                ++pos_;
+                break;
+            }
             fail("expected ',' or '}'");
         }
         return obj;
@@ -209,16 +259,29 @@ private:
 #define EQFLOW_JSON_EXPECT(t) \
     EQFLOW_CHECK(type_ == (t), "JSON: expected " << type_name(t) << ", found " << type_name(type_))
 
-bool Json::as_bool() const { EQFLOW_JSON_EXPECT(Type::boolean); return bool_; }
-double Json::as_number() const { EQFLOW_JSON_EXPECT(Type::number); return num_; }
+bool Json::as_bool() const {
+    EQFLOW_JSON_EXPECT(Type::boolean);
+    return bool_;
+}
+double Json::as_number() const {
+    EQFLOW_JSON_EXPECT(Type::number);
+    return num_;
+}
 int64_t Json::as_int() const {
     EQFLOW_JSON_EXPECT(Type::number);
-    EQFLOW_CHECK(std::isfinite(num_) && std::floor(num_) == num_ && std::fabs(num_) <= 9007199254740992.0,
-                 "JSON: expected an integer, found " << num_);
+    EQFLOW_CHECK(
+        std::isfinite(num_) && std::floor(num_) == num_ && std::fabs(num_) <= 9007199254740992.0,
+        "JSON: expected an integer, found " << num_);
     return static_cast<int64_t>(num_);
 }
-const std::string& Json::as_string() const { EQFLOW_JSON_EXPECT(Type::string); return str_; }
-const std::vector<Json>& Json::as_array() const { EQFLOW_JSON_EXPECT(Type::array); return arr_; }
+const std::string& Json::as_string() const {
+    EQFLOW_JSON_EXPECT(Type::string);
+    return str_;
+}
+const std::vector<Json>& Json::as_array() const {
+    EQFLOW_JSON_EXPECT(Type::array);
+    return arr_;
+}
 const std::vector<std::pair<std::string, Json>>& Json::as_object() const {
     EQFLOW_JSON_EXPECT(Type::object);
     return obj_;
@@ -272,8 +335,12 @@ void Json::dump_to(std::string& out, int indent, int level) const {
         out.append(static_cast<size_t>(indent * lvl), ' ');
     };
     switch (type_) {
-        case Type::null: out += "null"; break;
-        case Type::boolean: out += bool_ ? "true" : "false"; break;
+        case Type::null:
+            out += "null";
+            break;
+        case Type::boolean:
+            out += bool_ ? "true" : "false";
+            break;
         case Type::number: {
             if (!std::isfinite(num_)) {
                 out += "null";
@@ -288,7 +355,9 @@ void Json::dump_to(std::string& out, int indent, int level) const {
             }
             break;
         }
-        case Type::string: escape_to(out, str_); break;
+        case Type::string:
+            escape_to(out, str_);
+            break;
         case Type::array:
             out += '[';
             for (size_t i = 0; i < arr_.size(); ++i) {
@@ -314,6 +383,8 @@ void Json::dump_to(std::string& out, int indent, int level) const {
     }
 }
 
-Json Json::parse(const std::string& text) { return Parser(text).parse_document(); }
+Json Json::parse(const std::string& text) {
+    return Parser(text).parse_document();
+}
 
 }  // namespace eqflow

@@ -36,7 +36,9 @@ double default_t_max(const System& s) {
     return s.kind == PotentialKind::double_well ? 4.0 : 2.5;
 }
 
-int64_t default_thin(const System& s) { return s.kind == PotentialKind::double_well ? 20 : 10; }
+int64_t default_thin(const System& s) {
+    return s.kind == PotentialKind::double_well ? 20 : 10;
+}
 
 // A start without overlaps: particles on a jittered cubic/square lattice of spacing ~r0.
 void initial_configuration(const System& s, Philox& rng, double* x) {
@@ -80,8 +82,9 @@ void center(const System& s, std::vector<double>& x) {
     }
 }
 
-ChainResult run_chain(const System& s, const McmcOptions& opt, const std::vector<double>& temps, int chain,
-                      int64_t count, int64_t thin, const std::function<void(int64_t)>& on_sample) {
+ChainResult run_chain(const System& s, const McmcOptions& opt, const std::vector<double>& temps,
+                      int chain, int64_t count, int64_t thin,
+                      const std::function<void(int64_t)>& on_sample) {
     const int R = static_cast<int>(temps.size());
     Philox rng(opt.seed, static_cast<uint64_t>(chain));
     std::vector<Replica> reps(static_cast<size_t>(R));
@@ -93,13 +96,15 @@ ChainResult run_chain(const System& s, const McmcOptions& opt, const std::vector
         reps[r].beta = 1.0 / (temps[r] * s.kT);
         reps[r].step = (s.kind == PotentialKind::double_well ? 0.5 : 0.1) * std::sqrt(temps[r]);
     }
-    std::vector<int64_t> swap_tried(static_cast<size_t>(std::max(R - 1, 0)), 0), swap_acc(swap_tried);
+    std::vector<int64_t> swap_tried(static_cast<size_t>(std::max(R - 1, 0)), 0),
+        swap_acc(swap_tried);
     ChainResult out;
     out.samples.reserve(static_cast<size_t>(count * s.n * s.d));
 
     auto exchange = [&](int64_t sweep_index) {
         for (int r = static_cast<int>(sweep_index % 2); r + 1 < R; r += 2) {
-            // Swap configurations of rungs r and r+1: accept with min(1, exp((b_r - b_r1)(E_r - E_r1))).
+            // Swap configurations of rungs r and r+1: accept with min(1, exp((b_r - b_r1)(E_r -
+            // E_r1))).
             Replica& lo = reps[r];
             Replica& hi = reps[r + 1];
             const double log_acc = (lo.beta - hi.beta) * (lo.energy - hi.energy);
@@ -118,7 +123,8 @@ ChainResult run_chain(const System& s, const McmcOptions& opt, const std::vector
         exchange(t);
         if ((t + 1) % kTuneInterval == 0) {
             for (auto& rep : reps) {
-                const double acc = rep.tried ? static_cast<double>(rep.accepted) / rep.tried : kTargetAcceptance;
+                const double acc =
+                    rep.tried ? static_cast<double>(rep.accepted) / rep.tried : kTargetAcceptance;
                 rep.step *= std::exp(std::clamp(acc - kTargetAcceptance, -0.5, 0.5));
                 rep.tried = rep.accepted = 0;
             }
@@ -159,11 +165,13 @@ ChainResult run_chain(const System& s, const McmcOptions& opt, const std::vector
 std::vector<double> sample_equilibrium(const System& s, const McmcOptions& opt, McmcStats* stats) {
     EQFLOW_CHECK(s.n >= 2 && s.d >= 1, "sampling: system " << s.name << " has no particles");
     EQFLOW_CHECK(s.kind == PotentialKind::double_well || s.kind == PotentialKind::lennard_jones,
-                 "sampling: Metropolis sampling supports the pair-potential systems only, not " << s.name
-                                                                                              << " (molecules use MD)");
+                 "sampling: Metropolis sampling supports the pair-potential systems only, not "
+                     << s.name << " (molecules use MD)");
     EQFLOW_CHECK(opt.samples >= 0, "sampling: negative sample count " << opt.samples);
-    EQFLOW_CHECK(opt.replicas >= 1 && opt.replicas <= 64, "sampling: replicas must be 1..64, got " << opt.replicas);
-    EQFLOW_CHECK(opt.burn_in >= 0 && opt.thin >= 0, "sampling: burn-in and thinning must be non-negative");
+    EQFLOW_CHECK(opt.replicas >= 1 && opt.replicas <= 64,
+                 "sampling: replicas must be 1..64, got " << opt.replicas);
+    EQFLOW_CHECK(opt.burn_in >= 0 && opt.thin >= 0,
+                 "sampling: burn-in and thinning must be non-negative");
     const int R = opt.replicas;
     const double t_max = opt.t_max > 0.0 ? opt.t_max : default_t_max(s);
     EQFLOW_CHECK(t_max >= 1.0, "sampling: t_max must be >= 1, got " << t_max);
@@ -175,7 +183,8 @@ std::vector<double> sample_equilibrium(const System& s, const McmcOptions& opt, 
     // records at most ~1/16 of the samples.
     const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
     const int threads = opt.threads > 0 ? opt.threads : static_cast<int>(hw);
-    int chains = opt.chains > 0 ? opt.chains : static_cast<int>(std::clamp<int64_t>(opt.samples / 50, 1, 64));
+    int chains = opt.chains > 0 ? opt.chains
+                                : static_cast<int>(std::clamp<int64_t>(opt.samples / 50, 1, 64));
     chains = static_cast<int>(std::min<int64_t>(chains, std::max<int64_t>(opt.samples, 1)));
     std::vector<int64_t> per_chain(static_cast<size_t>(chains), opt.samples / chains);
     for (int c = 0; c < opt.samples % chains; ++c) ++per_chain[c];

@@ -33,7 +33,8 @@ Reweighting importance_weights(const double* u, const double* log_q, int64_t N) 
     int64_t finite_u = 0;
     for (int64_t i = 0; i < N; ++i) {
         const bool ok = std::isfinite(u[i]) && std::isfinite(log_q[i]);
-        r.log_w[static_cast<size_t>(i)] = ok ? -u[i] - log_q[i] : -std::numeric_limits<double>::infinity();
+        r.log_w[static_cast<size_t>(i)] =
+            ok ? -u[i] - log_q[i] : -std::numeric_limits<double>::infinity();
         if (!ok) ++r.invalid;
         if (ok) max_lw = std::max(max_lw, r.log_w[static_cast<size_t>(i)]);
         if (std::isfinite(u[i])) {
@@ -41,7 +42,8 @@ Reweighting importance_weights(const double* u, const double* log_q, int64_t N) 
             ++finite_u;
         }
     }
-    r.energy_mean = finite_u > 0 ? sum_u / static_cast<double>(finite_u) : std::numeric_limits<double>::quiet_NaN();
+    r.energy_mean = finite_u > 0 ? sum_u / static_cast<double>(finite_u)
+                                 : std::numeric_limits<double>::quiet_NaN();
     r.ess = effective_sample_size(r.log_w.data(), N);
     double sw = 0.0, swu = 0.0;
     for (int64_t i = 0; i < N && std::isfinite(max_lw); ++i) {
@@ -61,7 +63,8 @@ std::vector<double> reduced_energies(const System& system, const double* x, int6
     for (int64_t i = 0; i < N; ++i) {
         bool finite = true;
         for (int64_t k = 0; k < D; ++k) finite = finite && std::isfinite(x[i * D + k]);
-        double e = finite ? energy_reference(system, x + i * D) / system.kT : std::numeric_limits<double>::infinity();
+        double e = finite ? energy_reference(system, x + i * D) / system.kT
+                          : std::numeric_limits<double>::infinity();
         if (!std::isfinite(e)) e = std::numeric_limits<double>::infinity();
         u[static_cast<size_t>(i)] = e;
     }
@@ -85,7 +88,8 @@ std::vector<double> histogram(const std::vector<double>& values, const std::vect
                               const std::vector<double>& edges) {
     const size_t bins = edges.size() - 1;
     std::vector<double> h(bins, 0.0);
-    const double lo = edges.front(), hi = edges.back(), width = (hi - lo) / static_cast<double>(bins);
+    const double lo = edges.front(), hi = edges.back(),
+                 width = (hi - lo) / static_cast<double>(bins);
     double total = 0.0;
     for (size_t i = 0; i < values.size(); ++i) {
         const double w = weights ? (*weights)[i] : 1.0;
@@ -103,11 +107,13 @@ std::vector<double> histogram(const std::vector<double>& values, const std::vect
 
 }  // namespace
 
-EnergyHistogram energy_histogram(const std::vector<double>& u_data, const std::vector<double>& u_samples,
+EnergyHistogram energy_histogram(const std::vector<double>& u_data,
+                                 const std::vector<double>& u_samples,
                                  const std::vector<double>& log_w, int bins) {
     EQFLOW_CHECK(bins > 0, "energy_histogram: bins must be positive");
-    EQFLOW_CHECK(log_w.size() == u_samples.size(), "energy_histogram: " << log_w.size() << " weights for "
-                                                                        << u_samples.size() << " samples");
+    EQFLOW_CHECK(
+        log_w.size() == u_samples.size(),
+        "energy_histogram: " << log_w.size() << " weights for " << u_samples.size() << " samples");
     std::vector<double> data, samples;
     for (double u : u_data)
         if (std::isfinite(u)) data.push_back(u);
@@ -152,11 +158,13 @@ Json EnergyHistogram::to_json() const {
     return j;
 }
 
-FlowMetrics flow_metrics(int n, int d, const std::vector<double>& test_log_q, const std::vector<double>& test_u,
-                         const std::vector<double>& sample_log_q, const std::vector<double>& sample_u,
+FlowMetrics flow_metrics(int n, int d, const std::vector<double>& test_log_q,
+                         const std::vector<double>& test_u, const std::vector<double>& sample_log_q,
+                         const std::vector<double>& sample_u,
                          const std::vector<double>& sample_path_length) {
-    EQFLOW_CHECK(sample_log_q.size() == sample_u.size() && sample_u.size() == sample_path_length.size(),
-                 "flow_metrics: sample arrays differ in length");
+    EQFLOW_CHECK(
+        sample_log_q.size() == sample_u.size() && sample_u.size() == sample_path_length.size(),
+        "flow_metrics: sample arrays differ in length");
     FlowMetrics m;
     m.n_samples = static_cast<int64_t>(sample_u.size());
     m.n_test = static_cast<int64_t>(test_log_q.size());

@@ -32,7 +32,9 @@ bool host_is_little_endian() {
     return first == 1;
 }
 
-size_t item_size(SafetensorsDtype dtype) { return dtype == SafetensorsDtype::f32 ? 4 : 8; }
+size_t item_size(SafetensorsDtype dtype) {
+    return dtype == SafetensorsDtype::f32 ? 4 : 8;
+}
 
 std::string hex64(uint64_t v) {
     char buf[17];
@@ -44,9 +46,12 @@ std::string hex64(uint64_t v) {
 
 const char* safetensors_dtype_name(SafetensorsDtype dtype) {
     switch (dtype) {
-        case SafetensorsDtype::f32: return "F32";
-        case SafetensorsDtype::f64: return "F64";
-        case SafetensorsDtype::i64: return "I64";
+        case SafetensorsDtype::f32:
+            return "F32";
+        case SafetensorsDtype::f64:
+            return "F64";
+        case SafetensorsDtype::i64:
+            return "I64";
     }
     return "?";
 }
@@ -128,12 +133,15 @@ std::string serialize_safetensors(const SafetensorsFile& file) {
     for (const SafeTensor& t : file.tensors) {
         EQFLOW_CHECK(!t.name.empty(), "safetensors: a tensor has an empty name");
         EQFLOW_CHECK(t.name != "__metadata__", "safetensors: '__metadata__' is not a tensor name");
-        EQFLOW_CHECK(names.insert(t.name).second, "safetensors: duplicate tensor name '" << t.name << "'");
-        for (int64_t s : t.shape) EQFLOW_CHECK(s >= 0, "safetensors: tensor '" << t.name << "' has a negative dimension");
+        EQFLOW_CHECK(names.insert(t.name).second,
+                     "safetensors: duplicate tensor name '" << t.name << "'");
+        for (int64_t s : t.shape)
+            EQFLOW_CHECK(s >= 0, "safetensors: tensor '" << t.name << "' has a negative dimension");
         const int64_t count = shape_numel(t.shape);
         const size_t have = t.dtype == SafetensorsDtype::i64 ? t.ints.size() : t.values.size();
-        EQFLOW_CHECK(static_cast<int64_t>(have) == count, "safetensors: tensor '" << t.name << "' has " << have
-                                                              << " values for shape " << shape_string(t.shape));
+        EQFLOW_CHECK(static_cast<int64_t>(have) == count,
+                     "safetensors: tensor '" << t.name << "' has " << have << " values for shape "
+                                             << shape_string(t.shape));
         const size_t begin = data.size();
         for (int64_t k = 0; k < count; ++k) {
             if (t.dtype == SafetensorsDtype::f64) {
@@ -183,8 +191,9 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& w
     std::memcpy(&header_len, bytes.data(), 8);
     EQFLOW_CHECK(header_len >= 2 && header_len <= kMaxHeaderBytes,
                  what << ": corrupted header length " << header_len);
-    EQFLOW_CHECK(header_len <= bytes.size() - 8, what << ": truncated file (header of " << header_len
-                                                      << " bytes, but only " << bytes.size() - 8 << " follow)");
+    EQFLOW_CHECK(header_len <= bytes.size() - 8, what << ": truncated file (header of "
+                                                      << header_len << " bytes, but only "
+                                                      << bytes.size() - 8 << " follow)");
     const std::string header_text = bytes.substr(8, header_len);
     const size_t data_begin = 8 + header_len;
     const uint64_t data_size = bytes.size() - data_begin;
@@ -209,7 +218,8 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& w
         if (name == "__metadata__") {
             EQFLOW_CHECK(entry.is_object(), what << ": __metadata__ is not an object");
             for (const auto& m : entry.as_object()) {
-                EQFLOW_CHECK(m.second.is_string(), what << ": metadata value of '" << m.first << "' is not a string");
+                EQFLOW_CHECK(m.second.is_string(),
+                             what << ": metadata value of '" << m.first << "' is not a string");
                 file.metadata.emplace_back(m.first, m.second.as_string());
             }
             continue;
@@ -219,7 +229,8 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& w
                      what << ": tensor '" << name << "' needs dtype, shape and data_offsets");
         SafeTensor t;
         t.name = name;
-        EQFLOW_CHECK(entry.at("dtype").is_string(), what << ": tensor '" << name << "' has a non-string dtype");
+        EQFLOW_CHECK(entry.at("dtype").is_string(),
+                     what << ": tensor '" << name << "' has a non-string dtype");
         const std::string& dtype = entry.at("dtype").as_string();
         if (dtype == "F32") {
             t.dtype = SafetensorsDtype::f32;
@@ -232,31 +243,37 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& w
                               << " (supported: F32, F64, I64)");
         }
         const Json& shape = entry.at("shape");
-        EQFLOW_CHECK(shape.is_array(), what << ": tensor '" << name << "' has a shape that is not an array");
+        EQFLOW_CHECK(shape.is_array(),
+                     what << ": tensor '" << name << "' has a shape that is not an array");
         uint64_t count = 1;
         for (const Json& s : shape.as_array()) {
-            EQFLOW_CHECK(s.is_number() && s.as_number() >= 0 && s.as_number() <= static_cast<double>(data_size) &&
+            EQFLOW_CHECK(s.is_number() && s.as_number() >= 0 &&
+                             s.as_number() <= static_cast<double>(data_size) &&
                              std::floor(s.as_number()) == s.as_number(),
                          what << ": tensor '" << name << "' has an invalid shape " << shape.dump());
             const uint64_t dim = static_cast<uint64_t>(s.as_int());
             // count <= data_size < 2^63 after each step, unless a zero dimension came first.
-            EQFLOW_CHECK(dim == 0 || count <= data_size / dim,
-                         what << ": tensor '" << name << "' shape " << shape.dump() << " does not fit the file");
+            EQFLOW_CHECK(dim == 0 || count <= data_size / dim, what << ": tensor '" << name
+                                                                    << "' shape " << shape.dump()
+                                                                    << " does not fit the file");
             count *= dim;
             t.shape.push_back(static_cast<int64_t>(dim));
         }
         const Json& offsets = entry.at("data_offsets");
-        EQFLOW_CHECK(offsets.is_array() && offsets.size() == 2 && offsets.as_array()[0].is_number() &&
-                         offsets.as_array()[1].is_number(),
+        EQFLOW_CHECK(offsets.is_array() && offsets.size() == 2 &&
+                         offsets.as_array()[0].is_number() && offsets.as_array()[1].is_number(),
                      what << ": tensor '" << name << "' has invalid data_offsets");
         const double b = offsets.as_array()[0].as_number(), e = offsets.as_array()[1].as_number();
-        EQFLOW_CHECK(b >= 0 && e >= b && std::floor(b) == b && std::floor(e) == e && e <= static_cast<double>(data_size),
+        EQFLOW_CHECK(b >= 0 && e >= b && std::floor(b) == b && std::floor(e) == e &&
+                         e <= static_cast<double>(data_size),
                      what << ": tensor '" << name << "' data_offsets [" << b << ", " << e
-                          << "] outside the data section of " << data_size << " bytes (truncated file?)");
+                          << "] outside the data section of " << data_size
+                          << " bytes (truncated file?)");
         const uint64_t begin = static_cast<uint64_t>(b), end = static_cast<uint64_t>(e);
         EQFLOW_CHECK(end - begin == count * item_size(t.dtype),
-                     what << ": tensor '" << name << "' has " << end - begin << " bytes, but " << dtype << " "
-                          << shape_string(t.shape) << " needs " << count * item_size(t.dtype));
+                     what << ": tensor '" << name << "' has " << end - begin << " bytes, but "
+                          << dtype << " " << shape_string(t.shape) << " needs "
+                          << count * item_size(t.dtype));
         spans.push_back(Span{begin, end, file.tensors.size()});
         file.tensors.push_back(std::move(t));
     }
@@ -267,13 +284,15 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& w
     });
     uint64_t cursor = 0;
     for (const Span& s : sorted) {
-        EQFLOW_CHECK(s.begin == cursor, what << ": tensor '" << file.tensors[s.index].name << "' starts at byte "
-                                             << s.begin << " of the data section, expected " << cursor
+        EQFLOW_CHECK(s.begin == cursor, what << ": tensor '" << file.tensors[s.index].name
+                                             << "' starts at byte " << s.begin
+                                             << " of the data section, expected " << cursor
                                              << " (tensors must be contiguous, without overlap)");
         cursor = s.end;
     }
-    EQFLOW_CHECK(cursor == data_size, what << ": data section has " << data_size << " bytes, tensors cover "
-                                           << cursor << " (trailing bytes or truncated file)");
+    EQFLOW_CHECK(cursor == data_size, what << ": data section has " << data_size
+                                           << " bytes, tensors cover " << cursor
+                                           << " (trailing bytes or truncated file)");
 
     const char* data = bytes.data() + data_begin;
     for (const Span& s : spans) {
@@ -298,8 +317,9 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& w
     if (file.has_meta(kChecksumKey)) {
         const std::string expected = file.meta(kChecksumKey);
         const std::string actual = hex64(fnv1a64(data, data_size));
-        EQFLOW_CHECK(expected == actual, what << ": checksum mismatch (header says " << expected << ", data gives "
-                                              << actual << "): the file is corrupted");
+        EQFLOW_CHECK(expected == actual, what << ": checksum mismatch (header says " << expected
+                                              << ", data gives " << actual
+                                              << "): the file is corrupted");
     }
     return file;
 }
@@ -308,7 +328,9 @@ void write_safetensors(const std::string& path, const SafetensorsFile& file) {
     write_file_atomic(path, serialize_safetensors(file));
 }
 
-SafetensorsFile read_safetensors(const std::string& path) { return parse_safetensors(read_file(path), path); }
+SafetensorsFile read_safetensors(const std::string& path) {
+    return parse_safetensors(read_file(path), path);
+}
 
 // ---------------------------------------------------------------------------------------------
 // EGNN model files
@@ -341,7 +363,8 @@ bool parse_bool_meta(const SafetensorsFile& f, const std::string& key, const std
     EQFLOW_THROW(what << ": metadata '" << key << "' = '" << s << "' is not true or false");
 }
 
-double parse_double_meta(const SafetensorsFile& f, const std::string& key, const std::string& what) {
+double parse_double_meta(const SafetensorsFile& f, const std::string& key,
+                         const std::string& what) {
     EQFLOW_CHECK(f.has_meta(key), what << ": missing metadata key '" << key << "'");
     const std::string& s = f.meta(key);
     char* end = nullptr;
@@ -359,7 +382,8 @@ SafetensorsFile egnn_model_to_safetensors(const EgnnModel& model, SafetensorsDty
     const std::vector<ParamEntry> layout = egnn_parameter_layout(c);
     const int64_t count = egnn_parameter_count(c);
     EQFLOW_CHECK(static_cast<int64_t>(model.params.size()) == count,
-                 "EGNN model has " << model.params.size() << " parameters, its configuration needs " << count);
+                 "EGNN model has " << model.params.size() << " parameters, its configuration needs "
+                                   << count);
     SafetensorsFile f;
     f.set_meta("eqflow.format", "egnn-v1");
     f.set_meta("eqflow.system", c.system);
@@ -372,14 +396,16 @@ SafetensorsFile egnn_model_to_safetensors(const EgnnModel& model, SafetensorsDty
     f.set_meta("eqflow.coords_range", format_double(c.effective_coords_range()));
     if (!c.atom_types.empty()) {
         std::string types;
-        for (size_t i = 0; i < c.atom_types.size(); ++i) types += (i ? "," : "") + std::to_string(c.atom_types[i]);
+        for (size_t i = 0; i < c.atom_types.size(); ++i)
+            types += (i ? "," : "") + std::to_string(c.atom_types[i]);
         f.set_meta("eqflow.atom_types", types);
     }
     for (const ParamEntry& e : layout) {
         std::vector<double> values(model.params.begin() + e.offset,
                                    model.params.begin() + e.offset + shape_numel(e.shape));
-        f.tensors.push_back(dtype == SafetensorsDtype::f64 ? SafeTensor::f64(e.name, e.shape, std::move(values))
-                                                           : SafeTensor::f32(e.name, e.shape, std::move(values)));
+        f.tensors.push_back(dtype == SafetensorsDtype::f64
+                                ? SafeTensor::f64(e.name, e.shape, std::move(values))
+                                : SafeTensor::f32(e.name, e.shape, std::move(values)));
     }
     return f;
 }
@@ -389,10 +415,12 @@ EgnnModel egnn_model_from_safetensors(const SafetensorsFile& f, const std::strin
     EgnnConfig& c = model.config;
     EQFLOW_CHECK(f.has_meta("eqflow.system"), what << ": missing metadata key 'eqflow.system'");
     c.system = f.meta("eqflow.system");
-    const int64_t limits[4] = {parse_int_meta(f, "eqflow.n_particles", what), parse_int_meta(f, "eqflow.dim", what),
-                               parse_int_meta(f, "eqflow.hidden", what), parse_int_meta(f, "eqflow.layers", what)};
+    const int64_t limits[4] = {
+        parse_int_meta(f, "eqflow.n_particles", what), parse_int_meta(f, "eqflow.dim", what),
+        parse_int_meta(f, "eqflow.hidden", what), parse_int_meta(f, "eqflow.layers", what)};
     for (int64_t v : limits) {
-        EQFLOW_CHECK(v >= 0 && v <= (1 << 20), what << ": model size " << v << " in the metadata is out of range");
+        EQFLOW_CHECK(v >= 0 && v <= (1 << 20),
+                     what << ": model size " << v << " in the metadata is out of range");
     }
     c.n_particles = static_cast<int>(limits[0]);
     c.dim = static_cast<int>(limits[1]);
@@ -409,7 +437,8 @@ EgnnModel egnn_model_from_safetensors(const SafetensorsFile& f, const std::strin
             char* end = nullptr;
             const long v = std::strtol(item.c_str(), &end, 10);
             EQFLOW_CHECK(!item.empty() && end && *end == '\0' && v >= 0 && v < (1 << 20),
-                         what << ": metadata 'eqflow.atom_types' = '" << s << "' is not a list of type indices");
+                         what << ": metadata 'eqflow.atom_types' = '" << s
+                              << "' is not a list of type indices");
             c.atom_types.push_back(static_cast<int>(v));
         }
     }
@@ -428,12 +457,14 @@ EgnnModel egnn_model_from_safetensors(const SafetensorsFile& f, const std::strin
         EQFLOW_CHECK(t != nullptr, what << ": missing tensor '" << e.name << "' (expected shape "
                                         << shape_string(e.shape) << ")");
         EQFLOW_CHECK(t->dtype == SafetensorsDtype::f32 || t->dtype == SafetensorsDtype::f64,
-                     what << ": tensor '" << e.name << "' has dtype " << safetensors_dtype_name(t->dtype)
-                          << ", expected F32 or F64");
-        EQFLOW_CHECK(t->shape == e.shape, what << ": tensor '" << e.name << "' has shape " << shape_string(t->shape)
-                                               << ", expected " << shape_string(e.shape));
+                     what << ": tensor '" << e.name << "' has dtype "
+                          << safetensors_dtype_name(t->dtype) << ", expected F32 or F64");
+        EQFLOW_CHECK(t->shape == e.shape, what << ": tensor '" << e.name << "' has shape "
+                                               << shape_string(t->shape) << ", expected "
+                                               << shape_string(e.shape));
         for (size_t k = 0; k < t->values.size(); ++k) {
-            EQFLOW_CHECK(std::isfinite(t->values[k]), what << ": tensor '" << e.name << "' holds a non-finite value");
+            EQFLOW_CHECK(std::isfinite(t->values[k]),
+                         what << ": tensor '" << e.name << "' holds a non-finite value");
             model.params[e.offset + k] = t->values[k];
         }
     }

@@ -29,7 +29,8 @@ std::string dict_value(const std::string& header, const std::string& key, const 
         k = header.find(quoted2);
         klen = quoted2.size();
     }
-    EQFLOW_CHECK(k != std::string::npos, path << ": not a valid .npy file (header has no '" << key << "')");
+    EQFLOW_CHECK(k != std::string::npos,
+                 path << ": not a valid .npy file (header has no '" << key << "')");
     size_t p = header.find(':', k + klen);
     EQFLOW_CHECK(p != std::string::npos, path << ": not a valid .npy file (malformed header)");
     ++p;
@@ -50,18 +51,21 @@ std::string dict_value(const std::string& header, const std::string& key, const 
 }
 
 Descr parse_descr(const std::string& raw, const std::string& path) {
-    EQFLOW_CHECK(raw.size() >= 2 && (raw.front() == '\'' || raw.front() == '"') && raw.back() == raw.front(),
-                 path << ": unsupported dtype " << raw << " (expected float32, float64, int32 or int64)");
+    EQFLOW_CHECK(
+        raw.size() >= 2 && (raw.front() == '\'' || raw.front() == '"') && raw.back() == raw.front(),
+        path << ": unsupported dtype " << raw << " (expected float32, float64, int32 or int64)");
     const std::string d = raw.substr(1, raw.size() - 2);
     auto is = [&](const char* code) { return d.size() == 3 && d.compare(1, 2, code) == 0; };
-    EQFLOW_CHECK(d.size() == 3 && (d[0] == '<' || d[0] == '>' || d[0] == '|' || d[0] == '='),
-                 path << ": unsupported dtype '" << d << "' (expected float32, float64, int32 or int64)");
+    EQFLOW_CHECK(
+        d.size() == 3 && (d[0] == '<' || d[0] == '>' || d[0] == '|' || d[0] == '='),
+        path << ": unsupported dtype '" << d << "' (expected float32, float64, int32 or int64)");
     const bool big = d[0] == '>';
     if (is("f8")) return {NpyDtype::f64, 8, big};
     if (is("f4")) return {NpyDtype::f32, 4, big};
     if (is("i8")) return {NpyDtype::i64, 8, big};
     if (is("i4")) return {NpyDtype::i32, 4, big};
-    EQFLOW_THROW(path << ": unsupported dtype '" << d << "' (expected float32, float64, int32 or int64)");
+    EQFLOW_THROW(path << ": unsupported dtype '" << d
+                      << "' (expected float32, float64, int32 or int64)");
 }
 
 Shape parse_shape(const std::string& raw, const std::string& path) {
@@ -78,8 +82,9 @@ Shape parse_shape(const std::string& raw, const std::string& path) {
             size_t b = tok.find_last_not_of(" L");
             if (a != std::string::npos) {
                 const std::string num = tok.substr(a, b - a + 1);
-                EQFLOW_CHECK(num.find_first_not_of("0123456789") == std::string::npos && num.size() <= 15,
-                             path << ": not a valid .npy file (malformed shape " << raw << ")");
+                EQFLOW_CHECK(
+                    num.find_first_not_of("0123456789") == std::string::npos && num.size() <= 15,
+                    path << ": not a valid .npy file (malformed shape " << raw << ")");
                 shape.push_back(std::stoll(num));
             }
             tok.clear();
@@ -137,12 +142,14 @@ NpyArray read_npy(const std::string& path) {
     size_t header_len = 0;
     size_t offset = 0;
     if (major == 1) {
-        header_len = static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8);
+        header_len =
+            static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8);
         offset = 10;
     } else {
         EQFLOW_CHECK(bytes.size() >= 12, path << ": truncated .npy header");
         header_len = 0;
-        for (int i = 3; i >= 0; --i) header_len = (header_len << 8) | static_cast<unsigned char>(bytes[8 + i]);
+        for (int i = 3; i >= 0; --i)
+            header_len = (header_len << 8) | static_cast<unsigned char>(bytes[8 + i]);
         offset = 12;
     }
     EQFLOW_CHECK(header_len <= bytes.size() - offset, path << ": truncated .npy header");
@@ -153,9 +160,10 @@ NpyArray read_npy(const std::string& path) {
 
     const Descr descr = parse_descr(dict_value(header, "descr", path), path);
     const std::string fortran = dict_value(header, "fortran_order", path);
-    EQFLOW_CHECK(fortran == "False" || fortran == "True", path << ": not a valid .npy file (fortran_order "
-                                                               << fortran << ")");
-    EQFLOW_CHECK(fortran == "False", path << ": Fortran-ordered arrays are not supported (save with C order)");
+    EQFLOW_CHECK(fortran == "False" || fortran == "True",
+                 path << ": not a valid .npy file (fortran_order " << fortran << ")");
+    EQFLOW_CHECK(fortran == "False",
+                 path << ": Fortran-ordered arrays are not supported (save with C order)");
     NpyArray arr;
     arr.shape = parse_shape(dict_value(header, "shape", path), path);
     arr.dtype = descr.dtype;
@@ -168,9 +176,9 @@ NpyArray read_npy(const std::string& path) {
         count *= static_cast<size_t>(s);
     }
     const size_t need = count * descr.item;
-    EQFLOW_CHECK(bytes.size() - offset >= need, path << ": truncated data (shape " << shape_string(arr.shape)
-                                                     << " needs " << need << " bytes, file has "
-                                                     << bytes.size() - offset << ")");
+    EQFLOW_CHECK(bytes.size() - offset >= need,
+                 path << ": truncated data (shape " << shape_string(arr.shape) << " needs " << need
+                      << " bytes, file has " << bytes.size() - offset << ")");
     arr.values.resize(count);
     const unsigned char* p = reinterpret_cast<const unsigned char*>(bytes.data()) + offset;
     unsigned char tmp[8];
@@ -178,9 +186,24 @@ NpyArray read_npy(const std::string& path) {
         std::memcpy(tmp, p, descr.item);
         if (descr.big_endian) byteswap(tmp, descr.item);
         switch (descr.dtype) {
-            case NpyDtype::f64: { double v; std::memcpy(&v, tmp, 8); arr.values[i] = v; break; }
-            case NpyDtype::f32: { float v; std::memcpy(&v, tmp, 4); arr.values[i] = v; break; }
-            case NpyDtype::i32: { int32_t v; std::memcpy(&v, tmp, 4); arr.values[i] = v; break; }
+            case NpyDtype::f64: {
+                double v;
+                std::memcpy(&v, tmp, 8);
+                arr.values[i] = v;
+                break;
+            }
+            case NpyDtype::f32: {
+                float v;
+                std::memcpy(&v, tmp, 4);
+                arr.values[i] = v;
+                break;
+            }
+            case NpyDtype::i32: {
+                int32_t v;
+                std::memcpy(&v, tmp, 4);
+                arr.values[i] = v;
+                break;
+            }
             case NpyDtype::i64: {
                 int64_t v;
                 std::memcpy(&v, tmp, 8);
@@ -208,11 +231,13 @@ void write_npy(const std::string& path, const double* values, const Shape& shape
             break;
         case NpyDtype::i64:
             out = make_header("<i8", shape);
-            for (size_t i = 0; i < count; ++i) append_le<int64_t>(out, static_cast<int64_t>(values[i]));
+            for (size_t i = 0; i < count; ++i)
+                append_le<int64_t>(out, static_cast<int64_t>(values[i]));
             break;
         case NpyDtype::i32:
             out = make_header("<i4", shape);
-            for (size_t i = 0; i < count; ++i) append_le<int32_t>(out, static_cast<int32_t>(values[i]));
+            for (size_t i = 0; i < count; ++i)
+                append_le<int32_t>(out, static_cast<int32_t>(values[i]));
             break;
     }
     write_file_atomic(path, out);
@@ -240,8 +265,9 @@ std::vector<double> load_configurations(const std::string& path, int n, int d, i
     const Shape& s = arr.shape;
     const bool flat = s.size() == 2 && s[1] == static_cast<int64_t>(n) * d;
     const bool nested = s.size() == 3 && s[1] == n && s[2] == d;
-    EQFLOW_CHECK(flat || nested, path << ": shape " << shape_string(s) << " does not match the system (expected [N, "
-                                      << n * d << "] or [N, " << n << ", " << d << "])");
+    EQFLOW_CHECK(flat || nested, path << ": shape " << shape_string(s)
+                                      << " does not match the system (expected [N, " << n * d
+                                      << "] or [N, " << n << ", " << d << "])");
     const int64_t N = s[0];
     for (size_t i = 0; i < arr.values.size(); ++i) {
         if (!std::isfinite(arr.values[i])) {
@@ -264,10 +290,11 @@ std::vector<double> load_configurations(const std::string& path, int n, int d, i
     return std::move(arr.values);
 }
 
-void save_configurations(const std::string& path, const std::vector<double>& x, int64_t count, int n,
-                         int d, NpyDtype dtype) {
-    EQFLOW_CHECK(static_cast<int64_t>(x.size()) == count * n * d,
-                 "save_configurations: " << x.size() << " values for " << count << " configurations");
+void save_configurations(const std::string& path, const std::vector<double>& x, int64_t count,
+                         int n, int d, NpyDtype dtype) {
+    EQFLOW_CHECK(
+        static_cast<int64_t>(x.size()) == count * n * d,
+        "save_configurations: " << x.size() << " values for " << count << " configurations");
     write_npy(path, x.data(), Shape{count, static_cast<int64_t>(n) * d}, dtype);
 }
 

@@ -18,9 +18,12 @@ OdeMethod parse_ode_method(const std::string& name) {
 
 const char* ode_method_name(OdeMethod method) {
     switch (method) {
-        case OdeMethod::dopri5: return "dopri5";
-        case OdeMethod::rk4: return "rk4";
-        case OdeMethod::euler: return "euler";
+        case OdeMethod::dopri5:
+            return "dopri5";
+        case OdeMethod::rk4:
+            return "rk4";
+        case OdeMethod::euler:
+            return "euler";
     }
     return "?";
 }
@@ -75,22 +78,25 @@ bool all_finite(const double* y, int64_t S) {
     return true;
 }
 
-void write_outputs(int64_t B, int64_t D, const std::vector<double>& y, const std::vector<char>& failed, double* x,
-                   double* div_integral, double* path_length, OdeStats* stats) {
+void write_outputs(int64_t B, int64_t D, const std::vector<double>& y,
+                   const std::vector<char>& failed, double* x, double* div_integral,
+                   double* path_length, OdeStats* stats) {
     const int64_t S = D + 2;
     const double nan = std::numeric_limits<double>::quiet_NaN();
     for (int64_t b = 0; b < B; ++b) {
         const bool bad = failed[static_cast<size_t>(b)] != 0;
-        for (int64_t i = 0; i < D; ++i) x[b * D + i] = bad ? nan : y[static_cast<size_t>(b * S + i)];
+        for (int64_t i = 0; i < D; ++i)
+            x[b * D + i] = bad ? nan : y[static_cast<size_t>(b * S + i)];
         if (div_integral) div_integral[b] = bad ? nan : y[static_cast<size_t>(b * S + D)];
-        if (path_length) path_length[b] = bad ? nan : std::fabs(y[static_cast<size_t>(b * S + D + 1)]);
+        if (path_length)
+            path_length[b] = bad ? nan : std::fabs(y[static_cast<size_t>(b * S + D + 1)]);
         if (bad && stats) stats->failed += 1;
     }
 }
 
 // Classical RK4 or Euler with `steps` equal steps; all samples move together.
-void integrate_fixed(Evaluator& eval, int64_t B, int64_t D, std::vector<double>& y, double t0, double t1,
-                     const OdeOptions& opt, std::vector<char>& failed) {
+void integrate_fixed(Evaluator& eval, int64_t B, int64_t D, std::vector<double>& y, double t0,
+                     double t1, const OdeOptions& opt, std::vector<char>& failed) {
     const int64_t S = D + 2;
     EQFLOW_CHECK(opt.steps > 0, "fixed-step ODE solver needs steps > 0, got " << opt.steps);
     const double h = (t1 - t0) / opt.steps;
@@ -122,7 +128,8 @@ void integrate_fixed(Evaluator& eval, int64_t B, int64_t D, std::vector<double>&
         std::fill(ts.begin(), ts.end(), t_end);
         for (size_t i = 0; i < n; ++i) ys[i] = y[i] + h * k3[i];
         eval(rows, ys.data(), ts.data(), k4.data());
-        for (size_t i = 0; i < n; ++i) y[i] += h / 6.0 * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i]);
+        for (size_t i = 0; i < n; ++i)
+            y[i] += h / 6.0 * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i]);
     }
     for (int64_t b = 0; b < B; ++b)
         if (!all_finite(y.data() + b * S, S)) failed[static_cast<size_t>(b)] = 1;
@@ -155,7 +162,8 @@ constexpr double kMaxFactor = 10.0;
 
 // RMS over the D coordinates and the divergence integral (the log-density), scaled per
 // component by atol + rtol * max(|a|, |b|).
-double error_norm(const double* e, const double* a, const double* b, int64_t D, double atol, double rtol) {
+double error_norm(const double* e, const double* a, const double* b, int64_t D, double atol,
+                  double rtol) {
     double sum = 0.0;
     for (int64_t i = 0; i <= D; ++i) {
         const double sc = atol + rtol * std::max(std::fabs(a[i]), std::fabs(b[i]));
@@ -165,8 +173,9 @@ double error_norm(const double* e, const double* a, const double* b, int64_t D, 
     return std::sqrt(sum / static_cast<double>(D + 1));
 }
 
-void integrate_dopri5(Evaluator& eval, int64_t B, int64_t D, std::vector<double>& y, double t0, double t1,
-                      const OdeOptions& opt, std::vector<char>& failed, OdeStats* stats) {
+void integrate_dopri5(Evaluator& eval, int64_t B, int64_t D, std::vector<double>& y, double t0,
+                      double t1, const OdeOptions& opt, std::vector<char>& failed,
+                      OdeStats* stats) {
     const int64_t S = D + 2;
     const size_t n = static_cast<size_t>(B * S);
     const double dir = t1 > t0 ? 1.0 : -1.0;
@@ -175,7 +184,8 @@ void integrate_dopri5(Evaluator& eval, int64_t B, int64_t D, std::vector<double>
     std::vector<double> k[7];
     for (auto& ki : k) ki.assign(n, 0.0);
     std::vector<double> ys(n), ynew(n), err(static_cast<size_t>(S));
-    std::vector<double> t(static_cast<size_t>(B), t0), ts(static_cast<size_t>(B)), h(static_cast<size_t>(B));
+    std::vector<double> t(static_cast<size_t>(B), t0), ts(static_cast<size_t>(B)),
+        h(static_cast<size_t>(B));
     std::vector<int64_t> steps(static_cast<size_t>(B), 0);
     std::vector<char> done(static_cast<size_t>(B), 0), last(static_cast<size_t>(B), 0);
     std::vector<int64_t> rows(static_cast<size_t>(B));
@@ -203,7 +213,8 @@ void integrate_dopri5(Evaluator& eval, int64_t B, int64_t D, std::vector<double>
             hb = std::min(hb, span);
             h0[static_cast<size_t>(b)] = hb;
             ts[static_cast<size_t>(b)] = t0 + dir * hb;
-            for (int64_t i = 0; i < S; ++i) ys[static_cast<size_t>(b * S + i)] = yb[i] + dir * hb * kb[i];
+            for (int64_t i = 0; i < S; ++i)
+                ys[static_cast<size_t>(b * S + i)] = yb[i] + dir * hb * kb[i];
         }
         eval(rows, ys.data(), ts.data(), k[1].data());
         for (int64_t b = 0; b < B; ++b) {
@@ -227,7 +238,8 @@ void integrate_dopri5(Evaluator& eval, int64_t B, int64_t D, std::vector<double>
         }
     }
     for (int64_t b = 0; b < B; ++b)
-        if (!all_finite(k[0].data() + b * S, S)) failed[static_cast<size_t>(b)] = done[static_cast<size_t>(b)] = 1;
+        if (!all_finite(k[0].data() + b * S, S))
+            failed[static_cast<size_t>(b)] = done[static_cast<size_t>(b)] = 1;
 
     std::vector<int64_t> active;
     for (;;) {
@@ -251,7 +263,8 @@ void integrate_dopri5(Evaluator& eval, int64_t B, int64_t D, std::vector<double>
                 const double* yb = y.data() + b * S;
                 for (int64_t i = 0; i < S; ++i) {
                     double acc = 0.0;
-                    for (int j = 0; j < s; ++j) acc += kA[s][j] * k[j][static_cast<size_t>(b * S + i)];
+                    for (int j = 0; j < s; ++j)
+                        acc += kA[s][j] * k[j][static_cast<size_t>(b * S + i)];
                     out[i] = yb[i] + hb * acc;
                 }
             }
@@ -268,25 +281,30 @@ void integrate_dopri5(Evaluator& eval, int64_t B, int64_t D, std::vector<double>
             const double* yb = y.data() + b * S;
             double* yn = ynew.data() + b * S;
             double en = error_norm(err.data(), yb, yn, D, opt.atol, opt.rtol);
-            const bool finite = std::isfinite(en) && all_finite(yn, S) && all_finite(k[6].data() + b * S, S);
+            const bool finite =
+                std::isfinite(en) && all_finite(yn, S) && all_finite(k[6].data() + b * S, S);
             if (!finite) en = std::numeric_limits<double>::infinity();
             steps[bs] += 1;
             if (en <= 1.0) {
                 t[bs] = last[bs] ? t1 : t[bs] + hb;
                 std::copy(yn, yn + S, y.data() + b * S);
-                std::copy(k[6].begin() + b * S, k[6].begin() + (b + 1) * S, k[0].begin() + b * S);  // FSAL
+                std::copy(k[6].begin() + b * S, k[6].begin() + (b + 1) * S,
+                          k[0].begin() + b * S);  // FSAL
                 if (stats) stats->accepted += 1;
                 if (last[bs]) done[bs] = 1;
-                const double factor = en == 0.0 ? kMaxFactor
-                                                : std::clamp(kSafety * std::pow(en, -0.2), kMinFactor, kMaxFactor);
+                const double factor =
+                    en == 0.0 ? kMaxFactor
+                              : std::clamp(kSafety * std::pow(en, -0.2), kMinFactor, kMaxFactor);
                 h[bs] = hb * factor;
             } else {
                 if (stats) stats->rejected += 1;
                 const double factor =
-                    std::isfinite(en) ? std::clamp(kSafety * std::pow(en, -0.2), kMinFactor, 1.0) : kMinFactor;
+                    std::isfinite(en) ? std::clamp(kSafety * std::pow(en, -0.2), kMinFactor, 1.0)
+                                      : kMinFactor;
                 h[bs] = hb * factor;
             }
-            if (!done[bs] && (steps[bs] >= opt.max_steps || std::fabs(h[bs]) < 1e-12 * std::max(1.0, span))) {
+            if (!done[bs] &&
+                (steps[bs] >= opt.max_steps || std::fabs(h[bs]) < 1e-12 * std::max(1.0, span))) {
                 failed[bs] = 1;
                 done[bs] = 1;
             }
@@ -297,8 +315,8 @@ void integrate_dopri5(Evaluator& eval, int64_t B, int64_t D, std::vector<double>
 }  // namespace
 
 void ode_integrate(const OdeField& field, int64_t B, int64_t D, double* x, double t0, double t1,
-                   const OdeOptions& options, double* div_integral, double* path_length, OdeStats* stats,
-                   bool need_div) {
+                   const OdeOptions& options, double* div_integral, double* path_length,
+                   OdeStats* stats, bool need_div) {
     EQFLOW_CHECK(B >= 0 && D > 0, "ode_integrate: bad sizes B = " << B << ", D = " << D);
     EQFLOW_CHECK(std::isfinite(t0) && std::isfinite(t1), "ode_integrate: non-finite time interval");
     const int64_t S = D + 2;

@@ -7,15 +7,17 @@
 
 namespace eqflow {
 
-void adam_update(const AdamOptions& options, double lr, int64_t count, double* params, const double* grad,
-                 AdamState& state) {
+void adam_update(const AdamOptions& options, double lr, int64_t count, double* params,
+                 const double* grad, AdamState& state) {
     EQFLOW_CHECK(count >= 0, "adam_update: negative parameter count");
     if (state.m.empty() && state.v.empty()) {
         state.m.assign(static_cast<size_t>(count), 0.0);
         state.v.assign(static_cast<size_t>(count), 0.0);
     }
-    EQFLOW_CHECK(static_cast<int64_t>(state.m.size()) == count && static_cast<int64_t>(state.v.size()) == count,
-                 "adam_update: optimiser state holds " << state.m.size() << " moments for " << count << " parameters");
+    EQFLOW_CHECK(static_cast<int64_t>(state.m.size()) == count &&
+                     static_cast<int64_t>(state.v.size()) == count,
+                 "adam_update: optimiser state holds " << state.m.size() << " moments for " << count
+                                                       << " parameters");
     const double k = static_cast<double>(state.step + 1);
     const double c1 = 1.0 - std::pow(options.beta1, k);
     const double c2 = 1.0 - std::pow(options.beta2, k);

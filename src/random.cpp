@@ -9,11 +9,12 @@
 namespace eqflow {
 
 namespace {
-void fill(TensorView<double> out, int64_t per_row, uint64_t seed, uint64_t first_stream, bool normal,
-          Stream stream) {
+void fill(TensorView<double> out, int64_t per_row, uint64_t seed, uint64_t first_stream,
+          bool normal, Stream stream) {
     const int64_t count = out.numel();
     EQFLOW_CHECK(per_row > 0, "random fill: per_row must be positive, got " << per_row);
-    EQFLOW_CHECK(count % per_row == 0, "random fill: " << count << " elements are not rows of " << per_row);
+    EQFLOW_CHECK(count % per_row == 0,
+                 "random fill: " << count << " elements are not rows of " << per_row);
     if (count == 0) return;
     EQFLOW_CHECK(out.data != nullptr, "random fill: output has no data");
     if (out.device == Device::cpu) {

@@ -15,7 +15,9 @@
 
 namespace eqflow {
 
-std::vector<std::string> builtin_system_names() { return {"dw4", "lj13", "lj55", "lj:N", "aldp"}; }
+std::vector<std::string> builtin_system_names() {
+    return {"dw4", "lj13", "lj55", "lj:N", "aldp"};
+}
 
 System make_system(const std::string& name) {
     System s;
@@ -55,14 +57,17 @@ System make_system(const std::string& name) {
 }
 
 void pair_potential(const System& s, double r, double* phi, double* dphi, double* d2phi) {
-    EQFLOW_CHECK(s.kind != PotentialKind::molecule, "system " << s.name << " has no pair potential");
+    EQFLOW_CHECK(s.kind != PotentialKind::molecule,
+                 "system " << s.name << " has no pair potential");
     cpu::pair_terms(s, r, phi, dphi, d2phi);
 }
 
 double energy_reference(const System& s, const double* x, double* grad, double* laplacian) {
     if (s.kind == PotentialKind::molecule) {
-        EQFLOW_CHECK(s.force_field && laplacian == nullptr,
-                     "system " << s.name << ": " << (s.force_field ? "no Laplacian for molecules" : "no force field"));
+        EQFLOW_CHECK(
+            s.force_field && laplacian == nullptr,
+            "system " << s.name << ": "
+                      << (s.force_field ? "no Laplacian for molecules" : "no force field"));
         return cpu::molecule_energy_one(*s.force_field, x, grad, kTermAll);
     }
     return cpu::energy_one(s, x, grad, laplacian);
@@ -73,8 +78,8 @@ template <class T>
 void check_energy_args(const System& s, const TensorView<const T>& x, const TensorView<T>& u,
                        const TensorView<T>& forces) {
     EQFLOW_CHECK(x.rank() == 3 && x.size(1) == s.n && x.size(2) == s.d,
-                 "energy of " << s.name << ": x has shape " << shape_string(x.shape) << ", expected [B, "
-                              << s.n << ", " << s.d << "]");
+                 "energy of " << s.name << ": x has shape " << shape_string(x.shape)
+                              << ", expected [B, " << s.n << ", " << s.d << "]");
     const int64_t B = x.size(0);
     check_shape(u, Shape{B}, "energy output u");
     EQFLOW_CHECK(u.device == x.device, "energy: u and x live on different devices");
@@ -85,8 +90,8 @@ void check_energy_args(const System& s, const TensorView<const T>& x, const Tens
 }
 
 template <class T>
-void energy_forces_impl(const System& s, TensorView<const T> x, TensorView<T> u, TensorView<T> forces,
-                        Stream stream) {
+void energy_forces_impl(const System& s, TensorView<const T> x, TensorView<T> u,
+                        TensorView<T> forces, Stream stream) {
     check_energy_args(s, x, u, forces);
     const int64_t B = x.size(0);
     if (B == 0) return;
@@ -94,16 +99,18 @@ void energy_forces_impl(const System& s, TensorView<const T> x, TensorView<T> u,
     EQFLOW_CHECK(!molecule || s.force_field, "system " << s.name << " has no force field");
     if (x.device == Device::cpu) {
         if (molecule)
-            cpu::molecule_energy_forces(*s.force_field, x.data, B, u.data, forces.defined() ? forces.data : nullptr,
-                                        kTermAll, 1.0 / s.kT);
+            cpu::molecule_energy_forces(*s.force_field, x.data, B, u.data,
+                                        forces.defined() ? forces.data : nullptr, kTermAll,
+                                        1.0 / s.kT);
         else
             cpu::energy_forces(s, x.data, B, u.data, forces.defined() ? forces.data : nullptr);
         return;
     }
 #if defined(EQFLOW_HAVE_CUDA)
     if (molecule)
-        cuda::molecule_energy_forces(*s.force_field, x.data, B, u.data, forces.defined() ? forces.data : nullptr,
-                                     kTermAll, stream, 1.0 / s.kT);
+        cuda::molecule_energy_forces(*s.force_field, x.data, B, u.data,
+                                     forces.defined() ? forces.data : nullptr, kTermAll, stream,
+                                     1.0 / s.kT);
     else
         cuda::energy_forces(s, x.data, B, u.data, forces.defined() ? forces.data : nullptr, stream);
 #else

@@ -22,7 +22,9 @@
 
 namespace eqflow {
 
-bool coupling_available(CouplingKind) { return true; }
+bool coupling_available(CouplingKind) {
+    return true;
+}
 
 namespace {
 
@@ -69,7 +71,9 @@ std::string fmt(double x) {
     return buf;
 }
 
-uint64_t data_checksum(const std::vector<double>& x) { return fnv1a64(x.data(), x.size() * sizeof(double)); }
+uint64_t data_checksum(const std::vector<double>& x) {
+    return fnv1a64(x.data(), x.size() * sizeof(double));
+}
 
 void append_line(const std::string& path, const std::string& line) {
     std::ofstream f(path, std::ios::app);
@@ -79,8 +83,8 @@ void append_line(const std::string& path, const std::string& line) {
 
 }  // namespace
 
-void couple_batch(CouplingKind coupling, int64_t B, int n, int d, const double* x0, double* x1, bool reflections,
-                  const std::vector<int>& atom_types) {
+void couple_batch(CouplingKind coupling, int64_t B, int n, int d, const double* x0, double* x1,
+                  bool reflections, const std::vector<int>& atom_types) {
     if (coupling == CouplingKind::fm || B <= 1) return;
     const int64_t D = static_cast<int64_t>(n) * d;
     CouplingOptions co;
@@ -88,12 +92,14 @@ void couple_batch(CouplingKind coupling, int64_t B, int n, int d, const double* 
     co.allow_reflection = reflections;
     co.atom_types = atom_types;
     const std::vector<double> original(x1, x1 + B * D);
-    couple(co, TensorView<const double>(x0, Shape{B, n, d}), TensorView<const double>(original.data(), Shape{B, n, d}),
+    couple(co, TensorView<const double>(x0, Shape{B, n, d}),
+           TensorView<const double>(original.data(), Shape{B, n, d}),
            TensorView<double>(x1, Shape{B, n, d}));
 }
 
-double flow_matching_loss(const EgnnModel& model, int64_t B, const double* x0, const double* x1, const double* t,
-                          const double* eps, double sigma, double* grad, int threads) {
+double flow_matching_loss(const EgnnModel& model, int64_t B, const double* x0, const double* x1,
+                          const double* t, const double* eps, double sigma, double* grad,
+                          int threads) {
     const EgnnConfig& c = model.config;
     const int64_t D = static_cast<int64_t>(c.n_particles) * c.dim;
     const int64_t P = static_cast<int64_t>(model.params.size());
@@ -103,7 +109,8 @@ double flow_matching_loss(const EgnnModel& model, int64_t B, const double* x0, c
     const double scale = 1.0 / static_cast<double>(B * D);
     auto work = [&](int64_t chunk) {
         const int64_t b0 = chunk * kChunkRows, m = std::min(kChunkRows, B - b0);
-        std::vector<double> xt(static_cast<size_t>(m * D)), v(static_cast<size_t>(m * D)), dv(static_cast<size_t>(m * D));
+        std::vector<double> xt(static_cast<size_t>(m * D)), v(static_cast<size_t>(m * D)),
+            dv(static_cast<size_t>(m * D));
         for (int64_t r = 0; r < m; ++r) {
             const int64_t b = b0 + r;
             for (int64_t k = 0; k < D; ++k)
@@ -115,7 +122,8 @@ double flow_matching_loss(const EgnnModel& model, int64_t B, const double* x0, c
         for (int64_t r = 0; r < m; ++r)
             for (int64_t k = 0; k < D; ++k) {
                 const int64_t b = b0 + r;
-                const double diff = v[static_cast<size_t>(r * D + k)] - (x1[b * D + k] - x0[b * D + k]);
+                const double diff =
+                    v[static_cast<size_t>(r * D + k)] - (x1[b * D + k] - x0[b * D + k]);
                 s += diff * diff;
                 dv[static_cast<size_t>(r * D + k)] = 2.0 * diff * scale;
             }
@@ -123,11 +131,13 @@ double flow_matching_loss(const EgnnModel& model, int64_t B, const double* x0, c
         if (grad) {
             auto& g = chunk_grad[static_cast<size_t>(chunk)];
             g.assign(static_cast<size_t>(P), 0.0);
-            egnn_backward(c, model.params.data(), m, xt.data(), t + b0, dv.data(), g.data(), nullptr);
+            egnn_backward(c, model.params.data(), m, xt.data(), t + b0, dv.data(), g.data(),
+                          nullptr);
         }
     };
     const int workers = static_cast<int>(std::min<int64_t>(
-        threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency())), chunks));
+        threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency())),
+        chunks));
     if (workers <= 1) {
         for (int64_t k = 0; k < chunks; ++k) work(k);
     } else {
@@ -148,32 +158,39 @@ double flow_matching_loss(const EgnnModel& model, int64_t B, const double* x0, c
     return loss * scale;
 }
 
-TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<double>& x, int64_t count, int n, int d) {
+TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<double>& x,
+                                int64_t count, int n, int d) {
     using clock = std::chrono::steady_clock;
     const auto start = clock::now();
     const int64_t D = static_cast<int64_t>(n) * d;
     EQFLOW_CHECK(count >= 2, "training needs at least 2 configurations, got " << count);
     EQFLOW_CHECK(static_cast<int64_t>(x.size()) == count * D,
-                 "training data holds " << x.size() << " values, expected " << count << " x " << n << " x " << d);
+                 "training data holds " << x.size() << " values, expected " << count << " x " << n
+                                        << " x " << d);
     EQFLOW_CHECK(opt.epochs > 0, "epochs must be positive, got " << opt.epochs);
     EQFLOW_CHECK(opt.batch > 0, "batch must be positive, got " << opt.batch);
-    EQFLOW_CHECK(opt.lr > 0 && std::isfinite(opt.lr), "learning rate must be positive, got " << opt.lr);
+    EQFLOW_CHECK(opt.lr > 0 && std::isfinite(opt.lr),
+                 "learning rate must be positive, got " << opt.lr);
     EQFLOW_CHECK(opt.sigma >= 0, "sigma must be non-negative, got " << opt.sigma);
-    EQFLOW_CHECK(opt.ema_decay >= 0 && opt.ema_decay < 1, "EMA decay must be in [0, 1), got " << opt.ema_decay);
+    EQFLOW_CHECK(opt.ema_decay >= 0 && opt.ema_decay < 1,
+                 "EMA decay must be in [0, 1), got " << opt.ema_decay);
     EQFLOW_CHECK(opt.validation_fraction >= 0 && opt.validation_fraction < 1,
                  "validation fraction must be in [0, 1), got " << opt.validation_fraction);
-    EQFLOW_CHECK(coupling_available(opt.objective),
-                 "the " << objective_name(opt.objective) << " coupling is not available in this build yet");
+    EQFLOW_CHECK(
+        coupling_available(opt.objective),
+        "the " << objective_name(opt.objective) << " coupling is not available in this build yet");
     EQFLOW_CHECK(!opt.resume || !opt.out_dir.empty(), "--resume needs the run directory");
 
     // Split once with the seed: the tail is held out.
     const std::vector<int64_t> split = permutation(count, derive_seed(opt.seed, kPurposeSplit), 0);
     int64_t n_val = 0;
     if (opt.validation_fraction > 0)
-        n_val = std::max<int64_t>(1, static_cast<int64_t>(std::llround(opt.validation_fraction * count)));
+        n_val = std::max<int64_t>(
+            1, static_cast<int64_t>(std::llround(opt.validation_fraction * count)));
     n_val = std::min(n_val, count - 1);
     const int64_t n_train = count - n_val;
-    std::vector<double> train(static_cast<size_t>(n_train * D)), val(static_cast<size_t>(n_val * D));
+    std::vector<double> train(static_cast<size_t>(n_train * D)),
+        val(static_cast<size_t>(n_val * D));
     for (int64_t i = 0; i < count; ++i) {
         const int64_t src = split[static_cast<size_t>(i)];
         double* dst = i < n_train ? train.data() + i * D : val.data() + (i - n_train) * D;
@@ -183,7 +200,8 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
     const int64_t B = std::min(opt.batch, n_train);
     const int64_t spe = n_train / B;
     const int64_t total = spe * opt.epochs;
-    const int64_t drop_step = static_cast<int64_t>(std::floor(opt.lr_drop_fraction * static_cast<double>(total)));
+    const int64_t drop_step =
+        static_cast<int64_t>(std::floor(opt.lr_drop_fraction * static_cast<double>(total)));
 
     EgnnConfig config = default_egnn_config(opt.system, n, d);
     if (opt.hidden > 0) config.hidden = opt.hidden;
@@ -212,7 +230,8 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
         {"eqflow.train.data_count", std::to_string(count)},
         {"eqflow.train.data_checksum", std::to_string(data_checksum(x))},
     };
-    const std::string ckpt_path = opt.out_dir.empty() ? "" : opt.out_dir + "/checkpoint.safetensors";
+    const std::string ckpt_path =
+        opt.out_dir.empty() ? "" : opt.out_dir + "/checkpoint.safetensors";
     const std::string model_path = opt.out_dir.empty() ? "" : opt.out_dir + "/model.safetensors";
     const std::string log_path = opt.out_dir.empty() ? "" : opt.out_dir + "/train_log.jsonl";
     if (!opt.out_dir.empty()) make_directories(opt.out_dir);
@@ -221,18 +240,22 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
         const SafetensorsFile ck = read_safetensors(ckpt_path);
         for (const auto& [key, value] : fingerprint) {
             EQFLOW_CHECK(ck.has_meta(key) && ck.meta(key) == value,
-                         ckpt_path << ": cannot resume, " << key << " was '" << (ck.has_meta(key) ? ck.meta(key) : "?")
-                                   << "' and is now '" << value << "'");
+                         ckpt_path << ": cannot resume, " << key << " was '"
+                                   << (ck.has_meta(key) ? ck.meta(key) : "?") << "' and is now '"
+                                   << value << "'");
         }
         SafetensorsFile model_part;
         model_part.metadata = ck.metadata;
         for (const SafeTensor& t : ck.tensors)
-            if (t.name.rfind("optimizer.", 0) != 0 && t.name.rfind("trainer.", 0) != 0) model_part.tensors.push_back(t);
+            if (t.name.rfind("optimizer.", 0) != 0 && t.name.rfind("trainer.", 0) != 0)
+                model_part.tensors.push_back(t);
         EgnnModel loaded = egnn_model_from_safetensors(model_part, ckpt_path);
-        EQFLOW_CHECK(loaded.config.hidden == config.hidden && loaded.config.layers == config.layers &&
-                         loaded.config.n_particles == n && loaded.config.dim == d,
-                     ckpt_path << ": the checkpoint's model (H = " << loaded.config.hidden << ", L = "
-                               << loaded.config.layers << ") differs from the requested one (H = " << config.hidden
+        EQFLOW_CHECK(loaded.config.hidden == config.hidden &&
+                         loaded.config.layers == config.layers && loaded.config.n_particles == n &&
+                         loaded.config.dim == d,
+                     ckpt_path << ": the checkpoint's model (H = " << loaded.config.hidden
+                               << ", L = " << loaded.config.layers
+                               << ") differs from the requested one (H = " << config.hidden
                                << ", L = " << config.layers << ")");
         model = std::move(loaded);
         const SafeTensor& state = ck.at("trainer.state");
@@ -243,19 +266,24 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
         elapsed_before = static_cast<double>(state.ints[3]) * 1e-3;
         adam.m = ck.at("optimizer.adam.m").values;
         adam.v = ck.at("optimizer.adam.v").values;
-        EQFLOW_CHECK(static_cast<int64_t>(adam.m.size()) == P && static_cast<int64_t>(adam.v.size()) == P,
-                     ckpt_path << ": optimizer state does not match the model's " << P << " parameters");
+        EQFLOW_CHECK(
+            static_cast<int64_t>(adam.m.size()) == P && static_cast<int64_t>(adam.v.size()) == P,
+            ckpt_path << ": optimizer state does not match the model's " << P << " parameters");
         if (opt.ema_decay > 0) {
             ema = ck.at("optimizer.ema").values;
-            EQFLOW_CHECK(static_cast<int64_t>(ema.size()) == P, ckpt_path << ": EMA does not match the model");
+            EQFLOW_CHECK(static_cast<int64_t>(ema.size()) == P,
+                         ckpt_path << ": EMA does not match the model");
         }
-        EQFLOW_CHECK(step >= 0 && step <= total, ckpt_path << ": step " << step << " outside 0.." << total);
+        EQFLOW_CHECK(step >= 0 && step <= total,
+                     ckpt_path << ": step " << step << " outside 0.." << total);
     } else {
         if (opt.ema_decay > 0) ema = model.params;
         if (!log_path.empty()) write_file_atomic(log_path, "");
     }
 
-    auto elapsed = [&] { return elapsed_before + std::chrono::duration<double>(clock::now() - start).count(); };
+    auto elapsed = [&] {
+        return elapsed_before + std::chrono::duration<double>(clock::now() - start).count();
+    };
     auto output_model = [&] {
         EgnnModel m = model;
         if (opt.ema_decay > 0) m.params = ema;
@@ -286,8 +314,8 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
     // current parameters uploaded first (the optimiser keeps the double master copy).
     std::unique_ptr<EgnnGpu> gpu;
     if (opt.device == Device::cuda) gpu = std::make_unique<EgnnGpu>(model);
-    auto batch_loss = [&](int64_t m, const double* bx0, const double* bx1, const double* bt, const double* beps,
-                          double* bgrad) {
+    auto batch_loss = [&](int64_t m, const double* bx0, const double* bx1, const double* bt,
+                          const double* beps, double* bgrad) {
         if (gpu) {
             gpu->set_parameters(model.params);
             return flow_matching_loss_gpu(*gpu, m, bx0, bx1, bt, beps, opt.sigma, bgrad);
@@ -307,9 +335,12 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
             t.resize(static_cast<size_t>(m));
             x1.assign(val.begin() + s0 * D, val.begin() + (s0 + m) * D);
             for (int64_t b = 0; b < m; ++b)
-                draw_row(vseed, static_cast<uint64_t>(s0 + b), n, d, x0.data() + b * D, t.data() + b, eps.data() + b * D);
-            couple_batch(opt.objective, m, n, d, x0.data(), x1.data(), opt.reflections, opt.atom_types);
-            sum += batch_loss(m, x0.data(), x1.data(), t.data(), eps.data(), nullptr) * static_cast<double>(m);
+                draw_row(vseed, static_cast<uint64_t>(s0 + b), n, d, x0.data() + b * D,
+                         t.data() + b, eps.data() + b * D);
+            couple_batch(opt.objective, m, n, d, x0.data(), x1.data(), opt.reflections,
+                         opt.atom_types);
+            sum += batch_loss(m, x0.data(), x1.data(), t.data(), eps.data(), nullptr) *
+                   static_cast<double>(m);
         }
         return sum / static_cast<double>(n_val_used);
     };
@@ -325,15 +356,16 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
     const uint64_t draw_seed = derive_seed(opt.seed, kPurposeDraws);
     std::vector<int64_t> order;
     int64_t order_epoch = -1;
-    std::vector<double> x0(static_cast<size_t>(B * D)), x1(static_cast<size_t>(B * D)), eps(static_cast<size_t>(B * D)),
-        t(static_cast<size_t>(B)), grad(static_cast<size_t>(P));
+    std::vector<double> x0(static_cast<size_t>(B * D)), x1(static_cast<size_t>(B * D)),
+        eps(static_cast<size_t>(B * D)), t(static_cast<size_t>(B)), grad(static_cast<size_t>(P));
     double window_loss = 0.0;
     int64_t window_count = 0;
     double last_checkpoint = elapsed();
     bool interrupted = false;
 
     while (step < total) {
-        if ((opt.stop && opt.stop->load()) || (opt.stop_after_steps > 0 && step >= opt.stop_after_steps)) {
+        if ((opt.stop && opt.stop->load()) ||
+            (opt.stop_after_steps > 0 && step >= opt.stop_after_steps)) {
             interrupted = true;
             break;
         }
@@ -345,8 +377,8 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
         for (int64_t b = 0; b < B; ++b) {
             const int64_t src = order[static_cast<size_t>(j * B + b)];
             std::copy(train.begin() + src * D, train.begin() + (src + 1) * D, x1.begin() + b * D);
-            draw_row(draw_seed, static_cast<uint64_t>(step * B + b), n, d, x0.data() + b * D, t.data() + b,
-                     eps.data() + b * D);
+            draw_row(draw_seed, static_cast<uint64_t>(step * B + b), n, d, x0.data() + b * D,
+                     t.data() + b, eps.data() + b * D);
         }
         couple_batch(opt.objective, B, n, d, x0.data(), x1.data(), opt.reflections, opt.atom_types);
         const double loss = batch_loss(B, x0.data(), x1.data(), t.data(), eps.data(), grad.data());

@@ -32,16 +32,18 @@ inline Result sh(const std::string& command) {
     return r;
 }
 
-inline Result run(const std::string& args) { return sh(std::string(EQFLOW_CLI_PATH) + " " + args); }
+inline Result run(const std::string& args) {
+    return sh(std::string(EQFLOW_CLI_PATH) + " " + args);
+}
 
 inline bool exists(const std::string& path) {
-    struct stat st{};
+    struct stat st {};
     return ::stat(path.c_str(), &st) == 0;
 }
 
 // A fixture with a scratch directory of its own, removed afterwards.
 class TempDirTest : public ::testing::Test {
-protected:
+  protected:
     explicit TempDirTest(const std::string& name) : dir_(temp_path(name)) {}
     void SetUp() override { ::mkdir(dir_.c_str(), 0755); }
     void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }

@@ -9,10 +9,10 @@
 #include <cstdlib>
 #include <string>
 
+#include "cli_test_util.h"
 #include "eqflow/molecule.h"
 #include "eqflow/npy.h"
 #include "eqflow/systems.h"
-#include "cli_test_util.h"
 #include "test_util.h"
 
 namespace eqflow {
@@ -22,7 +22,7 @@ using test::exists;
 using test::Result;
 using test::run;
 class AldpCli : public test::TempDirTest {
-protected:
+  protected:
     AldpCli() : TempDirTest("aldp_cli") {}
 };
 

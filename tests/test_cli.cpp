@@ -9,10 +9,10 @@
 #include <cstdlib>
 #include <string>
 
+#include "cli_test_util.h"
 #include "eqflow/device.h"
 #include "eqflow/npy.h"
 #include "eqflow/systems.h"
-#include "cli_test_util.h"
 #include "test_util.h"
 
 namespace eqflow {
@@ -22,7 +22,7 @@ using test::exists;
 using test::Result;
 using test::run;
 class Cli : public test::TempDirTest {
-protected:
+  protected:
     Cli() : TempDirTest("cli") {}
 };
 
@@ -58,7 +58,8 @@ TEST_F(Cli, DataThenEnergy) {
     const NpyArray energies = read_npy(u);
     ASSERT_EQ(energies.shape, (Shape{64}));
     const System s = make_system("dw4");
-    for (int b = 0; b < 64; ++b) EXPECT_NEAR(energies.values[b], energy_reference(s, data.values.data() + 8 * b), 1e-9);
+    for (int b = 0; b < 64; ++b)
+        EXPECT_NEAR(energies.values[b], energy_reference(s, data.values.data() + 8 * b), 1e-9);
 }
 
 TEST_F(Cli, BadInputIsOneLineErrorWithoutOutput) {
@@ -96,7 +97,8 @@ TEST_F(Cli, DeviceCudaWithoutGpuSaysWhy) {
     if (cuda_available()) GTEST_SKIP() << "a GPU is present";
     const std::string x = file("dw4.npy");
     ASSERT_EQ(run("data --system dw4 --samples 4 --burn-in 10 --out " + x).code, 0);
-    const Result r = run("energy --system dw4 --in " + x + " --out " + file("u.npy") + " --device cuda");
+    const Result r =
+        run("energy --system dw4 --in " + x + " --out " + file("u.npy") + " --device cuda");
     EXPECT_EQ(r.code, 1);
     EXPECT_NE(r.out.find("--device cuda"), std::string::npos) << r.out;
 }

@@ -12,10 +12,10 @@
 #include <string>
 #include <vector>
 
+#include "cli_test_util.h"
 #include "eqflow/assignment.h"
 #include "eqflow/device.h"
 #include "eqflow/npy.h"
-#include "cli_test_util.h"
 #include "test_util.h"
 
 namespace eqflow {
@@ -25,7 +25,7 @@ using test::exists;
 using test::Result;
 using test::run;
 class CliAssign : public test::TempDirTest {
-protected:
+  protected:
     CliAssign() : TempDirTest("cli_assign") {}
 };
 

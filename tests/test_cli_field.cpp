@@ -9,10 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "cli_test_util.h"
 #include "eqflow/egnn.h"
 #include "eqflow/model_io.h"
 #include "eqflow/npy.h"
-#include "cli_test_util.h"
 #include "test_util.h"
 
 namespace eqflow {
@@ -28,7 +28,7 @@ int count_lines(const std::string& s) {
 }
 
 class CliField : public test::TempDirTest {
-protected:
+  protected:
     CliField() : TempDirTest("cli_field") {}
 
     // A small DW4-shaped model with coordinate layers that matter, saved to model.safetensors.

@@ -10,12 +10,12 @@
 #include <cstdlib>
 #include <string>
 
+#include "cli_test_util.h"
 #include "eqflow/device.h"
 #include "eqflow/io.h"
 #include "eqflow/json.h"
 #include "eqflow/model_io.h"
 #include "eqflow/npy.h"
-#include "cli_test_util.h"
 #include "test_util.h"
 
 namespace eqflow {
@@ -26,21 +26,27 @@ using test::Result;
 using test::run;
 using test::sh;
 class CliTrain : public ::testing::Test {
-protected:
+  protected:
     static std::string dir_;
     static void SetUpTestSuite() {
         dir_ = test::temp_path("cli_train");
         ::mkdir(dir_.c_str(), 0755);
-        const Result r = run("data --system dw4 --samples 80 --seed 5 --burn-in 200 --threads 1 --out " + file("train.npy"));
+        const Result r =
+            run("data --system dw4 --samples 80 --seed 5 --burn-in 200 --threads 1 --out " +
+                file("train.npy"));
         ASSERT_EQ(r.code, 0) << r.out;
-        const Result t = run("data --system dw4 --samples 30 --seed 6 --burn-in 200 --threads 1 --out " + file("test.npy"));
+        const Result t =
+            run("data --system dw4 --samples 30 --seed 6 --burn-in 200 --threads 1 --out " +
+                file("test.npy"));
         ASSERT_EQ(t.code, 0) << t.out;
     }
     static void TearDownTestSuite() { std::system(("rm -rf " + dir_).c_str()); }
     static std::string file(const std::string& name) { return dir_ + "/" + name; }
-    static std::string tiny_train(const std::string& run_dir, const std::string& objective = "eqot") {
-        return "train --system dw4 --data " + file("train.npy") + " --objective " + objective + " --out " +
-               file(run_dir) + " --epochs 3 --batch 16 --hidden 8 --layers 1 --threads 1 --seed 3";
+    static std::string tiny_train(const std::string& run_dir,
+                                  const std::string& objective = "eqot") {
+        return "train --system dw4 --data " + file("train.npy") + " --objective " + objective +
+               " --out " + file(run_dir) +
+               " --epochs 3 --batch 16 --hidden 8 --layers 1 --threads 1 --seed 3";
     }
 };
 std::string CliTrain::dir_;
@@ -52,7 +58,8 @@ TEST_F(CliTrain, HelpAndErrors) {
         EXPECT_NE(r.out.find("usage: eqflow " + std::string(cmd)), std::string::npos) << r.out;
     }
     const Result help = run("--help");
-    for (const char* cmd : {"train", "sample", "eval", "demo"}) EXPECT_NE(help.out.find(cmd), std::string::npos);
+    for (const char* cmd : {"train", "sample", "eval", "demo"})
+        EXPECT_NE(help.out.find(cmd), std::string::npos);
     Result r{0, ""};
     if (!cuda_available()) {
         // --device cuda without a usable GPU: one line saying why, exit 1, nothing written.
@@ -64,11 +71,14 @@ TEST_F(CliTrain, HelpAndErrors) {
     }
     r = run(tiny_train("bad") + " --bogus 1");
     EXPECT_EQ(r.code, 2) << r.out;
-    r = run("train --system dw4 --data " + file("train.npy") + " --objective sinkhorn --out " + file("bad"));
+    r = run("train --system dw4 --data " + file("train.npy") + " --objective sinkhorn --out " +
+            file("bad"));
     EXPECT_EQ(r.code, 2) << r.out;
-    r = run("train --system lj13 --data " + file("train.npy") + " --objective fm --out " + file("bad"));
+    r = run("train --system lj13 --data " + file("train.npy") + " --objective fm --out " +
+            file("bad"));
     EXPECT_EQ(r.code, 1) << r.out;  // wrong shape for the system
-    r = run("eval --model " + file("missing.safetensors") + " --test " + file("test.npy") + " --out " + file("m.json"));
+    r = run("eval --model " + file("missing.safetensors") + " --test " + file("test.npy") +
+            " --out " + file("m.json"));
     EXPECT_EQ(r.code, 1) << r.out;
     EXPECT_FALSE(exists(file("m.json")));
 }
@@ -76,11 +86,12 @@ TEST_F(CliTrain, HelpAndErrors) {
 TEST_F(CliTrain, TrainSampleEval) {
     Result r = run(tiny_train("run"));
     ASSERT_EQ(r.code, 0) << r.out;
-    for (const char* f : {"run/model.safetensors", "run/checkpoint.safetensors", "run/train_log.jsonl"})
+    for (const char* f :
+         {"run/model.safetensors", "run/checkpoint.safetensors", "run/train_log.jsonl"})
         EXPECT_TRUE(exists(file(f))) << f;
 
-    r = run("sample --model " + file("run/model.safetensors") + " --samples 20 --out-dir " + file("s") +
-            " --threads 1 --batch 8");
+    r = run("sample --model " + file("run/model.safetensors") + " --samples 20 --out-dir " +
+            file("s") + " --threads 1 --batch 8");
     ASSERT_EQ(r.code, 0) << r.out;
     EXPECT_EQ(read_npy(file("s/x.npy")).shape, (Shape{20, 8}));
     const NpyArray log_w = read_npy(file("s/log_w.npy"));
@@ -92,13 +103,13 @@ TEST_F(CliTrain, TrainSampleEval) {
     EXPECT_FALSE(summary.at("approximate").as_bool());
 
     // Hutchinson: the output says the weights are approximate.
-    r = run("sample --model " + file("run/model.safetensors") + " --samples 4 --out-dir " + file("sh") +
-            " --threads 1 --hutchinson 2");
+    r = run("sample --model " + file("run/model.safetensors") + " --samples 4 --out-dir " +
+            file("sh") + " --threads 1 --hutchinson 2");
     ASSERT_EQ(r.code, 0) << r.out;
     EXPECT_NE(r.out.find("APPROXIMATE"), std::string::npos) << r.out;
 
-    r = run("eval --model " + file("run/model.safetensors") + " --test " + file("test.npy") + " --out " +
-            file("metrics.json") + " --samples 16 --test-max 10 --threads 1");
+    r = run("eval --model " + file("run/model.safetensors") + " --test " + file("test.npy") +
+            " --out " + file("metrics.json") + " --samples 16 --test-max 10 --threads 1");
     ASSERT_EQ(r.code, 0) << r.out;
     const Json m = Json::parse(read_file(file("metrics.json")));
     for (const char* key : {"nll", "nll_normalized", "ess", "path_length", "n_samples", "n_test",
@@ -108,7 +119,8 @@ TEST_F(CliTrain, TrainSampleEval) {
     EXPECT_EQ(m.at("n_samples").as_int(), 16);
     EXPECT_EQ(m.at("n_test").as_int(), 10);
     // nll_normalized - nll = 1/2 (n-1) d log(2 pi) = 3 log(2 pi) for DW4.
-    EXPECT_NEAR(m.at("nll_normalized").as_number() - m.at("nll").as_number(), 3.0 * std::log(2.0 * M_PI), 1e-9);
+    EXPECT_NEAR(m.at("nll_normalized").as_number() - m.at("nll").as_number(),
+                3.0 * std::log(2.0 * M_PI), 1e-9);
     EXPECT_TRUE(exists(m.at("figure_energy_histogram").as_string()));
     EXPECT_NE(r.out.find("NLL"), std::string::npos);
 }
@@ -132,9 +144,10 @@ TEST_F(CliTrain, ResumeMatchesStraightRun) {
 
 TEST_F(CliTrain, CtrlCSavesACheckpoint) {
     // A run far too long to finish; SIGINT after a second must checkpoint and exit with 130.
-    const std::string cmd = std::string(EQFLOW_CLI_PATH) + " train --system dw4 --data " + file("train.npy") +
-                            " --objective fm --out " + file("long") +
-                            " --epochs 1000000 --batch 16 --hidden 8 --layers 1 --threads 1 > " + file("long.log") +
+    const std::string cmd = std::string(EQFLOW_CLI_PATH) + " train --system dw4 --data " +
+                            file("train.npy") + " --objective fm --out " + file("long") +
+                            " --epochs 1000000 --batch 16 --hidden 8 --layers 1 --threads 1 > " +
+                            file("long.log") +
                             " 2>&1 & pid=$!; sleep 1.5; kill -INT $pid; wait $pid; echo rc=$?";
     const Result r = sh(cmd);
     EXPECT_NE(r.out.find("rc=130"), std::string::npos) << r.out << read_file(file("long.log"));

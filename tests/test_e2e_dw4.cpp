@@ -28,7 +28,8 @@ constexpr double kNllThreshold = 4.0;
 constexpr double kEssThreshold = 0.05;
 constexpr int64_t kTrain = 2000, kTest = 100, kSamples = 200;
 
-FlowMetrics evaluate(const EgnnModel& model, const System& system, const std::vector<double>& test) {
+FlowMetrics evaluate(const EgnnModel& model, const System& system,
+                     const std::vector<double>& test) {
     FlowOptions fo;
     fo.threads = 2;
     return evaluate_flow(model, system, test.data(), kTest, kSamples, /*seed=*/7, fo);
@@ -59,11 +60,14 @@ TEST(EndToEnd, Dw4TrainedFlowBeatsThresholds) {
     untrained.params = egnn_init_parameters(untrained.config, to.seed);
     const FlowMetrics before = evaluate(untrained, system, test);
     const FlowMetrics after = evaluate(tr.model, system, test);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::printf("DW4 e2e (%lld steps, eqot, batch %lld, %.0f s): untrained NLL %.3f ESS %.4f | trained NLL %.3f "
-                "ESS %.4f path length %.3f (thresholds: NLL < %.2f, ESS > %.3f)\n",
-                static_cast<long long>(tr.step), static_cast<long long>(to.batch), seconds, before.nll, before.ess,
-                after.nll, after.ess, after.path_length, kNllThreshold, kEssThreshold);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf(
+        "DW4 e2e (%lld steps, eqot, batch %lld, %.0f s): untrained NLL %.3f ESS %.4f | trained NLL "
+        "%.3f "
+        "ESS %.4f path length %.3f (thresholds: NLL < %.2f, ESS > %.3f)\n",
+        static_cast<long long>(tr.step), static_cast<long long>(to.batch), seconds, before.nll,
+        before.ess, after.nll, after.ess, after.path_length, kNllThreshold, kEssThreshold);
     EXPECT_EQ(tr.skipped, 0);
     EXPECT_EQ(after.failed_samples, 0);
     EXPECT_EQ(after.failed_test, 0);

@@ -79,7 +79,8 @@ std::vector<double> random_params(const EgnnConfig& cfg, std::mt19937_64& gen, d
 std::vector<double> random_positions(const EgnnConfig& cfg, int64_t B, std::mt19937_64& gen) {
     std::vector<double> x;
     for (int64_t b = 0; b < B; ++b) {
-        std::vector<double> xb = test::random_configuration(cfg.n_particles, cfg.dim, 1.0, 0.4, gen);
+        std::vector<double> xb =
+            test::random_configuration(cfg.n_particles, cfg.dim, 1.0, 0.4, gen);
         x.insert(x.end(), xb.begin(), xb.end());
     }
     return x;
@@ -92,8 +93,8 @@ std::vector<double> random_times(int64_t B, std::mt19937_64& gen) {
     return t;
 }
 
-std::vector<double> forward(const EgnnConfig& cfg, const std::vector<double>& p, const std::vector<double>& x,
-                            const std::vector<double>& t) {
+std::vector<double> forward(const EgnnConfig& cfg, const std::vector<double>& p,
+                            const std::vector<double>& x, const std::vector<double>& t) {
     std::vector<double> v(x.size());
     egnn_forward(cfg, p.data(), static_cast<int64_t>(t.size()), x.data(), t.data(), v.data());
     return v;
@@ -144,11 +145,12 @@ TEST(EgnnLayout, DefaultsAndStateDictOrder) {
     EgnnConfig cfg = make_config(small_cases()[2]);  // H = 4, typed with 3 types
     const std::vector<ParamEntry> layout = egnn_parameter_layout(cfg);
     const std::vector<std::string> first = {
-        "embedding.weight",        "embedding.bias",          "embedding_out.weight",    "embedding_out.bias",
-        "gcl_0.edge_mlp.0.weight", "gcl_0.edge_mlp.0.bias",   "gcl_0.edge_mlp.2.weight", "gcl_0.edge_mlp.2.bias",
-        "gcl_0.node_mlp.0.weight", "gcl_0.node_mlp.0.bias",   "gcl_0.node_mlp.2.weight", "gcl_0.node_mlp.2.bias",
-        "gcl_0.coord_mlp.0.weight", "gcl_0.coord_mlp.0.bias", "gcl_0.coord_mlp.2.weight", "gcl_0.att_mlp.0.weight",
-        "gcl_0.att_mlp.0.bias",    "gcl_1.edge_mlp.0.weight"};
+        "embedding.weight",         "embedding.bias",          "embedding_out.weight",
+        "embedding_out.bias",       "gcl_0.edge_mlp.0.weight", "gcl_0.edge_mlp.0.bias",
+        "gcl_0.edge_mlp.2.weight",  "gcl_0.edge_mlp.2.bias",   "gcl_0.node_mlp.0.weight",
+        "gcl_0.node_mlp.0.bias",    "gcl_0.node_mlp.2.weight", "gcl_0.node_mlp.2.bias",
+        "gcl_0.coord_mlp.0.weight", "gcl_0.coord_mlp.0.bias",  "gcl_0.coord_mlp.2.weight",
+        "gcl_0.att_mlp.0.weight",   "gcl_0.att_mlp.0.bias",    "gcl_1.edge_mlp.0.weight"};
     ASSERT_GE(layout.size(), first.size());
     for (size_t k = 0; k < first.size(); ++k) EXPECT_EQ(layout[k].name, first[k]);
     EXPECT_EQ(layout[0].shape, (Shape{4, 4}));   // [H, F], F = 3 types + t
@@ -167,7 +169,8 @@ TEST(EgnnLayout, DefaultsAndStateDictOrder) {
     EXPECT_EQ(offset, egnn_parameter_count(cfg));
 
     cfg.attention = false;
-    for (const ParamEntry& e : egnn_parameter_layout(cfg)) EXPECT_EQ(e.name.find("att_mlp"), std::string::npos);
+    for (const ParamEntry& e : egnn_parameter_layout(cfg))
+        EXPECT_EQ(e.name.find("att_mlp"), std::string::npos);
 }
 
 TEST(EgnnLayout, InvalidConfigurationsThrow) {
@@ -192,11 +195,12 @@ TEST(EgnnInit, PyTorchDefaultsDeterministicPerSeed) {
         const bool xavier = e.name.find("coord_mlp.2.weight") != std::string::npos;
         // nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight [out, in] and its bias.
         const int64_t fan_in = e.name == "embedding.weight" || e.name == "embedding.bias" ? 1
-                               : e.name.find("embedding_out") != std::string::npos   ? 32
-                               : e.name.find("edge_mlp.0") != std::string::npos      ? 66
-                               : e.name.find("node_mlp.0") != std::string::npos      ? 64
-                                                                                     : 32;
-        const double bound = xavier ? 0.001 * std::sqrt(6.0 / 33.0) : 1.0 / std::sqrt(static_cast<double>(fan_in));
+                               : e.name.find("embedding_out") != std::string::npos        ? 32
+                               : e.name.find("edge_mlp.0") != std::string::npos           ? 66
+                               : e.name.find("node_mlp.0") != std::string::npos           ? 64
+                                                                                          : 32;
+        const double bound =
+            xavier ? 0.001 * std::sqrt(6.0 / 33.0) : 1.0 / std::sqrt(static_cast<double>(fan_in));
         const int64_t count = shape_numel(e.shape);
         double max_abs = 0.0, sum_sq = 0.0;
         for (int64_t k = 0; k < count; ++k) {
@@ -229,7 +233,8 @@ TEST(EgnnForward, BatchEqualsSingleSamplesAndEdgeSizes) {
         for (size_t b = 0; b < 3; ++b) {
             const std::vector<double> xb(x.begin() + b * nd, x.begin() + (b + 1) * nd);
             const std::vector<double> vb = forward(cfg, p, xb, {t[b]});
-            EXPECT_EQ(vb, std::vector<double>(v.begin() + b * nd, v.begin() + (b + 1) * nd)) << c.label;
+            EXPECT_EQ(vb, std::vector<double>(v.begin() + b * nd, v.begin() + (b + 1) * nd))
+                << c.label;
         }
     }
     // n = 2, and an empty batch.
@@ -272,12 +277,15 @@ TEST(EgnnBackward, ParameterAndInputGradientsMatchFiniteDifferences) {
             fd[k] = five_point(loss, [&](double s) { p[k] = saved + s; });
         }
         for (const ParamEntry& e : egnn_parameter_layout(cfg)) {
-            const std::vector<double> ge(g.begin() + e.offset, g.begin() + e.offset + shape_numel(e.shape));
-            const std::vector<double> fe(fd.begin() + e.offset, fd.begin() + e.offset + shape_numel(e.shape));
+            const std::vector<double> ge(g.begin() + e.offset,
+                                         g.begin() + e.offset + shape_numel(e.shape));
+            const std::vector<double> fe(fd.begin() + e.offset,
+                                         fd.begin() + e.offset + shape_numel(e.shape));
             EXPECT_ALL_CLOSE(ge, fe, kGradAtol, kGradRtol) << e.name;
             // Unused by the field: the output embedding and the last layer's node MLP.
-            const bool unused = e.name.rfind("embedding_out", 0) == 0 ||
-                                e.name.rfind("gcl_" + std::to_string(c.layers - 1) + ".node_mlp", 0) == 0;
+            const bool unused =
+                e.name.rfind("embedding_out", 0) == 0 ||
+                e.name.rfind("gcl_" + std::to_string(c.layers - 1) + ".node_mlp", 0) == 0;
             if (unused) {
                 EXPECT_FALSE(test::not_all_zero(ge)) << e.name;
             } else {
@@ -305,8 +313,8 @@ TEST(EgnnBackward, ParameterAndInputGradientsMatchFiniteDifferences) {
 // ---------------------------------------------------------------------------------------------
 
 // fd_jac [p][q] = d v_p / d x_q by the five-point stencil (one sample).
-std::vector<double> fd_jacobian(const EgnnConfig& cfg, const std::vector<double>& p, std::vector<double> x,
-                                double t) {
+std::vector<double> fd_jacobian(const EgnnConfig& cfg, const std::vector<double>& p,
+                                std::vector<double> x, double t) {
     const size_t nd = x.size();
     std::vector<double> jac(nd * nd);
     for (size_t q = 0; q < nd; ++q) {
@@ -340,7 +348,8 @@ TEST(EgnnDivergence, ExactEqualsTraceOfFiniteDifferenceJacobian) {
         for (int64_t b = 0; b < B; ++b) {
             const std::vector<double> xb(x.begin() + b * nd, x.begin() + (b + 1) * nd);
             const std::vector<double> fd = fd_jacobian(cfg, p, xb, t[b]);
-            const std::vector<double> jb(jac.begin() + b * nd * nd, jac.begin() + (b + 1) * nd * nd);
+            const std::vector<double> jb(jac.begin() + b * nd * nd,
+                                         jac.begin() + (b + 1) * nd * nd);
             EXPECT_ALL_CLOSE(jb, fd, kGradAtol, kGradRtol);
             double trace = 0.0;
             for (size_t q = 0; q < nd; ++q) trace += fd[q * nd + q];
@@ -348,7 +357,8 @@ TEST(EgnnDivergence, ExactEqualsTraceOfFiniteDifferenceJacobian) {
             EXPECT_GT(std::fabs(div[b]), 1e-3);  // a non-trivial divergence
             // Reverse mode agrees with forward mode: w^T J = backward(w).
             const std::vector<double> w = test::random_normal(nd, gen);
-            std::vector<double> wJ(nd, 0.0), gx(nd), gp(static_cast<size_t>(egnn_parameter_count(cfg)), 0.0);
+            std::vector<double> wJ(nd, 0.0), gx(nd),
+                gp(static_cast<size_t>(egnn_parameter_count(cfg)), 0.0);
             for (size_t r = 0; r < nd; ++r)
                 for (size_t q = 0; q < nd; ++q) wJ[q] += w[r] * jb[r * nd + q];
             egnn_backward(cfg, p.data(), 1, xb.data(), &t[b], w.data(), gp.data(), gx.data());
@@ -381,7 +391,8 @@ TEST(EgnnDivergence, JvpMatchesJacobianTimesTangent) {
     std::vector<double> expected(K * nd, 0.0);
     for (int k = 0; k < K; ++k)
         for (size_t r = 0; r < nd; ++r)
-            for (size_t q = 0; q < nd; ++q) expected[k * nd + r] += jac[r * nd + q] * xdot[k * nd + q];
+            for (size_t q = 0; q < nd; ++q)
+                expected[k * nd + r] += jac[r * nd + q] * xdot[k * nd + q];
     EXPECT_ALL_CLOSE(vdot, expected, kModeAtol, kModeRtol);
 }
 
@@ -396,7 +407,8 @@ TEST(EgnnDivergence, HutchinsonConvergesToExact) {
     egnn_jacobian(cfg, p.data(), 2, x.data(), t.data(), jac.data());
     const int probes = 4000;
     std::vector<double> est(2), v(2 * nd);
-    egnn_divergence_hutchinson(cfg, p.data(), 2, x.data(), t.data(), probes, 99, v.data(), est.data());
+    egnn_divergence_hutchinson(cfg, p.data(), 2, x.data(), t.data(), probes, 99, v.data(),
+                               est.data());
     EXPECT_EQ(v, forward(cfg, p, x, t));
     for (int b = 0; b < 2; ++b) {
         // For Rademacher probes Var(eps^T A eps) = 1/2 sum_{p != q} (A_pq + A_qp)^2.
@@ -404,7 +416,8 @@ TEST(EgnnDivergence, HutchinsonConvergesToExact) {
         double var = 0.0;
         for (size_t r = 0; r < nd; ++r)
             for (size_t q = 0; q < nd; ++q)
-                if (r != q) var += 0.5 * (A[r * nd + q] + A[q * nd + r]) * (A[r * nd + q] + A[q * nd + r]);
+                if (r != q)
+                    var += 0.5 * (A[r * nd + q] + A[q * nd + r]) * (A[r * nd + q] + A[q * nd + r]);
         const double stderr_ = std::sqrt(var / probes);
         ASSERT_GT(var, 0.0);
         // Five standard errors: a false failure has probability < 1e-6 (the seed is fixed anyway).
@@ -481,7 +494,8 @@ TEST(EgnnSymmetry, RotationsReflectionsPermutationsTranslations) {
             const std::vector<double> xr = rotate(x, R, d);
             std::vector<double> vr(x.size()), divr(B);
             egnn_divergence(cfg, p.data(), B, xr.data(), t.data(), vr.data(), divr.data());
-            EXPECT_ALL_CLOSE(vr, rotate(v, R, d), kSymmetryAtol, 0.0) << "reflection " << reflection;
+            EXPECT_ALL_CLOSE(vr, rotate(v, R, d), kSymmetryAtol, 0.0)
+                << "reflection " << reflection;
             EXPECT_ALL_CLOSE(divr, div, kSymmetryAtol, kSymmetryAtol);
         }
         // Translations: v(x + c) = v(x).
@@ -513,16 +527,19 @@ TEST(EgnnSymmetry, RotationsReflectionsPermutationsTranslations) {
                     for (int a = 0; a < d; ++a) z[(b * n + i) * d + a] = y[(b * n + pi[i]) * d + a];
             return z;
         };
-        EXPECT_ALL_CLOSE(forward(cfg, p, permute(x, perm), t), permute(v, perm), kSymmetryAtol, 0.0);
+        EXPECT_ALL_CLOSE(forward(cfg, p, permute(x, perm), t), permute(v, perm), kSymmetryAtol,
+                         0.0);
         if (!c.types.empty()) {
             // Swapping two particles of different types is not a symmetry: the types matter.
             std::vector<int> swap(n);
             std::iota(swap.begin(), swap.end(), 0);
-            const int other = static_cast<int>(std::find_if(c.types.begin(), c.types.end(),
-                                                            [&](int ty) { return ty != c.types[0]; }) -
-                                               c.types.begin());
+            const int other =
+                static_cast<int>(std::find_if(c.types.begin(), c.types.end(),
+                                              [&](int ty) { return ty != c.types[0]; }) -
+                                 c.types.begin());
             std::swap(swap[0], swap[other]);
-            EXPECT_FALSE(test::all_close(forward(cfg, p, permute(x, swap), t), permute(v, swap), 1e-6, 0.0));
+            EXPECT_FALSE(
+                test::all_close(forward(cfg, p, permute(x, swap), t), permute(v, swap), 1e-6, 0.0));
         }
     }
 }

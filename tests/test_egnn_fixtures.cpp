@@ -24,7 +24,9 @@ constexpr double kFixtureRtol = 1e-10;
 // Absolute floor for components of v that happen to be near zero: 1e-12 of values of order 1.
 constexpr double kFixtureAtol = 1e-12;
 
-std::string data_path(const std::string& name) { return std::string(EQFLOW_TEST_DATA_DIR) + "/" + name; }
+std::string data_path(const std::string& name) {
+    return std::string(EQFLOW_TEST_DATA_DIR) + "/" + name;
+}
 
 class EgnnFixture : public ::testing::TestWithParam<const char*> {};
 
@@ -44,8 +46,8 @@ TEST_P(EgnnFixture, MatchesPyTorch) {
 
     std::vector<double> v(B * nd), v_div(B * nd), div(B);
     egnn_forward(model.config, model.params.data(), B, x.values.data(), t.values.data(), v.data());
-    egnn_divergence(model.config, model.params.data(), B, x.values.data(), t.values.data(), v_div.data(),
-                    div.data());
+    egnn_divergence(model.config, model.params.data(), B, x.values.data(), t.values.data(),
+                    v_div.data(), div.data());
     EXPECT_TRUE(test::not_all_zero(v));
     EXPECT_ALL_CLOSE(v, v_ref.values, kFixtureAtol, kFixtureRtol);
     EXPECT_ALL_CLOSE(v_div, v_ref.values, kFixtureAtol, kFixtureRtol);

@@ -6,8 +6,8 @@
 #include "eqflow/egnn.h"
 #include "eqflow/egnn_gpu.h"
 #include "eqflow/flow.h"
-#include "eqflow/trainer.h"
 #include "eqflow/tensor.h"
+#include "eqflow/trainer.h"
 #include "test_util.h"
 
 namespace eqflow {
@@ -69,7 +69,8 @@ TEST_P(EgnnGpu_, ForwardAndDivergenceMatchCpu) {
         t.push_back((b + 0.5) / B);
     }
     std::vector<double> v_ref(x.size()), div_ref(B);
-    egnn_divergence(model.config, model.params.data(), B, x.data(), t.data(), v_ref.data(), div_ref.data());
+    egnn_divergence(model.config, model.params.data(), B, x.data(), t.data(), v_ref.data(),
+                    div_ref.data());
 
     const std::vector<float> xf(x.begin(), x.end()), tf(t.begin(), t.end());
     Tensor<float> xd = Tensor<float>::from_host(xf, Shape{B, c.n, c.d}, Device::cuda);
@@ -126,13 +127,18 @@ TEST_P(EgnnGpu_, BackwardMatchesCpuAndIsDeterministic) {
     g = test::random_normal(x.size(), gen);
     const int64_t P = egnn_parameter_count(model.config);
     std::vector<double> gp_ref(static_cast<size_t>(P), 0.0), gx_ref(x.size());
-    egnn_backward(model.config, model.params.data(), B, x.data(), t.data(), g.data(), gp_ref.data(), gx_ref.data());
+    egnn_backward(model.config, model.params.data(), B, x.data(), t.data(), g.data(), gp_ref.data(),
+                  gx_ref.data());
 
-    Tensor<float> xd = Tensor<float>::from_host(std::vector<float>(x.begin(), x.end()), Shape{B, c.n, c.d}, Device::cuda);
-    Tensor<float> td = Tensor<float>::from_host(std::vector<float>(t.begin(), t.end()), Shape{B}, Device::cuda);
-    Tensor<float> gd = Tensor<float>::from_host(std::vector<float>(g.begin(), g.end()), Shape{B, c.n, c.d}, Device::cuda);
+    Tensor<float> xd = Tensor<float>::from_host(std::vector<float>(x.begin(), x.end()),
+                                                Shape{B, c.n, c.d}, Device::cuda);
+    Tensor<float> td =
+        Tensor<float>::from_host(std::vector<float>(t.begin(), t.end()), Shape{B}, Device::cuda);
+    Tensor<float> gd = Tensor<float>::from_host(std::vector<float>(g.begin(), g.end()),
+                                                Shape{B, c.n, c.d}, Device::cuda);
     // dL_dparams accumulates: start from ones and subtract them afterwards.
-    Tensor<float> gpd = Tensor<float>::from_host(std::vector<float>(static_cast<size_t>(P), 1.0f), Shape{P}, Device::cuda);
+    Tensor<float> gpd = Tensor<float>::from_host(std::vector<float>(static_cast<size_t>(P), 1.0f),
+                                                 Shape{P}, Device::cuda);
     Tensor<float> gxd(Shape{B, c.n, c.d}, Device::cuda);
     EgnnGpu gpu(model);
     gpu.backward(xd.cview(), td.cview(), gd.cview(), gpd.view(), gxd.view());
@@ -144,7 +150,8 @@ TEST_P(EgnnGpu_, BackwardMatchesCpuAndIsDeterministic) {
     EXPECT_ALL_CLOSE(gp, gp_ref, kGradTol * pscale, kGradTol) << c.name;
     EXPECT_ALL_CLOSE(gxd.to_vector(), gx_ref, kGradTol * xscale, kGradTol) << c.name;
 
-    Tensor<float> gp2 = Tensor<float>::from_host(std::vector<float>(static_cast<size_t>(P), 1.0f), Shape{P}, Device::cuda);
+    Tensor<float> gp2 = Tensor<float>::from_host(std::vector<float>(static_cast<size_t>(P), 1.0f),
+                                                 Shape{P}, Device::cuda);
     gpu.backward(xd.cview(), td.cview(), gd.cview(), gp2.view(), {});
     EXPECT_EQ(gp2.to_vector(), gpd.to_vector()) << "two runs gave different gradients";
 }
@@ -159,7 +166,8 @@ TEST(EgnnGpuFlow, SamplingMatchesCpuField) {
     opt.ode.steps = 10;
     opt.batch = 16;
     const FlowSamples cpu = flow_sample(egnn_flow_field(model, opt), c.n, c.d, 16, 5, opt);
-    const FlowSamples gpu = flow_sample(egnn_gpu_field(std::make_shared<EgnnGpu>(model)), c.n, c.d, 16, 5, opt);
+    const FlowSamples gpu =
+        flow_sample(egnn_gpu_field(std::make_shared<EgnnGpu>(model)), c.n, c.d, 16, 5, opt);
     EXPECT_EQ(cpu.x0, gpu.x0);
     EXPECT_ALL_CLOSE(gpu.x, cpu.x, 1e-3, 1e-3);
     EXPECT_ALL_CLOSE(gpu.log_q, cpu.log_q, 1e-2, 1e-3);
@@ -170,15 +178,18 @@ TEST(EgnnGpuTrain, FlowMatchingLossAndGradientMatchCpu) {
     const EgnnModel model = make_model(c, 11);
     auto gen = test::rng(34);
     const int B = 8;
-    const std::vector<double> x0 = test::random_normal(B * 39, gen), x1 = test::random_normal(B * 39, gen);
+    const std::vector<double> x0 = test::random_normal(B * 39, gen),
+                              x1 = test::random_normal(B * 39, gen);
     const std::vector<double> eps = test::random_normal(B * 39, gen);
     std::vector<double> t(B);
     for (int b = 0; b < B; ++b) t[b] = (b + 0.5) / B;
     const int64_t P = egnn_parameter_count(model.config);
     std::vector<double> g_cpu(P), g_gpu(P);
-    const double l_cpu = flow_matching_loss(model, B, x0.data(), x1.data(), t.data(), eps.data(), 0.01, g_cpu.data());
+    const double l_cpu = flow_matching_loss(model, B, x0.data(), x1.data(), t.data(), eps.data(),
+                                            0.01, g_cpu.data());
     EgnnGpu gpu(model);
-    const double l_gpu = flow_matching_loss_gpu(gpu, B, x0.data(), x1.data(), t.data(), eps.data(), 0.01, g_gpu.data());
+    const double l_gpu = flow_matching_loss_gpu(gpu, B, x0.data(), x1.data(), t.data(), eps.data(),
+                                                0.01, g_gpu.data());
     EXPECT_NEAR(l_gpu, l_cpu, 1e-4 * l_cpu);
     double scale = 0;
     for (double v : g_cpu) scale = std::max(scale, std::fabs(v));
@@ -186,7 +197,9 @@ TEST(EgnnGpuTrain, FlowMatchingLossAndGradientMatchCpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, EgnnGpu_, ::testing::ValuesIn(kCases),
-                         [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                             return std::string(info.param.name);
+                         });
 
 }  // namespace
 }  // namespace eqflow

@@ -46,7 +46,8 @@ TEST(Prior, NormalisedOnTheMeanFreeSubspace) {
     // Midpoint rule on [-9, 9]^m: the Gaussian tails beyond 9 are < 1e-18, and the midpoint rule
     // is spectrally accurate for a Gaussian at this spacing.
     constexpr double kIntegralTol = 1e-9;
-    for (const auto& [n, d] : {std::pair{2, 1}, std::pair{3, 1}, std::pair{2, 2}, std::pair{4, 1}, std::pair{2, 3}}) {
+    for (const auto& [n, d] :
+         {std::pair{2, 1}, std::pair{3, 1}, std::pair{2, 2}, std::pair{4, 1}, std::pair{2, 3}}) {
         const auto basis = mean_free_basis(n, d);
         const int m = static_cast<int>(basis.size());
         ASSERT_EQ(m, (n - 1) * d);
@@ -88,7 +89,8 @@ TEST(Prior, SamplesAreCentredStandardNormalOnTheSubspace) {
             ASSERT_NEAR(mean, 0.0, 1e-12);
         }
         double s = 0;
-        for (int k = 0; k < n * d; ++k) s += x[static_cast<size_t>(b * n * d + k)] * x[static_cast<size_t>(b * n * d + k)];
+        for (int k = 0; k < n * d; ++k)
+            s += x[static_cast<size_t>(b * n * d + k)] * x[static_cast<size_t>(b * n * d + k)];
         sum_sq += s;
         double lp;
         prior_log_density(1, n, d, x.data() + b * n * d, &lp);
@@ -102,7 +104,8 @@ TEST(Prior, SamplesAreCentredStandardNormalOnTheSubspace) {
     // A sample depends on its stream only: drawing from stream 7 on gives rows 7.. again.
     std::vector<double> tail(static_cast<size_t>(3 * n * d));
     sample_prior(3, n, d, test::seed(), 7, tail.data());
-    for (size_t k = 0; k < tail.size(); ++k) EXPECT_EQ(tail[k], x[static_cast<size_t>(7 * n * d) + k]);
+    for (size_t k = 0; k < tail.size(); ++k)
+        EXPECT_EQ(tail[k], x[static_cast<size_t>(7 * n * d) + k]);
 }
 
 // v = P [ (alpha + beta t) x + gamma tanh(x) ], P the projection onto the mean-free subspace.
@@ -125,14 +128,15 @@ FlowField analytic_field(int n, int d, double alpha, double beta, double gamma) 
 }
 
 TEST(Flow, LinearFlowHasTheClosedFormDensity) {
-    // v = P (alpha + beta t) x maps the prior to N(0, g^2) on the subspace, g = exp(alpha + beta/2):
-    // log q(x1) = -|x1|^2 / (2 g^2) - normaliser - m log g.
+    // v = P (alpha + beta t) x maps the prior to N(0, g^2) on the subspace, g = exp(alpha +
+    // beta/2): log q(x1) = -|x1|^2 / (2 g^2) - normaliser - m log g.
     const int n = 4, d = 2, m = (n - 1) * d;
     const double alpha = 0.4, beta = -0.3;
     FlowOptions opt;
     opt.batch = 7;  // several batches, the last one partial
     opt.ode.atol = opt.ode.rtol = 1e-9;
-    const FlowSamples s = flow_sample(analytic_field(n, d, alpha, beta, 0.0), n, d, 20, test::seed(), opt);
+    const FlowSamples s =
+        flow_sample(analytic_field(n, d, alpha, beta, 0.0), n, d, 20, test::seed(), opt);
     EXPECT_EQ(s.failed, 0);
     const double log_g = alpha + 0.5 * beta;
     // Tight ODE tolerance: the log-density is exact to ~1e-8.
@@ -141,10 +145,12 @@ TEST(Flow, LinearFlowHasTheClosedFormDensity) {
         double r2 = 0, r02 = 0;
         for (int k = 0; k < n * d; ++k) {
             r2 += s.x[static_cast<size_t>(b * n * d + k)] * s.x[static_cast<size_t>(b * n * d + k)];
-            r02 += s.x0[static_cast<size_t>(b * n * d + k)] * s.x0[static_cast<size_t>(b * n * d + k)];
+            r02 +=
+                s.x0[static_cast<size_t>(b * n * d + k)] * s.x0[static_cast<size_t>(b * n * d + k)];
         }
         EXPECT_NEAR(std::sqrt(r2), std::exp(log_g) * std::sqrt(r02), kLogQTol);
-        const double exact = -0.5 * r2 * std::exp(-2 * log_g) - prior_log_normalizer(n, d) - m * log_g;
+        const double exact =
+            -0.5 * r2 * std::exp(-2 * log_g) - prior_log_normalizer(n, d) - m * log_g;
         EXPECT_NEAR(s.log_q[static_cast<size_t>(b)], exact, kLogQTol);
         EXPECT_GT(s.path_length[static_cast<size_t>(b)], 0.0);
     }
@@ -182,7 +188,8 @@ TEST(Flow, EgnnSampleThenBackwardRecoversPriorPointAndDensity) {
     std::uniform_real_distribution<double> u(-0.5, 0.5);
     for (const ParamEntry& e : egnn_parameter_layout(model.config))
         if (e.name.find("coord_mlp.2.weight") != std::string::npos)
-            for (int64_t k = 0; k < shape_numel(e.shape); ++k) model.params[static_cast<size_t>(e.offset + k)] = u(gen);
+            for (int64_t k = 0; k < shape_numel(e.shape); ++k)
+                model.params[static_cast<size_t>(e.offset + k)] = u(gen);
     FlowOptions opt;
     opt.threads = 2;
     const FlowField field = egnn_flow_field(model, opt);
@@ -206,7 +213,8 @@ TEST(Ess, FormulaCases) {
     std::vector<double> dominant(40, -1000.0);
     dominant[17] = 0.0;
     EXPECT_NEAR(effective_sample_size(dominant.data(), 40), 1.0 / 40, kExact);
-    // w = (1, 3): (4)^2 / 10 / 2 = 0.8; shifting every log w by 800 (exp would overflow) changes nothing.
+    // w = (1, 3): (4)^2 / 10 / 2 = 0.8; shifting every log w by 800 (exp would overflow) changes
+    // nothing.
     std::vector<double> two = {0.0, std::log(3.0)};
     EXPECT_NEAR(effective_sample_size(two.data(), 2), 0.8, kExact);
     for (double& v : two) v += 800.0;
@@ -258,7 +266,8 @@ TEST(Metrics, NllConventionsAndHistogramFigure) {
 
     // Histogram densities integrate to one when everything falls inside the range.
     auto gen = test::rng(3);
-    const std::vector<double> ud = test::random_normal(500, gen), us = test::random_normal(400, gen);
+    const std::vector<double> ud = test::random_normal(500, gen),
+                              us = test::random_normal(400, gen);
     std::vector<double> lw(400, 0.0);
     const EnergyHistogram h = energy_histogram(ud, us, lw, 20);
     ASSERT_EQ(h.edges.size(), 21u);
@@ -278,7 +287,9 @@ TEST(Metrics, NllConventionsAndHistogramFigure) {
     const std::string text = ss.str();
     EXPECT_EQ(text.rfind("<svg", 0), 0u);
     size_t polylines = 0;
-    for (size_t p = text.find("<polyline"); p != std::string::npos; p = text.find("<polyline", p + 1)) ++polylines;
+    for (size_t p = text.find("<polyline"); p != std::string::npos;
+         p = text.find("<polyline", p + 1))
+        ++polylines;
     EXPECT_EQ(polylines, 3u);
     EXPECT_NE(text.find("test &lt;figure&gt;"), std::string::npos);
     std::remove(svg.c_str());

@@ -40,7 +40,8 @@ Estimate chain_ratio(const std::vector<double>& num, const std::vector<double>& 
             sn[c] += num[c * per + k];
             sd[c] += den[c * per + k];
         }
-    const double tn = std::accumulate(sn.begin(), sn.end(), 0.0), td = std::accumulate(sd.begin(), sd.end(), 0.0);
+    const double tn = std::accumulate(sn.begin(), sn.end(), 0.0),
+                 td = std::accumulate(sd.begin(), sd.end(), 0.0);
     const double full = tn / td;
     double var = 0;
     for (int c = 0; c < chains; ++c) {
@@ -94,14 +95,15 @@ void check_equilibrium(const System& s, int64_t samples, double max_rel_stderr) 
 
     const Estimate vir = chain_estimate(o.virial, opt.chains);
     const double dof = s.dof() * s.kT;
-    std::printf("%s virial <x.gradE> = %.3f +- %.3f (expected %.0f); acceptance %.2f, swaps %.2f\n", s.name.c_str(),
-                vir.mean, vir.stderr_, dof, stats.acceptance[0], stats.swap_acceptance[0]);
+    std::printf("%s virial <x.gradE> = %.3f +- %.3f (expected %.0f); acceptance %.2f, swaps %.2f\n",
+                s.name.c_str(), vir.mean, vir.stderr_, dof, stats.acceptance[0],
+                stats.swap_acceptance[0]);
     EXPECT_LT(vir.stderr_, max_rel_stderr * dof);
     EXPECT_NEAR(vir.mean, dof, 4.5 * vir.stderr_);
 
     const Estimate tconf = chain_ratio(o.grad2, o.laplacian, opt.chains);
-    std::printf("%s configurational temperature = %.4f +- %.4f (expected %.1f)\n", s.name.c_str(), tconf.mean,
-                tconf.stderr_, s.kT);
+    std::printf("%s configurational temperature = %.4f +- %.4f (expected %.1f)\n", s.name.c_str(),
+                tconf.mean, tconf.stderr_, s.kT);
     EXPECT_LT(tconf.stderr_, max_rel_stderr * s.kT);
     EXPECT_NEAR(tconf.mean, s.kT, 4.5 * tconf.stderr_);
 
@@ -113,9 +115,13 @@ void check_equilibrium(const System& s, int64_t samples, double max_rel_stderr) 
     }
 }
 
-TEST(Mcmc, Dw4SatisfiesVirialAndConfigurationalTemperature) { check_equilibrium(make_system("dw4"), 40000, 0.03); }
+TEST(Mcmc, Dw4SatisfiesVirialAndConfigurationalTemperature) {
+    check_equilibrium(make_system("dw4"), 40000, 0.03);
+}
 
-TEST(Mcmc, Lj13SatisfiesVirialAndConfigurationalTemperature) { check_equilibrium(make_system("lj13"), 9600, 0.03); }
+TEST(Mcmc, Lj13SatisfiesVirialAndConfigurationalTemperature) {
+    check_equilibrium(make_system("lj13"), 9600, 0.03);
+}
 
 // DW4 metastable states, labelled by the number of short pairs (r < d0 = 4) among the six.
 std::vector<double> short_pair_counts(const System& s, const std::vector<double>& x) {
@@ -126,7 +132,8 @@ std::vector<double> short_pair_counts(const System& s, const std::vector<double>
         for (int i = 0; i < s.n; ++i)
             for (int j = i + 1; j < s.n; ++j) {
                 double r2 = 0;
-                for (int a = 0; a < s.d; ++a) r2 += std::pow(x[b * nd + i * s.d + a] - x[b * nd + j * s.d + a], 2);
+                for (int a = 0; a < s.d; ++a)
+                    r2 += std::pow(x[b * nd + i * s.d + a] - x[b * nd + j * s.d + a], 2);
                 count += r2 < 16.0;
             }
         k.push_back(count);
@@ -143,7 +150,8 @@ TEST(Mcmc, TwoSeedsAgreeOnEnergyAndStatePopulations) {
     const Estimate ea = chain_estimate(observe(s, xa).energy, a.chains);
     const Estimate eb = chain_estimate(observe(s, xb).energy, b.chains);
     const double se = std::hypot(ea.stderr_, eb.stderr_);
-    std::printf("dw4 mean energy: seed A %.3f +- %.3f, seed B %.3f +- %.3f\n", ea.mean, ea.stderr_, eb.mean, eb.stderr_);
+    std::printf("dw4 mean energy: seed A %.3f +- %.3f, seed B %.3f +- %.3f\n", ea.mean, ea.stderr_,
+                eb.mean, eb.stderr_);
     EXPECT_NEAR(ea.mean, eb.mean, 4.5 * se);
     EXPECT_LT(se, 0.2);  // ~1% of the energy scale: the comparison can fail
 
@@ -153,9 +161,10 @@ TEST(Mcmc, TwoSeedsAgreeOnEnergyAndStatePopulations) {
         for (double k : ka) ia.push_back(k == state);
         for (double k : kb) ib.push_back(k == state);
         const Estimate pa = chain_estimate(ia, a.chains), pb = chain_estimate(ib, b.chains);
-        std::printf("dw4 state with %d short pairs: %.4f +- %.4f vs %.4f +- %.4f\n", state, pa.mean, pa.stderr_,
-                    pb.mean, pb.stderr_);
-        EXPECT_NEAR(pa.mean, pb.mean, 4.5 * std::hypot(pa.stderr_, pb.stderr_) + 1e-3) << "state " << state;
+        std::printf("dw4 state with %d short pairs: %.4f +- %.4f vs %.4f +- %.4f\n", state, pa.mean,
+                    pa.stderr_, pb.mean, pb.stderr_);
+        EXPECT_NEAR(pa.mean, pb.mean, 4.5 * std::hypot(pa.stderr_, pb.stderr_) + 1e-3)
+            << "state " << state;
     }
 }
 

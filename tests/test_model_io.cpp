@@ -30,9 +30,9 @@ std::string error_of(Fn fn) {
     return "";
 }
 
-#define EXPECT_ERROR_CONTAINS(expr, text)                                           \
-    do {                                                                            \
-        const std::string msg_ = error_of([&] { (void)(expr); });                   \
+#define EXPECT_ERROR_CONTAINS(expr, text)                                             \
+    do {                                                                              \
+        const std::string msg_ = error_of([&] { (void)(expr); });                     \
         EXPECT_NE(msg_.find(text), std::string::npos) << "message: '" << msg_ << "'"; \
     } while (0)
 
@@ -53,8 +53,9 @@ SafetensorsFile sample_file() {
     f.tensors.push_back(SafeTensor::f64("w", {2, 3}, {1.0, -2.5, 3.25, 1e-300, -0.0, 1.0 / 3.0}));
     f.tensors.push_back(SafeTensor::f32("h", {3}, {0.5, 1.0 / 3.0, -7.0}));
     f.tensors.push_back(SafeTensor::i64("step", {}, {123456789012345LL}));
-    f.tensors.push_back(SafeTensor::i64("state", {3},
-                                        {std::numeric_limits<int64_t>::min(), -1, std::numeric_limits<int64_t>::max()}));
+    f.tensors.push_back(SafeTensor::i64(
+        "state", {3},
+        {std::numeric_limits<int64_t>::min(), -1, std::numeric_limits<int64_t>::max()}));
     f.tensors.push_back(SafeTensor::f64("empty", {0, 4}, {}));
     f.set_meta("kind", "test");
     f.set_meta("note", "quotes \" and \\ backslashes, unicode \xc3\xa9");
@@ -101,8 +102,9 @@ TEST(Safetensors, LayoutFollowsTheFormat) {
     // FNV-1a 64 of the data section, and the published test vector of the hash.
     EXPECT_EQ(fnv1a64("a", 1), 0xaf63dc4c8601ec8cull);
     char hex[17];
-    std::snprintf(hex, sizeof hex, "%016llx",
-                  static_cast<unsigned long long>(fnv1a64(bytes.data() + 8 + n, bytes.size() - 8 - n)));
+    std::snprintf(
+        hex, sizeof hex, "%016llx",
+        static_cast<unsigned long long>(fnv1a64(bytes.data() + 8 + n, bytes.size() - 8 - n)));
     EXPECT_EQ(header.at("__metadata__").at("eqflow.checksum").as_string(), hex);
 }
 
@@ -110,7 +112,8 @@ TEST(Safetensors, ForeignFileWithoutChecksumLoads) {
     const std::string header = R"({"b":{"dtype":"F32","shape":[1],"data_offsets":[16,20]},)"
                                R"("a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})";
     float b = 2.5f;
-    const std::string data = f64_bytes({1.5, -3.0}) + std::string(reinterpret_cast<const char*>(&b), 4);
+    const std::string data =
+        f64_bytes({1.5, -3.0}) + std::string(reinterpret_cast<const char*>(&b), 4);
     const SafetensorsFile f = parse_safetensors(foreign_file(header, data), "foreign");
     EXPECT_EQ(f.at("a").values, (std::vector<double>{1.5, -3.0}));
     EXPECT_EQ(f.at("b").values, (std::vector<double>{2.5}));
@@ -120,11 +123,14 @@ TEST(Safetensors, ForeignFileWithoutChecksumLoads) {
 TEST(Safetensors, DamagedFilesGiveClearErrors) {
     const std::string good_header = R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})";
     const std::string data = f64_bytes({1.0, 2.0});
-    auto parse = [](const std::string& bytes) { return parse_safetensors(bytes, "damaged.safetensors"); };
+    auto parse = [](const std::string& bytes) {
+        return parse_safetensors(bytes, "damaged.safetensors");
+    };
     EXPECT_NO_THROW(parse(foreign_file(good_header, data)));
 
     EXPECT_ERROR_CONTAINS(parse("abc"), "not a safetensors file");
-    EXPECT_ERROR_CONTAINS(parse(foreign_file(good_header, data.substr(0, 12))), "damaged.safetensors");
+    EXPECT_ERROR_CONTAINS(parse(foreign_file(good_header, data.substr(0, 12))),
+                          "damaged.safetensors");
     EXPECT_ERROR_CONTAINS(parse(foreign_file(good_header, data.substr(0, 12))), "truncated");
     {
         std::string bytes = foreign_file(good_header, data);
@@ -135,30 +141,40 @@ TEST(Safetensors, DamagedFilesGiveClearErrors) {
         std::memcpy(&bytes[0], &too_long, 8);
         EXPECT_ERROR_CONTAINS(parse(bytes), "truncated file");
     }
-    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]})", data)),
-                          "corrupted header");
+    EXPECT_ERROR_CONTAINS(
+        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]})", data)),
+        "corrupted header");
     EXPECT_ERROR_CONTAINS(parse(foreign_file("[1, 2]", "")), "not a JSON object");
-    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"BF16","shape":[8],"data_offsets":[0,16]}})", data)),
-                          "unsupported dtype BF16");
-    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[3],"data_offsets":[0,16]}})", data)),
-                          "needs 24");
-    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[8,24]}})", data)),
-                          "outside the data section");
-    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[-2],"data_offsets":[0,16]}})", data)),
-                          "invalid shape");
-    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", data)),
-                          "trailing bytes");
-    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[8,16]}})", data)),
-                          "contiguous");
-    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},)"
-                                             R"("b":{"dtype":"F64","shape":[1],"data_offsets":[8,16]}})",
-                                             data)),
-                          "contiguous");
-    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2]}})", data)), "data_offsets");
-    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"__metadata__":{"k":1},)"
-                                             R"("a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})",
-                                             data)),
-                          "not a string");
+    EXPECT_ERROR_CONTAINS(
+        parse(foreign_file(R"({"a":{"dtype":"BF16","shape":[8],"data_offsets":[0,16]}})", data)),
+        "unsupported dtype BF16");
+    EXPECT_ERROR_CONTAINS(
+        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[3],"data_offsets":[0,16]}})", data)),
+        "needs 24");
+    EXPECT_ERROR_CONTAINS(
+        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[8,24]}})", data)),
+        "outside the data section");
+    EXPECT_ERROR_CONTAINS(
+        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[-2],"data_offsets":[0,16]}})", data)),
+        "invalid shape");
+    EXPECT_ERROR_CONTAINS(
+        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", data)),
+        "trailing bytes");
+    EXPECT_ERROR_CONTAINS(
+        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[8,16]}})", data)),
+        "contiguous");
+    EXPECT_ERROR_CONTAINS(
+        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},)"
+                           R"("b":{"dtype":"F64","shape":[1],"data_offsets":[8,16]}})",
+                           data)),
+        "contiguous");
+    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2]}})", data)),
+                          "data_offsets");
+    EXPECT_ERROR_CONTAINS(
+        parse(foreign_file(R"({"__metadata__":{"k":1},)"
+                           R"("a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})",
+                           data)),
+        "not a string");
     EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[16,16],)"
                                              R"("data_offsets":[0,16]}})",
                                              data)),
@@ -213,7 +229,8 @@ EgnnModel small_model(bool typed) {
     // Make the coordinate layers matter, so that evaluating is a real check.
     for (const ParamEntry& e : egnn_parameter_layout(m.config))
         if (e.name.find("coord_mlp.2") != std::string::npos)
-            for (int64_t k = 0; k < shape_numel(e.shape); ++k) m.params[e.offset + k] = test::random_normal(1, gen)[0];
+            for (int64_t k = 0; k < shape_numel(e.shape); ++k)
+                m.params[e.offset + k] = test::random_normal(1, gen)[0];
     return m;
 }
 
@@ -235,8 +252,9 @@ TEST(ModelFile, SaveLoadEvaluateBitIdentical) {
         EXPECT_EQ(r.config.tanh, m.config.tanh);
         EXPECT_EQ(r.config.atom_types, m.config.atom_types);
         EXPECT_EQ(r.config.effective_coords_range(), m.config.effective_coords_range());
-        for (const char* key : {"eqflow.system", "eqflow.n_particles", "eqflow.dim", "eqflow.hidden", "eqflow.layers",
-                                "eqflow.attention", "eqflow.tanh", "eqflow.coords_range", "eqflow.checksum"})
+        for (const char* key :
+             {"eqflow.system", "eqflow.n_particles", "eqflow.dim", "eqflow.hidden", "eqflow.layers",
+              "eqflow.attention", "eqflow.tanh", "eqflow.coords_range", "eqflow.checksum"})
             EXPECT_TRUE(raw.has_meta(key)) << key;
         EXPECT_EQ(raw.has_meta("eqflow.atom_types"), typed);
         if (typed) EXPECT_EQ(raw.meta("eqflow.atom_types"), "0,1,1,0");
@@ -269,17 +287,22 @@ TEST(ModelFile, Float32FilesLoadRounded) {
 TEST(ModelFile, LoadChecksNamesShapesDtypesAndMetadata) {
     const EgnnModel m = small_model(false);
     const SafetensorsFile good = egnn_model_to_safetensors(m);
-    auto load = [](const SafetensorsFile& f) { return egnn_model_from_safetensors(f, "m.safetensors"); };
+    auto load = [](const SafetensorsFile& f) {
+        return egnn_model_from_safetensors(f, "m.safetensors");
+    };
     EXPECT_NO_THROW(load(good));
 
     SafetensorsFile f = good;
     f.tensors.erase(f.tensors.begin() + 5);  // gcl_0.edge_mlp.0.bias
-    EXPECT_ERROR_CONTAINS(load(f), "m.safetensors: missing tensor 'gcl_0.edge_mlp.0.bias' (expected shape [6])");
+    EXPECT_ERROR_CONTAINS(
+        load(f), "m.safetensors: missing tensor 'gcl_0.edge_mlp.0.bias' (expected shape [6])");
 
     f = good;
     for (SafeTensor& t : f.tensors)
-        if (t.name == "gcl_1.node_mlp.2.weight") t = SafeTensor::f64(t.name, {6, 5}, std::vector<double>(30, 0.0));
-    EXPECT_ERROR_CONTAINS(load(f), "tensor 'gcl_1.node_mlp.2.weight' has shape [6, 5], expected [6, 6]");
+        if (t.name == "gcl_1.node_mlp.2.weight")
+            t = SafeTensor::f64(t.name, {6, 5}, std::vector<double>(30, 0.0));
+    EXPECT_ERROR_CONTAINS(load(f),
+                          "tensor 'gcl_1.node_mlp.2.weight' has shape [6, 5], expected [6, 6]");
 
     f = good;
     f.tensors[0] = SafeTensor::i64("embedding.weight", {6, 1}, std::vector<int64_t>(6, 1));

@@ -54,7 +54,7 @@ std::string error_of(const std::string& path) {
 }
 
 class Npy : public ::testing::Test {
-protected:
+  protected:
     std::string path_ = test::temp_path("npy.npy");
     void TearDown() override { std::remove(path_.c_str()); }
 };
@@ -70,7 +70,8 @@ TEST_F(Npy, RoundTripFloat64AndFloat32) {
     a = read_npy(path_);
     EXPECT_EQ(a.dtype, NpyDtype::f32);
     ASSERT_EQ(a.values.size(), 6u);
-    for (size_t i = 0; i < v.size(); ++i) EXPECT_EQ(a.values[i], static_cast<double>(static_cast<float>(v[i])));
+    for (size_t i = 0; i < v.size(); ++i)
+        EXPECT_EQ(a.values[i], static_cast<double>(static_cast<float>(v[i])));
     const std::vector<int64_t> ints = {0, 5, -3};
     write_npy(path_, ints.data(), Shape{3});
     a = read_npy(path_);
@@ -79,9 +80,11 @@ TEST_F(Npy, RoundTripFloat64AndFloat32) {
 }
 
 TEST_F(Npy, ReadsHandMadeFilesOfEveryVersionAndBigEndian) {
-    write_raw(path_, npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", doubles({1.5, 2.5})));
+    write_raw(path_, npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }",
+                               doubles({1.5, 2.5})));
     EXPECT_EQ(read_npy(path_).values, (std::vector<double>{1.5, 2.5}));
-    write_raw(path_, npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (1, 2), }", doubles({1.5, 2.5}), 2));
+    write_raw(path_, npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (1, 2), }",
+                               doubles({1.5, 2.5}), 2));
     EXPECT_EQ(read_npy(path_).shape, (Shape{1, 2}));
     std::string be = doubles({1.5});
     std::reverse(be.begin(), be.end());
@@ -101,18 +104,26 @@ TEST_F(Npy, BadFilesGiveOneLineErrors) {
         {"PK\x03\x04 this is a zip", "wrong magic"},
         {npy_bytes(good, doubles({1.0})), "truncated data"},
         {npy_bytes(good, doubles({1.0, 2.0})).substr(0, 40), "truncated"},
-        {npy_bytes("{'descr': '<c16', 'fortran_order': False, 'shape': (2,), }", doubles({1, 2, 3, 4})), "unsupported dtype"},
-        {npy_bytes("{'descr': '|O', 'fortran_order': False, 'shape': (2,), }", doubles({1, 2})), "unsupported dtype"},
-        {npy_bytes("{'descr': '<f8', 'fortran_order': True, 'shape': (2,), }", doubles({1, 2})), "Fortran"},
-        {npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (2, -1), }", doubles({1, 2})), "malformed shape"},
+        {npy_bytes("{'descr': '<c16', 'fortran_order': False, 'shape': (2,), }",
+                   doubles({1, 2, 3, 4})),
+         "unsupported dtype"},
+        {npy_bytes("{'descr': '|O', 'fortran_order': False, 'shape': (2,), }", doubles({1, 2})),
+         "unsupported dtype"},
+        {npy_bytes("{'descr': '<f8', 'fortran_order': True, 'shape': (2,), }", doubles({1, 2})),
+         "Fortran"},
+        {npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (2, -1), }", doubles({1, 2})),
+         "malformed shape"},
         {npy_bytes("{'descr': '<f8', 'fortran_order': False, }", doubles({1, 2})), "no 'shape'"},
-        {npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (99999999999, 99999999999), }", ""), "too large"},
+        {npy_bytes(
+             "{'descr': '<f8', 'fortran_order': False, 'shape': (99999999999, 99999999999), }", ""),
+         "too large"},
         {std::string("\x93NUMPY\x09\x00", 8) + "xx", "version"},
     };
     for (const Case& c : cases) {
         write_raw(path_, c.bytes);
         const std::string msg = error_of(path_);
-        EXPECT_NE(msg.find(c.expect), std::string::npos) << "expected '" << c.expect << "', got '" << msg << "'";
+        EXPECT_NE(msg.find(c.expect), std::string::npos)
+            << "expected '" << c.expect << "', got '" << msg << "'";
         EXPECT_EQ(msg.find('\n'), std::string::npos) << "not one line: " << msg;
         EXPECT_NE(msg.find(path_), std::string::npos) << "does not name the file: " << msg;
     }
@@ -137,10 +148,12 @@ TEST_F(Npy, ConfigurationsCheckShapeFinitenessAndCentre) {
         load_configurations(path_, 13, 3, &count);
         FAIL();
     } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find("does not match the system"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("does not match the system"), std::string::npos)
+            << e.what();
     }
     // NaN and Inf positions are refused, naming the configuration.
-    for (double bad : {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
+    for (double bad :
+         {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
         std::vector<double> y = x;
         y[11] = bad;
         write_npy(path_, y.data(), Shape{2, 8});

@@ -44,7 +44,9 @@ struct LinearField {
         }
         return out;
     }
-    double div_integral(double t0, double t1) const { return static_cast<double>(D) * (log_scale(t1) - log_scale(t0)); }
+    double div_integral(double t0, double t1) const {
+        return static_cast<double>(D) * (log_scale(t1) - log_scale(t0));
+    }
     // Path length of one sample with |x(t0)| = r0, by composite Simpson on a fine grid.
     double path_length(double r0, double t0, double t1) const {
         const int m = 20000;
@@ -60,7 +62,9 @@ struct LinearField {
 };
 
 OdeField as_field(const LinearField& f) {
-    return [f](int64_t B, const double* x, const double* t, double* v, double* div) { f(B, x, t, v, div); };
+    return [f](int64_t B, const double* x, const double* t, double* v, double* div) {
+        f(B, x, t, v, div);
+    };
 }
 
 struct OdeRun {
@@ -68,15 +72,19 @@ struct OdeRun {
     OdeStats stats;
 };
 
-OdeRun integrate(const LinearField& f, const std::vector<double>& x0, int64_t B, double t0, double t1,
-              const OdeOptions& opt) {
-    OdeRun r{x0, std::vector<double>(static_cast<size_t>(B)), std::vector<double>(static_cast<size_t>(B)), {}};
+OdeRun integrate(const LinearField& f, const std::vector<double>& x0, int64_t B, double t0,
+                 double t1, const OdeOptions& opt) {
+    OdeRun r{x0,
+             std::vector<double>(static_cast<size_t>(B)),
+             std::vector<double>(static_cast<size_t>(B)),
+             {}};
     ode_integrate(as_field(f), B, f.D, r.x.data(), t0, t1, opt, r.I.data(), r.L.data(), &r.stats);
     return r;
 }
 
 // Largest error over x(t1) and I of sample 0 against the closed form.
-double max_error(const LinearField& f, const std::vector<double>& x0, double t0, double t1, const OdeOptions& opt) {
+double max_error(const LinearField& f, const std::vector<double>& x0, double t0, double t1,
+                 const OdeOptions& opt) {
     const OdeRun r = integrate(f, x0, 1, t0, t1, opt);
     const std::vector<double> exact = f.solve(x0, t0, t1);
     double e = std::fabs(r.I[0] - f.div_integral(t0, t1));
@@ -105,12 +113,14 @@ TEST(Ode, Dopri5MatchesClosedFormForwardsAndBackwards) {
             const std::vector<double> xb(x0.begin() + b * f.D, x0.begin() + (b + 1) * f.D);
             const std::vector<double> got(r.x.begin() + b * f.D, r.x.begin() + (b + 1) * f.D);
             EXPECT_ALL_CLOSE(got, f.solve(xb, t0, t1), kTol, kTol) << t0 << " -> " << t1;
-            EXPECT_NEAR(r.I[static_cast<size_t>(b)], f.div_integral(t0, t1), kTol) << t0 << " -> " << t1;
+            EXPECT_NEAR(r.I[static_cast<size_t>(b)], f.div_integral(t0, t1), kTol)
+                << t0 << " -> " << t1;
             double r0 = 0;
             for (double v : xb) r0 += v * v;
             // The path length is a quadrature riding on the controlled steps, not in the norm.
             constexpr double kPathTol = 1e-7;
-            EXPECT_NEAR(r.L[static_cast<size_t>(b)], f.path_length(std::sqrt(r0), t0, t1), kPathTol);
+            EXPECT_NEAR(r.L[static_cast<size_t>(b)], f.path_length(std::sqrt(r0), t0, t1),
+                        kPathTol);
         }
     }
 }
@@ -136,8 +146,10 @@ TEST(Ode, Dopri5ErrorFollowsTolerance) {
         // costs about 10^(3/5) = 4x the steps. Allow 2.5x..7x (step clipping and rounding of
         // the first step blur small counts).
         if (prev_steps > 0) {
-            const double ratio = static_cast<double>(r.stats.accepted) / static_cast<double>(prev_steps);
-            std::printf("  accepted steps %lld (ratio %.2f)\n", static_cast<long long>(r.stats.accepted), ratio);
+            const double ratio =
+                static_cast<double>(r.stats.accepted) / static_cast<double>(prev_steps);
+            std::printf("  accepted steps %lld (ratio %.2f)\n",
+                        static_cast<long long>(r.stats.accepted), ratio);
             EXPECT_GT(ratio, 2.5);
             EXPECT_LT(ratio, 7.0);
         }
@@ -156,8 +168,8 @@ void expect_order(OdeMethod method, double order, double t0, double t1) {
     opt.steps = 80;
     const double e2 = max_error(f, x0, t0, t1, opt);
     const double observed = std::log2(e1 / e2);
-    std::printf("%s %g -> %g: errors %.3e, %.3e, observed order %.3f\n", ode_method_name(method), t0, t1, e1, e2,
-                observed);
+    std::printf("%s %g -> %g: errors %.3e, %.3e, observed order %.3f\n", ode_method_name(method),
+                t0, t1, e1, e2, observed);
     // Asymptotic regime: the observed order is within 0.15 of the theoretical one.
     constexpr double kOrderTol = 0.15;
     EXPECT_NEAR(observed, order, kOrderTol);
@@ -188,7 +200,8 @@ TEST(Ode, ForwardThenBackwardReturns) {
         constexpr double kRoundTrip = 1e-7;
         EXPECT_ALL_CLOSE(bwd.x, x0, kRoundTrip, kRoundTrip) << ode_method_name(m);
         for (int64_t b = 0; b < B; ++b) {
-            EXPECT_NEAR(fwd.I[static_cast<size_t>(b)] + bwd.I[static_cast<size_t>(b)], 0.0, kRoundTrip);
+            EXPECT_NEAR(fwd.I[static_cast<size_t>(b)] + bwd.I[static_cast<size_t>(b)], 0.0,
+                        kRoundTrip);
             EXPECT_NEAR(fwd.L[static_cast<size_t>(b)], bwd.L[static_cast<size_t>(b)], kRoundTrip);
             EXPECT_GT(bwd.L[static_cast<size_t>(b)], 0.0);
         }
@@ -204,7 +217,8 @@ TEST(Ode, SampleDoesNotDependOnItsBatch) {
     for (int64_t b = 0; b < B; ++b) {
         const std::vector<double> xb(x0.begin() + b * f.D, x0.begin() + (b + 1) * f.D);
         const OdeRun one = integrate(f, xb, 1, 0.0, 1.0, opt);
-        for (int64_t k = 0; k < f.D; ++k) EXPECT_EQ(one.x[static_cast<size_t>(k)], all.x[static_cast<size_t>(b * f.D + k)]);
+        for (int64_t k = 0; k < f.D; ++k)
+            EXPECT_EQ(one.x[static_cast<size_t>(k)], all.x[static_cast<size_t>(b * f.D + k)]);
         EXPECT_EQ(one.I[0], all.I[static_cast<size_t>(b)]);
     }
 }
@@ -218,7 +232,8 @@ TEST(Ode, NonFiniteSampleFailsAloneAndIsCounted) {
     OdeField field = [&](int64_t rows, const double* xx, const double* t, double* v, double* div) {
         f(rows, xx, t, v, div);
         for (int64_t r = 0; r < rows; ++r)
-            if (std::fabs(xx[r * f.D]) > 100.0 && t[r] > 0.5) v[r * f.D] = std::numeric_limits<double>::quiet_NaN();
+            if (std::fabs(xx[r * f.D]) > 100.0 && t[r] > 0.5)
+                v[r * f.D] = std::numeric_limits<double>::quiet_NaN();
     };
     for (OdeMethod m : {OdeMethod::dopri5, OdeMethod::rk4, OdeMethod::euler}) {
         std::vector<double> y = x, I(B), L(B);
@@ -245,7 +260,8 @@ TEST(Ode, BadArgumentsThrow) {
     OdeOptions opt;
     opt.method = OdeMethod::rk4;
     opt.steps = 0;
-    EXPECT_THROW(ode_integrate(as_field(f), 1, f.D, x.data(), 0.0, 1.0, opt, nullptr, nullptr), Error);
+    EXPECT_THROW(ode_integrate(as_field(f), 1, f.D, x.data(), 0.0, 1.0, opt, nullptr, nullptr),
+                 Error);
     // Empty batch and zero-length interval are no-ops.
     opt.steps = 10;
     ode_integrate(as_field(f), 0, f.D, x.data(), 0.0, 1.0, opt, nullptr, nullptr);

@@ -20,9 +20,13 @@ TEST(Philox, KnownAnswers) {
     };
     const Kat kats[] = {
         {{{0, 0, 0, 0}}, 0, 0, {{0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8}}},
-        {{{0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff}}, 0xffffffff, 0xffffffff,
+        {{{0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff}},
+         0xffffffff,
+         0xffffffff,
          {{0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd}}},
-        {{{0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344}}, 0xa4093822, 0x299f31d0,
+        {{{0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344}},
+         0xa4093822,
+         0x299f31d0,
          {{0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1}}},
     };
     for (const Kat& k : kats) {
@@ -61,11 +65,13 @@ TEST(Philox, DeterministicLogAndSinCosAreAccurate) {
     for (int i = 0; i < 200000; ++i) {
         const double u = i < 100 ? std::ldexp(1.0, -i / 2) * 0.999 : unif(gen);
         if (u <= 0.0) continue;
-        worst_log = std::max(worst_log, std::fabs(det_log(u) - std::log(u)) / std::max(1e-300, std::fabs(std::log(u))));
+        worst_log = std::max(worst_log, std::fabs(det_log(u) - std::log(u)) /
+                                            std::max(1e-300, std::fabs(std::log(u))));
         double s, c;
         det_sincos_2pi(u, &s, &c);
         const double ang = 2.0 * M_PI * u;
-        worst_trig = std::max({worst_trig, std::fabs(s - std::sin(ang)), std::fabs(c - std::cos(ang))});
+        worst_trig =
+            std::max({worst_trig, std::fabs(s - std::sin(ang)), std::fabs(c - std::cos(ang))});
     }
     // A few ulp: log relative 1e-15; trig absolute 1e-15 (the reference itself rounds 2*pi*u).
     EXPECT_LT(worst_log, 1e-15);

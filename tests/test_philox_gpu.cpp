@@ -25,8 +25,10 @@ TEST(PhiloxGpu, NormalAndUniformBitIdentical) {
         const std::vector<double> h = host.to_vector(), d = dev.to_vector();
         ASSERT_EQ(h.size(), d.size());
         size_t mismatches = 0;
-        for (size_t i = 0; i < h.size(); ++i) mismatches += std::memcmp(&h[i], &d[i], sizeof(double)) != 0;
-        EXPECT_EQ(mismatches, 0u) << (normal ? "normal" : "uniform") << " draws differ in " << mismatches << " places";
+        for (size_t i = 0; i < h.size(); ++i)
+            mismatches += std::memcmp(&h[i], &d[i], sizeof(double)) != 0;
+        EXPECT_EQ(mismatches, 0u) << (normal ? "normal" : "uniform") << " draws differ in "
+                                  << mismatches << " places";
         EXPECT_TRUE(test::not_all_zero(d));
     }
 }

@@ -16,8 +16,10 @@ namespace {
 // while two particles are closer than r_min.
 // Random configurations without overlaps at the system's typical spread.
 std::vector<double> random_config(const System& s, std::mt19937_64& gen) {
-    if (s.kind == PotentialKind::double_well) return test::random_configuration(s.n, s.d, 2.0, 0.5, gen);
-    return test::random_configuration(s.n, s.d, 0.5 * std::cbrt(static_cast<double>(s.n)), 0.85, gen);
+    if (s.kind == PotentialKind::double_well)
+        return test::random_configuration(s.n, s.d, 2.0, 0.5, gen);
+    return test::random_configuration(s.n, s.d, 0.5 * std::cbrt(static_cast<double>(s.n)), 0.85,
+                                      gen);
 }
 
 // A random orthogonal matrix (d = 2 or 3) with the requested determinant sign.
@@ -35,7 +37,8 @@ std::vector<double> random_orthogonal(int d, bool reflect, std::mt19937_64& gen)
         for (int k = 0; k < d; ++k) q[i * d + k] /= std::sqrt(norm);
     }
     const double det = d == 2 ? q[0] * q[3] - q[1] * q[2]
-                              : q[0] * (q[4] * q[8] - q[5] * q[7]) - q[1] * (q[3] * q[8] - q[5] * q[6]) +
+                              : q[0] * (q[4] * q[8] - q[5] * q[7]) -
+                                    q[1] * (q[3] * q[8] - q[5] * q[6]) +
                                     q[2] * (q[3] * q[7] - q[4] * q[6]);
     if ((det < 0) != reflect)
         for (int k = 0; k < d; ++k) q[k] = -q[k];
@@ -72,7 +75,8 @@ TEST(Systems, ForcesMatchFiniteDifferences) {
                 std::vector<double> xp = x, xm = x;
                 xp[k] += kStep;
                 xm[k] -= kStep;
-                fd[k] = (energy_reference(s, xp.data()) - energy_reference(s, xm.data())) / (2 * kStep);
+                fd[k] =
+                    (energy_reference(s, xp.data()) - energy_reference(s, xm.data())) / (2 * kStep);
             }
             double scale = 0;
             for (double g : grad) scale = std::max(scale, std::fabs(g));
@@ -80,7 +84,8 @@ TEST(Systems, ForcesMatchFiniteDifferences) {
             // The batched API returns forces = -grad and u = E / kT.
             std::vector<double> u(1), f(x.size());
             energy_forces(s, TensorView<const double>(x.data(), Shape{1, s.n, s.d}),
-                          TensorView<double>(u.data(), Shape{1}), TensorView<double>(f.data(), Shape{1, s.n, s.d}));
+                          TensorView<double>(u.data(), Shape{1}),
+                          TensorView<double>(f.data(), Shape{1, s.n, s.d}));
             EXPECT_DOUBLE_EQ(u[0], energy_reference(s, x.data()) / s.kT);
             for (size_t k = 0; k < x.size(); ++k) EXPECT_DOUBLE_EQ(f[k], -grad[k]);
         }
@@ -101,7 +106,8 @@ TEST(Systems, LaplacianMatchesSecondDifferences) {
             std::vector<double> xp = x, xm = x;
             xp[k] += kStep;
             xm[k] -= kStep;
-            fd += (energy_reference(s, xp.data()) - 2 * e0 + energy_reference(s, xm.data())) / (kStep * kStep);
+            fd += (energy_reference(s, xp.data()) - 2 * e0 + energy_reference(s, xm.data())) /
+                  (kStep * kStep);
         }
         EXPECT_NEAR(lap, fd, 1e-4 * std::max(1.0, std::fabs(lap))) << name;
     }
@@ -119,7 +125,8 @@ TEST(Systems, InvariantUnderRotationReflectionPermutationTranslation) {
             for (int i = 0; i < s.n; ++i)
                 for (int a = 0; a < s.d; ++a)
                     for (int b = 0; b < s.d; ++b) y[i * s.d + a] += q[a * s.d + b] * x[i * s.d + b];
-            EXPECT_NEAR(energy_reference(s, y.data()), e, 1e-10 * std::max(1.0, std::fabs(e))) << name;
+            EXPECT_NEAR(energy_reference(s, y.data()), e, 1e-10 * std::max(1.0, std::fabs(e)))
+                << name;
         }
         std::vector<int> perm(static_cast<size_t>(s.n));
         std::iota(perm.begin(), perm.end(), 0);
@@ -172,10 +179,15 @@ TEST(Systems, KnownMinimaAndConventions) {
 TEST(Systems, BatchedArgumentChecks) {
     const System s = make_system("lj13");
     std::vector<double> x(2 * 13 * 3, 0.5), u(2);
-    EXPECT_THROW(energy_forces(s, TensorView<const double>(x.data(), Shape{2, 13, 2}), TensorView<double>(u.data(), Shape{2})), Error);
-    EXPECT_THROW(energy_forces(s, TensorView<const double>(x.data(), Shape{2, 13, 3}), TensorView<double>(u.data(), Shape{3})), Error);
+    EXPECT_THROW(energy_forces(s, TensorView<const double>(x.data(), Shape{2, 13, 2}),
+                               TensorView<double>(u.data(), Shape{2})),
+                 Error);
+    EXPECT_THROW(energy_forces(s, TensorView<const double>(x.data(), Shape{2, 13, 3}),
+                               TensorView<double>(u.data(), Shape{3})),
+                 Error);
     // An empty batch is fine.
-    EXPECT_NO_THROW(energy_forces(s, TensorView<const double>(x.data(), Shape{0, 13, 3}), TensorView<double>(u.data(), Shape{0})));
+    EXPECT_NO_THROW(energy_forces(s, TensorView<const double>(x.data(), Shape{0, 13, 3}),
+                                  TensorView<double>(u.data(), Shape{0})));
 }
 
 TEST(Systems, Float32PathAgreesWithDouble) {
@@ -190,9 +202,11 @@ TEST(Systems, Float32PathAgreesWithDouble) {
     std::vector<float> xf(x.begin(), x.end());
     std::vector<double> u(B), f(x.size());
     std::vector<float> uf(B), ff(x.size());
-    energy_forces(s, TensorView<const double>(x.data(), Shape{B, 13, 3}), TensorView<double>(u.data(), Shape{B}),
+    energy_forces(s, TensorView<const double>(x.data(), Shape{B, 13, 3}),
+                  TensorView<double>(u.data(), Shape{B}),
                   TensorView<double>(f.data(), Shape{B, 13, 3}));
-    energy_forces(s, TensorView<const float>(xf.data(), Shape{B, 13, 3}), TensorView<float>(uf.data(), Shape{B}),
+    energy_forces(s, TensorView<const float>(xf.data(), Shape{B, 13, 3}),
+                  TensorView<float>(uf.data(), Shape{B}),
                   TensorView<float>(ff.data(), Shape{B, 13, 3}));
     // Inputs were rounded to float: relative 1e-5 on energies, absolute on forces scaled by size.
     EXPECT_ALL_CLOSE(uf, u, 1e-3, 1e-4);

@@ -17,7 +17,8 @@ std::vector<double> random_batch(const System& s, int B, std::mt19937_64& gen) {
         const std::vector<double> x =
             s.kind == PotentialKind::double_well
                 ? test::random_configuration(s.n, s.d, 2.0, 0.5, gen)
-                : test::random_configuration(s.n, s.d, 0.5 * std::cbrt(static_cast<double>(s.n)), 0.85, gen);
+                : test::random_configuration(s.n, s.d, 0.5 * std::cbrt(static_cast<double>(s.n)),
+                                             0.85, gen);
         out.insert(out.end(), x.begin(), x.end());
     }
     return out;
@@ -68,7 +69,8 @@ TEST(SystemsGpuEdge, EmptyBatch) {
     EXPECT_NO_THROW(energy_forces(s, x.cview(), u.view(), {}));
 }
 
-INSTANTIATE_TEST_SUITE_P(All, SystemsGpu, ::testing::Values("dw4", "lj13", "lj55", "lj:2", "lj:130"));
+INSTANTIATE_TEST_SUITE_P(All, SystemsGpu,
+                         ::testing::Values("dw4", "lj13", "lj55", "lj:2", "lj:130"));
 
 }  // namespace
 }  // namespace eqflow

@@ -66,18 +66,21 @@ TEST(FlowMatchingLoss, GradientMatchesFiniteDifferences) {
     std::uniform_real_distribution<double> u(-0.5, 0.5);
     for (double& p : model.params) p += 0.2 * u(gen);
     const int64_t B = 21, D = 8;  // not a multiple of the 16-row chunk
-    std::vector<double> x0 = test::random_normal(B * D, gen), x1 = test::random_normal(B * D, gen, 2.0),
+    std::vector<double> x0 = test::random_normal(B * D, gen),
+                        x1 = test::random_normal(B * D, gen, 2.0),
                         eps = test::random_normal(B * D, gen), t(B);
     remove_mean(B, 4, 2, x0.data());
     remove_mean(B, 4, 2, x1.data());
     remove_mean(B, 4, 2, eps.data());
     for (double& v : t) v = 0.5 + u(gen);
     std::vector<double> grad(model.params.size());
-    const double loss = flow_matching_loss(model, B, x0.data(), x1.data(), t.data(), eps.data(), 0.1, grad.data(), 1);
+    const double loss = flow_matching_loss(model, B, x0.data(), x1.data(), t.data(), eps.data(),
+                                           0.1, grad.data(), 1);
     EXPECT_GT(loss, 0.0);
     // The thread count does not change a bit.
     std::vector<double> grad2(model.params.size());
-    EXPECT_EQ(loss, flow_matching_loss(model, B, x0.data(), x1.data(), t.data(), eps.data(), 0.1, grad2.data(), 2));
+    EXPECT_EQ(loss, flow_matching_loss(model, B, x0.data(), x1.data(), t.data(), eps.data(), 0.1,
+                                       grad2.data(), 2));
     for (size_t i = 0; i < grad.size(); ++i) ASSERT_EQ(grad[i], grad2[i]);
     EXPECT_TRUE(test::not_all_zero(grad));
     // Central differences with h = 1e-5: truncation ~h^2 * |f'''|, rounding ~1e-16 / h.
@@ -87,8 +90,10 @@ TEST(FlowMatchingLoss, GradientMatchesFiniteDifferences) {
         EgnnModel mp = model, mm = model;
         mp.params[i] += kH;
         mm.params[i] -= kH;
-        const double lp = flow_matching_loss(mp, B, x0.data(), x1.data(), t.data(), eps.data(), 0.1, nullptr, 1);
-        const double lm = flow_matching_loss(mm, B, x0.data(), x1.data(), t.data(), eps.data(), 0.1, nullptr, 1);
+        const double lp =
+            flow_matching_loss(mp, B, x0.data(), x1.data(), t.data(), eps.data(), 0.1, nullptr, 1);
+        const double lm =
+            flow_matching_loss(mm, B, x0.data(), x1.data(), t.data(), eps.data(), 0.1, nullptr, 1);
         fd.push_back((lp - lm) / (2 * kH));
         an.push_back(grad[i]);
     }
@@ -105,7 +110,7 @@ std::vector<double> dw4_data(int64_t count, uint64_t seed) {
 }
 
 class Trainer : public ::testing::Test {
-protected:
+  protected:
     std::string dir_ = test::temp_path("trainer");
     void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
 
@@ -113,7 +118,8 @@ protected:
         TrainOptions o;
         o.objective = CouplingKind::eqot;
         o.out_dir = dir_ + "/" + sub;
-        o.epochs = 250;    // 72 samples: 65 train / 7 validation, batch 8 -> 8 steps per epoch -> 2000 steps
+        o.epochs =
+            250;  // 72 samples: 65 train / 7 validation, batch 8 -> 8 steps per epoch -> 2000 steps
         o.batch = 8;
         o.hidden = 8;
         o.layers = 1;
@@ -147,11 +153,14 @@ TEST_F(Trainer, ResumeIsBitForBit) {
     EXPECT_EQ(b.step, 2000);
     ASSERT_EQ(a.raw_model.params.size(), b.raw_model.params.size());
     size_t differ = 0;
-    for (size_t i = 0; i < a.raw_model.params.size(); ++i) differ += a.raw_model.params[i] != b.raw_model.params[i];
+    for (size_t i = 0; i < a.raw_model.params.size(); ++i)
+        differ += a.raw_model.params[i] != b.raw_model.params[i];
     EXPECT_EQ(differ, 0u) << "parameters differ after resume";
-    for (size_t i = 0; i < a.model.params.size(); ++i) ASSERT_EQ(a.model.params[i], b.model.params[i]) << "EMA " << i;
+    for (size_t i = 0; i < a.model.params.size(); ++i)
+        ASSERT_EQ(a.model.params[i], b.model.params[i]) << "EMA " << i;
     EXPECT_EQ(a.validation_loss, b.validation_loss);
-    std::printf("after 2000 steps: validation loss %.5f (straight and resumed)\n", a.validation_loss);
+    std::printf("after 2000 steps: validation loss %.5f (straight and resumed)\n",
+                a.validation_loss);
 
     // The saved model is the EMA model, bit for bit (F64 files).
     const EgnnModel saved = load_model(straight.out_dir + "/model.safetensors");
@@ -245,7 +254,8 @@ TEST_F(Trainer, StopFlagCheckpointsAndResumes) {
     straight.epochs = 3;
     straight.ema_decay = 0.0;
     const TrainResult s = train_flow_matching(straight, x, 40, 4, 2);
-    for (size_t i = 0; i < s.model.params.size(); ++i) ASSERT_EQ(s.model.params[i], rest.model.params[i]);
+    for (size_t i = 0; i < s.model.params.size(); ++i)
+        ASSERT_EQ(s.model.params[i], rest.model.params[i]);
 }
 
 TEST_F(Trainer, LossFallsOnDw4) {

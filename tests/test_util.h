@@ -21,7 +21,9 @@ inline uint64_t seed() {
     return 20231128;
 }
 
-inline std::mt19937_64 rng(uint64_t salt = 0) { return std::mt19937_64(seed() * 1000003ull + salt); }
+inline std::mt19937_64 rng(uint64_t salt = 0) {
+    return std::mt19937_64(seed() * 1000003ull + salt);
+}
 
 inline std::vector<double> random_normal(size_t count, std::mt19937_64& gen, double scale = 1.0) {
     std::normal_distribution<double> dist(0.0, scale);
@@ -32,7 +34,8 @@ inline std::vector<double> random_normal(size_t count, std::mt19937_64& gen, dou
 
 // A configuration of n particles in d dimensions, no two closer than r_min: random sequential
 // addition from a Gaussian cloud of width `scale` (widened if a particle finds no room).
-inline std::vector<double> random_configuration(int n, int d, double scale, double r_min, std::mt19937_64& gen) {
+inline std::vector<double> random_configuration(int n, int d, double scale, double r_min,
+                                                std::mt19937_64& gen) {
     std::normal_distribution<double> dist(0.0, 1.0);
     std::vector<double> x(static_cast<size_t>(n * d));
     for (int i = 0; i < n; ++i) {
@@ -42,7 +45,8 @@ inline std::vector<double> random_configuration(int n, int d, double scale, doub
             bool ok = true;
             for (int j = 0; j < i && ok; ++j) {
                 double r2 = 0;
-                for (int a = 0; a < d; ++a) r2 += (x[i * d + a] - x[j * d + a]) * (x[i * d + a] - x[j * d + a]);
+                for (int a = 0; a < d; ++a)
+                    r2 += (x[i * d + a] - x[j * d + a]) * (x[i * d + a] - x[j * d + a]);
                 ok = r2 > r_min * r_min;
             }
             if (ok) break;
@@ -54,10 +58,11 @@ inline std::vector<double> random_configuration(int n, int d, double scale, doub
 // |actual - expected| <= atol + rtol * |expected| elementwise; NaN anywhere fails. On failure,
 // reports the number of mismatches, the first few and the worst one.
 template <class A, class E>
-::testing::AssertionResult all_close(const std::vector<A>& actual, const std::vector<E>& expected, double atol,
-                                     double rtol) {
+::testing::AssertionResult all_close(const std::vector<A>& actual, const std::vector<E>& expected,
+                                     double atol, double rtol) {
     if (actual.size() != expected.size()) {
-        return ::testing::AssertionFailure() << "size " << actual.size() << " vs expected " << expected.size();
+        return ::testing::AssertionFailure()
+               << "size " << actual.size() << " vs expected " << expected.size();
     }
     size_t bad = 0, worst = 0;
     double worst_excess = -1.0;
@@ -69,7 +74,9 @@ template <class A, class E>
         const double err = std::fabs(a - e);
         const bool ok = std::isfinite(a) && std::isfinite(e) && err <= tol;
         if (!ok) {
-            if (bad < 5) first << "\n  [" << i << "] " << a << " vs " << e << " (err " << err << ", tol " << tol << ")";
+            if (bad < 5)
+                first << "\n  [" << i << "] " << a << " vs " << e << " (err " << err << ", tol "
+                      << tol << ")";
             ++bad;
         }
         const double excess = std::isfinite(err) ? err / (tol > 0 ? tol : 1e-300) : 1e300;
@@ -80,9 +87,9 @@ template <class A, class E>
     }
     if (bad == 0) return ::testing::AssertionSuccess();
     return ::testing::AssertionFailure()
-           << bad << " of " << actual.size() << " elements differ (atol " << atol << ", rtol " << rtol << ")"
-           << first.str() << "\n  worst [" << worst << "] " << static_cast<double>(actual[worst]) << " vs "
-           << static_cast<double>(expected[worst]);
+           << bad << " of " << actual.size() << " elements differ (atol " << atol << ", rtol "
+           << rtol << ")" << first.str() << "\n  worst [" << worst << "] "
+           << static_cast<double>(actual[worst]) << " vs " << static_cast<double>(expected[worst]);
 }
 
 #define EXPECT_ALL_CLOSE(actual, expected, atol, rtol) \

@@ -28,7 +28,7 @@ template <class T>
 class Buffer {
     static_assert(std::is_trivially_copyable_v<T>, "Buffer holds plain numbers");
 
-public:
+  public:
     Buffer() = default;
     Buffer(std::size_t count, Device device) : size_(count), device_(device) {
         if (count > 0) data_ = static_cast<T*>(detail::allocate_bytes(count * sizeof(T), device));
@@ -60,7 +60,8 @@ public:
     }
     // Copies `count` elements of this buffer into host memory (count <= size()).
     void copy_to_host(T* dst, std::size_t count, Stream stream = nullptr) const {
-        EQFLOW_CHECK(count <= size_, "copy of " << count << " elements out of a buffer of " << size_);
+        EQFLOW_CHECK(count <= size_,
+                     "copy of " << count << " elements out of a buffer of " << size_);
         detail::copy_bytes(dst, Device::cpu, data_, device_, count * sizeof(T), stream);
     }
     // A copy of the whole buffer on `device`.
@@ -70,7 +71,7 @@ public:
         return out;
     }
 
-private:
+  private:
     void swap(Buffer& other) noexcept {
         std::swap(data_, other.data_);
         std::swap(size_, other.size_);

@@ -24,7 +24,7 @@
 namespace eqflow {
 
 struct EgnnConfig {
-    std::string system;           // name of the target system ("dw4", "lj13", ...), informational
+    std::string system;  // name of the target system ("dw4", "lj13", ...), informational
     int n_particles = 0;
     int dim = 0;
     int hidden = 32;
@@ -41,7 +41,9 @@ struct EgnnConfig {
         return m + 1;
     }
     int in_features() const { return num_types() + 1; }  // one-hot type, then t
-    double effective_coords_range() const { return coords_range > 0 ? coords_range : 15.0 / layers; }
+    double effective_coords_range() const {
+        return coords_range > 0 ? coords_range : 15.0 / layers;
+    }
 };
 
 // The defaults of DESIGN.md: dw4 and lj13 H = 32, L = 3; lj55 H = 64, L = 7; attention and tanh.
@@ -67,17 +69,18 @@ EQFLOW_API int64_t egnn_parameter_count(const EgnnConfig& config);
 EQFLOW_API std::vector<double> egnn_init_parameters(const EgnnConfig& config, uint64_t seed);
 
 // CPU reference (double). All pointers are host memory.
-EQFLOW_API void egnn_forward(const EgnnConfig& config, const double* params, int64_t B, const double* x,
-                             const double* t, double* v);
+EQFLOW_API void egnn_forward(const EgnnConfig& config, const double* params, int64_t B,
+                             const double* x, const double* t, double* v);
 
 // dL_dparams += dL/dparams; dL_dx = dL/dx (nullable: skip the input gradient).
-EQFLOW_API void egnn_backward(const EgnnConfig& config, const double* params, int64_t B, const double* x,
-                              const double* t, const double* dL_dv, double* dL_dparams, double* dL_dx);
+EQFLOW_API void egnn_backward(const EgnnConfig& config, const double* params, int64_t B,
+                              const double* x, const double* t, const double* dL_dv,
+                              double* dL_dparams, double* dL_dx);
 
 // v (nullable) and the exact divergence sum_{i,a} dv_ia/dx_ia per sample, by forward-mode
 // tangents along all n*d input directions sharing one primal pass.
-EQFLOW_API void egnn_divergence(const EgnnConfig& config, const double* params, int64_t B, const double* x,
-                                const double* t, double* v, double* div);
+EQFLOW_API void egnn_divergence(const EgnnConfig& config, const double* params, int64_t B,
+                                const double* x, const double* t, double* v, double* div);
 
 // Forward mode: K Jacobian-vector products per sample on one shared primal pass.
 // xdot [B][K][n][d] -> vdot [B][K][n][d], vdot[b][k] = J_v(x_b) xdot[b][k]; v [B][n][d] nullable.
@@ -87,13 +90,13 @@ EQFLOW_API void egnn_jvp(const EgnnConfig& config, const double* params, int64_t
 // Hutchinson estimate with `probes` Rademacher vectors per sample (Philox(seed, sample)):
 // div[b] = mean_k eps_k . J_v eps_k, unbiased for the exact divergence (E[eps eps^T] = I). The
 // probes cover all n*d coordinates; the probe values are a pure function of (seed, b, probe).
-EQFLOW_API void egnn_divergence_hutchinson(const EgnnConfig& config, const double* params, int64_t B,
-                                           const double* x, const double* t, int probes, uint64_t seed,
-                                           double* v, double* div);
+EQFLOW_API void egnn_divergence_hutchinson(const EgnnConfig& config, const double* params,
+                                           int64_t B, const double* x, const double* t, int probes,
+                                           uint64_t seed, double* v, double* div);
 
 // Dense Jacobian jac [B][n*d][n*d], jac[b][p][q] = dv_p / dx_q (tests and debugging).
-EQFLOW_API void egnn_jacobian(const EgnnConfig& config, const double* params, int64_t B, const double* x,
-                              const double* t, double* jac);
+EQFLOW_API void egnn_jacobian(const EgnnConfig& config, const double* params, int64_t B,
+                              const double* x, const double* t, double* jac);
 
 // A model: configuration + parameters (+ the system name it was trained for).
 struct EgnnModel {

@@ -25,7 +25,7 @@
 namespace eqflow {
 
 class EQFLOW_API EgnnGpu {
-public:
+  public:
     explicit EgnnGpu(const EgnnModel& model);
     ~EgnnGpu();
     EgnnGpu(EgnnGpu&&) noexcept;
@@ -49,13 +49,14 @@ public:
     // Reverse mode on device data: dL_dparams [param_count] (device, float32, flat layout of
     // egnn_parameter_layout) ACCUMULATES dL/dparams; dL_dx [B][n][d] (device) is OVERWRITTEN
     // with dL/dx, or skipped when undefined. Deterministic: two runs give identical gradients.
-    void backward(TensorView<const float> x, TensorView<const float> t, TensorView<const float> dL_dv,
-                  TensorView<float> dL_dparams, TensorView<float> dL_dx, Stream stream = nullptr);
+    void backward(TensorView<const float> x, TensorView<const float> t,
+                  TensorView<const float> dL_dv, TensorView<float> dL_dparams,
+                  TensorView<float> dL_dx, Stream stream = nullptr);
 
     // The float32 parameters on the device (flat layout), e.g. for an optimizer that runs there.
     TensorView<float> parameters();
 
-private:
+  private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
@@ -65,8 +66,9 @@ private:
 // host; x_t = (1-t) x0 + t x1 + sigma eps, u = x1 - x0, loss = mean (v(x_t, t) - u)^2. grad
 // (host, nullable) is OVERWRITTEN with dloss/dparams. The network runs on the device in float32;
 // the O(B n d) glue runs on the host.
-EQFLOW_API double flow_matching_loss_gpu(EgnnGpu& gpu, int64_t B, const double* x0, const double* x1,
-                                         const double* t, const double* eps, double sigma, double* grad);
+EQFLOW_API double flow_matching_loss_gpu(EgnnGpu& gpu, int64_t B, const double* x0,
+                                         const double* x1, const double* t, const double* eps,
+                                         double sigma, double* grad);
 
 // The GPU field as an ODE callback (eqflow/ode.h) for the host-side integrators: each call
 // copies the rows to the device, evaluates v (and the exact divergence when asked) in float32

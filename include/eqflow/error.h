@@ -15,7 +15,7 @@
 namespace eqflow {
 
 class EQFLOW_API Error : public std::runtime_error {
-public:
+  public:
     explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 
@@ -29,15 +29,15 @@ EQFLOW_API const char* short_path(const char* file);
 }  // namespace eqflow
 
 // EQFLOW_THROW(stream-expression): throw eqflow::Error with file:line.
-#define EQFLOW_THROW(msg)                                                  \
-    do {                                                                   \
-        std::ostringstream eqflow_oss_;                                    \
-        eqflow_oss_ << msg;                                                \
+#define EQFLOW_THROW(msg)                                                     \
+    do {                                                                      \
+        std::ostringstream eqflow_oss_;                                       \
+        eqflow_oss_ << msg;                                                   \
         ::eqflow::detail::throw_error(eqflow_oss_.str(), __FILE__, __LINE__); \
     } while (0)
 
 // EQFLOW_CHECK(condition, stream-expression): throw when the condition is false.
-#define EQFLOW_CHECK(cond, msg)      \
-    do {                             \
+#define EQFLOW_CHECK(cond, msg)         \
+    do {                                \
         if (!(cond)) EQFLOW_THROW(msg); \
     } while (0)

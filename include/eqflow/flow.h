@@ -42,7 +42,8 @@ EQFLOW_API void remove_mean(int64_t B, int n, int d, double* x);
 // x [count][n][d]: row i is n*d standard normals of Philox(seed, first_stream + i) with the
 // particle mean removed (the projection of an isotropic Gaussian onto the subspace is the
 // standard normal there).
-EQFLOW_API void sample_prior(int64_t count, int n, int d, uint64_t seed, uint64_t first_stream, double* x);
+EQFLOW_API void sample_prior(int64_t count, int n, int d, uint64_t seed, uint64_t first_stream,
+                             double* x);
 
 // log p0 of centred configurations: -1/2 |x|^2 - prior_log_normalizer(n, d). x: [B][n][d].
 EQFLOW_API void prior_log_density(int64_t B, int n, int d, const double* x, double* log_p);
@@ -50,13 +51,13 @@ EQFLOW_API void prior_log_density(int64_t B, int n, int d, const double* x, doub
 // ---- flows over a generic field ---------------------------------------------------------------
 
 struct FlowOptions {
-    OdeOptions ode;                 // dopri5, atol = rtol = 1e-4 by default
-    int64_t batch = 256;            // samples per integration batch
-    bool hutchinson = false;        // Hutchinson divergence (then log q and the weights are approximate)
+    OdeOptions ode;           // dopri5, atol = rtol = 1e-4 by default
+    int64_t batch = 256;      // samples per integration batch
+    bool hutchinson = false;  // Hutchinson divergence (then log q and the weights are approximate)
     int hutchinson_probes = 1;
     uint64_t hutchinson_seed = 0;
-    int threads = 1;                // worker threads for the field (0: all hardware threads)
-    Device device = Device::cpu;    // cuda: the fused GPU kernels in float32 (exact divergence only)
+    int threads = 1;              // worker threads for the field (0: all hardware threads)
+    Device device = Device::cpu;  // cuda: the fused GPU kernels in float32 (exact divergence only)
     // Called after each batch with (samples done, total).
     std::function<void(int64_t, int64_t)> progress;
 };
@@ -83,11 +84,11 @@ struct FlowLikelihood {
 // A field for the flow: v and (when div != nullptr) the divergence, for B rows of [n][d].
 using FlowField = OdeField;
 
-EQFLOW_API FlowSamples flow_sample(const FlowField& field, int n, int d, int64_t count, uint64_t seed,
-                                   const FlowOptions& options);
+EQFLOW_API FlowSamples flow_sample(const FlowField& field, int n, int d, int64_t count,
+                                   uint64_t seed, const FlowOptions& options);
 // x: [count][n][d], centred (use remove_mean first).
-EQFLOW_API FlowLikelihood flow_log_likelihood(const FlowField& field, int n, int d, const double* x, int64_t count,
-                                              const FlowOptions& options);
+EQFLOW_API FlowLikelihood flow_log_likelihood(const FlowField& field, int n, int d, const double* x,
+                                              int64_t count, const FlowOptions& options);
 
 // The EGNN model as a flow field: egnn_divergence (exact) or egnn_divergence_hutchinson, rows
 // split over `options.threads` workers (each row is independent, so results do not depend on
@@ -101,10 +102,10 @@ EQFLOW_API FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& 
 EQFLOW_API double effective_sample_size(const double* log_w, int64_t N);
 
 struct Reweighting {
-    std::vector<double> log_w;   // [N] -u - log q; -inf where u or log q is not finite
-    int64_t invalid = 0;         // samples with zero weight because u or log q is not finite
-    double ess = 0.0;            // fraction of N
-    double energy_mean = 0.0;    // plain mean of u over the finite samples
+    std::vector<double> log_w;  // [N] -u - log q; -inf where u or log q is not finite
+    int64_t invalid = 0;        // samples with zero weight because u or log q is not finite
+    double ess = 0.0;           // fraction of N
+    double energy_mean = 0.0;   // plain mean of u over the finite samples
     double energy_mean_reweighted = 0.0;  // self-normalised importance-weighted mean of u
 };
 
@@ -115,8 +116,8 @@ EQFLOW_API Reweighting importance_weights(const double* u, const double* log_q, 
 EQFLOW_API std::vector<double> reduced_energies(const System& system, const double* x, int64_t N);
 
 struct EnergyHistogram {
-    std::vector<double> edges;       // bins + 1 edges
-    std::vector<double> data;        // densities (integrate to 1 over the range), per bin
+    std::vector<double> edges;  // bins + 1 edges
+    std::vector<double> data;   // densities (integrate to 1 over the range), per bin
     std::vector<double> samples;
     std::vector<double> reweighted;
     EQFLOW_API Json to_json() const;
@@ -127,7 +128,8 @@ struct EnergyHistogram {
 // half the data's spread (a poor model's high-energy tail must not squeeze the data into a few
 // bins). Densities are normalised by all finite values, so mass outside the range shows as an
 // area below 1. Non-finite energies are left out.
-EQFLOW_API EnergyHistogram energy_histogram(const std::vector<double>& u_data, const std::vector<double>& u_samples,
+EQFLOW_API EnergyHistogram energy_histogram(const std::vector<double>& u_data,
+                                            const std::vector<double>& u_samples,
                                             const std::vector<double>& log_w, int bins = 60);
 
 // An SVG figure of the three histograms (step lines, axes, legend); written atomically.
@@ -140,25 +142,29 @@ struct FlowMetrics {
     double ess = 0.0;             // fraction of the samples drawn
     double path_length = 0.0;     // mean over samples of int |v| dt
     int64_t n_samples = 0, n_test = 0;
-    int64_t failed_samples = 0;   // zero-weight samples (failed integration or non-finite energy)
-    int64_t failed_test = 0;      // test points whose backward integration failed (left out of nll)
+    int64_t failed_samples = 0;  // zero-weight samples (failed integration or non-finite energy)
+    int64_t failed_test = 0;     // test points whose backward integration failed (left out of nll)
     double energy_mean_samples = 0.0, energy_mean_reweighted = 0.0, energy_mean_test = 0.0;
-    bool approximate = false;     // Hutchinson divergence: nll and weights are estimates
+    bool approximate = false;  // Hutchinson divergence: nll and weights are estimates
     EnergyHistogram histogram;
     EQFLOW_API Json to_json() const;  // the keys of DESIGN.md section 7 (without the figure paths)
 };
 
 // NLL from normalised log q of the test set; the rest from the samples' log q, u and path lengths.
 EQFLOW_API FlowMetrics flow_metrics(int n, int d, const std::vector<double>& test_log_q,
-                                    const std::vector<double>& test_u, const std::vector<double>& sample_log_q,
-                                    const std::vector<double>& sample_u, const std::vector<double>& sample_path_length);
+                                    const std::vector<double>& test_u,
+                                    const std::vector<double>& sample_log_q,
+                                    const std::vector<double>& sample_u,
+                                    const std::vector<double>& sample_path_length);
 
 // The whole evaluation of a model against a system: draws `n_samples` samples (seed) with their
 // exact log q, their reduced energies and weights; integrates the test set backwards for the
 // NLL (test_x [n_test][n][d], centred). `samples` (nullable) receives the samples, `weights`
 // (nullable) their reweighting. Progress goes through options.progress (samples, then test).
-EQFLOW_API FlowMetrics evaluate_flow(const EgnnModel& model, const System& system, const double* test_x,
-                                     int64_t n_test, int64_t n_samples, uint64_t seed, const FlowOptions& options,
-                                     FlowSamples* samples = nullptr, Reweighting* weights = nullptr);
+EQFLOW_API FlowMetrics evaluate_flow(const EgnnModel& model, const System& system,
+                                     const double* test_x, int64_t n_test, int64_t n_samples,
+                                     uint64_t seed, const FlowOptions& options,
+                                     FlowSamples* samples = nullptr,
+                                     Reweighting* weights = nullptr);
 
 }  // namespace eqflow

@@ -13,7 +13,7 @@
 namespace eqflow {
 
 class EQFLOW_API Json {
-public:
+  public:
     enum class Type { null, boolean, number, string, array, object };
 
     Json() = default;
@@ -25,8 +25,16 @@ public:
     Json(const char* s) : type_(Type::string), str_(s) {}
     Json(std::string s) : type_(Type::string), str_(std::move(s)) {}
 
-    static Json array() { Json j; j.type_ = Type::array; return j; }
-    static Json object() { Json j; j.type_ = Type::object; return j; }
+    static Json array() {
+        Json j;
+        j.type_ = Type::array;
+        return j;
+    }
+    static Json object() {
+        Json j;
+        j.type_ = Type::object;
+        return j;
+    }
 
     Type type() const { return type_; }
     bool is_null() const { return type_ == Type::null; }
@@ -45,7 +53,7 @@ public:
 
     bool contains(const std::string& key) const;
     const Json& at(const std::string& key) const;  // throws when missing
-    Json& operator[](const std::string& key);       // inserts (object only)
+    Json& operator[](const std::string& key);      // inserts (object only)
     void push_back(Json value);                    // array only
     size_t size() const;
 
@@ -56,7 +64,7 @@ public:
     // Strict parse; throws Error with the byte offset of the problem.
     static Json parse(const std::string& text);
 
-private:
+  private:
     void dump_to(std::string& out, int indent, int level) const;
 
     Type type_ = Type::null;

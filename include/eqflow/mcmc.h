@@ -21,23 +21,23 @@
 namespace eqflow {
 
 struct McmcOptions {
-    int64_t samples = 1000;   // total number of configurations returned
+    int64_t samples = 1000;  // total number of configurations returned
     uint64_t seed = 0;
-    int chains = 0;           // independent PT simulations; 0: chosen from the sample count
-    int replicas = 8;         // temperatures per chain (1: plain Metropolis, no exchange)
-    double t_max = 0.0;       // highest temperature / kT; 0: a per-system default
-    int64_t burn_in = 2000;   // sweeps before recording
-    int64_t thin = 0;         // sweeps between recorded samples; 0: a per-system default
-    int threads = 0;          // 0: all hardware threads
+    int chains = 0;          // independent PT simulations; 0: chosen from the sample count
+    int replicas = 8;        // temperatures per chain (1: plain Metropolis, no exchange)
+    double t_max = 0.0;      // highest temperature / kT; 0: a per-system default
+    int64_t burn_in = 2000;  // sweeps before recording
+    int64_t thin = 0;        // sweeps between recorded samples; 0: a per-system default
+    int threads = 0;         // 0: all hardware threads
     // Called from the worker threads (serialised) with (samples done, samples total).
     std::function<void(int64_t, int64_t)> progress;
 };
 
 struct McmcStats {
-    std::vector<double> temperatures;       // the ladder, in units of kT
-    std::vector<double> acceptance;         // production acceptance per rung (mean over chains)
-    std::vector<double> step_size;          // tuned step per rung (mean over chains)
-    std::vector<double> swap_acceptance;    // per neighbouring pair (mean over chains)
+    std::vector<double> temperatures;     // the ladder, in units of kT
+    std::vector<double> acceptance;       // production acceptance per rung (mean over chains)
+    std::vector<double> step_size;        // tuned step per rung (mean over chains)
+    std::vector<double> swap_acceptance;  // per neighbouring pair (mean over chains)
     int chains = 0;
     int64_t thin = 0;
 };

@@ -43,18 +43,19 @@ struct EQFLOW_API SafeTensor {
     std::vector<int64_t> ints;   // i64: shape_numel(shape) values, C order
 
     static SafeTensor f64(std::string name, Shape shape, std::vector<double> values);
-    static SafeTensor f32(std::string name, Shape shape, std::vector<double> values);  // rounded on write
+    static SafeTensor f32(std::string name, Shape shape,
+                          std::vector<double> values);  // rounded on write
     static SafeTensor i64(std::string name, Shape shape, std::vector<int64_t> ints);
 };
 
 struct EQFLOW_API SafetensorsFile {
-    std::vector<SafeTensor> tensors;                               // in file order
-    std::vector<std::pair<std::string, std::string>> metadata;    // "__metadata__", in file order
+    std::vector<SafeTensor> tensors;                            // in file order
+    std::vector<std::pair<std::string, std::string>> metadata;  // "__metadata__", in file order
 
     const SafeTensor* find(const std::string& name) const;  // nullptr when absent
     const SafeTensor& at(const std::string& name) const;    // throws Error naming the tensor
     bool has_meta(const std::string& key) const;
-    const std::string& meta(const std::string& key) const;  // throws Error naming the key
+    const std::string& meta(const std::string& key) const;     // throws Error naming the key
     void set_meta(const std::string& key, std::string value);  // replaces an existing key
 };
 
@@ -78,9 +79,10 @@ EQFLOW_API SafetensorsFile read_safetensors(const std::string& path);
 // Loading accepts "true"/"false"/"1"/"0" for the switches, F32 or F64 tensors, and checks every
 // name, shape and dtype, naming the missing, misshapen or unexpected tensor.
 // ---------------------------------------------------------------------------------------------
-EQFLOW_API SafetensorsFile egnn_model_to_safetensors(const EgnnModel& model,
-                                                     SafetensorsDtype dtype = SafetensorsDtype::f64);
-EQFLOW_API EgnnModel egnn_model_from_safetensors(const SafetensorsFile& file, const std::string& what);
+EQFLOW_API SafetensorsFile
+egnn_model_to_safetensors(const EgnnModel& model, SafetensorsDtype dtype = SafetensorsDtype::f64);
+EQFLOW_API EgnnModel egnn_model_from_safetensors(const SafetensorsFile& file,
+                                                 const std::string& what);
 
 EQFLOW_API void save_model(const std::string& path, const EgnnModel& model,
                            SafetensorsDtype dtype = SafetensorsDtype::f64);

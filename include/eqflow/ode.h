@@ -34,16 +34,17 @@ EQFLOW_API const char* ode_method_name(OdeMethod method);
 
 struct OdeOptions {
     OdeMethod method = OdeMethod::dopri5;
-    double atol = 1e-4;        // DESIGN.md section 6 default for sampling
+    double atol = 1e-4;  // DESIGN.md section 6 default for sampling
     double rtol = 1e-4;
-    int steps = 20;            // fixed-step methods: steps from t0 to t1
+    int steps = 20;              // fixed-step methods: steps from t0 to t1
     int64_t max_steps = 100000;  // adaptive: accepted + rejected steps per sample before giving up
-    double first_step = 0.0;   // adaptive: 0 picks one automatically
+    double first_step = 0.0;     // adaptive: 0 picks one automatically
 };
 
 // Field callback: B rows; x [B][D], t [B] in; v [B][D] and div [B] out. `div` may be nullptr
 // when the caller does not need it (then the divergence integral stays 0).
-using OdeField = std::function<void(int64_t B, const double* x, const double* t, double* v, double* div)>;
+using OdeField =
+    std::function<void(int64_t B, const double* x, const double* t, double* v, double* div)>;
 
 struct OdeStats {
     int64_t function_evals = 0;  // batched calls of the field
@@ -58,8 +59,8 @@ struct OdeStats {
 // `need_div` false skips the divergence (cheaper fields). A sample whose state turns non-finite
 // or that exhausts max_steps is marked failed: its outputs are NaN and it is counted in
 // stats->failed (nullable); the solver itself never throws for it.
-EQFLOW_API void ode_integrate(const OdeField& field, int64_t B, int64_t D, double* x, double t0, double t1,
-                              const OdeOptions& options, double* div_integral, double* path_length,
-                              OdeStats* stats = nullptr, bool need_div = true);
+EQFLOW_API void ode_integrate(const OdeField& field, int64_t B, int64_t D, double* x, double t0,
+                              double t1, const OdeOptions& options, double* div_integral,
+                              double* path_length, OdeStats* stats = nullptr, bool need_div = true);
 
 }  // namespace eqflow

@@ -20,23 +20,24 @@ struct AdamOptions {
 };
 
 struct AdamState {
-    int64_t step = 0;        // updates applied so far (bias correction uses step + 1)
-    std::vector<double> m;   // first moment, one per parameter
-    std::vector<double> v;   // second moment
+    int64_t step = 0;       // updates applied so far (bias correction uses step + 1)
+    std::vector<double> m;  // first moment, one per parameter
+    std::vector<double> v;  // second moment
 };
 
 // One Adam update (PyTorch's torch.optim.Adam without weight decay):
 //   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  k = step + 1
 //   p -= lr * (m / (1 - b1^k)) / (sqrt(v / (1 - b2^k)) + eps)
 // `state` is sized on the first call (zeros). params and grad hold `count` values.
-EQFLOW_API void adam_update(const AdamOptions& options, double lr, int64_t count, double* params, const double* grad,
-                            AdamState& state);
+EQFLOW_API void adam_update(const AdamOptions& options, double lr, int64_t count, double* params,
+                            const double* grad, AdamState& state);
 
 // shadow = decay * shadow + (1 - decay) * params.
 EQFLOW_API void ema_update(double decay, int64_t count, const double* params, double* shadow);
 
 // The schedule of the paper's training: `lr` until step `drop_step`, then lr * factor.
-EQFLOW_API double scheduled_learning_rate(double lr, int64_t step, int64_t drop_step, double factor = 0.1);
+EQFLOW_API double scheduled_learning_rate(double lr, int64_t step, int64_t drop_step,
+                                          double factor = 0.1);
 
 // True when every value is finite.
 EQFLOW_API bool all_finite(const double* values, int64_t count);

@@ -22,7 +22,6 @@
 
 #include "eqflow/export.h"
 
-
 namespace eqflow {
 
 struct PhiloxBlock {
@@ -44,19 +43,43 @@ EQFLOW_HD inline uint32_t mulhilo(uint32_t a, uint32_t b, uint32_t* hi) {
 
 // Basic operations with one rounding each, in every compiler.
 #if defined(__CUDA_ARCH__)
-__device__ inline double mul(double a, double b) { return __dmul_rn(a, b); }
-__device__ inline double add(double a, double b) { return __dadd_rn(a, b); }
-__device__ inline double sub(double a, double b) { return __dsub_rn(a, b); }
-__device__ inline double div(double a, double b) { return __ddiv_rn(a, b); }
-__device__ inline double sqrt_rn(double a) { return __dsqrt_rn(a); }
-__device__ inline uint64_t bits(double x) { return static_cast<uint64_t>(__double_as_longlong(x)); }
-__device__ inline double from_bits(uint64_t b) { return __longlong_as_double(static_cast<long long>(b)); }
+__device__ inline double mul(double a, double b) {
+    return __dmul_rn(a, b);
+}
+__device__ inline double add(double a, double b) {
+    return __dadd_rn(a, b);
+}
+__device__ inline double sub(double a, double b) {
+    return __dsub_rn(a, b);
+}
+__device__ inline double div(double a, double b) {
+    return __ddiv_rn(a, b);
+}
+__device__ inline double sqrt_rn(double a) {
+    return __dsqrt_rn(a);
+}
+__device__ inline uint64_t bits(double x) {
+    return static_cast<uint64_t>(__double_as_longlong(x));
+}
+__device__ inline double from_bits(uint64_t b) {
+    return __longlong_as_double(static_cast<long long>(b));
+}
 #else
-inline double mul(double a, double b) { return a * b; }
-inline double add(double a, double b) { return a + b; }
-inline double sub(double a, double b) { return a - b; }
-inline double div(double a, double b) { return a / b; }
-inline double sqrt_rn(double a) { return __builtin_sqrt(a); }
+inline double mul(double a, double b) {
+    return a * b;
+}
+inline double add(double a, double b) {
+    return a + b;
+}
+inline double sub(double a, double b) {
+    return a - b;
+}
+inline double div(double a, double b) {
+    return a / b;
+}
+inline double sqrt_rn(double a) {
+    return __builtin_sqrt(a);
+}
 inline uint64_t bits(double x) {
     uint64_t b;
     std::memcpy(&b, &x, sizeof b);
@@ -136,46 +159,70 @@ EQFLOW_HD inline double det_log(double x) {
 // sin and cos of 2*pi*u for u in [0, 1), from basic operations only.
 EQFLOW_HD inline void det_sincos_2pi(double u, double* sin_out, double* cos_out) {
     using namespace philox_detail;
-    const double y = mul(u, 8.0);            // exact
-    int k = static_cast<int>(y);              // octant 0..7
+    const double y = mul(u, 8.0);  // exact
+    int k = static_cast<int>(y);   // octant 0..7
     if (k > 7) k = 7;
     const double f = sub(y, static_cast<double>(k));  // exact, in [0, 1)
     const double g = (k & 1) ? sub(1.0, f) : f;
     const double kPi4 = 0.78539816339744830962;
-    const double t = mul(g, kPi4);            // phi in [0, pi/4]
+    const double t = mul(g, kPi4);  // phi in [0, pi/4]
     const double t2 = mul(t, t);
     // Taylor series; the first omitted terms are below 1e-19 on [0, pi/4].
-    double ps = -1.0 / 121645100408832000.0;            // -1/19!
-    ps = add(mul(ps, t2), 1.0 / 355687428096000.0);     //  1/17!
-    ps = add(mul(ps, t2), -1.0 / 1307674368000.0);      // -1/15!
-    ps = add(mul(ps, t2), 1.0 / 6227020800.0);          //  1/13!
-    ps = add(mul(ps, t2), -1.0 / 39916800.0);           // -1/11!
-    ps = add(mul(ps, t2), 1.0 / 362880.0);              //  1/9!
-    ps = add(mul(ps, t2), -1.0 / 5040.0);               // -1/7!
-    ps = add(mul(ps, t2), 1.0 / 120.0);                 //  1/5!
-    ps = add(mul(ps, t2), -1.0 / 6.0);                  // -1/3!
+    double ps = -1.0 / 121645100408832000.0;         // -1/19!
+    ps = add(mul(ps, t2), 1.0 / 355687428096000.0);  //  1/17!
+    ps = add(mul(ps, t2), -1.0 / 1307674368000.0);   // -1/15!
+    ps = add(mul(ps, t2), 1.0 / 6227020800.0);       //  1/13!
+    ps = add(mul(ps, t2), -1.0 / 39916800.0);        // -1/11!
+    ps = add(mul(ps, t2), 1.0 / 362880.0);           //  1/9!
+    ps = add(mul(ps, t2), -1.0 / 5040.0);            // -1/7!
+    ps = add(mul(ps, t2), 1.0 / 120.0);              //  1/5!
+    ps = add(mul(ps, t2), -1.0 / 6.0);               // -1/3!
     const double s = add(t, mul(mul(ps, t2), t));
-    double pc = 1.0 / 6402373705728000.0;               //  1/18!
-    pc = add(mul(pc, t2), -1.0 / 20922789888000.0);     // -1/16!
-    pc = add(mul(pc, t2), 1.0 / 87178291200.0);         //  1/14!
-    pc = add(mul(pc, t2), -1.0 / 479001600.0);          // -1/12!
-    pc = add(mul(pc, t2), 1.0 / 3628800.0);             //  1/10!
-    pc = add(mul(pc, t2), -1.0 / 40320.0);              // -1/8!
-    pc = add(mul(pc, t2), 1.0 / 720.0);                 //  1/6!
-    pc = add(mul(pc, t2), -1.0 / 24.0);                 // -1/4!
-    pc = add(mul(pc, t2), 0.5);                         //  1/2!
+    double pc = 1.0 / 6402373705728000.0;            //  1/18!
+    pc = add(mul(pc, t2), -1.0 / 20922789888000.0);  // -1/16!
+    pc = add(mul(pc, t2), 1.0 / 87178291200.0);      //  1/14!
+    pc = add(mul(pc, t2), -1.0 / 479001600.0);       // -1/12!
+    pc = add(mul(pc, t2), 1.0 / 3628800.0);          //  1/10!
+    pc = add(mul(pc, t2), -1.0 / 40320.0);           // -1/8!
+    pc = add(mul(pc, t2), 1.0 / 720.0);              //  1/6!
+    pc = add(mul(pc, t2), -1.0 / 24.0);              // -1/4!
+    pc = add(mul(pc, t2), 0.5);                      //  1/2!
     const double c = sub(1.0, mul(pc, t2));
     // Angle = k*pi/4 + f*pi/4; odd octants measure phi from the next multiple of pi/4.
     double sv, cv;
     switch (k) {
-        case 0: sv = s; cv = c; break;
-        case 1: sv = c; cv = s; break;
-        case 2: sv = c; cv = -s; break;
-        case 3: sv = s; cv = -c; break;
-        case 4: sv = -s; cv = -c; break;
-        case 5: sv = -c; cv = -s; break;
-        case 6: sv = -c; cv = s; break;
-        default: sv = -s; cv = c; break;
+        case 0:
+            sv = s;
+            cv = c;
+            break;
+        case 1:
+            sv = c;
+            cv = s;
+            break;
+        case 2:
+            sv = c;
+            cv = -s;
+            break;
+        case 3:
+            sv = s;
+            cv = -c;
+            break;
+        case 4:
+            sv = -s;
+            cv = -c;
+            break;
+        case 5:
+            sv = -c;
+            cv = -s;
+            break;
+        case 6:
+            sv = -c;
+            cv = s;
+            break;
+        default:
+            sv = -s;
+            cv = c;
+            break;
     }
     *sin_out = sv;
     *cos_out = cv;
@@ -197,7 +244,7 @@ EQFLOW_HD inline void normal_pair_from_block(PhiloxBlock b, double* z0, double* 
 // code and, one instance per thread, in kernels. Each uniform() takes two 32-bit words, each
 // pair of normal() calls one block.
 class Philox {
-public:
+  public:
     EQFLOW_HD Philox(uint64_t seed, uint64_t stream, uint64_t counter = 0)
         : seed_(seed), stream_(stream), counter_(counter) {}
 
@@ -234,7 +281,7 @@ public:
     // The counter of the next block; together with the cached words this is the full state.
     EQFLOW_HD uint64_t counter() const { return counter_; }
 
-private:
+  private:
     uint64_t seed_;
     uint64_t stream_;
     uint64_t counter_;

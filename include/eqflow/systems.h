@@ -1,9 +1,10 @@
 // eqflow/systems.h: the target systems of DESIGN.md section 3, with batched reduced energies
 // and forces on both backends.
 //
-//   dw4      n = 4,  d = 2:  E = sum_{i<j} [ a (r_ij - d0)^4 + b (r_ij - d0)^2 ],  a = 0.9, b = -4, d0 = 4
-//   lj13     n = 13, d = 3:  E = sum_{i != j} eps [ (rm/r_ij)^12 - 2 (rm/r_ij)^6 ] + c * sum_i |x_i - xbar|^2
-//   lj55     n = 55, d = 3:  as lj13;  lj:N for any N >= 2;  eps = rm = 1, c = 1/2, kT = 1
+//   dw4      n = 4,  d = 2:  E = sum_{i<j} [ a (r_ij - d0)^4 + b (r_ij - d0)^2 ],  a = 0.9, b = -4,
+//   d0 = 4 lj13     n = 13, d = 3:  E = sum_{i != j} eps [ (rm/r_ij)^12 - 2 (rm/r_ij)^6 ] + c *
+//   sum_i |x_i - xbar|^2 lj55     n = 55, d = 3:  as lj13;  lj:N for any N >= 2;  eps = rm = 1, c =
+//   1/2, kT = 1
 //
 // The LJ sum runs over ORDERED pairs (twice the sum over unique pairs): the convention of the
 // published LJ13/LJ55 data. Counting each pair once is a different temperature.
@@ -31,8 +32,8 @@ struct ForceField;  // eqflow/molecule.h
 struct System {
     std::string name;  // "dw4", "lj13", "lj55", "lj:N", "aldp"
     PotentialKind kind = PotentialKind::double_well;
-    int n = 0;         // particles
-    int d = 0;         // spatial dimension
+    int n = 0;  // particles
+    int d = 0;  // spatial dimension
     double kT = 1.0;
     // Double well: a (r - d0)^4 + b (r - d0)^2 per unordered pair.
     double dw_a = 0.9;
@@ -48,7 +49,7 @@ struct System {
     std::shared_ptr<const ForceField> force_field;
 
     int dof() const { return (n - 1) * d; }  // dimension of the mean-free subspace
-    int num_types() const {  // 1 when untyped
+    int num_types() const {                  // 1 when untyped
         int m = 0;
         for (int t : atom_types) m = t + 1 > m ? t + 1 : m;
         return atom_types.empty() ? 1 : m;
@@ -63,8 +64,9 @@ EQFLOW_API std::vector<std::string> builtin_system_names();
 // Batched reduced energy and forces. x: [B][n][d]; u: [B] (reduced, E/kT); forces: [B][n][d]
 // (-dE/dx) or an undefined view to skip them. All views on the same device; the CPU path
 // computes in double whatever T is, the CUDA path in T (double accumulation for energies).
-EQFLOW_API void energy_forces(const System& system, TensorView<const double> x, TensorView<double> u,
-                              TensorView<double> forces = {}, Stream stream = nullptr);
+EQFLOW_API void energy_forces(const System& system, TensorView<const double> x,
+                              TensorView<double> u, TensorView<double> forces = {},
+                              Stream stream = nullptr);
 EQFLOW_API void energy_forces(const System& system, TensorView<const float> x, TensorView<float> u,
                               TensorView<float> forces = {}, Stream stream = nullptr);
 

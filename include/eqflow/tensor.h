@@ -43,8 +43,10 @@ struct TensorView {
     TensorView(T* data_, Shape shape_, Device device_ = Device::cpu)
         : data(data_), shape(std::move(shape_)), device(device_) {}
     // A view of mutable data converts to a view of const data.
-    template <class U, class = std::enable_if_t<std::is_same_v<const U, T> && !std::is_same_v<U, T>>>
-    TensorView(const TensorView<U>& other) : data(other.data), shape(other.shape), device(other.device) {}
+    template <class U,
+              class = std::enable_if_t<std::is_same_v<const U, T> && !std::is_same_v<U, T>>>
+    TensorView(const TensorView<U>& other)
+        : data(other.data), shape(other.shape), device(other.device) {}
 
     int64_t numel() const { return shape_numel(shape); }
     int rank() const { return static_cast<int>(shape.size()); }
@@ -56,7 +58,7 @@ struct TensorView {
 // An owning tensor.
 template <class T>
 class Tensor {
-public:
+  public:
     Tensor() = default;
     Tensor(Shape shape, Device device = Device::cpu)
         : shape_(std::move(shape)), buffer_(static_cast<size_t>(shape_numel(shape_)), device) {}
@@ -66,7 +68,8 @@ public:
         t.buffer_.zero();
         return t;
     }
-    static Tensor from_host(const std::vector<T>& values, Shape shape, Device device = Device::cpu) {
+    static Tensor from_host(const std::vector<T>& values, Shape shape,
+                            Device device = Device::cpu) {
         EQFLOW_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape),
                      values.size() << " values do not fill shape " << shape_string(shape));
         Tensor t(std::move(shape), device);
@@ -79,7 +82,9 @@ public:
     const Shape& shape() const { return shape_; }
     Device device() const { return buffer_.device(); }
     int64_t numel() const { return shape_numel(shape_); }
-    int64_t size(int i) const { return shape_.at(static_cast<size_t>(i < 0 ? static_cast<int>(shape_.size()) + i : i)); }
+    int64_t size(int i) const {
+        return shape_.at(static_cast<size_t>(i < 0 ? static_cast<int>(shape_.size()) + i : i));
+    }
 
     TensorView<T> view() { return {buffer_.data(), shape_, buffer_.device()}; }
     TensorView<const T> view() const { return {buffer_.data(), shape_, buffer_.device()}; }
@@ -98,12 +103,12 @@ public:
     }
     // Same data, new shape with the same number of elements.
     void reshape(Shape shape) {
-        EQFLOW_CHECK(shape_numel(shape) == numel(), "cannot reshape " << shape_string(shape_)
-                                                                      << " to " << shape_string(shape));
+        EQFLOW_CHECK(shape_numel(shape) == numel(),
+                     "cannot reshape " << shape_string(shape_) << " to " << shape_string(shape));
         shape_ = std::move(shape);
     }
 
-private:
+  private:
     Shape shape_;
     Buffer<T> buffer_;
 };
@@ -111,8 +116,8 @@ private:
 // Argument checks shared by the public entry points.
 template <class T>
 void check_shape(const TensorView<T>& v, const Shape& expected, const char* name) {
-    EQFLOW_CHECK(v.shape == expected, name << " has shape " << shape_string(v.shape) << ", expected "
-                                           << shape_string(expected));
+    EQFLOW_CHECK(v.shape == expected, name << " has shape " << shape_string(v.shape)
+                                           << ", expected " << shape_string(expected));
     EQFLOW_CHECK(v.data != nullptr || v.numel() == 0, name << " has no data");
 }
 

@@ -42,31 +42,32 @@ namespace eqflow {
 EQFLOW_API bool coupling_available(CouplingKind kind);
 
 struct TrainOptions {
-    std::string system = "dw4";   // for the model metadata
+    std::string system = "dw4";  // for the model metadata
     CouplingKind objective = CouplingKind::eqot;
-    std::string out_dir;          // empty: write nothing (tests)
+    std::string out_dir;  // empty: write nothing (tests)
     int64_t epochs = 10;
     int64_t batch = 256;
     double lr = 5e-4;
     double lr_drop_fraction = 0.5;  // lr x lr_drop_factor from this fraction of the steps on
     double lr_drop_factor = 0.1;
     double sigma = 0.01;
-    int hidden = 0;               // 0: default_egnn_config's
+    int hidden = 0;  // 0: default_egnn_config's
     int layers = 0;
     uint64_t seed = 0;
     double validation_fraction = 0.1;
     int64_t validation_max = 2048;  // at most this many held-out samples are scored per epoch
-    double ema_decay = 0.0;       // 0: no EMA
-    bool reflections = false;     // eqot: allow improper rotations
-    int threads = 1;              // 0: all hardware threads
-    Device device = Device::cpu;  // cuda: loss and gradient by the fused GPU kernels (float32);
-                                  // Adam, the coupling and the checkpoints stay on the host
-    std::vector<int> atom_types;  // per particle (typed systems such as aldp): one-hot model
-                                  // features, and eqot permutes only within a type
-    int64_t log_every = 10;       // steps between log lines
-    double checkpoint_seconds = 300.0;  // a checkpoint after any step once this much time has passed; always at the end
-    bool resume = false;          // continue from out_dir/checkpoint.safetensors
-    int64_t stop_after_steps = 0; // > 0: stop (with a checkpoint) once this step count is reached
+    double ema_decay = 0.0;         // 0: no EMA
+    bool reflections = false;       // eqot: allow improper rotations
+    int threads = 1;                // 0: all hardware threads
+    Device device = Device::cpu;    // cuda: loss and gradient by the fused GPU kernels (float32);
+                                    // Adam, the coupling and the checkpoints stay on the host
+    std::vector<int> atom_types;    // per particle (typed systems such as aldp): one-hot model
+                                    // features, and eqot permutes only within a type
+    int64_t log_every = 10;         // steps between log lines
+    double checkpoint_seconds =
+        300.0;  // a checkpoint after any step once this much time has passed; always at the end
+    bool resume = false;           // continue from out_dir/checkpoint.safetensors
+    int64_t stop_after_steps = 0;  // > 0: stop (with a checkpoint) once this step count is reached
     const std::atomic<bool>* stop = nullptr;  // set (e.g. by SIGINT): checkpoint and return
     // Called after every step with (step, total steps, loss, lr).
     std::function<void(int64_t, int64_t, double, double)> progress;
@@ -75,32 +76,35 @@ struct TrainOptions {
 };
 
 struct TrainResult {
-    EgnnModel model;              // the model to sample from (EMA weights when EMA is on)
-    EgnnModel raw_model;          // the optimised weights themselves
-    int64_t step = 0;             // steps done (of total_steps)
+    EgnnModel model;      // the model to sample from (EMA weights when EMA is on)
+    EgnnModel raw_model;  // the optimised weights themselves
+    int64_t step = 0;     // steps done (of total_steps)
     int64_t total_steps = 0;
     int64_t steps_per_epoch = 0;
-    int64_t skipped = 0;          // steps skipped for a non-finite loss or gradient
+    int64_t skipped = 0;  // steps skipped for a non-finite loss or gradient
     int64_t train_count = 0, validation_count = 0;
-    double last_loss = 0.0;       // mean training loss over the last logged window
-    double validation_loss = 0.0; // after the last completed epoch (NaN when none)
-    bool interrupted = false;     // stopped by `stop` or `stop_after_steps` (checkpoint written)
-    double seconds = 0.0;         // wall time, including the time before a resume
+    double last_loss = 0.0;        // mean training loss over the last logged window
+    double validation_loss = 0.0;  // after the last completed epoch (NaN when none)
+    bool interrupted = false;      // stopped by `stop` or `stop_after_steps` (checkpoint written)
+    double seconds = 0.0;          // wall time, including the time before a resume
 };
 
 // Trains on `count` centred configurations x [count][n][d] of the system `n`, `d`.
-EQFLOW_API TrainResult train_flow_matching(const TrainOptions& options, const std::vector<double>& x, int64_t count,
-                                           int n, int d);
+EQFLOW_API TrainResult train_flow_matching(const TrainOptions& options,
+                                           const std::vector<double>& x, int64_t count, int n,
+                                           int d);
 
 // Loss and parameter gradient of one batch (exposed for tests): x0, x1 [B][n][d] already
 // paired, t [B], eps [B][n][d]. grad (nullable) receives the gradient (overwritten). Rows are
 // processed in fixed chunks of 16 over `threads` workers; the result does not depend on threads.
-EQFLOW_API double flow_matching_loss(const EgnnModel& model, int64_t B, const double* x0, const double* x1,
-                                     const double* t, const double* eps, double sigma, double* grad, int threads = 1);
+EQFLOW_API double flow_matching_loss(const EgnnModel& model, int64_t B, const double* x0,
+                                     const double* x1, const double* t, const double* eps,
+                                     double sigma, double* grad, int threads = 1);
 
 // The coupling of one batch: reorders x1 [B][n][d] in place so that row i pairs with x0 row i
 // (ot and eqot; for eqot each x1 row is also permuted and rotated onto its x0 partner).
-EQFLOW_API void couple_batch(CouplingKind coupling, int64_t B, int n, int d, const double* x0, double* x1,
-                             bool reflections = false, const std::vector<int>& atom_types = {});
+EQFLOW_API void couple_batch(CouplingKind coupling, int64_t B, int n, int d, const double* x0,
+                             double* x1, bool reflections = false,
+                             const std::vector<int>& atom_types = {});
 
 }  // namespace eqflow

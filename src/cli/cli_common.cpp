@@ -43,7 +43,8 @@ std::string Args::get(const std::string& key, const std::string& fallback) {
 std::string Args::require(const std::string& key) {
     used_[key] = true;
     auto it = values_.find(key);
-    if (it == values_.end() || it->second.empty()) throw UsageError{"missing required option --" + key};
+    if (it == values_.end() || it->second.empty())
+        throw UsageError{"missing required option --" + key};
     return it->second;
 }
 
@@ -52,7 +53,8 @@ int64_t Args::get_int(const std::string& key, int64_t fallback) {
     if (v.empty()) return fallback;
     char* end = nullptr;
     const long long x = std::strtoll(v.c_str(), &end, 10);
-    if (end == v.c_str() || *end != '\0') throw UsageError{"option --" + key + " needs an integer, got '" + v + "'"};
+    if (end == v.c_str() || *end != '\0')
+        throw UsageError{"option --" + key + " needs an integer, got '" + v + "'"};
     return x;
 }
 
@@ -61,7 +63,8 @@ double Args::get_double(const std::string& key, double fallback) {
     if (v.empty()) return fallback;
     char* end = nullptr;
     const double x = std::strtod(v.c_str(), &end);
-    if (end == v.c_str() || *end != '\0') throw UsageError{"option --" + key + " needs a number, got '" + v + "'"};
+    if (end == v.c_str() || *end != '\0')
+        throw UsageError{"option --" + key + " needs a number, got '" + v + "'"};
     return x;
 }
 
@@ -94,14 +97,15 @@ void Progress::update(int64_t done, const std::string& extra) {
     last_ = now;
     last_percent_ = percent;
     const double elapsed = std::chrono::duration<double>(now - start_).count();
-    std::fprintf(stderr, "%s%s: %3d%% (%lld/%lld) %.1fs%s%s%s", tty_ ? "\r" : "", label_.c_str(), percent,
-                 static_cast<long long>(done), static_cast<long long>(total_), elapsed,
+    std::fprintf(stderr, "%s%s: %3d%% (%lld/%lld) %.1fs%s%s%s", tty_ ? "\r" : "", label_.c_str(),
+                 percent, static_cast<long long>(done), static_cast<long long>(total_), elapsed,
                  extra.empty() ? "" : "  ", extra.c_str(), tty_ ? "\033[K" : "\n");
     std::fflush(stderr);
 }
 
 void Progress::finish(const std::string& extra) {
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
     std::fprintf(stderr, "%s%s: done (%lld) in %.1fs%s%s%s\n", tty_ ? "\r" : "", label_.c_str(),
                  static_cast<long long>(total_), elapsed, extra.empty() ? "" : "  ", extra.c_str(),
                  tty_ ? "\033[K" : "");

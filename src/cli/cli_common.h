@@ -17,7 +17,7 @@ struct UsageError {
 // "--key value" options and "--flag" switches. Every option must be declared by the command
 // (through the getters or `allow`) before finish() rejects the rest as unknown.
 class Args {
-public:
+  public:
     Args(std::string command, std::vector<std::string> argv);
 
     bool help() const { return help_; }
@@ -32,7 +32,7 @@ public:
     // Throws UsageError naming any option the command did not read.
     void finish();
 
-private:
+  private:
     std::string command_;
     std::map<std::string, std::string> values_;
     std::map<std::string, bool> used_;
@@ -41,12 +41,12 @@ private:
 
 // A progress line on stderr: rewritten in place on a terminal, a few plain lines otherwise.
 class Progress {
-public:
+  public:
     Progress(std::string label, int64_t total);
     void update(int64_t done, const std::string& extra = "");
     void finish(const std::string& extra = "");
 
-private:
+  private:
     std::string label_;
     int64_t total_;
     bool tty_;

@@ -24,7 +24,8 @@ const char* const kDataUsage =
     "aldp (alanine dipeptide) instead runs Langevin MD with OpenMM (needs an eqflow built with\n"
     "OpenMM): 1 fs steps, friction 1/ps, 300 K, --equilibrate PS picoseconds first (default 100),\n"
     "then one frame every --frame-interval PS (default 1); --platform Reference|CPU (default\n"
-    "Reference, the faster one for 22 atoms), --threads P for the CPU platform. Output: nm, centred.\n";
+    "Reference, the faster one for 22 atoms), --threads P for the CPU platform. Output: nm, "
+    "centred.\n";
 
 namespace {
 int cmd_data_md(const System& system, Args& args) {
@@ -39,22 +40,28 @@ int cmd_data_md(const System& system, Args& args) {
     opt.threads = static_cast<int>(args.get_int("threads", 0));
     const bool f32 = args.flag("float32");
     args.finish();
-    if (equilibrate_ps < 0 || interval_ps <= 0) throw UsageError{"--equilibrate must be >= 0 and --frame-interval > 0"};
+    if (equilibrate_ps < 0 || interval_ps <= 0)
+        throw UsageError{"--equilibrate must be >= 0 and --frame-interval > 0"};
     opt.equilibration_steps = static_cast<int64_t>(std::llround(equilibrate_ps / opt.timestep_ps));
     opt.steps_per_frame = std::max<int64_t>(1, std::llround(interval_ps / opt.timestep_ps));
     if (!openmm_available())
-        EQFLOW_THROW("data for " << system.name << " comes from molecular dynamics, which needs OpenMM: this "
-                     "eqflow was built without it (install libopenmm-dev and reconfigure with -DEQFLOW_OPENMM=ON)");
+        EQFLOW_THROW("data for " << system.name
+                                 << " comes from molecular dynamics, which needs OpenMM: this "
+                                    "eqflow was built without it (install libopenmm-dev and "
+                                    "reconfigure with -DEQFLOW_OPENMM=ON)");
 
     Progress progress("data " + system.name + " (MD)", opt.samples);
     opt.progress = [&](int64_t done, int64_t) { progress.update(done); };
     MdStats stats;
-    std::vector<double> x = openmm_langevin_md(aldp_data_dir() + "/aldp_system.xml", aldp_structure().positions, opt, &stats);
+    std::vector<double> x = openmm_langevin_md(aldp_data_dir() + "/aldp_system.xml",
+                                               aldp_structure().positions, opt, &stats);
     char extra[160];
-    std::snprintf(extra, sizeof extra, "OpenMM %s platform, <U> %.2f kJ/mol, T_kin %.1f K", stats.platform.c_str(),
-                  stats.mean_potential, 2.0 * stats.mean_kinetic / (stats.dof * kBoltzmannKJ));
+    std::snprintf(extra, sizeof extra, "OpenMM %s platform, <U> %.2f kJ/mol, T_kin %.1f K",
+                  stats.platform.c_str(), stats.mean_potential,
+                  2.0 * stats.mean_kinetic / (stats.dof * kBoltzmannKJ));
     progress.finish(extra);
-    // Centred like every eqflow data set (DESIGN.md section 2): the plain mean, not the centre of mass.
+    // Centred like every eqflow data set (DESIGN.md section 2): the plain mean, not the centre of
+    // mass.
     for (int64_t b = 0; b < opt.samples; ++b) {
         double* xb = x.data() + b * system.n * 3;
         for (int a = 0; a < 3; ++a) {
@@ -63,9 +70,10 @@ int cmd_data_md(const System& system, Args& args) {
             for (int i = 0; i < system.n; ++i) xb[3 * i + a] -= mean;
         }
     }
-    save_configurations(out, x, opt.samples, system.n, system.d, f32 ? NpyDtype::f32 : NpyDtype::f64);
-    std::fprintf(stderr, "data: wrote %lld MD frames of %s to %s\n", static_cast<long long>(opt.samples),
-                 system.name.c_str(), out.c_str());
+    save_configurations(out, x, opt.samples, system.n, system.d,
+                        f32 ? NpyDtype::f32 : NpyDtype::f64);
+    std::fprintf(stderr, "data: wrote %lld MD frames of %s to %s\n",
+                 static_cast<long long>(opt.samples), system.name.c_str(), out.c_str());
     return 0;
 }
 }  // namespace
@@ -92,15 +100,21 @@ int cmd_data(Args& args) {
     McmcStats stats;
     const std::vector<double> x = sample_equilibrium(system, opt, &stats);
     char extra[160];
-    std::snprintf(extra, sizeof extra, "acceptance %.2f at kT, swap acceptance %.2f..%.2f, %d chains",
-                  stats.acceptance.empty() ? 0.0 : stats.acceptance[0],
-                  stats.swap_acceptance.empty() ? 0.0 : *std::min_element(stats.swap_acceptance.begin(), stats.swap_acceptance.end()),
-                  stats.swap_acceptance.empty() ? 0.0 : *std::max_element(stats.swap_acceptance.begin(), stats.swap_acceptance.end()),
-                  stats.chains);
+    std::snprintf(
+        extra, sizeof extra, "acceptance %.2f at kT, swap acceptance %.2f..%.2f, %d chains",
+        stats.acceptance.empty() ? 0.0 : stats.acceptance[0],
+        stats.swap_acceptance.empty()
+            ? 0.0
+            : *std::min_element(stats.swap_acceptance.begin(), stats.swap_acceptance.end()),
+        stats.swap_acceptance.empty()
+            ? 0.0
+            : *std::max_element(stats.swap_acceptance.begin(), stats.swap_acceptance.end()),
+        stats.chains);
     progress.finish(extra);
-    save_configurations(out, x, opt.samples, system.n, system.d, f32 ? NpyDtype::f32 : NpyDtype::f64);
-    std::fprintf(stderr, "data: wrote %lld samples of %s to %s\n", static_cast<long long>(opt.samples),
-                 system.name.c_str(), out.c_str());
+    save_configurations(out, x, opt.samples, system.n, system.d,
+                        f32 ? NpyDtype::f32 : NpyDtype::f64);
+    std::fprintf(stderr, "data: wrote %lld samples of %s to %s\n",
+                 static_cast<long long>(opt.samples), system.name.c_str(), out.c_str());
     return 0;
 }
 

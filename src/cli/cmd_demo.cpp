@@ -45,11 +45,15 @@ int cmd_demo(Args& args) {
     const std::string device = args.get("device", "auto");
     args.finish();
     if (n_train < 2 || n_test <= 0 || epochs <= 0 || n_samples <= 0 || batch <= 0 || !(lr > 0))
-        throw UsageError{"--train-samples (>= 2), --test-samples, --epochs, --batch, --lr and --samples must be positive"};
+        throw UsageError{
+            "--train-samples (>= 2), --test-samples, --epochs, --batch, --lr and --samples must be "
+            "positive"};
     const Device dev = resolve_device(device, "demo");
     const System system = make_system("dw4");
     make_directories(dir + "/data");
-    auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+    auto seconds = [&] {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    };
 
     // 1. Data: training and test sets from independent chains (different seeds).
     std::printf("[1/4] DW4 equilibrium data: %lld training + %lld test configurations\n",
@@ -87,9 +91,12 @@ int cmd_demo(Args& args) {
     to.threads = threads;
     to.device = dev;
     to.log_every = 10;
-    std::printf("[2/4] training: EGNN H = 32, L = 3, objective %s%s, %lld epochs, batch %lld, lr %.1e\n",
-                to.objective == CouplingKind::eqot ? "eqot" : to.objective == CouplingKind::ot ? "ot" : "fm",
-                note.c_str(), static_cast<long long>(epochs), static_cast<long long>(to.batch), to.lr);
+    std::printf(
+        "[2/4] training: EGNN H = 32, L = 3, objective %s%s, %lld epochs, batch %lld, lr %.1e\n",
+        to.objective == CouplingKind::eqot ? "eqot"
+        : to.objective == CouplingKind::ot ? "ot"
+                                           : "fm",
+        note.c_str(), static_cast<long long>(epochs), static_cast<long long>(to.batch), to.lr);
     std::fflush(stdout);
     Progress tp("train", 1);
     int64_t seen_total = 0;
@@ -115,13 +122,16 @@ int cmd_demo(Args& args) {
     fo.device = dev;
     std::printf("[3/4] sampling %lld configurations with the exact log-density, %s\n",
                 static_cast<long long>(n_samples), describe(fo).c_str());
-    std::printf("[4/4] NLL of %lld held-out configurations (integrated backwards)\n", static_cast<long long>(n_test));
+    std::printf("[4/4] NLL of %lld held-out configurations (integrated backwards)\n",
+                static_cast<long long>(n_test));
     std::fflush(stdout);
     Progress sp("sample", n_samples), np("test NLL", n_test);
     bool sampling = true;
     fo.progress = [&](int64_t done, int64_t total) {
-        if (sampling) sp.update(done);
-        else np.update(done);
+        if (sampling)
+            sp.update(done);
+        else
+            np.update(done);
         if (sampling && done == total) {
             sp.finish();
             sampling = false;
@@ -130,7 +140,8 @@ int cmd_demo(Args& args) {
     FlowMetrics m = evaluate_flow(tr.model, system, test.data(), n_test, n_samples, seed, fo);
     np.finish();
     const std::string figure = dir + "/energy.svg";
-    write_energy_histogram_svg(figure, m.histogram, "DW4: energies of test data, flow samples and reweighted samples");
+    write_energy_histogram_svg(figure, m.histogram,
+                               "DW4: energies of test data, flow samples and reweighted samples");
     Json j = m.to_json();
     j["figure_energy_histogram"] = figure;
     j["objective"] = to.objective == CouplingKind::eqot ? "eqot" : "ot";
@@ -143,16 +154,21 @@ int cmd_demo(Args& args) {
     j["wall_seconds"] = seconds();
     write_file_atomic(dir + "/metrics.json", j.dump(2) + "\n");
 
-    std::printf("\nDW4 demo results (%lld test configurations, %lld samples):\n", static_cast<long long>(n_test),
-                static_cast<long long>(n_samples));
-    std::printf("  NLL          %.4f nats (paper convention; normalised: %.4f; paper after full training: 1.68)\n",
-                m.nll, m.nll_normalized);
-    std::printf("  ESS          %.2f%% of the samples (paper after full training: 88.71%%)\n", 100.0 * m.ess);
+    std::printf("\nDW4 demo results (%lld test configurations, %lld samples):\n",
+                static_cast<long long>(n_test), static_cast<long long>(n_samples));
+    std::printf(
+        "  NLL          %.4f nats (paper convention; normalised: %.4f; paper after full training: "
+        "1.68)\n",
+        m.nll, m.nll_normalized);
+    std::printf("  ESS          %.2f%% of the samples (paper after full training: 88.71%%)\n",
+                100.0 * m.ess);
     std::printf("  path length  %.4f (paper: 2.92 for eqot)\n", m.path_length);
-    std::printf("  mean energy  test %.3f, samples %.3f, reweighted %.3f\n", m.energy_mean_test, m.energy_mean_samples,
-                m.energy_mean_reweighted);
-    std::printf("  figure       %s\n  metrics      %s/metrics.json\n  model        %s/run/model.safetensors\n",
-                figure.c_str(), dir.c_str(), dir.c_str());
+    std::printf("  mean energy  test %.3f, samples %.3f, reweighted %.3f\n", m.energy_mean_test,
+                m.energy_mean_samples, m.energy_mean_reweighted);
+    std::printf(
+        "  figure       %s\n  metrics      %s/metrics.json\n  model        "
+        "%s/run/model.safetensors\n",
+        figure.c_str(), dir.c_str(), dir.c_str());
     std::printf("  wall time    %.1f s\n", seconds());
     return 0;
 }

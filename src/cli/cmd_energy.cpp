@@ -29,8 +29,9 @@ int cmd_energy(Args& args) {
     energy_forces(system, xt.cview(), u.view(), {});
     const std::vector<double> uh = u.to_vector();
     write_npy(out, uh.data(), Shape{count});
-    std::fprintf(stderr, "energy: %lld configurations of %s on %s -> %s\n", static_cast<long long>(count),
-                 system.name.c_str(), device_name(device), out.c_str());
+    std::fprintf(stderr, "energy: %lld configurations of %s on %s -> %s\n",
+                 static_cast<long long>(count), system.name.c_str(), device_name(device),
+                 out.c_str());
     return 0;
 }
 

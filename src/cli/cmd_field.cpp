@@ -44,12 +44,14 @@ int cmd_field(Args& args) {
     if (t_text.empty() || !end || *end != '\0' || !std::isfinite(t)) {
         throw UsageError{"--t needs a finite number, got '" + t_text + "'"};
     }
-    if (!div_out.empty() && div_out == out) throw UsageError{"--out and --div-out name the same file"};
+    if (!div_out.empty() && div_out == out)
+        throw UsageError{"--out and --div-out name the same file"};
 
     const EgnnModel model = load_model(model_path);
     const EgnnConfig& c = model.config;
     int64_t count = 0;
-    const std::vector<double> x = load_configurations(in, c.n_particles, c.dim, &count, /*center=*/true);
+    const std::vector<double> x =
+        load_configurations(in, c.n_particles, c.dim, &count, /*center=*/true);
     const int64_t nd = static_cast<int64_t>(c.n_particles) * c.dim;
     std::vector<double> v(static_cast<size_t>(count * nd)), div(static_cast<size_t>(count));
 
@@ -62,22 +64,24 @@ int cmd_field(Args& args) {
         const int64_t nb = std::min(chunk, count - b0);
         const std::vector<double> tb(static_cast<size_t>(nb), t);
         if (gpu_field) {
-            gpu_field(nb, x.data() + b0 * nd, tb.data(), v.data() + b0 * nd, div_out.empty() ? nullptr : div.data() + b0);
+            gpu_field(nb, x.data() + b0 * nd, tb.data(), v.data() + b0 * nd,
+                      div_out.empty() ? nullptr : div.data() + b0);
         } else if (div_out.empty()) {
-            egnn_forward(c, model.params.data(), nb, x.data() + b0 * nd, tb.data(), v.data() + b0 * nd);
+            egnn_forward(c, model.params.data(), nb, x.data() + b0 * nd, tb.data(),
+                         v.data() + b0 * nd);
         } else {
-            egnn_divergence(c, model.params.data(), nb, x.data() + b0 * nd, tb.data(), v.data() + b0 * nd,
-                            div.data() + b0);
+            egnn_divergence(c, model.params.data(), nb, x.data() + b0 * nd, tb.data(),
+                            v.data() + b0 * nd, div.data() + b0);
         }
         progress.update(b0 + nb);
     }
     progress.finish();
     save_configurations(out, v, count, c.n_particles, c.dim);
     if (!div_out.empty()) write_npy(div_out, div.data(), Shape{count});
-    std::fprintf(stderr, "field: %lld configurations of %s (n = %d, d = %d) at t = %g on %s -> %s%s%s\n",
-                 static_cast<long long>(count), c.system.empty() ? "?" : c.system.c_str(), c.n_particles, c.dim, t,
-                 device_name(device),
-                 out.c_str(), div_out.empty() ? "" : ", ", div_out.c_str());
+    std::fprintf(
+        stderr, "field: %lld configurations of %s (n = %d, d = %d) at t = %g on %s -> %s%s%s\n",
+        static_cast<long long>(count), c.system.empty() ? "?" : c.system.c_str(), c.n_particles,
+        c.dim, t, device_name(device), out.c_str(), div_out.empty() ? "" : ", ", div_out.c_str());
     return 0;
 }
 

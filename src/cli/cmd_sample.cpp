@@ -41,17 +41,20 @@ int cmd_sample(Args& args) {
     const EgnnModel model = load_model(model_path);
     const System system = make_system(system_name.empty() ? model.config.system : system_name);
     EQFLOW_CHECK(system.n == model.config.n_particles && system.d == model.config.dim,
-                 "the model has " << model.config.n_particles << " particles in " << model.config.dim
-                                  << " dimensions; " << system.name << " has " << system.n << " in " << system.d);
-    std::fprintf(stderr, "sample: %lld samples of %s, %s\n", static_cast<long long>(n_samples), system.name.c_str(),
-                 describe(fo).c_str());
+                 "the model has " << model.config.n_particles << " particles in "
+                                  << model.config.dim << " dimensions; " << system.name << " has "
+                                  << system.n << " in " << system.d);
+    std::fprintf(stderr, "sample: %lld samples of %s, %s\n", static_cast<long long>(n_samples),
+                 system.name.c_str(), describe(fo).c_str());
     Progress progress("sample", n_samples);
     fo.progress = [&](int64_t done, int64_t) { progress.update(done); };
-    const FlowSamples s = flow_sample(egnn_flow_field(model, fo), system.n, system.d, n_samples, seed, fo);
+    const FlowSamples s =
+        flow_sample(egnn_flow_field(model, fo), system.n, system.d, n_samples, seed, fo);
     const std::vector<double> u = reduced_energies(system, s.x.data(), s.count);
     const Reweighting w = importance_weights(u.data(), s.log_q.data(), s.count);
     char extra[128];
-    std::snprintf(extra, sizeof extra, "ESS %.4f, %lld zero-weight samples", w.ess, static_cast<long long>(w.invalid));
+    std::snprintf(extra, sizeof extra, "ESS %.4f, %lld zero-weight samples", w.ess,
+                  static_cast<long long>(w.invalid));
     progress.finish(extra);
 
     make_directories(out_dir);
@@ -83,9 +86,11 @@ int cmd_sample(Args& args) {
     j["path_length"] = np > 0 ? pl / static_cast<double>(np) : 0.0;
     j["function_evals"] = s.ode.row_evals;
     write_file_atomic(out_dir + "/summary.json", j.dump(2) + "\n");
-    std::printf("ESS %.4f (%lld of %lld samples with zero weight)%s; wrote %s/{x,log_q,u,log_w,path_length}.npy and summary.json\n",
-                w.ess, static_cast<long long>(w.invalid), static_cast<long long>(s.count),
-                fo.hutchinson ? " [APPROXIMATE: Hutchinson divergence]" : "", out_dir.c_str());
+    std::printf(
+        "ESS %.4f (%lld of %lld samples with zero weight)%s; wrote "
+        "%s/{x,log_q,u,log_w,path_length}.npy and summary.json\n",
+        w.ess, static_cast<long long>(w.invalid), static_cast<long long>(s.count),
+        fo.hutchinson ? " [APPROXIMATE: Hutchinson divergence]" : "", out_dir.c_str());
     return 0;
 }
 

@@ -1,7 +1,7 @@
 // eqflow train: flow-matching training of the EGNN field (see eqflow/trainer.h).
 #include <atomic>
-#include <csignal>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 
 #include "cli/cli_common.h"
@@ -72,13 +72,16 @@ int cmd_train(Args& args) {
     opt.atom_types = system.atom_types;
     if (opt.epochs <= 0 || opt.batch <= 0 || opt.log_every <= 0 || !(opt.lr > 0))
         throw UsageError{"--epochs, --batch, --log-every and --lr must be positive"};
-    EQFLOW_CHECK(coupling_available(opt.objective),
-                 "the " << objective << " coupling is not available in this build yet (use fm or ot)");
+    EQFLOW_CHECK(
+        coupling_available(opt.objective),
+        "the " << objective << " coupling is not available in this build yet (use fm or ot)");
 
     int64_t count = 0;
-    const std::vector<double> x = load_configurations(data, system.n, system.d, &count, /*center=*/true);
+    const std::vector<double> x =
+        load_configurations(data, system.n, system.d, &count, /*center=*/true);
     std::fprintf(stderr, "train: %lld configurations of %s from %s, objective %s, on the CPU\n",
-                 static_cast<long long>(count), system.name.c_str(), data.c_str(), objective.c_str());
+                 static_cast<long long>(count), system.name.c_str(), data.c_str(),
+                 objective.c_str());
 
     g_stop.store(false);
     opt.stop = &g_stop;
@@ -105,20 +108,24 @@ int cmd_train(Args& args) {
     }
     std::signal(SIGINT, previous);
     char extra[160];
-    std::snprintf(extra, sizeof extra, "loss %.4f, validation loss %.4f, %lld skipped steps", r.last_loss,
-                  r.validation_loss, static_cast<long long>(r.skipped));
+    std::snprintf(extra, sizeof extra, "loss %.4f, validation loss %.4f, %lld skipped steps",
+                  r.last_loss, r.validation_loss, static_cast<long long>(r.skipped));
     if (r.interrupted) {
-        std::fprintf(stderr,
-                     "\ntrain: stopped at step %lld of %lld; checkpoint saved to %s/checkpoint.safetensors "
-                     "(continue with --resume)\n",
-                     static_cast<long long>(r.step), static_cast<long long>(r.total_steps), opt.out_dir.c_str());
+        std::fprintf(
+            stderr,
+            "\ntrain: stopped at step %lld of %lld; checkpoint saved to %s/checkpoint.safetensors "
+            "(continue with --resume)\n",
+            static_cast<long long>(r.step), static_cast<long long>(r.total_steps),
+            opt.out_dir.c_str());
         return g_stop.load() ? 130 : 0;
     }
     progress.finish(extra);
-    std::fprintf(stderr, "train: %lld steps (%lld per epoch, %lld train / %lld validation samples) in %.1fs -> %s/model.safetensors\n",
+    std::fprintf(stderr,
+                 "train: %lld steps (%lld per epoch, %lld train / %lld validation samples) in "
+                 "%.1fs -> %s/model.safetensors\n",
                  static_cast<long long>(r.step), static_cast<long long>(r.steps_per_epoch),
-                 static_cast<long long>(r.train_count), static_cast<long long>(r.validation_count), r.seconds,
-                 opt.out_dir.c_str());
+                 static_cast<long long>(r.train_count), static_cast<long long>(r.validation_count),
+                 r.seconds, opt.out_dir.c_str());
     return 0;
 }
 

@@ -18,8 +18,8 @@ Device resolve_device(const std::string& device, const char* what) {
         throw UsageError{"--device must be cpu, cuda or auto, got '" + device + "'"};
     const Device dev = parse_device(device);  // "cuda" without a usable GPU: an Error saying why
     if (dev == Device::cuda) {
-        std::fprintf(stderr, "device: cuda, %s (the %s runs the fused GPU kernels in float32)\n", cuda_status().c_str(),
-                     what);
+        std::fprintf(stderr, "device: cuda, %s (the %s runs the fused GPU kernels in float32)\n",
+                     cuda_status().c_str(), what);
     } else {
         std::fprintf(stderr, "device: cpu (the %s runs on the CPU reference path%s)\n", what,
                      cuda_compiled() ? "" : "; this build has no CUDA");
@@ -38,7 +38,8 @@ FlowOptions flow_options_from(Args& args) {
     o.hutchinson = probes > 0;
     o.hutchinson_probes = static_cast<int>(probes > 0 ? probes : 1);
     o.threads = static_cast<int>(args.get_int("threads", 0));
-    if (!(o.ode.atol > 0) || !(o.ode.rtol >= 0)) throw UsageError{"--atol must be positive and --rtol non-negative"};
+    if (!(o.ode.atol > 0) || !(o.ode.rtol >= 0))
+        throw UsageError{"--atol must be positive and --rtol non-negative"};
     if (o.ode.steps <= 0 || o.batch <= 0) throw UsageError{"--steps and --batch must be positive"};
     return o;
 }

@@ -17,13 +17,16 @@ namespace eqflow::cli {
 
 const std::vector<Command>& commands() {
     static const std::vector<Command> table = {
-        {"data", "equilibrium samples of a system (parallel-tempering Metropolis)", kDataUsage, cmd_data},
+        {"data", "equilibrium samples of a system (parallel-tempering Metropolis)", kDataUsage,
+         cmd_data},
         {"energy", "reduced energies u = E/kT of configurations", kEnergyUsage, cmd_energy},
         {"train", "train an EGNN flow by (equivariant OT) flow matching", kTrainUsage, cmd_train},
-        {"sample", "samples with exact log-density and importance weights", kSampleUsage, cmd_sample},
+        {"sample", "samples with exact log-density and importance weights", kSampleUsage,
+         cmd_sample},
         {"eval", "NLL, ESS, path length and energy histograms of a model", kEvalUsage, cmd_eval},
         {"field", "the vector field v(x, t) and its exact divergence", kFieldUsage, cmd_field},
-        {"assign", "batched exact linear sum assignment (Hungarian) of cost matrices", kAssignUsage, cmd_assign},
+        {"assign", "batched exact linear sum assignment (Hungarian) of cost matrices", kAssignUsage,
+         cmd_assign},
         {"demo", "DW4 end to end: data, training, sampling, metrics", kDemoUsage, cmd_demo},
     };
     return table;
@@ -33,7 +36,8 @@ namespace {
 void print_main_help() {
     std::printf(
         "eqflow: equivariant flow matching for Boltzmann generators\n\n"
-        "usage: eqflow <command> [options]    (eqflow <command> --help for its options)\n\ncommands:\n");
+        "usage: eqflow <command> [options]    (eqflow <command> --help for its "
+        "options)\n\ncommands:\n");
     for (const Command& c : commands()) std::printf("  %-8s %s\n", c.name, c.summary);
     std::printf("\nGPU: %s\n", cuda_status().c_str());
 }
@@ -61,8 +65,8 @@ int run(int argc, char** argv) {
         }
         return cmd->run(args);
     } catch (const UsageError& e) {
-        std::fprintf(stderr, "eqflow %s: %s (see eqflow %s --help)\n", name.c_str(), e.message.c_str(),
-                     name.c_str());
+        std::fprintf(stderr, "eqflow %s: %s (see eqflow %s --help)\n", name.c_str(),
+                     e.message.c_str(), name.c_str());
         return 2;
     } catch (const Error& e) {
         std::fprintf(stderr, "eqflow %s: error: %s\n", name.c_str(), e.what());
@@ -75,4 +79,6 @@ int run(int argc, char** argv) {
 
 }  // namespace eqflow::cli
 
-int main(int argc, char** argv) { return eqflow::cli::run(argc, argv); }
+int main(int argc, char** argv) {
+    return eqflow::cli::run(argc, argv);
+}

@@ -30,15 +30,20 @@ namespace {
 // DESIGN.md section 4: d_ij / (sqrt(r_ij + 1e-8) + 1).
 constexpr double kNormEps = 1e-8;
 
-double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
-double silu(double z) { return z * sigmoid(z); }
+double sigmoid(double z) {
+    return 1.0 / (1.0 + std::exp(-z));
+}
+double silu(double z) {
+    return z * sigmoid(z);
+}
 double dsilu(double z) {
     const double s = sigmoid(z);
     return s * (1.0 + z * (1.0 - s));
 }
 
 // y[o] = b[o] + sum_k W[o*ld + k] x[k]  (o < rows, k < cols; b nullable)
-void gemv(const double* W, int64_t ld, int rows, int cols, const double* x, const double* b, double* y) {
+void gemv(const double* W, int64_t ld, int rows, int cols, const double* x, const double* b,
+          double* y) {
     for (int o = 0; o < rows; ++o) {
         const double* w = W + o * ld;
         double acc = b ? b[o] : 0.0;
@@ -68,7 +73,8 @@ void ger_add(double* dW, int64_t ld, int rows, int cols, const double* y, const 
 // y[o] = b[o] + sum_k xt[k][o] x[k] with the weight stored transposed, xt [cols][rows]: the
 // inner loop runs over o with unit stride, which compilers vectorise without reassociating
 // sums (unlike the dot products of gemv). Used for the per-edge H x H products.
-void gemv_transposed(const double* Wt, int rows, int cols, const double* x, const double* b, double* y) {
+void gemv_transposed(const double* Wt, int rows, int cols, const double* x, const double* b,
+                     double* y) {
     for (int o = 0; o < rows; ++o) y[o] = b ? b[o] : 0.0;
     for (int k = 0; k < cols; ++k) {
         const double xk = x[k];
@@ -81,7 +87,8 @@ void gemv_transposed(const double* Wt, int rows, int cols, const double* x, cons
 std::vector<double> transpose(const double* W, int rows, int cols) {
     std::vector<double> Wt(static_cast<size_t>(rows) * cols);
     for (int o = 0; o < rows; ++o)
-        for (int k = 0; k < cols; ++k) Wt[static_cast<size_t>(k) * rows + o] = W[static_cast<size_t>(o) * cols + k];
+        for (int k = 0; k < cols; ++k)
+            Wt[static_cast<size_t>(k) * rows + o] = W[static_cast<size_t>(o) * cols + k];
     return Wt;
 }
 
@@ -92,8 +99,8 @@ struct Dims {
 };
 
 Dims dims_of(const EgnnConfig& c) {
-    return Dims{c.n_particles, c.dim,       c.hidden, c.in_features(), c.layers,
-                c.attention,   c.tanh,      c.effective_coords_range()};
+    return Dims{c.n_particles, c.dim,       c.hidden, c.in_features(),
+                c.layers,      c.attention, c.tanh,   c.effective_coords_range()};
 }
 
 // f [n][F]: one-hot type (when typed), then t.
@@ -109,7 +116,8 @@ std::vector<double> node_features(const EgnnConfig& c, double t) {
 
 // h0 [n][H] = emb_w f + emb_b
 void embed(const Dims& D, const double* p, const EgnnOffsets& off, const double* f, double* h0) {
-    for (int i = 0; i < D.n; ++i) gemv(p + off.emb_w, D.F, D.H, D.F, f + i * D.F, p + off.emb_b, h0 + i * D.H);
+    for (int i = 0; i < D.n; ++i)
+        gemv(p + off.emb_w, D.F, D.H, D.F, f + i * D.F, p + off.emb_b, h0 + i * D.H);
 }
 
 // The primal quantities of one edge (i, j).
@@ -130,8 +138,8 @@ struct EdgeWeights {
 };
 
 void edge_forward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, const EdgeWeights& ew,
-                  const double* Pi, const double* Qj, const double* xi, const double* xj, const double* x0i,
-                  const double* x0j, Edge& e) {
+                  const double* Pi, const double* Qj, const double* xi, const double* xj,
+                  const double* x0i, const double* x0j, Edge& e) {
     const int H = D.H;
     const int64_t ld1 = 2 * H + 2;
     e.r = 0.0;
@@ -174,8 +182,8 @@ void edge_forward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, co
 }
 
 // P [n][H] = W1a h + b1, Q [n][H] = W1b h.
-void node_projections(const Dims& D, const double* p, const EgnnLayerOffsets& lo, const double* h, double* P,
-                      double* Q) {
+void node_projections(const Dims& D, const double* p, const EgnnLayerOffsets& lo, const double* h,
+                      double* P, double* Q) {
     const int H = D.H;
     const int64_t ld1 = 2 * H + 2;
     for (int i = 0; i < D.n; ++i) {
@@ -185,8 +193,8 @@ void node_projections(const Dims& D, const double* p, const EgnnLayerOffsets& lo
 }
 
 // One layer forward. h, x [n][*] -> h_out, x_out; M [n][H] = sum_j me_ij.
-void layer_forward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, const double* h, const double* x,
-                   const double* x0, double* h_out, double* x_out, double* M) {
+void layer_forward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, const double* h,
+                   const double* x, const double* x0, double* h_out, double* x_out, double* M) {
     const int n = D.n, d = D.d, H = D.H;
     std::vector<double> P(static_cast<size_t>(n) * H), Q(static_cast<size_t>(n) * H);
     node_projections(D, p, lo, h, P.data(), Q.data());
@@ -197,7 +205,8 @@ void layer_forward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, c
     for (int i = 0; i < n; ++i) {
         for (int j = 0; j < n; ++j) {
             if (j == i) continue;
-            edge_forward(D, p, lo, ew, &P[i * H], &Q[j * H], x + i * d, x + j * d, x0 + i * d, x0 + j * d, e);
+            edge_forward(D, p, lo, ew, &P[i * H], &Q[j * H], x + i * d, x + j * d, x0 + i * d,
+                         x0 + j * d, e);
             const double s = e.phi / e.nrm;
             for (int k = 0; k < d; ++k) x_out[i * d + k] += e.dx[k] * s;
             for (int o = 0; o < H; ++o) M[i * H + o] += e.me[o];
@@ -235,8 +244,8 @@ void forward_with_tape(const Dims& D, const EgnnConfig& c, const EgnnOffsets& of
     embed(D, p, off, f.data(), tape.h.data());
     std::memcpy(tape.x.data(), x, sizeof(double) * nd);
     for (int l = 0; l < L; ++l) {
-        layer_forward(D, p, off.layers[l], &tape.h[l * nH], &tape.x[l * nd], x, &tape.h[(l + 1) * nH],
-                      &tape.x[(l + 1) * nd], &tape.M[l * nH]);
+        layer_forward(D, p, off.layers[l], &tape.h[l * nH], &tape.x[l * nd], x,
+                      &tape.h[(l + 1) * nH], &tape.x[(l + 1) * nd], &tape.M[l * nH]);
     }
     if (v) {
         const double* xL = &tape.x[L * nd];
@@ -251,9 +260,9 @@ void forward_with_tape(const Dims& D, const EgnnConfig& c, const EgnnOffsets& of
 
 // One layer backward. Inputs: the layer's h, x, M (from the tape), gh_out, gx_out (dL/d outputs).
 // Outputs: gh_in, gx_in (overwritten); gx0 [n][d] += dL/dx0 through a_ij; dp += parameter grads.
-void layer_backward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, const double* h, const double* x,
-                    const double* x0, const double* M, const double* gh_out, const double* gx_out, double* gh_in,
-                    double* gx_in, double* gx0, double* dp) {
+void layer_backward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, const double* h,
+                    const double* x, const double* x0, const double* M, const double* gh_out,
+                    const double* gx_out, double* gh_in, double* gx_in, double* gx0, double* dp) {
     const int n = D.n, d = D.d, H = D.H;
     const int64_t ld1 = 2 * H + 2;
     std::memcpy(gh_in, gh_out, sizeof(double) * n * H);
@@ -300,7 +309,8 @@ void layer_backward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, 
         const double* gxi = gx_out + i * d;
         for (int j = 0; j < n; ++j) {
             if (j == i) continue;
-            edge_forward(D, p, lo, ew, &P[i * H], &Q[j * H], x + i * d, x + j * d, x0 + i * d, x0 + j * d, e);
+            edge_forward(D, p, lo, ew, &P[i * H], &Q[j * H], x + i * d, x + j * d, x0 + i * d,
+                         x0 + j * d, e);
             // x_i += dx phi / nrm
             double dot = 0.0;
             for (int k = 0; k < d; ++k) dot += gxi[k] * e.dx[k];
@@ -373,9 +383,10 @@ void layer_backward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, 
 // One layer in forward mode: the primal (as layer_forward) plus K tangents.
 // hd [K][n][H] (ignored when h_tangent_zero), xd, x0d [K][n][d] -> hd_out (skipped when null),
 // xd_out [K][n][d].
-void layer_jvp(const Dims& D, const double* p, const EgnnLayerOffsets& lo, int K, const double* h, const double* x,
-               const double* x0, const double* hd, bool h_tangent_zero, const double* xd, const double* x0d,
-               double* h_out, double* x_out, double* hd_out, double* xd_out) {
+void layer_jvp(const Dims& D, const double* p, const EgnnLayerOffsets& lo, int K, const double* h,
+               const double* x, const double* x0, const double* hd, bool h_tangent_zero,
+               const double* xd, const double* x0d, double* h_out, double* x_out, double* hd_out,
+               double* xd_out) {
     const int n = D.n, d = D.d, H = D.H;
     const int64_t ld1 = 2 * H + 2;
     const size_t nH = static_cast<size_t>(n) * H, nd = static_cast<size_t>(n) * d;
@@ -402,7 +413,8 @@ void layer_jvp(const Dims& D, const double* p, const EgnnLayerOffsets& lo, int K
     for (int i = 0; i < n; ++i) {
         for (int j = 0; j < n; ++j) {
             if (j == i) continue;
-            edge_forward(D, p, lo, ew, &P[i * H], &Q[j * H], x + i * d, x + j * d, x0 + i * d, x0 + j * d, e);
+            edge_forward(D, p, lo, ew, &P[i * H], &Q[j * H], x + i * d, x + j * d, x0 + i * d,
+                         x0 + j * d, e);
             const double s = e.phi / e.nrm;
             for (int k = 0; k < d; ++k) x_out[i * d + k] += e.dx[k] * s;
             for (int o = 0; o < H; ++o) M[i * H + o] += e.me[o];
@@ -432,7 +444,8 @@ void layer_jvp(const Dims& D, const double* p, const EgnnLayerOffsets& lo, int K
                 const double* Pdi = &Pd[q * nH + i * H];
                 const double* Qdj = &Qd[q * nH + j * H];
                 for (int o = 0; o < H; ++o) {
-                    s1d[o] = ds1[o] * (Pdi[o] + Qdj[o] + W1[o * ld1 + 2 * H] * rd + W1[o * ld1 + 2 * H + 1] * ad);
+                    s1d[o] = ds1[o] * (Pdi[o] + Qdj[o] + W1[o * ld1 + 2 * H] * rd +
+                                       W1[o * ld1 + 2 * H + 1] * ad);
                 }
                 gemv_transposed(ew.W2t.data(), H, H, s1d.data(), nullptr, z2d.data());
                 if (D.attention) {
@@ -522,14 +535,15 @@ EgnnOffsets egnn_offsets(const EgnnConfig& config) {
     return off;
 }
 
-void egnn_forward_one(const EgnnConfig& config, const EgnnOffsets& off, const double* params, const double* x,
-                      double t, double* v) {
+void egnn_forward_one(const EgnnConfig& config, const EgnnOffsets& off, const double* params,
+                      const double* x, double t, double* v) {
     Tape tape;
     forward_with_tape(dims_of(config), config, off, params, x, t, tape, v);
 }
 
-void egnn_backward_one(const EgnnConfig& config, const EgnnOffsets& off, const double* params, const double* x,
-                       double t, const double* dL_dv, double* dL_dparams, double* dL_dx) {
+void egnn_backward_one(const EgnnConfig& config, const EgnnOffsets& off, const double* params,
+                       const double* x, double t, const double* dL_dv, double* dL_dparams,
+                       double* dL_dx) {
     const Dims D = dims_of(config);
     const int n = D.n, d = D.d, H = D.H, L = D.L;
     const size_t nH = static_cast<size_t>(n) * H, nd = static_cast<size_t>(n) * d;
@@ -549,8 +563,9 @@ void egnn_backward_one(const EgnnConfig& config, const EgnnOffsets& off, const d
         }
     }
     for (int l = L - 1; l >= 0; --l) {
-        layer_backward(D, params, off.layers[l], &tape.h[l * nH], &tape.x[l * nd], x, &tape.M[l * nH], gh.data(),
-                       gx.data(), gh_in.data(), gx_in.data(), gx0.data(), dL_dparams);
+        layer_backward(D, params, off.layers[l], &tape.h[l * nH], &tape.x[l * nd], x,
+                       &tape.M[l * nH], gh.data(), gx.data(), gh_in.data(), gx_in.data(),
+                       gx0.data(), dL_dparams);
         gh.swap(gh_in);
         gx.swap(gx_in);
     }
@@ -565,8 +580,8 @@ void egnn_backward_one(const EgnnConfig& config, const EgnnOffsets& off, const d
     }
 }
 
-void egnn_jvp_one(const EgnnConfig& config, const EgnnOffsets& off, const double* params, const double* x,
-                  double t, int K, const double* xdot, double* v, double* vdot) {
+void egnn_jvp_one(const EgnnConfig& config, const EgnnOffsets& off, const double* params,
+                  const double* x, double t, int K, const double* xdot, double* v, double* vdot) {
     const Dims D = dims_of(config);
     const int n = D.n, d = D.d, H = D.H, L = D.L;
     const size_t nH = static_cast<size_t>(n) * H, nd = static_cast<size_t>(n) * d;
@@ -577,8 +592,9 @@ void egnn_jvp_one(const EgnnConfig& config, const EgnnOffsets& off, const double
     for (int l = 0; l < L; ++l) {
         const bool last = l == L - 1;
         // h^0 depends on t only, so its tangent is zero in layer 0.
-        layer_jvp(D, params, off.layers[l], K, h.data(), xs.data(), x, hd.data(), l == 0, xd.data(), xdot,
-                  h_next.data(), xs_next.data(), last ? nullptr : hd_next.data(), xd_next.data());
+        layer_jvp(D, params, off.layers[l], K, h.data(), xs.data(), x, hd.data(), l == 0, xd.data(),
+                  xdot, h_next.data(), xs_next.data(), last ? nullptr : hd_next.data(),
+                  xd_next.data());
         h.swap(h_next);
         xs.swap(xs_next);
         if (!last) hd.swap(hd_next);
@@ -598,7 +614,8 @@ void egnn_jvp_one(const EgnnConfig& config, const EgnnOffsets& off, const double
             double mean = 0.0;
             for (int i = 0; i < n; ++i) mean += a[i * d + k] - b[i * d + k];
             mean /= n;
-            for (int i = 0; i < n; ++i) vdot[q * nd + i * d + k] = a[i * d + k] - b[i * d + k] - mean;
+            for (int i = 0; i < n; ++i)
+                vdot[q * nd + i * d + k] = a[i * d + k] - b[i * d + k] - mean;
         }
     }
 }

@@ -37,7 +37,8 @@ void egnn_forward_one(const EgnnConfig& config, const EgnnOffsets& off, const do
 
 // One sample: dL_dparams [P] += dL/dparams; dL_dx [n][d] = dL/dx (nullable).
 void egnn_backward_one(const EgnnConfig& config, const EgnnOffsets& off, const double* params,
-                       const double* x, double t, const double* dL_dv, double* dL_dparams, double* dL_dx);
+                       const double* x, double t, const double* dL_dv, double* dL_dparams,
+                       double* dL_dx);
 
 // Forward mode, one sample, K tangent directions sharing one primal pass:
 // xdot [K][n][d] -> vdot [K][n][d] = J_v(x) xdot[k]; v [n][d] (nullable).

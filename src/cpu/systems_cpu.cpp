@@ -9,7 +9,9 @@ namespace eqflow::cpu {
 namespace {
 // Pair factor of the unordered-pair loop: LJ sums ordered pairs (both (i,j) and (j,i)), so each
 // unordered pair counts twice; DW4 sums unordered pairs once.
-double pair_multiplicity(const System& s) { return s.kind == PotentialKind::lennard_jones ? 2.0 : 1.0; }
+double pair_multiplicity(const System& s) {
+    return s.kind == PotentialKind::lennard_jones ? 2.0 : 1.0;
+}
 
 double distance(const double* a, const double* b, int d) {
     double r2 = 0.0;
@@ -114,7 +116,8 @@ double energy_delta_move(const System& s, const double* x, int k, const double* 
             for (int i = 0; i < n; ++i) sum += x[i * d + a];
             const double old_k = x[k * d + a], new_k = new_pos[a];
             const double sum_new = sum - old_k + new_k;
-            delta += s.lj_oscillator * ((new_k * new_k - old_k * old_k) - (sum_new * sum_new - sum * sum) / n);
+            delta += s.lj_oscillator *
+                     ((new_k * new_k - old_k * old_k) - (sum_new * sum_new - sum * sum) / n);
         }
     }
     return delta;
