@@ -40,6 +40,8 @@ void validate_egnn_config(const EgnnConfig& c) {
     EQFLOW_CHECK(
         std::isfinite(c.coords_range) && c.coords_range >= 0.0,
         "EGNN coords_range must be finite and >= 0 (0: 15/layers), got " << c.coords_range);
+    EQFLOW_CHECK(std::isfinite(c.length_scale) && c.length_scale > 0.0,
+                 "EGNN length_scale must be finite and positive, got " << c.length_scale);
     if (!c.atom_types.empty()) {
         EQFLOW_CHECK(static_cast<int>(c.atom_types.size()) == c.n_particles,
                      "EGNN atom_types has " << c.atom_types.size() << " entries for "

@@ -1,5 +1,6 @@
 // The EGNN model as a flow field (exact or Hutchinson divergence), rows split over threads.
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -7,6 +8,7 @@
 #include "eqflow/egnn_gpu.h"
 #include "eqflow/error.h"
 #include "eqflow/flow.h"
+#include "eqflow/molecule.h"
 
 namespace eqflow {
 
@@ -59,6 +61,64 @@ FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& options) {
     };
 }
 
+namespace {
+// (n-1) d log s: log q in model units minus this is log q in the system's units.
+double log_volume_factor(const EgnnConfig& c) {
+    return static_cast<double>((c.n_particles - 1) * c.dim) * std::log(c.length_scale);
+}
+}  // namespace
+
+FlowSamples sample_model(const EgnnModel& model, int64_t count, uint64_t seed,
+                         const FlowOptions& options) {
+    const EgnnConfig& c = model.config;
+    FlowSamples s =
+        flow_sample(egnn_flow_field(model, options), c.n_particles, c.dim, count, seed, options);
+    if (c.length_scale != 1.0) {
+        const double scale = c.length_scale, shift = log_volume_factor(c);
+        for (double& v : s.x) v *= scale;
+        for (double& l : s.log_q) l -= shift;
+        for (double& l : s.path_length) l *= scale;
+    }
+    return s;
+}
+
+FlowLikelihood model_log_likelihood(const EgnnModel& model, const double* x, int64_t count,
+                                    const FlowOptions& options) {
+    const EgnnConfig& c = model.config;
+    const FlowField field = egnn_flow_field(model, options);
+    if (c.length_scale == 1.0)
+        return flow_log_likelihood(field, c.n_particles, c.dim, x, count, options);
+    const int64_t D = static_cast<int64_t>(c.n_particles) * c.dim;
+    std::vector<double> y(x, x + count * D);
+    for (double& v : y) v /= c.length_scale;
+    FlowLikelihood l = flow_log_likelihood(field, c.n_particles, c.dim, y.data(), count, options);
+    const double shift = log_volume_factor(c);
+    for (double& v : l.log_q) v -= shift;
+    for (double& v : l.path_length) v *= c.length_scale;
+    return l;
+}
+
+bool folds_chirality(const System& system) {
+    return system.name == "aldp";
+}
+
+int64_t fold_chirality(const System& system, FlowSamples& s) {
+    if (!folds_chirality(system)) return 0;
+    EQFLOW_CHECK(s.n == kAldpAtoms && s.d == 3,
+                 "chirality folding: expected " << kAldpAtoms << " atoms in 3 dimensions");
+    int64_t mirrored = 0;
+    for (int64_t i = 0; i < s.count; ++i) {
+        double* xi = s.x.data() + i * kAldpAtoms * 3;
+        if (!std::isfinite(s.log_q[static_cast<size_t>(i)])) continue;  // failed: NaN anyway
+        if (!aldp_is_l(xi)) {
+            mirror(xi, kAldpAtoms);
+            ++mirrored;
+        }
+    }
+    for (double& l : s.log_q) l += std::log(2.0);
+    return mirrored;
+}
+
 FlowMetrics evaluate_flow(const EgnnModel& model, const System& system, const double* test_x,
                           int64_t n_test, int64_t n_samples, uint64_t seed,
                           const FlowOptions& options, FlowSamples* samples, Reweighting* weights) {
@@ -66,13 +126,18 @@ FlowMetrics evaluate_flow(const EgnnModel& model, const System& system, const do
                  "the model is for " << model.config.n_particles << " particles in "
                                      << model.config.dim << " dimensions, the system "
                                      << system.name << " has " << system.n << " in " << system.d);
-    const FlowField field = egnn_flow_field(model, options);
-    FlowSamples s = flow_sample(field, system.n, system.d, n_samples, seed, options);
+    FlowSamples s = sample_model(model, n_samples, seed, options);
+    const int64_t mirrored = fold_chirality(system, s);
     const std::vector<double> u = reduced_energies(system, s.x.data(), s.count);
-    FlowLikelihood l = flow_log_likelihood(field, system.n, system.d, test_x, n_test, options);
+    FlowLikelihood l = model_log_likelihood(model, test_x, n_test, options);
+    if (folds_chirality(system))
+        for (double& v : l.log_q) v += std::log(2.0);  // the folded density of the test points
     const std::vector<double> u_test = reduced_energies(system, test_x, n_test);
     FlowMetrics m = flow_metrics(system.n, system.d, l.log_q, u_test, s.log_q, u, s.path_length);
     m.approximate = options.hutchinson;
+    m.chirality_folded = folds_chirality(system);
+    m.mirrored_samples = mirrored;
+    m.length_scale = model.config.length_scale;
     if (weights) *weights = importance_weights(u.data(), s.log_q.data(), s.count);
     if (samples) *samples = std::move(s);
     return m;

@@ -220,6 +220,14 @@ Json FlowMetrics::to_json() const {
     j["failed_samples"] = failed_samples;
     j["failed_test"] = failed_test;
     j["approximate"] = approximate;
+    j["length_scale"] = length_scale;
+    if (chirality_folded) {
+        j["chirality_folded"] = true;
+        j["mirrored_samples"] = mirrored_samples;
+        j["mirrored_fraction"] =
+            n_samples > 0 ? static_cast<double>(mirrored_samples) / static_cast<double>(n_samples)
+                          : 0.0;
+    }
     j["energy_histogram"] = histogram.to_json();
     return j;
 }

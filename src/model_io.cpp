@@ -394,6 +394,7 @@ SafetensorsFile egnn_model_to_safetensors(const EgnnModel& model, SafetensorsDty
     f.set_meta("eqflow.attention", c.attention ? "true" : "false");
     f.set_meta("eqflow.tanh", c.tanh ? "true" : "false");
     f.set_meta("eqflow.coords_range", format_double(c.effective_coords_range()));
+    f.set_meta("eqflow.length_scale", format_double(c.length_scale));
     if (!c.atom_types.empty()) {
         std::string types;
         for (size_t i = 0; i < c.atom_types.size(); ++i)
@@ -429,6 +430,9 @@ EgnnModel egnn_model_from_safetensors(const SafetensorsFile& f, const std::strin
     c.attention = parse_bool_meta(f, "eqflow.attention", what);
     c.tanh = parse_bool_meta(f, "eqflow.tanh", what);
     c.coords_range = parse_double_meta(f, "eqflow.coords_range", what);
+    // Files written before the length scale existed are in model units.
+    if (f.has_meta("eqflow.length_scale"))
+        c.length_scale = parse_double_meta(f, "eqflow.length_scale", what);
     if (f.has_meta("eqflow.atom_types")) {
         const std::string& s = f.meta("eqflow.atom_types");
         std::stringstream ss(s);

@@ -181,6 +181,17 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
         "the " << objective_name(opt.objective) << " coupling is not available in this build yet");
     EQFLOW_CHECK(!opt.resume || !opt.out_dir.empty(), "--resume needs the run directory");
 
+    // Model units: y = x / length_scale (the data's RMS coordinate when asked to pick it).
+    double length_scale = opt.length_scale;
+    if (length_scale == 0.0 && opt.scale_to_data) {
+        double sum = 0.0;
+        for (double v : x) sum += v * v;
+        length_scale = std::sqrt(sum / static_cast<double>(x.size()));
+    }
+    if (length_scale == 0.0) length_scale = 1.0;
+    EQFLOW_CHECK(std::isfinite(length_scale) && length_scale > 0,
+                 "length scale must be finite and positive, got " << length_scale);
+
     // Split once with the seed: the tail is held out.
     const std::vector<int64_t> split = permutation(count, derive_seed(opt.seed, kPurposeSplit), 0);
     int64_t n_val = 0;
@@ -194,7 +205,7 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
     for (int64_t i = 0; i < count; ++i) {
         const int64_t src = split[static_cast<size_t>(i)];
         double* dst = i < n_train ? train.data() + i * D : val.data() + (i - n_train) * D;
-        std::copy(x.begin() + src * D, x.begin() + (src + 1) * D, dst);
+        for (int64_t k = 0; k < D; ++k) dst[k] = x[static_cast<size_t>(src * D + k)] / length_scale;
     }
 
     const int64_t B = std::min(opt.batch, n_train);
@@ -207,6 +218,7 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
     if (opt.hidden > 0) config.hidden = opt.hidden;
     if (opt.layers > 0) config.layers = opt.layers;
     config.atom_types = opt.atom_types;
+    config.length_scale = length_scale;
     EgnnModel model{config, egnn_init_parameters(config, opt.seed)};
     const int64_t P = static_cast<int64_t>(model.params.size());
     AdamState adam;
@@ -229,6 +241,7 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
         {"eqflow.train.reflections", opt.reflections ? "true" : "false"},
         {"eqflow.train.data_count", std::to_string(count)},
         {"eqflow.train.data_checksum", std::to_string(data_checksum(x))},
+        {"eqflow.train.length_scale", fmt(length_scale)},
     };
     const std::string ckpt_path =
         opt.out_dir.empty() ? "" : opt.out_dir + "/checkpoint.safetensors";

@@ -10,6 +10,10 @@
 #include <string>
 
 #include "cli_test_util.h"
+#include "eqflow/flow.h"
+#include "eqflow/io.h"
+#include "eqflow/json.h"
+#include "eqflow/model_io.h"
 #include "eqflow/molecule.h"
 #include "eqflow/npy.h"
 #include "eqflow/systems.h"
@@ -81,6 +85,63 @@ TEST_F(AldpCli, RejectsWrongShapes) {
     const Result r = run("energy --system aldp --in " + bad + " --out " + file("u.npy"));
     EXPECT_EQ(r.code, 1) << r.out;
     EXPECT_FALSE(exists(file("u.npy")));
+}
+
+// train -> sample -> eval on aldp: the model records the data's length scale, samples come back
+// in nm and of the right handedness, and eval reports the aldp analysis (mirrored fraction, phi
+// free-energy differences, a Ramachandran figure). Tiny model and budget: this checks the
+// plumbing, not the quality.
+TEST_F(AldpCli, TrainSampleEvalReportTheMolecularAnalysis) {
+    const std::string data = file("train.npy"), run_dir = file("run"), out = file("m.json");
+    auto gen = test::rng(11);
+    std::normal_distribution<double> noise(0.0, 0.01);
+    std::vector<double> x;
+    const std::vector<double> x0 = aldp_structure().positions;
+    for (int b = 0; b < 24; ++b)
+        for (double v : x0) x.push_back(v + noise(gen));
+    write_npy(data, x.data(), Shape{24, 66});
+    const Result t = run("train --system aldp --data " + data + " --objective eqot --out " +
+                         run_dir + " --epochs 1 --batch 8 --hidden 8 --layers 2 --device cpu");
+    ASSERT_EQ(t.code, 0) << t.out;
+    const EgnnModel model = load_model(run_dir + "/model.safetensors");
+    // The default length scale for molecules: the RMS coordinate of the centred data.
+    std::vector<double> centred = x;
+    remove_mean(24, 22, 3, centred.data());
+    double sum = 0;
+    for (double v : centred) sum += v * v;
+    EXPECT_NEAR(model.config.length_scale, std::sqrt(sum / static_cast<double>(centred.size())),
+                1e-12);
+    EXPECT_GT(model.config.length_scale, 0.05);  // nm: the molecule is a few tenths of a nm
+    EXPECT_LT(model.config.length_scale, 0.5);
+
+    const Result s = run("sample --model " + run_dir +
+                         "/model.safetensors --samples 6 --solver rk4 --steps 4 --device cpu "
+                         "--out-dir " +
+                         file("samples"));
+    ASSERT_EQ(s.code, 0) << s.out;
+    int64_t n = 0;
+    const std::vector<double> xs = load_configurations(file("samples/x.npy"), 22, 3, &n, false);
+    ASSERT_EQ(n, 6);
+    for (int b = 0; b < 6; ++b) EXPECT_TRUE(aldp_is_l(xs.data() + 66 * b)) << b;
+    const Json summary = Json::parse(read_file(file("samples/summary.json")));
+    EXPECT_TRUE(summary.at("chirality_folded").as_bool());
+    EXPECT_GE(summary.at("mirrored_fraction").as_number(), 0.0);
+    EXPECT_LE(summary.at("mirrored_fraction").as_number(), 1.0);
+
+    const Result e =
+        run("eval --model " + run_dir + "/model.safetensors --test " + data +
+            " --test-max 6 --samples 8 --solver rk4 --steps 4 --device cpu --out " + out);
+    ASSERT_EQ(e.code, 0) << e.out;
+    EXPECT_NE(e.out.find("aldp: dF"), std::string::npos) << e.out;
+    const Json m = Json::parse(read_file(out));
+    EXPECT_TRUE(m.at("chirality_folded").as_bool());
+    EXPECT_NEAR(m.at("length_scale").as_number(), model.config.length_scale, 1e-12);
+    const Json& a = m.at("aldp");
+    const Json& md = a.at("delta_f_md");
+    EXPECT_EQ(md.at("n_phi_negative").as_number() + md.at("n_phi_positive").as_number(), 6.0);
+    EXPECT_TRUE(a.at("delta_f_samples").contains("delta_f"));
+    EXPECT_TRUE(exists(a.at("figure_ramachandran").as_string()));
+    EXPECT_NE(read_file(a.at("figure_ramachandran").as_string()).find("<svg"), std::string::npos);
 }
 
 }  // namespace

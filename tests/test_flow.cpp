@@ -12,6 +12,8 @@
 #include "eqflow/error.h"
 #include "eqflow/flow.h"
 #include "eqflow/json.h"
+#include "eqflow/molecule.h"
+#include "eqflow/systems.h"
 #include "test_util.h"
 
 namespace eqflow {
@@ -242,6 +244,80 @@ TEST(Ess, ImportanceWeightsCountInvalidAndNeverNaN) {
     std::vector<double> u2 = {0.3, 1.7, 2.2, 5.0}, lq2(4);
     for (size_t i = 0; i < 4; ++i) lq2[i] = -u2[i] + 12.5;
     EXPECT_NEAR(importance_weights(u2.data(), lq2.data(), 4).ess, 1.0, 1e-12);
+}
+
+// A model with length scale s is the same flow in units of s: samples scale by s, log q
+// shifts by -(n-1) d log s, path lengths scale by s, and the likelihood of the scaled points is
+// the model-unit likelihood shifted the same way.
+TEST(Flow, LengthScaleConvertsSamplesDensitiesAndLikelihoods) {
+    EgnnModel unit;
+    unit.config = default_egnn_config("dw4", 4, 2);
+    unit.config.hidden = 8;
+    unit.config.layers = 2;
+    unit.params = egnn_init_parameters(unit.config, test::seed());
+    auto gen = test::rng(12);
+    std::uniform_real_distribution<double> u(-0.5, 0.5);
+    for (const ParamEntry& e : egnn_parameter_layout(unit.config))
+        if (e.name.find("coord_mlp.2.weight") != std::string::npos)
+            for (int64_t k = 0; k < shape_numel(e.shape); ++k)
+                unit.params[static_cast<size_t>(e.offset + k)] = u(gen);
+    EgnnModel scaled = unit;
+    const double s = 0.37;
+    scaled.config.length_scale = s;
+    FlowOptions opt;
+    opt.ode.atol = opt.ode.rtol = 1e-8;
+    const FlowSamples a = sample_model(unit, 5, 3, opt);
+    const FlowSamples b = sample_model(scaled, 5, 3, opt);
+    const double shift = 3 * 2 * std::log(s);  // (n-1) d log s
+    for (size_t k = 0; k < a.x.size(); ++k) EXPECT_NEAR(b.x[k], s * a.x[k], 1e-14);
+    for (int64_t i = 0; i < 5; ++i) {
+        EXPECT_NEAR(b.log_q[i], a.log_q[i] - shift, 1e-12) << i;
+        EXPECT_NEAR(b.path_length[i], s * a.path_length[i], 1e-12) << i;
+    }
+    // Backwards from the scaled samples: the samples' own density and prior points.
+    const FlowLikelihood l = model_log_likelihood(scaled, b.x.data(), 5, opt);
+    for (int64_t i = 0; i < 5; ++i) EXPECT_NEAR(l.log_q[i], b.log_q[i], 1e-5) << i;
+    for (size_t k = 0; k < a.x0.size(); ++k) EXPECT_NEAR(l.x0[k], a.x0[k], 1e-5);
+}
+
+// The chirality rule for aldp: wrong-handed samples are mirrored, every log q gains log 2, and
+// systems without a handedness are left alone.
+TEST(Flow, FoldChiralityMirrorsDAlanineAndAddsLog2) {
+    const System aldp = make_system("aldp");
+    ASSERT_TRUE(folds_chirality(aldp));
+    EXPECT_FALSE(folds_chirality(make_system("lj13")));
+    const std::vector<double> l_form = aldp_structure().positions;
+    ASSERT_TRUE(aldp_is_l(l_form.data()));
+    FlowSamples s;
+    s.n = 22;
+    s.d = 3;
+    s.count = 4;
+    for (int b = 0; b < 4; ++b) {
+        std::vector<double> xb = l_form;
+        if (b % 2 == 1) mirror(xb.data(), 22);  // rows 1 and 3 are D-alanine
+        s.x.insert(s.x.end(), xb.begin(), xb.end());
+    }
+    s.log_q = {-1.0, -2.0, kNaN, -4.0};  // row 2 failed: stays NaN, is not inspected
+    const std::vector<double> before = s.x;
+    EXPECT_EQ(fold_chirality(aldp, s), 2);
+    for (int b = 0; b < 4; ++b) EXPECT_TRUE(aldp_is_l(s.x.data() + 66 * b)) << b;
+    for (int k = 0; k < 66; ++k) {
+        EXPECT_EQ(s.x[66 + k], -before[66 + k]);
+        EXPECT_EQ(s.x[k], before[k]);
+    }
+    EXPECT_DOUBLE_EQ(s.log_q[0], -1.0 + std::log(2.0));
+    EXPECT_DOUBLE_EQ(s.log_q[1], -2.0 + std::log(2.0));
+    EXPECT_TRUE(std::isnan(s.log_q[2]));
+    EXPECT_DOUBLE_EQ(s.log_q[3], -4.0 + std::log(2.0));
+    // Not a chiral system: nothing changes.
+    FlowSamples lj;
+    lj.n = 13;
+    lj.d = 3;
+    lj.count = 1;
+    lj.x.assign(39, 0.5);
+    lj.log_q = {-3.0};
+    EXPECT_EQ(fold_chirality(make_system("lj13"), lj), 0);
+    EXPECT_EQ(lj.log_q[0], -3.0);
 }
 
 TEST(Metrics, NllConventionsAndHistogramFigure) {

@@ -2,6 +2,8 @@
 // writers, and clear errors for every kind of damage (never a crash, never a read past the end).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -236,7 +238,8 @@ EgnnModel small_model(bool typed) {
 
 TEST(ModelFile, SaveLoadEvaluateBitIdentical) {
     for (bool typed : {false, true}) {
-        const EgnnModel m = small_model(typed);
+        EgnnModel m = small_model(typed);
+        if (typed) m.config.length_scale = 0.25;  // e.g. a molecule in nm
         const std::string path = test::temp_path("model.safetensors");
         save_model(path, m);
         const EgnnModel r = load_model(path);
@@ -252,6 +255,7 @@ TEST(ModelFile, SaveLoadEvaluateBitIdentical) {
         EXPECT_EQ(r.config.tanh, m.config.tanh);
         EXPECT_EQ(r.config.atom_types, m.config.atom_types);
         EXPECT_EQ(r.config.effective_coords_range(), m.config.effective_coords_range());
+        EXPECT_EQ(r.config.length_scale, typed ? 0.25 : 1.0);
         for (const char* key :
              {"eqflow.system", "eqflow.n_particles", "eqflow.dim", "eqflow.hidden", "eqflow.layers",
               "eqflow.attention", "eqflow.tanh", "eqflow.coords_range", "eqflow.checksum"})
@@ -336,6 +340,16 @@ TEST(ModelFile, LoadChecksNamesShapesDtypesAndMetadata) {
     f = good;
     f.set_meta("eqflow.coords_range", "nan");
     EXPECT_ERROR_CONTAINS(load(f), "eqflow.coords_range");
+    f = good;
+    f.set_meta("eqflow.length_scale", "-0.5");
+    EXPECT_ERROR_CONTAINS(load(f), "length_scale");
+    // Files from before the length scale existed are in model units.
+    f = good;
+    f.metadata.erase(
+        std::remove_if(f.metadata.begin(), f.metadata.end(),
+                       [](const auto& kv) { return kv.first == "eqflow.length_scale"; }),
+        f.metadata.end());
+    EXPECT_EQ(egnn_model_from_safetensors(f, "old").config.length_scale, 1.0);
 
     f = good;
     f.tensors[1].values[0] = std::numeric_limits<double>::quiet_NaN();

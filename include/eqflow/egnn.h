@@ -33,6 +33,12 @@ struct EgnnConfig {
     bool tanh = true;
     double coords_range = 0.0;    // 0 means the default 15 / layers
     std::vector<int> atom_types;  // empty: untyped; else a type index per particle
+    // Physical length per model unit: the network and the N(0, I) prior live in model
+    // coordinates y = x / length_scale (x in the system's units, e.g. nm for aldp). 1 for the
+    // particle systems (the paper's convention); molecules in nm are scaled so that the data's
+    // coordinate RMS is about 1. The EGNN functions here work in model units; the flow-level
+    // functions of eqflow/flow.h convert (log q_x = log q_y - (n-1) d log length_scale).
+    double length_scale = 1.0;
 
     // 0 when untyped, else the largest type index + 1.
     int num_types() const {

@@ -95,6 +95,29 @@ EQFLOW_API FlowLikelihood flow_log_likelihood(const FlowField& field, int n, int
 // the thread count).
 EQFLOW_API FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& options);
 
+// ---- a trained EGNN as a flow in the system's units ------------------------------------------
+// The network and the prior live in model units y = x / s, s = model.config.length_scale (1 for
+// the particle systems). These convert at the boundary: samples x = s y, test points y = x / s,
+// log q_x(x) = log q_y(y) - (n-1) d log s (the density on the mean-free subspace), path lengths
+// in the system's units (s times the model's). With s = 1 they are flow_sample and
+// flow_log_likelihood over egnn_flow_field.
+EQFLOW_API FlowSamples sample_model(const EgnnModel& model, int64_t count, uint64_t seed,
+                                    const FlowOptions& options);
+// x: [count][n][d] centred, in the system's units.
+EQFLOW_API FlowLikelihood model_log_likelihood(const EgnnModel& model, const double* x,
+                                               int64_t count, const FlowOptions& options);
+
+// ---- chirality (DESIGN.md section 9) ---------------------------------------------------------
+// An E(3)-equivariant flow with a reflection-symmetric prior gives a configuration and its mirror
+// image the same density, so it samples both enantiomers. For systems that fix a handedness
+// (aldp: L-alanine) the samples of the wrong handedness are mirrored, which folds the two images
+// together: the folded density is q(x) + q(-x) = 2 q(x), log q + log 2. True for `aldp`.
+EQFLOW_API bool folds_chirality(const System& system);
+// Mirrors the wrong-handed samples of `s` in place and adds log 2 to every log q (also of failed
+// samples, which stay NaN). Returns the number mirrored. No-op (returns 0) when the system does
+// not fold chirality.
+EQFLOW_API int64_t fold_chirality(const System& system, FlowSamples& s);
+
 // ---- importance weights and metrics ---------------------------------------------------------
 
 // ESS of importance weights given as log w, as a fraction of N: (sum w)^2 / sum w^2 / N.
@@ -146,6 +169,11 @@ struct FlowMetrics {
     int64_t failed_test = 0;     // test points whose backward integration failed (left out of nll)
     double energy_mean_samples = 0.0, energy_mean_reweighted = 0.0, energy_mean_test = 0.0;
     bool approximate = false;  // Hutchinson divergence: nll and weights are estimates
+    // Chirality folding (folds_chirality): samples mirrored to the right handedness, as a
+    // fraction of the samples drawn; nll and weights use the folded density (log q + log 2).
+    bool chirality_folded = false;
+    int64_t mirrored_samples = 0;
+    double length_scale = 1.0;  // the model's (EgnnConfig::length_scale)
     EnergyHistogram histogram;
     EQFLOW_API Json to_json() const;  // the keys of DESIGN.md section 7 (without the figure paths)
 };
@@ -159,7 +187,9 @@ EQFLOW_API FlowMetrics flow_metrics(int n, int d, const std::vector<double>& tes
 
 // The whole evaluation of a model against a system: draws `n_samples` samples (seed) with their
 // exact log q, their reduced energies and weights; integrates the test set backwards for the
-// NLL (test_x [n_test][n][d], centred). `samples` (nullable) receives the samples, `weights`
+// NLL (test_x [n_test][n][d], centred, in the system's units). For systems that fold chirality
+// the samples are mirrored to the right handedness and both nll and weights use the folded
+// density (see fold_chirality). `samples` (nullable) receives the samples, `weights`
 // (nullable) their reweighting. Progress goes through options.progress (samples, then test).
 EQFLOW_API FlowMetrics evaluate_flow(const EgnnModel& model, const System& system,
                                      const double* test_x, int64_t n_test, int64_t n_samples,

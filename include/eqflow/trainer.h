@@ -63,7 +63,12 @@ struct TrainOptions {
                                     // Adam, the coupling and the checkpoints stay on the host
     std::vector<int> atom_types;    // per particle (typed systems such as aldp): one-hot model
                                     // features, and eqot permutes only within a type
-    int64_t log_every = 10;         // steps between log lines
+    // Physical length per model unit (EgnnConfig::length_scale): the data are divided by it
+    // before training and the model records it. 0: the data's RMS coordinate (of the centred
+    // training data) when `scale_to_data`, else 1.
+    double length_scale = 1.0;
+    bool scale_to_data = false;
+    int64_t log_every = 10;  // steps between log lines
     double checkpoint_seconds =
         300.0;  // a checkpoint after any step once this much time has passed; always at the end
     bool resume = false;           // continue from out_dir/checkpoint.safetensors

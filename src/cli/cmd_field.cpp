@@ -53,6 +53,11 @@ int cmd_field(Args& args) {
     const std::vector<double> x =
         load_configurations(in, c.n_particles, c.dim, &count, /*center=*/true);
     const int64_t nd = static_cast<int64_t>(c.n_particles) * c.dim;
+    // The network works in model units y = x / s (EgnnConfig::length_scale): v_x(x) = s v_y(x / s),
+    // and the divergence is the same in both units.
+    const double scale = c.length_scale;
+    std::vector<double> y = x;
+    for (double& value : y) value /= scale;
     std::vector<double> v(static_cast<size_t>(count * nd)), div(static_cast<size_t>(count));
 
     // Chunks keep the progress line moving on long inputs (the divergence of LJ55 takes seconds).
@@ -64,18 +69,19 @@ int cmd_field(Args& args) {
         const int64_t nb = std::min(chunk, count - b0);
         const std::vector<double> tb(static_cast<size_t>(nb), t);
         if (gpu_field) {
-            gpu_field(nb, x.data() + b0 * nd, tb.data(), v.data() + b0 * nd,
+            gpu_field(nb, y.data() + b0 * nd, tb.data(), v.data() + b0 * nd,
                       div_out.empty() ? nullptr : div.data() + b0);
         } else if (div_out.empty()) {
-            egnn_forward(c, model.params.data(), nb, x.data() + b0 * nd, tb.data(),
+            egnn_forward(c, model.params.data(), nb, y.data() + b0 * nd, tb.data(),
                          v.data() + b0 * nd);
         } else {
-            egnn_divergence(c, model.params.data(), nb, x.data() + b0 * nd, tb.data(),
+            egnn_divergence(c, model.params.data(), nb, y.data() + b0 * nd, tb.data(),
                             v.data() + b0 * nd, div.data() + b0);
         }
         progress.update(b0 + nb);
     }
     progress.finish();
+    for (double& value : v) value *= scale;
     save_configurations(out, v, count, c.n_particles, c.dim);
     if (!div_out.empty()) write_npy(div_out, div.data(), Shape{count});
     std::fprintf(

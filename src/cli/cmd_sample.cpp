@@ -22,7 +22,9 @@ const char* const kSampleUsage =
     "writes DIR/x.npy [N, n*d], DIR/log_q.npy (normalised on the mean-free subspace),\n"
     "DIR/u.npy (reduced energies), DIR/log_w.npy (-u - log q; -inf = zero weight for\n"
     "non-finite energies or failed integrations), DIR/path_length.npy and DIR/summary.json\n"
-    "(ESS as a fraction of N, mean energies, counts). Defaults: dopri5, atol = rtol = 1e-4,\n"
+    "(ESS as a fraction of N, mean energies, counts). For aldp, samples of the wrong handedness\n"
+    "(D-alanine) are mirrored and log q is the folded density (+ log 2); summary.json counts\n"
+    "them. Positions are in the system's units. Defaults: dopri5, atol = rtol = 1e-4,\n"
     "--batch 256, --threads 0 (all cores).\n";
 
 int cmd_sample(Args& args) {
@@ -48,8 +50,8 @@ int cmd_sample(Args& args) {
                  system.name.c_str(), describe(fo).c_str());
     Progress progress("sample", n_samples);
     fo.progress = [&](int64_t done, int64_t) { progress.update(done); };
-    const FlowSamples s =
-        flow_sample(egnn_flow_field(model, fo), system.n, system.d, n_samples, seed, fo);
+    FlowSamples s = sample_model(model, n_samples, seed, fo);
+    const int64_t mirrored = fold_chirality(system, s);
     const std::vector<double> u = reduced_energies(system, s.x.data(), s.count);
     const Reweighting w = importance_weights(u.data(), s.log_q.data(), s.count);
     char extra[128];
@@ -85,6 +87,12 @@ int cmd_sample(Args& args) {
         }
     j["path_length"] = np > 0 ? pl / static_cast<double>(np) : 0.0;
     j["function_evals"] = s.ode.row_evals;
+    j["length_scale"] = model.config.length_scale;
+    if (folds_chirality(system)) {
+        j["chirality_folded"] = true;
+        j["mirrored_samples"] = mirrored;
+        j["mirrored_fraction"] = static_cast<double>(mirrored) / static_cast<double>(s.count);
+    }
     write_file_atomic(out_dir + "/summary.json", j.dump(2) + "\n");
     std::printf(
         "ESS %.4f (%lld of %lld samples with zero weight)%s; wrote "

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 
 #include "cli/cli_common.h"
 #include "cli/flow_cli.h"
@@ -16,7 +17,7 @@ const char* const kTrainUsage =
     "usage: eqflow train --system S --data train.npy --objective fm|ot|eqot --out RUN/\n"
     "                    [--epochs E] [--batch B] [--lr LR] [--hidden H] [--layers L]\n"
     "                    [--sigma SIGMA] [--seed K] [--device cpu|cuda] [--resume]\n"
-    "                    [--ema DECAY] [--val-fraction F] [--threads P]\n"
+    "                    [--ema DECAY] [--val-fraction F] [--threads P] [--length-scale S]\n"
     "                    [--checkpoint-minutes M] [--log-every STEPS] [--stop-after STEPS]\n\n"
     "Trains an EGNN vector field by flow matching on the configurations in train.npy\n"
     "(shape [N, n*d] or [N, n, d]; centred on load). Per step: a batch of data, prior samples,\n"
@@ -31,6 +32,10 @@ const char* const kTrainUsage =
     "options and data required). Ctrl-C saves a checkpoint and exits (code 130); a second\n"
     "Ctrl-C quits at once.\n"
     "--stop-after STEPS stops at that step with a checkpoint (for resuming later).\n"
+    "--length-scale S: the model works in units of S (data / S; the prior is N(0, 1) there).\n"
+    "Default: 1 for dw4/lj (the paper's convention); for molecules (aldp, nm) the RMS coordinate\n"
+    "of the centred training data, so that data and prior have a similar spread. Recorded in the\n"
+    "model; sample/eval/field convert back to the system's units.\n"
     "--device cuda (the default when a GPU is usable): the loss and gradient run on the fused GPU\n"
     "kernels in float32; the coupling, Adam and the checkpoints stay on the host.\n";
 
@@ -67,8 +72,20 @@ int cmd_train(Args& args) {
     opt.log_every = args.get_int("log-every", opt.log_every);
     opt.stop_after_steps = args.get_int("stop-after", 0);
     const std::string device = args.get("device", "auto");
+    const std::string scale = args.get("length-scale", "auto");
     args.finish();
     opt.device = resolve_device(device, "trainer");
+    if (scale == "auto") {
+        opt.length_scale = system.kind == PotentialKind::molecule ? 0.0 : 1.0;
+        opt.scale_to_data = system.kind == PotentialKind::molecule;
+    } else {
+        char* end = nullptr;
+        opt.length_scale = std::strtod(scale.c_str(), &end);
+        if (scale.empty() || !end || *end != '\0' || !std::isfinite(opt.length_scale) ||
+            opt.length_scale <= 0)
+            throw UsageError{"--length-scale needs a positive number or 'auto', got '" + scale +
+                             "'"};
+    }
     opt.atom_types = system.atom_types;
     if (opt.epochs <= 0 || opt.batch <= 0 || opt.log_every <= 0 || !(opt.lr > 0))
         throw UsageError{"--epochs, --batch, --log-every and --lr must be positive"};
@@ -79,9 +96,9 @@ int cmd_train(Args& args) {
     int64_t count = 0;
     const std::vector<double> x =
         load_configurations(data, system.n, system.d, &count, /*center=*/true);
-    std::fprintf(stderr, "train: %lld configurations of %s from %s, objective %s, on the CPU\n",
+    std::fprintf(stderr, "train: %lld configurations of %s from %s, objective %s, on %s\n",
                  static_cast<long long>(count), system.name.c_str(), data.c_str(),
-                 objective.c_str());
+                 objective.c_str(), device_name(opt.device));
 
     g_stop.store(false);
     opt.stop = &g_stop;
