@@ -1,5 +1,6 @@
 #include "eqflow/buffer.h"
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -13,6 +14,8 @@ namespace eqflow::detail {
 
 namespace {
 constexpr std::size_t kHostAlignment = 64;
+// Successful device allocations of this process (a statistic for tests, not a handle).
+std::atomic<std::size_t> g_device_allocations{0};
 
 [[maybe_unused]] void require_cuda(const char* what) {
     EQFLOW_CHECK(cuda_available(), what << " needs the GPU, but " << cuda_status());
@@ -31,10 +34,15 @@ void* allocate_bytes(std::size_t bytes, Device device) {
     require_cuda("device allocation");
     void* p = nullptr;
     EQFLOW_CUDA_CHECK(cudaMalloc(&p, bytes));
+    g_device_allocations.fetch_add(1, std::memory_order_relaxed);
     return p;
 #else
     EQFLOW_THROW("device allocation of " << bytes << " bytes: eqflow was built without CUDA");
 #endif
+}
+
+std::size_t device_allocation_count() {
+    return g_device_allocations.load(std::memory_order_relaxed);
 }
 
 void free_bytes(void* ptr, Device device) noexcept {

@@ -1,6 +1,7 @@
 // EgnnGpu: argument checks and the device copy of the parameters; the math is in kernels/egnn.cu.
 #include "eqflow/egnn_gpu.h"
 
+#include <algorithm>
 #include <map>
 #include <string>
 
@@ -21,6 +22,8 @@ struct EgnnGpu::Impl {
     Buffer<int> types;
     Buffer<unsigned char> workspace;
     cuda::EgnnNet net;
+    // flow_matching_loss_gpu's device buffers: grow-only, sized by the largest batch so far.
+    Buffer<float> fm_x, fm_t, fm_v, fm_g, fm_gp;
 #endif
 };
 
@@ -184,6 +187,17 @@ void EgnnGpu::backward(TensorView<const float> x, TensorView<const float> t,
 #endif
 }
 
+void EgnnGpu::reserve_workspace(int64_t B) {
+    EQFLOW_CHECK(B >= 0, "EGNN reserve_workspace: negative batch " << B);
+#if defined(EQFLOW_HAVE_CUDA)
+    const int64_t count = egnn_parameter_count(impl_->config);
+    const size_t need = std::max(cuda::egnn_divergence_workspace_bytes(impl_->net, B),
+                                 cuda::egnn_backward_workspace_bytes(impl_->net, B, count));
+    if (impl_->workspace.size() < need)
+        impl_->workspace = Buffer<unsigned char>(need, Device::cuda);
+#endif
+}
+
 TensorView<float> EgnnGpu::parameters() {
 #if defined(EQFLOW_HAVE_CUDA)
     return TensorView<float>(impl_->params.data(), Shape{egnn_parameter_count(impl_->config)},
@@ -210,12 +224,33 @@ double flow_matching_loss_gpu(EgnnGpu& gpu, int64_t B, const double* x0, const d
             u[idx] = x1[idx] - x0[idx];
         }
     }
+#if defined(EQFLOW_HAVE_CUDA)
+    EgnnGpu::Impl& im = *gpu.impl_;
+    auto grow = [](Buffer<float>& buf, int64_t need) {
+        if (static_cast<int64_t>(buf.size()) < need)
+            buf = Buffer<float>(static_cast<size_t>(need), Device::cuda);
+    };
+    grow(im.fm_x, B * nd);
+    grow(im.fm_v, B * nd);
+    grow(im.fm_t, B);
+    if (grad != nullptr) {
+        grow(im.fm_g, B * nd);
+        grow(im.fm_gp, count);
+    }
     const Shape xs{B, n, d};
-    Tensor<float> xd = Tensor<float>::from_host(xt, xs, Device::cuda);
-    Tensor<float> td = Tensor<float>::from_host(tf, Shape{B}, Device::cuda);
-    Tensor<float> vd(xs, Device::cuda);
-    gpu.forward(xd.cview(), td.cview(), vd.view());
-    const std::vector<float> v = vd.to_vector();
+    TensorView<float> xd(im.fm_x.data(), xs, Device::cuda), vd(im.fm_v.data(), xs, Device::cuda);
+    TensorView<float> td(im.fm_t.data(), Shape{B}, Device::cuda);
+    im.fm_x.copy_from_host(xt.data(), xt.size());
+    im.fm_t.copy_from_host(tf.data(), tf.size());
+    gpu.forward(xd, td, vd);
+    std::vector<float> v(static_cast<size_t>(B * nd));
+    im.fm_v.copy_to_host(v.data(), v.size());
+#else
+    (void)count;
+    (void)grad;
+    std::vector<float> v(static_cast<size_t>(B * nd));
+    EQFLOW_THROW("flow_matching_loss_gpu: eqflow was built without CUDA");
+#endif
     const double scale = 1.0 / static_cast<double>(B * nd);
     double loss = 0.0;
     std::vector<float> g(v.size());
@@ -224,13 +259,18 @@ double flow_matching_loss_gpu(EgnnGpu& gpu, int64_t B, const double* x0, const d
         loss += r * r * scale;
         g[k] = static_cast<float>(2.0 * r * scale);
     }
+#if defined(EQFLOW_HAVE_CUDA)
     if (grad != nullptr) {
-        Tensor<float> gd = Tensor<float>::from_host(g, xs, Device::cuda);
-        Tensor<float> gp = Tensor<float>::zeros(Shape{count}, Device::cuda);
-        gpu.backward(xd.cview(), td.cview(), gd.cview(), gp.view(), {});
-        const std::vector<float> gh = gp.to_vector();
+        TensorView<float> gd(im.fm_g.data(), xs, Device::cuda);
+        TensorView<float> gp(im.fm_gp.data(), Shape{count}, Device::cuda);
+        im.fm_g.copy_from_host(g.data(), g.size());
+        im.fm_gp.zero();
+        gpu.backward(xd, td, gd, gp, {});
+        std::vector<float> gh(static_cast<size_t>(count));
+        im.fm_gp.copy_to_host(gh.data(), gh.size());
         for (int64_t k = 0; k < count; ++k) grad[k] = gh[k];
     }
+#endif
     return loss;
 }
 

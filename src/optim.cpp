@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "cpu/train_math.h"
 #include "eqflow/error.h"
 
 namespace eqflow {
@@ -21,14 +22,11 @@ void adam_update(const AdamOptions& options, double lr, int64_t count, double* p
     const double k = static_cast<double>(state.step + 1);
     const double c1 = 1.0 - std::pow(options.beta1, k);
     const double c2 = 1.0 - std::pow(options.beta2, k);
-    for (int64_t i = 0; i < count; ++i) {
-        const double g = grad[i];
-        double& m = state.m[static_cast<size_t>(i)];
-        double& v = state.v[static_cast<size_t>(i)];
-        m = options.beta1 * m + (1.0 - options.beta1) * g;
-        v = options.beta2 * v + (1.0 - options.beta2) * g * g;
-        params[i] -= lr * (m / c1) / (std::sqrt(v / c2) + options.eps);
-    }
+    // The element rule is shared with the device optimiser (src/cpu/train_math.h).
+    for (int64_t i = 0; i < count; ++i)
+        train_math::adam_element(options.beta1, options.beta2, options.eps, lr, c1, c2, grad[i],
+                                 state.m[static_cast<size_t>(i)], state.v[static_cast<size_t>(i)],
+                                 params[i]);
     state.step += 1;
 }
 

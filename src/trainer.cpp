@@ -10,6 +10,7 @@
 #include <memory>
 #include <thread>
 
+#include "cpu/train_math.h"
 #include "eqflow/coupling.h"
 #include "eqflow/egnn_gpu.h"
 #include "eqflow/error.h"
@@ -19,6 +20,7 @@
 #include "eqflow/model_io.h"
 #include "eqflow/optim.h"
 #include "eqflow/philox.h"
+#include "eqflow/train_gpu.h"
 
 namespace eqflow {
 
@@ -55,14 +57,9 @@ std::vector<int64_t> permutation(int64_t count, uint64_t seed, uint64_t stream) 
     return p;
 }
 
-// x0, t and eps of one row from its own stream.
+// x0, t and eps of one row from its own stream (the device step draws with the same function).
 void draw_row(uint64_t seed, uint64_t stream, int n, int d, double* x0, double* t, double* eps) {
-    Philox rng(seed, stream);
-    for (int k = 0; k < n * d; ++k) x0[k] = rng.normal();
-    *t = rng.uniform();
-    for (int k = 0; k < n * d; ++k) eps[k] = rng.normal();
-    remove_mean(1, n, d, x0);
-    remove_mean(1, n, d, eps);
+    train_math::draw_row(seed, stream, n, d, x0, t, eps);
 }
 
 std::string fmt(double x) {
@@ -82,6 +79,12 @@ void append_line(const std::string& path, const std::string& line) {
 }
 
 }  // namespace
+
+void draw_training_row(uint64_t seed, uint64_t stream, int n, int d, double* x0, double* t,
+                       double* eps) {
+    EQFLOW_CHECK(n >= 1 && d >= 1, "draw_training_row: bad sizes " << n << " x " << d);
+    draw_row(seed, stream, n, d, x0, t, eps);
+}
 
 void couple_batch(CouplingKind coupling, int64_t B, int n, int d, const double* x0, double* x1,
                   bool reflections, const std::vector<int>& atom_types) {
@@ -323,16 +326,30 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
     };
 
     // Validation loss with fixed draws (the same every epoch).
-    // Loss (and gradient) of one batch: the CPU reference, or the fused GPU kernels with the
-    // current parameters uploaded first (the optimiser keeps the double master copy).
-    std::unique_ptr<EgnnGpu> gpu;
-    if (opt.device == Device::cuda) gpu = std::make_unique<EgnnGpu>(model);
+    // Loss (and gradient) of one batch: the CPU reference, or the fused GPU kernels.
+    // On the GPU the whole step runs on the device (eqflow/train_gpu.h): the parameters, Adam
+    // moments, EMA and counters live there and come back to `model`, `adam`, `ema` and
+    // `skipped` only before a checkpoint and at the end (pull_device_state).
+    std::unique_ptr<GpuFlowMatching> gfm;
+    if (opt.device == Device::cuda) {
+        GpuFlowMatchingOptions go;
+        go.objective = opt.objective;
+        go.reflections = opt.reflections;
+        go.atom_types = opt.atom_types;
+        go.sigma = opt.sigma;
+        go.batch = B;
+        go.draw_seed = derive_seed(opt.seed, kPurposeDraws);
+        go.ema_decay = opt.ema_decay;
+        gfm = std::make_unique<GpuFlowMatching>(model, go, train.data(), n_train);
+        gfm->upload_state(model.params, adam, ema, skipped);
+    }
+    auto pull_device_state = [&] {
+        if (gfm) gfm->download_state(model.params, adam, &ema, &skipped);
+    };
     auto batch_loss = [&](int64_t m, const double* bx0, const double* bx1, const double* bt,
                           const double* beps, double* bgrad) {
-        if (gpu) {
-            gpu->set_parameters(model.params);
-            return flow_matching_loss_gpu(*gpu, m, bx0, bx1, bt, beps, opt.sigma, bgrad);
-        }
+        if (gfm)  // the live device parameters: nothing to upload
+            return flow_matching_loss_gpu(gfm->network(), m, bx0, bx1, bt, beps, opt.sigma, bgrad);
         return flow_matching_loss(model, m, bx0, bx1, bt, beps, opt.sigma, bgrad, opt.threads);
     };
     const int64_t n_val_used = std::min(n_val, opt.validation_max);
@@ -386,25 +403,45 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
         if (epoch != order_epoch) {
             order = permutation(n_train, epoch_seed, static_cast<uint64_t>(epoch));
             order_epoch = epoch;
+            if (gfm) gfm->set_order(order);
         }
-        for (int64_t b = 0; b < B; ++b) {
-            const int64_t src = order[static_cast<size_t>(j * B + b)];
-            std::copy(train.begin() + src * D, train.begin() + (src + 1) * D, x1.begin() + b * D);
-            draw_row(draw_seed, static_cast<uint64_t>(step * B + b), n, d, x0.data() + b * D,
-                     t.data() + b, eps.data() + b * D);
-        }
-        couple_batch(opt.objective, B, n, d, x0.data(), x1.data(), opt.reflections, opt.atom_types);
-        const double loss = batch_loss(B, x0.data(), x1.data(), t.data(), eps.data(), grad.data());
         const double lr = scheduled_learning_rate(opt.lr, step, drop_step, opt.lr_drop_factor);
-        if (!std::isfinite(loss) || !all_finite(grad.data(), P)) {
-            ++skipped;
+        double loss = std::numeric_limits<double>::quiet_NaN();
+        if (gfm) {
+            // Enqueued; the loss and the counters are read only when someone needs them.
+            gfm->step(step, j, lr);
         } else {
-            adam_update(AdamOptions{}, lr, P, model.params.data(), grad.data(), adam);
-            if (opt.ema_decay > 0) ema_update(opt.ema_decay, P, model.params.data(), ema.data());
-            window_loss += loss;
-            ++window_count;
+            for (int64_t b = 0; b < B; ++b) {
+                const int64_t src = order[static_cast<size_t>(j * B + b)];
+                std::copy(train.begin() + src * D, train.begin() + (src + 1) * D,
+                          x1.begin() + b * D);
+                draw_row(draw_seed, static_cast<uint64_t>(step * B + b), n, d, x0.data() + b * D,
+                         t.data() + b, eps.data() + b * D);
+            }
+            couple_batch(opt.objective, B, n, d, x0.data(), x1.data(), opt.reflections,
+                         opt.atom_types);
+            loss = batch_loss(B, x0.data(), x1.data(), t.data(), eps.data(), grad.data());
+            if (!std::isfinite(loss) || !all_finite(grad.data(), P)) {
+                ++skipped;
+            } else {
+                adam_update(AdamOptions{}, lr, P, model.params.data(), grad.data(), adam);
+                if (opt.ema_decay > 0)
+                    ema_update(opt.ema_decay, P, model.params.data(), ema.data());
+                window_loss += loss;
+                ++window_count;
+            }
         }
         ++step;
+        const bool log_step = step % opt.log_every == 0 || step == total;
+        if (gfm) {
+            if (opt.progress) loss = gfm->last_loss();  // a few bytes, but a sync each step
+            if (log_step || step % spe == 0) {
+                const GpuFlowMatching::Counters c = gfm->counters();
+                skipped = c.skipped;
+                window_loss = c.window_loss;
+                window_count = c.window_count;
+            }
+        }
         if (opt.progress) opt.progress(step, total, loss, lr);
         if (!log_path.empty() && (step % opt.log_every == 0 || step == total) && window_count > 0) {
             Json line = Json::object();
@@ -419,6 +456,7 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
             result.last_loss = window_loss / static_cast<double>(window_count);
             window_loss = 0.0;
             window_count = 0;
+            if (gfm) gfm->reset_window();
         }
         if (step % spe == 0) {
             const double vl = validation_loss();
@@ -435,10 +473,12 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
             if (opt.on_epoch) opt.on_epoch(epoch, vl);
         }
         if (elapsed() - last_checkpoint >= opt.checkpoint_seconds && step < total) {
+            pull_device_state();
             save();
             last_checkpoint = elapsed();
         }
     }
+    pull_device_state();
     save();
     result.step = step;
     result.skipped = skipped;

@@ -17,6 +17,9 @@ namespace detail {
 // when the CUDA backend is absent or the runtime fails.
 EQFLOW_API void* allocate_bytes(std::size_t bytes, Device device);
 EQFLOW_API void free_bytes(void* ptr, Device device) noexcept;
+// How many device allocations allocate_bytes has made in this process (tests use it to show
+// that a loop allocates nothing).
+EQFLOW_API std::size_t device_allocation_count();
 // Copies bytes between any two sides; asynchronous on `stream` where both sides allow it, and
 // synchronous when the host is involved (so host data is valid on return).
 EQFLOW_API void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device,

@@ -56,7 +56,15 @@ class EQFLOW_API EgnnGpu {
     // The float32 parameters on the device (flat layout), e.g. for an optimizer that runs there.
     TensorView<float> parameters();
 
+    // Sizes the shared workspace for divergence and backward at batch B now, so that later calls
+    // with up to B rows allocate nothing (e.g. before a training loop).
+    void reserve_workspace(int64_t B);
+
   private:
+    friend EQFLOW_API double flow_matching_loss_gpu(EgnnGpu& gpu, int64_t B, const double* x0,
+                                                    const double* x1, const double* t,
+                                                    const double* eps, double sigma, double* grad);
+
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
@@ -65,7 +73,8 @@ class EQFLOW_API EgnnGpu {
 // flow_matching_loss (eqflow/trainer.h): x0, x1 [B][n][d] paired, t [B], eps [B][n][d] on the
 // host; x_t = (1-t) x0 + t x1 + sigma eps, u = x1 - x0, loss = mean (v(x_t, t) - u)^2. grad
 // (host, nullable) is OVERWRITTEN with dloss/dparams. The network runs on the device in float32;
-// the O(B n d) glue runs on the host.
+// the O(B n d) glue runs on the host. The device buffers live in `gpu` and only grow: calls with
+// at most the largest B seen so far allocate nothing on the device.
 EQFLOW_API double flow_matching_loss_gpu(EgnnGpu& gpu, int64_t B, const double* x0,
                                          const double* x1, const double* t, const double* eps,
                                          double sigma, double* grad);

@@ -1,5 +1,6 @@
 // eqflow/trainer.h: flow-matching training of the EGNN field (DESIGN.md section 5) on the CPU
-// reference path, with checkpoints that resume bit-for-bit.
+// reference path, with checkpoints that resume bit-for-bit (on the GPU path: see device == cuda
+// below).
 //
 // Per step: x1 <- the next `batch` training samples of the epoch's shuffled order; x0 <- prior
 // samples; the coupling pairs them (fm: as drawn; ot: minibatch OT; eqot: equivariant OT);
@@ -12,6 +13,19 @@
 // So the state to resume is (parameters, Adam moments, EMA, step): a run stopped after k steps
 // and resumed is bit-for-bit the run that never stopped. The batch gradient is summed over
 // fixed chunks of rows in a fixed order, so the result does not depend on the thread count.
+//
+// device == cuda (eqflow/train_gpu.h): the training set is uploaded once as float32 and every
+// step (batch gather, draws, coupling, loss, gradient, Adam, EMA) runs on the device; the host
+// only schedules the learning rate and reads a few bytes on logged steps (and every step when
+// `progress` is set, for its loss). The draws, the epoch order and the coupling's inputs are the
+// CPU path's bit for bit (data rounded to float32 once), but the network, its gradient and the
+// parameters / Adam moments are float32, so a GPU run follows the CPU run only to float32
+// accuracy and the two drift apart over many steps. The EMA is kept in double on the device. The
+// checkpoint holds the float32 state widened to double (exact), so the GPU path's resume is NOT
+// promised bit-for-bit: the gradient's float summation order follows the GPU's SM count, and a
+// checkpoint moved between the CPU and the GPU path is rounded to float32 on the way in. The
+// validation loss runs the float32 network on draws made on the host. ot / eqot on the GPU take
+// at most 1024 rows a batch.
 //
 // Data split: the data set is shuffled once with the seed; the last `validation_fraction` of it
 // (at least one sample) is held out and gives the validation loss after every epoch (fixed draws,
@@ -59,8 +73,7 @@ struct TrainOptions {
     double ema_decay = 0.0;         // 0: no EMA
     bool reflections = false;       // eqot: allow improper rotations
     int threads = 1;                // 0: all hardware threads
-    Device device = Device::cpu;    // cuda: loss and gradient by the fused GPU kernels (float32);
-                                    // Adam, the coupling and the checkpoints stay on the host
+    Device device = Device::cpu;    // cuda: the whole step on the device, float32 (see below)
     std::vector<int> atom_types;    // per particle (typed systems such as aldp): one-hot model
                                     // features, and eqot permutes only within a type
     // Physical length per model unit (EgnnConfig::length_scale): the data are divided by it
@@ -105,6 +118,11 @@ EQFLOW_API TrainResult train_flow_matching(const TrainOptions& options,
 EQFLOW_API double flow_matching_loss(const EgnnModel& model, int64_t B, const double* x0,
                                      const double* x1, const double* t, const double* eps,
                                      double sigma, double* grad, int threads = 1);
+
+// The prior sample x0 [n][d], time t and noise eps [n][d] of one training row (exposed for
+// tests): all from Philox(seed, stream), x0 and eps centred. The GPU step draws the same bits.
+EQFLOW_API void draw_training_row(uint64_t seed, uint64_t stream, int n, int d, double* x0,
+                                  double* t, double* eps);
 
 // The coupling of one batch: reorders x1 [B][n][d] in place so that row i pairs with x0 row i
 // (ot and eqot; for eqot each x1 row is also permuted and rotated onto its x0 partner).

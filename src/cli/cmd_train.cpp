@@ -36,8 +36,10 @@ const char* const kTrainUsage =
     "Default: 1 for dw4/lj (the paper's convention); for molecules (aldp, nm) the RMS coordinate\n"
     "of the centred training data, so that data and prior have a similar spread. Recorded in the\n"
     "model; sample/eval/field convert back to the system's units.\n"
-    "--device cuda (the default when a GPU is usable): the loss and gradient run on the fused GPU\n"
-    "kernels in float32; the coupling, Adam and the checkpoints stay on the host.\n";
+    "--device cuda (the default when a GPU is usable): the whole step runs on the device in\n"
+    "float32 (data uploaded once; draws, coupling, fused EGNN forward/backward, Adam, EMA);\n"
+    "the host reads the loss back for the progress line and the state at checkpoints. A GPU\n"
+    "run follows the CPU run to float32 accuracy; its --resume is not bit-for-bit.\n";
 
 namespace {
 std::atomic<bool> g_stop{false};

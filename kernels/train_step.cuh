@@ -1,0 +1,60 @@
+// kernels/train_step.cuh: the small kernels of the device-resident flow-matching step
+// (src/train_gpu.cpp); the network is kernels/egnn.cu, the coupling kernels/coupling.cu.
+// Launchers take a stream, never allocate and never synchronise.
+//
+// Layouts: data [count][n*d] float32 (the training set, uploaded once); order [count] int64 (the
+// epoch permutation); x0, x1, eps [B][n*d] and t [B] double (the batch as the CPU trainer holds
+// it, so the coupling sees the CPU reference's inputs); xt [B][n*d], tf [B], v, dL_dv [B][n*d]
+// float32 (the network's inputs and outputs); params, grad, m, v [P] float32; ema [P] double.
+#pragma once
+
+#include <cstdint>
+
+#include "eqflow/device.h"
+
+namespace eqflow::cuda {
+
+// The training loop's bookkeeping, one instance in device memory, so that no step needs the
+// host to decide anything: the kernels read `bad` to skip a non-finite step.
+struct TrainScalars {
+    double loss = 0.0;         // the last step's batch loss (NaN or inf when not finite)
+    int bad = 0;               // the last step's loss or gradient was not finite: skipped
+    int pad = 0;               // keeps the 8-byte fields below aligned
+    int64_t adam_step = 0;     // Adam updates applied (the next update's bias uses + 1)
+    int64_t skipped = 0;       // steps skipped so far
+    double window_loss = 0.0;  // sum of the accepted steps' losses since the last reset
+    int64_t window_count = 0;  // accepted steps since the last reset
+};
+
+// Row b of the batch: x1[b] = data[order[first + b]] (widened to double) and x0[b], t[b],
+// eps[b] = train_math::draw_row(seed, first_stream + b) (src/cpu/train_math.h).
+void fm_prepare_batch(const float* data, const int64_t* order, int64_t first, int64_t B, int n,
+                      int d, uint64_t seed, uint64_t first_stream, double* x0, double* x1,
+                      double* t, double* eps, Stream stream);
+
+// xt = float((1 - t) x0 + t x1 + sigma eps), tf = float(t).
+void fm_interpolate(int64_t B, int64_t nd, const double* x0, const double* x1, const double* t,
+                    const double* eps, double sigma, float* xt, float* tf, Stream stream);
+
+// r = v - (x1 - x0); loss = sum r^2 / (B nd) (one block, fixed summation order: deterministic);
+// dL_dv = float(2 r / (B nd)). Writes s->loss and resets s->bad to (loss not finite).
+void fm_loss(int64_t B, int64_t nd, const float* v, const double* x0, const double* x1,
+             float* dL_dv, TrainScalars* s, Stream stream);
+
+// s->bad = 1 when any grad entry is not finite (after fm_loss reset it).
+void fm_check_finite(const float* grad, int64_t count, TrainScalars* s, Stream stream);
+
+// Adam (train_math::adam_element_f32) on every parameter, then, when ema is not null,
+// ema = decay ema + (1 - decay) params in double. With s: nothing happens when s->bad, and the
+// update number is s->adam_step + 1; without s: it is host_step + 1.
+void fm_adam_update(int64_t count, float* params, const float* grad, float* m, float* v,
+                    double* ema, double ema_decay, double lr, double beta1, double beta2,
+                    double eps, const TrainScalars* s, int64_t host_step, Stream stream);
+
+// Bookkeeping after the update: skipped += bad, or adam_step += 1 and the loss joins the window.
+void fm_finish_step(TrainScalars* s, Stream stream);
+
+// window_loss = 0, window_count = 0.
+void fm_reset_window(TrainScalars* s, Stream stream);
+
+}  // namespace eqflow::cuda

@@ -1,0 +1,73 @@
+// src/cpu/train_math.h: the per-row random draws and the per-parameter Adam arithmetic of
+// flow-matching training, written once for the host and the device. The CPU trainer
+// (src/trainer.cpp, src/optim.cpp) and the device step (kernels/train_step.cu) both call these
+// functions, so the GPU path draws the same numbers and applies the same update rule as the CPU
+// reference by construction rather than by a copy that could drift.
+//
+// Bit-identity of the draws: the Philox normals are bit-identical on both sides (eqflow/philox.h);
+// the mean removal below uses only additions, one division and subtractions, each correctly
+// rounded by IEEE 754 on both sides, and none of them can be contracted into an FMA. So a row
+// drawn on the device equals the host's row bit for bit.
+//
+// The Adam element is NOT bit-identical across host and device: nvcc may contract its a*b+c into
+// FMAs and the device's pow() may differ from libm's in the last bit. The GPU path stores
+// float32 anyway, so these 1e-16 relative differences are far below its rounding.
+#pragma once
+
+#include <math.h>
+
+#include <cstdint>
+
+#include "eqflow/export.h"
+#include "eqflow/philox.h"
+
+namespace eqflow::train_math {
+
+// x [n][d] <- x minus its particle mean, per dimension: the order of remove_mean (eqflow/flow.h),
+// sum over particles in index order, one division by n, then subtraction.
+EQFLOW_HD inline void remove_row_mean(int n, int d, double* x) {
+    for (int a = 0; a < d; ++a) {
+        double mean = 0.0;
+        for (int i = 0; i < n; ++i) mean += x[i * d + a];
+        mean /= n;
+        for (int i = 0; i < n; ++i) x[i * d + a] -= mean;
+    }
+}
+
+// The prior sample x0 [n][d], the time t and the noise eps [n][d] of one training row, all from
+// the one stream Philox(seed, stream): n*d normals, one uniform, n*d normals (when n*d is odd the
+// spare normal of x0's last pair becomes eps[0]), then x0 and eps centred.
+EQFLOW_HD inline void draw_row(uint64_t seed, uint64_t stream, int n, int d, double* x0, double* t,
+                               double* eps) {
+    Philox rng(seed, stream);
+    const int nd = n * d;
+    for (int k = 0; k < nd; ++k) x0[k] = rng.normal();
+    *t = rng.uniform();
+    for (int k = 0; k < nd; ++k) eps[k] = rng.normal();
+    remove_row_mean(n, d, x0);
+    remove_row_mean(n, d, eps);
+}
+
+// One Adam element in double (PyTorch's rule, see eqflow/optim.h): c1 = 1 - b1^k and
+// c2 = 1 - b2^k are the bias corrections of update k = step + 1.
+EQFLOW_HD inline void adam_element(double b1, double b2, double eps, double lr, double c1,
+                                   double c2, double g, double& m, double& v, double& p) {
+    m = b1 * m + (1.0 - b1) * g;
+    v = b2 * v + (1.0 - b2) * g * g;
+    p -= lr * (m / c1) / (sqrt(v / c2) + eps);
+}
+
+// The same element with float32 storage (the device optimiser): the arithmetic runs in double
+// from the stored floats, and the new p, m and v are rounded to float32 once each. So a step
+// adds at most half an ulp of rounding to each stored value; the update itself is the double
+// rule's to ~1e-16.
+EQFLOW_HD inline void adam_element_f32(double b1, double b2, double eps, double lr, double c1,
+                                       double c2, float g, float& m, float& v, float& p) {
+    double md = m, vd = v, pd = p;
+    adam_element(b1, b2, eps, lr, c1, c2, static_cast<double>(g), md, vd, pd);
+    m = static_cast<float>(md);
+    v = static_cast<float>(vd);
+    p = static_cast<float>(pd);
+}
+
+}  // namespace eqflow::train_math

@@ -1,0 +1,410 @@
+// The device-resident flow-matching step (eqflow/train_gpu.h) against the CPU reference trainer
+// (eqflow/trainer.h, eqflow/optim.h), label gpu:
+//   Adam kernel vs adam_update; device draws vs the trainer's draws (bit for bit); one whole
+//   step (fm, ot, eqot; DW4 and a typed LJ-like system) vs the CPU step on the same batch; a
+//   short DW4 training run's validation loss vs the CPU run's; no device allocation per step.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "eqflow/buffer.h"
+#include "eqflow/egnn.h"
+#include "eqflow/egnn_gpu.h"
+#include "eqflow/flow.h"
+#include "eqflow/mcmc.h"
+#include "eqflow/optim.h"
+#include "eqflow/systems.h"
+#include "eqflow/tensor.h"
+#include "eqflow/train_gpu.h"
+#include "eqflow/trainer.h"
+#include "test_util.h"
+
+namespace eqflow {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// (a) Adam on the device against adam_update on the host.
+// Same budget as tests/test_train_math.cpp (which checks the same element function compiled for
+// the host): p, m, v rounded to float32 once a step (2^-24 relative each); over kSteps = 8
+// updates p is within 8 half-ulps (rtol 1e-6) plus <= 5e-6 lr from the rounded moments feeding
+// later updates (atol 1e-5 lr); m within 1e-6 absolute (gradients <= 1; m can cancel). The device
+// may contract a*b+c into FMAs and its pow() may differ from libm's in the last bit: 1e-16
+// relative, invisible at these tolerances. A wrong rule moves p by O(lr).
+constexpr int kAdamSteps = 8;
+constexpr double kAdamRtol = 1e-6;
+constexpr double kAdamAtolPerLr = 1e-5;
+constexpr double kMomentAtol = 1e-6;
+
+TEST(TrainGpu, AdamKernelMatchesHostAdam) {
+    auto gen = test::rng(81);
+    std::uniform_real_distribution<double> mag(1e-3, 1.0), val(-1.0, 1.0);
+    const int64_t P = 1000 + 37;  // not a multiple of the block
+    const double lr = 1e-2;
+    std::vector<float> p(P);
+    for (float& x : p) x = static_cast<float>(val(gen));
+    std::vector<double> pd(p.begin(), p.end());
+    Tensor<float> pdev = Tensor<float>::from_host(p, Shape{P}, Device::cuda);
+    Tensor<float> mdev = Tensor<float>::zeros(Shape{P}, Device::cuda);
+    Tensor<float> vdev = Tensor<float>::zeros(Shape{P}, Device::cuda);
+    AdamState st;
+    const AdamOptions o;
+    for (int s = 0; s < kAdamSteps; ++s) {
+        std::vector<float> g(P);
+        for (float& x : g) x = static_cast<float>((val(gen) < 0 ? -1 : 1) * mag(gen));
+        Tensor<float> gdev = Tensor<float>::from_host(g, Shape{P}, Device::cuda);
+        adam_update_gpu(o, lr, s, pdev.view(), gdev.cview(), mdev.view(), vdev.view());
+        const std::vector<double> gd(g.begin(), g.end());
+        adam_update(o, lr, P, pd.data(), gd.data(), st);
+    }
+    const std::vector<float> pg = pdev.to_vector();
+    EXPECT_ALL_CLOSE(pg, pd, kAdamAtolPerLr * lr, kAdamRtol);
+    EXPECT_ALL_CLOSE(mdev.to_vector(), st.m, kMomentAtol, kAdamRtol);
+    EXPECT_ALL_CLOSE(vdev.to_vector(), st.v, 1e-12, kAdamRtol);
+    int moved = 0;
+    for (int64_t i = 0; i < P; ++i) moved += pg[i] != p[i];
+    EXPECT_EQ(moved, P) << "the kernel left parameters untouched";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures shared by (b)-(e).
+
+struct StepCase {
+    const char* name;
+    int n, d, hidden, layers;
+    bool typed;
+    CouplingKind objective;
+};
+
+EgnnModel make_model(const StepCase& c, uint64_t seed) {
+    EgnnModel m;
+    m.config = default_egnn_config(c.typed ? "lj" : "dw4", c.n, c.d);
+    m.config.system = c.name;
+    m.config.hidden = c.hidden;
+    m.config.layers = c.layers;
+    if (c.typed)
+        for (int i = 0; i < c.n; ++i) m.config.atom_types.push_back(i % 2 == 0 ? 0 : (i % 3));
+    m.params = egnn_init_parameters(m.config, seed);
+    // As in tests/test_egnn_gpu.cpp: the initial coordinate head is tiny (gain 0.001); scale it
+    // so the field and the gradient are O(1) and a wrong kernel cannot hide in the tolerance.
+    for (const ParamEntry& p : egnn_parameter_layout(m.config))
+        if (p.name.find("coord_mlp.2.weight") != std::string::npos)
+            for (int64_t k = 0; k < shape_numel(p.shape); ++k) m.params[p.offset + k] *= 300.0;
+    // The device holds float32 parameters: give the CPU reference the same values.
+    for (double& v : m.params) v = static_cast<float>(v);
+    return m;
+}
+
+// count centred configurations, float32-representable (the device stores the set in float32,
+// so the CPU reference then sees exactly the device's rows).
+std::vector<double> make_train(const StepCase& c, int64_t count, std::mt19937_64& gen) {
+    std::vector<double> x;
+    for (int64_t k = 0; k < count; ++k) {
+        std::vector<double> r = test::random_configuration(c.n, c.d, 1.2, 0.4, gen);
+        remove_mean(1, c.n, c.d, r.data());
+        x.insert(x.end(), r.begin(), r.end());
+    }
+    for (double& v : x) v = static_cast<float>(v);
+    return x;
+}
+
+std::vector<int64_t> shuffled(int64_t count, std::mt19937_64& gen) {
+    std::vector<int64_t> p(static_cast<size_t>(count));
+    std::iota(p.begin(), p.end(), 0);
+    std::shuffle(p.begin(), p.end(), gen);
+    return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) The device draws are the CPU trainer's draws, bit for bit (both run
+// train_math::draw_row: Philox normals built from correctly rounded operations, and a mean
+// removal of additions, one division and subtractions). The gathered rows are the stored float32
+// rows widened exactly. n*d = 15 (odd) exercises the spare normal carried into eps.
+TEST(TrainGpu, DeviceDrawsAndGatherAreBitIdenticalToTheTrainer) {
+    for (const StepCase c : {StepCase{"dw4", 4, 2, 16, 2, false, CouplingKind::fm},
+                             StepCase{"lj5_typed", 5, 3, 16, 2, true, CouplingKind::fm}}) {
+        auto gen = test::rng(82);
+        const int64_t count = 37, B = 6;
+        const std::vector<double> train = make_train(c, count, gen);
+        const EgnnModel model = make_model(c, 5);
+        GpuFlowMatchingOptions o;
+        o.objective = c.objective;
+        o.batch = B;
+        o.draw_seed = test::seed() ^ 0xABCDEFull;
+        o.atom_types = model.config.atom_types;
+        GpuFlowMatching gfm(model, o, train.data(), count);
+        const std::vector<int64_t> order = shuffled(count, gen);
+        gfm.set_order(order);
+        const int64_t step = 11, j = 3;
+        gfm.step(step, j, 1e-4);
+        const GpuFlowMatching::Snapshot s = gfm.snapshot();
+        const int64_t D = c.n * c.d;
+        std::vector<double> x0(B * D), t(B), eps(B * D), x1(B * D);
+        for (int64_t b = 0; b < B; ++b) {
+            draw_training_row(o.draw_seed, static_cast<uint64_t>(step * B + b), c.n, c.d,
+                              x0.data() + b * D, t.data() + b, eps.data() + b * D);
+            const int64_t src = order[static_cast<size_t>(j * B + b)];
+            std::copy(train.begin() + src * D, train.begin() + (src + 1) * D, x1.begin() + b * D);
+        }
+        EXPECT_EQ(s.x0, x0) << c.name;
+        EXPECT_EQ(s.t, t) << c.name;
+        EXPECT_EQ(s.eps, eps) << c.name;
+        EXPECT_EQ(s.x1, x1) << c.name;
+        EXPECT_EQ(s.x1_paired, x1) << c.name << ": fm pairs as drawn";
+        EXPECT_TRUE(test::not_all_zero(s.x0));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (c) One whole device step against the CPU reference step on the same batch and draws.
+// Loss: float32 network against double, 1e-4 relative (as tests/test_egnn_gpu.cpp's
+// flow_matching_loss_gpu check). Gradient: kGradTol of the largest entry (as that file's backward
+// check). Coupling: both sides run the same double-precision search on the same inputs, so the
+// aligned rows agree to double rounding (kCoupleTol; an assignment that differed would be O(1)).
+// Parameters after one Adam step: update 1 is lr * g / (|g| + 1e-8), i.e. lr * sign(g) unless
+// |g| is tiny; so where |g_ref| exceeds 10x the gradient tolerance the sign is certain and the new
+// parameter must match to one float32 ulp (rounding the result once) plus 1e-6 lr; elsewhere the
+// sign may legitimately differ and only Adam's bound |dp| <= lr is checked.
+constexpr double kLossRtol = 1e-4;
+constexpr double kGradTol = 1e-3;
+constexpr double kCoupleTol = 1e-9;
+constexpr double kFloatUlp = 1.2e-7;  // 2^-23
+
+class TrainGpuStep : public ::testing::TestWithParam<StepCase> {};
+
+TEST_P(TrainGpuStep, MatchesTheCpuReferenceStep) {
+    const StepCase c = GetParam();
+    auto gen = test::rng(83);
+    const int64_t count = 48, B = 12, D = c.n * c.d;
+    const std::vector<double> train = make_train(c, count, gen);
+    const EgnnModel model = make_model(c, 6);
+    const int64_t P = static_cast<int64_t>(model.params.size());
+    GpuFlowMatchingOptions o;
+    o.objective = c.objective;
+    o.batch = B;
+    o.sigma = 0.01;
+    o.draw_seed = test::seed() + 99;
+    o.atom_types = model.config.atom_types;
+    o.ema_decay = 0.9;
+    const double lr = 1e-3;
+    const int64_t step = 7, j = 2;
+    GpuFlowMatching gfm(model, o, train.data(), count);
+    const std::vector<int64_t> order = shuffled(count, gen);
+    gfm.set_order(order);
+    gfm.step(step, j, lr);
+    const GpuFlowMatching::Snapshot s = gfm.snapshot();
+    std::vector<double> p_gpu, ema_gpu;
+    AdamState adam_gpu;
+    int64_t skipped = -1;
+    gfm.download_state(p_gpu, adam_gpu, &ema_gpu, &skipped);
+
+    // The CPU reference step: the trainer's own pieces in double.
+    std::vector<double> x0(B * D), t(B), eps(B * D), x1(B * D);
+    for (int64_t b = 0; b < B; ++b) {
+        draw_training_row(o.draw_seed, static_cast<uint64_t>(step * B + b), c.n, c.d,
+                          x0.data() + b * D, t.data() + b, eps.data() + b * D);
+        const int64_t src = order[static_cast<size_t>(j * B + b)];
+        std::copy(train.begin() + src * D, train.begin() + (src + 1) * D, x1.begin() + b * D);
+    }
+    couple_batch(c.objective, B, c.n, c.d, x0.data(), x1.data(), false, model.config.atom_types);
+    std::vector<double> g_ref(static_cast<size_t>(P));
+    const double l_ref = flow_matching_loss(model, B, x0.data(), x1.data(), t.data(), eps.data(),
+                                            o.sigma, g_ref.data());
+    std::vector<double> p_ref = model.params, ema_ref = model.params;
+    AdamState adam_ref;
+    adam_update(AdamOptions{}, lr, P, p_ref.data(), g_ref.data(), adam_ref);
+    ema_update(o.ema_decay, P, p_ref.data(), ema_ref.data());
+
+    EXPECT_EQ(s.x0, x0);
+    EXPECT_ALL_CLOSE(s.x1_paired, x1, kCoupleTol, kCoupleTol) << c.name;
+    EXPECT_NEAR(s.loss, l_ref, kLossRtol * l_ref) << c.name;
+    double gmax = 0;
+    for (double v : g_ref) gmax = std::max(gmax, std::fabs(v));
+    ASSERT_GT(gmax, 1e-2) << "the gradient is too small for the comparison to mean anything";
+    EXPECT_ALL_CLOSE(s.grad, g_ref, kGradTol * gmax, kGradTol) << c.name;
+
+    EXPECT_EQ(adam_gpu.step, 1);
+    EXPECT_EQ(skipped, 0);
+    int determined = 0, nonzero = 0;
+    for (int64_t i = 0; i < P; ++i) {
+        const double p0 = model.params[i], g = g_ref[i];
+        const double ulp = kFloatUlp * std::max(std::fabs(p0), std::fabs(p_ref[i]));
+        if (g != 0) ++nonzero;
+        if (std::fabs(g) > 10 * kGradTol * gmax) {
+            ++determined;
+            EXPECT_NEAR(p_gpu[i], p_ref[i], ulp + 1e-6 * lr) << c.name << " parameter " << i;
+            EXPECT_NEAR(ema_gpu[i], ema_ref[i], 0.1 * (ulp + 1e-6 * lr) + 1e-14 * std::fabs(p0))
+                << c.name << " EMA " << i;
+        } else {
+            EXPECT_LE(std::fabs(p_gpu[i] - p0), lr * (1 + 1e-6) + ulp)
+                << c.name << " parameter " << i;
+        }
+    }
+    // On the CPU reference ~18-22% of the nonzero gradient entries clear the threshold (the
+    // rest are below 1% of the largest): at least 1/8 must, or the check above means little.
+    EXPECT_GE(8 * determined, nonzero) << "too few parameters with a certain update direction";
+    // m after one step is 0.1 g (float32 of the device gradient).
+    std::vector<double> m_ref(g_ref.size());
+    for (size_t i = 0; i < g_ref.size(); ++i) m_ref[i] = 0.1 * g_ref[i];
+    EXPECT_ALL_CLOSE(adam_gpu.m, m_ref, 0.1 * kGradTol * gmax, kGradTol) << c.name;
+    // The EMA is kept in double on the device: 0.9 p0 + 0.1 p1 of the device's own p1, to a few
+    // double roundings (it agrees with the CPU EMA where the update direction is certain, above).
+    std::vector<double> ema_own(static_cast<size_t>(P));
+    for (int64_t i = 0; i < P; ++i) ema_own[i] = 0.9 * model.params[i] + 0.1 * p_gpu[i];
+    EXPECT_ALL_CLOSE(ema_gpu, ema_own, 1e-15, 1e-14) << c.name;
+    EXPECT_NE(ema_gpu, p_gpu);
+}
+
+const StepCase kStepCases[] = {
+    {"dw4_fm", 4, 2, 16, 2, false, CouplingKind::fm},
+    {"dw4_ot", 4, 2, 16, 2, false, CouplingKind::ot},
+    {"dw4_eqot", 4, 2, 16, 2, false, CouplingKind::eqot},
+    {"lj7_typed_fm", 7, 3, 16, 2, true, CouplingKind::fm},
+    {"lj7_typed_eqot", 7, 3, 16, 2, true, CouplingKind::eqot},
+};
+INSTANTIATE_TEST_SUITE_P(Cases, TrainGpuStep, ::testing::ValuesIn(kStepCases),
+                         [](const ::testing::TestParamInfo<StepCase>& info) {
+                             return std::string(info.param.name);
+                         });
+
+// ---------------------------------------------------------------------------------------------
+// (d) A short DW4 training run on the GPU against the same run on the CPU: same data, split,
+// order, draws and couplings; only float32 arithmetic differs. Calibration of the CPU run (seed 5,
+// 320 steps, measured when this test was written): rounding the data to float32 or scaling the
+// learning rate by 1 + 1e-6 changes no printed digit of the final validation loss; scaling every
+// update by 1 + 1e-2 changes it by < 0.4% (first epoch: < 1.7%); other seeds move it by 5% (fm)
+// and 30% (eqot). Float32 perturbs the updates far less than 1% (Adam's first moves are lr *
+// sign(g), exact wherever the sign is certain), so kRunRtol = 2% is several times the expected
+// difference yet well inside the seed-to-seed spread. The window's training loss averages only
+// 16 batches: twice that.
+constexpr double kRunRtol = 0.02;
+
+std::vector<double> dw4_data(int64_t count, uint64_t seed) {
+    McmcOptions mo;
+    mo.samples = count;
+    mo.seed = seed;
+    mo.burn_in = 200;
+    mo.threads = 1;
+    return sample_equilibrium(make_system("dw4"), mo);
+}
+
+TEST(TrainGpu, ShortDw4RunMatchesTheCpuRun) {
+    const std::vector<double> x = dw4_data(288, 3);
+    for (CouplingKind kind : {CouplingKind::fm, CouplingKind::eqot}) {
+        TrainOptions o;
+        o.objective = kind;
+        o.epochs = 40;  // 259 train rows / batch 32 -> 8 steps an epoch -> 320 steps
+        o.batch = 32;
+        o.hidden = 16;
+        o.layers = 2;
+        o.seed = 5;
+        o.lr = 2e-3;
+        o.ema_decay = 0.99;
+        o.log_every = 16;
+        std::vector<double> val_cpu, val_gpu;
+        o.device = Device::cpu;
+        o.on_epoch = [&](int64_t, double v) { val_cpu.push_back(v); };
+        const TrainResult cpu = train_flow_matching(o, x, 288, 4, 2);
+        o.device = Device::cuda;
+        o.on_epoch = [&](int64_t, double v) { val_gpu.push_back(v); };
+        const TrainResult gpu = train_flow_matching(o, x, 288, 4, 2);
+        const char* name = coupling_name(kind);
+        ASSERT_EQ(gpu.step, cpu.step) << name;
+        ASSERT_EQ(gpu.step, 320) << name;
+        EXPECT_EQ(gpu.skipped, 0) << name;
+        ASSERT_EQ(val_gpu.size(), val_cpu.size()) << name;
+        EXPECT_NEAR(gpu.validation_loss, cpu.validation_loss, kRunRtol * cpu.validation_loss)
+            << name;
+        EXPECT_NEAR(gpu.last_loss, cpu.last_loss, 2 * kRunRtol * cpu.last_loss) << name;
+        // It learned: the final validation loss is well below the first epoch's.
+        EXPECT_LT(val_gpu.back(), 0.8 * val_gpu.front()) << name;
+        EXPECT_NEAR(val_gpu.front(), val_cpu.front(), kRunRtol * val_cpu.front()) << name;
+        // The returned models are the downloaded device state: finite, and the EMA differs
+        // from the raw weights.
+        for (double p : gpu.raw_model.params) ASSERT_TRUE(std::isfinite(p));
+        EXPECT_NE(gpu.model.params, gpu.raw_model.params) << name;
+    }
+}
+
+// Non-finite steps are skipped on the device and counted, as on the CPU path: with sigma = inf no
+// x_t is finite, so no step may change a parameter (the result holds the initial parameters as
+// float32 widened back to double) and every step is counted.
+TEST(TrainGpu, NonFiniteStepsAreSkippedAndCounted) {
+    const std::vector<double> x = dw4_data(24, 3);
+    TrainOptions o;
+    o.objective = CouplingKind::fm;
+    o.epochs = 2;
+    o.batch = 8;
+    o.hidden = 8;
+    o.layers = 1;
+    o.seed = 42;
+    o.ema_decay = 0.99;
+    o.device = Device::cuda;
+    o.sigma = std::numeric_limits<double>::infinity();
+    const TrainResult r = train_flow_matching(o, x, 24, 4, 2);
+    EXPECT_GT(r.total_steps, 0);
+    EXPECT_EQ(r.skipped, r.total_steps);
+    const std::vector<double> p0 = egnn_init_parameters(r.raw_model.config, o.seed);
+    for (size_t i = 0; i < p0.size(); ++i) {
+        ASSERT_EQ(r.raw_model.params[i], static_cast<double>(static_cast<float>(p0[i]))) << i;
+        ASSERT_EQ(r.model.params[i], p0[i]) << "the EMA (double) moved at " << i;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (e) No device allocation per step, and none per call of flow_matching_loss_gpu once sized:
+// every device allocation of the library goes through detail::allocate_bytes, which counts them.
+TEST(TrainGpu, NoDeviceAllocationPerStep) {
+    for (CouplingKind kind : {CouplingKind::fm, CouplingKind::eqot}) {
+        const StepCase c{"lj7_typed", 7, 3, 16, 2, true, kind};
+        auto gen = test::rng(84);
+        const int64_t count = 40, B = 8, D = c.n * c.d;
+        const std::vector<double> train = make_train(c, count, gen);
+        const EgnnModel model = make_model(c, 7);
+        GpuFlowMatchingOptions o;
+        o.objective = kind;
+        o.batch = B;
+        o.atom_types = model.config.atom_types;
+        o.ema_decay = 0.5;
+        GpuFlowMatching gfm(model, o, train.data(), count);
+        gfm.set_order(shuffled(count, gen));
+        gfm.step(0, 0, 1e-3);
+        (void)gfm.last_loss();
+        const std::size_t before = detail::device_allocation_count();
+        for (int64_t s = 1; s <= 25; ++s) {
+            if (s % 5 == 0) gfm.set_order(shuffled(count, gen));  // a new epoch
+            gfm.step(s, s % 5, 1e-3);
+            if (s % 4 == 0) {
+                (void)gfm.counters();
+                gfm.reset_window();
+            }
+        }
+        const double loss = gfm.last_loss();
+        EXPECT_TRUE(std::isfinite(loss));
+        EXPECT_EQ(detail::device_allocation_count(), before)
+            << coupling_name(kind) << ": the step allocated device memory";
+        EXPECT_EQ(gfm.counters().adam_step, 26);
+
+        // flow_matching_loss_gpu: the first call sizes the buffers, later ones reuse them.
+        std::vector<double> x0 = test::random_normal(B * D, gen), eps(B * D, 0.0), t(B, 0.5);
+        std::vector<double> grad(model.params.size());
+        EgnnGpu& net = gfm.network();
+        flow_matching_loss_gpu(net, B, x0.data(), train.data(), t.data(), eps.data(), 0.01,
+                               grad.data());
+        const std::size_t sized = detail::device_allocation_count();
+        flow_matching_loss_gpu(net, B, x0.data(), train.data(), t.data(), eps.data(), 0.01,
+                               grad.data());
+        flow_matching_loss_gpu(net, B / 2, x0.data(), train.data(), t.data(), eps.data(), 0.01,
+                               nullptr);
+        EXPECT_EQ(detail::device_allocation_count(), sized)
+            << "flow_matching_loss_gpu allocated on a repeated call";
+    }
+}
+
+}  // namespace
+}  // namespace eqflow

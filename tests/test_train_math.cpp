@@ -1,0 +1,120 @@
+// The host/device math of flow-matching training (src/cpu/train_math.h), compiled as host code,
+// label cpu: the row draws the CPU trainer and the GPU step share, and the float32-storage Adam
+// element of the GPU optimiser against the double Adam of eqflow/optim.h. The device compiles
+// the same functions (kernels/train_step.cu); tests/test_train_gpu.cpp checks them there.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "cpu/train_math.h"
+#include "eqflow/flow.h"
+#include "eqflow/optim.h"
+#include "eqflow/philox.h"
+#include "eqflow/trainer.h"
+#include "test_util.h"
+
+namespace eqflow {
+namespace {
+
+// The draw as the trainer has always made it, written out independently: n*d normals, one
+// uniform, n*d normals from one Philox stream, then remove_mean (eqflow/flow.h).
+void draw_row_by_hand(uint64_t seed, uint64_t stream, int n, int d, std::vector<double>& x0,
+                      double& t, std::vector<double>& eps) {
+    Philox rng(seed, stream);
+    x0.resize(static_cast<size_t>(n * d));
+    eps.resize(static_cast<size_t>(n * d));
+    for (double& v : x0) v = rng.normal();
+    t = rng.uniform();
+    for (double& v : eps) v = rng.normal();
+    remove_mean(1, n, d, x0.data());
+    remove_mean(1, n, d, eps.data());
+}
+
+// Exact equality: the shared function must reproduce the trainer's draws bit for bit (n*d odd
+// exercises the spare normal that carries over from x0 into eps).
+TEST(TrainMath, DrawRowIsTheTrainersDrawBitForBit) {
+    const struct { int n, d; } sizes[] = {{4, 2}, {13, 3}, {5, 3}, {3, 1}, {22, 3}};
+    for (const auto& sz : sizes) {
+        for (uint64_t stream : {0ull, 1ull, 255ull, 1000003ull}) {
+            const uint64_t seed = test::seed() + 17;
+            std::vector<double> x0_ref, eps_ref, x0(static_cast<size_t>(sz.n * sz.d)),
+                eps(x0.size()), x0_api(x0.size()), eps_api(x0.size());
+            double t_ref = 0, t = 0, t_api = 0;
+            draw_row_by_hand(seed, stream, sz.n, sz.d, x0_ref, t_ref, eps_ref);
+            train_math::draw_row(seed, stream, sz.n, sz.d, x0.data(), &t, eps.data());
+            draw_training_row(seed, stream, sz.n, sz.d, x0_api.data(), &t_api, eps_api.data());
+            EXPECT_EQ(x0, x0_ref) << sz.n << "x" << sz.d << " stream " << stream;
+            EXPECT_EQ(eps, eps_ref) << sz.n << "x" << sz.d << " stream " << stream;
+            EXPECT_EQ(t, t_ref);
+            EXPECT_EQ(x0_api, x0_ref);
+            EXPECT_EQ(eps_api, eps_ref);
+            EXPECT_EQ(t_api, t_ref);
+            EXPECT_GT(t, 0.0);
+            EXPECT_LT(t, 1.0);
+            for (int a = 0; a < sz.d; ++a) {  // centred per dimension
+                double s = 0;
+                for (int i = 0; i < sz.n; ++i) s += x0[static_cast<size_t>(i * sz.d + a)];
+                EXPECT_NEAR(s, 0.0, 1e-13);
+            }
+            EXPECT_TRUE(test::not_all_zero(x0));
+        }
+    }
+}
+
+// The float32-storage element against adam_update in double over kSteps steps on the same
+// float32 gradients (|g| in [1e-3, 1]). Error budget: each step rounds p, m and v to float32 once
+// (2^-24 ~ 6e-8 relative). p: the roundings add up to kSteps * 2^-24 * max|p| over the run, and
+// |p| changes by at most lr a step -> rtol 1e-6 (2x kSteps = 8 half-ulps). The update: the m
+// error (<= 2^-24 k max|g| after bias correction at update k) over sqrt(v_hat) >= max|g| /
+// sqrt(k) gives <= 2^-24 k^1.5 lr at update k, summed over 8 updates <= 5e-6 lr -> atol 1e-5 lr.
+// m: absolute error <= 2^-24 x (sum of 0.9^j) x max|g| < 1e-6 (m can cancel to ~0, so absolute).
+// v: a positive sum, relative error <= kSteps * 2^-24. A wrong rule (bias correction, betas,
+// eps) moves p by O(lr): five orders of magnitude above these tolerances.
+constexpr int kSteps = 8;
+constexpr double kAdamRtol = 1e-6;
+constexpr double kAdamAtolPerLr = 1e-5;
+constexpr double kMomentAtol = 1e-6;
+
+TEST(TrainMath, Float32AdamElementFollowsTheDoubleRule) {
+    auto gen = test::rng(71);
+    std::uniform_real_distribution<double> mag(1e-3, 1.0), val(-1.0, 1.0);
+    const int P = 257;
+    const double lr = 1e-2;
+    std::vector<float> p(P), m(P, 0.0f), v(P, 0.0f);
+    for (float& x : p) x = static_cast<float>(val(gen));
+    std::vector<double> pd(p.begin(), p.end());
+    AdamState st;
+    const AdamOptions o;
+    for (int s = 0; s < kSteps; ++s) {
+        std::vector<float> g(P);
+        for (float& x : g) x = static_cast<float>((val(gen) < 0 ? -1 : 1) * mag(gen));
+        const std::vector<double> gd(g.begin(), g.end());
+        const double k = s + 1.0;
+        const double c1 = 1.0 - std::pow(o.beta1, k), c2 = 1.0 - std::pow(o.beta2, k);
+        for (int i = 0; i < P; ++i)
+            train_math::adam_element_f32(o.beta1, o.beta2, o.eps, lr, c1, c2, g[i], m[i], v[i],
+                                         p[i]);
+        adam_update(o, lr, P, pd.data(), gd.data(), st);
+    }
+    EXPECT_ALL_CLOSE(p, pd, kAdamAtolPerLr * lr, kAdamRtol);
+    EXPECT_ALL_CLOSE(m, st.m, kMomentAtol, kAdamRtol);
+    EXPECT_ALL_CLOSE(v, st.v, 1e-12, kAdamRtol);
+    // The double element is adam_update's own rule (optim.cpp calls it): bit-identical.
+    std::vector<double> p2 = {0.3, -0.7}, m2 = {0, 0}, v2 = {0, 0};
+    AdamState st2;
+    std::vector<double> p3 = p2;
+    const std::vector<double> g2 = {0.25, -1.5};
+    adam_update(o, 1e-3, 2, p3.data(), g2.data(), st2);
+    for (int i = 0; i < 2; ++i)
+        train_math::adam_element(o.beta1, o.beta2, o.eps, 1e-3, 1.0 - o.beta1, 1.0 - o.beta2, g2[i],
+                                 m2[i], v2[i], p2[i]);
+    EXPECT_EQ(p2, p3);
+    EXPECT_EQ(m2, st2.m);
+    EXPECT_EQ(v2, st2.v);
+}
+
+}  // namespace
+}  // namespace eqflow
