@@ -9,6 +9,7 @@
 #include "eqflow/error.h"
 #include "eqflow/flow.h"
 #include "eqflow/molecule.h"
+#include "eqflow/ode_gpu.h"
 
 namespace eqflow {
 
@@ -62,6 +63,11 @@ FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& options) {
 }
 
 namespace {
+// The GPU path: the whole ODE on the device (eqflow/ode_gpu.h), exact divergence only.
+bool on_device(const FlowOptions& options) {
+    return options.device == Device::cuda && !options.hutchinson;
+}
+
 // (n-1) d log s: log q in model units minus this is log q in the system's units.
 double log_volume_factor(const EgnnConfig& c) {
     return static_cast<double>((c.n_particles - 1) * c.dim) * std::log(c.length_scale);
@@ -71,8 +77,14 @@ double log_volume_factor(const EgnnConfig& c) {
 FlowSamples sample_model(const EgnnModel& model, int64_t count, uint64_t seed,
                          const FlowOptions& options) {
     const EgnnConfig& c = model.config;
-    FlowSamples s =
-        flow_sample(egnn_flow_field(model, options), c.n_particles, c.dim, count, seed, options);
+    FlowSamples s;
+    if (on_device(options)) {
+        EgnnGpu gpu(model);
+        s = flow_sample_gpu(gpu, c.n_particles, c.dim, count, seed, options);
+    } else {
+        s = flow_sample(egnn_flow_field(model, options), c.n_particles, c.dim, count, seed,
+                        options);
+    }
     if (c.length_scale != 1.0) {
         const double scale = c.length_scale, shift = log_volume_factor(c);
         for (double& v : s.x) v *= scale;
@@ -85,13 +97,18 @@ FlowSamples sample_model(const EgnnModel& model, int64_t count, uint64_t seed,
 FlowLikelihood model_log_likelihood(const EgnnModel& model, const double* x, int64_t count,
                                     const FlowOptions& options) {
     const EgnnConfig& c = model.config;
-    const FlowField field = egnn_flow_field(model, options);
-    if (c.length_scale == 1.0)
-        return flow_log_likelihood(field, c.n_particles, c.dim, x, count, options);
     const int64_t D = static_cast<int64_t>(c.n_particles) * c.dim;
     std::vector<double> y(x, x + count * D);
     for (double& v : y) v /= c.length_scale;
-    FlowLikelihood l = flow_log_likelihood(field, c.n_particles, c.dim, y.data(), count, options);
+    FlowLikelihood l;
+    if (on_device(options)) {
+        EgnnGpu gpu(model);
+        l = flow_log_likelihood_gpu(gpu, c.n_particles, c.dim, y.data(), count, options);
+    } else {
+        l = flow_log_likelihood(egnn_flow_field(model, options), c.n_particles, c.dim, y.data(),
+                                count, options);
+    }
+    if (c.length_scale == 1.0) return l;
     const double shift = log_volume_factor(c);
     for (double& v : l.log_q) v -= shift;
     for (double& v : l.path_length) v *= c.length_scale;

@@ -100,7 +100,8 @@ EQFLOW_API FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& 
 // the particle systems). These convert at the boundary: samples x = s y, test points y = x / s,
 // log q_x(x) = log q_y(y) - (n-1) d log s (the density on the mean-free subspace), path lengths
 // in the system's units (s times the model's). With s = 1 they are flow_sample and
-// flow_log_likelihood over egnn_flow_field.
+// flow_log_likelihood over egnn_flow_field; with options.device == cuda the whole integration
+// runs on the device (flow_sample_gpu / flow_log_likelihood_gpu of eqflow/ode_gpu.h, chunked).
 EQFLOW_API FlowSamples sample_model(const EgnnModel& model, int64_t count, uint64_t seed,
                                     const FlowOptions& options);
 // x: [count][n][d] centred, in the system's units.

@@ -1,0 +1,337 @@
+// The device ODE integrator: argument checks, chunking and the step loop on the host; the state
+// and all per-sample work on the device (kernels/ode_gpu.cu, eqflow/ode_step.h). See
+// eqflow/ode_gpu.h for the design and the memory budget.
+#include "eqflow/ode_gpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "eqflow/buffer.h"
+#include "eqflow/error.h"
+#include "eqflow/ode_step.h"
+#include "eqflow/tensor.h"
+
+#if defined(EQFLOW_HAVE_CUDA)
+#include "kernels/ode_gpu.cuh"
+#endif
+
+namespace eqflow {
+
+namespace {
+
+constexpr int64_t kMaxDefaultChunk = 65536;
+constexpr size_t kDefaultChunkBudget = size_t{2} << 30;  // 2 GiB of integrator buffers
+
+int stage_count(OdeMethod method) {
+    switch (method) {
+        case OdeMethod::dopri5:
+            return 7;
+        case OdeMethod::rk4:
+            return 4;
+        case OdeMethod::euler:
+            return 1;
+    }
+    return 7;
+}
+
+void check_options(const OdeOptions& o) {
+    if (o.method == OdeMethod::dopri5) {
+        EQFLOW_CHECK(o.atol > 0 && o.rtol >= 0, "ODE tolerances must be atol > 0, rtol >= 0");
+    } else {
+        EQFLOW_CHECK(o.steps > 0, "fixed-step ODE solver needs steps > 0, got " << o.steps);
+    }
+}
+
+#if defined(EQFLOW_HAVE_CUDA)
+using cuda::OdeOp;
+using cuda::OdeOpArgs;
+
+// Device buffers of one chunk of capacity C; allocated once per call, reused by every chunk.
+struct Workspace {
+    Buffer<double> y, ynew, k, t, h;
+    Buffer<int64_t> steps, accepted, rejected;
+    Buffer<int> flags, idx, count;
+    Buffer<float> xf, tf, vf, divf;
+    ode_step::Chunk chunk;
+
+    Workspace(int64_t C, int64_t D, OdeMethod method) {
+        const size_t c = static_cast<size_t>(C), S = static_cast<size_t>(D + 2);
+        const Device dev = Device::cuda;
+        y = Buffer<double>(c * S, dev);
+        if (method == OdeMethod::dopri5) ynew = Buffer<double>(c * S, dev);
+        k = Buffer<double>(static_cast<size_t>(stage_count(method)) * c * S, dev);
+        t = Buffer<double>(c, dev);
+        h = Buffer<double>(c, dev);
+        steps = Buffer<int64_t>(c, dev);
+        accepted = Buffer<int64_t>(c, dev);
+        rejected = Buffer<int64_t>(c, dev);
+        flags = Buffer<int>(c, dev);
+        idx = Buffer<int>(c, dev);
+        count = Buffer<int>(1, dev);
+        xf = Buffer<float>(c * static_cast<size_t>(D), dev);
+        vf = Buffer<float>(c * static_cast<size_t>(D), dev);
+        tf = Buffer<float>(c, dev);
+        divf = Buffer<float>(c, dev);
+        chunk.C = C;
+        chunk.D = D;
+        chunk.y = y.data();
+        chunk.ynew = ynew.data();
+        chunk.k = k.data();
+        chunk.t = t.data();
+        chunk.h = h.data();
+        chunk.steps = steps.data();
+        chunk.accepted = accepted.data();
+        chunk.rejected = rejected.data();
+        chunk.flags = flags.data();
+    }
+};
+
+// Integrates one chunk of B <= C samples; the state stays in `ws` for the caller to read back.
+class ChunkRun {
+  public:
+    ChunkRun(EgnnGpu& gpu, Workspace& ws, const ode_step::Params& params, OdeStats& stats)
+        : gpu_(gpu), ws_(ws), p_(params), stats_(stats) {}
+
+    void start(int64_t B, const double* x_host) {
+        // The k buffer (>= C S doubles) stages the [B][D] inputs before the first evaluation.
+        ws_.k.copy_from_host(x_host, static_cast<size_t>(B * ws_.chunk.D));
+        cuda::ode_init(ws_.chunk, p_, B, ws_.k.data(), ws_.idx.data(), nullptr);
+        B_ = B;
+        m_ = B;
+    }
+
+    void dopri5() {
+        op(OdeOp::gather, with_xt());
+        field(0);
+        if (p_.first_step > 0) {
+            op(OdeOp::given_first_step, {});
+        } else {
+            op(OdeOp::hairer_trial, with_xt());
+            field(1);
+            op(OdeOp::hairer_finish, {});
+        }
+        op(OdeOp::check_start, {});
+        compact();
+        while (m_ > 0) {
+            for (int s = 1; s < 7; ++s) {
+                OdeOpArgs a = with_xt();
+                a.stage = s;
+                op(OdeOp::dopri5_stage, a);
+                field(s);
+            }
+            op(OdeOp::dopri5_finish, {});
+            compact();  // the one device-to-host transfer of a step: the active count
+        }
+    }
+
+    // All samples move together (as in ode_integrate), so every step evaluates every row.
+    void fixed(const OdeOptions& o) {
+        const bool rk4 = o.method == OdeMethod::rk4;
+        const double t0 = p_.t0, t1 = p_.t1;
+        const double h = (t1 - t0) / o.steps;
+        for (int step = 0; step < o.steps; ++step) {
+            // The stage times exactly as ode_integrate computes them.
+            const double t = t0 + (t1 - t0) * step / o.steps;
+            const double t_end = t0 + (t1 - t0) * (step + 1) / o.steps;
+            const double times[4] = {t, t + 0.5 * h, t + 0.5 * h, t_end};
+            for (int s = 0; s < (rk4 ? 4 : 1); ++s) {
+                OdeOpArgs a = with_xt();
+                a.stage = s;
+                a.h = h;
+                a.t_stage = times[s];
+                op(OdeOp::fixed_stage, a);
+                field(s);
+            }
+            OdeOpArgs a;
+            a.rk4 = rk4;
+            a.h = h;
+            op(OdeOp::fixed_update, a);
+        }
+        op(OdeOp::fixed_check_end, {});
+    }
+
+  private:
+    OdeOpArgs with_xt() const {
+        OdeOpArgs a;
+        a.xf = ws_.xf.data();
+        a.tf = ws_.tf.data();
+        return a;
+    }
+    void op(OdeOp which, const OdeOpArgs& a) {
+        cuda::ode_per_sample(which, ws_.chunk, p_, ws_.idx.data(), m_, a, nullptr);
+    }
+    // The field on the m compact rows of xf / tf, then k[stage] of their samples.
+    void field(int stage) {
+        if (m_ == 0) return;
+        const EgnnConfig& c = gpu_.config();
+        const Shape xs{m_, c.n_particles, c.dim};
+        gpu_.divergence(TensorView<const float>(ws_.xf.data(), xs, Device::cuda),
+                        TensorView<const float>(ws_.tf.data(), Shape{m_}, Device::cuda),
+                        TensorView<float>(ws_.vf.data(), xs, Device::cuda),
+                        TensorView<float>(ws_.divf.data(), Shape{m_}, Device::cuda));
+        stats_.function_evals += 1;
+        stats_.row_evals += m_;
+        OdeOpArgs a;
+        a.stage = stage;
+        a.vf = ws_.vf.data();
+        a.divf = ws_.divf.data();
+        op(OdeOp::scatter, a);
+    }
+    void compact() {
+        cuda::ode_compact(ws_.flags.data(), B_, ws_.idx.data(), ws_.count.data(), nullptr);
+        int count = 0;
+        ws_.count.copy_to_host(&count, 1);  // synchronous
+        m_ = count;
+    }
+
+    EgnnGpu& gpu_;
+    Workspace& ws_;
+    ode_step::Params p_;
+    OdeStats& stats_;
+    int64_t B_ = 0, m_ = 0;
+};
+#endif
+
+}  // namespace
+
+size_t ode_gpu_bytes_per_sample(int64_t D, OdeMethod method) {
+    const size_t S = static_cast<size_t>(D + 2);
+    const size_t state_rows = static_cast<size_t>(stage_count(method)) + 1 +
+                              (method == OdeMethod::dopri5 ? 1 : 0);     // k, y, ynew
+    return state_rows * S * sizeof(double)                               //
+           + 2 * sizeof(double) + 3 * sizeof(int64_t) + 2 * sizeof(int)  // t h, counters, flags idx
+           + 2 * static_cast<size_t>(D) * sizeof(float) + 2 * sizeof(float);  // xf vf, tf divf
+}
+
+int64_t ode_gpu_default_chunk(int64_t D, OdeMethod method) {
+    const size_t fit = kDefaultChunkBudget / ode_gpu_bytes_per_sample(D, method);
+    return std::max<int64_t>(1, std::min<int64_t>(kMaxDefaultChunk, static_cast<int64_t>(fit)));
+}
+
+void ode_integrate_gpu(EgnnGpu& gpu, int64_t B, double* x, double t0, double t1,
+                       const OdeOptions& options, double* div_integral, double* path_length,
+                       OdeStats* stats, int64_t max_chunk,
+                       const std::function<void(int64_t, int64_t)>& progress) {
+    const EgnnConfig& cfg = gpu.config();
+    const int64_t D = static_cast<int64_t>(cfg.n_particles) * cfg.dim;
+    EQFLOW_CHECK(B >= 0, "ode_integrate_gpu: negative batch " << B);
+    EQFLOW_CHECK(std::isfinite(t0) && std::isfinite(t1),
+                 "ode_integrate_gpu: non-finite time interval");
+    EQFLOW_CHECK(max_chunk >= 0, "ode_integrate_gpu: negative chunk size " << max_chunk);
+    check_options(options);
+    const int64_t S = D + 2;
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    OdeStats local;
+    OdeStats& st = stats ? *stats : local;
+    if (B == 0) return;
+    if (t0 == t1) {  // nothing to integrate, as ode_integrate
+        for (int64_t b = 0; b < B; ++b) {
+            if (div_integral) div_integral[b] = 0.0;
+            if (path_length) path_length[b] = 0.0;
+        }
+        if (progress) progress(B, B);
+        return;
+    }
+#if defined(EQFLOW_HAVE_CUDA)
+    const int64_t C =
+        std::min(B, max_chunk > 0 ? max_chunk : ode_gpu_default_chunk(D, options.method));
+    EQFLOW_CHECK(C <= std::numeric_limits<int>::max(), "ode_integrate_gpu: chunk too large");
+    Workspace ws(C, D, options.method);
+    ode_step::Params p;
+    p.t0 = t0;
+    p.t1 = t1;
+    p.atol = options.atol;
+    p.rtol = options.rtol;
+    p.first_step = options.first_step;
+    p.max_steps = options.max_steps;
+    std::vector<double> y(static_cast<size_t>(C * S));
+    std::vector<int> flags(static_cast<size_t>(C));
+    std::vector<int64_t> acc(static_cast<size_t>(C)), rej(static_cast<size_t>(C));
+    for (int64_t start = 0; start < B; start += C) {
+        const int64_t n = std::min(C, B - start);
+        ChunkRun run(gpu, ws, p, st);
+        run.start(n, x + start * D);
+        if (options.method == OdeMethod::dopri5) {
+            run.dopri5();
+        } else {
+            run.fixed(options);
+        }
+        ws.y.copy_to_host(y.data(), static_cast<size_t>(n * S));
+        ws.flags.copy_to_host(flags.data(), static_cast<size_t>(n));
+        ws.accepted.copy_to_host(acc.data(), static_cast<size_t>(n));
+        ws.rejected.copy_to_host(rej.data(), static_cast<size_t>(n));
+        for (int64_t b = 0; b < n; ++b) {
+            const size_t bs = static_cast<size_t>(b);
+            const bool bad = (flags[bs] & ode_step::kFailed) != 0;
+            const double* yb = y.data() + b * S;
+            double* xb = x + (start + b) * D;
+            for (int64_t i = 0; i < D; ++i) xb[i] = bad ? nan : yb[i];
+            if (div_integral) div_integral[start + b] = bad ? nan : yb[D];
+            if (path_length) path_length[start + b] = bad ? nan : std::fabs(yb[D + 1]);
+            st.accepted += acc[bs];
+            st.rejected += rej[bs];
+            if (bad) st.failed += 1;
+        }
+        if (progress) progress(start + n, B);
+    }
+#else
+    (void)x;
+    (void)S;
+    (void)nan;
+    EQFLOW_THROW("ode_integrate_gpu: eqflow was built without CUDA");
+#endif
+}
+
+FlowSamples flow_sample_gpu(EgnnGpu& gpu, int n, int d, int64_t count, uint64_t seed,
+                            const FlowOptions& options, int64_t max_chunk) {
+    EQFLOW_CHECK(count >= 0, "flow_sample_gpu: negative sample count");
+    EQFLOW_CHECK(!options.hutchinson, "the GPU sampler computes the exact divergence only");
+    EQFLOW_CHECK(gpu.config().n_particles == n && gpu.config().dim == d,
+                 "flow_sample_gpu: the model is for " << gpu.config().n_particles << " x "
+                                                      << gpu.config().dim << ", asked for " << n
+                                                      << " x " << d);
+    const int64_t D = static_cast<int64_t>(n) * d;
+    FlowSamples out;
+    out.n = n;
+    out.d = d;
+    out.count = count;
+    out.x0.resize(static_cast<size_t>(count * D));
+    out.log_q.resize(static_cast<size_t>(count));
+    out.path_length.resize(static_cast<size_t>(count));
+    sample_prior(count, n, d, seed, 0, out.x0.data());
+    out.x = out.x0;
+    std::vector<double> div_int(static_cast<size_t>(count)), log_p0(static_cast<size_t>(count));
+    prior_log_density(count, n, d, out.x0.data(), log_p0.data());
+    ode_integrate_gpu(gpu, count, out.x.data(), 0.0, 1.0, options.ode, div_int.data(),
+                      out.path_length.data(), &out.ode, max_chunk, options.progress);
+    for (size_t b = 0; b < out.log_q.size(); ++b) out.log_q[b] = log_p0[b] - div_int[b];
+    out.failed = out.ode.failed;
+    return out;
+}
+
+FlowLikelihood flow_log_likelihood_gpu(EgnnGpu& gpu, int n, int d, const double* x, int64_t count,
+                                       const FlowOptions& options, int64_t max_chunk) {
+    EQFLOW_CHECK(count >= 0, "flow_log_likelihood_gpu: negative count");
+    EQFLOW_CHECK(!options.hutchinson, "the GPU sampler computes the exact divergence only");
+    EQFLOW_CHECK(gpu.config().n_particles == n && gpu.config().dim == d,
+                 "flow_log_likelihood_gpu: the model is for "
+                     << gpu.config().n_particles << " x " << gpu.config().dim << ", asked for " << n
+                     << " x " << d);
+    const int64_t D = static_cast<int64_t>(n) * d;
+    FlowLikelihood out;
+    out.x0.assign(x, x + count * D);
+    out.log_q.resize(static_cast<size_t>(count));
+    out.path_length.resize(static_cast<size_t>(count));
+    std::vector<double> div_int(static_cast<size_t>(count)), log_p0(static_cast<size_t>(count));
+    // Backwards from t = 1 to 0: log q(x1) = log p0(x0) + I with I = int_1^0 div dt.
+    ode_integrate_gpu(gpu, count, out.x0.data(), 1.0, 0.0, options.ode, div_int.data(),
+                      out.path_length.data(), &out.ode, max_chunk, options.progress);
+    prior_log_density(count, n, d, out.x0.data(), log_p0.data());
+    for (size_t b = 0; b < out.log_q.size(); ++b) out.log_q[b] = log_p0[b] + div_int[b];
+    out.failed = out.ode.failed;
+    return out;
+}
+
+}  // namespace eqflow
