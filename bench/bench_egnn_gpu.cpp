@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "egnn_flops.h"
 #include "eqflow/device.h"
 #include "eqflow/egnn.h"
 #include "eqflow/egnn_gpu.h"
@@ -16,16 +17,10 @@
 
 namespace {
 
-// Matrix FLOPs of one forward pass of one sample (2 per multiply-add; activations ignored).
+// Matrix FLOPs of one forward pass of one sample: bench/egnn_flops.h (shared with the unfused
+// baseline, bench_egnn_unfused).
 double forward_flops(const eqflow::EgnnConfig& c) {
-    const double n = c.n_particles, H = c.hidden, E = n * (n - 1);
-    double f = 0;
-    for (int l = 0; l < c.layers; ++l) {
-        f += E * (4 * H * H + 8 * H);  // W2, Wc1 per edge, plus the per-edge vector work
-        f += n * 4 * H * H;            // P = W1a h, Q = W1b h
-        if (l + 1 < c.layers) f += n * 6 * H * H;  // node MLP
-    }
-    return f;
+    return eqflow::bench::egnn_forward_flops(c);
 }
 
 struct Setup {

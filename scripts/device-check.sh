@@ -70,6 +70,13 @@ if [ "${EQFLOW_SKIP_BENCH:-0}" != 1 ]; then
             --benchmark_out="$RES/$name.json" --benchmark_out_format=json > "$RES/$name.txt" 2>&1
         grep -E "^BM_" "$RES/$name.txt" | tee -a "$LOG"
     done
+    # bench_egnn_unfused (the cuBLAS baseline with materialised edge tensors) runs in the loop
+    # above with the other bench_* programs; here its side-by-side with the fused kernels.
+    if [ -f "$RES/bench_egnn_gpu.json" ] && [ -f "$RES/bench_egnn_unfused.json" ]; then
+        say "== fused vs unfused EGNN forward"
+        python3 "$ROOT/tools/compare_bench.py" --unfused "$RES/bench_egnn_gpu.json" \
+            "$RES/bench_egnn_unfused.json" 2>&1 | tee -a "$LOG" | tee "$RES/fused_vs_unfused.txt"
+    fi
     if [ -f "$ROOT/tools/bench_torch.py" ] && python3 -c "import torch" 2> /dev/null; then
         say "== PyTorch reference benchmark"
         PYTHONUNBUFFERED=1 timeout 600 python3 "$ROOT/tools/bench_torch.py" --out "$RES/bench_torch.json" 2>&1 | tee -a "$LOG"
@@ -82,6 +89,7 @@ fi
 
 say "== summary"
 say "$(printf '%-28s %s' tests "$test_summary")"
+[ -f "$RES/fused_vs_unfused.txt" ] && say "fused/unfused EGNN forward:" && cat "$RES/fused_vs_unfused.txt" | tee -a "$LOG"
 for row in "${san_rows[@]}"; do say "$(printf '%-28s %s' sanitizer "$row")"; done
 if [ -n "${OUT:-}" ]; then
     mkdir -p "$OUT"

@@ -1,0 +1,81 @@
+// The unfused EGNN forward baseline of the benchmarks (bench/egnn_unfused.cu) against the CPU
+// reference egnn_forward (double), label gpu: the baseline must compute the real field for its
+// timings to mean anything.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "egnn_unfused.h"
+#include "eqflow/egnn.h"
+#include "test_util.h"
+
+namespace eqflow {
+namespace {
+
+struct Case {
+    const char* name;
+    int n, d, hidden, layers;
+    bool attention, tanh;
+};
+
+// The benchmark's DW4 and LJ13 sizes, a plain variant (no attention, no tanh, H not a multiple
+// of 32), and LJ55's H = 64, L = 7 at a smaller n.
+const Case kCases[] = {
+    {"dw4", 4, 2, 32, 3, true, true},
+    {"lj13", 13, 3, 32, 3, true, true},
+    {"n7_h48_plain", 7, 3, 48, 2, false, false},
+    {"n9_h64_l7", 9, 3, 64, 7, true, true},
+};
+
+// As test_egnn_gpu's kFieldTol: float32 against double through L layers, relative to the
+// field's scale; any wrong term is O(1).
+constexpr double kFieldTol = 2e-4;
+
+class EgnnUnfused_ : public ::testing::TestWithParam<Case> {};
+
+TEST_P(EgnnUnfused_, ForwardMatchesCpuReference) {
+    const Case c = GetParam();
+    EgnnModel m;
+    m.config.system = c.name;
+    m.config.n_particles = c.n;
+    m.config.dim = c.d;
+    m.config.hidden = c.hidden;
+    m.config.layers = c.layers;
+    m.config.attention = c.attention;
+    m.config.tanh = c.tanh;
+    m.params = egnn_init_parameters(m.config, 17);
+    // Make the field O(1) (the gain-0.001 initialisation of the last coordinate layer would
+    // hide a wrong kernel below any tolerance).
+    for (const ParamEntry& p : egnn_parameter_layout(m.config))
+        if (p.name.find("coord_mlp.2.weight") != std::string::npos)
+            for (int64_t k = 0; k < shape_numel(p.shape); ++k) m.params[p.offset + k] *= 300.0;
+    auto gen = test::rng(51);
+    const int B = 5;
+    std::vector<double> x, t;
+    for (int b = 0; b < B; ++b) {
+        auto xb = test::random_configuration(c.n, c.d, 1.0, 0.3, gen);
+        x.insert(x.end(), xb.begin(), xb.end());
+        t.push_back((b + 0.5) / B);
+    }
+    std::vector<double> v_ref(x.size());
+    egnn_forward(m.config, m.params.data(), B, x.data(), t.data(), v_ref.data());
+
+    bench::EgnnUnfused net(m, 8);  // capacity above the batch: only B rows are used
+    const std::vector<float> xf(x.begin(), x.end()), tf(t.begin(), t.end());
+    net.set_input(xf.data(), tf.data(), B);
+    net.forward(B);
+    const std::vector<float> v = net.output(B);
+    double scale = 0;
+    for (double y : v_ref) scale = std::max(scale, std::fabs(y));
+    ASSERT_GT(scale, 1e-3);
+    EXPECT_ALL_CLOSE(v, v_ref, kFieldTol * (1 + scale), kFieldTol) << c.name;
+    EXPECT_GT(net.device_bytes(), static_cast<size_t>(2 * 8 * c.n * (c.n - 1) * c.hidden * 4));
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, EgnnUnfused_, ::testing::ValuesIn(kCases),
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                             return std::string(info.param.name);
+                         });
+
+}  // namespace
+}  // namespace eqflow
