@@ -30,8 +30,9 @@ const char* const kEvalUsage =
     "1e-4.\n\n"
     "aldp: samples of D-alanine are mirrored (their fraction is reported) and the NLL and the\n"
     "weights use the folded density log q + log 2. The JSON gains an `aldp` object: the free\n"
-    "energy difference F(phi > 0) - F(phi < 0) in kT of the test data (MD: error from 10\n"
-    "contiguous blocks), of the reweighted and of the raw samples (error from 10 blocks), and a\n"
+    "energy difference F(phi > 0) - F(phi < 0) in kT of ALL the test data (MD, also beyond\n"
+    "--test-max; error from 10 contiguous blocks), of the reweighted and of the raw samples\n"
+    "(error from 10 blocks), and a\n"
     "Ramachandran figure of test data, samples and reweighted samples (--ramachandran F.svg,\n"
     "default *_ramachandran.svg).\n";
 
@@ -132,6 +133,7 @@ int cmd_eval(Args& args) {
     int64_t n_test = 0;
     const std::vector<double> test =
         load_configurations(test_path, system.n, system.d, &n_test, true);
+    const int64_t n_test_all = n_test;  // the MD reference of the aldp analysis uses them all
     if (test_max > 0 && test_max < n_test) n_test = test_max;
     std::fprintf(stderr, "eval: %s on %lld test configurations and %lld samples, %s\n",
                  system.name.c_str(), static_cast<long long>(n_test),
@@ -164,7 +166,7 @@ int cmd_eval(Args& args) {
     j["solver"] = describe(fo);
     j["seed"] = static_cast<int64_t>(seed);
     if (system.name == "aldp")
-        j["aldp"] = aldp_analysis(test.data(), n_test, samples, weights, rama_figure);
+        j["aldp"] = aldp_analysis(test.data(), n_test_all, samples, weights, rama_figure);
     write_file_atomic(out, j.dump(2) + "\n");
     std::printf("NLL %.4f (normalised %.4f)  ESS %.4f  path length %.4f%s\n", m.nll,
                 m.nll_normalized, m.ess, m.path_length,
