@@ -560,7 +560,7 @@ std::string ramachandran_svg(const std::vector<RamachandranPanel>& panels, int b
     EQFLOW_CHECK(!panels.empty(), "Ramachandran figure: no data");
     EQFLOW_CHECK(bins >= 2 && bins <= 1000,
                  "Ramachandran figure: bins must be 2..1000, got " << bins);
-    const double size = 300.0, margin = 50.0, gap = 40.0;
+    const double size = 300.0, margin = 50.0, gap = 70.0;
     const double width = margin + panels.size() * (size + gap), height = size + 2 * margin;
     std::ostringstream svg;
     svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
