@@ -92,7 +92,8 @@ TEST_F(AldpCli, RejectsWrongShapes) {
 // free-energy differences, a Ramachandran figure). Tiny model and budget: this checks the
 // plumbing, not the quality.
 TEST_F(AldpCli, TrainSampleEvalReportTheMolecularAnalysis) {
-    const std::string data = file("train.npy"), run_dir = file("run"), out = file("m.json");
+    const std::string data = file("train.npy"), run_dir = file("run"),
+                      out = file("evals/m.json");  // eval creates the directory
     auto gen = test::rng(11);
     std::normal_distribution<double> noise(0.0, 0.01);
     std::vector<double> x;

@@ -127,6 +127,11 @@ int cmd_eval(Args& args) {
     if (fo.hutchinson) fo.device = Device::cpu;
     if (figure.empty()) figure = figure_path(out, "_energy.svg");
     if (rama_figure.empty()) rama_figure = figure_path(out, "_ramachandran.svg");
+    // Create the output directories now, not after an hour of sampling.
+    for (const std::string& path : {out, figure, rama_figure}) {
+        const size_t slash = path.find_last_of('/');
+        if (slash != std::string::npos && slash > 0) make_directories(path.substr(0, slash));
+    }
 
     const EgnnModel model = load_model(model_path);
     const System system = make_system(system_name.empty() ? model.config.system : system_name);
