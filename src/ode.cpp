@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "eqflow/error.h"
+#include "eqflow/ode_step.h"
 
 namespace eqflow {
 
@@ -135,30 +136,15 @@ void integrate_fixed(Evaluator& eval, int64_t B, int64_t D, std::vector<double>&
         if (!all_finite(y.data() + b * S, S)) failed[static_cast<size_t>(b)] = 1;
 }
 
-// Dormand & Prince (1980) 5(4) tableau; the 5th-order solution propagates (local extrapolation)
-// and its last stage is the first of the next step (FSAL).
-constexpr double kC[7] = {0.0, 1.0 / 5, 3.0 / 10, 4.0 / 5, 8.0 / 9, 1.0, 1.0};
-constexpr double kA[7][6] = {
-    {0, 0, 0, 0, 0, 0},
-    {1.0 / 5, 0, 0, 0, 0, 0},
-    {3.0 / 40, 9.0 / 40, 0, 0, 0, 0},
-    {44.0 / 45, -56.0 / 15, 32.0 / 9, 0, 0, 0},
-    {19372.0 / 6561, -25360.0 / 2187, 64448.0 / 6561, -212.0 / 729, 0, 0},
-    {9017.0 / 3168, -355.0 / 33, 46732.0 / 5247, 49.0 / 176, -5103.0 / 18656, 0},
-    {35.0 / 384, 0, 500.0 / 1113, 125.0 / 192, -2187.0 / 6784, 11.0 / 84},
-};
-// b5 - b4 (the error weights): b5 is row 6 of kA with 0 for stage 7.
-constexpr double kE[7] = {35.0 / 384 - 5179.0 / 57600,
-                          0.0,
-                          500.0 / 1113 - 7571.0 / 16695,
-                          125.0 / 192 - 393.0 / 640,
-                          -2187.0 / 6784 + 92097.0 / 339200,
-                          11.0 / 84 - 187.0 / 2100,
-                          -1.0 / 40};
-
-constexpr double kSafety = 0.9;
-constexpr double kMinFactor = 0.2;
-constexpr double kMaxFactor = 10.0;
+// Dormand & Prince (1980) 5(4): the tableau and the controller constants are those of
+// eqflow/ode_step.h, shared with the device integrator. The 5th-order solution propagates (local
+// extrapolation) and its last stage is the first of the next step (FSAL).
+using ode_step::dopri5_a;
+using ode_step::dopri5_c;
+using ode_step::dopri5_e;
+using ode_step::kMaxFactor;
+using ode_step::kMinFactor;
+using ode_step::kSafety;
 
 // RMS over the D coordinates and the divergence integral (the log-density), scaled per
 // component by atol + rtol * max(|a|, |b|).
@@ -258,13 +244,13 @@ void integrate_dopri5(Evaluator& eval, int64_t B, int64_t D, std::vector<double>
             for (int64_t b : active) {
                 const size_t bs = static_cast<size_t>(b);
                 const double hb = h[bs];
-                ts[bs] = s == 6 ? (last[bs] ? t1 : t[bs] + hb) : t[bs] + kC[s] * hb;
+                ts[bs] = s == 6 ? (last[bs] ? t1 : t[bs] + hb) : t[bs] + dopri5_c(s) * hb;
                 double* out = (s == 6 ? ynew.data() : ys.data()) + b * S;
                 const double* yb = y.data() + b * S;
                 for (int64_t i = 0; i < S; ++i) {
                     double acc = 0.0;
                     for (int j = 0; j < s; ++j)
-                        acc += kA[s][j] * k[j][static_cast<size_t>(b * S + i)];
+                        acc += dopri5_a(s, j) * k[j][static_cast<size_t>(b * S + i)];
                     out[i] = yb[i] + hb * acc;
                 }
             }
@@ -275,7 +261,8 @@ void integrate_dopri5(Evaluator& eval, int64_t B, int64_t D, std::vector<double>
             const double hb = h[bs];
             for (int64_t i = 0; i < S; ++i) {
                 double acc = 0.0;
-                for (int j = 0; j < 7; ++j) acc += kE[j] * k[j][static_cast<size_t>(b * S + i)];
+                for (int j = 0; j < 7; ++j)
+                    acc += dopri5_e(j) * k[j][static_cast<size_t>(b * S + i)];
                 err[static_cast<size_t>(i)] = hb * acc;
             }
             const double* yb = y.data() + b * S;
