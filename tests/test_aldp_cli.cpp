@@ -142,6 +142,13 @@ TEST_F(AldpCli, TrainSampleEvalReportTheMolecularAnalysis) {
     // The MD reference uses every test configuration, not only the --test-max NLL subset.
     EXPECT_EQ(md.at("n_phi_negative").as_number() + md.at("n_phi_positive").as_number(), 24.0);
     EXPECT_TRUE(a.at("delta_f_samples").contains("delta_f"));
+    const Json& rw = a.at("delta_f_reweighted");
+    const double e_pos = rw.at("effective_samples_phi_positive").as_number(),
+                 e_neg = rw.at("effective_samples_phi_negative").as_number();
+    EXPECT_GE(e_pos, 0.0);
+    EXPECT_GE(e_neg, 0.0);
+    EXPECT_GE(e_pos + e_neg, 1.0);  // the largest weight alone counts as one
+    EXPECT_LE(e_pos + e_neg, 8.0);
     EXPECT_TRUE(exists(a.at("figure_ramachandran").as_string()));
     EXPECT_NE(read_file(a.at("figure_ramachandran").as_string()).find("<svg"), std::string::npos);
 }

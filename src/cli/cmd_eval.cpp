@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 
 #include "cli/cli_common.h"
 #include "cli/flow_cli.h"
@@ -62,6 +63,21 @@ Json free_energy_json(const FreeEnergyDifference& f) {
     return j;
 }
 
+// Kish effective sample count (sum w)^2 / sum w^2 of the weighted samples with phi > 0
+// (positive) or phi <= 0, weights relative to the largest of all (0 when the region is empty).
+double region_ess(const RamachandranPanel& p, bool positive) {
+    double max_lw = -std::numeric_limits<double>::infinity();
+    for (double lw : p.log_w) max_lw = std::max(max_lw, lw);
+    double sw = 0.0, sw2 = 0.0;
+    for (size_t i = 0; i < p.phi.size(); ++i) {
+        if ((p.phi[i] > 0) != positive) continue;
+        const double w = std::exp(p.log_w[i] - max_lw);
+        sw += w;
+        sw2 += w * w;
+    }
+    return sw2 > 0 ? sw * sw / sw2 : 0.0;
+}
+
 // The alanine dipeptide analysis of DESIGN.md section 9 (figure + free-energy differences).
 Json aldp_analysis(const double* test_x, int64_t n_test, const FlowSamples& s, const Reweighting& w,
                    const std::string& figure) {
@@ -89,13 +105,19 @@ Json aldp_analysis(const double* test_x, int64_t n_test, const FlowSamples& s, c
     j["delta_f_md"] = free_energy_json(f_md);
     j["delta_f_samples"] = free_energy_json(f_raw);
     j["delta_f_reweighted"] = free_energy_json(f_rew);
+    // The block error of a reweighted estimate is only meaningful with several effective
+    // samples on each side; report how many there are (Kish: (sum w)^2 / sum w^2 per region).
+    const double ess_pos = region_ess(rew, true), ess_neg = region_ess(rew, false);
+    j["delta_f_reweighted"]["effective_samples_phi_positive"] = ess_pos;
+    j["delta_f_reweighted"]["effective_samples_phi_negative"] = ess_neg;
     j["delta_f_definition"] = "F(phi > 0) - F(phi < 0) in kT; error: one standard error, 10 blocks";
     write_ramachandran_svg(figure, {data, raw, rew});
     j["figure_ramachandran"] = figure;
     std::printf(
-        "aldp: dF(phi>0 - phi<0) = %.3f +- %.3f kT (MD), %.3f +- %.3f (reweighted), "
-        "%.3f +- %.3f (raw samples)\n",
-        f_md.delta_f, f_md.error, f_rew.delta_f, f_rew.error, f_raw.delta_f, f_raw.error);
+        "aldp: dF(phi>0 - phi<0) = %.3f +- %.3g kT (MD), %.3f +- %.3g (reweighted; effective "
+        "samples %.1f at phi>0, %.1f at phi<0), %.3f +- %.3g (raw samples)\n",
+        f_md.delta_f, f_md.error, f_rew.delta_f, f_rew.error, ess_pos, ess_neg, f_raw.delta_f,
+        f_raw.error);
     return j;
 }
 
