@@ -178,20 +178,25 @@ TEST(Flow, SampleThenBackwardRecoversPriorPointAndDensity) {
     expect_round_trip(analytic_field(4, 2, 0.3, -0.6, 0.8), 4, 2, 1e-4, 2e-3);
 }
 
-TEST(Flow, EgnnSampleThenBackwardRecoversPriorPointAndDensity) {
+// A small DW4 EGNN whose field really moves the samples: the initial coordinate layer (gain
+// 0.001) makes an almost-zero field, so its weights are redrawn from U(-0.5, 0.5) (stream k).
+EgnnModel moving_dw4_model(uint64_t k) {
     EgnnModel model;
     model.config = default_egnn_config("dw4", 4, 2);
     model.config.hidden = 8;
     model.config.layers = 2;
     model.params = egnn_init_parameters(model.config, test::seed());
-    // The initial coordinate layer (gain 0.001) makes an almost-zero field; give it weight so the
-    // flow really moves and the divergence matters.
-    auto gen = test::rng(9);
+    auto gen = test::rng(k);
     std::uniform_real_distribution<double> u(-0.5, 0.5);
     for (const ParamEntry& e : egnn_parameter_layout(model.config))
         if (e.name.find("coord_mlp.2.weight") != std::string::npos)
-            for (int64_t k = 0; k < shape_numel(e.shape); ++k)
-                model.params[static_cast<size_t>(e.offset + k)] = u(gen);
+            for (int64_t i = 0; i < shape_numel(e.shape); ++i)
+                model.params[static_cast<size_t>(e.offset + i)] = u(gen);
+    return model;
+}
+
+TEST(Flow, EgnnSampleThenBackwardRecoversPriorPointAndDensity) {
+    const EgnnModel model = moving_dw4_model(9);
     FlowOptions opt;
     opt.threads = 2;
     const FlowField field = egnn_flow_field(model, opt);
@@ -250,17 +255,7 @@ TEST(Ess, ImportanceWeightsCountInvalidAndNeverNaN) {
 // shifts by -(n-1) d log s, path lengths scale by s, and the likelihood of the scaled points is
 // the model-unit likelihood shifted the same way.
 TEST(Flow, LengthScaleConvertsSamplesDensitiesAndLikelihoods) {
-    EgnnModel unit;
-    unit.config = default_egnn_config("dw4", 4, 2);
-    unit.config.hidden = 8;
-    unit.config.layers = 2;
-    unit.params = egnn_init_parameters(unit.config, test::seed());
-    auto gen = test::rng(12);
-    std::uniform_real_distribution<double> u(-0.5, 0.5);
-    for (const ParamEntry& e : egnn_parameter_layout(unit.config))
-        if (e.name.find("coord_mlp.2.weight") != std::string::npos)
-            for (int64_t k = 0; k < shape_numel(e.shape); ++k)
-                unit.params[static_cast<size_t>(e.offset + k)] = u(gen);
+    const EgnnModel unit = moving_dw4_model(12);
     EgnnModel scaled = unit;
     const double s = 0.37;
     scaled.config.length_scale = s;
