@@ -158,6 +158,21 @@ Json EnergyHistogram::to_json() const {
     return j;
 }
 
+namespace {
+// Mean of the finite values (NaN when there is none); `count` (nullable) receives how many.
+double mean_of_finite(const std::vector<double>& values, int64_t* count = nullptr) {
+    double sum = 0.0;
+    int64_t k = 0;
+    for (double v : values)
+        if (std::isfinite(v)) {
+            sum += v;
+            ++k;
+        }
+    if (count) *count = k;
+    return k > 0 ? sum / static_cast<double>(k) : std::numeric_limits<double>::quiet_NaN();
+}
+}  // namespace
+
 FlowMetrics flow_metrics(int n, int d, const std::vector<double>& test_log_q,
                          const std::vector<double>& test_u, const std::vector<double>& sample_log_q,
                          const std::vector<double>& sample_u,
@@ -168,40 +183,17 @@ FlowMetrics flow_metrics(int n, int d, const std::vector<double>& test_log_q,
     FlowMetrics m;
     m.n_samples = static_cast<int64_t>(sample_u.size());
     m.n_test = static_cast<int64_t>(test_log_q.size());
-    double s = 0.0;
-    int64_t k = 0;
-    for (double lq : test_log_q) {
-        if (!std::isfinite(lq)) {
-            ++m.failed_test;
-            continue;
-        }
-        s -= lq;
-        ++k;
-    }
-    const double nan = std::numeric_limits<double>::quiet_NaN();
-    m.nll_normalized = k > 0 ? s / static_cast<double>(k) : nan;
+    int64_t finite_test = 0;
+    m.nll_normalized = -mean_of_finite(test_log_q, &finite_test);
+    m.failed_test = m.n_test - finite_test;
     m.nll = m.nll_normalized - prior_log_normalizer(n, d);
     const Reweighting rw = importance_weights(sample_u.data(), sample_log_q.data(), m.n_samples);
     m.ess = rw.ess;
     m.failed_samples = rw.invalid;
     m.energy_mean_samples = rw.energy_mean;
     m.energy_mean_reweighted = rw.energy_mean_reweighted;
-    double pl = 0.0;
-    int64_t np = 0;
-    for (double l : sample_path_length)
-        if (std::isfinite(l)) {
-            pl += l;
-            ++np;
-        }
-    m.path_length = np > 0 ? pl / static_cast<double>(np) : nan;
-    double su = 0.0;
-    int64_t nu = 0;
-    for (double u : test_u)
-        if (std::isfinite(u)) {
-            su += u;
-            ++nu;
-        }
-    m.energy_mean_test = nu > 0 ? su / static_cast<double>(nu) : nan;
+    m.path_length = mean_of_finite(sample_path_length);
+    m.energy_mean_test = mean_of_finite(test_u);
     m.histogram = energy_histogram(test_u, sample_u, rw.log_w);
     return m;
 }
