@@ -19,6 +19,7 @@
 #include "kernels/assignment.cuh"
 #include "kernels/assignment_device.cuh"
 #include "kernels/cuda_check.cuh"
+#include "kernels/device_compat.cuh"
 
 namespace eqflow::cuda {
 
@@ -37,7 +38,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
     assignment_kernel(const T* __restrict__ cost, int64_t P, int n, int64_t* __restrict__ perm,
                       double* __restrict__ total, int32_t* __restrict__ status,
                       unsigned long long* __restrict__ flags, std::size_t warp_bytes) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    EQFLOW_DYNAMIC_SHARED(unsigned char, smem_raw);
     const int warp = threadIdx.x >> 5;
     const int lane = threadIdx.x & 31;
     const int64_t p = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
@@ -91,9 +92,9 @@ void launch(const T* cost, int64_t P, int n, int64_t* perm, double* total, int32
     const int64_t blocks = (P + warps - 1) / warps;
     EQFLOW_CHECK(blocks <= 0x7fffffff,
                  "GPU assignment: " << P << " problems are too many for one launch");
-    assignment_kernel<T, kStaged>
-        <<<static_cast<unsigned>(blocks), 32 * warps, warps * warp_bytes, EQFLOW_STREAM(stream)>>>(
-            cost, P, n, perm, total, status, flags, warp_bytes);
+    EQFLOW_LAUNCH((assignment_kernel<T, kStaged>), static_cast<unsigned>(blocks), 32 * warps,
+                  warps * warp_bytes, EQFLOW_STREAM(stream), cost, P, n, perm, total, status, flags,
+                  warp_bytes);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 }  // namespace

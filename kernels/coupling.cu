@@ -30,6 +30,7 @@
 #include "kernels/assignment_device.cuh"
 #include "kernels/coupling.cuh"
 #include "kernels/cuda_check.cuh"
+#include "kernels/device_compat.cuh"
 
 namespace eqflow::cuda {
 
@@ -138,7 +139,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, kEqotMinBlocksPerSm)
                      const int* __restrict__ types, EqotParams p, const int64_t* __restrict__ sigma,
                      double* __restrict__ m, T* __restrict__ x1_paired, double* __restrict__ cost,
                      int64_t* __restrict__ pairing, std::size_t warp_bytes) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    EQFLOW_DYNAMIC_SHARED(unsigned char, smem_raw);
     const int warp = threadIdx.x >> 5;
     const int lane = threadIdx.x & 31;
     const int64_t q = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
@@ -348,14 +349,14 @@ void eqot(const CouplingOptions& o, const T* x0, const T* x1, int64_t B, int n, 
                                           cudaMemcpyHostToDevice, EQFLOW_STREAM(stream)));
     const EqotParams p{o.allow_reflection ? 1 : 0, o.frame_starts ? 1 : 0, o.refine_iterations};
     const std::size_t smem = warps * warp_bytes;
-    eqot_pair_kernel<T, D><<<blocks(B * B), 32 * warps, smem, EQFLOW_STREAM(stream)>>>(
-        x0, x1, static_cast<int>(B), n, w.types, p, nullptr, w.m, nullptr, nullptr, nullptr,
-        warp_bytes);
+    EQFLOW_LAUNCH((eqot_pair_kernel<T, D>), blocks(B * B), 32 * warps, smem, EQFLOW_STREAM(stream),
+                  x0, x1, static_cast<int>(B), n, w.types, p, nullptr, w.m, nullptr, nullptr,
+                  nullptr, warp_bytes);
     EQFLOW_CUDA_CHECK_LAUNCH();
     assign_batch(w, B, stream);
-    eqot_pair_kernel<T, D><<<blocks(B), 32 * warps, smem, EQFLOW_STREAM(stream)>>>(
-        x0, x1, static_cast<int>(B), n, w.types, p, w.sigma, nullptr, x1_paired, cost, pairing,
-        warp_bytes);
+    EQFLOW_LAUNCH((eqot_pair_kernel<T, D>), blocks(B), 32 * warps, smem, EQFLOW_STREAM(stream), x0,
+                  x1, static_cast<int>(B), n, w.types, p, w.sigma, nullptr, x1_paired, cost,
+                  pairing, warp_bytes);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 }  // namespace
@@ -380,19 +381,19 @@ void couple(const CouplingOptions& o, const T* x0, const T* x1, int64_t B, int n
     const Workspace w = carve(workspace, B, n, !o.atom_types.empty());
     const int nd = n * d;
     if (o.kind == CouplingKind::fm) {
-        gather_kernel<T><<<grid(B), 32 * kWarpsPerBlock, 0, EQFLOW_STREAM(stream)>>>(
-            x0, x1, static_cast<int>(B), nd, nullptr, x1_paired, pairing, cost);
+        EQFLOW_LAUNCH(gather_kernel<T>, grid(B), 32 * kWarpsPerBlock, 0, EQFLOW_STREAM(stream), x0,
+                      x1, static_cast<int>(B), nd, nullptr, x1_paired, pairing, cost);
         EQFLOW_CUDA_CHECK_LAUNCH();
         EQFLOW_CUDA_CHECK(cudaStreamSynchronize(EQFLOW_STREAM(stream)));
         return;
     }
     if (o.kind == CouplingKind::ot) {
-        pair_distance_kernel<T><<<grid(B * B), 32 * kWarpsPerBlock, 0, EQFLOW_STREAM(stream)>>>(
-            x0, x1, static_cast<int>(B), nd, w.m);
+        EQFLOW_LAUNCH(pair_distance_kernel<T>, grid(B * B), 32 * kWarpsPerBlock, 0,
+                      EQFLOW_STREAM(stream), x0, x1, static_cast<int>(B), nd, w.m);
         EQFLOW_CUDA_CHECK_LAUNCH();
         assign_batch(w, B, stream);
-        gather_kernel<T><<<grid(B), 32 * kWarpsPerBlock, 0, EQFLOW_STREAM(stream)>>>(
-            x0, x1, static_cast<int>(B), nd, w.sigma, x1_paired, pairing, cost);
+        EQFLOW_LAUNCH(gather_kernel<T>, grid(B), 32 * kWarpsPerBlock, 0, EQFLOW_STREAM(stream), x0,
+                      x1, static_cast<int>(B), nd, w.sigma, x1_paired, pairing, cost);
         EQFLOW_CUDA_CHECK_LAUNCH();
         EQFLOW_CUDA_CHECK(cudaStreamSynchronize(EQFLOW_STREAM(stream)));
         return;

@@ -1,6 +1,6 @@
 // kernels/egnn_common.cuh: device pieces shared by the EGNN kernels (egnn.cu, egnn_backward.cu):
 // constants, shared-memory layouts, activations, and the primal edge/node computations. See the
-// header comment of kernels/egnn.cu for the math and the work decomposition.
+// header comment of kernels/egnn_kernels.cuh for the math and the work decomposition.
 #pragma once
 
 #include <algorithm>
@@ -176,6 +176,8 @@ __device__ inline void edge_primal(const EgnnNet& net, const float* sm, const Pr
         if (k < H) {
             e.pre1[q] = sm[L.P + i * H + k] + sm[L.Q + j * H + k] + lv.w1r[q] * r + lv.w1a[q] * a;
             s1[k] = silu(e.pre1[q]);
+        } else {
+            e.pre1[q] = 0.0f;  // unused: every reader checks k < H
         }
     }
     __syncwarp();

@@ -9,6 +9,7 @@
 // Per configuration: reads 2 n D values, writes n D + D^2 + 1; ~4 n D^2 FLOP plus a 4 x 4 Jacobi.
 #include "cpu/kabsch_cpu.h"
 #include "kernels/cuda_check.cuh"
+#include "kernels/device_compat.cuh"
 #include "kernels/kabsch.cuh"
 
 namespace eqflow::cuda {
@@ -69,9 +70,8 @@ void launch(const T* x, const T* y, int64_t B, int n, bool allow_reflection, T* 
     const int64_t blocks = (B + kWarpsPerBlock - 1) / kWarpsPerBlock;
     EQFLOW_CHECK(blocks <= 0x7fffffff,
                  "GPU kabsch: batch of " << B << " is too large for one launch");
-    kabsch_kernel<T, D>
-        <<<static_cast<unsigned>(blocks), 32 * kWarpsPerBlock, 0, EQFLOW_STREAM(stream)>>>(
-            x, y, B, n, allow_reflection, rotation, cost, aligned);
+    EQFLOW_LAUNCH((kabsch_kernel<T, D>), static_cast<unsigned>(blocks), 32 * kWarpsPerBlock, 0,
+                  EQFLOW_STREAM(stream), x, y, B, n, allow_reflection, rotation, cost, aligned);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 }  // namespace

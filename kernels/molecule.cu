@@ -20,6 +20,7 @@
 
 #include "eqflow/buffer.h"
 #include "kernels/cuda_check.cuh"
+#include "kernels/device_compat.cuh"
 #include "kernels/molecule.cuh"
 
 namespace eqflow::cuda {
@@ -417,8 +418,8 @@ void molecule_energy_forces(const ForceField& ff, const T* x, int64_t B, T* ener
                    : 0.0;
     p.gb_sa = 4.0 * 3.14159265358979323846 * ff.surface_area_energy;
     p.energy_scale = energy_scale;
-    molecule_kernel<T>
-        <<<static_cast<unsigned>(B), kThreads, 0, EQFLOW_STREAM(stream)>>>(x, p, energy, forces);
+    EQFLOW_LAUNCH(molecule_kernel<T>, static_cast<unsigned>(B), kThreads, 0, EQFLOW_STREAM(stream),
+                  x, p, energy, forces);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 

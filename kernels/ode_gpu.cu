@@ -11,6 +11,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include "kernels/cuda_check.cuh"
+#include "kernels/device_compat.cuh"
 #include "kernels/ode_gpu.cuh"
 
 namespace eqflow::cuda {
@@ -113,21 +114,22 @@ unsigned blocks_for(int64_t m) {
 void ode_per_sample(OdeOp op, const ode_step::Chunk& chunk, const ode_step::Params& params,
                     const int* idx, int64_t m, const OdeOpArgs& args, Stream stream) {
     if (m <= 0) return;
-    ode_per_sample_kernel<<<blocks_for(m), kThreads, 0, EQFLOW_STREAM(stream)>>>(op, chunk, params,
-                                                                                 idx, m, args);
+    EQFLOW_LAUNCH(ode_per_sample_kernel, blocks_for(m), kThreads, 0, EQFLOW_STREAM(stream), op,
+                  chunk, params, idx, m, args);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 
 void ode_init(const ode_step::Chunk& chunk, const ode_step::Params& params, int64_t B,
               const double* x, int* idx, Stream stream) {
     if (B <= 0) return;
-    ode_init_kernel<<<blocks_for(B), kThreads, 0, EQFLOW_STREAM(stream)>>>(chunk, params, B, x,
-                                                                           idx);
+    EQFLOW_LAUNCH(ode_init_kernel, blocks_for(B), kThreads, 0, EQFLOW_STREAM(stream), chunk, params,
+                  B, x, idx);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 
 void ode_compact(const int* flags, int64_t B, int* idx, int* count, Stream stream) {
-    ode_compact_kernel<<<1, kCompactThreads, 0, EQFLOW_STREAM(stream)>>>(flags, B, idx, count);
+    EQFLOW_LAUNCH(ode_compact_kernel, 1, kCompactThreads, 0, EQFLOW_STREAM(stream), flags, B, idx,
+                  count);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 

@@ -2,6 +2,7 @@
 // loop in src/random.cpp does, so the outputs agree bit for bit.
 #include "eqflow/philox.h"
 #include "kernels/cuda_check.cuh"
+#include "kernels/device_compat.cuh"
 #include "kernels/philox_fill.cuh"
 
 namespace eqflow::cuda {
@@ -24,8 +25,8 @@ void philox_fill(double* out, int64_t rows, int64_t per_row, uint64_t seed, uint
                  bool normal, Stream stream) {
     if (rows == 0) return;
     const int64_t blocks = (rows + kThreads - 1) / kThreads;
-    philox_fill_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, EQFLOW_STREAM(stream)>>>(
-        out, rows, per_row, seed, first_stream, normal);
+    EQFLOW_LAUNCH(philox_fill_kernel, static_cast<unsigned>(blocks), kThreads, 0,
+                  EQFLOW_STREAM(stream), out, rows, per_row, seed, first_stream, normal);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 

@@ -14,6 +14,7 @@
 #include <algorithm>
 
 #include "kernels/cuda_check.cuh"
+#include "kernels/device_compat.cuh"
 #include "kernels/systems.cuh"
 
 namespace eqflow::cuda {
@@ -50,7 +51,7 @@ template <class T, int D>
 __global__ void __launch_bounds__(kThreads)
     energy_forces_kernel(const T* __restrict__ x, int n, PairParams p, T* __restrict__ u,
                          T* __restrict__ forces) {
-    extern __shared__ unsigned char smem_raw[];
+    EQFLOW_DYNAMIC_SHARED(unsigned char, smem_raw);
     T* xs = reinterpret_cast<T*>(smem_raw);  // [n][D]
     double* red =
         reinterpret_cast<double*>(smem_raw + ((n * D * sizeof(T) + 15) / 16) * 16);  // [kThreads]
@@ -124,8 +125,8 @@ void launch(const System& s, const T* x, int64_t B, T* u, T* forces, Stream stre
                  s.lj_oscillator,
                  1.0 / s.kT};
     const size_t smem = ((s.n * D * sizeof(T) + 15) / 16) * 16 + kThreads * sizeof(double);
-    energy_forces_kernel<T, D>
-        <<<static_cast<unsigned>(B), kThreads, smem, EQFLOW_STREAM(stream)>>>(x, s.n, p, u, forces);
+    EQFLOW_LAUNCH((energy_forces_kernel<T, D>), static_cast<unsigned>(B), kThreads, smem,
+                  EQFLOW_STREAM(stream), x, s.n, p, u, forces);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 }  // namespace

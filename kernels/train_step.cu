@@ -17,6 +17,7 @@
 
 #include "cpu/train_math.h"
 #include "kernels/cuda_check.cuh"
+#include "kernels/device_compat.cuh"
 #include "kernels/train_step.cuh"
 
 namespace eqflow::cuda {
@@ -130,16 +131,16 @@ void fm_prepare_batch(const float* data, const int64_t* order, int64_t first, in
                       int d, uint64_t seed, uint64_t first_stream, double* x0, double* x1,
                       double* t, double* eps, Stream stream) {
     if (B == 0) return;
-    prepare_batch_kernel<<<blocks_for(B), kThreads, 0, EQFLOW_STREAM(stream)>>>(
-        data, order, first, B, n, d, seed, first_stream, x0, x1, t, eps);
+    EQFLOW_LAUNCH(prepare_batch_kernel, blocks_for(B), kThreads, 0, EQFLOW_STREAM(stream), data,
+                  order, first, B, n, d, seed, first_stream, x0, x1, t, eps);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 
 void fm_interpolate(int64_t B, int64_t nd, const double* x0, const double* x1, const double* t,
                     const double* eps, double sigma, float* xt, float* tf, Stream stream) {
     if (B * nd == 0) return;
-    interpolate_kernel<<<blocks_for(B * nd), kThreads, 0, EQFLOW_STREAM(stream)>>>(
-        B, nd, x0, x1, t, eps, sigma, xt, tf);
+    EQFLOW_LAUNCH(interpolate_kernel, blocks_for(B * nd), kThreads, 0, EQFLOW_STREAM(stream), B, nd,
+                  x0, x1, t, eps, sigma, xt, tf);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 
@@ -147,13 +148,15 @@ void fm_loss(int64_t B, int64_t nd, const float* v, const double* x0, const doub
              float* dL_dv, TrainScalars* s, Stream stream) {
     if (B * nd == 0) return;
     const double scale = 1.0 / static_cast<double>(B * nd);
-    loss_kernel<<<1, kLossThreads, 0, EQFLOW_STREAM(stream)>>>(B * nd, scale, v, x0, x1, dL_dv, s);
+    EQFLOW_LAUNCH(loss_kernel, 1, kLossThreads, 0, EQFLOW_STREAM(stream), B * nd, scale, v, x0, x1,
+                  dL_dv, s);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 
 void fm_check_finite(const float* grad, int64_t count, TrainScalars* s, Stream stream) {
     if (count == 0) return;
-    finite_kernel<<<blocks_for(count), kThreads, 0, EQFLOW_STREAM(stream)>>>(grad, count, s);
+    EQFLOW_LAUNCH(finite_kernel, blocks_for(count), kThreads, 0, EQFLOW_STREAM(stream), grad, count,
+                  s);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 
@@ -161,18 +164,18 @@ void fm_adam_update(int64_t count, float* params, const float* grad, float* m, f
                     double* ema, double ema_decay, double lr, double beta1, double beta2,
                     double eps, const TrainScalars* s, int64_t host_step, Stream stream) {
     if (count == 0) return;
-    adam_kernel<<<blocks_for(count), kThreads, 0, EQFLOW_STREAM(stream)>>>(
-        count, params, grad, m, v, ema, ema_decay, lr, beta1, beta2, eps, s, host_step);
+    EQFLOW_LAUNCH(adam_kernel, blocks_for(count), kThreads, 0, EQFLOW_STREAM(stream), count, params,
+                  grad, m, v, ema, ema_decay, lr, beta1, beta2, eps, s, host_step);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 
 void fm_finish_step(TrainScalars* s, Stream stream) {
-    finish_kernel<<<1, 1, 0, EQFLOW_STREAM(stream)>>>(s);
+    EQFLOW_LAUNCH(finish_kernel, 1, 1, 0, EQFLOW_STREAM(stream), s);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 
 void fm_reset_window(TrainScalars* s, Stream stream) {
-    reset_window_kernel<<<1, 1, 0, EQFLOW_STREAM(stream)>>>(s);
+    EQFLOW_LAUNCH(reset_window_kernel, 1, 1, 0, EQFLOW_STREAM(stream), s);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 

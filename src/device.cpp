@@ -75,7 +75,11 @@ std::string cuda_status() {
 }
 
 Device default_device() {
+#if defined(EQFLOW_CUDA_EMULATION)
+    return Device::cpu;  // the CPU emulator of the GPU is for tests, never the default device
+#else
     return cuda_available() ? Device::cuda : Device::cpu;
+#endif
 }
 
 Device parse_device(const std::string& name) {

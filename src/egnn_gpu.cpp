@@ -2,7 +2,6 @@
 #include "eqflow/egnn_gpu.h"
 
 #include <algorithm>
-#include <map>
 #include <string>
 
 #include "eqflow/device.h"
@@ -10,6 +9,7 @@
 
 #if defined(EQFLOW_HAVE_CUDA)
 #include "kernels/egnn.cuh"
+#include "kernels/egnn_net.h"
 #endif
 
 namespace eqflow {
@@ -29,50 +29,10 @@ struct EgnnGpu::Impl {
 
 namespace {
 #if defined(EQFLOW_HAVE_CUDA)
-// Device pointers of every named tensor, wired into the kernels' EgnnNet.
+// The tensors of the flat parameter buffer on the device, wired into the kernels' EgnnNet.
 cuda::EgnnNet make_net(const EgnnConfig& c, const std::vector<ParamEntry>& layout,
                        const float* base, const int* types) {
-    std::map<std::string, const float*> ptr;
-    for (const ParamEntry& p : layout) ptr[p.name] = base + p.offset;
-    auto get = [&](const std::string& name) {
-        auto it = ptr.find(name);
-        EQFLOW_CHECK(it != ptr.end(), "EGNN parameter layout has no tensor " << name);
-        return it->second;
-    };
-    cuda::EgnnNet net;
-    net.n = c.n_particles;
-    net.d = c.dim;
-    net.hidden = c.hidden;
-    net.layers = c.layers;
-    net.in_features = c.in_features();
-    net.num_types = c.num_types();
-    net.attention = c.attention ? 1 : 0;
-    net.use_tanh = c.tanh ? 1 : 0;
-    net.coords_range = static_cast<float>(c.effective_coords_range());
-    net.emb_w = get("embedding.weight");
-    net.emb_b = get("embedding.bias");
-    net.types = types;
-    EQFLOW_CHECK(c.layers <= cuda::kEgnnMaxLayers,
-                 "GPU EGNN supports up to " << cuda::kEgnnMaxLayers << " layers");
-    for (int l = 0; l < c.layers; ++l) {
-        const std::string g = "gcl_" + std::to_string(l) + ".";
-        cuda::EgnnLayerPtrs& p = net.layer[l];
-        p.w1 = get(g + "edge_mlp.0.weight");
-        p.b1 = get(g + "edge_mlp.0.bias");
-        p.w2 = get(g + "edge_mlp.2.weight");
-        p.b2 = get(g + "edge_mlp.2.bias");
-        p.wc1 = get(g + "coord_mlp.0.weight");
-        p.bc1 = get(g + "coord_mlp.0.bias");
-        p.wc2 = get(g + "coord_mlp.2.weight");
-        p.wn1 = get(g + "node_mlp.0.weight");
-        p.bn1 = get(g + "node_mlp.0.bias");
-        p.wn2 = get(g + "node_mlp.2.weight");
-        p.bn2 = get(g + "node_mlp.2.bias");
-        if (c.attention) {
-            p.wa = get(g + "att_mlp.0.weight");
-            p.ba = get(g + "att_mlp.0.bias");
-        }
-    }
+    cuda::EgnnNet net = cuda::make_egnn_net(c, layout, base, types);
     cuda::egnn_check_supported(net);
     return net;
 }

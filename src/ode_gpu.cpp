@@ -280,6 +280,7 @@ void ode_integrate_gpu(EgnnGpu& gpu, int64_t B, double* x, double t0, double t1,
     (void)x;
     (void)S;
     (void)nan;
+    (void)st;
     EQFLOW_THROW("ode_integrate_gpu: eqflow was built without CUDA");
 #endif
 }

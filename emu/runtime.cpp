@@ -1,0 +1,265 @@
+// emu/runtime.cpp: the CUDA runtime subset of emu/include/cuda_runtime_api.h, on the CPU.
+//
+// The emulated device has the limits of an H200 (132 SMs, 227 KB of opt-in shared memory per
+// block, 48 KB without opt-in), so the launchers' configuration logic takes the same branches
+// it takes there. Its name says plainly that it is not a GPU.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "cublas_v2.h"
+#include "cuda_emu.h"
+#include "cuda_runtime_api.h"
+
+namespace {
+
+constexpr int kSms = 132;
+constexpr size_t kSmemDefault = 48 * 1024;
+constexpr size_t kSmemOptin = 227 * 1024;
+constexpr size_t kGlobalBytes = size_t{64} << 30;  // what the device reports; nothing reserves it
+constexpr size_t kAlignment = 256;                 // cudaMalloc's alignment
+
+std::mutex g_mutex;
+cudaError_t g_last_error = cudaSuccess;
+std::map<const void*, size_t> g_smem_limit;  // kernel -> max dynamic shared memory
+std::map<void*, size_t> g_allocations;
+
+cudaError_t fail(cudaError_t err) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_last_error = err;
+    return err;
+}
+
+// Both ends of a copy or a memset must lie inside one live allocation when they are device
+// memory; host memory is not tracked. A copy that runs past the end of a device allocation is
+// an error on the device; here it is caught before it corrupts the heap.
+bool inside_allocation(const void* ptr, size_t bytes) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    auto it = g_allocations.upper_bound(const_cast<void*>(ptr));
+    if (it == g_allocations.begin()) return false;
+    --it;
+    const char* base = static_cast<const char*>(it->first);
+    const char* p = static_cast<const char*>(ptr);
+    return p >= base && p + bytes <= base + it->second;
+}
+
+cudaError_t check_copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+    if (bytes == 0) return cudaSuccess;
+    const bool dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+    const bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+    if (dst_device && !inside_allocation(dst, bytes)) return fail(cudaErrorInvalidValue);
+    if (src_device && !inside_allocation(src, bytes)) return fail(cudaErrorInvalidValue);
+    return cudaSuccess;
+}
+
+}  // namespace
+
+namespace emu {
+
+cudaError_t set_max_dynamic_smem(const void* kernel, int bytes) {
+    if (bytes < 0 || static_cast<size_t>(bytes) > kSmemOptin) return fail(cudaErrorInvalidValue);
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_smem_limit[kernel] = static_cast<size_t>(bytes);
+    return cudaSuccess;
+}
+
+bool check_launch(const void* kernel, long long grid, long long block, size_t dynamic_smem) {
+    if (block < 1 || block > 1024 || grid < 1 || grid > 0x7fffffffLL) {
+        fail(cudaErrorInvalidConfiguration);
+        return false;
+    }
+    size_t limit = kSmemDefault;
+    {
+        std::lock_guard<std::mutex> lock(g_mutex);
+        auto it = g_smem_limit.find(kernel);
+        if (it != g_smem_limit.end()) limit = std::max(limit, it->second);
+    }
+    if (dynamic_smem > limit) {
+        fail(cudaErrorInvalidValue);
+        return false;
+    }
+    return true;
+}
+
+Schedule default_schedule() {
+    static const Schedule schedule = [] {
+        const char* env = std::getenv("EQFLOW_EMU_SCHEDULE");
+        const std::string s = env ? env : "";
+        if (s == "reverse") return Schedule::reverse;
+        if (s == "shuffled") return Schedule::shuffled;
+        return Schedule::forward;
+    }();
+    return schedule;
+}
+
+}  // namespace emu
+
+cudaError_t cudaGetDeviceCount(int* count) {
+    *count = 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int* device) {
+    *device = 0;
+    return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+    return device == 0 ? cudaSuccess : fail(cudaErrorInvalidValue);
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+    if (device != 0) return fail(cudaErrorInvalidValue);
+    *prop = cudaDeviceProp{};
+    std::strncpy(prop->name, "eqflow CUDA emulator on the CPU (not a GPU)", sizeof prop->name - 1);
+    prop->totalGlobalMem = kGlobalBytes;
+    prop->sharedMemPerBlock = kSmemDefault;
+    prop->sharedMemPerBlockOptin = kSmemOptin;
+    prop->major = 9;
+    prop->minor = 0;
+    prop->multiProcessorCount = kSms;
+    prop->warpSize = 32;
+    prop->maxThreadsPerBlock = 1024;
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+    if (device != 0) return fail(cudaErrorInvalidValue);
+    switch (attr) {
+        case cudaDevAttrMultiProcessorCount:
+            *value = kSms;
+            return cudaSuccess;
+        case cudaDevAttrMaxSharedMemoryPerBlockOptin:
+            *value = static_cast<int>(kSmemOptin);
+            return cudaSuccess;
+    }
+    return fail(cudaErrorInvalidValue);
+}
+
+cudaError_t cudaMalloc(void** ptr, size_t bytes) {
+    *ptr = nullptr;
+    if (bytes == 0) return cudaSuccess;
+    // Exactly the size asked for, so that AddressSanitizer sees an access past it.
+    void* p = nullptr;
+    if (posix_memalign(&p, kAlignment, bytes) != 0) return fail(cudaErrorMemoryAllocation);
+    std::memset(p, 0xff, bytes);  // uninitialised device memory reads as NaN / -1
+    {
+        std::lock_guard<std::mutex> lock(g_mutex);
+        g_allocations[p] = bytes;  // the size asked for: a copy past it is an error
+    }
+    *ptr = p;
+    return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* ptr) {
+    if (ptr == nullptr) return cudaSuccess;
+    {
+        std::lock_guard<std::mutex> lock(g_mutex);
+        auto it = g_allocations.find(ptr);
+        if (it == g_allocations.end()) {
+            g_last_error = cudaErrorInvalidDevicePointer;
+            return cudaErrorInvalidDevicePointer;
+        }
+        g_allocations.erase(it);
+    }
+    std::free(ptr);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+    if (const cudaError_t err = check_copy(dst, src, bytes, kind); err != cudaSuccess) return err;
+    if (bytes > 0) std::memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t) {
+    return cudaMemcpy(dst, src, bytes, kind);
+}
+
+cudaError_t cudaMemset(void* ptr, int value, size_t bytes) {
+    if (bytes == 0) return cudaSuccess;
+    if (!inside_allocation(ptr, bytes)) return fail(cudaErrorInvalidValue);
+    std::memset(ptr, value, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t) {
+    return cudaMemset(ptr, value, bytes);
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize() {
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetLastError() {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    const cudaError_t err = g_last_error;
+    g_last_error = cudaSuccess;
+    return err;
+}
+
+cudaError_t cudaPeekAtLastError() {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    return g_last_error;
+}
+
+const char* cudaGetErrorName(cudaError_t error) {
+    switch (error) {
+        case cudaSuccess:
+            return "cudaSuccess";
+        case cudaErrorInvalidValue:
+            return "cudaErrorInvalidValue";
+        case cudaErrorMemoryAllocation:
+            return "cudaErrorMemoryAllocation";
+        case cudaErrorCudartUnloading:
+            return "cudaErrorCudartUnloading";
+        case cudaErrorInvalidConfiguration:
+            return "cudaErrorInvalidConfiguration";
+        case cudaErrorInvalidDevicePointer:
+            return "cudaErrorInvalidDevicePointer";
+        case cudaErrorNoDevice:
+            return "cudaErrorNoDevice";
+        case cudaErrorLaunchFailure:
+            return "cudaErrorLaunchFailure";
+    }
+    return "cudaErrorUnknown";
+}
+
+const char* cudaGetErrorString(cudaError_t error) {
+    switch (error) {
+        case cudaSuccess:
+            return "no error";
+        case cudaErrorInvalidValue:
+            return "invalid argument (emulator: a size or pointer outside its allocation, or "
+                   "dynamic shared memory above the kernel's limit)";
+        case cudaErrorMemoryAllocation:
+            return "out of memory";
+        case cudaErrorCudartUnloading:
+            return "driver shutting down";
+        case cudaErrorInvalidConfiguration:
+            return "invalid configuration argument";
+        case cudaErrorInvalidDevicePointer:
+            return "invalid device pointer";
+        case cudaErrorNoDevice:
+            return "no CUDA-capable device is detected";
+        case cudaErrorLaunchFailure:
+            return "unspecified launch failure";
+    }
+    return "unknown error";
+}
+
+const char* cublasGetStatusName(cublasStatus_t status) {
+    return status == CUBLAS_STATUS_SUCCESS ? "CUBLAS_STATUS_SUCCESS" : "CUBLAS_STATUS_ERROR";
+}
+
+const char* cublasGetStatusString(cublasStatus_t status) {
+    return status == CUBLAS_STATUS_SUCCESS ? "success" : "cuBLAS is not part of the emulator";
+}
