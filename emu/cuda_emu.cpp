@@ -13,8 +13,10 @@
 #include "cuda_emu.h"
 
 #include <algorithm>
+#include <atomic>
 #include <exception>
 #include <memory>
+#include <mutex>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -35,6 +37,7 @@
 #endif
 
 #if defined(EMU_ASAN)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -88,7 +91,7 @@ struct Fiber {
 #else
     ucontext_t context{};
 #endif
-    std::unique_ptr<char[]> stack;
+    char* stack = nullptr;  // kStackBytes, owned by the stack pool
     State state = State::runnable;
     Dim3 tid;
     int linear = 0;
@@ -119,11 +122,21 @@ struct BlockRun {
 #endif
 };
 
-thread_local BlockRun* g_run = nullptr;
+// Launches are serialised (one emulated device, like a single stream): the launch in progress
+// is a plain global, which the built-ins read on every call. A thread_local here would cost a
+// __tls_get_addr call per built-in in a shared library, and ASan intercepts those.
+std::mutex g_launch_mutex;
+std::atomic<BlockRun*> g_run{nullptr};
+thread_local bool t_in_launch = false;  // only read at launch, to reject a nested launch
+
+// Fiber stacks, reused from launch to launch (allocating and faulting in 256 stacks per launch
+// costs more than many small kernels). Guarded by g_launch_mutex.
+std::vector<std::unique_ptr<char[]>> g_stacks;
 
 BlockRun& run() {
-    if (g_run == nullptr) throw Error("CUDA built-in used outside emu::launch");
-    return *g_run;
+    BlockRun* r = g_run.load(std::memory_order_relaxed);
+    if (r == nullptr) throw Error("CUDA built-in used outside emu::launch");
+    return *r;
 }
 
 // The next fiber of this round, in the schedule's order, that can run; null at the end.
@@ -145,7 +158,7 @@ void yield_to_scheduler(bool finished) {
     r.current = next;
 #if defined(EMU_ASAN)
     __sanitizer_start_switch_fiber(finished ? nullptr : &self->fake_stack,
-                                   next ? next->stack.get() : r.scheduler_stack_bottom,
+                                   next ? next->stack : r.scheduler_stack_bottom,
                                    next ? kStackBytes : r.scheduler_stack_size);
 #endif
 #if defined(EMU_FAST_SWITCH)
@@ -190,7 +203,7 @@ void run_round(BlockRun& r) {
     r.current = first;
 #if defined(EMU_ASAN)
     void* fake = nullptr;
-    __sanitizer_start_switch_fiber(&fake, first->stack.get(), kStackBytes);
+    __sanitizer_start_switch_fiber(&fake, first->stack, kStackBytes);
 #endif
 #if defined(EMU_FAST_SWITCH)
     emu_switch_stack(&r.scheduler_sp, first->sp);
@@ -256,6 +269,10 @@ void run_block(BlockRun& r, const LaunchConfig& config, std::mt19937_64& gen) {
         f.parity = 0;
         f.linear = k;
         f.tid = Dim3{static_cast<unsigned>(k), 0, 0};
+#if defined(EMU_ASAN)
+        // A pooled stack may hold the redzones of a fiber that never returned: clear them.
+        __asan_unpoison_memory_region(f.stack, kStackBytes);
+#endif
 #if defined(EMU_FAST_SWITCH)
         // The frame emu_switch_stack pops: six zero registers, then fiber_entry as the return
         // address, at a 16-byte aligned slot so that fiber_entry starts with the stack
@@ -264,7 +281,7 @@ void run_block(BlockRun& r, const LaunchConfig& config, std::mt19937_64& gen) {
         // hot top frames of all fibers map to the same few cache sets and evict each other.
         const size_t stagger = static_cast<size_t>(k % 64) * 64 + 16;
         auto* top = reinterpret_cast<uint64_t*>(
-            reinterpret_cast<uintptr_t>(f.stack.get() + kStackBytes - stagger) & ~uintptr_t{15});
+            reinterpret_cast<uintptr_t>(f.stack + kStackBytes - stagger) & ~uintptr_t{15});
         uint64_t* sp = top - 2;  // sp[1] = 0: fiber_entry's own return address
         sp[1] = 0;
         sp[0] = reinterpret_cast<uint64_t>(&fiber_entry);
@@ -273,7 +290,7 @@ void run_block(BlockRun& r, const LaunchConfig& config, std::mt19937_64& gen) {
         f.sp = sp;
 #else
         getcontext(&f.context);
-        f.context.uc_stack.ss_sp = f.stack.get();
+        f.context.uc_stack.ss_sp = f.stack;
         f.context.uc_stack.ss_size = kStackBytes;
         f.context.uc_link = nullptr;
         makecontext(&f.context, fiber_entry, 0);
@@ -303,12 +320,15 @@ void run_block(BlockRun& r, const LaunchConfig& config, std::mt19937_64& gen) {
 }  // namespace
 
 void launch_body(const LaunchConfig& config, const std::function<void()>& body) {
-    if (g_run != nullptr) throw Error("emu::launch inside a launch");
+    if (t_in_launch) throw Error("emu::launch inside a launch");
     if (config.block == 0 || config.block > 1024) throw Error("block size must be 1..1024");
+    std::lock_guard<std::mutex> lock(g_launch_mutex);
+    t_in_launch = true;
     BlockRun r;
     r.body = &body;
     r.fibers.resize(config.block);
-    for (Fiber& f : r.fibers) f.stack.reset(new char[kStackBytes]);
+    while (g_stacks.size() < config.block) g_stacks.emplace_back(new char[kStackBytes]);
+    for (size_t k = 0; k < r.fibers.size(); ++k) r.fibers[k].stack = g_stacks[k].get();
     r.grid_dim = Dim3{config.grid, 1, 1};
     r.block_dim = Dim3{config.block, 1, 1};
     r.slots.assign(2 * ((config.block + kWarpSize - 1) / kWarpSize * kWarpSize), 0);
@@ -317,7 +337,7 @@ void launch_body(const LaunchConfig& config, const std::function<void()>& body) 
     std::iota(blocks.begin(), blocks.end(), 0u);
     if (config.schedule == Schedule::reverse) std::reverse(blocks.begin(), blocks.end());
     if (config.schedule == Schedule::shuffled) std::shuffle(blocks.begin(), blocks.end(), gen);
-    g_run = &r;
+    g_run.store(&r, std::memory_order_relaxed);
     try {
         for (unsigned b : blocks) {
             r.block_idx = Dim3{b, 0, 0};
@@ -327,10 +347,12 @@ void launch_body(const LaunchConfig& config, const std::function<void()>& body) 
             run_block(r, config, gen);
         }
     } catch (...) {
-        g_run = nullptr;
+        g_run.store(nullptr, std::memory_order_relaxed);
+        t_in_launch = false;
         throw;
     }
-    g_run = nullptr;
+    g_run.store(nullptr, std::memory_order_relaxed);
+    t_in_launch = false;
 }
 
 const Dim3& thread_idx() {
