@@ -15,14 +15,53 @@ namespace {
 
 using namespace egnn_detail;
 
-// Resident blocks of the divergence kernel: the number of workspace slots.
-int divergence_slots(const EgnnNet& net, int64_t B) {
+// Resident blocks of the divergence kernel for B samples of K directions: the number of
+// workspace slots.
+int divergence_slots(int64_t B, int K) {
     int device = 0, sms = 1;
     EQFLOW_CUDA_CHECK(cudaGetDevice(&device));
     EQFLOW_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    const int64_t items = B * divergence_chunks(net);
+    const int64_t items = B * divergence_chunks(K);
     return static_cast<int>(
         std::max<int64_t>(1, std::min<int64_t>(items, 2 * static_cast<int64_t>(sms))));
+}
+
+size_t trace_workspace_bytes(const EgnnNet& net, int64_t B, int K) {
+    if (B == 0) return 0;
+    const size_t partial = static_cast<size_t>(B) * divergence_chunks(K) * sizeof(float);
+    const size_t slots = static_cast<size_t>(divergence_slots(B, K));
+    return (partial + 255) / 256 * 256 +
+           slots * tangent_slot_floats(net.n, net.hidden) * sizeof(float);
+}
+
+// The exact divergence (dirs == nullptr, K = n d) or the mean of dirs_k . J dirs_k.
+void jvp_trace(const EgnnNet& net, int64_t B, int K, const float* dirs, const float* x,
+               const float* t, float* v, float* div, void* workspace, size_t workspace_bytes,
+               Stream stream) {
+    if (B == 0) return;
+    egnn_check_supported(net);
+    const size_t need = trace_workspace_bytes(net, B, K);
+    EQFLOW_CHECK(
+        workspace != nullptr && workspace_bytes >= need,
+        "GPU EGNN divergence needs " << need << " bytes of workspace, got " << workspace_bytes);
+    const int chunks = divergence_chunks(K);
+    const int slots = divergence_slots(B, K);
+    float* partial = static_cast<float*>(workspace);
+    const size_t partial_bytes =
+        (static_cast<size_t>(B) * chunks * sizeof(float) + 255) / 256 * 256;
+    float* slot_ws = reinterpret_cast<float*>(static_cast<char*>(workspace) + partial_bytes);
+    const size_t smem = divergence_smem_bytes(net);
+    EQFLOW_CUDA_CHECK(cudaFuncSetAttribute(egnn_divergence_kernel,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem)));
+    EQFLOW_LAUNCH(egnn_divergence_kernel, static_cast<unsigned>(slots), kThreads, smem,
+                  EQFLOW_STREAM(stream), net, B, chunks, K, dirs, x, t, v, partial, slot_ws);
+    EQFLOW_CUDA_CHECK_LAUNCH();
+    const int64_t blocks = (B + kThreads - 1) / kThreads;
+    const float scale = dirs ? 1.0f / static_cast<float>(K) : 1.0f;
+    EQFLOW_LAUNCH(sum_chunks_kernel, static_cast<unsigned>(blocks), kThreads, 0,
+                  EQFLOW_STREAM(stream), partial, B, chunks, scale, div);
+    EQFLOW_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
@@ -56,38 +95,23 @@ void egnn_forward(const EgnnNet& net, int64_t B, const float* x, const float* t,
 }
 
 size_t egnn_divergence_workspace_bytes(const EgnnNet& net, int64_t B) {
-    if (B == 0) return 0;
-    const size_t partial = static_cast<size_t>(B) * divergence_chunks(net) * sizeof(float);
-    const size_t slots = static_cast<size_t>(divergence_slots(net, B));
-    return (partial + 255) / 256 * 256 +
-           slots * tangent_slot_floats(net.n, net.hidden) * sizeof(float);
+    return trace_workspace_bytes(net, B, net.n * net.d);
 }
 
 void egnn_divergence(const EgnnNet& net, int64_t B, const float* x, const float* t, float* v,
                      float* div, void* workspace, size_t workspace_bytes, Stream stream) {
-    if (B == 0) return;
-    egnn_check_supported(net);
-    const size_t need = egnn_divergence_workspace_bytes(net, B);
-    EQFLOW_CHECK(
-        workspace != nullptr && workspace_bytes >= need,
-        "GPU EGNN divergence needs " << need << " bytes of workspace, got " << workspace_bytes);
-    const int chunks = divergence_chunks(net);
-    const int slots = divergence_slots(net, B);
-    float* partial = static_cast<float*>(workspace);
-    const size_t partial_bytes =
-        (static_cast<size_t>(B) * chunks * sizeof(float) + 255) / 256 * 256;
-    float* slot_ws = reinterpret_cast<float*>(static_cast<char*>(workspace) + partial_bytes);
-    const size_t smem = divergence_smem_bytes(net);
-    EQFLOW_CUDA_CHECK(cudaFuncSetAttribute(egnn_divergence_kernel,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem)));
-    EQFLOW_LAUNCH(egnn_divergence_kernel, static_cast<unsigned>(slots), kThreads, smem,
-                  EQFLOW_STREAM(stream), net, B, chunks, x, t, v, partial, slot_ws);
-    EQFLOW_CUDA_CHECK_LAUNCH();
-    const int64_t blocks = (B + kThreads - 1) / kThreads;
-    EQFLOW_LAUNCH(sum_chunks_kernel, static_cast<unsigned>(blocks), kThreads, 0,
-                  EQFLOW_STREAM(stream), partial, B, chunks, div);
-    EQFLOW_CUDA_CHECK_LAUNCH();
+    jvp_trace(net, B, net.n * net.d, nullptr, x, t, v, div, workspace, workspace_bytes, stream);
+}
+
+size_t egnn_jvp_trace_workspace_bytes(const EgnnNet& net, int64_t B, int K) {
+    return trace_workspace_bytes(net, B, K);
+}
+
+void egnn_jvp_trace(const EgnnNet& net, int64_t B, int K, const float* dirs, const float* x,
+                    const float* t, float* v, float* div, void* workspace, size_t workspace_bytes,
+                    Stream stream) {
+    EQFLOW_CHECK(K >= 1 && dirs != nullptr, "GPU EGNN: need at least one direction");
+    jvp_trace(net, B, K, dirs, x, t, v, div, workspace, workspace_bytes, stream);
 }
 
 }  // namespace eqflow::cuda

@@ -57,6 +57,14 @@ size_t egnn_divergence_workspace_bytes(const EgnnNet& net, int64_t B);
 void egnn_divergence(const EgnnNet& net, int64_t B, const float* x, const float* t, float* v,
                      float* div, void* workspace, size_t workspace_bytes, Stream stream);
 
+// div[b] = (1/K) sum_k dirs[b][k] . (J_v(x_b) dirs[b][k]) for K directions per sample,
+// dirs [B][K][n][d] (device): Hutchinson's estimate of the divergence with Rademacher (or
+// Gaussian) directions, by forward-mode tangents as egnn_divergence; v nullable.
+size_t egnn_jvp_trace_workspace_bytes(const EgnnNet& net, int64_t B, int K);
+void egnn_jvp_trace(const EgnnNet& net, int64_t B, int K, const float* dirs, const float* x,
+                    const float* t, float* v, float* div, void* workspace, size_t workspace_bytes,
+                    Stream stream);
+
 // Reverse mode: dL_dparams [param_count] += dL/dparams (accumulates), dL_dx [B][n][d] =
 // dL/dx (overwrites; nullable), for dL_dv [B][n][d]. params_base is the start of the flat
 // parameter buffer that net's pointers point into (gradients use the same offsets).

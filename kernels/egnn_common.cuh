@@ -71,9 +71,10 @@ __host__ __device__ inline PrimalLayout primal_layout(int n, int d, int H) {
     return s;
 }
 
-// Extra shared memory of the divergence kernel: tangent coordinates and per-warp tangent scratch.
+// Extra shared memory of the divergence kernel: tangent coordinates (current, next, input) and
+// per-warp tangent scratch.
 struct TangentLayout {
-    int dx, dxn, scratch, total;
+    int dx, dxn, dx0, scratch, total;
 };
 
 __host__ __device__ inline TangentLayout tangent_layout(int base, int n, int d, int H) {
@@ -86,6 +87,7 @@ __host__ __device__ inline TangentLayout tangent_layout(int base, int n, int d, 
     };
     s.dx = take(kTangents * n * d);
     s.dxn = take(kTangents * n * d);
+    s.dx0 = take(kTangents * n * d);  // the input tangents: they move x0 too, and enter the trace
     s.scratch = take(kWarps * 2 * kTangents * H);
     s.total = off;
     return s;

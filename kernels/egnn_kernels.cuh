@@ -121,8 +121,12 @@ __host__ __device__ inline size_t tangent_slot_floats(int n, int H) {
     return static_cast<size_t>(4) * kTangents * n * H;
 }
 
+// dirs == nullptr: the exact divergence, directions e_p for p < K = n d. Otherwise dirs holds
+// K directions per sample, [B][K][n][d], and each chunk writes sum_k dirs_k . (J_v dirs_k) over
+// its directions (Hutchinson's estimator with Rademacher directions, before the 1/K).
 __global__ void __launch_bounds__(kThreads)
-    egnn_divergence_kernel(EgnnNet net, int64_t B, int chunks, const float* __restrict__ x,
+    egnn_divergence_kernel(EgnnNet net, int64_t B, int chunks, int K,
+                           const float* __restrict__ dirs, const float* __restrict__ x,
                            const float* __restrict__ t, float* __restrict__ v,
                            float* __restrict__ partial, float* __restrict__ workspace) {
     EQFLOW_DYNAMIC_SHARED(float, sm);
@@ -146,10 +150,14 @@ __global__ void __launch_bounds__(kThreads)
         const int p0 = chunk * kTangents;  // first direction of this chunk
 
         load_sample(net, x + b * nd, t[b], sm, L);
-        // Tangents: dx = e_p (p = p0 + tau), dh = 0 (the embedding does not see x).
+        // Tangents: dx = e_p or dirs_p (p = p0 + tau; zero past K), dh = 0 (the embedding does
+        // not see x). dx0 keeps them: x0 is the input too.
         for (int idx = threadIdx.x; idx < kTangents * nd; idx += blockDim.x) {
-            const int tau = idx / nd, k = idx % nd;
-            sm[T.dx + idx] = (p0 + tau == k) ? 1.0f : 0.0f;
+            const int tau = idx / nd, k = idx % nd, pdir = p0 + tau;
+            float e = 0.0f;
+            if (pdir < K) e = dirs ? dirs[(b * K + pdir) * nd + k] : (pdir == k ? 1.0f : 0.0f);
+            sm[T.dx + idx] = e;
+            sm[T.dx0 + idx] = e;
         }
         for (size_t idx = threadIdx.x; idx < kTangents * plane; idx += blockDim.x) dh[idx] = 0.0f;
         int cur = L.x, nxt = L.xn, dcur = T.dx, dnxt = T.dxn;
@@ -206,9 +214,8 @@ __global__ void __launch_bounds__(kThreads)
                             ddiff[tau][c] =
                                 sm[dcur + tau * nd + i * d + c] - sm[dcur + tau * nd + j * d + c];
                             drt += 2.0f * diff[c] * ddiff[tau][c];
-                            const int pdir = p0 + tau;  // input tangent e_p moves x0 too
-                            const float dd0 = (pdir == i * d + c ? 1.0f : 0.0f) -
-                                              (pdir == j * d + c ? 1.0f : 0.0f);
+                            const float dd0 =
+                                sm[T.dx0 + tau * nd + i * d + c] - sm[T.dx0 + tau * nd + j * d + c];
                             dat += 2.0f * diff0[c] * dd0;
                         }
                         dr[tau] = drt;
@@ -361,17 +368,28 @@ __global__ void __launch_bounds__(kThreads)
             __syncthreads();
         }
 
-        // dv_p/dx_p for the chunk's directions p = (i0, a0):
-        //   dx^L[p] - 1 - (1/n) (sum_i dx^L[i][a0] - 1)   (the mean removal's share)
+        // The tangent of v = x^L - x^0 - mean_i (x^L_i - x^0_i) along e is
+        //   dv = dx^L - e - (1/n) sum_i (dx^L_i - e_i).
+        // Exact: dv_p/dx_p = dx^L[p] - 1 - (1/n) (sum_i dx^L[i][a0] - 1) for p = (i0, a0).
+        // Directions: e . dv, summed over the chunk's directions.
         if (threadIdx.x < 32) {
             float tr = 0.0f;
             for (int tau = lane; tau < kTangents; tau += 32) {
                 const int pdir = p0 + tau;
-                if (pdir < nd) {
+                if (pdir >= K) continue;
+                const float* dxl = sm + dcur + tau * nd;
+                if (dirs == nullptr) {
                     const int a0 = pdir % d;
                     float col = 0.0f;
-                    for (int i = 0; i < n; ++i) col += sm[dcur + tau * nd + i * d + a0];
-                    tr += sm[dcur + tau * nd + pdir] - 1.0f - (col - 1.0f) / static_cast<float>(n);
+                    for (int i = 0; i < n; ++i) col += dxl[i * d + a0];
+                    tr += dxl[pdir] - 1.0f - (col - 1.0f) / static_cast<float>(n);
+                } else {
+                    const float* e = sm + T.dx0 + tau * nd;
+                    float mean[kEgnnMaxDim] = {};
+                    for (int i = 0; i < n; ++i)
+                        for (int a = 0; a < d; ++a) mean[a] += dxl[i * d + a] - e[i * d + a];
+                    for (int a = 0; a < d; ++a) mean[a] /= static_cast<float>(n);
+                    for (int k = 0; k < nd; ++k) tr += e[k] * (dxl[k] - e[k] - mean[k % d]);
                 }
             }
             tr = warp_sum(tr);
@@ -382,15 +400,16 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-// div[b] = sum_c partial[b][c], in chunk order (deterministic).
+// div[b] = scale * sum_c partial[b][c], in chunk order (deterministic); scale is 1 for the
+// exact divergence and 1/K for K directions.
 __global__ void __launch_bounds__(kThreads)
-    sum_chunks_kernel(const float* __restrict__ partial, int64_t B, int chunks,
+    sum_chunks_kernel(const float* __restrict__ partial, int64_t B, int chunks, float scale,
                       float* __restrict__ div) {
     const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (b >= B) return;
     float acc = 0.0f;
     for (int c = 0; c < chunks; ++c) acc += partial[b * chunks + c];
-    div[b] = acc;
+    div[b] = acc * scale;
 }
 
 inline size_t forward_smem_bytes(const EgnnNet& net) {
@@ -403,8 +422,12 @@ inline size_t divergence_smem_bytes(const EgnnNet& net) {
            sizeof(float);
 }
 
+// Chunks of kTangents directions: K = n d for the exact divergence.
+inline int divergence_chunks(int K) {
+    return (K + kTangents - 1) / kTangents;
+}
 inline int divergence_chunks(const EgnnNet& net) {
-    return (net.n * net.d + kTangents - 1) / kTangents;
+    return divergence_chunks(net.n * net.d);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include "eqflow/device.h"
 #include "eqflow/error.h"
+#include "eqflow/philox.h"
 
 #if defined(EQFLOW_HAVE_CUDA)
 #include "kernels/egnn.cuh"
@@ -115,6 +116,36 @@ void EgnnGpu::divergence(TensorView<const float> x, TensorView<const float> t, T
         impl_->workspace = Buffer<unsigned char>(need, Device::cuda);
     cuda::egnn_divergence(impl_->net, B, x.data, t.data, v.defined() ? v.data : nullptr, div.data,
                           impl_->workspace.data(), impl_->workspace.size(), stream);
+#else
+    (void)stream;
+#endif
+}
+
+void EgnnGpu::jvp_trace(TensorView<const float> x, TensorView<const float> t,
+                        TensorView<const float> dirs, TensorView<float> v, TensorView<float> div,
+                        Stream stream) {
+    const EgnnConfig& c = impl_->config;
+    check_batch(c, x, t, "EGNN jvp_trace");
+    check_shape(div, Shape{x.size(0)}, "div");
+    EQFLOW_CHECK(div.device == Device::cuda, "EGNN jvp_trace: div must be in device memory");
+    EQFLOW_CHECK(dirs.device == Device::cuda, "EGNN jvp_trace: dirs must be in device memory");
+    EQFLOW_CHECK(dirs.shape.size() == 4 && dirs.size(0) == x.size(0) && dirs.size(1) >= 1 &&
+                     dirs.size(2) == c.n_particles && dirs.size(3) == c.dim,
+                 "EGNN jvp_trace: dirs must be [B][K][n][d] with K >= 1");
+    EQFLOW_CHECK(dirs.size(1) <= 1 << 20, "EGNN jvp_trace: too many directions per sample");
+    if (v.defined()) {
+        check_shape(v, x.shape, "v");
+        EQFLOW_CHECK(v.device == Device::cuda, "EGNN jvp_trace: v must be in device memory");
+    }
+#if defined(EQFLOW_HAVE_CUDA)
+    const int64_t B = x.size(0);
+    const int K = static_cast<int>(dirs.size(1));
+    const size_t need = cuda::egnn_jvp_trace_workspace_bytes(impl_->net, B, K);
+    if (impl_->workspace.size() < need)
+        impl_->workspace = Buffer<unsigned char>(need, Device::cuda);
+    cuda::egnn_jvp_trace(impl_->net, B, K, dirs.data, x.data, t.data,
+                         v.defined() ? v.data : nullptr, div.data, impl_->workspace.data(),
+                         impl_->workspace.size(), stream);
 #else
     (void)stream;
 #endif
@@ -235,15 +266,20 @@ double flow_matching_loss_gpu(EgnnGpu& gpu, int64_t B, const double* x0, const d
 }
 
 OdeField egnn_gpu_field(std::shared_ptr<EgnnGpu> gpu) {
+    return egnn_gpu_field(std::move(gpu), 0, 0);
+}
+
+OdeField egnn_gpu_field(std::shared_ptr<EgnnGpu> gpu, int probes, uint64_t seed) {
     EQFLOW_CHECK(gpu != nullptr, "egnn_gpu_field: no model");
+    EQFLOW_CHECK(probes >= 0, "egnn_gpu_field: negative probe count " << probes);
     struct State {
         std::shared_ptr<EgnnGpu> gpu;
-        Tensor<float> x, t, v, div;
+        Tensor<float> x, t, v, div, dirs;
         std::vector<float> host;
     };
     auto st = std::make_shared<State>();
     st->gpu = std::move(gpu);
-    return [st](int64_t B, const double* x, const double* t, double* v, double* div) {
+    return [st, probes, seed](int64_t B, const double* x, const double* t, double* v, double* div) {
         const EgnnConfig& c = st->gpu->config();
         const int64_t nd = static_cast<int64_t>(c.n_particles) * c.dim;
         if (B == 0) return;
@@ -252,6 +288,8 @@ OdeField egnn_gpu_field(std::shared_ptr<EgnnGpu> gpu) {
             st->v = Tensor<float>(Shape{B, c.n_particles, c.dim}, Device::cuda);
             st->t = Tensor<float>(Shape{B}, Device::cuda);
             st->div = Tensor<float>(Shape{B}, Device::cuda);
+            if (probes > 0)
+                st->dirs = Tensor<float>(Shape{B, probes, c.n_particles, c.dim}, Device::cuda);
         }
         const Shape xs{B, c.n_particles, c.dim};
         TensorView<float> xv(st->x.data(), xs, Device::cuda), vv(st->v.data(), xs, Device::cuda);
@@ -262,7 +300,22 @@ OdeField egnn_gpu_field(std::shared_ptr<EgnnGpu> gpu) {
                            B * nd * sizeof(float));
         st->host.assign(t, t + B);
         detail::copy_bytes(tv.data, Device::cuda, st->host.data(), Device::cpu, B * sizeof(float));
-        if (div != nullptr) {
+        if (div != nullptr && probes > 0) {
+            // Row r's vectors: Philox(seed + r, 0), bit 0 of consecutive words, probe-major (the
+            // stream egnn_divergence_hutchinson draws for a one-row call with seed + r).
+            const int64_t per_row = static_cast<int64_t>(probes) * nd;
+            st->host.resize(static_cast<size_t>(B * per_row));
+            for (int64_t r = 0; r < B; ++r) {
+                Philox rng(seed + static_cast<uint64_t>(r), 0);
+                for (int64_t k = 0; k < per_row; ++k)
+                    st->host[r * per_row + k] = (rng.next_u32() & 1u) ? 1.0f : -1.0f;
+            }
+            TensorView<float> dirs(st->dirs.data(), Shape{B, probes, c.n_particles, c.dim},
+                                   Device::cuda);
+            detail::copy_bytes(dirs.data, Device::cuda, st->host.data(), Device::cpu,
+                               B * per_row * sizeof(float));
+            st->gpu->jvp_trace(xv, tv, dirs, vv, dv);
+        } else if (div != nullptr) {
             st->gpu->divergence(xv, tv, vv, dv);
         } else {
             st->gpu->forward(xv, tv, vv);

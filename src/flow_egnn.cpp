@@ -15,9 +15,11 @@ namespace eqflow {
 
 FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& options) {
     if (options.device == Device::cuda) {
-        EQFLOW_CHECK(!options.hutchinson,
-                     "the GPU field computes the exact divergence; Hutchinson runs on the CPU");
-        return egnn_gpu_field(std::make_shared<EgnnGpu>(model));
+        if (!options.hutchinson) return egnn_gpu_field(std::make_shared<EgnnGpu>(model));
+        EQFLOW_CHECK(options.hutchinson_probes > 0,
+                     "Hutchinson divergence needs at least one probe");
+        return egnn_gpu_field(std::make_shared<EgnnGpu>(model), options.hutchinson_probes,
+                              options.hutchinson_seed);
     }
     auto shared = std::make_shared<EgnnModel>(model);
     const int threads = options.threads > 0
@@ -63,7 +65,8 @@ FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& options) {
 }
 
 namespace {
-// The GPU path: the whole ODE on the device (eqflow/ode_gpu.h), exact divergence only.
+// The GPU path: the whole ODE on the device (eqflow/ode_gpu.h), exact divergence only. With
+// Hutchinson on the GPU, the solver runs on the host and the field (egnn_gpu_field) on the GPU.
 bool on_device(const FlowOptions& options) {
     return options.device == Device::cuda && !options.hutchinson;
 }

@@ -103,21 +103,27 @@ std::vector<float> run_forward(const cuda::EgnnNet& net, int B, const std::vecto
 }
 
 // The divergence with `slots` persistent blocks (fewer than the work items, so that blocks
-// loop and reuse their workspace slot). Returns div; v is written as well.
+// loop and reuse their workspace slot): exact when dirs is empty, otherwise the mean of
+// dirs_k . J dirs_k over the K = dirs.size() / (B n d) directions of each sample. Returns div;
+// v is written as well.
 std::vector<float> run_divergence(const cuda::EgnnNet& net, int B, int slots,
                                   const std::vector<float>& x, const std::vector<float>& t,
-                                  std::vector<float>& v, emu::Schedule schedule) {
-    const int chunks = divergence_chunks(net);
+                                  std::vector<float>& v, emu::Schedule schedule,
+                                  const std::vector<float>& dirs = {}) {
+    const int nd = net.n * net.d;
+    const int K = dirs.empty() ? nd : static_cast<int>(dirs.size() / (static_cast<size_t>(B) * nd));
+    const int chunks = divergence_chunks(K);
     std::vector<float> partial(static_cast<size_t>(B) * chunks, kNaN);
     std::vector<float> ws(static_cast<size_t>(slots) * tangent_slot_floats(net.n, net.hidden),
                           kNaN);
     v.assign(x.size(), kNaN);
     emu::launch(config(slots, divergence_smem_bytes(net), schedule), egnn_divergence_kernel, net,
-                static_cast<int64_t>(B), chunks, x.data(), t.data(), v.data(), partial.data(),
-                ws.data());
+                static_cast<int64_t>(B), chunks, K, dirs.empty() ? nullptr : dirs.data(), x.data(),
+                t.data(), v.data(), partial.data(), ws.data());
     std::vector<float> div(B, kNaN);
+    const float scale = dirs.empty() ? 1.0f : 1.0f / static_cast<float>(K);
     emu::launch(config((B + kThreads - 1) / kThreads, 0, schedule), sum_chunks_kernel,
-                static_cast<const float*>(partial.data()), static_cast<int64_t>(B), chunks,
+                static_cast<const float*>(partial.data()), static_cast<int64_t>(B), chunks, scale,
                 div.data());
     return div;
 }
@@ -226,6 +232,42 @@ TEST_P(EgnnEmulated, DivergenceMatchesCpuUnderEverySchedule) {
         EXPECT_EQ(run_divergence(h.net, B, slots, in.xf, in.tf, v, s), div0)
             << "schedule " << static_cast<int>(s);
         EXPECT_EQ(v, v0) << "schedule " << static_cast<int>(s);
+    }
+}
+
+// Hutchinson's estimator: the same kernel with K given directions per sample (here 11
+// Rademacher vectors: a full chunk of 8 and a partial one) against the CPU forward-mode JVP.
+TEST_P(EgnnEmulated, DirectionTraceMatchesCpuJvpUnderEverySchedule) {
+    const Case c = GetParam();
+    const EgnnModel model = make_model(c, 10);
+    const HostNet h(model);
+    const int B = 2, K = 11, nd = c.n * c.d;
+    const Inputs in = make_inputs(c, B, 45);
+    auto gen = test::rng(46);
+    std::vector<double> dirs(static_cast<size_t>(B) * K * nd);
+    for (double& e : dirs) e = (gen() & 1u) ? 1.0 : -1.0;
+    std::vector<double> v_ref(in.x.size()), vdot(dirs.size()), tr_ref(B, 0.0);
+    egnn_jvp(model.config, model.params.data(), B, in.x.data(), in.t.data(), K, dirs.data(),
+             v_ref.data(), vdot.data());
+    for (int b = 0; b < B; ++b) {
+        for (size_t k = 0; k < static_cast<size_t>(K) * nd; ++k)
+            tr_ref[b] += dirs[b * K * nd + k] * vdot[b * K * nd + k];
+        tr_ref[b] /= K;
+    }
+    const double vscale = max_abs(v_ref), tscale = max_abs(tr_ref);
+    ASSERT_GT(tscale, 1e-3) << "the estimate is too small for the comparison to mean anything";
+
+    const std::vector<float> dirs_f(dirs.begin(), dirs.end());
+    const int slots = 3;  // B * 2 chunks = 4 items
+    std::vector<float> v0;
+    const std::vector<float> tr0 =
+        run_divergence(h.net, B, slots, in.xf, in.tf, v0, kReferenceSchedule, dirs_f);
+    EXPECT_ALL_CLOSE(v0, v_ref, kFieldTol * (1 + vscale), kFieldTol) << c.name;
+    EXPECT_ALL_CLOSE(tr0, tr_ref, kDivTol * (1 + tscale), kDivTol) << c.name;
+    for (emu::Schedule s : kOtherSchedules) {
+        std::vector<float> v;
+        EXPECT_EQ(run_divergence(h.net, B, slots, in.xf, in.tf, v, s, dirs_f), tr0)
+            << "schedule " << static_cast<int>(s);
     }
 }
 

@@ -2,7 +2,8 @@
 // kernels/egnn.cu. A plain C++ header: no CUDA types.
 //
 // EgnnGpu holds a device copy of a model's parameters (converted to float32) and evaluates the
-// field and its exact divergence for batches that live in device memory. It owns the workspace
+// field, its exact divergence or a Hutchinson estimate of it for batches that live in device
+// memory. It owns the workspace
 // it needs and grows it on demand (outside any hot loop: the first call at a batch size sizes it).
 // Without a usable GPU its constructor throws an Error that says why.
 //
@@ -46,6 +47,13 @@ class EQFLOW_API EgnnGpu {
     void divergence(TensorView<const float> x, TensorView<const float> t, TensorView<float> v,
                     TensorView<float> div, Stream stream = nullptr);
 
+    // Hutchinson-style trace: div[b] = (1/K) sum_k dirs[b][k] . (J_v dirs[b][k]) for K
+    // directions per sample, dirs [B][K][n][d] (device); v as in divergence. Forward-mode
+    // tangents, as the exact divergence (which is the case dirs = the n d unit vectors).
+    void jvp_trace(TensorView<const float> x, TensorView<const float> t,
+                   TensorView<const float> dirs, TensorView<float> v, TensorView<float> div,
+                   Stream stream = nullptr);
+
     // Reverse mode on device data: dL_dparams [param_count] (device, float32, flat layout of
     // egnn_parameter_layout) ACCUMULATES dL/dparams; dL_dx [B][n][d] (device) is OVERWRITTEN
     // with dL/dx, or skipped when undefined. Deterministic: two runs give identical gradients.
@@ -84,5 +92,10 @@ EQFLOW_API double flow_matching_loss_gpu(EgnnGpu& gpu, int64_t B, const double* 
 // and copies them back. The solver's adaptive stepping stays on the host; the expensive part,
 // the exact divergence, runs on the GPU.
 EQFLOW_API OdeField egnn_gpu_field(std::shared_ptr<EgnnGpu> gpu);
+
+// The same with Hutchinson's divergence estimate, `probes` Rademacher vectors per row, drawn as
+// the CPU field egnn_flow_field draws them (row r of a call: Philox(seed + r, 0), one bit per
+// coordinate), so that the CPU and GPU fields estimate with the same vectors.
+EQFLOW_API OdeField egnn_gpu_field(std::shared_ptr<EgnnGpu> gpu, int probes, uint64_t seed);
 
 }  // namespace eqflow

@@ -146,7 +146,6 @@ int cmd_eval(Args& args) {
     if (n_samples <= 0) throw UsageError{"--samples needs a positive count"};
     if (test_max < 0) throw UsageError{"--test-max must be non-negative"};
     fo.device = resolve_device(device, "evaluation");
-    if (fo.hutchinson) fo.device = Device::cpu;
     if (figure.empty()) figure = figure_path(out, "_energy.svg");
     if (rama_figure.empty()) rama_figure = figure_path(out, "_ramachandran.svg");
     // Create the output directories now, not after an hour of sampling.

@@ -38,7 +38,6 @@ int cmd_sample(Args& args) {
     const std::string device = args.get("device", "auto");
     args.finish();
     fo.device = resolve_device(device, "sampler");
-    if (fo.hutchinson) fo.device = Device::cpu;
 
     const EgnnModel model = load_model(model_path);
     const System system = make_system(system_name.empty() ? model.config.system : system_name);
