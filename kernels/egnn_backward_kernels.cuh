@@ -127,37 +127,8 @@ __global__ void __launch_bounds__(kThreads)
             prepare_layer(net, p, sm, L);
             __syncthreads();
             const LaneVectors lv = lane_vectors(net, p, lane);
-            for (int i = warp; i < n; i += kWarps) {
-                float accM[kLanesQ] = {};
-                float accX[kEgnnMaxDim] = {};
-                for (int j = 0; j < n; ++j) {
-                    if (j == i) continue;
-                    float diff[kEgnnMaxDim] = {};
-                    float r = 0.0f, a = 0.0f;
-                    for (int c = 0; c < d; ++c) {
-                        diff[c] = sm[cur + i * d + c] - sm[cur + j * d + c];
-                        r += diff[c] * diff[c];
-                        const float d0 = sm[L.x0 + i * d + c] - sm[L.x0 + j * d + c];
-                        a += d0 * d0;
-                    }
-                    EdgePrimal e;
-                    edge_primal(net, sm, L, lv, i, j, r, a, lane, s1, mm, e);
-                    const float scale = e.phi / (sqrtf(r + kCoordEps) + 1.0f);
-                    for (int c = 0; c < d; ++c) accX[c] += diff[c] * scale;
-#pragma unroll
-                    for (int q = 0; q < kLanesQ; ++q) accM[q] += e.m[q];
-                    __syncwarp();
-                }
-#pragma unroll
-                for (int q = 0; q < kLanesQ; ++q) {
-                    const int k = lane + 32 * q;
-                    if (k < H) {
-                        sm[L.M + i * H + k] = accM[q];
-                        slot[S.Ms + static_cast<size_t>(l) * n * H + i * H + k] = accM[q];
-                    }
-                }
-                if (lane < d) sm[nxt + i * d + lane] = sm[cur + i * d + lane] + accX[lane];
-            }
+            layer_edges_primal(net, sm, L, lv, cur, nxt, warp, lane, s1, mm,
+                               slot + S.Ms + static_cast<size_t>(l) * n * H);
             __syncthreads();
             if (l + 1 < Lyr)
                 for (int i = warp; i < n; i += kWarps)

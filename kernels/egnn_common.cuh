@@ -222,6 +222,47 @@ __device__ inline void edge_primal(const EgnnNet& net, const float* sm, const Pr
     e.phi = net.use_tanh ? net.coords_range * tanhf(e.c) : e.c;
 }
 
+// The edge phase of one layer for the warp's targets i = warp, warp + kWarps, ...:
+//   M_i = sum_j m_ij,  x_next_i = x_i + sum_j d_ij phi_ij / (sqrt(r_ij + eps) + 1),
+// each summed over j in order by the one warp that owns i (deterministic). The coordinates are
+// read at sm + cur and written at sm + nxt; M_keep (nullable, [n][H]) gets a copy of M.
+__device__ inline void layer_edges_primal(const EgnnNet& net, float* sm, const PrimalLayout& L,
+                                          const LaneVectors& lv, int cur, int nxt, int warp,
+                                          int lane, float* s1, float* mm, float* M_keep) {
+    const int n = net.n, d = net.d, H = net.hidden;
+    for (int i = warp; i < n; i += kWarps) {
+        float accM[kLanesQ] = {};
+        float accX[kEgnnMaxDim] = {};
+        for (int j = 0; j < n; ++j) {
+            if (j == i) continue;
+            float diff[kEgnnMaxDim] = {};
+            float r = 0.0f, a = 0.0f;
+            for (int c = 0; c < d; ++c) {
+                diff[c] = sm[cur + i * d + c] - sm[cur + j * d + c];
+                r += diff[c] * diff[c];
+                const float d0 = sm[L.x0 + i * d + c] - sm[L.x0 + j * d + c];
+                a += d0 * d0;
+            }
+            EdgePrimal e;
+            edge_primal(net, sm, L, lv, i, j, r, a, lane, s1, mm, e);
+            const float scale = e.phi / (sqrtf(r + kCoordEps) + 1.0f);
+            for (int c = 0; c < d; ++c) accX[c] += diff[c] * scale;
+#pragma unroll
+            for (int q = 0; q < kLanesQ; ++q) accM[q] += e.m[q];
+            __syncwarp();  // scratch is rewritten by the next edge
+        }
+#pragma unroll
+        for (int q = 0; q < kLanesQ; ++q) {
+            const int k = lane + 32 * q;
+            if (k < H) {
+                sm[L.M + i * H + k] = accM[q];
+                if (M_keep != nullptr) M_keep[i * H + k] = accM[q];
+            }
+        }
+        if (lane < d) sm[nxt + i * d + lane] = sm[cur + i * d + lane] + accX[lane];
+    }
+}
+
 // h_i += Wn2 SiLU(Wn1 [h_i, M_i] + bn1) + bn2 for the warp's nodes. hid_pre (nullable) keeps the
 // lane's pre-activations for the tangent pass.
 __device__ inline void node_primal(const EgnnNet& net, const EgnnLayerPtrs& p, float* sm,
