@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "egnn_test_util.h"
 #include "eqflow/egnn.h"
 #include "test_util.h"
 
@@ -31,11 +32,7 @@ namespace {
 
 using namespace cuda::egnn_detail;
 
-struct Case {
-    const char* name;
-    int n, d, hidden, layers;
-    bool attention, tanh, typed;
-};
+using Case = test::EgnnCase;
 
 // Small enough for the emulator (every barrier is 256 fiber switches), chosen so that n is
 // not a multiple of the 8 warps or of the 8 tangent directions, H is not a multiple of 32, and
@@ -49,25 +46,6 @@ const Case kCases[] = {
 // The reference run uses thread order; the others must reproduce it bit for bit.
 const emu::Schedule kReferenceSchedule = emu::Schedule::forward;
 const emu::Schedule kOtherSchedules[] = {emu::Schedule::reverse, emu::Schedule::shuffled};
-
-EgnnModel make_model(const Case& c, uint64_t seed) {
-    EgnnModel m;
-    m.config.system = c.name;
-    m.config.n_particles = c.n;
-    m.config.dim = c.d;
-    m.config.hidden = c.hidden;
-    m.config.layers = c.layers;
-    m.config.attention = c.attention;
-    m.config.tanh = c.tanh;
-    if (c.typed)
-        for (int i = 0; i < c.n; ++i) m.config.atom_types.push_back(i % 3);
-    m.params = egnn_init_parameters(m.config, seed);
-    // As in test_egnn_gpu: make the last coordinate layer O(1) so that a wrong term shows.
-    for (const ParamEntry& p : egnn_parameter_layout(m.config))
-        if (p.name.find("coord_mlp.2.weight") != std::string::npos)
-            for (int64_t k = 0; k < shape_numel(p.shape); ++k) m.params[p.offset + k] *= 300.0;
-    return m;
-}
 
 // The model in float, in host memory, seen by the kernels as if it were on the device.
 struct HostNet {
@@ -190,7 +168,7 @@ class EgnnEmulated : public ::testing::TestWithParam<Case> {};
 
 TEST_P(EgnnEmulated, ForwardMatchesCpuUnderEverySchedule) {
     const Case c = GetParam();
-    const EgnnModel model = make_model(c, 7);
+    const EgnnModel model = test::random_egnn_model(c, 7);
     const HostNet h(model);
     const int B = 2;
     const Inputs in = make_inputs(c, B, 41);
@@ -208,7 +186,7 @@ TEST_P(EgnnEmulated, ForwardMatchesCpuUnderEverySchedule) {
 
 TEST_P(EgnnEmulated, DivergenceMatchesCpuUnderEverySchedule) {
     const Case c = GetParam();
-    const EgnnModel model = make_model(c, 8);
+    const EgnnModel model = test::random_egnn_model(c, 8);
     const HostNet h(model);
     // One sample when it has several chunks of tangent directions (the emulation of the
     // divergence is the slowest part of this test, most of all under AddressSanitizer).
@@ -239,7 +217,7 @@ TEST_P(EgnnEmulated, DivergenceMatchesCpuUnderEverySchedule) {
 // Rademacher vectors: a full chunk of 8 and a partial one) against the CPU forward-mode JVP.
 TEST_P(EgnnEmulated, DirectionTraceMatchesCpuJvpUnderEverySchedule) {
     const Case c = GetParam();
-    const EgnnModel model = make_model(c, 10);
+    const EgnnModel model = test::random_egnn_model(c, 10);
     const HostNet h(model);
     const int B = 2, K = 11, nd = c.n * c.d;
     const Inputs in = make_inputs(c, B, 45);
@@ -273,7 +251,7 @@ TEST_P(EgnnEmulated, DirectionTraceMatchesCpuJvpUnderEverySchedule) {
 
 TEST_P(EgnnEmulated, BackwardMatchesCpuUnderEverySchedule) {
     const Case c = GetParam();
-    const EgnnModel model = make_model(c, 9);
+    const EgnnModel model = test::random_egnn_model(c, 9);
     const HostNet h(model);
     const int B = 3;
     const Inputs in = make_inputs(c, B, 43);

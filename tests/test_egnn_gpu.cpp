@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "egnn_test_util.h"
 #include "eqflow/egnn.h"
 #include "eqflow/egnn_gpu.h"
 #include "eqflow/flow.h"
@@ -13,11 +14,7 @@
 namespace eqflow {
 namespace {
 
-struct Case {
-    const char* name;
-    int n, d, hidden, layers;
-    bool attention, tanh, typed;
-};
+using Case = test::EgnnCase;
 
 // n not a multiple of the 8 warps or of the 8 tangent directions; H not a multiple of 32.
 const Case kCases[] = {
@@ -27,26 +24,6 @@ const Case kCases[] = {
     {"n10_typed", 10, 3, 32, 2, true, true, true},
     {"lj55", 55, 3, 64, 7, true, true, false},
 };
-
-EgnnModel make_model(const Case& c, uint64_t seed) {
-    EgnnModel m;
-    m.config.system = c.name;
-    m.config.n_particles = c.n;
-    m.config.dim = c.d;
-    m.config.hidden = c.hidden;
-    m.config.layers = c.layers;
-    m.config.attention = c.attention;
-    m.config.tanh = c.tanh;
-    if (c.typed)
-        for (int i = 0; i < c.n; ++i) m.config.atom_types.push_back(i % 3);
-    m.params = egnn_init_parameters(m.config, seed);
-    // The initialisation makes the last coordinate layer tiny (gain 0.001); scale it up so the
-    // field and its divergence are O(1) and a wrong kernel cannot hide below the tolerance.
-    for (const ParamEntry& p : egnn_parameter_layout(m.config))
-        if (p.name.find("coord_mlp.2.weight") != std::string::npos)
-            for (int64_t k = 0; k < shape_numel(p.shape); ++k) m.params[p.offset + k] *= 300.0;
-    return m;
-}
 
 // float32 against double through L layers of H-wide MLPs: ~1e-6 relative per op, amplified
 // by the depth; 2e-4 relative to the field's scale (plus 2e-4 absolute) keeps a margin of ~10
@@ -58,7 +35,7 @@ class EgnnGpu_ : public ::testing::TestWithParam<Case> {};
 
 TEST_P(EgnnGpu_, ForwardAndDivergenceMatchCpu) {
     const Case c = GetParam();
-    const EgnnModel model = make_model(c, 7);
+    const EgnnModel model = test::random_egnn_model(c, 7);
     auto gen = test::rng(31);
     // The double-precision CPU divergence of LJ55 takes tens of seconds a sample: one is enough.
     const int B = c.n > 20 ? 1 : 5;
@@ -93,7 +70,7 @@ TEST_P(EgnnGpu_, ForwardAndDivergenceMatchCpu) {
 
 TEST_P(EgnnGpu_, DeterministicAcrossRuns) {
     const Case c = GetParam();
-    const EgnnModel model = make_model(c, 8);
+    const EgnnModel model = test::random_egnn_model(c, 8);
     auto gen = test::rng(32);
     const int B = 3;
     std::vector<float> x;
@@ -115,7 +92,7 @@ constexpr double kGradTol = 1e-3;
 
 TEST_P(EgnnGpu_, BackwardMatchesCpuAndIsDeterministic) {
     const Case c = GetParam();
-    const EgnnModel model = make_model(c, 9);
+    const EgnnModel model = test::random_egnn_model(c, 9);
     auto gen = test::rng(33);
     const int B = 4;
     std::vector<double> x, t, g;
@@ -160,7 +137,7 @@ TEST_P(EgnnGpu_, BackwardMatchesCpuAndIsDeterministic) {
 // samples and log q agree to float32 accuracy of the field times the solver's sensitivity.
 TEST(EgnnGpuFlow, SamplingMatchesCpuField) {
     const Case c{"lj13", 13, 3, 32, 3, true, true, false};
-    const EgnnModel model = make_model(c, 10);
+    const EgnnModel model = test::random_egnn_model(c, 10);
     FlowOptions opt;
     opt.ode.method = OdeMethod::rk4;  // fixed steps: both fields take the same path
     opt.ode.steps = 10;
@@ -178,7 +155,7 @@ TEST(EgnnGpuFlow, SamplingMatchesCpuField) {
 // divergence (kDivTol), and differ from the exact divergence (the estimate is not exact).
 TEST(EgnnGpuFlow, HutchinsonFieldMatchesCpuField) {
     for (const Case& c : {kCases[0], kCases[2], kCases[3]}) {
-        const EgnnModel model = make_model(c, 12);
+        const EgnnModel model = test::random_egnn_model(c, 12);
         auto gen = test::rng(35);
         const int B = 3;
         std::vector<double> x, t;
@@ -213,7 +190,7 @@ TEST(EgnnGpuFlow, HutchinsonFieldMatchesCpuField) {
 
 TEST(EgnnGpuTrain, FlowMatchingLossAndGradientMatchCpu) {
     const Case c{"lj13", 13, 3, 32, 3, true, true, false};
-    const EgnnModel model = make_model(c, 11);
+    const EgnnModel model = test::random_egnn_model(c, 11);
     auto gen = test::rng(34);
     const int B = 8;
     const std::vector<double> x0 = test::random_normal(B * 39, gen),

@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "egnn_test_util.h"
 #include "egnn_unfused.h"
 #include "eqflow/egnn.h"
 #include "test_util.h"
@@ -12,11 +13,7 @@
 namespace eqflow {
 namespace {
 
-struct Case {
-    const char* name;
-    int n, d, hidden, layers;
-    bool attention, tanh;
-};
+using Case = test::EgnnCase;
 
 // The benchmark's DW4 and LJ13 sizes, a plain variant (no attention, no tanh, H not a multiple
 // of 32), and LJ55's H = 64, L = 7 at a smaller n.
@@ -35,20 +32,7 @@ class EgnnUnfused_ : public ::testing::TestWithParam<Case> {};
 
 TEST_P(EgnnUnfused_, ForwardMatchesCpuReference) {
     const Case c = GetParam();
-    EgnnModel m;
-    m.config.system = c.name;
-    m.config.n_particles = c.n;
-    m.config.dim = c.d;
-    m.config.hidden = c.hidden;
-    m.config.layers = c.layers;
-    m.config.attention = c.attention;
-    m.config.tanh = c.tanh;
-    m.params = egnn_init_parameters(m.config, 17);
-    // Make the field O(1) (the gain-0.001 initialisation of the last coordinate layer would
-    // hide a wrong kernel below any tolerance).
-    for (const ParamEntry& p : egnn_parameter_layout(m.config))
-        if (p.name.find("coord_mlp.2.weight") != std::string::npos)
-            for (int64_t k = 0; k < shape_numel(p.shape); ++k) m.params[p.offset + k] *= 300.0;
+    const EgnnModel m = test::random_egnn_model(c, 17);
     auto gen = test::rng(51);
     const int B = 5;
     std::vector<double> x, t;

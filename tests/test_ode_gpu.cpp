@@ -14,6 +14,7 @@
 #include <cmath>
 #include <memory>
 
+#include "egnn_test_util.h"
 #include "eqflow/egnn.h"
 #include "eqflow/egnn_gpu.h"
 #include "eqflow/flow.h"
@@ -26,19 +27,7 @@ namespace {
 constexpr double kSameFieldTol = 1e-6;
 
 EgnnModel make_model(const char* name, int n, int d, int hidden, int layers, uint64_t seed) {
-    EgnnModel m;
-    m.config.system = name;
-    m.config.n_particles = n;
-    m.config.dim = d;
-    m.config.hidden = hidden;
-    m.config.layers = layers;
-    m.params = egnn_init_parameters(m.config, seed);
-    // As in test_egnn_gpu: scale the (gain 0.001) last coordinate layer up so that the field
-    // and its divergence are O(1) and the flow really moves the samples.
-    for (const ParamEntry& p : egnn_parameter_layout(m.config))
-        if (p.name.find("coord_mlp.2.weight") != std::string::npos)
-            for (int64_t k = 0; k < shape_numel(p.shape); ++k) m.params[p.offset + k] *= 300.0;
-    return m;
+    return test::random_egnn_model({name, n, d, hidden, layers}, seed);
 }
 
 std::vector<double> centred_normal(int64_t B, int n, int d, uint64_t salt) {
