@@ -3,8 +3,8 @@
 //
 // EgnnGpu holds a device copy of a model's parameters (converted to float32) and evaluates the
 // field, its exact divergence or a Hutchinson estimate of it for batches that live in device
-// memory. It owns the workspace
-// it needs and grows it on demand (outside any hot loop: the first call at a batch size sizes it).
+// memory. It owns the workspace it needs and grows it on demand (outside any hot loop: the first
+// call at a batch size sizes it).
 // Without a usable GPU its constructor throws an Error that says why.
 //
 // Limits: H <= 128 for forward and divergence; backward keeps four H x H matrices in shared
