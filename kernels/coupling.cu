@@ -25,7 +25,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "cpu/kabsch_cpu.h"
+#include "common/kabsch_math.h"
 #include "kernels/assignment.cuh"
 #include "kernels/assignment_device.cuh"
 #include "kernels/coupling.cuh"

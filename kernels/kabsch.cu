@@ -7,7 +7,7 @@
 // src/cpu/kabsch_cpu.h (so CPU and GPU rotations agree to rounding). The lanes then write R x_i
 // for their particles and reduce the squared residuals. No shared memory.
 // Per configuration: reads 2 n D values, writes n D + D^2 + 1; ~4 n D^2 FLOP plus a 4 x 4 Jacobi.
-#include "cpu/kabsch_cpu.h"
+#include "common/kabsch_math.h"
 #include "kernels/cuda_check.cuh"
 #include "kernels/device_compat.cuh"
 #include "kernels/kabsch.cuh"

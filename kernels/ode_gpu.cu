@@ -1,6 +1,6 @@
 // kernels/ode_gpu.cu: per-sample bookkeeping of the device ODE integrator (see ode_gpu.cuh).
 //
-// One thread per active sample; each thread runs one of the eqflow/ode_step.h functions on its
+// One thread per active sample; each thread runs one of the src/common/ode_step.h functions on its
 // sample's rows. The rows are [C][S] (S = D + 2), so a warp's threads read addresses S doubles
 // apart: uncoalesced, but the bookkeeping of a step moves ~10 S doubles per sample, against the
 // field's exact divergence (n*d forward-mode tangents through the whole EGNN) for each of the

@@ -1,5 +1,5 @@
 // kernels/ode_gpu.cuh: the per-sample bookkeeping kernels of the device ODE integrator
-// (src/ode_gpu.cpp drives them; the arithmetic is eqflow/ode_step.h).
+// (src/ode_gpu.cpp drives them; the arithmetic is src/common/ode_step.h).
 //
 // Every kernel works on a compact list of active samples: idx [m] (device) holds the chunk rows
 // b of the samples still integrating, in increasing order. Field inputs and outputs are compact
@@ -10,7 +10,7 @@
 #include <cstdint>
 
 #include "eqflow/device.h"
-#include "eqflow/ode_step.h"
+#include "common/ode_step.h"
 
 namespace eqflow::cuda {
 

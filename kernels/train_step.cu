@@ -15,7 +15,7 @@
 //   finish_kernel          one thread: the step's bookkeeping in TrainScalars.
 #include <cmath>
 
-#include "cpu/train_math.h"
+#include "common/train_math.h"
 #include "kernels/cuda_check.cuh"
 #include "kernels/device_compat.cuh"
 #include "kernels/train_step.cuh"

@@ -27,7 +27,7 @@ struct TrainScalars {
 };
 
 // Row b of the batch: x1[b] = data[order[first + b]] (widened to double) and x0[b], t[b],
-// eps[b] = train_math::draw_row(seed, first_stream + b) (src/cpu/train_math.h).
+// eps[b] = train_math::draw_row(seed, first_stream + b) (src/common/train_math.h).
 void fm_prepare_batch(const float* data, const int64_t* order, int64_t first, int64_t B, int n,
                       int d, uint64_t seed, uint64_t first_stream, double* x0, double* x1,
                       double* t, double* eps, Stream stream);

@@ -6,7 +6,7 @@
 #include <limits>
 
 #include "eqflow/error.h"
-#include "eqflow/ode_step.h"
+#include "common/ode_step.h"
 
 namespace eqflow {
 
@@ -137,7 +137,7 @@ void integrate_fixed(Evaluator& eval, int64_t B, int64_t D, std::vector<double>&
 }
 
 // Dormand & Prince (1980) 5(4): the tableau and the controller constants are those of
-// eqflow/ode_step.h, shared with the device integrator. The 5th-order solution propagates (local
+// src/common/ode_step.h, shared with the device integrator. The 5th-order solution propagates (local
 // extrapolation) and its last stage is the first of the next step (FSAL).
 using ode_step::dopri5_a;
 using ode_step::dopri5_c;

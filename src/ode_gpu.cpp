@@ -1,5 +1,5 @@
 // The device ODE integrator: argument checks, chunking and the step loop on the host; the state
-// and all per-sample work on the device (kernels/ode_gpu.cu, eqflow/ode_step.h). See
+// and all per-sample work on the device (kernels/ode_gpu.cu, src/common/ode_step.h). See
 // eqflow/ode_gpu.h for the design and the memory budget.
 #include "eqflow/ode_gpu.h"
 
@@ -10,7 +10,7 @@
 
 #include "eqflow/buffer.h"
 #include "eqflow/error.h"
-#include "eqflow/ode_step.h"
+#include "common/ode_step.h"
 #include "eqflow/tensor.h"
 
 #if defined(EQFLOW_HAVE_CUDA)

@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include "cpu/train_math.h"
+#include "common/train_math.h"
 #include "eqflow/error.h"
 
 namespace eqflow {
@@ -22,7 +22,7 @@ void adam_update(const AdamOptions& options, double lr, int64_t count, double* p
     const double k = static_cast<double>(state.step + 1);
     const double c1 = 1.0 - std::pow(options.beta1, k);
     const double c2 = 1.0 - std::pow(options.beta2, k);
-    // The element rule is shared with the device optimiser (src/cpu/train_math.h).
+    // The element rule is shared with the device optimiser (src/common/train_math.h).
     for (int64_t i = 0; i < count; ++i)
         train_math::adam_element(options.beta1, options.beta2, options.eps, lr, c1, c2, grad[i],
                                  state.m[static_cast<size_t>(i)], state.v[static_cast<size_t>(i)],

@@ -10,7 +10,7 @@
 #include <memory>
 #include <thread>
 
-#include "cpu/train_math.h"
+#include "common/train_math.h"
 #include "eqflow/coupling.h"
 #include "eqflow/egnn_gpu.h"
 #include "eqflow/error.h"

@@ -2,7 +2,7 @@
 //
 // Reference: ode_integrate (src/ode.cpp) driven by egnn_gpu_field, i.e. the SAME float32 EGNN
 // kernels with the solver on the host. The device integrator repeats the host's arithmetic
-// operation for operation (eqflow/ode_step.h, no FMA contraction on either side) and the EGNN
+// operation for operation (src/common/ode_step.h, no FMA contraction on either side) and the EGNN
 // kernels' per-row results do not depend on which rows share a batch, so the two runs see the
 // same float32 field inputs. What can differ: CUDA's pow() may differ from glibc's in the last
 // bit (it sets step sizes), which moves stage points by ~1e-16 relative and, rarely, flips the

@@ -1,4 +1,4 @@
-// The per-sample solver arithmetic of eqflow/ode_step.h (what the device integrator runs, one
+// The per-sample solver arithmetic of src/common/ode_step.h (what the device integrator runs, one
 // thread per sample) driven on the host, label cpu: a host loop that repeats the device driver
 // of src/ode_gpu.cpp step for step (compact active list, stage by stage, accept/reject) must
 // reproduce ode_integrate bit for bit on a float32-rounded field, follow the closed form of a
@@ -12,7 +12,7 @@
 
 #include "eqflow/ode.h"
 #include "eqflow/ode_gpu.h"
-#include "eqflow/ode_step.h"
+#include "common/ode_step.h"
 #include "test_util.h"
 
 namespace eqflow {

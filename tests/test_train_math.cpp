@@ -1,4 +1,4 @@
-// The host/device math of flow-matching training (src/cpu/train_math.h), compiled as host code,
+// The host/device math of flow-matching training (src/common/train_math.h), compiled as host code,
 // label cpu: the row draws the CPU trainer and the GPU step share, and the float32-storage Adam
 // element of the GPU optimiser against the double Adam of eqflow/optim.h. The device compiles
 // the same functions (kernels/train_step.cu); tests/test_train_gpu.cpp checks them there.
@@ -9,7 +9,7 @@
 #include <random>
 #include <vector>
 
-#include "cpu/train_math.h"
+#include "common/train_math.h"
 #include "eqflow/flow.h"
 #include "eqflow/optim.h"
 #include "eqflow/philox.h"

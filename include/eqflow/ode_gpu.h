@@ -6,7 +6,7 @@
 // counted) and as flow_sample / flow_log_likelihood of eqflow/flow.h (prior draws, normalised
 // log q, x0, path lengths, OdeStats), but the state never leaves the device while it integrates:
 //   - per sample, the augmented state y = [x, I, L] in float64, its stage derivatives, t, h and
-//     counters live in device memory; the per-sample arithmetic is eqflow/ode_step.h, the very
+//     counters live in device memory; the per-sample arithmetic is src/common/ode_step.h, the very
 //     operations of the host solver (results agree with ode_integrate driven by egnn_gpu_field
 //     up to the last bit of pow() in the step-size controller);
 //   - each stage evaluates EgnnGpu::divergence (float32, exact divergence) on the rows still

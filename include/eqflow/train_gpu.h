@@ -8,7 +8,7 @@
 // (Adam step, skipped steps, the logged window's loss sum). One step enqueues, on one stream:
 //
 //   1. gather the batch rows order[j*B .. j*B+B) and draw x0, t, eps of row b from
-//      Philox(draw_seed, step*B + b) with the CPU trainer's own function (src/cpu/train_math.h),
+//      Philox(draw_seed, step*B + b) with the CPU trainer's own function (src/common/train_math.h),
 //      in double: bit-identical to the CPU trainer's draws;
 //   2. couple (ot / eqot: the GPU couplings of eqflow/coupling.h, in double, atom types
 //      respected; fm: as drawn, no kernel);

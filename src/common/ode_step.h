@@ -1,4 +1,4 @@
-// eqflow/ode_step.h: the per-sample arithmetic of the ODE solvers of eqflow/ode.h (Dormand-Prince
+// src/common/ode_step.h: the per-sample arithmetic of the ODE solvers of eqflow/ode.h (Dormand-Prince
 // 5(4) with its step-size controller and Hairer's starting step, classical RK4, Euler), written
 // as functions usable on the host and inside CUDA kernels (EQFLOW_HD). The device integrator
 // (kernels/ode_gpu.cu, driven by src/ode_gpu.cpp) runs them with one thread per sample; the cpu

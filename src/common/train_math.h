@@ -1,4 +1,4 @@
-// src/cpu/train_math.h: the per-row random draws and the per-parameter Adam arithmetic of
+// src/common/train_math.h: the per-row random draws and the per-parameter Adam arithmetic of
 // flow-matching training, written once for the host and the device. The CPU trainer
 // (src/trainer.cpp, src/optim.cpp) and the device step (kernels/train_step.cu) both call these
 // functions, so the GPU path draws the same numbers and applies the same update rule as the CPU
