@@ -4,10 +4,10 @@
 #include <atomic>
 #include <cmath>
 #include <mutex>
-#include <thread>
 
 #include "cpu/systems_cpu.h"
 #include "eqflow/error.h"
+#include "eqflow/parallel.h"
 #include "eqflow/philox.h"
 
 namespace eqflow {
@@ -181,39 +181,30 @@ std::vector<double> sample_equilibrium(const System& s, const McmcOptions& opt, 
 
     // Enough chains to use every core and to give independent error estimates; each chain
     // records at most ~1/16 of the samples.
-    const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
-    const int threads = opt.threads > 0 ? opt.threads : static_cast<int>(hw);
+    const int threads = opt.threads > 0 ? opt.threads : default_thread_count();
     int chains = opt.chains > 0 ? opt.chains
                                 : static_cast<int>(std::clamp<int64_t>(opt.samples / 50, 1, 64));
     chains = static_cast<int>(std::min<int64_t>(chains, std::max<int64_t>(opt.samples, 1)));
     std::vector<int64_t> per_chain(static_cast<size_t>(chains), opt.samples / chains);
     for (int c = 0; c < opt.samples % chains; ++c) ++per_chain[c];
 
+    // Chain c writes results[c] only, so the output does not depend on which thread ran it.
     std::vector<ChainResult> results(static_cast<size_t>(chains));
-    std::atomic<int> next{0};
     std::atomic<int64_t> done{0};
     std::mutex progress_mutex;
-    std::exception_ptr failure;
-    auto worker = [&] {
-        try {
-            for (int c = next++; c < chains; c = next++) {
-                results[c] = run_chain(s, opt, temps, c, per_chain[c], thin, [&](int64_t k) {
+    parallel_for(
+        chains,
+        [&](int64_t c) {
+            results[c] =
+                run_chain(s, opt, temps, static_cast<int>(c), per_chain[c], thin, [&](int64_t k) {
                     const int64_t now = done += k;
                     if (opt.progress) {
                         std::lock_guard<std::mutex> lock(progress_mutex);
                         opt.progress(now, opt.samples);
                     }
                 });
-            }
-        } catch (...) {
-            std::lock_guard<std::mutex> lock(progress_mutex);
-            if (!failure) failure = std::current_exception();
-        }
-    };
-    std::vector<std::thread> pool;
-    for (int k = 0; k < std::min(threads, chains); ++k) pool.emplace_back(worker);
-    for (auto& th : pool) th.join();
-    if (failure) std::rethrow_exception(failure);
+        },
+        threads);
 
     std::vector<double> all;
     all.reserve(static_cast<size_t>(opt.samples * s.n * s.d));
@@ -221,6 +212,7 @@ std::vector<double> sample_equilibrium(const System& s, const McmcOptions& opt, 
     if (stats) {
         stats->temperatures = temps;
         stats->chains = chains;
+        stats->threads = std::min(threads, chains);
         stats->thin = thin;
         stats->acceptance.assign(static_cast<size_t>(R), 0.0);
         stats->step_size.assign(static_cast<size_t>(R), 0.0);

@@ -280,6 +280,20 @@ INSTANTIATE_TEST_SUITE_P(Systems, Eqot,
                          ::testing::Values(std::make_pair(4, 2), std::make_pair(13, 3)),
                          [](const auto& info) { return "n" + std::to_string(info.param.first); });
 
+TEST(Coupling, EqotDoesNotDependOnTheThreadCount) {
+    const int B = 9, n = 6, d = 3;
+    auto gen = test::rng(640);
+    const std::vector<double> x0 = prior(B, n, d, gen), x1 = data(B, n, d, gen);
+    CouplingOptions o = opts(CouplingKind::eqot);
+    o.threads = 1;
+    const Coupled one = run(o, x0, x1, B, n, d);
+    o.threads = 4;
+    const Coupled four = run(o, x0, x1, B, n, d);
+    EXPECT_EQ(one.x1p, four.x1p);
+    EXPECT_EQ(one.pairing, four.pairing);
+    EXPECT_EQ(one.cost, four.cost);
+}
+
 TEST(Coupling, EqotRespectsTypes) {
     auto gen = test::rng(650);
     const int B = 6, n = 7, d = 3;

@@ -30,14 +30,14 @@
 // inputs the net practically never triggers, and invariance is kept). frame_starts = false gives
 // DESIGN.md's recipe exactly (identity start; with refine_iterations = 0, one Hungarian + Kabsch).
 //
-// Backends: CPU views (host memory, e.g. the trainer's double arrays) run the plain reference
-// in double (the B^2 eqot pair alignments spread over the hardware threads; the result does not
-// depend on their number) and need no workspace. CUDA views run all B^2 eqot pair problems in
-// one launch (one warp per pair, both samples in shared memory, the particle distances computed
-// on the fly), the B x B assignment on the GPU (B <= 1024), and need `coupling_workspace_bytes`
-// bytes of device workspace (nothing is allocated inside the call; the call synchronises the
-// stream). Non-finite coordinates are an Error on the CPU; on the GPU ot and eqot report them
-// through the batch assignment (an Error too), fm copies them through unchecked.
+// Backends: CPU views (host memory, e.g. the trainer's double arrays) run the plain reference in
+// double (the B^2 eqot pair alignments spread over `threads` threads of the pool; the result does
+// not depend on their number) and need no workspace. CUDA views run all B^2 eqot pair problems in
+// one launch (one warp per pair, both samples in shared memory, the particle distances computed on
+// the fly), the B x B assignment on the GPU (B <= 1024), and need `coupling_workspace_bytes` bytes
+// of device workspace (nothing is allocated inside the call; the call synchronises the stream).
+// Non-finite coordinates are an Error on the CPU; on the GPU ot and eqot report them through the
+// batch assignment (an Error too), fm copies them through unchecked.
 // x1_paired must not overlap x0 or x1.
 #pragma once
 
@@ -64,6 +64,7 @@ struct CouplingOptions {
     std::vector<int> atom_types;    // [n] type index per particle; empty: all particles alike
     bool frame_starts = true;   // eqot: principal-axes starts (invariance); false: identity start
     int refine_iterations = 1;  // eqot: extra Hungarian + Kabsch rounds per start (>= 0)
+    int threads = 0;            // eqot on the CPU: threads for the B^2 alignments; 0: all
 };
 
 EQFLOW_API std::size_t coupling_workspace_bytes(Device device, const CouplingOptions& options,

@@ -28,8 +28,8 @@ struct McmcOptions {
     double t_max = 0.0;      // highest temperature / kT; 0: a per-system default
     int64_t burn_in = 2000;  // sweeps before recording
     int64_t thin = 0;        // sweeps between recorded samples; 0: a per-system default
-    int threads = 0;         // 0: all hardware threads
-    // Called from the worker threads (serialised) with (samples done, samples total).
+    int threads = 0;         // 0: default_thread_count() (eqflow/parallel.h)
+    // Called from the pool's threads (serialised) with (samples done, samples total).
     std::function<void(int64_t, int64_t)> progress;
 };
 
@@ -39,6 +39,7 @@ struct McmcStats {
     std::vector<double> step_size;        // tuned step per rung (mean over chains)
     std::vector<double> swap_acceptance;  // per neighbouring pair (mean over chains)
     int chains = 0;
+    int threads = 0;  // threads given to the chains: min(options.threads (0: all), chains)
     int64_t thin = 0;
 };
 

@@ -1,17 +1,16 @@
 // CPU reference of the fm / ot / eqot couplings: plain loops in double (the B^2 eqot pair
-// alignments spread over the hardware threads).
+// alignments spread over the thread pool).
 //
 // Shapes: x0, x1, x1_paired [B][n][d]; C, M [B][B] (pair costs); per pair: perm [n] (x1 particle
 // given to x0 particle a), R [d][d] (applied as R x1[perm[a]]).
 #include "cpu/coupling_cpu.h"
 
 #include <algorithm>
-#include <exception>
 #include <limits>
-#include <thread>
 
 #include "cpu/kabsch_cpu.h"
 #include "eqflow/error.h"
+#include "eqflow/parallel.h"
 
 namespace eqflow::cpu {
 
@@ -154,30 +153,19 @@ void couple(const CouplingOptions& o, const double* x0, const double* x1, int64_
         assign_batch(c, B, sigma.data());
     } else {
         std::vector<double> m(B * B);  // [B][B] aligned costs
-        // The B^2 alignments are independent: rows of M are dealt out to the hardware threads
+        // The B^2 alignments are independent: rows of M are dealt out to the pool's threads
         // (each entry is computed alone, so the result does not depend on the thread count).
-        const int threads = static_cast<int>(
-            std::max<int64_t>(1, std::min<int64_t>(B, std::thread::hardware_concurrency())));
-        std::vector<std::exception_ptr> errors(threads);
-        const auto rows = [&](int t) {
-            try {
+        parallel_for(
+            B,
+            [&](int64_t i) {
                 std::vector<int64_t> perm(n);
                 double r[9];
                 EqotScratch scratch;
-                for (int64_t i = t; i < B; i += threads)
-                    for (int64_t j = 0; j < B; ++j)
-                        m[i * B + j] = eqot_align_pair(o, x0 + i * nd, x1 + j * nd, n, d, types,
-                                                       perm.data(), r, scratch);
-            } catch (...) {
-                errors[t] = std::current_exception();
-            }
-        };
-        std::vector<std::thread> pool;
-        for (int t = 1; t < threads; ++t) pool.emplace_back(rows, t);
-        rows(0);
-        for (std::thread& th : pool) th.join();
-        for (const std::exception_ptr& e : errors)
-            if (e) std::rethrow_exception(e);
+                for (int64_t j = 0; j < B; ++j)
+                    m[i * B + j] = eqot_align_pair(o, x0 + i * nd, x1 + j * nd, n, d, types,
+                                                   perm.data(), r, scratch);
+            },
+            o.threads);
         assign_batch(m, B, sigma.data());
     }
     // The paired batch; eqot recomputes the alignment of the B chosen pairs (deterministic, so it

@@ -7,8 +7,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <thread>
 #include <vector>
+
+#include "eqflow/parallel.h"
 
 namespace eqflow::cpu {
 
@@ -272,8 +273,8 @@ template <class T>
 void molecule_energy_forces(const ForceField& ff, const T* x, int64_t B, T* energy, T* forces,
                             unsigned terms, double energy_scale) {
     const int nd = 3 * ff.n_atoms;
-    // Configurations are independent: contiguous chunks on up to hardware_concurrency threads
-    // (at least kMinPerThread each). Every result is computed the same way whatever the split.
+    // Configurations are independent: contiguous chunks, one per thread of the pool (at least
+    // kMinPerThread configurations each). Every result is computed the same way whatever the split.
     constexpr int64_t kMinPerThread = 64;
     auto chunk = [&](int64_t begin, int64_t end) {
         std::vector<double> xd(static_cast<size_t>(nd)), g(static_cast<size_t>(nd));
@@ -285,17 +286,11 @@ void molecule_energy_forces(const ForceField& ff, const T* x, int64_t B, T* ener
                 for (int k = 0; k < nd; ++k) forces[b * nd + k] = static_cast<T>(-g[k]);
         }
     };
-    const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
-    const int64_t threads = std::min(hw, std::max<int64_t>(1, B / kMinPerThread));
-    if (threads <= 1) {
-        chunk(0, B);
-        return;
-    }
-    std::vector<std::thread> pool;
-    for (int64_t t = 1; t < threads; ++t)
-        pool.emplace_back(chunk, B * t / threads, B * (t + 1) / threads);
-    chunk(0, B / threads);
-    for (auto& th : pool) th.join();
+    const int64_t chunks =
+        std::min<int64_t>(default_thread_count(), std::max<int64_t>(1, B / kMinPerThread));
+    parallel_for(
+        chunks, [&](int64_t t) { chunk(B * t / chunks, B * (t + 1) / chunks); },
+        static_cast<int>(chunks));
 }
 
 template void molecule_energy_forces<double>(const ForceField&, const double*, int64_t, double*,
