@@ -1,5 +1,6 @@
 // The command-line program: exit codes, one-line errors, no partial outputs.
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -60,6 +61,37 @@ TEST_F(Cli, DataThenEnergy) {
     const System s = make_system("dw4");
     for (int b = 0; b < 64; ++b)
         EXPECT_NEAR(energies.values[b], energy_reference(s, data.values.data() + 8 * b), 1e-9);
+}
+
+// `data` reports its thread count: --threads, else OMP_NUM_THREADS, else the CPUs this process
+// may use (a job confined to one core by taskset runs one thread), never more than the chains.
+// The file does not depend on it.
+TEST_F(Cli, DataThreadsFollowTheOptionTheEnvironmentAndTheAffinityMask) {
+    const std::string args = "data --system dw4 --samples 200 --seed 4 --burn-in 10 --out ";
+    const std::string cli = std::string(EQFLOW_CLI_PATH) + " ";
+    Result r = run(args + file("three.npy") + " --threads 3");
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("4 chains, threads: 3"), std::string::npos) << r.out;
+    r = run(args + file("many.npy") + " --threads 9");
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("4 chains, threads: 4"), std::string::npos) << r.out;
+    r = test::sh("env OMP_NUM_THREADS=2 " + cli + args + file("two.npy"));
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("threads: 2"), std::string::npos) << r.out;
+    EXPECT_EQ(test::sh("cmp " + file("three.npy") + " " + file("two.npy")).code, 0);
+    EXPECT_EQ(test::sh("cmp " + file("three.npy") + " " + file("many.npy")).code, 0);
+
+    if (test::sh("command -v taskset").code != 0) GTEST_SKIP() << "no taskset";
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    ASSERT_EQ(sched_getaffinity(0, sizeof set, &set), 0);
+    int first = 0;
+    while (!CPU_ISSET(first, &set)) ++first;
+    r = test::sh("env -u OMP_NUM_THREADS taskset -c " + std::to_string(first) + " " + cli + args +
+                 file("one.npy"));
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("threads: 1\n"), std::string::npos) << r.out;
+    EXPECT_EQ(test::sh("cmp " + file("three.npy") + " " + file("one.npy")).code, 0);
 }
 
 TEST_F(Cli, BadInputIsOneLineErrorWithoutOutput) {

@@ -17,9 +17,10 @@ const char* const kDataUsage =
     "                   [--replicas R] [--t-max T] [--burn-in SWEEPS] [--thin SWEEPS]\n"
     "                   [--chains C] [--threads P] [--float32]\n\n"
     "Equilibrium configurations of S (dw4, lj13, lj55, lj:N) at its temperature, by\n"
-    "parallel-tempering Metropolis Monte Carlo on all cores: C independent chains of R\n"
-    "replicas on a geometric ladder up to T x kT, step sizes tuned during burn-in, one\n"
-    "sample every THIN sweeps. Output: [N, n*d] float64 (or float32), centred.\n"
+    "parallel-tempering Metropolis Monte Carlo on P threads (default: OMP_NUM_THREADS, else\n"
+    "every CPU this process may run on): C independent chains of R replicas on a geometric\n"
+    "ladder up to T x kT, step sizes tuned during burn-in, one sample every THIN sweeps.\n"
+    "Output: [N, n*d] float64 (or float32), centred.\n"
     "The same seed gives the same file whatever the number of threads.\n\n"
     "aldp (alanine dipeptide) instead runs Langevin MD with OpenMM (needs an eqflow built with\n"
     "OpenMM): 1 fs steps, friction 1/ps, 300 K, --equilibrate PS picoseconds first (default 100),\n"
@@ -101,7 +102,8 @@ int cmd_data(Args& args) {
     const std::vector<double> x = sample_equilibrium(system, opt, &stats);
     char extra[160];
     std::snprintf(
-        extra, sizeof extra, "acceptance %.2f at kT, swap acceptance %.2f..%.2f, %d chains",
+        extra, sizeof extra,
+        "acceptance %.2f at kT, swap acceptance %.2f..%.2f, %d chains, threads: %d",
         stats.acceptance.empty() ? 0.0 : stats.acceptance[0],
         stats.swap_acceptance.empty()
             ? 0.0
@@ -109,7 +111,7 @@ int cmd_data(Args& args) {
         stats.swap_acceptance.empty()
             ? 0.0
             : *std::max_element(stats.swap_acceptance.begin(), stats.swap_acceptance.end()),
-        stats.chains);
+        stats.chains, stats.threads);
     progress.finish(extra);
     save_configurations(out, x, opt.samples, system.n, system.d,
                         f32 ? NpyDtype::f32 : NpyDtype::f64);
