@@ -4,6 +4,7 @@
 // Timing: the device is synchronised after every iteration; real time.
 #include <benchmark/benchmark.h>
 
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -11,7 +12,7 @@
 #include "egnn_flops.h"
 #include "eqflow/device.h"
 #include "eqflow/egnn.h"
-#include "eqflow/egnn_gpu.h"
+#include "eqflow/field.h"
 #include "eqflow/systems.h"
 #include "eqflow/tensor.h"
 
@@ -60,17 +61,25 @@ void run(benchmark::State& state, const char* name, Op op) {
     }
     const int64_t B = state.range(0);
     Setup st = make(name, B);
-    eqflow::EgnnGpu gpu(st.model);
+    const std::unique_ptr<eqflow::Field<float>> gpu = eqflow::make_cuda_field(st.model);
+    // The caller's workspace, sized once outside the timed loop (eqflow/field.h).
+    eqflow::FieldWorkspace fw;
+    using eqflow::FieldOp;
+    const auto ws_fwd = fw.get(*gpu, FieldOp::forward, B);
+    eqflow::FieldWorkspace bw, dw;
+    const auto ws_bwd = bw.get(*gpu, FieldOp::backward, B);
+    const auto ws_div = dw.get(*gpu, FieldOp::divergence, B);
     auto step = [&] {
         switch (op) {
             case Op::forward:
-                gpu.forward(st.x.cview(), st.t.cview(), st.v.view());
+                gpu->forward(st.x.cview(), st.t.cview(), st.v.view(), ws_fwd);
                 break;
             case Op::backward:
-                gpu.backward(st.x.cview(), st.t.cview(), st.g.cview(), st.gp.view(), st.gx.view());
+                gpu->backward(st.x.cview(), st.t.cview(), st.g.cview(), st.gp.view(), st.gx.view(),
+                              ws_bwd);
                 break;
             case Op::divergence:
-                gpu.divergence(st.x.cview(), st.t.cview(), st.v.view(), st.div.view());
+                gpu->divergence(st.x.cview(), st.t.cview(), st.v.view(), st.div.view(), ws_div);
                 break;
         }
     };

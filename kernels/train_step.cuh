@@ -10,21 +10,13 @@
 
 #include <cstdint>
 
+#include "common/train_math.h"
 #include "eqflow/device.h"
 
 namespace eqflow::cuda {
 
-// The training loop's bookkeeping, one instance in device memory, so that no step needs the
-// host to decide anything: the kernels read `bad` to skip a non-finite step.
-struct TrainScalars {
-    double loss = 0.0;         // the last step's batch loss (NaN or inf when not finite)
-    int bad = 0;               // the last step's loss or gradient was not finite: skipped
-    int pad = 0;               // keeps the 8-byte fields below aligned
-    int64_t adam_step = 0;     // Adam updates applied (the next update's bias uses + 1)
-    int64_t skipped = 0;       // steps skipped so far
-    double window_loss = 0.0;  // sum of the accepted steps' losses since the last reset
-    int64_t window_count = 0;  // accepted steps since the last reset
-};
+// The training loop's bookkeeping, shared with the host step (src/common/train_math.h).
+using train_math::TrainScalars;
 
 // Row b of the batch: x1[b] = data[order[first + b]] (widened to double) and x0[b], t[b],
 // eps[b] = train_math::draw_row(seed, first_stream + b) (src/common/train_math.h).

@@ -87,6 +87,41 @@ std::vector<ParamEntry> egnn_parameter_layout(const EgnnConfig& c) {
     return layout;
 }
 
+EgnnOffsets egnn_offsets(const EgnnConfig& config) {
+    const std::vector<ParamEntry> layout = egnn_parameter_layout(config);
+    auto find = [&](const std::string& name) -> int64_t {
+        for (const ParamEntry& e : layout)
+            if (e.name == name) return e.offset;
+        EQFLOW_THROW("internal: parameter " << name << " missing from the layout");
+    };
+    EgnnOffsets off;
+    off.emb_w = find("embedding.weight");
+    off.emb_b = find("embedding.bias");
+    off.emb_out_w = find("embedding_out.weight");
+    off.emb_out_b = find("embedding_out.bias");
+    for (int l = 0; l < config.layers; ++l) {
+        const std::string g = "gcl_" + std::to_string(l) + ".";
+        EgnnLayerOffsets lo;
+        lo.edge_w0 = find(g + "edge_mlp.0.weight");
+        lo.edge_b0 = find(g + "edge_mlp.0.bias");
+        lo.edge_w2 = find(g + "edge_mlp.2.weight");
+        lo.edge_b2 = find(g + "edge_mlp.2.bias");
+        lo.node_w0 = find(g + "node_mlp.0.weight");
+        lo.node_b0 = find(g + "node_mlp.0.bias");
+        lo.node_w2 = find(g + "node_mlp.2.weight");
+        lo.node_b2 = find(g + "node_mlp.2.bias");
+        lo.coord_w0 = find(g + "coord_mlp.0.weight");
+        lo.coord_b0 = find(g + "coord_mlp.0.bias");
+        lo.coord_w2 = find(g + "coord_mlp.2.weight");
+        if (config.attention) {
+            lo.att_w0 = find(g + "att_mlp.0.weight");
+            lo.att_b0 = find(g + "att_mlp.0.bias");
+        }
+        off.layers.push_back(lo);
+    }
+    return off;
+}
+
 int64_t egnn_parameter_count(const EgnnConfig& c) {
     const std::vector<ParamEntry> layout = egnn_parameter_layout(c);
     const ParamEntry& last = layout.back();
@@ -136,7 +171,7 @@ void egnn_forward(const EgnnConfig& c, const double* params, int64_t B, const do
                   const double* t, double* v) {
     check_call(c, params, B, x, t, "egnn_forward");
     EQFLOW_CHECK(B == 0 || v != nullptr, "egnn_forward: no output");
-    const cpu::EgnnOffsets off = cpu::egnn_offsets(c);
+    const EgnnOffsets off = egnn_offsets(c);
     const int64_t nd = static_cast<int64_t>(c.n_particles) * c.dim;
     for (int64_t b = 0; b < B; ++b)
         cpu::egnn_forward_one(c, off, params, x + b * nd, t[b], v + b * nd);
@@ -147,7 +182,7 @@ void egnn_backward(const EgnnConfig& c, const double* params, int64_t B, const d
     check_call(c, params, B, x, t, "egnn_backward");
     EQFLOW_CHECK(B == 0 || dL_dv != nullptr, "egnn_backward: no dL_dv");
     EQFLOW_CHECK(dL_dparams != nullptr, "egnn_backward: no parameter gradient buffer");
-    const cpu::EgnnOffsets off = cpu::egnn_offsets(c);
+    const EgnnOffsets off = egnn_offsets(c);
     const int64_t nd = static_cast<int64_t>(c.n_particles) * c.dim;
     for (int64_t b = 0; b < B; ++b) {
         cpu::egnn_backward_one(c, off, params, x + b * nd, t[b], dL_dv + b * nd, dL_dparams,
@@ -160,7 +195,7 @@ void egnn_jvp(const EgnnConfig& c, const double* params, int64_t B, const double
     check_call(c, params, B, x, t, "egnn_jvp");
     EQFLOW_CHECK(K >= 1, "egnn_jvp: need at least one tangent direction, got " << K);
     EQFLOW_CHECK(B == 0 || (xdot != nullptr && vdot != nullptr), "egnn_jvp: no tangents");
-    const cpu::EgnnOffsets off = cpu::egnn_offsets(c);
+    const EgnnOffsets off = egnn_offsets(c);
     const int64_t nd = static_cast<int64_t>(c.n_particles) * c.dim;
     for (int64_t b = 0; b < B; ++b) {
         cpu::egnn_jvp_one(c, off, params, x + b * nd, t[b], K, xdot + b * K * nd,
@@ -172,7 +207,7 @@ void egnn_divergence(const EgnnConfig& c, const double* params, int64_t B, const
                      const double* t, double* v, double* div) {
     check_call(c, params, B, x, t, "egnn_divergence");
     EQFLOW_CHECK(B == 0 || div != nullptr, "egnn_divergence: no output");
-    const cpu::EgnnOffsets off = cpu::egnn_offsets(c);
+    const EgnnOffsets off = egnn_offsets(c);
     const int nd = c.n_particles * c.dim;
     // All n*d basis directions at once, one primal pass per sample.
     std::vector<double> eye(static_cast<size_t>(nd) * nd, 0.0), vdot(static_cast<size_t>(nd) * nd);
@@ -193,7 +228,7 @@ void egnn_divergence_hutchinson(const EgnnConfig& c, const double* params, int64
     EQFLOW_CHECK(probes >= 1,
                  "egnn_divergence_hutchinson: need at least one probe, got " << probes);
     EQFLOW_CHECK(B == 0 || div != nullptr, "egnn_divergence_hutchinson: no output");
-    const cpu::EgnnOffsets off = cpu::egnn_offsets(c);
+    const EgnnOffsets off = egnn_offsets(c);
     const int nd = c.n_particles * c.dim;
     // Probes in chunks, so that many probes do not need memory for all of them at once.
     constexpr int kChunk = 64;
@@ -218,7 +253,7 @@ void egnn_jacobian(const EgnnConfig& c, const double* params, int64_t B, const d
                    const double* t, double* jac) {
     check_call(c, params, B, x, t, "egnn_jacobian");
     EQFLOW_CHECK(B == 0 || jac != nullptr, "egnn_jacobian: no output");
-    const cpu::EgnnOffsets off = cpu::egnn_offsets(c);
+    const EgnnOffsets off = egnn_offsets(c);
     const int nd = c.n_particles * c.dim;
     std::vector<double> eye(static_cast<size_t>(nd) * nd, 0.0), vdot(static_cast<size_t>(nd) * nd);
     for (int q = 0; q < nd; ++q) eye[static_cast<size_t>(q) * nd + q] = 1.0;

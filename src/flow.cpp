@@ -49,30 +49,28 @@ void prior_log_density(int64_t B, int n, int d, const double* x, double* log_p) 
     }
 }
 
-FlowSamples flow_sample(const FlowField& field, int n, int d, int64_t count, uint64_t seed,
-                        const FlowOptions& options) {
+FlowSamples flow_sample(const FlowIntegrator& integrate, int n, int d, int64_t count, uint64_t seed,
+                        int64_t batch, const FlowOptions& options) {
     EQFLOW_CHECK(count >= 0, "flow_sample: negative sample count");
-    EQFLOW_CHECK(options.batch > 0, "flow_sample: batch must be positive");
+    EQFLOW_CHECK(batch > 0, "flow_sample: batch must be positive");
     const int64_t D = static_cast<int64_t>(n) * d;
     FlowSamples out;
     out.n = n;
     out.d = d;
     out.count = count;
-    out.x.resize(static_cast<size_t>(count * D));
     out.x0.resize(static_cast<size_t>(count * D));
     out.log_q.resize(static_cast<size_t>(count));
     out.path_length.resize(static_cast<size_t>(count));
     sample_prior(count, n, d, seed, 0, out.x0.data());
+    out.x = out.x0;
     std::vector<double> div_int, log_p0;
-    for (int64_t start = 0; start < count; start += options.batch) {
-        const int64_t B = std::min(options.batch, count - start);
+    for (int64_t start = 0; start < count; start += batch) {
+        const int64_t B = std::min(batch, count - start);
         double* xb = out.x.data() + start * D;
-        std::copy(out.x0.begin() + start * D, out.x0.begin() + (start + B) * D, xb);
         div_int.assign(static_cast<size_t>(B), 0.0);
         log_p0.assign(static_cast<size_t>(B), 0.0);
         prior_log_density(B, n, d, xb, log_p0.data());
-        ode_integrate(field, B, D, xb, 0.0, 1.0, options.ode, div_int.data(),
-                      out.path_length.data() + start, &out.ode, true);
+        integrate(B, xb, 0.0, 1.0, div_int.data(), out.path_length.data() + start, &out.ode);
         for (int64_t b = 0; b < B; ++b)
             out.log_q[static_cast<size_t>(start + b)] =
                 log_p0[static_cast<size_t>(b)] - div_int[static_cast<size_t>(b)];
@@ -82,25 +80,24 @@ FlowSamples flow_sample(const FlowField& field, int n, int d, int64_t count, uin
     return out;
 }
 
-FlowLikelihood flow_log_likelihood(const FlowField& field, int n, int d, const double* x,
-                                   int64_t count, const FlowOptions& options) {
+FlowLikelihood flow_log_likelihood(const FlowIntegrator& integrate, int n, int d, const double* x,
+                                   int64_t count, int64_t batch, const FlowOptions& options) {
     EQFLOW_CHECK(count >= 0, "flow_log_likelihood: negative count");
-    EQFLOW_CHECK(options.batch > 0, "flow_log_likelihood: batch must be positive");
+    EQFLOW_CHECK(batch > 0, "flow_log_likelihood: batch must be positive");
     const int64_t D = static_cast<int64_t>(n) * d;
     FlowLikelihood out;
     out.x0.assign(x, x + count * D);
     out.log_q.resize(static_cast<size_t>(count));
     out.path_length.resize(static_cast<size_t>(count));
     std::vector<double> div_int, log_p0;
-    for (int64_t start = 0; start < count; start += options.batch) {
-        const int64_t B = std::min(options.batch, count - start);
+    for (int64_t start = 0; start < count; start += batch) {
+        const int64_t B = std::min(batch, count - start);
         double* xb = out.x0.data() + start * D;
         div_int.assign(static_cast<size_t>(B), 0.0);
         log_p0.assign(static_cast<size_t>(B), 0.0);
         // Backwards from t = 1 to 0: I = int_1^0 div dt = -int_0^1 div dt, so
         // log q(x1) = log p0(x0) - int_0^1 div dt = log p0(x0) + I.
-        ode_integrate(field, B, D, xb, 1.0, 0.0, options.ode, div_int.data(),
-                      out.path_length.data() + start, &out.ode, true);
+        integrate(B, xb, 1.0, 0.0, div_int.data(), out.path_length.data() + start, &out.ode);
         prior_log_density(B, n, d, xb, log_p0.data());
         for (int64_t b = 0; b < B; ++b)
             out.log_q[static_cast<size_t>(start + b)] =
@@ -109,6 +106,27 @@ FlowLikelihood flow_log_likelihood(const FlowField& field, int n, int d, const d
     }
     out.failed = out.ode.failed;
     return out;
+}
+
+namespace {
+FlowIntegrator host_integrator(const FlowField& field, int64_t D, const OdeOptions& ode) {
+    return [field, D, ode](int64_t B, double* x, double t0, double t1, double* div_integral,
+                           double* path_length, OdeStats* stats) {
+        ode_integrate(field, B, D, x, t0, t1, ode, div_integral, path_length, stats, true);
+    };
+}
+}  // namespace
+
+FlowSamples flow_sample(const FlowField& field, int n, int d, int64_t count, uint64_t seed,
+                        const FlowOptions& options) {
+    return flow_sample(host_integrator(field, static_cast<int64_t>(n) * d, options.ode), n, d,
+                       count, seed, options.batch, options);
+}
+
+FlowLikelihood flow_log_likelihood(const FlowField& field, int n, int d, const double* x,
+                                   int64_t count, const FlowOptions& options) {
+    return flow_log_likelihood(host_integrator(field, static_cast<int64_t>(n) * d, options.ode), n,
+                               d, x, count, options.batch, options);
 }
 
 }  // namespace eqflow

@@ -1,76 +1,122 @@
-// The EGNN model as a flow field (exact or Hutchinson divergence), rows split over threads.
+// Flows over the field interface: any Field<T> as an ODE callback, the EGNN model's integrator
+// on the CPU or the GPU, and the model-level sampling and likelihood in the system's units.
 #include <algorithm>
 #include <cmath>
 #include <memory>
-#include <thread>
 #include <vector>
 
-#include "eqflow/egnn_gpu.h"
 #include "eqflow/error.h"
+#include "eqflow/field.h"
 #include "eqflow/flow.h"
 #include "eqflow/molecule.h"
 #include "eqflow/ode_gpu.h"
+#include "eqflow/philox.h"
 
 namespace eqflow {
 
-FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& options) {
-    if (options.device == Device::cuda) {
-        if (!options.hutchinson) return egnn_gpu_field(std::make_shared<EgnnGpu>(model));
-        EQFLOW_CHECK(options.hutchinson_probes > 0,
-                     "Hutchinson divergence needs at least one probe");
-        return egnn_gpu_field(std::make_shared<EgnnGpu>(model), options.hutchinson_probes,
-                              options.hutchinson_seed);
-    }
-    auto shared = std::make_shared<EgnnModel>(model);
-    const int threads = options.threads > 0
-                            ? options.threads
-                            : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-    const bool hutchinson = options.hutchinson;
-    const int probes = options.hutchinson_probes;
-    const uint64_t hseed = options.hutchinson_seed;
-    EQFLOW_CHECK(!hutchinson || probes > 0, "Hutchinson divergence needs at least one probe");
-    return [shared, threads, hutchinson, probes, hseed](int64_t B, const double* x, const double* t,
-                                                        double* v, double* div) {
-        const EgnnConfig& c = shared->config;
-        const int64_t D = static_cast<int64_t>(c.n_particles) * c.dim;
-        auto run = [&](int64_t begin, int64_t end) {
-            const int64_t m = end - begin;
-            if (m <= 0) return;
-            if (div == nullptr) {
-                egnn_forward(c, shared->params.data(), m, x + begin * D, t + begin, v + begin * D);
-            } else if (hutchinson) {
-                // The probe stream of a row is Philox(seed, row) inside the call: offsetting the
-                // seed by the row index keeps rows independent of how they are split.
-                for (int64_t r = begin; r < end; ++r)
-                    egnn_divergence_hutchinson(c, shared->params.data(), 1, x + r * D, t + r,
-                                               probes, hseed + static_cast<uint64_t>(r), v + r * D,
-                                               div + r);
-            } else {
-                egnn_divergence(c, shared->params.data(), m, x + begin * D, t + begin,
-                                v + begin * D, div + begin);
-            }
-        };
-        const int64_t workers = std::min<int64_t>(threads, B);
-        if (workers <= 1) {
-            run(0, B);
-            return;
+template <class T>
+FlowField field_ode(std::shared_ptr<Field<T>> field, int probes, uint64_t seed) {
+    EQFLOW_CHECK(field != nullptr, "field_ode: no field");
+    EQFLOW_CHECK(probes >= 0, "field_ode: negative probe count " << probes);
+    // Buffers in the field's memory, grown to the largest call; never shrunk.
+    struct State {
+        std::shared_ptr<Field<T>> field;
+        Tensor<T> x, t, v, div, dirs;
+        FieldWorkspace workspace;
+        std::vector<T> host;
+    };
+    auto st = std::make_shared<State>();
+    st->field = std::move(field);
+    return [st, probes, seed](int64_t B, const double* x, const double* t, double* v, double* div) {
+        Field<T>& f = *st->field;
+        const int n = f.n_particles(), d = f.dim();
+        const int64_t nd = static_cast<int64_t>(n) * d;
+        const Device dev = f.device();
+        if (B == 0) return;
+        if (st->x.numel() < B * nd) {
+            st->x = Tensor<T>(Shape{B, n, d}, dev);
+            st->v = Tensor<T>(Shape{B, n, d}, dev);
+            st->t = Tensor<T>(Shape{B}, dev);
+            st->div = Tensor<T>(Shape{B}, dev);
+            if (probes > 0) st->dirs = Tensor<T>(Shape{B, probes, n, d}, dev);
         }
-        std::vector<std::thread> pool;
-        const int64_t per = (B + workers - 1) / workers;
-        for (int64_t w = 1; w < workers; ++w)
-            pool.emplace_back(run, w * per, std::min(B, (w + 1) * per));
-        run(0, std::min(B, per));
-        for (auto& th : pool) th.join();
+        const Shape xs{B, n, d};
+        TensorView<T> xv(st->x.data(), xs, dev), vv(st->v.data(), xs, dev);
+        TensorView<T> tv(st->t.data(), Shape{B}, dev), dv(st->div.data(), Shape{B}, dev);
+        auto upload = [&](T* dst, const double* src, int64_t count) {
+            st->host.assign(src, src + count);
+            detail::copy_bytes(dst, dev, st->host.data(), Device::cpu,
+                               static_cast<size_t>(count) * sizeof(T));
+        };
+        auto download = [&](double* dst, const T* src, int64_t count) {
+            st->host.resize(static_cast<size_t>(count));
+            detail::copy_bytes(st->host.data(), Device::cpu, src, dev,
+                               static_cast<size_t>(count) * sizeof(T));
+            for (int64_t k = 0; k < count; ++k) dst[k] = st->host[static_cast<size_t>(k)];
+        };
+        upload(xv.data, x, B * nd);
+        upload(tv.data, t, B);
+        if (div != nullptr && probes > 0) {
+            const int64_t per_row = static_cast<int64_t>(probes) * nd;
+            st->host.resize(static_cast<size_t>(B * per_row));
+            for (int64_t r = 0; r < B; ++r) {
+                Philox rng(seed + static_cast<uint64_t>(r), 0);
+                for (int64_t k = 0; k < per_row; ++k)
+                    st->host[static_cast<size_t>(r * per_row + k)] =
+                        (rng.next_u32() & 1u) ? T(1) : T(-1);
+            }
+            TensorView<T> dirs(st->dirs.data(), Shape{B, probes, n, d}, dev);
+            detail::copy_bytes(dirs.data, dev, st->host.data(), Device::cpu,
+                               static_cast<size_t>(B * per_row) * sizeof(T));
+            f.jvp_trace(xv, tv, dirs, vv, dv, st->workspace.get(f, FieldOp::jvp_trace, B, probes));
+        } else if (div != nullptr) {
+            f.divergence(xv, tv, vv, dv, st->workspace.get(f, FieldOp::divergence, B));
+        } else {
+            f.forward(xv, tv, vv, st->workspace.get(f, FieldOp::forward, B));
+        }
+        download(v, vv.data, B * nd);
+        if (div != nullptr) download(div, dv.data, B);
+    };
+}
+
+template EQFLOW_API FlowField field_ode<double>(std::shared_ptr<Field<double>>, int, uint64_t);
+template EQFLOW_API FlowField field_ode<float>(std::shared_ptr<Field<float>>, int, uint64_t);
+
+FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& options) {
+    EQFLOW_CHECK(!options.hutchinson || options.hutchinson_probes > 0,
+                 "Hutchinson divergence needs at least one probe");
+    const int probes = options.hutchinson ? options.hutchinson_probes : 0;
+    if (options.device == Device::cuda)
+        return field_ode<float>(make_cuda_field(model), probes, options.hutchinson_seed);
+    return field_ode<double>(make_reference_field(model, options.threads), probes,
+                             options.hutchinson_seed);
+}
+
+FlowIntegrator model_integrator(const EgnnModel& model, const FlowOptions& options,
+                                int64_t* batch) {
+    const EgnnConfig& c = model.config;
+    const int64_t D = static_cast<int64_t>(c.n_particles) * c.dim;
+    if (options.device == Device::cuda && !options.hutchinson) {
+        // The whole ODE on the device, exact divergence; it chunks by itself.
+        std::shared_ptr<Field<float>> field = make_cuda_field(model);
+        if (batch) *batch = ode_gpu_default_chunk(D, options.ode.method);
+        const OdeOptions ode = options.ode;
+        return [field, ode](int64_t B, double* x, double t0, double t1, double* div_integral,
+                            double* path_length, OdeStats* stats) {
+            ode_integrate_gpu(*field, B, x, t0, t1, ode, div_integral, path_length, stats);
+        };
+    }
+    EQFLOW_CHECK(options.batch > 0, "flow batch must be positive");
+    if (batch) *batch = options.batch;
+    const FlowField field = egnn_flow_field(model, options);
+    const OdeOptions ode = options.ode;
+    return [field, D, ode](int64_t B, double* x, double t0, double t1, double* div_integral,
+                           double* path_length, OdeStats* stats) {
+        ode_integrate(field, B, D, x, t0, t1, ode, div_integral, path_length, stats, true);
     };
 }
 
 namespace {
-// The GPU path: the whole ODE on the device (eqflow/ode_gpu.h), exact divergence only. With
-// Hutchinson on the GPU, the solver runs on the host and the field (egnn_gpu_field) on the GPU.
-bool on_device(const FlowOptions& options) {
-    return options.device == Device::cuda && !options.hutchinson;
-}
-
 // (n-1) d log s: log q in model units minus this is log q in the system's units.
 double log_volume_factor(const EgnnConfig& c) {
     return static_cast<double>((c.n_particles - 1) * c.dim) * std::log(c.length_scale);
@@ -80,14 +126,9 @@ double log_volume_factor(const EgnnConfig& c) {
 FlowSamples sample_model(const EgnnModel& model, int64_t count, uint64_t seed,
                          const FlowOptions& options) {
     const EgnnConfig& c = model.config;
-    FlowSamples s;
-    if (on_device(options)) {
-        EgnnGpu gpu(model);
-        s = flow_sample_gpu(gpu, c.n_particles, c.dim, count, seed, options);
-    } else {
-        s = flow_sample(egnn_flow_field(model, options), c.n_particles, c.dim, count, seed,
-                        options);
-    }
+    int64_t batch = 0;
+    const FlowIntegrator integrate = model_integrator(model, options, &batch);
+    FlowSamples s = flow_sample(integrate, c.n_particles, c.dim, count, seed, batch, options);
     if (c.length_scale != 1.0) {
         const double scale = c.length_scale, shift = log_volume_factor(c);
         for (double& v : s.x) v *= scale;
@@ -103,14 +144,10 @@ FlowLikelihood model_log_likelihood(const EgnnModel& model, const double* x, int
     const int64_t D = static_cast<int64_t>(c.n_particles) * c.dim;
     std::vector<double> y(x, x + count * D);
     for (double& v : y) v /= c.length_scale;
-    FlowLikelihood l;
-    if (on_device(options)) {
-        EgnnGpu gpu(model);
-        l = flow_log_likelihood_gpu(gpu, c.n_particles, c.dim, y.data(), count, options);
-    } else {
-        l = flow_log_likelihood(egnn_flow_field(model, options), c.n_particles, c.dim, y.data(),
-                                count, options);
-    }
+    int64_t batch = 0;
+    const FlowIntegrator integrate = model_integrator(model, options, &batch);
+    FlowLikelihood l =
+        flow_log_likelihood(integrate, c.n_particles, c.dim, y.data(), count, batch, options);
     if (c.length_scale == 1.0) return l;
     const double shift = log_volume_factor(c);
     for (double& v : l.log_q) v -= shift;

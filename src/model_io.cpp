@@ -487,4 +487,63 @@ EgnnModel load_model(const std::string& path) {
     return egnn_model_from_safetensors(read_safetensors(path), path);
 }
 
+void save_checkpoint(const std::string& path, const TrainingCheckpoint& ck) {
+    const int64_t P = static_cast<int64_t>(ck.model.params.size());
+    SafetensorsFile f = egnn_model_to_safetensors(ck.model);
+    for (const auto& [key, value] : ck.fingerprint) f.set_meta(key, value);
+    f.set_meta("eqflow.train.step", std::to_string(ck.step));
+    f.set_meta("eqflow.train.total_steps", std::to_string(ck.total_steps));
+    f.tensors.push_back(
+        SafeTensor::i64("trainer.state", Shape{4},
+                        {ck.step, ck.adam_step, ck.skipped,
+                         static_cast<int64_t>(std::llround(ck.elapsed_seconds * 1e3))}));
+    auto moment = [&](const std::vector<double>& m) {
+        return m.empty() ? std::vector<double>(static_cast<size_t>(P), 0.0) : m;
+    };
+    f.tensors.push_back(SafeTensor::f64("optimizer.adam.m", Shape{P}, moment(ck.adam_m)));
+    f.tensors.push_back(SafeTensor::f64("optimizer.adam.v", Shape{P}, moment(ck.adam_v)));
+    if (!ck.ema.empty()) f.tensors.push_back(SafeTensor::f64("optimizer.ema", Shape{P}, ck.ema));
+    write_safetensors(path, f);
+}
+
+TrainingCheckpoint load_checkpoint(
+    const std::string& path, const std::vector<std::pair<std::string, std::string>>& fingerprint,
+    bool with_ema) {
+    const SafetensorsFile f = read_safetensors(path);
+    for (const auto& [key, value] : fingerprint) {
+        EQFLOW_CHECK(f.has_meta(key) && f.meta(key) == value,
+                     path << ": cannot resume, " << key << " was '"
+                          << (f.has_meta(key) ? f.meta(key) : "?") << "' and is now '" << value
+                          << "'");
+    }
+    SafetensorsFile model_part;
+    model_part.metadata = f.metadata;
+    for (const SafeTensor& t : f.tensors)
+        if (t.name.rfind("optimizer.", 0) != 0 && t.name.rfind("trainer.", 0) != 0)
+            model_part.tensors.push_back(t);
+    TrainingCheckpoint ck;
+    ck.model = egnn_model_from_safetensors(model_part, path);
+    ck.fingerprint = fingerprint;
+    const int64_t P = static_cast<int64_t>(ck.model.params.size());
+    const SafeTensor& state = f.at("trainer.state");
+    EQFLOW_CHECK(state.ints.size() == 4, path << ": trainer.state must hold 4 integers");
+    ck.step = state.ints[0];
+    ck.adam_step = state.ints[1];
+    ck.skipped = state.ints[2];
+    ck.elapsed_seconds = static_cast<double>(state.ints[3]) * 1e-3;
+    EQFLOW_CHECK(ck.step >= 0 && ck.adam_step >= 0 && ck.skipped >= 0,
+                 path << ": negative counters in trainer.state");
+    ck.adam_m = f.at("optimizer.adam.m").values;
+    ck.adam_v = f.at("optimizer.adam.v").values;
+    EQFLOW_CHECK(
+        static_cast<int64_t>(ck.adam_m.size()) == P && static_cast<int64_t>(ck.adam_v.size()) == P,
+        path << ": optimizer state does not match the model's " << P << " parameters");
+    if (with_ema) {
+        ck.ema = f.at("optimizer.ema").values;
+        EQFLOW_CHECK(static_cast<int64_t>(ck.ema.size()) == P,
+                     path << ": EMA does not match the model");
+    }
+    return ck;
+}
+
 }  // namespace eqflow

@@ -8,9 +8,9 @@
 #include <limits>
 #include <vector>
 
+#include "common/ode_step.h"
 #include "eqflow/buffer.h"
 #include "eqflow/error.h"
-#include "common/ode_step.h"
 #include "eqflow/tensor.h"
 
 #if defined(EQFLOW_HAVE_CUDA)
@@ -55,6 +55,7 @@ struct Workspace {
     Buffer<int> flags, idx, count;
     Buffer<float> xf, tf, vf, divf;
     ode_step::Chunk chunk;
+    FieldWorkspace field;  // the field's scratch, sized on the first (largest) stage
 
     Workspace(int64_t C, int64_t D, OdeMethod method) {
         const size_t c = static_cast<size_t>(C), S = static_cast<size_t>(D + 2);
@@ -91,7 +92,7 @@ struct Workspace {
 // Integrates one chunk of B <= C samples; the state stays in `ws` for the caller to read back.
 class ChunkRun {
   public:
-    ChunkRun(EgnnGpu& gpu, Workspace& ws, const ode_step::Params& params, OdeStats& stats)
+    ChunkRun(Field<float>& gpu, Workspace& ws, const ode_step::Params& params, OdeStats& stats)
         : gpu_(gpu), ws_(ws), p_(params), stats_(stats) {}
 
     void start(int64_t B, const double* x_host) {
@@ -165,12 +166,12 @@ class ChunkRun {
     // The field on the m compact rows of xf / tf, then k[stage] of their samples.
     void field(int stage) {
         if (m_ == 0) return;
-        const EgnnConfig& c = gpu_.config();
-        const Shape xs{m_, c.n_particles, c.dim};
+        const Shape xs{m_, gpu_.n_particles(), gpu_.dim()};
         gpu_.divergence(TensorView<const float>(ws_.xf.data(), xs, Device::cuda),
                         TensorView<const float>(ws_.tf.data(), Shape{m_}, Device::cuda),
                         TensorView<float>(ws_.vf.data(), xs, Device::cuda),
-                        TensorView<float>(ws_.divf.data(), Shape{m_}, Device::cuda));
+                        TensorView<float>(ws_.divf.data(), Shape{m_}, Device::cuda),
+                        ws_.field.get(gpu_, FieldOp::divergence, m_));
         stats_.function_evals += 1;
         stats_.row_evals += m_;
         OdeOpArgs a;
@@ -186,7 +187,7 @@ class ChunkRun {
         m_ = count;
     }
 
-    EgnnGpu& gpu_;
+    Field<float>& gpu_;
     Workspace& ws_;
     ode_step::Params p_;
     OdeStats& stats_;
@@ -210,12 +211,13 @@ int64_t ode_gpu_default_chunk(int64_t D, OdeMethod method) {
     return std::max<int64_t>(1, std::min<int64_t>(kMaxDefaultChunk, static_cast<int64_t>(fit)));
 }
 
-void ode_integrate_gpu(EgnnGpu& gpu, int64_t B, double* x, double t0, double t1,
+void ode_integrate_gpu(Field<float>& gpu, int64_t B, double* x, double t0, double t1,
                        const OdeOptions& options, double* div_integral, double* path_length,
                        OdeStats* stats, int64_t max_chunk,
                        const std::function<void(int64_t, int64_t)>& progress) {
-    const EgnnConfig& cfg = gpu.config();
-    const int64_t D = static_cast<int64_t>(cfg.n_particles) * cfg.dim;
+    EQFLOW_CHECK(gpu.device() == Device::cuda,
+                 "ode_integrate_gpu: the field computes on " << device_name(gpu.device()));
+    const int64_t D = static_cast<int64_t>(gpu.n_particles()) * gpu.dim();
     EQFLOW_CHECK(B >= 0, "ode_integrate_gpu: negative batch " << B);
     EQFLOW_CHECK(std::isfinite(t0) && std::isfinite(t1),
                  "ode_integrate_gpu: non-finite time interval");
@@ -283,56 +285,6 @@ void ode_integrate_gpu(EgnnGpu& gpu, int64_t B, double* x, double t0, double t1,
     (void)st;
     EQFLOW_THROW("ode_integrate_gpu: eqflow was built without CUDA");
 #endif
-}
-
-FlowSamples flow_sample_gpu(EgnnGpu& gpu, int n, int d, int64_t count, uint64_t seed,
-                            const FlowOptions& options, int64_t max_chunk) {
-    EQFLOW_CHECK(count >= 0, "flow_sample_gpu: negative sample count");
-    EQFLOW_CHECK(!options.hutchinson, "the GPU sampler computes the exact divergence only");
-    EQFLOW_CHECK(gpu.config().n_particles == n && gpu.config().dim == d,
-                 "flow_sample_gpu: the model is for " << gpu.config().n_particles << " x "
-                                                      << gpu.config().dim << ", asked for " << n
-                                                      << " x " << d);
-    const int64_t D = static_cast<int64_t>(n) * d;
-    FlowSamples out;
-    out.n = n;
-    out.d = d;
-    out.count = count;
-    out.x0.resize(static_cast<size_t>(count * D));
-    out.log_q.resize(static_cast<size_t>(count));
-    out.path_length.resize(static_cast<size_t>(count));
-    sample_prior(count, n, d, seed, 0, out.x0.data());
-    out.x = out.x0;
-    std::vector<double> div_int(static_cast<size_t>(count)), log_p0(static_cast<size_t>(count));
-    prior_log_density(count, n, d, out.x0.data(), log_p0.data());
-    ode_integrate_gpu(gpu, count, out.x.data(), 0.0, 1.0, options.ode, div_int.data(),
-                      out.path_length.data(), &out.ode, max_chunk, options.progress);
-    for (size_t b = 0; b < out.log_q.size(); ++b) out.log_q[b] = log_p0[b] - div_int[b];
-    out.failed = out.ode.failed;
-    return out;
-}
-
-FlowLikelihood flow_log_likelihood_gpu(EgnnGpu& gpu, int n, int d, const double* x, int64_t count,
-                                       const FlowOptions& options, int64_t max_chunk) {
-    EQFLOW_CHECK(count >= 0, "flow_log_likelihood_gpu: negative count");
-    EQFLOW_CHECK(!options.hutchinson, "the GPU sampler computes the exact divergence only");
-    EQFLOW_CHECK(gpu.config().n_particles == n && gpu.config().dim == d,
-                 "flow_log_likelihood_gpu: the model is for "
-                     << gpu.config().n_particles << " x " << gpu.config().dim << ", asked for " << n
-                     << " x " << d);
-    const int64_t D = static_cast<int64_t>(n) * d;
-    FlowLikelihood out;
-    out.x0.assign(x, x + count * D);
-    out.log_q.resize(static_cast<size_t>(count));
-    out.path_length.resize(static_cast<size_t>(count));
-    std::vector<double> div_int(static_cast<size_t>(count)), log_p0(static_cast<size_t>(count));
-    // Backwards from t = 1 to 0: log q(x1) = log p0(x0) + I with I = int_1^0 div dt.
-    ode_integrate_gpu(gpu, count, out.x0.data(), 1.0, 0.0, options.ode, div_int.data(),
-                      out.path_length.data(), &out.ode, max_chunk, options.progress);
-    prior_log_density(count, n, d, out.x0.data(), log_p0.data());
-    for (size_t b = 0; b < out.log_q.size(); ++b) out.log_q[b] = log_p0[b] + div_int[b];
-    out.failed = out.ode.failed;
-    return out;
 }
 
 }  // namespace eqflow

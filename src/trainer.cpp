@@ -8,19 +8,20 @@
 #include <fstream>
 #include <limits>
 #include <memory>
-#include <thread>
 
 #include "common/train_math.h"
+#include "eqflow/buffer.h"
 #include "eqflow/coupling.h"
-#include "eqflow/egnn_gpu.h"
 #include "eqflow/error.h"
+#include "eqflow/field.h"
 #include "eqflow/flow.h"
 #include "eqflow/io.h"
 #include "eqflow/json.h"
 #include "eqflow/model_io.h"
 #include "eqflow/optim.h"
 #include "eqflow/philox.h"
-#include "eqflow/train_gpu.h"
+#include "eqflow/train_step.h"
+#include "train_ops.h"
 
 namespace eqflow {
 
@@ -33,8 +34,6 @@ namespace {
 const char* objective_name(CouplingKind kind) {
     return kind == CouplingKind::fm ? "fm" : kind == CouplingKind::ot ? "ot" : "eqot";
 }
-
-constexpr int64_t kChunkRows = 16;  // rows per gradient chunk: fixes the summation order
 
 // Independent seeds per purpose, so that streams of different purposes never overlap.
 uint64_t derive_seed(uint64_t seed, uint64_t purpose) {
@@ -100,71 +99,231 @@ void couple_batch(CouplingKind coupling, int64_t B, int n, int d, const double* 
            TensorView<double>(x1, Shape{B, n, d}));
 }
 
+namespace {
+// The loss of one paired batch through the step's own operations (src/train_ops.h) and the
+// field, on the field's device: the host inputs go there once, the gradient comes back.
+template <class T>
+double batch_loss(Field<T>& field, int64_t B, const double* x0, const double* x1, const double* t,
+                  const double* eps, double sigma, double* grad) {
+    const Device dev = field.device();
+    const int n = field.n_particles(), d = field.dim();
+    const int64_t nd = static_cast<int64_t>(n) * d, P = field.parameter_count();
+    auto upload = [&](const double* src, int64_t count) {
+        Buffer<double> b(static_cast<size_t>(count), dev);
+        b.copy_from_host(src, b.size());
+        return b;
+    };
+    const Buffer<double> x0d = upload(x0, B * nd), x1d = upload(x1, B * nd), td = upload(t, B),
+                         epsd = upload(eps, B * nd);
+    Buffer<T> xt(static_cast<size_t>(B * nd), dev), tt(static_cast<size_t>(B), dev),
+        v(static_cast<size_t>(B * nd), dev), dv(static_cast<size_t>(B * nd), dev);
+    Buffer<train_math::TrainScalars> scalars(1, dev);
+    train_ops::interpolate<T>(dev, B, nd, x0d.data(), x1d.data(), td.data(), epsd.data(), sigma,
+                              xt.data(), tt.data(), nullptr);
+    FieldWorkspace ws;
+    const Shape xs{B, n, d};
+    const TensorView<const T> xv(xt.data(), xs, dev), tv(tt.data(), Shape{B}, dev);
+    field.forward(xv, tv, TensorView<T>(v.data(), xs, dev), ws.get(field, FieldOp::forward, B));
+    train_ops::loss<T>(dev, B, nd, v.data(), x0d.data(), x1d.data(), dv.data(), scalars.data(),
+                       nullptr);
+    if (grad) {
+        Buffer<T> g(static_cast<size_t>(P), dev);
+        g.zero();
+        field.backward(xv, tv, TensorView<const T>(dv.data(), xs, dev),
+                       TensorView<T>(g.data(), Shape{P}, dev), {},
+                       ws.get(field, FieldOp::backward, B));
+        std::vector<T> h(static_cast<size_t>(P));
+        g.copy_to_host(h.data(), h.size());
+        std::copy(h.begin(), h.end(), grad);
+    }
+    train_math::TrainScalars s;
+    scalars.copy_to_host(&s, 1);
+    return s.loss;
+}
+}  // namespace
+
 double flow_matching_loss(const EgnnModel& model, int64_t B, const double* x0, const double* x1,
                           const double* t, const double* eps, double sigma, double* grad,
-                          int threads) {
-    const EgnnConfig& c = model.config;
-    const int64_t D = static_cast<int64_t>(c.n_particles) * c.dim;
-    const int64_t P = static_cast<int64_t>(model.params.size());
-    const int64_t chunks = (B + kChunkRows - 1) / kChunkRows;
-    std::vector<double> chunk_loss(static_cast<size_t>(chunks), 0.0);
-    std::vector<std::vector<double>> chunk_grad(grad ? static_cast<size_t>(chunks) : 0);
-    const double scale = 1.0 / static_cast<double>(B * D);
-    auto work = [&](int64_t chunk) {
-        const int64_t b0 = chunk * kChunkRows, m = std::min(kChunkRows, B - b0);
-        std::vector<double> xt(static_cast<size_t>(m * D)), v(static_cast<size_t>(m * D)),
-            dv(static_cast<size_t>(m * D));
-        for (int64_t r = 0; r < m; ++r) {
-            const int64_t b = b0 + r;
-            for (int64_t k = 0; k < D; ++k)
-                xt[static_cast<size_t>(r * D + k)] =
-                    (1.0 - t[b]) * x0[b * D + k] + t[b] * x1[b * D + k] + sigma * eps[b * D + k];
-        }
-        egnn_forward(c, model.params.data(), m, xt.data(), t + b0, v.data());
-        double s = 0.0;
-        for (int64_t r = 0; r < m; ++r)
-            for (int64_t k = 0; k < D; ++k) {
-                const int64_t b = b0 + r;
-                const double diff =
-                    v[static_cast<size_t>(r * D + k)] - (x1[b * D + k] - x0[b * D + k]);
-                s += diff * diff;
-                dv[static_cast<size_t>(r * D + k)] = 2.0 * diff * scale;
-            }
-        chunk_loss[static_cast<size_t>(chunk)] = s;
-        if (grad) {
-            auto& g = chunk_grad[static_cast<size_t>(chunk)];
-            g.assign(static_cast<size_t>(P), 0.0);
-            egnn_backward(c, model.params.data(), m, xt.data(), t + b0, dv.data(), g.data(),
-                          nullptr);
-        }
-    };
-    const int workers = static_cast<int>(std::min<int64_t>(
-        threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency())),
-        chunks));
-    if (workers <= 1) {
-        for (int64_t k = 0; k < chunks; ++k) work(k);
-    } else {
-        std::vector<std::thread> pool;
-        for (int w = 0; w < workers; ++w)
-            pool.emplace_back([&, w] {
-                for (int64_t k = w; k < chunks; k += workers) work(k);
-            });
-        for (auto& th : pool) th.join();
+                          int threads, Device device) {
+    EQFLOW_CHECK(B > 0, "flow-matching loss of an empty batch");
+    if (device == Device::cuda) {
+        std::unique_ptr<Field<float>> field = make_cuda_field(model);
+        return batch_loss(*field, B, x0, x1, t, eps, sigma, grad);
     }
-    double loss = 0.0;
-    for (double s : chunk_loss) loss += s;
-    if (grad) {
-        std::fill(grad, grad + P, 0.0);
-        for (const auto& g : chunk_grad)
-            for (int64_t i = 0; i < P; ++i) grad[i] += g[static_cast<size_t>(i)];
-    }
-    return loss * scale;
+    std::unique_ptr<Field<double>> field = make_reference_field(model, threads);
+    return batch_loss(*field, B, x0, x1, t, eps, sigma, grad);
 }
+
+namespace {
+
+// Everything a run needs before it picks a backend: the split in model units, the schedule, the
+// model (fresh or resumed) and the fingerprint a resumed run must share.
+struct RunSetup {
+    int n = 0, d = 0;
+    int64_t D = 0, n_train = 0, n_val = 0, B = 0, spe = 0, total = 0, drop_step = 0;
+    std::vector<double> train, val;  // model units
+    EgnnModel model;
+    std::vector<std::pair<std::string, std::string>> fingerprint;
+    std::string ckpt_path, model_path, log_path;
+};
+
+// The loop: schedule, log, validation, checkpoints. The step itself is FlowMatchingStep<T>.
+template <class T>
+TrainResult run_training(const TrainOptions& opt, RunSetup& rs, Field<T>& field) {
+    using clock = std::chrono::steady_clock;
+    const auto start = clock::now();
+    const int64_t B = rs.B, spe = rs.spe, total = rs.total;
+    EgnnModel& model = rs.model;
+    AdamState adam;
+    std::vector<double> ema;
+    int64_t step = 0, skipped = 0;
+    double elapsed_before = 0.0;
+    if (opt.resume) {
+        TrainingCheckpoint ck = load_checkpoint(rs.ckpt_path, rs.fingerprint, opt.ema_decay > 0);
+        EQFLOW_CHECK(ck.model.config.hidden == model.config.hidden &&
+                         ck.model.config.layers == model.config.layers &&
+                         ck.model.config.n_particles == rs.n && ck.model.config.dim == rs.d,
+                     rs.ckpt_path << ": the checkpoint's model (H = " << ck.model.config.hidden
+                                  << ", L = " << ck.model.config.layers
+                                  << ") differs from the requested one (H = " << model.config.hidden
+                                  << ", L = " << model.config.layers << ")");
+        EQFLOW_CHECK(ck.step <= total,
+                     rs.ckpt_path << ": step " << ck.step << " outside 0.." << total);
+        model = std::move(ck.model);
+        step = ck.step;
+        adam.step = ck.adam_step;
+        adam.m = std::move(ck.adam_m);
+        adam.v = std::move(ck.adam_v);
+        skipped = ck.skipped;
+        elapsed_before = ck.elapsed_seconds;
+        ema = std::move(ck.ema);
+    } else if (!rs.log_path.empty()) {
+        write_file_atomic(rs.log_path, "");
+    }
+    field.set_parameters(model.params);
+
+    FlowMatchingStepOptions so;
+    so.objective = opt.objective;
+    so.reflections = opt.reflections;
+    so.atom_types = opt.atom_types;
+    so.sigma = opt.sigma;
+    so.batch = B;
+    so.draw_seed = derive_seed(opt.seed, kPurposeDraws);
+    so.ema_decay = opt.ema_decay;
+    const int64_t n_val_used = std::min(rs.n_val, opt.validation_max);
+    FlowMatchingStep<T> trainer(field, so, rs.train.data(), rs.n_train, rs.val.data(), n_val_used);
+    trainer.upload_state(model.params, adam, ema, skipped);
+
+    auto elapsed = [&] {
+        return elapsed_before + std::chrono::duration<double>(clock::now() - start).count();
+    };
+    // The state comes back to the host only for a checkpoint and at the end.
+    auto pull_state = [&] { trainer.download_state(model.params, adam, &ema, &skipped); };
+    auto output_model = [&] {
+        EgnnModel m = model;
+        if (opt.ema_decay > 0) m.params = ema;
+        return m;
+    };
+    auto save = [&] {
+        if (opt.out_dir.empty()) return;
+        TrainingCheckpoint ck;
+        ck.model = model;
+        ck.step = step;
+        ck.total_steps = total;
+        ck.adam_step = adam.step;
+        ck.skipped = skipped;
+        ck.elapsed_seconds = elapsed();
+        ck.adam_m = adam.m;
+        ck.adam_v = adam.v;
+        if (opt.ema_decay > 0) ck.ema = ema;
+        ck.fingerprint = rs.fingerprint;
+        // Model first: a checkpoint never points past a model file that is older than itself.
+        save_model(rs.model_path, output_model());
+        save_checkpoint(rs.ckpt_path, ck);
+    };
+
+    TrainResult result;
+    result.total_steps = total;
+    result.steps_per_epoch = spe;
+    result.train_count = rs.n_train;
+    result.validation_count = rs.n_val;
+    result.validation_loss = std::numeric_limits<double>::quiet_NaN();
+
+    const uint64_t epoch_seed = derive_seed(opt.seed, kPurposeEpoch);
+    const uint64_t val_seed = derive_seed(opt.seed, kPurposeValidation);
+    int64_t order_epoch = -1;
+    double last_checkpoint = elapsed();
+    bool interrupted = false;
+    while (step < total) {
+        if ((opt.stop && opt.stop->load()) ||
+            (opt.stop_after_steps > 0 && step >= opt.stop_after_steps)) {
+            interrupted = true;
+            break;
+        }
+        const int64_t epoch = step / spe, j = step % spe;
+        if (epoch != order_epoch) {
+            trainer.set_order(permutation(rs.n_train, epoch_seed, static_cast<uint64_t>(epoch)));
+            order_epoch = epoch;
+        }
+        const double lr = scheduled_learning_rate(opt.lr, step, rs.drop_step, opt.lr_drop_factor);
+        trainer.step(step, j, lr);
+        ++step;
+        const bool log_step = step % opt.log_every == 0 || step == total;
+        // On the GPU a read synchronises: the loss only when a callback wants every step's.
+        if (opt.progress) opt.progress(step, total, trainer.last_loss(), lr);
+        if (log_step) {
+            const auto c = trainer.counters();
+            skipped = c.skipped;
+            if (c.window_count > 0) {
+                result.last_loss = c.window_loss / static_cast<double>(c.window_count);
+                if (!rs.log_path.empty()) {
+                    Json line = Json::object();
+                    line["step"] = step;
+                    line["epoch"] = epoch;
+                    line["loss"] = result.last_loss;
+                    line["lr"] = lr;
+                    line["time"] = elapsed();
+                    append_line(rs.log_path, line.dump());
+                }
+                trainer.reset_window();
+            }
+        }
+        if (step % spe == 0) {
+            const double vl = trainer.validation_loss(val_seed, n_val_used);
+            result.validation_loss = vl;
+            skipped = trainer.counters().skipped;
+            if (!rs.log_path.empty()) {
+                Json line = Json::object();
+                line["epoch"] = epoch;
+                line["step"] = step;
+                line["val_loss"] = vl;
+                line["skipped"] = skipped;
+                line["time"] = elapsed();
+                append_line(rs.log_path, line.dump());
+            }
+            if (opt.on_epoch) opt.on_epoch(epoch, vl);
+        }
+        if (elapsed() - last_checkpoint >= opt.checkpoint_seconds && step < total) {
+            pull_state();
+            save();
+            last_checkpoint = elapsed();
+        }
+    }
+    pull_state();
+    save();
+    result.step = step;
+    result.skipped = skipped;
+    result.interrupted = interrupted;
+    result.raw_model = model;
+    result.model = output_model();
+    result.seconds = elapsed();
+    return result;
+}
+
+}  // namespace
 
 TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<double>& x,
                                 int64_t count, int n, int d) {
-    using clock = std::chrono::steady_clock;
-    const auto start = clock::now();
     const int64_t D = static_cast<int64_t>(n) * d;
     EQFLOW_CHECK(count >= 2, "training needs at least 2 configurations, got " << count);
     EQFLOW_CHECK(static_cast<int64_t>(x.size()) == count * D,
@@ -179,11 +338,13 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
                  "EMA decay must be in [0, 1), got " << opt.ema_decay);
     EQFLOW_CHECK(opt.validation_fraction >= 0 && opt.validation_fraction < 1,
                  "validation fraction must be in [0, 1), got " << opt.validation_fraction);
-    EQFLOW_CHECK(
-        coupling_available(opt.objective),
-        "the " << objective_name(opt.objective) << " coupling is not available in this build yet");
+    EQFLOW_CHECK(opt.log_every > 0, "log interval must be positive, got " << opt.log_every);
     EQFLOW_CHECK(!opt.resume || !opt.out_dir.empty(), "--resume needs the run directory");
 
+    RunSetup rs;
+    rs.n = n;
+    rs.d = d;
+    rs.D = D;
     // Model units: y = x / length_scale (the data's RMS coordinate when asked to pick it).
     double length_scale = opt.length_scale;
     if (length_scale == 0.0 && opt.scale_to_data) {
@@ -197,40 +358,33 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
 
     // Split once with the seed: the tail is held out.
     const std::vector<int64_t> split = permutation(count, derive_seed(opt.seed, kPurposeSplit), 0);
-    int64_t n_val = 0;
     if (opt.validation_fraction > 0)
-        n_val = std::max<int64_t>(
+        rs.n_val = std::max<int64_t>(
             1, static_cast<int64_t>(std::llround(opt.validation_fraction * count)));
-    n_val = std::min(n_val, count - 1);
-    const int64_t n_train = count - n_val;
-    std::vector<double> train(static_cast<size_t>(n_train * D)),
-        val(static_cast<size_t>(n_val * D));
+    rs.n_val = std::min(rs.n_val, count - 1);
+    rs.n_train = count - rs.n_val;
+    rs.train.resize(static_cast<size_t>(rs.n_train * D));
+    rs.val.resize(static_cast<size_t>(rs.n_val * D));
     for (int64_t i = 0; i < count; ++i) {
         const int64_t src = split[static_cast<size_t>(i)];
-        double* dst = i < n_train ? train.data() + i * D : val.data() + (i - n_train) * D;
+        double* dst =
+            i < rs.n_train ? rs.train.data() + i * D : rs.val.data() + (i - rs.n_train) * D;
         for (int64_t k = 0; k < D; ++k) dst[k] = x[static_cast<size_t>(src * D + k)] / length_scale;
     }
-
-    const int64_t B = std::min(opt.batch, n_train);
-    const int64_t spe = n_train / B;
-    const int64_t total = spe * opt.epochs;
-    const int64_t drop_step =
-        static_cast<int64_t>(std::floor(opt.lr_drop_fraction * static_cast<double>(total)));
+    rs.B = std::min(opt.batch, rs.n_train);
+    rs.spe = rs.n_train / rs.B;
+    rs.total = rs.spe * opt.epochs;
+    rs.drop_step =
+        static_cast<int64_t>(std::floor(opt.lr_drop_fraction * static_cast<double>(rs.total)));
 
     EgnnConfig config = default_egnn_config(opt.system, n, d);
     if (opt.hidden > 0) config.hidden = opt.hidden;
     if (opt.layers > 0) config.layers = opt.layers;
     config.atom_types = opt.atom_types;
     config.length_scale = length_scale;
-    EgnnModel model{config, egnn_init_parameters(config, opt.seed)};
-    const int64_t P = static_cast<int64_t>(model.params.size());
-    AdamState adam;
-    std::vector<double> ema;
-    int64_t step = 0, skipped = 0;
-    double elapsed_before = 0.0;
+    rs.model = EgnnModel{config, egnn_init_parameters(config, opt.seed)};
 
-    // What must not change between a run and its resumption.
-    const std::vector<std::pair<std::string, std::string>> fingerprint = {
+    rs.fingerprint = {
         {"eqflow.train.objective", objective_name(opt.objective)},
         {"eqflow.train.epochs", std::to_string(opt.epochs)},
         {"eqflow.train.batch", std::to_string(opt.batch)},
@@ -246,247 +400,19 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
         {"eqflow.train.data_checksum", std::to_string(data_checksum(x))},
         {"eqflow.train.length_scale", fmt(length_scale)},
     };
-    const std::string ckpt_path =
-        opt.out_dir.empty() ? "" : opt.out_dir + "/checkpoint.safetensors";
-    const std::string model_path = opt.out_dir.empty() ? "" : opt.out_dir + "/model.safetensors";
-    const std::string log_path = opt.out_dir.empty() ? "" : opt.out_dir + "/train_log.jsonl";
-    if (!opt.out_dir.empty()) make_directories(opt.out_dir);
-
-    if (opt.resume) {
-        const SafetensorsFile ck = read_safetensors(ckpt_path);
-        for (const auto& [key, value] : fingerprint) {
-            EQFLOW_CHECK(ck.has_meta(key) && ck.meta(key) == value,
-                         ckpt_path << ": cannot resume, " << key << " was '"
-                                   << (ck.has_meta(key) ? ck.meta(key) : "?") << "' and is now '"
-                                   << value << "'");
-        }
-        SafetensorsFile model_part;
-        model_part.metadata = ck.metadata;
-        for (const SafeTensor& t : ck.tensors)
-            if (t.name.rfind("optimizer.", 0) != 0 && t.name.rfind("trainer.", 0) != 0)
-                model_part.tensors.push_back(t);
-        EgnnModel loaded = egnn_model_from_safetensors(model_part, ckpt_path);
-        EQFLOW_CHECK(loaded.config.hidden == config.hidden &&
-                         loaded.config.layers == config.layers && loaded.config.n_particles == n &&
-                         loaded.config.dim == d,
-                     ckpt_path << ": the checkpoint's model (H = " << loaded.config.hidden
-                               << ", L = " << loaded.config.layers
-                               << ") differs from the requested one (H = " << config.hidden
-                               << ", L = " << config.layers << ")");
-        model = std::move(loaded);
-        const SafeTensor& state = ck.at("trainer.state");
-        EQFLOW_CHECK(state.ints.size() == 4, ckpt_path << ": trainer.state must hold 4 integers");
-        step = state.ints[0];
-        adam.step = state.ints[1];
-        skipped = state.ints[2];
-        elapsed_before = static_cast<double>(state.ints[3]) * 1e-3;
-        adam.m = ck.at("optimizer.adam.m").values;
-        adam.v = ck.at("optimizer.adam.v").values;
-        EQFLOW_CHECK(
-            static_cast<int64_t>(adam.m.size()) == P && static_cast<int64_t>(adam.v.size()) == P,
-            ckpt_path << ": optimizer state does not match the model's " << P << " parameters");
-        if (opt.ema_decay > 0) {
-            ema = ck.at("optimizer.ema").values;
-            EQFLOW_CHECK(static_cast<int64_t>(ema.size()) == P,
-                         ckpt_path << ": EMA does not match the model");
-        }
-        EQFLOW_CHECK(step >= 0 && step <= total,
-                     ckpt_path << ": step " << step << " outside 0.." << total);
-    } else {
-        if (opt.ema_decay > 0) ema = model.params;
-        if (!log_path.empty()) write_file_atomic(log_path, "");
+    if (!opt.out_dir.empty()) {
+        rs.ckpt_path = opt.out_dir + "/checkpoint.safetensors";
+        rs.model_path = opt.out_dir + "/model.safetensors";
+        rs.log_path = opt.out_dir + "/train_log.jsonl";
+        make_directories(opt.out_dir);
     }
 
-    auto elapsed = [&] {
-        return elapsed_before + std::chrono::duration<double>(clock::now() - start).count();
-    };
-    auto output_model = [&] {
-        EgnnModel m = model;
-        if (opt.ema_decay > 0) m.params = ema;
-        return m;
-    };
-    auto save = [&] {
-        if (opt.out_dir.empty()) return;
-        SafetensorsFile f = egnn_model_to_safetensors(model);
-        for (const auto& [key, value] : fingerprint) f.set_meta(key, value);
-        f.set_meta("eqflow.train.step", std::to_string(step));
-        f.set_meta("eqflow.train.total_steps", std::to_string(total));
-        f.tensors.push_back(SafeTensor::i64(
-            "trainer.state", Shape{4},
-            {step, adam.step, skipped, static_cast<int64_t>(std::llround(elapsed() * 1e3))}));
-        std::vector<double> m = adam.m, v = adam.v;
-        if (m.empty()) m.assign(static_cast<size_t>(P), 0.0);
-        if (v.empty()) v.assign(static_cast<size_t>(P), 0.0);
-        f.tensors.push_back(SafeTensor::f64("optimizer.adam.m", Shape{P}, std::move(m)));
-        f.tensors.push_back(SafeTensor::f64("optimizer.adam.v", Shape{P}, std::move(v)));
-        if (opt.ema_decay > 0) f.tensors.push_back(SafeTensor::f64("optimizer.ema", Shape{P}, ema));
-        // Model first: a checkpoint never points past a model file that is older than itself.
-        save_model(model_path, output_model());
-        write_safetensors(ckpt_path, f);
-    };
-
-    // Validation loss with fixed draws (the same every epoch).
-    // Loss (and gradient) of one batch: the CPU reference, or the fused GPU kernels.
-    // On the GPU the whole step runs on the device (eqflow/train_gpu.h): the parameters, Adam
-    // moments, EMA and counters live there and come back to `model`, `adam`, `ema` and
-    // `skipped` only before a checkpoint and at the end (pull_device_state).
-    std::unique_ptr<GpuFlowMatching> gfm;
     if (opt.device == Device::cuda) {
-        GpuFlowMatchingOptions go;
-        go.objective = opt.objective;
-        go.reflections = opt.reflections;
-        go.atom_types = opt.atom_types;
-        go.sigma = opt.sigma;
-        go.batch = B;
-        go.draw_seed = derive_seed(opt.seed, kPurposeDraws);
-        go.ema_decay = opt.ema_decay;
-        gfm = std::make_unique<GpuFlowMatching>(model, go, train.data(), n_train);
-        gfm->upload_state(model.params, adam, ema, skipped);
+        std::unique_ptr<Field<float>> field = make_cuda_field(rs.model);
+        return run_training<float>(opt, rs, *field);
     }
-    auto pull_device_state = [&] {
-        if (gfm) gfm->download_state(model.params, adam, &ema, &skipped);
-    };
-    auto batch_loss = [&](int64_t m, const double* bx0, const double* bx1, const double* bt,
-                          const double* beps, double* bgrad) {
-        if (gfm)  // the live device parameters: nothing to upload
-            return flow_matching_loss_gpu(gfm->network(), m, bx0, bx1, bt, beps, opt.sigma, bgrad);
-        return flow_matching_loss(model, m, bx0, bx1, bt, beps, opt.sigma, bgrad, opt.threads);
-    };
-    const int64_t n_val_used = std::min(n_val, opt.validation_max);
-    auto validation_loss = [&]() {
-        if (n_val_used == 0) return std::numeric_limits<double>::quiet_NaN();
-        const uint64_t vseed = derive_seed(opt.seed, kPurposeValidation);
-        double sum = 0.0;
-        std::vector<double> x0, x1, t, eps;
-        for (int64_t s0 = 0; s0 < n_val_used; s0 += B) {
-            const int64_t m = std::min(B, n_val_used - s0);
-            x0.resize(static_cast<size_t>(m * D));
-            eps.resize(static_cast<size_t>(m * D));
-            t.resize(static_cast<size_t>(m));
-            x1.assign(val.begin() + s0 * D, val.begin() + (s0 + m) * D);
-            for (int64_t b = 0; b < m; ++b)
-                draw_row(vseed, static_cast<uint64_t>(s0 + b), n, d, x0.data() + b * D,
-                         t.data() + b, eps.data() + b * D);
-            couple_batch(opt.objective, m, n, d, x0.data(), x1.data(), opt.reflections,
-                         opt.atom_types);
-            sum += batch_loss(m, x0.data(), x1.data(), t.data(), eps.data(), nullptr) *
-                   static_cast<double>(m);
-        }
-        return sum / static_cast<double>(n_val_used);
-    };
-
-    TrainResult result;
-    result.total_steps = total;
-    result.steps_per_epoch = spe;
-    result.train_count = n_train;
-    result.validation_count = n_val;
-    result.validation_loss = std::numeric_limits<double>::quiet_NaN();
-
-    const uint64_t epoch_seed = derive_seed(opt.seed, kPurposeEpoch);
-    const uint64_t draw_seed = derive_seed(opt.seed, kPurposeDraws);
-    std::vector<int64_t> order;
-    int64_t order_epoch = -1;
-    std::vector<double> x0(static_cast<size_t>(B * D)), x1(static_cast<size_t>(B * D)),
-        eps(static_cast<size_t>(B * D)), t(static_cast<size_t>(B)), grad(static_cast<size_t>(P));
-    double window_loss = 0.0;
-    int64_t window_count = 0;
-    double last_checkpoint = elapsed();
-    bool interrupted = false;
-
-    while (step < total) {
-        if ((opt.stop && opt.stop->load()) ||
-            (opt.stop_after_steps > 0 && step >= opt.stop_after_steps)) {
-            interrupted = true;
-            break;
-        }
-        const int64_t epoch = step / spe, j = step % spe;
-        if (epoch != order_epoch) {
-            order = permutation(n_train, epoch_seed, static_cast<uint64_t>(epoch));
-            order_epoch = epoch;
-            if (gfm) gfm->set_order(order);
-        }
-        const double lr = scheduled_learning_rate(opt.lr, step, drop_step, opt.lr_drop_factor);
-        double loss = std::numeric_limits<double>::quiet_NaN();
-        if (gfm) {
-            // Enqueued; the loss and the counters are read only when someone needs them.
-            gfm->step(step, j, lr);
-        } else {
-            for (int64_t b = 0; b < B; ++b) {
-                const int64_t src = order[static_cast<size_t>(j * B + b)];
-                std::copy(train.begin() + src * D, train.begin() + (src + 1) * D,
-                          x1.begin() + b * D);
-                draw_row(draw_seed, static_cast<uint64_t>(step * B + b), n, d, x0.data() + b * D,
-                         t.data() + b, eps.data() + b * D);
-            }
-            couple_batch(opt.objective, B, n, d, x0.data(), x1.data(), opt.reflections,
-                         opt.atom_types);
-            loss = batch_loss(B, x0.data(), x1.data(), t.data(), eps.data(), grad.data());
-            if (!std::isfinite(loss) || !all_finite(grad.data(), P)) {
-                ++skipped;
-            } else {
-                adam_update(AdamOptions{}, lr, P, model.params.data(), grad.data(), adam);
-                if (opt.ema_decay > 0)
-                    ema_update(opt.ema_decay, P, model.params.data(), ema.data());
-                window_loss += loss;
-                ++window_count;
-            }
-        }
-        ++step;
-        const bool log_step = step % opt.log_every == 0 || step == total;
-        if (gfm) {
-            if (opt.progress) loss = gfm->last_loss();  // a few bytes, but a sync each step
-            if (log_step || step % spe == 0) {
-                const GpuFlowMatching::Counters c = gfm->counters();
-                skipped = c.skipped;
-                window_loss = c.window_loss;
-                window_count = c.window_count;
-            }
-        }
-        if (opt.progress) opt.progress(step, total, loss, lr);
-        if (!log_path.empty() && (step % opt.log_every == 0 || step == total) && window_count > 0) {
-            Json line = Json::object();
-            line["step"] = step;
-            line["epoch"] = epoch;
-            line["loss"] = window_loss / static_cast<double>(window_count);
-            line["lr"] = lr;
-            line["time"] = elapsed();
-            append_line(log_path, line.dump());
-        }
-        if (window_count > 0 && (step % opt.log_every == 0 || step == total)) {
-            result.last_loss = window_loss / static_cast<double>(window_count);
-            window_loss = 0.0;
-            window_count = 0;
-            if (gfm) gfm->reset_window();
-        }
-        if (step % spe == 0) {
-            const double vl = validation_loss();
-            result.validation_loss = vl;
-            if (!log_path.empty()) {
-                Json line = Json::object();
-                line["epoch"] = epoch;
-                line["step"] = step;
-                line["val_loss"] = vl;
-                line["skipped"] = skipped;
-                line["time"] = elapsed();
-                append_line(log_path, line.dump());
-            }
-            if (opt.on_epoch) opt.on_epoch(epoch, vl);
-        }
-        if (elapsed() - last_checkpoint >= opt.checkpoint_seconds && step < total) {
-            pull_device_state();
-            save();
-            last_checkpoint = elapsed();
-        }
-    }
-    pull_device_state();
-    save();
-    result.step = step;
-    result.skipped = skipped;
-    result.interrupted = interrupted;
-    result.raw_model = model;
-    result.model = output_model();
-    result.seconds = elapsed();
-    return result;
+    std::unique_ptr<Field<double>> field = make_reference_field(rs.model, opt.threads);
+    return run_training<double>(opt, rs, *field);
 }
 
 }  // namespace eqflow

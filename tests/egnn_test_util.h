@@ -4,9 +4,11 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "eqflow/egnn.h"
+#include "eqflow/field.h"
 #include "eqflow/tensor.h"
 
 namespace eqflow::test {
@@ -37,5 +39,33 @@ inline EgnnModel random_egnn_model(const EgnnCase& c, uint64_t seed) {
             for (int64_t k = 0; k < shape_numel(p.shape); ++k) m.params[p.offset + k] *= 300.0;
     return m;
 }
+
+// The CUDA backend of the field interface with a workspace of its own: the four operations of
+// eqflow/field.h on device tensors, for tests that call them one at a time.
+struct GpuField {
+    std::unique_ptr<Field<float>> field;
+    FieldWorkspace ws;
+
+    explicit GpuField(const EgnnModel& model) : field(make_cuda_field(model)) {}
+    void forward(TensorView<const float> x, TensorView<const float> t, TensorView<float> v) {
+        field->forward(x, t, v, ws.get(*field, FieldOp::forward, x.size(0)));
+    }
+    void divergence(TensorView<const float> x, TensorView<const float> t, TensorView<float> v,
+                    TensorView<float> div) {
+        field->divergence(x, t, v, div, ws.get(*field, FieldOp::divergence, x.size(0)));
+    }
+    void jvp_trace(TensorView<const float> x, TensorView<const float> t,
+                   TensorView<const float> dirs, TensorView<float> v, TensorView<float> div) {
+        field->jvp_trace(
+            x, t, dirs, v, div,
+            ws.get(*field, FieldOp::jvp_trace, x.size(0), static_cast<int>(dirs.size(1))));
+    }
+    void backward(TensorView<const float> x, TensorView<const float> t,
+                  TensorView<const float> dL_dv, TensorView<float> dL_dparams,
+                  TensorView<float> dL_dx) {
+        field->backward(x, t, dL_dv, dL_dparams, dL_dx,
+                        ws.get(*field, FieldOp::backward, x.size(0)));
+    }
+};
 
 }  // namespace eqflow::test

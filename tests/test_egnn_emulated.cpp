@@ -55,8 +55,7 @@ struct HostNet {
 
     explicit HostNet(const EgnnModel& m) : params(m.params.begin(), m.params.end()) {
         for (int ty : m.config.atom_types) types.push_back(ty);
-        net = cuda::make_egnn_net(m.config, egnn_parameter_layout(m.config), params.data(),
-                                  types.empty() ? nullptr : types.data());
+        net = cuda::make_egnn_net(m.config, params.data(), types.empty() ? nullptr : types.data());
     }
 };
 

@@ -5,7 +5,6 @@
 
 #include "egnn_test_util.h"
 #include "eqflow/egnn.h"
-#include "eqflow/egnn_gpu.h"
 #include "eqflow/flow.h"
 #include "eqflow/tensor.h"
 #include "eqflow/trainer.h"
@@ -54,7 +53,7 @@ TEST_P(EgnnGpu_, ForwardAndDivergenceMatchCpu) {
     Tensor<float> td = Tensor<float>::from_host(tf, Shape{B}, Device::cuda);
     Tensor<float> vd(Shape{B, c.n, c.d}, Device::cuda), v2(Shape{B, c.n, c.d}, Device::cuda);
     Tensor<float> divd(Shape{B}, Device::cuda);
-    EgnnGpu gpu(model);
+    test::GpuField gpu(model);
     gpu.forward(xd.cview(), td.cview(), vd.view());
     gpu.divergence(xd.cview(), td.cview(), v2.view(), divd.view());
 
@@ -81,7 +80,7 @@ TEST_P(EgnnGpu_, DeterministicAcrossRuns) {
     Tensor<float> xd = Tensor<float>::from_host(x, Shape{B, c.n, c.d}, Device::cuda);
     Tensor<float> td = Tensor<float>::from_host({0.1f, 0.5f, 0.9f}, Shape{B}, Device::cuda);
     Tensor<float> d1(Shape{B}, Device::cuda), d2(Shape{B}, Device::cuda);
-    EgnnGpu gpu(model);
+    test::GpuField gpu(model);
     gpu.divergence(xd.cview(), td.cview(), {}, d1.view());
     gpu.divergence(xd.cview(), td.cview(), {}, d2.view());
     EXPECT_EQ(d1.to_vector(), d2.to_vector());
@@ -117,7 +116,7 @@ TEST_P(EgnnGpu_, BackwardMatchesCpuAndIsDeterministic) {
     Tensor<float> gpd = Tensor<float>::from_host(std::vector<float>(static_cast<size_t>(P), 1.0f),
                                                  Shape{P}, Device::cuda);
     Tensor<float> gxd(Shape{B, c.n, c.d}, Device::cuda);
-    EgnnGpu gpu(model);
+    test::GpuField gpu(model);
     gpu.backward(xd.cview(), td.cview(), gd.cview(), gpd.view(), gxd.view());
     std::vector<float> gp = gpd.to_vector();
     for (auto& v : gp) v -= 1.0f;
@@ -144,7 +143,7 @@ TEST(EgnnGpuFlow, SamplingMatchesCpuField) {
     opt.batch = 16;
     const FlowSamples cpu = flow_sample(egnn_flow_field(model, opt), c.n, c.d, 16, 5, opt);
     const FlowSamples gpu =
-        flow_sample(egnn_gpu_field(std::make_shared<EgnnGpu>(model)), c.n, c.d, 16, 5, opt);
+        flow_sample(field_ode<float>(make_cuda_field(model)), c.n, c.d, 16, 5, opt);
     EXPECT_EQ(cpu.x0, gpu.x0);
     EXPECT_ALL_CLOSE(gpu.x, cpu.x, 1e-3, 1e-3);
     EXPECT_ALL_CLOSE(gpu.log_q, cpu.log_q, 1e-2, 1e-3);
@@ -202,9 +201,8 @@ TEST(EgnnGpuTrain, FlowMatchingLossAndGradientMatchCpu) {
     std::vector<double> g_cpu(P), g_gpu(P);
     const double l_cpu = flow_matching_loss(model, B, x0.data(), x1.data(), t.data(), eps.data(),
                                             0.01, g_cpu.data());
-    EgnnGpu gpu(model);
-    const double l_gpu = flow_matching_loss_gpu(gpu, B, x0.data(), x1.data(), t.data(), eps.data(),
-                                                0.01, g_gpu.data());
+    const double l_gpu = flow_matching_loss(model, B, x0.data(), x1.data(), t.data(), eps.data(),
+                                            0.01, g_gpu.data(), 1, Device::cuda);
     EXPECT_NEAR(l_gpu, l_cpu, 1e-4 * l_cpu);
     double scale = 0;
     for (double v : g_cpu) scale = std::max(scale, std::fabs(v));

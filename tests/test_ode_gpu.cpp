@@ -1,10 +1,10 @@
 // The device ODE integrator (eqflow/ode_gpu.h) against the host solver, label gpu.
 //
-// Reference: ode_integrate (src/ode.cpp) driven by egnn_gpu_field, i.e. the SAME float32 EGNN
-// kernels with the solver on the host. The device integrator repeats the host's arithmetic
-// operation for operation (src/common/ode_step.h, no FMA contraction on either side) and the EGNN
-// kernels' per-row results do not depend on which rows share a batch, so the two runs see the
-// same float32 field inputs. What can differ: CUDA's pow() may differ from glibc's in the last
+// Reference: ode_integrate (src/ode.cpp) driven by field_ode over the same CUDA field, i.e. the
+// SAME float32 EGNN kernels with the solver on the host. The device integrator repeats the host's
+// arithmetic operation for operation (src/common/ode_step.h, no FMA contraction on either side) and
+// the EGNN kernels' per-row results do not depend on which rows share a batch, so the two runs see
+// the same float32 field inputs. What can differ: CUDA's pow() may differ from glibc's in the last
 // bit (it sets step sizes), which moves stage points by ~1e-16 relative and, rarely, flips the
 // float32 rounding of one field input (~6e-8 relative on one evaluation). Both stay far below
 // kSameFieldTol = 1e-6 (relative to the values, plus absolute), while a wrong stage, sign or
@@ -16,7 +16,7 @@
 
 #include "egnn_test_util.h"
 #include "eqflow/egnn.h"
-#include "eqflow/egnn_gpu.h"
+#include "eqflow/field.h"
 #include "eqflow/flow.h"
 #include "eqflow/ode_gpu.h"
 #include "test_util.h"
@@ -42,16 +42,24 @@ struct OdeRun {
     OdeStats stats;
 };
 
-OdeRun run_host(const std::shared_ptr<EgnnGpu>& gpu, const std::vector<double>& x, int64_t B,
+OdeRun run_host(const std::shared_ptr<Field<float>>& gpu, const std::vector<double>& x, int64_t B,
                 double t0, double t1, const OdeOptions& o) {
     const int64_t D = static_cast<int64_t>(x.size()) / B;
     OdeRun r{x, std::vector<double>(B), std::vector<double>(B), {}};
-    ode_integrate(egnn_gpu_field(gpu), B, D, r.x.data(), t0, t1, o, r.I.data(), r.L.data(),
+    ode_integrate(field_ode<float>(gpu), B, D, r.x.data(), t0, t1, o, r.I.data(), r.L.data(),
                   &r.stats);
     return r;
 }
 
-OdeRun run_device(EgnnGpu& gpu, const std::vector<double>& x, int64_t B, double t0, double t1,
+// The device integrator as the sampler's integrator, in chunks of max_chunk rows (0: default).
+FlowIntegrator on_device(Field<float>& gpu, const OdeOptions& o, int64_t max_chunk) {
+    return [&gpu, o, max_chunk](int64_t B, double* x, double t0, double t1, double* I, double* L,
+                                OdeStats* stats) {
+        ode_integrate_gpu(gpu, B, x, t0, t1, o, I, L, stats, max_chunk);
+    };
+}
+
+OdeRun run_device(Field<float>& gpu, const std::vector<double>& x, int64_t B, double t0, double t1,
                   const OdeOptions& o, int64_t max_chunk = 0) {
     OdeRun r{x, std::vector<double>(B), std::vector<double>(B), {}};
     ode_integrate_gpu(gpu, B, r.x.data(), t0, t1, o, r.I.data(), r.L.data(), &r.stats, max_chunk);
@@ -81,7 +89,7 @@ class OdeGpu_ : public ::testing::TestWithParam<Case> {};
 TEST_P(OdeGpu_, MatchesHostSolverOnTheSameGpuField) {
     const Case c = GetParam();
     const EgnnModel model = make_model(c.name, c.n, c.d, 32, 3, 21);
-    auto gpu = std::make_shared<EgnnGpu>(model);
+    std::shared_ptr<Field<float>> gpu = make_cuda_field(model);
     const int64_t B = 19;  // not a multiple of any block size
     const std::vector<double> x = centred_normal(B, c.n, c.d, 41);
     OdeOptions o;
@@ -121,7 +129,8 @@ INSTANTIATE_TEST_SUITE_P(Solvers, OdeGpu_, ::testing::ValuesIn(kCases),
 // results to one chunk of 37 (the per-row EGNN results do not depend on the batch).
 TEST(OdeGpu, ChunksGiveTheSameResultsAsOneChunk) {
     const EgnnModel model = make_model("lj13", 13, 3, 32, 3, 22);
-    EgnnGpu gpu(model);
+    const std::unique_ptr<Field<float>> gpu_owner = make_cuda_field(model);
+    Field<float>& gpu = *gpu_owner;
     const int64_t B = 37;
     const std::vector<double> x = centred_normal(B, 13, 3, 42);
     for (OdeMethod m : {OdeMethod::dopri5, OdeMethod::rk4}) {
@@ -142,7 +151,7 @@ TEST(OdeGpu, ChunksGiveTheSameResultsAsOneChunk) {
 
 TEST(OdeGpu, FailuresAreReportedAsOnTheHost) {
     const EgnnModel model = make_model("dw4", 4, 2, 32, 3, 23);
-    auto gpu = std::make_shared<EgnnGpu>(model);
+    std::shared_ptr<Field<float>> gpu = make_cuda_field(model);
     const int64_t B = 6, D = 8;
     std::vector<double> x = centred_normal(B, 4, 2, 43);
     // max_steps far too small for the tolerance: every sample fails, with NaN outputs.
@@ -187,10 +196,12 @@ TEST(OdeGpu, FlowSampleAndLikelihoodMatchTheCpuField) {
     opt.batch = 64;
     for (uint64_t seed : {24, 25, 26}) {  // three random DW4-sized models
         const EgnnModel model = make_model("dw4", 4, 2, 32, 3, seed);
-        EgnnGpu gpu(model);
+        const std::unique_ptr<Field<float>> gpu_owner = make_cuda_field(model);
+        Field<float>& gpu = *gpu_owner;
         const int64_t count = 50;
         const FlowSamples cpu = flow_sample(egnn_flow_field(model, opt), 4, 2, count, seed, opt);
-        const FlowSamples dev = flow_sample_gpu(gpu, 4, 2, count, seed, opt, 16);
+        const FlowSamples dev =
+            flow_sample(on_device(gpu, opt.ode, 16), 4, 2, count, seed, 16, opt);
         EXPECT_EQ(dev.x0, cpu.x0) << "prior rows must be Philox(seed, i) as in flow_sample";
         EXPECT_EQ(dev.count, count);
         EXPECT_EQ(dev.failed, 0);
@@ -200,32 +211,33 @@ TEST(OdeGpu, FlowSampleAndLikelihoodMatchTheCpuField) {
 
         const FlowLikelihood lc =
             flow_log_likelihood(egnn_flow_field(model, opt), 4, 2, cpu.x.data(), count, opt);
-        const FlowLikelihood ld = flow_log_likelihood_gpu(gpu, 4, 2, cpu.x.data(), count, opt, 16);
+        const FlowLikelihood ld =
+            flow_log_likelihood(on_device(gpu, opt.ode, 16), 4, 2, cpu.x.data(), count, 16, opt);
         EXPECT_ALL_CLOSE(ld.log_q, lc.log_q, 1e-2, 1e-3);
         EXPECT_ALL_CLOSE(ld.x0, lc.x0, 1e-3, 1e-3);
         EXPECT_ALL_CLOSE(ld.path_length, lc.path_length, 1e-3, 1e-3);
         // Round trip: the likelihood of the device's own samples is their sampling log q, and
         // the backward flow returns them to their prior points (the ODE is reversible). Two
         // integrations at 1e-6 on one field: ~1e-4 apart, so the same bounds as above.
-        const FlowLikelihood back = flow_log_likelihood_gpu(gpu, 4, 2, dev.x.data(), count, opt);
+        const FlowLikelihood back =
+            flow_log_likelihood(on_device(gpu, opt.ode, 0), 4, 2, dev.x.data(), count, count, opt);
         EXPECT_ALL_CLOSE(back.log_q, dev.log_q, 1e-2, 1e-3);
         EXPECT_ALL_CLOSE(back.x0, dev.x0, 1e-3, 1e-3);
     }
-    EgnnGpu gpu(make_model("dw4", 4, 2, 32, 3, 27));
-    const FlowSamples none = flow_sample_gpu(gpu, 4, 2, 0, 1, opt);
+    const std::unique_ptr<Field<float>> gpu_owner =
+        make_cuda_field(make_model("dw4", 4, 2, 32, 3, 27));
+    Field<float>& gpu = *gpu_owner;
+    const FlowSamples none = flow_sample(on_device(gpu, opt.ode, 0), 4, 2, 0, 1, 1, opt);
     EXPECT_TRUE(none.x.empty() && none.log_q.empty());
 }
 
 TEST(OdeGpu, RejectsBadArguments) {
-    EgnnGpu gpu(make_model("dw4", 4, 2, 32, 3, 28));
+    const EgnnModel model = make_model("dw4", 4, 2, 32, 3, 28);
     FlowOptions opt;
-    EXPECT_THROW(flow_sample_gpu(gpu, 13, 3, 4, 1, opt), Error);  // wrong system size
-    opt.hutchinson = true;
-    EXPECT_THROW(flow_sample_gpu(gpu, 4, 2, 4, 1, opt), Error);
-    opt.hutchinson = false;
+    opt.device = Device::cuda;
     opt.ode.method = OdeMethod::rk4;
     opt.ode.steps = 0;
-    EXPECT_THROW(flow_sample_gpu(gpu, 4, 2, 4, 1, opt), Error);
+    EXPECT_THROW(sample_model(model, 4, 1, opt), Error);
 }
 
 }  // namespace

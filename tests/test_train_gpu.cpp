@@ -1,5 +1,5 @@
-// The device-resident flow-matching step (eqflow/train_gpu.h) against the CPU reference trainer
-// (eqflow/trainer.h, eqflow/optim.h), label gpu:
+// The device-resident flow-matching step (eqflow/train_step.h on the CUDA field) against the CPU
+// reference trainer (eqflow/trainer.h, eqflow/optim.h), label gpu:
 //   Adam kernel vs adam_update; device draws vs the trainer's draws (bit for bit); one whole
 //   step (fm, ot, eqot; DW4 and a typed LJ-like system) vs the CPU step on the same batch; a
 //   short DW4 training run's validation loss vs the CPU run's; no device allocation per step.
@@ -15,15 +15,16 @@
 
 #include "eqflow/buffer.h"
 #include "eqflow/egnn.h"
-#include "eqflow/egnn_gpu.h"
+#include "eqflow/field.h"
 #include "eqflow/flow.h"
 #include "eqflow/mcmc.h"
 #include "eqflow/optim.h"
 #include "eqflow/systems.h"
 #include "eqflow/tensor.h"
-#include "eqflow/train_gpu.h"
+#include "eqflow/train_step.h"
 #include "eqflow/trainer.h"
 #include "test_util.h"
+#include "train_ops.h"
 
 namespace eqflow {
 namespace {
@@ -58,7 +59,14 @@ TEST(TrainGpu, AdamKernelMatchesHostAdam) {
         std::vector<float> g(P);
         for (float& x : g) x = static_cast<float>((val(gen) < 0 ? -1 : 1) * mag(gen));
         Tensor<float> gdev = Tensor<float>::from_host(g, Shape{P}, Device::cuda);
-        adam_update_gpu(o, lr, s, pdev.view(), gdev.cview(), mdev.view(), vdev.view());
+        // The step's Adam operation on the device (src/train_ops.h), update number s + 1.
+        train_math::TrainScalars sc;
+        sc.adam_step = s;
+        Buffer<train_math::TrainScalars> sd(1, Device::cuda);
+        sd.copy_from_host(&sc, 1);
+        train_ops::adam_update<float>(Device::cuda, P, pdev.data(), gdev.data(), mdev.data(),
+                                      vdev.data(), nullptr, 0.0, lr, o.beta1, o.beta2, o.eps,
+                                      sd.data(), nullptr);
         const std::vector<double> gd(g.begin(), g.end());
         adam_update(o, lr, P, pd.data(), gd.data(), st);
     }
@@ -132,17 +140,18 @@ TEST(TrainGpu, DeviceDrawsAndGatherAreBitIdenticalToTheTrainer) {
         const int64_t count = 37, B = 6;
         const std::vector<double> train = make_train(c, count, gen);
         const EgnnModel model = make_model(c, 5);
-        GpuFlowMatchingOptions o;
+        FlowMatchingStepOptions o;
         o.objective = c.objective;
         o.batch = B;
         o.draw_seed = test::seed() ^ 0xABCDEFull;
         o.atom_types = model.config.atom_types;
-        GpuFlowMatching gfm(model, o, train.data(), count);
+        const std::unique_ptr<Field<float>> net = make_cuda_field(model);
+        FlowMatchingStep<float> gfm(*net, o, train.data(), count, train.data(), count);
         const std::vector<int64_t> order = shuffled(count, gen);
         gfm.set_order(order);
         const int64_t step = 11, j = 3;
         gfm.step(step, j, 1e-4);
-        const GpuFlowMatching::Snapshot s = gfm.snapshot();
+        const FlowMatchingStep<float>::Snapshot s = gfm.snapshot();
         const int64_t D = c.n * c.d;
         std::vector<double> x0(B * D), t(B), eps(B * D), x1(B * D);
         for (int64_t b = 0; b < B; ++b) {
@@ -184,7 +193,7 @@ TEST_P(TrainGpuStep, MatchesTheCpuReferenceStep) {
     const std::vector<double> train = make_train(c, count, gen);
     const EgnnModel model = make_model(c, 6);
     const int64_t P = static_cast<int64_t>(model.params.size());
-    GpuFlowMatchingOptions o;
+    FlowMatchingStepOptions o;
     o.objective = c.objective;
     o.batch = B;
     o.sigma = 0.01;
@@ -193,11 +202,12 @@ TEST_P(TrainGpuStep, MatchesTheCpuReferenceStep) {
     o.ema_decay = 0.9;
     const double lr = 1e-3;
     const int64_t step = 7, j = 2;
-    GpuFlowMatching gfm(model, o, train.data(), count);
+    const std::unique_ptr<Field<float>> net = make_cuda_field(model);
+    FlowMatchingStep<float> gfm(*net, o, train.data(), count, train.data(), count);
     const std::vector<int64_t> order = shuffled(count, gen);
     gfm.set_order(order);
     gfm.step(step, j, lr);
-    const GpuFlowMatching::Snapshot s = gfm.snapshot();
+    const FlowMatchingStep<float>::Snapshot s = gfm.snapshot();
     std::vector<double> p_gpu, ema_gpu;
     AdamState adam_gpu;
     int64_t skipped = -1;
@@ -357,7 +367,7 @@ TEST(TrainGpu, NonFiniteStepsAreSkippedAndCounted) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// (e) No device allocation per step, and none per call of flow_matching_loss_gpu once sized:
+// (e) No device allocation per step or validation loss:
 // every device allocation of the library goes through detail::allocate_bytes, which counts them.
 TEST(TrainGpu, NoDeviceAllocationPerStep) {
     for (CouplingKind kind : {CouplingKind::fm, CouplingKind::eqot}) {
@@ -366,12 +376,13 @@ TEST(TrainGpu, NoDeviceAllocationPerStep) {
         const int64_t count = 40, B = 8, D = c.n * c.d;
         const std::vector<double> train = make_train(c, count, gen);
         const EgnnModel model = make_model(c, 7);
-        GpuFlowMatchingOptions o;
+        FlowMatchingStepOptions o;
         o.objective = kind;
         o.batch = B;
         o.atom_types = model.config.atom_types;
         o.ema_decay = 0.5;
-        GpuFlowMatching gfm(model, o, train.data(), count);
+        const std::unique_ptr<Field<float>> net = make_cuda_field(model);
+        FlowMatchingStep<float> gfm(*net, o, train.data(), count, train.data(), count);
         gfm.set_order(shuffled(count, gen));
         gfm.step(0, 0, 1e-3);
         (void)gfm.last_loss();
@@ -390,19 +401,13 @@ TEST(TrainGpu, NoDeviceAllocationPerStep) {
             << coupling_name(kind) << ": the step allocated device memory";
         EXPECT_EQ(gfm.counters().adam_step, 26);
 
-        // flow_matching_loss_gpu: the first call sizes the buffers, later ones reuse them.
-        std::vector<double> x0 = test::random_normal(B * D, gen), eps(B * D, 0.0), t(B, 0.5);
-        std::vector<double> grad(model.params.size());
-        EgnnGpu& net = gfm.network();
-        flow_matching_loss_gpu(net, B, x0.data(), train.data(), t.data(), eps.data(), 0.01,
-                               grad.data());
-        const std::size_t sized = detail::device_allocation_count();
-        flow_matching_loss_gpu(net, B, x0.data(), train.data(), t.data(), eps.data(), 0.01,
-                               grad.data());
-        flow_matching_loss_gpu(net, B / 2, x0.data(), train.data(), t.data(), eps.data(), 0.01,
-                               nullptr);
-        EXPECT_EQ(detail::device_allocation_count(), sized)
-            << "flow_matching_loss_gpu allocated on a repeated call";
+        // The validation loss runs on the step's own buffers: no allocation either.
+        (void)D;
+        const double vl = gfm.validation_loss(5, B);
+        EXPECT_TRUE(std::isfinite(vl));
+        EXPECT_EQ(gfm.validation_loss(5, B / 2 + B), gfm.validation_loss(5, B / 2 + B));
+        EXPECT_EQ(detail::device_allocation_count(), before)
+            << "the validation loss allocated device memory";
     }
 }
 

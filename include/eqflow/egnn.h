@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -109,5 +110,16 @@ struct EgnnModel {
     EgnnConfig config;
     std::vector<double> params;
 };
+
+template <class T>
+class Field;
+
+// The backends of the field interface (eqflow/field.h) for an EGNN model; each holds its own copy
+// of the parameters. The CPU reference: double, plain loops, rows in fixed chunks over up to
+// `threads` threads of the pool (0: all; results do not depend on it). CUDA: float32 on the
+// device, fused kernels; without a usable GPU it throws an Error that says why.
+EQFLOW_API std::unique_ptr<Field<double>> make_reference_field(const EgnnModel& model,
+                                                               int threads = 0);
+EQFLOW_API std::unique_ptr<Field<float>> make_cuda_field(const EgnnModel& model);
 
 }  // namespace eqflow

@@ -19,12 +19,14 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "eqflow/device.h"
 #include "eqflow/egnn.h"
 #include "eqflow/export.h"
+#include "eqflow/field.h"
 #include "eqflow/json.h"
 #include "eqflow/ode.h"
 #include "eqflow/systems.h"
@@ -84,24 +86,54 @@ struct FlowLikelihood {
 // A field for the flow: v and (when div != nullptr) the divergence, for B rows of [n][d].
 using FlowField = OdeField;
 
+// How a sampler integrates: B rows x [B][n*d] (host) from t0 to t1 in place, with the outputs
+// and OdeStats semantics of ode_integrate (eqflow/ode.h), including failed samples as NaN.
+using FlowIntegrator =
+    std::function<void(int64_t B, double* x, double t0, double t1, double* div_integral,
+                       double* path_length, OdeStats* stats)>;
+
+// The one sampling loop: `count` prior samples (sample i from Philox(seed, i)) integrated from
+// t = 0 to 1 in batches of `batch` rows, log q = log p0 - int div. And the one likelihood loop:
+// x [count][n][d] (centred) integrated backwards, log q = log p0(x0) + int_1^0 div.
+// options.progress is called after each batch.
+EQFLOW_API FlowSamples flow_sample(const FlowIntegrator& integrate, int n, int d, int64_t count,
+                                   uint64_t seed, int64_t batch, const FlowOptions& options);
+EQFLOW_API FlowLikelihood flow_log_likelihood(const FlowIntegrator& integrate, int n, int d,
+                                              const double* x, int64_t count, int64_t batch,
+                                              const FlowOptions& options);
+
+// The same loops with the host integrator ode_integrate over `field` (options.ode, options.batch).
 EQFLOW_API FlowSamples flow_sample(const FlowField& field, int n, int d, int64_t count,
                                    uint64_t seed, const FlowOptions& options);
 // x: [count][n][d], centred (use remove_mean first).
 EQFLOW_API FlowLikelihood flow_log_likelihood(const FlowField& field, int n, int d, const double* x,
                                               int64_t count, const FlowOptions& options);
 
-// The EGNN model as a flow field: egnn_divergence (exact) or egnn_divergence_hutchinson, rows
-// split over `options.threads` workers (each row is independent, so results do not depend on
-// the thread count).
+// Any backend of the field interface (eqflow/field.h) as a host ODE callback: each call copies
+// the rows into the field's memory and precision and evaluates v and the exact divergence, or
+// Hutchinson's estimate with `probes` Rademacher directions per row (row r of a call draws from
+// Philox(seed + r, 0), one bit per coordinate, so a row's directions do not depend on how rows
+// are split). probes = 0: exact.
+template <class T>
+EQFLOW_API FlowField field_ode(std::shared_ptr<Field<T>> field, int probes = 0, uint64_t seed = 0);
+
+// The EGNN model as a flow field on options.device (the CPU reference with options.threads, or
+// CUDA), exact or Hutchinson (options.hutchinson).
 EQFLOW_API FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& options);
+
+// The integrator sample_model and model_log_likelihood use: on the CPU, ode_integrate over
+// egnn_flow_field; on CUDA with the exact divergence, the device integrator (eqflow/ode_gpu.h)
+// with the state on the GPU; on CUDA with Hutchinson, ode_integrate over the GPU field.
+// `batch` receives the rows per integrator call that suit it.
+EQFLOW_API FlowIntegrator model_integrator(const EgnnModel& model, const FlowOptions& options,
+                                           int64_t* batch);
 
 // ---- a trained EGNN as a flow in the system's units ------------------------------------------
 // The network and the prior live in model units y = x / s, s = model.config.length_scale (1 for
 // the particle systems). These convert at the boundary: samples x = s y, test points y = x / s,
 // log q_x(x) = log q_y(y) - (n-1) d log s (the density on the mean-free subspace), path lengths
 // in the system's units (s times the model's). With s = 1 they are flow_sample and
-// flow_log_likelihood over egnn_flow_field; with options.device == cuda the whole integration
-// runs on the device (flow_sample_gpu / flow_log_likelihood_gpu of eqflow/ode_gpu.h, chunked).
+// flow_log_likelihood over model_integrator.
 EQFLOW_API FlowSamples sample_model(const EgnnModel& model, int64_t count, uint64_t seed,
                                     const FlowOptions& options);
 // x: [count][n][d] centred, in the system's units.

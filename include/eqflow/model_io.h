@@ -88,4 +88,28 @@ EQFLOW_API void save_model(const std::string& path, const EgnnModel& model,
                            SafetensorsDtype dtype = SafetensorsDtype::f64);
 EQFLOW_API EgnnModel load_model(const std::string& path);
 
+// ---------------------------------------------------------------------------------------------
+// Training checkpoints: a model file (the raw, optimised weights) plus the optimiser state,
+// written and read only here. Tensors beyond the model's: trainer.state (I64 [4]: step, Adam
+// step, skipped steps, elapsed milliseconds), optimizer.adam.m and optimizer.adam.v (F64 [P]),
+// optimizer.ema (F64 [P], with EMA only). Metadata: the model's, eqflow.train.step and
+// eqflow.train.total_steps, and the caller's fingerprint: the options a resumed run must share.
+// ---------------------------------------------------------------------------------------------
+struct TrainingCheckpoint {
+    EgnnModel model;  // the optimised weights (not the EMA)
+    int64_t step = 0, total_steps = 0, adam_step = 0, skipped = 0;
+    double elapsed_seconds = 0.0;
+    std::vector<double> adam_m, adam_v;  // [P]; empty: zeros
+    std::vector<double> ema;             // [P] or empty (no EMA)
+    std::vector<std::pair<std::string, std::string>> fingerprint;
+};
+
+EQFLOW_API void save_checkpoint(const std::string& path, const TrainingCheckpoint& checkpoint);
+// Reads a checkpoint and checks it against the caller's fingerprint (every key present with the
+// same value, naming the first that differs), the sizes of the moments and the EMA
+// (`with_ema`), and the counters (non-negative).
+EQFLOW_API TrainingCheckpoint
+load_checkpoint(const std::string& path,
+                const std::vector<std::pair<std::string, std::string>>& fingerprint, bool with_ema);
+
 }  // namespace eqflow

@@ -1,15 +1,15 @@
-// eqflow/ode_gpu.h: the flow's ODE integrated on the device, with the EGNN field of EgnnGpu.
+// eqflow/ode_gpu.h: the flow's ODE integrated on the device, with a CUDA field (eqflow/field.h).
 // A plain C++ header: no CUDA types.
 //
 // Same solvers and semantics as eqflow/ode.h (adaptive Dormand-Prince 5(4) with per-sample step
 // sizes, fixed-step RK4 and Euler; forwards and backwards; failures give NaN outputs and are
-// counted) and as flow_sample / flow_log_likelihood of eqflow/flow.h (prior draws, normalised
-// log q, x0, path lengths, OdeStats), but the state never leaves the device while it integrates:
+// counted), used by the sampler of eqflow/flow.h as its integrator (model_integrator), but the
+// state never leaves the device while it integrates:
 //   - per sample, the augmented state y = [x, I, L] in float64, its stage derivatives, t, h and
 //     counters live in device memory; the per-sample arithmetic is src/common/ode_step.h, the very
-//     operations of the host solver (results agree with ode_integrate driven by egnn_gpu_field
-//     up to the last bit of pow() in the step-size controller);
-//   - each stage evaluates EgnnGpu::divergence (float32, exact divergence) on the rows still
+//     operations of the host solver (results agree with ode_integrate driven by field_ode over the
+//     same field up to the last bit of pow() in the step-size controller);
+//   - each stage evaluates Field<float>::divergence (float32, exact divergence) on the rows still
 //     integrating; the only per-step transfer is the count of those rows, back to the host;
 //   - finished samples are COMPACTED out: an index list of the active samples is rebuilt after
 //     every step and the field runs on those rows only (gathered into contiguous float32
@@ -30,18 +30,14 @@
 // (+ 5.5 MB divergence partials and the fixed slots): well under 8 GB. RK4 needs 4 stages
 // instead of 7 + ynew, Euler one.
 //
-// Randomness: sample i of flow_sample_gpu starts from Philox(seed, i), drawn by sample_prior, so
-// x0 is bit-identical to flow_sample's. FlowOptions.batch, threads and device are not used (the
-// chunk size plays the batch's role); hutchinson must be false (the GPU divergence is exact).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 
-#include "eqflow/egnn_gpu.h"
 #include "eqflow/export.h"
-#include "eqflow/flow.h"
+#include "eqflow/field.h"
 #include "eqflow/ode.h"
 
 namespace eqflow {
@@ -53,25 +49,14 @@ EQFLOW_API size_t ode_gpu_bytes_per_sample(int64_t D, OdeMethod method);
 // (enough rows to fill an H200 with divergence work at every system size).
 EQFLOW_API int64_t ode_gpu_default_chunk(int64_t D, OdeMethod method);
 
-// ode_integrate (eqflow/ode.h) with the EGNN field on the device: x [B][D] (host, D = n d of the
+// ode_integrate (eqflow/ode.h) with a field on the device: x [B][D] (host, D = n d of the
 // model) holds x(t0) on entry and x(t1) on return; div_integral, path_length [B] (host,
 // nullable); stats (nullable) ACCUMULATES like ode_integrate's. `progress` (nullable) is called
 // after each chunk with (rows done, B). The divergence is always computed.
-EQFLOW_API void ode_integrate_gpu(EgnnGpu& gpu, int64_t B, double* x, double t0, double t1,
+EQFLOW_API void ode_integrate_gpu(Field<float>& gpu, int64_t B, double* x, double t0, double t1,
                                   const OdeOptions& options, double* div_integral,
                                   double* path_length, OdeStats* stats = nullptr,
                                   int64_t max_chunk = 0,
                                   const std::function<void(int64_t, int64_t)>& progress = {});
-
-// flow_sample (eqflow/flow.h) on the device: count samples of n particles in d dimensions from
-// the prior draws of Philox(seed, i); log q normalised on the mean-free subspace.
-EQFLOW_API FlowSamples flow_sample_gpu(EgnnGpu& gpu, int n, int d, int64_t count, uint64_t seed,
-                                       const FlowOptions& options, int64_t max_chunk = 0);
-
-// flow_log_likelihood (eqflow/flow.h) on the device: x [count][n][d] (host, centred) integrated
-// backwards from t = 1 to 0.
-EQFLOW_API FlowLikelihood flow_log_likelihood_gpu(EgnnGpu& gpu, int n, int d, const double* x,
-                                                  int64_t count, const FlowOptions& options,
-                                                  int64_t max_chunk = 0);
 
 }  // namespace eqflow

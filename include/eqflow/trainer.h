@@ -112,12 +112,14 @@ EQFLOW_API TrainResult train_flow_matching(const TrainOptions& options,
                                            const std::vector<double>& x, int64_t count, int n,
                                            int d);
 
-// Loss and parameter gradient of one batch (exposed for tests): x0, x1 [B][n][d] already
-// paired, t [B], eps [B][n][d]. grad (nullable) receives the gradient (overwritten). Rows are
-// processed in fixed chunks of 16 over `threads` workers; the result does not depend on threads.
+// Loss and parameter gradient of one batch (exposed for tests), through the training step's own
+// operations and the field on `device` (the CPU reference with `threads`, or CUDA in float32):
+// x0, x1 [B][n][d] already paired, t [B], eps [B][n][d], all on the host. grad (nullable, host)
+// is OVERWRITTEN with the gradient. The result does not depend on the thread count.
 EQFLOW_API double flow_matching_loss(const EgnnModel& model, int64_t B, const double* x0,
                                      const double* x1, const double* t, const double* eps,
-                                     double sigma, double* grad, int threads = 1);
+                                     double sigma, double* grad, int threads = 1,
+                                     Device device = Device::cpu);
 
 // The prior sample x0 [n][d], time t and noise eps [n][d] of one training row (exposed for
 // tests): all from Philox(seed, stream), x0 and eps centred. The GPU step draws the same bits.

@@ -9,8 +9,8 @@
 #include "cli/cli_common.h"
 #include "eqflow/device.h"
 #include "eqflow/egnn.h"
-#include "eqflow/egnn_gpu.h"
 #include "eqflow/error.h"
+#include "eqflow/flow.h"
 #include "eqflow/model_io.h"
 #include "eqflow/npy.h"
 
@@ -61,23 +61,18 @@ int cmd_field(Args& args) {
     std::vector<double> v(static_cast<size_t>(count * nd)), div(static_cast<size_t>(count));
 
     // Chunks keep the progress line moving on long inputs (the divergence of LJ55 takes seconds).
-    OdeField gpu_field;
-    if (device == Device::cuda) gpu_field = egnn_gpu_field(std::make_shared<EgnnGpu>(model));
+    // One field of the interface on the chosen device (the CPU reference on the host).
+    FlowOptions fo;
+    fo.device = device;
+    fo.threads = 0;
+    const FlowField field = egnn_flow_field(model, fo);
     const int64_t chunk = device == Device::cuda ? 4096 : div_out.empty() ? 256 : 8;
     Progress progress(div_out.empty() ? "field" : "field+div", count);
     for (int64_t b0 = 0; b0 < count; b0 += chunk) {
         const int64_t nb = std::min(chunk, count - b0);
         const std::vector<double> tb(static_cast<size_t>(nb), t);
-        if (gpu_field) {
-            gpu_field(nb, y.data() + b0 * nd, tb.data(), v.data() + b0 * nd,
-                      div_out.empty() ? nullptr : div.data() + b0);
-        } else if (div_out.empty()) {
-            egnn_forward(c, model.params.data(), nb, y.data() + b0 * nd, tb.data(),
-                         v.data() + b0 * nd);
-        } else {
-            egnn_divergence(c, model.params.data(), nb, y.data() + b0 * nd, tb.data(),
-                            v.data() + b0 * nd, div.data() + b0);
-        }
+        field(nb, y.data() + b0 * nd, tb.data(), v.data() + b0 * nd,
+              div_out.empty() ? nullptr : div.data() + b0);
         progress.update(b0 + nb);
     }
     progress.finish();

@@ -23,6 +23,19 @@
 
 namespace eqflow::train_math {
 
+// The training step's bookkeeping, one instance in the memory of the step's device (so that on
+// the GPU no step needs the host to decide anything): the update reads `bad` to skip a
+// non-finite step.
+struct TrainScalars {
+    double loss = 0.0;         // the last step's batch loss (NaN or inf when not finite)
+    int bad = 0;               // the last step's loss or gradient was not finite: skipped
+    int pad = 0;               // keeps the 8-byte fields below aligned
+    int64_t adam_step = 0;     // Adam updates applied (the next update's bias uses + 1)
+    int64_t skipped = 0;       // steps skipped so far
+    double window_loss = 0.0;  // sum of the accepted steps' losses since the last reset
+    int64_t window_count = 0;  // accepted steps since the last reset
+};
+
 // x [n][d] <- x minus its particle mean, per dimension: the order of remove_mean (eqflow/flow.h),
 // sum over particles in index order, one division by n, then subtraction.
 EQFLOW_HD inline void remove_row_mean(int n, int d, double* x) {

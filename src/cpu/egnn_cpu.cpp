@@ -500,41 +500,6 @@ void layer_jvp(const Dims& D, const double* p, const EgnnLayerOffsets& lo, int K
 
 }  // namespace
 
-EgnnOffsets egnn_offsets(const EgnnConfig& config) {
-    const std::vector<ParamEntry> layout = egnn_parameter_layout(config);
-    auto find = [&](const std::string& name) -> int64_t {
-        for (const ParamEntry& e : layout)
-            if (e.name == name) return e.offset;
-        EQFLOW_THROW("internal: parameter " << name << " missing from the layout");
-    };
-    EgnnOffsets off;
-    off.emb_w = find("embedding.weight");
-    off.emb_b = find("embedding.bias");
-    off.emb_out_w = find("embedding_out.weight");
-    off.emb_out_b = find("embedding_out.bias");
-    for (int l = 0; l < config.layers; ++l) {
-        const std::string g = "gcl_" + std::to_string(l) + ".";
-        EgnnLayerOffsets lo;
-        lo.edge_w0 = find(g + "edge_mlp.0.weight");
-        lo.edge_b0 = find(g + "edge_mlp.0.bias");
-        lo.edge_w2 = find(g + "edge_mlp.2.weight");
-        lo.edge_b2 = find(g + "edge_mlp.2.bias");
-        lo.node_w0 = find(g + "node_mlp.0.weight");
-        lo.node_b0 = find(g + "node_mlp.0.bias");
-        lo.node_w2 = find(g + "node_mlp.2.weight");
-        lo.node_b2 = find(g + "node_mlp.2.bias");
-        lo.coord_w0 = find(g + "coord_mlp.0.weight");
-        lo.coord_b0 = find(g + "coord_mlp.0.bias");
-        lo.coord_w2 = find(g + "coord_mlp.2.weight");
-        if (config.attention) {
-            lo.att_w0 = find(g + "att_mlp.0.weight");
-            lo.att_b0 = find(g + "att_mlp.0.bias");
-        }
-        off.layers.push_back(lo);
-    }
-    return off;
-}
-
 void egnn_forward_one(const EgnnConfig& config, const EgnnOffsets& off, const double* params,
                       const double* x, double t, double* v) {
     Tape tape;

@@ -1,0 +1,156 @@
+// The CPU reference backend of the field interface (eqflow/field.h) for the EGNN: double
+// precision, the plain per-sample loops of src/cpu/egnn_cpu.cpp, rows in fixed chunks of
+// kChunkRows over the thread pool.
+//
+// Results do not depend on the thread count: every row's v, div and dL_dx are computed by one
+// thread on its own, and the parameter gradient of each chunk goes to its own slot of the
+// workspace ([chunks][P] doubles), then the slots are added to dL_dparams in chunk order.
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+#include "cpu/egnn_cpu.h"
+#include "eqflow/egnn.h"
+#include "eqflow/field.h"
+#include "eqflow/parallel.h"
+
+namespace eqflow {
+
+namespace {
+
+constexpr int64_t kChunkRows = 16;  // rows per chunk: fixes the gradient's summation order
+
+int64_t chunk_count(int64_t B) {
+    return (B + kChunkRows - 1) / kChunkRows;
+}
+
+class ReferenceEgnnField final : public Field<double> {
+  public:
+    ReferenceEgnnField(const EgnnModel& model, int threads)
+        : Field<double>(model.config.n_particles, model.config.dim,
+                        egnn_parameter_count(model.config), Device::cpu),
+          config_(model.config),
+          offsets_(cpu::egnn_offsets(model.config)),
+          params_(model.params),
+          threads_(threads) {}
+
+  protected:
+    TensorView<double> do_parameters() override {
+        return TensorView<double>(params_.data(), Shape{parameter_count()}, Device::cpu);
+    }
+    std::vector<double> do_parameters_to_host() const override { return params_; }
+    void do_set_parameters(const std::vector<double>& params) override { params_ = params; }
+
+    size_t do_workspace_bytes(FieldOp op, int64_t B, int K) const override {
+        const int64_t nd = static_cast<int64_t>(n_particles()) * dim();
+        switch (op) {
+            case FieldOp::backward:
+                return static_cast<size_t>(chunk_count(B) * parameter_count()) * sizeof(double);
+            case FieldOp::divergence:  // the n*d unit tangents and their images, per chunk
+                return static_cast<size_t>(chunk_count(B) * nd * nd) * sizeof(double);
+            case FieldOp::jvp_trace:
+                return static_cast<size_t>(B * K * nd) * sizeof(double);
+            case FieldOp::forward:
+                break;
+        }
+        return 0;
+    }
+
+    void do_forward(TensorView<const double> x, TensorView<const double> t, TensorView<double> v,
+                    TensorView<unsigned char>, Stream) override {
+        const int64_t nd = row_size();
+        for_chunks(x.size(0), [&](int64_t b0, int64_t m, int64_t) {
+            for (int64_t b = b0; b < b0 + m; ++b)
+                cpu::egnn_forward_one(config_, offsets_, params_.data(), x.data + b * nd, t.data[b],
+                                      v.data + b * nd);
+        });
+    }
+
+    void do_backward(TensorView<const double> x, TensorView<const double> t,
+                     TensorView<const double> dL_dv, TensorView<double> dL_dparams,
+                     TensorView<double> dL_dx, TensorView<unsigned char> ws, Stream) override {
+        const int64_t nd = row_size(), P = parameter_count(), B = x.size(0);
+        double* slots = reinterpret_cast<double*>(ws.data);
+        for_chunks(B, [&](int64_t b0, int64_t m, int64_t chunk) {
+            double* g = slots + chunk * P;
+            std::fill(g, g + P, 0.0);
+            for (int64_t b = b0; b < b0 + m; ++b)
+                cpu::egnn_backward_one(config_, offsets_, params_.data(), x.data + b * nd,
+                                       t.data[b], dL_dv.data + b * nd, g,
+                                       dL_dx.defined() ? dL_dx.data + b * nd : nullptr);
+        });
+        for (int64_t chunk = 0; chunk < chunk_count(B); ++chunk)
+            for (int64_t i = 0; i < P; ++i) dL_dparams.data[i] += slots[chunk * P + i];
+    }
+
+    void do_divergence(TensorView<const double> x, TensorView<const double> t, TensorView<double> v,
+                       TensorView<double> div, TensorView<unsigned char> ws, Stream) override {
+        const int64_t nd = row_size();
+        // All n*d basis directions at once, one primal pass per sample.
+        std::vector<double> eye(static_cast<size_t>(nd * nd), 0.0);
+        for (int64_t q = 0; q < nd; ++q) eye[static_cast<size_t>(q * nd + q)] = 1.0;
+        double* images = reinterpret_cast<double*>(ws.data);
+        for_chunks(x.size(0), [&](int64_t b0, int64_t m, int64_t chunk) {
+            double* vdot = images + chunk * nd * nd;
+            for (int64_t b = b0; b < b0 + m; ++b) {
+                cpu::egnn_jvp_one(config_, offsets_, params_.data(), x.data + b * nd, t.data[b],
+                                  static_cast<int>(nd), eye.data(),
+                                  v.defined() ? v.data + b * nd : nullptr, vdot);
+                double tr = 0.0;
+                for (int64_t q = 0; q < nd; ++q) tr += vdot[q * nd + q];
+                div.data[b] = tr;
+            }
+        });
+    }
+
+    void do_jvp_trace(TensorView<const double> x, TensorView<const double> t,
+                      TensorView<const double> dirs, TensorView<double> v, TensorView<double> trace,
+                      TensorView<unsigned char> ws, Stream) override {
+        const int64_t nd = row_size();
+        const int K = static_cast<int>(dirs.size(1));
+        double* images = reinterpret_cast<double*>(ws.data);
+        for_chunks(x.size(0), [&](int64_t b0, int64_t m, int64_t) {
+            for (int64_t b = b0; b < b0 + m; ++b) {
+                const double* e = dirs.data + b * K * nd;
+                double* vdot = images + b * K * nd;
+                cpu::egnn_jvp_one(config_, offsets_, params_.data(), x.data + b * nd, t.data[b], K,
+                                  e, v.defined() ? v.data + b * nd : nullptr, vdot);
+                double sum = 0.0;
+                for (int64_t k = 0; k < K * nd; ++k) sum += e[k] * vdot[k];
+                trace.data[b] = sum / K;
+            }
+        });
+    }
+
+  private:
+    int64_t row_size() const { return static_cast<int64_t>(n_particles()) * dim(); }
+
+    // fn(first row, rows, chunk index) for every chunk of kChunkRows rows, over the pool.
+    template <class Fn>
+    void for_chunks(int64_t B, const Fn& fn) const {
+        parallel_for(
+            chunk_count(B),
+            [&](int64_t chunk) {
+                const int64_t b0 = chunk * kChunkRows;
+                fn(b0, std::min(kChunkRows, B - b0), chunk);
+            },
+            threads_);
+    }
+
+    EgnnConfig config_;
+    cpu::EgnnOffsets offsets_;
+    std::vector<double> params_;
+    int threads_;
+};
+
+}  // namespace
+
+std::unique_ptr<Field<double>> make_reference_field(const EgnnModel& model, int threads) {
+    validate_egnn_config(model.config);
+    EQFLOW_CHECK(static_cast<int64_t>(model.params.size()) == egnn_parameter_count(model.config),
+                 "EGNN model: " << model.params.size() << " parameters, the configuration has "
+                                << egnn_parameter_count(model.config));
+    return std::make_unique<ReferenceEgnnField>(model, threads);
+}
+
+}  // namespace eqflow

@@ -1,0 +1,184 @@
+// Host implementations of the step operations of src/train_ops.h (T = double for the CPU
+// reference, float for a float32 host backend), and the dispatch between them and the device
+// ones of kernels/train_step.cu. The arithmetic is the one the kernels run, expression for
+// expression, with the shared pieces in src/common/train_math.h.
+#include <cmath>
+
+#include "eqflow/error.h"
+#include "train_ops.h"
+
+#if defined(EQFLOW_HAVE_CUDA)
+#include "kernels/train_step.cuh"
+#endif
+
+namespace eqflow::train_ops {
+
+namespace {
+template <class T>
+constexpr bool kIsFloat = std::is_same_v<T, float>;
+
+// The device kernels are float32: a double step on the device is a caller's mistake.
+template <class T>
+void require_device_float(const char* what) {
+    EQFLOW_CHECK(kIsFloat<T>, what << ": the device step computes in float32");
+#if !defined(EQFLOW_HAVE_CUDA)
+    EQFLOW_THROW(what << ": eqflow was built without CUDA");
+#endif
+}
+
+// In the dispatch below, the device branch is compiled for float only.
+#if defined(EQFLOW_HAVE_CUDA)
+#define EQFLOW_DEVICE_CALL(T, call) \
+    if constexpr (kIsFloat<T>) {    \
+        cuda::call;                 \
+    }
+#else
+#define EQFLOW_DEVICE_CALL(T, call) (void)stream;
+#endif
+}  // namespace
+
+template <class T>
+void prepare_batch(Device device, const T* data, const int64_t* order, int64_t first, int64_t B,
+                   int n, int d, uint64_t seed, uint64_t first_stream, double* x0, double* x1,
+                   double* t, double* eps, Stream stream) {
+    if (device == Device::cuda) {
+        require_device_float<T>("prepare_batch");
+        EQFLOW_DEVICE_CALL(T, fm_prepare_batch(data, order, first, B, n, d, seed, first_stream, x0,
+                                               x1, t, eps, stream))
+        return;
+    }
+    const int64_t nd = static_cast<int64_t>(n) * d;
+    for (int64_t b = 0; b < B; ++b) {
+        const T* src = data + order[first + b] * nd;
+        for (int64_t k = 0; k < nd; ++k) x1[b * nd + k] = static_cast<double>(src[k]);
+        train_math::draw_row(seed, first_stream + static_cast<uint64_t>(b), n, d, x0 + b * nd,
+                             t + b, eps + b * nd);
+    }
+}
+
+template <class T>
+void interpolate(Device device, int64_t B, int64_t nd, const double* x0, const double* x1,
+                 const double* t, const double* eps, double sigma, T* xt, T* tf, Stream stream) {
+    if (device == Device::cuda) {
+        require_device_float<T>("interpolate");
+        EQFLOW_DEVICE_CALL(T, fm_interpolate(B, nd, x0, x1, t, eps, sigma, xt, tf, stream))
+        return;
+    }
+    for (int64_t b = 0; b < B; ++b) {
+        tf[b] = static_cast<T>(t[b]);
+        for (int64_t k = 0; k < nd; ++k) {
+            const int64_t i = b * nd + k;
+            xt[i] = static_cast<T>((1.0 - t[b]) * x0[i] + t[b] * x1[i] + sigma * eps[i]);
+        }
+    }
+}
+
+template <class T>
+void loss(Device device, int64_t B, int64_t nd, const T* v, const double* x0, const double* x1,
+          T* dL_dv, TrainScalars* s, Stream stream) {
+    if (device == Device::cuda) {
+        require_device_float<T>("loss");
+        EQFLOW_DEVICE_CALL(T, fm_loss(B, nd, v, x0, x1, dL_dv, s, stream))
+        return;
+    }
+    const double scale = 1.0 / static_cast<double>(B * nd);
+    double sum = 0.0;
+    for (int64_t i = 0; i < B * nd; ++i) {
+        const double r = static_cast<double>(v[i]) - (x1[i] - x0[i]);
+        sum += r * r;
+        dL_dv[i] = static_cast<T>(2.0 * r * scale);
+    }
+    s->loss = sum * scale;
+    s->bad = std::isfinite(s->loss) ? 0 : 1;
+}
+
+template <class T>
+void check_finite(Device device, const T* grad, int64_t count, TrainScalars* s, Stream stream) {
+    if (device == Device::cuda) {
+        require_device_float<T>("check_finite");
+        EQFLOW_DEVICE_CALL(T, fm_check_finite(grad, count, s, stream))
+        return;
+    }
+    for (int64_t i = 0; i < count; ++i)
+        if (!std::isfinite(grad[i])) {
+            s->bad = 1;
+            return;
+        }
+}
+
+template <class T>
+void adam_update(Device device, int64_t count, T* params, const T* grad, T* m, T* v, double* ema,
+                 double ema_decay, double lr, double beta1, double beta2, double eps,
+                 const TrainScalars* s, Stream stream) {
+    if (device == Device::cuda) {
+        require_device_float<T>("adam_update");
+        EQFLOW_DEVICE_CALL(T, fm_adam_update(count, params, grad, m, v, ema, ema_decay, lr, beta1,
+                                             beta2, eps, s, 0, stream))
+        return;
+    }
+    if (s->bad) return;
+    // The bias corrections of update k = adam_step + 1, as adam_update of eqflow/optim.h.
+    const double k = static_cast<double>(s->adam_step + 1);
+    const double c1 = 1.0 - std::pow(beta1, k);
+    const double c2 = 1.0 - std::pow(beta2, k);
+    for (int64_t i = 0; i < count; ++i) {
+        if constexpr (kIsFloat<T>)
+            train_math::adam_element_f32(beta1, beta2, eps, lr, c1, c2, grad[i], m[i], v[i],
+                                         params[i]);
+        else
+            train_math::adam_element(beta1, beta2, eps, lr, c1, c2, grad[i], m[i], v[i], params[i]);
+    }
+    if (ema != nullptr)
+        for (int64_t i = 0; i < count; ++i)
+            ema[i] = ema_decay * ema[i] + (1.0 - ema_decay) * static_cast<double>(params[i]);
+}
+
+void finish_step(Device device, TrainScalars* s, Stream stream) {
+    if (device == Device::cuda) {
+#if defined(EQFLOW_HAVE_CUDA)
+        cuda::fm_finish_step(s, stream);
+#else
+        (void)stream;
+        EQFLOW_THROW("finish_step: eqflow was built without CUDA");
+#endif
+        return;
+    }
+    if (s->bad) {
+        s->skipped += 1;
+    } else {
+        s->adam_step += 1;
+        s->window_loss += s->loss;
+        s->window_count += 1;
+    }
+}
+
+void reset_window(Device device, TrainScalars* s, Stream stream) {
+    if (device == Device::cuda) {
+#if defined(EQFLOW_HAVE_CUDA)
+        cuda::fm_reset_window(s, stream);
+#else
+        (void)stream;
+        EQFLOW_THROW("reset_window: eqflow was built without CUDA");
+#endif
+        return;
+    }
+    s->window_loss = 0.0;
+    s->window_count = 0;
+}
+
+#define EQFLOW_INSTANTIATE(T)                                                                    \
+    template void prepare_batch<T>(Device, const T*, const int64_t*, int64_t, int64_t, int, int, \
+                                   uint64_t, uint64_t, double*, double*, double*, double*,       \
+                                   Stream);                                                      \
+    template void interpolate<T>(Device, int64_t, int64_t, const double*, const double*,         \
+                                 const double*, const double*, double, T*, T*, Stream);          \
+    template void loss<T>(Device, int64_t, int64_t, const T*, const double*, const double*, T*,  \
+                          TrainScalars*, Stream);                                                \
+    template void check_finite<T>(Device, const T*, int64_t, TrainScalars*, Stream);             \
+    template void adam_update<T>(Device, int64_t, T*, const T*, T*, T*, double*, double, double, \
+                                 double, double, double, const TrainScalars*, Stream);
+EQFLOW_INSTANTIATE(float)
+EQFLOW_INSTANTIATE(double)
+#undef EQFLOW_INSTANTIATE
+
+}  // namespace eqflow::train_ops

@@ -1,0 +1,59 @@
+// src/train_ops.h: the small operations of one flow-matching step around the field (draws,
+// interpolation, loss, finite check, Adam + EMA, bookkeeping), each with a host implementation
+// (src/cpu/train_ops_cpu.cpp) and a device one (kernels/train_step.cu), chosen by where the data
+// lives. The step (src/train_step.cpp) is written once over these and the field interface.
+//
+// Layouts: data [count][n*d] T (the training set in the field's memory and precision); order
+// [count] int64; x0, x1, eps [B][n*d] and t [B] double (the batch as the coupling sees it); xt
+// [B][n*d], tf [B], v, dL_dv [B][n*d] T (the field's inputs and outputs); params, grad, m, v [P]
+// T; ema [P] double. Every pointer lives on `device`. Internal header, not installed.
+#pragma once
+
+#include <cstdint>
+
+#include "common/train_math.h"
+#include "eqflow/device.h"
+#include "eqflow/export.h"
+
+namespace eqflow::train_ops {
+
+using train_math::TrainScalars;
+
+// x1[b] = data[order[first + b]] (widened to double); x0[b], t[b], eps[b] =
+// train_math::draw_row(seed, first_stream + b).
+template <class T>
+EQFLOW_API void prepare_batch(Device device, const T* data, const int64_t* order, int64_t first,
+                              int64_t B, int n, int d, uint64_t seed, uint64_t first_stream,
+                              double* x0, double* x1, double* t, double* eps, Stream stream);
+
+// xt = T((1 - t) x0 + t x1 + sigma eps), tf = T(t).
+template <class T>
+EQFLOW_API void interpolate(Device device, int64_t B, int64_t nd, const double* x0,
+                            const double* x1, const double* t, const double* eps, double sigma,
+                            T* xt, T* tf, Stream stream);
+
+// r = v - (x1 - x0); s->loss = sum r^2 / (B nd); dL_dv = T(2 r / (B nd)); s->bad = loss not
+// finite.
+template <class T>
+EQFLOW_API void loss(Device device, int64_t B, int64_t nd, const T* v, const double* x0,
+                     const double* x1, T* dL_dv, TrainScalars* s, Stream stream);
+
+// s->bad = 1 when any grad entry is not finite.
+template <class T>
+EQFLOW_API void check_finite(Device device, const T* grad, int64_t count, TrainScalars* s,
+                             Stream stream);
+
+// Unless s->bad: Adam (train_math::adam_element, update number s->adam_step + 1), then, when ema
+// is not null, ema = decay ema + (1 - decay) params in double.
+template <class T>
+EQFLOW_API void adam_update(Device device, int64_t count, T* params, const T* grad, T* m, T* v,
+                            double* ema, double ema_decay, double lr, double beta1, double beta2,
+                            double eps, const TrainScalars* s, Stream stream);
+
+// skipped += bad, or adam_step += 1 and the loss joins the window.
+EQFLOW_API void finish_step(Device device, TrainScalars* s, Stream stream);
+
+// window_loss = 0, window_count = 0.
+EQFLOW_API void reset_window(Device device, TrainScalars* s, Stream stream);
+
+}  // namespace eqflow::train_ops
