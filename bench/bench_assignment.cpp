@@ -7,7 +7,7 @@
 // (standard normal, centred) and data-like (random, centred) samples; items = batches. CUDA
 // timings synchronise after each iteration (the calls do) and use real time. The CPU eqot at
 // LJ55 size runs B = 64 (4,096 pair alignments, seconds); B = 256 costs 16 times as much; it
-// uses all cores, hence real time. EqotReference: DESIGN.md's one-start recipe, for comparison.
+// uses all cores, hence real time. EqotReference: docs/design.md's one-start recipe, for comparison.
 #include <benchmark/benchmark.h>
 
 #include <random>
@@ -116,7 +116,7 @@ void coupling(benchmark::State& state, eqflow::CouplingKind kind, Device device,
     const int64_t B = state.range(0);
     eqflow::CouplingOptions o;
     o.kind = kind;
-    if (reference) {  // DESIGN.md's recipe: identity start, one Hungarian + Kabsch per pair
+    if (reference) {  // docs/design.md's recipe: identity start, one Hungarian + Kabsch per pair
         o.frame_starts = false;
         o.refine_iterations = 0;
     }

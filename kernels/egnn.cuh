@@ -1,4 +1,4 @@
-// kernels/egnn.cuh: fused EGNN kernels (DESIGN.md section 4), float32 on the device.
+// kernels/egnn.cuh: fused EGNN kernels (docs/design.md section 4), float32 on the device.
 //
 // The network's parameters stay in the flat layout of egnn_parameter_layout(); EgnnNet holds
 // device pointers into that buffer, one set per layer. Launchers take a Stream and never

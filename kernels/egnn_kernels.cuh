@@ -2,7 +2,7 @@
 // The launchers are in kernels/egnn.cu; emu/ runs this same code on the CPU.
 //
 //
-// Math (DESIGN.md section 4), per layer, for target particle i and source j != i:
+// Math (docs/design.md section 4), per layer, for target particle i and source j != i:
 //   d_ij = x_i - x_j,  r_ij = |d_ij|^2,  a_ij = |x0_i - x0_j|^2
 //   pre1 = P_i + Q_j + w1r r_ij + w1a a_ij      with P_i = W1a h_i + b1, Q_j = W1b h_j
 //   m_ij = SiLU(W2 SiLU(pre1) + b2) * sigmoid(wa . m + ba)          (attention optional)

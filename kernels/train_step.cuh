@@ -1,5 +1,5 @@
 // kernels/train_step.cuh: the small kernels of the device-resident flow-matching step
-// (src/train_gpu.cpp); the network is kernels/egnn.cu, the coupling kernels/coupling.cu.
+// (src/train_step.cpp, through src/train_ops.h); the network is kernels/egnn.cu.
 // Launchers take a stream, never allocate and never synchronise.
 //
 // Layouts: data [count][n*d] float32 (the training set, uploaded once); order [count] int64 (the

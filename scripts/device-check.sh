@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one command for a machine with a GPU (DESIGN.md section 10): builds for sm_90, runs every
+# The one command for a machine with a GPU (docs/design.md section 10): builds for sm_90, runs every
 # test (cpu and gpu labels), compute-sanitizer memcheck on the gpu test executables, the
 # benchmarks, and prints a short table. Results also go to $OUT when it is set.
 #

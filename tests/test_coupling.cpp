@@ -159,7 +159,7 @@ TEST_P(Eqot, NeverWorseThanOtAndConsistent) {
     const Coupled ot = run(opts(CouplingKind::ot), x0, x1, B, n, d);
     const Coupled eq = run(opts(CouplingKind::eqot), x0, x1, B, n, d);
     EXPECT_LE(eq.total(), ot.total());
-    // Per pair too: the identity start is DESIGN.md's recipe, never worse than no alignment.
+    // Per pair too: the identity start is docs/design.md's recipe, never worse than no alignment.
     std::vector<int64_t> perm(n);
     double r[9];
     const CouplingOptions o = opts(CouplingKind::eqot);

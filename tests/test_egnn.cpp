@@ -365,7 +365,7 @@ TEST(EgnnDivergence, ExactEqualsTraceOfFiniteDifferenceJacobian) {
             EXPECT_ALL_CLOSE(gx, wJ, kModeAtol, kModeRtol);
         }
         // Translation invariance: every column sum over particles of the Jacobian vanishes, so the
-        // trace of the mean-removed field equals that of the raw field (DESIGN.md section 4).
+        // trace of the mean-removed field equals that of the raw field (docs/design.md section 4).
         for (size_t r = 0; r < nd; ++r) {
             for (int a = 0; a < c.d; ++a) {
                 double sum = 0.0;

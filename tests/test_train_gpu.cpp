@@ -172,7 +172,7 @@ TEST(TrainGpu, DeviceDrawsAndGatherAreBitIdenticalToTheTrainer) {
 // ---------------------------------------------------------------------------------------------
 // (c) One whole device step against the CPU reference step on the same batch and draws.
 // Loss: float32 network against double, 1e-4 relative (as tests/test_egnn_gpu.cpp's
-// flow_matching_loss_gpu check). Gradient: kGradTol of the largest entry (as that file's backward
+// flow_matching_loss check on the device). Gradient: kGradTol of the largest entry (as that file's backward
 // check). Coupling: both sides run the same double-precision search on the same inputs, so the
 // aligned rows agree to double rounding (kCoupleTol; an assignment that differed would be O(1)).
 // Parameters after one Adam step: update 1 is lr * g / (|g| + 1e-8), i.e. lr * sign(g) unless

@@ -1,4 +1,4 @@
-"""An independent PyTorch implementation of eqflow's EGNN vector field (DESIGN.md section 4).
+"""An independent PyTorch implementation of eqflow's EGNN vector field (docs/design.md section 4).
 
 Written from the design document only, as a plain nn.Module, so that its state_dict has the
 names and shapes eqflow's model files use. It is the second opinion the C++ CPU reference is

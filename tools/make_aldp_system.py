@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate the alanine-dipeptide system of eqflow (DESIGN.md section 9).
+"""Generate the alanine-dipeptide system of eqflow (docs/design.md section 9).
 
 Writes data/aldp/aldp.pdb (22 atoms, ACE-ALA-NME, minimised) and data/aldp/aldp_system.xml (the
 serialized OpenMM System: Amber ff99SB-ILDN + OBC implicit solvent, no cutoff, no constraints).

@@ -1,4 +1,4 @@
-// eqflow/coupling.h: the flow-matching couplings of DESIGN.md section 5 (fm, ot, eqot), on the
+// eqflow/coupling.h: the flow-matching couplings of docs/design.md section 5 (fm, ot, eqot), on the
 // CPU and the GPU. They pair each prior sample x0_i with a data sample and return the data side
 // of the pairs, aligned, ready for the flow-matching loss (x_t = (1-t) x0 + t x1_paired).
 //
@@ -16,7 +16,7 @@
 //         M_ij = |x0_i - R P x1_j|^2; then sigma solves the assignment on M and
 //         x1_paired[i] = R_i P_i x1[sigma(i)].
 //
-// The per-pair eqot search (a decision beyond DESIGN.md, written down here): "Hungarian, then
+// The per-pair eqot search (a decision beyond docs/design.md, written down here): "Hungarian, then
 // Kabsch" from the inputs as they are depends on how x1_j happens to be oriented relative to
 // x0_i, so it is not invariant under rotating a sample. eqflow instead starts the search from
 // the orientations that map the principal axes of x1_j onto those of x0_i (all 2^(d-1) sign
@@ -25,10 +25,10 @@
 // whose principal moments are not degenerate). From each start it alternates Hungarian (on the
 // rotated x1_j) and Kabsch for up to `refine_iterations` further rounds while the particle
 // assignment changes (no round can raise the cost), and keeps the lowest aligned cost. Safety
-// net: should that cost exceed the unaligned |x0_i - x1_j|^2, DESIGN.md's identity start joins the
+// net: should that cost exceed the unaligned |x0_i - x1_j|^2, docs/design.md's identity start joins the
 // search, so M_ij <= C_ij always and eqot's total cost is never larger than ot's (on random
 // inputs the net practically never triggers, and invariance is kept). frame_starts = false gives
-// DESIGN.md's recipe exactly (identity start; with refine_iterations = 0, one Hungarian + Kabsch).
+// docs/design.md's recipe exactly (identity start; with refine_iterations = 0, one Hungarian + Kabsch).
 //
 // Backends: CPU views (host memory, e.g. the trainer's double arrays) run the plain reference in
 // double (the B^2 eqot pair alignments spread over `threads` threads of the pool; the result does

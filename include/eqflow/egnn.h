@@ -1,8 +1,8 @@
-// eqflow/egnn.h: the EGNN vector field of DESIGN.md section 4 -- configuration, parameter
+// eqflow/egnn.h: the EGNN vector field of docs/design.md section 4 -- configuration, parameter
 // layout (PyTorch state_dict names and shapes), initialisation, and the CPU reference path in
 // double precision: forward, backward, exact divergence, Hutchinson estimate, dense Jacobian.
 //
-// Semantics (DESIGN.md section 4): features [one_hot(type), t] -> embedding; the edge attribute
+// Semantics (docs/design.md section 4): features [one_hot(type), t] -> embedding; the edge attribute
 // a_ij = |x0_i - x0_j|^2 uses the input coordinates, r_ij the current ones; messages use the old
 // h; the coordinate update is sum_j (x_i - x_j) / (sqrt(r_ij + 1e-8) + 1) * phi_ij; sum
 // aggregation; v = x^L - x^0 with the particle mean removed. Model files: eqflow/model_io.h.
@@ -53,7 +53,7 @@ struct EgnnConfig {
     }
 };
 
-// The defaults of DESIGN.md: dw4 and lj13 H = 32, L = 3; lj55 H = 64, L = 7; attention and tanh.
+// The defaults of docs/design.md: dw4 and lj13 H = 32, L = 3; lj55 H = 64, L = 7; attention and tanh.
 EQFLOW_API EgnnConfig default_egnn_config(const std::string& system_name, int n, int d);
 
 // Throws Error naming the problem: n >= 2, d >= 1, hidden >= 1, layers >= 1, coords_range

@@ -1,4 +1,4 @@
-// eqflow/flow.h: the continuous normalizing flow as a Boltzmann generator (DESIGN.md section 6):
+// eqflow/flow.h: the continuous normalizing flow as a Boltzmann generator (docs/design.md section 6):
 // the mean-free Gaussian prior, sampling with the exact log-density, the likelihood of given data
 // by integrating backwards, importance reweighting, and the metrics (NLL, ESS, path length,
 // energy histograms).
@@ -140,7 +140,7 @@ EQFLOW_API FlowSamples sample_model(const EgnnModel& model, int64_t count, uint6
 EQFLOW_API FlowLikelihood model_log_likelihood(const EgnnModel& model, const double* x,
                                                int64_t count, const FlowOptions& options);
 
-// ---- chirality (DESIGN.md section 9) ---------------------------------------------------------
+// ---- chirality (docs/design.md section 9) ---------------------------------------------------------
 // An E(3)-equivariant flow with a reflection-symmetric prior gives a configuration and its mirror
 // image the same density, so it samples both enantiomers. For systems that fix a handedness
 // (aldp: L-alanine) the samples of the wrong handedness are mirrored, which folds the two images
@@ -208,7 +208,7 @@ struct FlowMetrics {
     int64_t mirrored_samples = 0;
     double length_scale = 1.0;  // the model's (EgnnConfig::length_scale)
     EnergyHistogram histogram;
-    EQFLOW_API Json to_json() const;  // the keys of DESIGN.md section 7 (without the figure paths)
+    EQFLOW_API Json to_json() const;  // the keys of docs/design.md section 7 (without the figure paths)
 };
 
 // NLL from normalised log q of the test set; the rest from the samples' log q, u and path lengths.

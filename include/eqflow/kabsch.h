@@ -6,7 +6,7 @@
 //   cost      [B]        the aligned squared distance sum_i |y_i - R x_i|^2
 //   aligned   [B][n][d]  R x_i
 //
-// Rotation about the origin, no translation: the flow's configurations are centred (DESIGN.md
+// Rotation about the origin, no translation: the flow's configurations are centred (docs/design.md
 // section 2); centre both inputs first if yours are not. R is a proper rotation (R^T R = I,
 // det R = +1) unless `allow_reflection`, which returns the best orthogonal matrix (det -1 only when
 // that is strictly better). Degenerate inputs (collinear or coincident particles, all zeros)

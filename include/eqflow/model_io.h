@@ -1,4 +1,4 @@
-// eqflow/model_io.h: safetensors files (DESIGN.md section 8) -- a generic reader and writer, and
+// eqflow/model_io.h: safetensors files (docs/design.md section 8) -- a generic reader and writer, and
 // EGNN model files on top of them.
 //
 // Format: 8-byte little-endian header length N, N bytes of JSON header, then the data section.

@@ -1,4 +1,4 @@
-// eqflow/molecule.h: molecular force fields (the `aldp` system of DESIGN.md section 9).
+// eqflow/molecule.h: molecular force fields (the `aldp` system of docs/design.md section 9).
 //
 // A ForceField holds the parameters of an OpenMM System made of the standard Amber terms:
 //   bonds      E = 1/2 k (r - r0)^2                      HarmonicBondForce

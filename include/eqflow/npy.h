@@ -38,7 +38,7 @@ EQFLOW_API void write_npy(const std::string& path, const int64_t* values, const 
 EQFLOW_API std::vector<double> load_configurations(const std::string& path, int n, int d,
                                                    int64_t* count, bool center = true);
 
-// Saves [N][n][d] configurations as [N, n*d] (DESIGN.md section 2).
+// Saves [N][n][d] configurations as [N, n*d] (docs/design.md section 2).
 EQFLOW_API void save_configurations(const std::string& path, const std::vector<double>& x,
                                     int64_t count, int n, int d, NpyDtype dtype = NpyDtype::f64);
 

@@ -34,7 +34,7 @@ EQFLOW_API const char* ode_method_name(OdeMethod method);
 
 struct OdeOptions {
     OdeMethod method = OdeMethod::dopri5;
-    double atol = 1e-4;  // DESIGN.md section 6 default for sampling
+    double atol = 1e-4;  // docs/design.md section 6 default for sampling
     double rtol = 1e-4;
     int steps = 20;              // fixed-step methods: steps from t0 to t1
     int64_t max_steps = 100000;  // adaptive: accepted + rejected steps per sample before giving up

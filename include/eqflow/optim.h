@@ -1,4 +1,4 @@
-// eqflow/optim.h: the optimiser of flow-matching training (DESIGN.md section 5): Adam with
+// eqflow/optim.h: the optimiser of flow-matching training (docs/design.md section 5): Adam with
 // PyTorch's update rule and defaults of the paper (beta 0.9 / 0.999, eps 1e-8), the step-wise
 // learning-rate drop, and an exponential moving average (EMA) of the weights.
 //

@@ -1,4 +1,4 @@
-// eqflow/systems.h: the target systems of DESIGN.md section 3, with batched reduced energies
+// eqflow/systems.h: the target systems of docs/design.md section 3, with batched reduced energies
 // and forces on both backends.
 //
 //   dw4      n = 4,  d = 2:  E = sum_{i<j} [ a (r_ij - d0)^4 + b (r_ij - d0)^2 ],  a = 0.9, b = -4,

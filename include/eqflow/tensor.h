@@ -1,6 +1,6 @@
 // eqflow/tensor.h: a small view type that carries a shape and where the data lives, and an
 // owning tensor built on Buffer. Row-major (C order) throughout; a batch of configurations is
-// [B][n][d] (DESIGN.md section 2).
+// [B][n][d] (docs/design.md section 2).
 #pragma once
 
 #include <cstdint>

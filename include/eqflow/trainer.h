@@ -1,4 +1,4 @@
-// eqflow/trainer.h: flow-matching training of the EGNN field (DESIGN.md section 5) on the CPU
+// eqflow/trainer.h: flow-matching training of the EGNN field (docs/design.md section 5) on the CPU
 // reference path, with checkpoints that resume bit-for-bit (on the GPU path: see device == cuda
 // below).
 //
@@ -14,18 +14,16 @@
 // and resumed is bit-for-bit the run that never stopped. The batch gradient is summed over
 // fixed chunks of rows in a fixed order, so the result does not depend on the thread count.
 //
-// device == cuda (eqflow/train_gpu.h): the training set is uploaded once as float32 and every
-// step (batch gather, draws, coupling, loss, gradient, Adam, EMA) runs on the device; the host
-// only schedules the learning rate and reads a few bytes on logged steps (and every step when
-// `progress` is set, for its loss). The draws, the epoch order and the coupling's inputs are the
-// CPU path's bit for bit (data rounded to float32 once), but the network, its gradient and the
-// parameters / Adam moments are float32, so a GPU run follows the CPU run only to float32
-// accuracy and the two drift apart over many steps. The EMA is kept in double on the device. The
-// checkpoint holds the float32 state widened to double (exact), so the GPU path's resume is NOT
-// promised bit-for-bit: the gradient's float summation order follows the GPU's SM count, and a
-// checkpoint moved between the CPU and the GPU path is rounded to float32 on the way in. The
-// validation loss runs the float32 network on draws made on the host. ot / eqot on the GPU take
-// at most 1024 rows a batch.
+// The step itself is FlowMatchingStep<T> (eqflow/train_step.h) over the field interface: the CPU
+// reference field (double) for device == cpu, the CUDA field (float32) for device == cuda, where
+// the training set lives on the device and every step (batch gather, draws, coupling, loss,
+// gradient, Adam, EMA) runs there; the host only schedules the learning rate and reads a few
+// bytes on logged steps (and every step when `progress` is set, for its loss). The draws, the
+// epoch order and the coupling's inputs are the CPU path's bit for bit (data rounded to float32
+// once), but the network, its gradient and the parameters / Adam moments are float32, so a GPU
+// run follows the CPU run only to float32 accuracy. The checkpoint holds the state widened to
+// double, so the GPU path's resume is NOT promised bit-for-bit. The validation loss runs the same
+// step without the update, on the same device.
 //
 // Data split: the data set is shuffled once with the seed; the last `validation_fraction` of it
 // (at least one sample) is held out and gives the validation loss after every epoch (fixed draws,

@@ -21,7 +21,7 @@ const char* const kEvalUsage =
     "                   [--solver dopri5|rk4|euler] [--atol A] [--rtol R] [--steps STEPS]\n"
     "                   [--batch B] [--hutchinson PROBES] [--threads P] [--device cpu|cuda]\n"
     "                   [--ramachandran F.svg]\n\n"
-    "Evaluates a flow as a Boltzmann generator (DESIGN.md section 6): the NLL of the test\n"
+    "Evaluates a flow as a Boltzmann generator (docs/design.md section 6): the NLL of the test\n"
     "configurations (integrated backwards to the prior; `nll` in the paper's convention without\n"
     "1/2 (n-1) d log 2pi, `nll_normalized` with it), and from N model samples (default 1000):\n"
     "the ESS of the importance weights (fraction of N), the path length int |v| dt, and mean\n"
@@ -78,7 +78,7 @@ double region_ess(const RamachandranPanel& p, bool positive) {
     return sw2 > 0 ? sw * sw / sw2 : 0.0;
 }
 
-// The alanine dipeptide analysis of DESIGN.md section 9 (figure + free-energy differences).
+// The alanine dipeptide analysis of docs/design.md section 9 (figure + free-energy differences).
 Json aldp_analysis(const double* test_x, int64_t n_test, const FlowSamples& s, const Reweighting& w,
                    const std::string& figure) {
     RamachandranPanel data{"test data (MD)", {}, {}, {}}, raw{"flow samples", {}, {}, {}},

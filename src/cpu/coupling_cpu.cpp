@@ -45,7 +45,7 @@ double eqot_align_pair(const CouplingOptions& o, const double* x0, const double*
     s.cand.resize(n);
     s.prev.resize(n);
     // Start orientations: the principal-axes maps (rotation-invariant), or the identity alone
-    // (DESIGN.md's recipe) without frame starts.
+    // (docs/design.md's recipe) without frame starts.
     s.starts.clear();
     if (o.frame_starts) {
         double c0[9] = {0}, c1[9] = {0}, f0[9], f1[9], r0[9];
@@ -119,7 +119,7 @@ double eqot_align_pair(const CouplingOptions& o, const double* x0, const double*
     search(0);
     if (o.frame_starts) {
         // Safety net: when the frame starts end above the unaligned distance |x0 - x1|^2 (which
-        // random inputs practically never do), DESIGN.md's identity start joins the search, so
+        // random inputs practically never do), docs/design.md's identity start joins the search, so
         // that M_ij <= C_ij always holds (and eqot can never be worse than ot).
         double plain = 0.0;
         for (int k = 0; k < n * d; ++k) plain += (x0[k] - x1[k]) * (x0[k] - x1[k]);

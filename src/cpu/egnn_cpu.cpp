@@ -27,7 +27,7 @@ namespace eqflow::cpu {
 
 namespace {
 
-// DESIGN.md section 4: d_ij / (sqrt(r_ij + 1e-8) + 1).
+// docs/design.md section 4: d_ij / (sqrt(r_ij + 1e-8) + 1).
 constexpr double kNormEps = 1e-8;
 
 double sigmoid(double z) {

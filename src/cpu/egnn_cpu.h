@@ -1,4 +1,4 @@
-// src/cpu/egnn_cpu.h: CPU reference of the EGNN vector field (DESIGN.md section 4), one sample
+// src/cpu/egnn_cpu.h: CPU reference of the EGNN vector field (docs/design.md section 4), one sample
 // at a time, double precision, plain loops. The public entry points in src/egnn.cpp check the
 // arguments and loop over the batch.
 #pragma once
