@@ -7,6 +7,7 @@
 #include "eqflow/error.h"
 #include "eqflow/figures.h"
 #include "eqflow/io.h"
+#include "svg_util.h"
 
 namespace eqflow {
 
@@ -21,9 +22,7 @@ std::string ramachandran_svg(const std::vector<RamachandranPanel>& panels, int b
     const double size = 300.0, margin = 50.0, gap = 70.0;
     const double width = margin + panels.size() * (size + gap), height = size + 2 * margin;
     std::ostringstream svg;
-    svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
-        << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" "
-           "fill=\"white\"/>\n";
+    svg_begin(svg, width, height);
     const double cell = size / bins;
     for (size_t p = 0; p < panels.size(); ++p) {
         const RamachandranPanel& panel = panels[p];
