@@ -6,6 +6,7 @@
 
 #include "eqflow/flow.h"
 #include "eqflow/io.h"
+#include "svg_util.h"
 
 namespace eqflow {
 
@@ -21,21 +22,6 @@ std::string label(double x) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.3g", x);
     return buf;
-}
-
-std::string escape(const std::string& s) {
-    std::string out;
-    for (char c : s) {
-        if (c == '<')
-            out += "&lt;";
-        else if (c == '>')
-            out += "&gt;";
-        else if (c == '&')
-            out += "&amp;";
-        else
-            out += c;
-    }
-    return out;
 }
 
 // A "nice" tick spacing of about span / 6.
@@ -64,11 +50,9 @@ void write_energy_histogram_svg(const std::string& path, const EnergyHistogram& 
     auto Y = [&](double y) { return top + ph - y / ymax * ph; };
 
     std::ostringstream s;
-    s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
-      << "\" font-family=\"sans-serif\" font-size=\"12\">\n";
-    s << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+    svg_begin(s, W, H);
     s << "<text x=\"" << W / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">"
-      << escape(title) << "</text>\n";
+      << svg_escape(title) << "</text>\n";
     // Axes, ticks and labels.
     s << "<rect x=\"" << left << "\" y=\"" << top << "\" width=\"" << pw << "\" height=\"" << ph
       << "\" fill=\"none\" stroke=\"black\"/>\n";
