@@ -1,10 +1,10 @@
-// kernels/molecule.cuh: the batched molecular force field (eqflow/molecule.h) on the GPU.
+// kernels/molecule.cuh: the batched molecular force field (eqflow/force_field.h) on the GPU.
 #pragma once
 
 #include <cstdint>
 
 #include "eqflow/device.h"
-#include "eqflow/molecule.h"
+#include "eqflow/force_field.h"
 
 namespace eqflow::cuda {
 

@@ -1,4 +1,4 @@
-// OpenMM as the reference force field and the MD engine (eqflow/molecule.h). With
+// OpenMM as the reference force field and the MD engine (eqflow/openmm_bridge.h). With
 // EQFLOW_HAVE_OPENMM this talks to OpenMM's C++ API; without it every entry point throws an Error
 // saying that OpenMM is needed.
 #include <cmath>
@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "eqflow/error.h"
-#include "eqflow/molecule.h"
+#include "eqflow/openmm_bridge.h"
 
 #if defined(EQFLOW_HAVE_OPENMM)
 #include <OpenMM.h>

@@ -6,7 +6,7 @@
 #include "cpu/molecule_cpu.h"
 #include "cpu/systems_cpu.h"
 #include "eqflow/error.h"
-#include "eqflow/molecule.h"
+#include "eqflow/force_field.h"
 
 #if defined(EQFLOW_HAVE_CUDA)
 #include "kernels/molecule.cuh"

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <vector>
 
+#include "eqflow/molecule_analysis.h"
 #include "eqflow/parallel.h"
 
 namespace eqflow::cpu {

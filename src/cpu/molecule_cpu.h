@@ -3,7 +3,7 @@
 
 #include <cstdint>
 
-#include "eqflow/molecule.h"
+#include "eqflow/force_field.h"
 
 namespace eqflow::cpu {
 
