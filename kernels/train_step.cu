@@ -112,13 +112,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 __global__ void finish_kernel(TrainScalars* s) {
-    if (s->bad) {
-        s->skipped += 1;
-    } else {
-        s->adam_step += 1;
-        s->window_loss += s->loss;
-        s->window_count += 1;
-    }
+    train_math::finish_step(*s);
 }
 
 __global__ void reset_window_kernel(TrainScalars* s) {

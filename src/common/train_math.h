@@ -36,6 +36,17 @@ struct TrainScalars {
     int64_t window_count = 0;  // accepted steps since the last reset
 };
 
+// After a step's update: skipped += bad, or adam_step += 1 and the loss joins the window.
+EQFLOW_HD inline void finish_step(TrainScalars& s) {
+    if (s.bad) {
+        s.skipped += 1;
+    } else {
+        s.adam_step += 1;
+        s.window_loss += s.loss;
+        s.window_count += 1;
+    }
+}
+
 // x [n][d] <- x minus its particle mean, per dimension: the order of remove_mean (eqflow/flow.h),
 // sum over particles in index order, one division by n, then subtraction.
 EQFLOW_HD inline void remove_row_mean(int n, int d, double* x) {

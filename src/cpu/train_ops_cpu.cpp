@@ -143,13 +143,7 @@ void finish_step(Device device, TrainScalars* s, Stream stream) {
 #endif
         return;
     }
-    if (s->bad) {
-        s->skipped += 1;
-    } else {
-        s->adam_step += 1;
-        s->window_loss += s->loss;
-        s->window_count += 1;
-    }
+    train_math::finish_step(*s);
 }
 
 void reset_window(Device device, TrainScalars* s, Stream stream) {
