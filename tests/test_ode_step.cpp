@@ -10,9 +10,10 @@
 #include <limits>
 #include <vector>
 
+#include "common/ode_step.h"
 #include "eqflow/ode.h"
 #include "eqflow/ode_gpu.h"
-#include "common/ode_step.h"
+#include "ode_host.h"
 #include "test_util.h"
 
 namespace eqflow {
@@ -63,140 +64,27 @@ struct Result {
     OdeStats stats;
 };
 
-// The device driver of src/ode_gpu.cpp (ChunkRun) on host arrays: same order of operations,
-// same compact active list; each `for r < m` loop is one kernel launch there.
+// The host driver of src/ode_host.h with float32 staging of the field's inputs and outputs:
+// what the device integrator (src/ode_gpu.cpp, ChunkRun) computes, the same ode_step functions
+// in the same order, with each `for` loop of the driver one kernel launch there.
 class HostDriver {
   public:
     HostDriver(const FloatLinearField& f, int64_t B, const OdeOptions& o, double t0, double t1)
-        : f_(f), B_(B), o_(o) {
-        const int64_t S = f.D + 2;
-        const int stages = o.method == OdeMethod::dopri5 ? 7 : o.method == OdeMethod::rk4 ? 4 : 1;
-        y_.assign(static_cast<size_t>(B * S), 0.0);
-        ynew_.assign(static_cast<size_t>(B * S), 0.0);
-        k_.assign(static_cast<size_t>(stages * B * S), 0.0);
-        t_.assign(B, 0.0);
-        h_.assign(B, 0.0);
-        steps_.assign(B, 0);
-        acc_.assign(B, 0);
-        rej_.assign(B, 0);
-        flags_.assign(B, 0);
-        xf_.assign(static_cast<size_t>(B * f.D), 0.0f);
-        tf_.assign(B, 0.0f);
-        c_ = ode_step::Chunk{B,           f.D,         y_.data(),    ynew_.data(),
-                             k_.data(),   t_.data(),   h_.data(),    steps_.data(),
-                             acc_.data(), rej_.data(), flags_.data()};
-        p_.t0 = t0;
-        p_.t1 = t1;
-        p_.atol = o.atol;
-        p_.rtol = o.rtol;
-        p_.first_step = o.first_step;
-        p_.max_steps = o.max_steps;
-    }
+        : f_(f), B_(B), o_(o), t0_(t0), t1_(t1) {}
 
     Result run(const std::vector<double>& x0) {
-        for (int64_t b = 0; b < B_; ++b) ode_step::init_sample(c_, p_, b, x0.data() + b * c_.D);
-        idx_.clear();
-        for (int64_t b = 0; b < B_; ++b) idx_.push_back(b);
-        if (o_.method == OdeMethod::dopri5) {
-            dopri5();
-        } else {
-            fixed();
-        }
-        Result r;
-        const int64_t D = c_.D, S = D + 2;
-        for (int64_t b = 0; b < B_; ++b) {
-            const bool bad = (flags_[b] & ode_step::kFailed) != 0;
-            const double nan = std::numeric_limits<double>::quiet_NaN();
-            for (int64_t i = 0; i < D; ++i) r.x.push_back(bad ? nan : y_[b * S + i]);
-            r.I.push_back(bad ? nan : y_[b * S + D]);
-            r.L.push_back(bad ? nan : std::fabs(y_[b * S + D + 1]));
-            r.stats.accepted += acc_[b];
-            r.stats.rejected += rej_[b];
-            r.stats.failed += bad ? 1 : 0;
-        }
-        r.stats.function_evals = evals_;
-        r.stats.row_evals = rows_;
+        Result r{x0, std::vector<double>(B_), std::vector<double>(B_), {}};
+        const OdeField field = f_;
+        ode_host::Driver<float>(field, B_, f_.D, o_, t0_, t1_, true, &r.stats)
+            .run(r.x.data(), r.I.data(), r.L.data());
         return r;
     }
 
   private:
-    void dopri5() {
-        for (size_t r = 0; r < idx_.size(); ++r) gather(r);
-        field(0);
-        if (p_.first_step > 0) {
-            for (int64_t b : idx_) ode_step::given_first_step(c_, p_, b);
-        } else {
-            for (size_t r = 0; r < idx_.size(); ++r)
-                ode_step::hairer_trial(c_, p_, idx_[r], &xf_[r * c_.D], &tf_[r]);
-            field(1);
-            for (int64_t b : idx_) ode_step::hairer_finish(c_, p_, b);
-        }
-        for (int64_t b : idx_) ode_step::check_start(c_, b);
-        compact();
-        while (!idx_.empty()) {
-            for (int s = 1; s < 7; ++s) {
-                for (size_t r = 0; r < idx_.size(); ++r)
-                    ode_step::dopri5_stage(c_, p_, idx_[r], s, &xf_[r * c_.D], &tf_[r]);
-                field(s);
-            }
-            for (int64_t b : idx_) ode_step::dopri5_finish(c_, p_, b);
-            compact();
-        }
-    }
-    void fixed() {
-        const bool rk4 = o_.method == OdeMethod::rk4;
-        const double t0 = p_.t0, t1 = p_.t1, h = (t1 - t0) / o_.steps;
-        for (int step = 0; step < o_.steps; ++step) {
-            const double t = t0 + (t1 - t0) * step / o_.steps;
-            const double t_end = t0 + (t1 - t0) * (step + 1) / o_.steps;
-            const double times[4] = {t, t + 0.5 * h, t + 0.5 * h, t_end};
-            for (int s = 0; s < (rk4 ? 4 : 1); ++s) {
-                for (size_t r = 0; r < idx_.size(); ++r) {
-                    ode_step::fixed_stage(c_, idx_[r], s, h, &xf_[r * c_.D]);
-                    tf_[r] = static_cast<float>(times[s]);
-                }
-                field(s);
-            }
-            for (int64_t b : idx_) ode_step::fixed_update(c_, b, rk4, h);
-        }
-        for (int64_t b : idx_) ode_step::fixed_check_end(c_, b);
-    }
-    void gather(size_t r) {
-        const double* y = c_.row(c_.y, idx_[r]);
-        for (int64_t i = 0; i < c_.D; ++i) xf_[r * c_.D + i] = static_cast<float>(y[i]);
-        tf_[r] = static_cast<float>(c_.t[idx_[r]]);
-    }
-    void field(int stage) {
-        const int64_t m = static_cast<int64_t>(idx_.size()), D = c_.D;
-        if (m == 0) return;
-        std::vector<double> x(xf_.begin(), xf_.begin() + m * D), t(tf_.begin(), tf_.begin() + m);
-        std::vector<double> v(static_cast<size_t>(m * D)), div(static_cast<size_t>(m));
-        f_(m, x.data(), t.data(), v.data(), div.data());
-        ++evals_;
-        rows_ += m;
-        for (int64_t r = 0; r < m; ++r) {
-            const std::vector<float> vr(v.begin() + r * D, v.begin() + (r + 1) * D);
-            ode_step::store_derivative(D, vr.data(), static_cast<float>(div[r]),
-                                       c_.stage(stage, idx_[r]));
-        }
-    }
-    void compact() {
-        idx_.clear();
-        for (int64_t b = 0; b < B_; ++b)
-            if (!(flags_[b] & ode_step::kDone)) idx_.push_back(b);
-    }
-
     FloatLinearField f_;
     int64_t B_;
     OdeOptions o_;
-    ode_step::Chunk c_;
-    ode_step::Params p_;
-    std::vector<double> y_, ynew_, k_, t_, h_;
-    std::vector<int64_t> steps_, acc_, rej_;
-    std::vector<int> flags_;
-    std::vector<float> xf_, tf_;
-    std::vector<int64_t> idx_;
-    int64_t evals_ = 0, rows_ = 0;
+    double t0_, t1_;
 };
 
 Result host_solver(const FloatLinearField& f, const std::vector<double>& x0, int64_t B, double t0,

@@ -1,14 +1,14 @@
-// src/common/ode_step.h: the per-sample arithmetic of the ODE solvers of eqflow/ode.h (Dormand-Prince
-// 5(4) with its step-size controller and Hairer's starting step, classical RK4, Euler), written
-// as functions usable on the host and inside CUDA kernels (EQFLOW_HD). The device integrator
-// (kernels/ode_gpu.cu, driven by src/ode_gpu.cpp) runs them with one thread per sample; the cpu
-// test tests/test_ode_step.cpp runs the very same functions in a host loop against closed-form
-// solutions and against ode_integrate.
+// src/common/ode_step.h: the per-sample arithmetic of the ODE solvers of eqflow/ode.h
+// (Dormand-Prince 5(4) with its step-size controller and Hairer's starting step, classical RK4,
+// Euler), written as functions usable on the host and inside CUDA kernels (EQFLOW_HD). The device
+// integrator (kernels/ode_gpu.cu, driven by src/ode_gpu.cpp) runs them with one thread per sample;
+// the host solver ode_integrate (src/ode_host.h) runs the very same functions in a host loop. F is
+// the precision of the field's inputs and outputs: float on the device, double on the host.
 //
-// Every function here repeats the host solver's arithmetic (src/ode.cpp) operation for operation,
-// in the same order, so that with contraction into FMA turned off (the host builds with
-// -ffp-contract=off, kernels/ode_gpu.cu with -fmad=false) the two agree bit for bit apart from
-// pow(), whose last bit may differ between glibc and CUDA (it only sets step sizes).
+// With contraction into FMA turned off (the host builds with -ffp-contract=off,
+// kernels/ode_gpu.cu with -fmad=false) the host and the device agree bit for bit on the same
+// field apart from pow(), whose last bit may differ between glibc and CUDA (it only sets step
+// sizes).
 //
 // State of one sample: the augmented vector y = [x (D), I, L] of S = D + 2 doubles: coordinates,
 // divergence integral and path length. Arrays of a chunk of C samples:
@@ -124,8 +124,10 @@ EQFLOW_HD inline void init_sample(const Chunk& c, const Params& p, int64_t b, co
     c.flags[b] = 0;
 }
 
-// The augmented derivative k = [v, div, |v|] from the field's float32 outputs.
-EQFLOW_HD inline void store_derivative(int64_t D, const float* v, float div, double* k) {
+// The augmented derivative k = [v, div, |v|] from the field's outputs (F: the field's precision,
+// float on the device, double on the host).
+template <class F>
+EQFLOW_HD inline void store_derivative(int64_t D, const F* v, F div, double* k) {
     double norm2 = 0.0;
     for (int64_t i = 0; i < D; ++i) {
         const double vi = v[i];
@@ -140,8 +142,8 @@ EQFLOW_HD inline void store_derivative(int64_t D, const float* v, float div, dou
 
 // Hairer, Norsett & Wanner II.4, first half (needs k1 = f(y0) in stage 0): the trial step h0
 // (kept in h[b]) and the field input y0 + dir h0 k1 at t0 + dir h0 (x_out [D], t_out).
-EQFLOW_HD inline void hairer_trial(const Chunk& c, const Params& p, int64_t b, float* x_out,
-                                   float* t_out) {
+template <class F>
+EQFLOW_HD inline void hairer_trial(const Chunk& c, const Params& p, int64_t b, F* x_out, F* t_out) {
     const int64_t D = c.D;
     const double* y = c.row(c.y, b);
     const double* k1 = c.stage(0, b);
@@ -158,8 +160,8 @@ EQFLOW_HD inline void hairer_trial(const Chunk& c, const Params& p, int64_t b, f
     h0 = min_of(h0, p.span());
     c.h[b] = h0;
     const double dir = p.dir();
-    *t_out = static_cast<float>(p.t0 + dir * h0);
-    for (int64_t i = 0; i < D; ++i) x_out[i] = static_cast<float>(y[i] + dir * h0 * k1[i]);
+    *t_out = static_cast<F>(p.t0 + dir * h0);
+    for (int64_t i = 0; i < D; ++i) x_out[i] = static_cast<F>(y[i] + dir * h0 * k1[i]);
 }
 
 // Second half (needs k2 = f(trial) in stage 1): the first step h[b] (signed).
@@ -196,8 +198,9 @@ EQFLOW_HD inline void check_start(const Chunk& c, int64_t b) {
 
 // Stage s = 1..6 of the current step: the field input x_out [D] at time t_out. Stage 1 first
 // clips the step to land exactly on t1; stage 6 is the 5th-order solution, kept in ynew.
-EQFLOW_HD inline void dopri5_stage(const Chunk& c, const Params& p, int64_t b, int s, float* x_out,
-                                   float* t_out) {
+template <class F>
+EQFLOW_HD inline void dopri5_stage(const Chunk& c, const Params& p, int64_t b, int s, F* x_out,
+                                   F* t_out) {
     const int64_t S = c.S();
     if (s == 1) {
         const double remaining = p.t1 - c.t[b];
@@ -207,14 +210,14 @@ EQFLOW_HD inline void dopri5_stage(const Chunk& c, const Params& p, int64_t b, i
     }
     const double h = c.h[b], t = c.t[b];
     const bool last = (c.flags[b] & kLast) != 0;
-    *t_out = static_cast<float>(s == 6 ? (last ? p.t1 : t + h) : t + dopri5_c(s) * h);
+    *t_out = static_cast<F>(s == 6 ? (last ? p.t1 : t + h) : t + dopri5_c(s) * h);
     const double* y = c.row(c.y, b);
     double* ynew = s == 6 ? c.row(c.ynew, b) : nullptr;
     for (int64_t i = 0; i < S; ++i) {
         double acc = 0.0;
         for (int j = 0; j < s; ++j) acc += dopri5_a(s, j) * c.stage(j, b)[i];
         const double value = y[i] + h * acc;
-        if (i < c.D) x_out[i] = static_cast<float>(value);
+        if (i < c.D) x_out[i] = static_cast<F>(value);
         if (ynew) ynew[i] = value;
     }
 }
@@ -277,14 +280,15 @@ EQFLOW_HD inline void dopri5_finish(const Chunk& c, const Params& p, int64_t b) 
 
 // Field input of stage s (RK4: 0..3, Euler: 0) of a step of size h: y, y + h/2 k1, y + h/2 k2,
 // y + h k3 (the caller supplies the stage times t, t + h/2, t + h/2, t_end).
-EQFLOW_HD inline void fixed_stage(const Chunk& c, int64_t b, int s, double h, float* x_out) {
+template <class F>
+EQFLOW_HD inline void fixed_stage(const Chunk& c, int64_t b, int s, double h, F* x_out) {
     const double* y = c.row(c.y, b);
     const double* kp = s > 0 ? c.stage(s - 1, b) : nullptr;
     for (int64_t i = 0; i < c.D; ++i) {
         double value = y[i];
         if (s == 1 || s == 2) value = y[i] + 0.5 * h * kp[i];
         if (s == 3) value = y[i] + h * kp[i];
-        x_out[i] = static_cast<float>(value);
+        x_out[i] = static_cast<F>(value);
     }
 }
 
