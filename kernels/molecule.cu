@@ -18,6 +18,7 @@
 #include <mutex>
 #include <vector>
 
+#include "common/dihedral.h"
 #include "eqflow/buffer.h"
 #include "kernels/cuda_check.cuh"
 #include "kernels/device_compat.cuh"
@@ -80,28 +81,6 @@ __device__ inline T obc_term(T r, T ori, T sj, T* dterm_dr) {
     }
     *dterm_dr = dterm;
     return term;
-}
-
-template <class T>
-__device__ inline T dihedral(const T* xs, int i, int j, int k, int l) {
-    T b0[3], b1[3], b2[3];
-    for (int a = 0; a < 3; ++a) {
-        b0[a] = xs[3 * i + a] - xs[3 * j + a];
-        b1[a] = xs[3 * k + a] - xs[3 * j + a];
-        b2[a] = xs[3 * l + a] - xs[3 * k + a];
-    }
-    const T nb1 = sqrt(b1[0] * b1[0] + b1[1] * b1[1] + b1[2] * b1[2]);
-    for (int a = 0; a < 3; ++a) b1[a] /= nb1;
-    const T p0 = b0[0] * b1[0] + b0[1] * b1[1] + b0[2] * b1[2];
-    const T p2 = b2[0] * b1[0] + b2[1] * b1[1] + b2[2] * b1[2];
-    T v[3], w[3];
-    for (int a = 0; a < 3; ++a) {
-        v[a] = b0[a] - p0 * b1[a];
-        w[a] = b2[a] - p2 * b1[a];
-    }
-    const T c0 = b1[1] * v[2] - b1[2] * v[1], c1 = b1[2] * v[0] - b1[0] * v[2],
-            c2 = b1[0] * v[1] - b1[1] * v[0];
-    return atan2(c0 * w[0] + c1 * w[1] + c2 * w[2], v[0] * w[0] + v[1] * w[1] + v[2] * w[2]);
 }
 
 template <class T>
@@ -170,7 +149,7 @@ __global__ void __launch_bounds__(kThreads)
             const int* id = p.tors_idx + 5 * t;
             const int i = id[0], j = id[1], k = id[2], l = id[3], per = id[4];
             const T phase = T(p.tors_par[2 * t]), kt = T(p.tors_par[2 * t + 1]);
-            const T phi = dihedral(xs, i, j, k, l);
+            const T phi = geometry::dihedral(xs, i, j, k, l);
             e += static_cast<double>(kt * (T(1) + cos(T(per) * phi - phase)));
             T F[3], G[3], H[3];
             for (int a = 0; a < 3; ++a) {

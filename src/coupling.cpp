@@ -21,15 +21,8 @@ CouplingKind parse_coupling(const std::string& name) {
 }
 
 const char* coupling_name(CouplingKind kind) {
-    switch (kind) {
-        case CouplingKind::fm:
-            return "fm";
-        case CouplingKind::ot:
-            return "ot";
-        case CouplingKind::eqot:
-            return "eqot";
-    }
-    return "?";
+    static const char* const kNames[] = {"fm", "ot", "eqot"};  // in the order of the enum
+    return kNames[static_cast<int>(kind)];
 }
 
 namespace {

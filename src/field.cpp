@@ -4,17 +4,10 @@
 namespace eqflow {
 
 const char* field_op_name(FieldOp op) {
-    switch (op) {
-        case FieldOp::forward:
-            return "field forward";
-        case FieldOp::backward:
-            return "field backward";
-        case FieldOp::divergence:
-            return "field divergence";
-        case FieldOp::jvp_trace:
-            return "field jvp_trace";
-    }
-    return "field operation";
+    // In the order of the enum.
+    static const char* const kNames[] = {"field forward", "field backward", "field divergence",
+                                         "field jvp_trace"};
+    return kNames[static_cast<int>(op)];
 }
 
 }  // namespace eqflow

@@ -49,33 +49,41 @@ void prior_log_density(int64_t B, int n, int d, const double* x, double* log_p) 
     }
 }
 
+namespace {
+// x [count][n*d] integrated in place from t0 to t1 in batches of `batch` rows; div_integral and
+// path_length [count]; progress after each batch.
+void integrate_batches(const FlowIntegrator& integrate, int64_t D, int64_t count, int64_t batch,
+                       double* x, double t0, double t1, double* div_integral, double* path_length,
+                       OdeStats* stats, const FlowOptions& options) {
+    EQFLOW_CHECK(count >= 0, "flow: negative sample count " << count);
+    EQFLOW_CHECK(batch > 0, "flow: batch must be positive, got " << batch);
+    for (int64_t start = 0; start < count; start += batch) {
+        const int64_t B = std::min(batch, count - start);
+        integrate(B, x + start * D, t0, t1, div_integral + start, path_length + start, stats);
+        if (options.progress) options.progress(start + B, count);
+    }
+}
+}  // namespace
+
 FlowSamples flow_sample(const FlowIntegrator& integrate, int n, int d, int64_t count, uint64_t seed,
                         int64_t batch, const FlowOptions& options) {
     EQFLOW_CHECK(count >= 0, "flow_sample: negative sample count");
-    EQFLOW_CHECK(batch > 0, "flow_sample: batch must be positive");
     const int64_t D = static_cast<int64_t>(n) * d;
     FlowSamples out;
     out.n = n;
     out.d = d;
     out.count = count;
     out.x0.resize(static_cast<size_t>(count * D));
-    out.log_q.resize(static_cast<size_t>(count));
     out.path_length.resize(static_cast<size_t>(count));
     sample_prior(count, n, d, seed, 0, out.x0.data());
     out.x = out.x0;
-    std::vector<double> div_int, log_p0;
-    for (int64_t start = 0; start < count; start += batch) {
-        const int64_t B = std::min(batch, count - start);
-        double* xb = out.x.data() + start * D;
-        div_int.assign(static_cast<size_t>(B), 0.0);
-        log_p0.assign(static_cast<size_t>(B), 0.0);
-        prior_log_density(B, n, d, xb, log_p0.data());
-        integrate(B, xb, 0.0, 1.0, div_int.data(), out.path_length.data() + start, &out.ode);
-        for (int64_t b = 0; b < B; ++b)
-            out.log_q[static_cast<size_t>(start + b)] =
-                log_p0[static_cast<size_t>(b)] - div_int[static_cast<size_t>(b)];
-        if (options.progress) options.progress(start + B, count);
-    }
+    std::vector<double> div_int(static_cast<size_t>(count)), log_p0(static_cast<size_t>(count));
+    prior_log_density(count, n, d, out.x0.data(), log_p0.data());
+    integrate_batches(integrate, D, count, batch, out.x.data(), 0.0, 1.0, div_int.data(),
+                      out.path_length.data(), &out.ode, options);
+    // log q(x1) = log p0(x0) - int_0^1 div dt.
+    out.log_q.resize(static_cast<size_t>(count));
+    for (size_t b = 0; b < out.log_q.size(); ++b) out.log_q[b] = log_p0[b] - div_int[b];
     out.failed = out.ode.failed;
     return out;
 }
@@ -83,27 +91,18 @@ FlowSamples flow_sample(const FlowIntegrator& integrate, int n, int d, int64_t c
 FlowLikelihood flow_log_likelihood(const FlowIntegrator& integrate, int n, int d, const double* x,
                                    int64_t count, int64_t batch, const FlowOptions& options) {
     EQFLOW_CHECK(count >= 0, "flow_log_likelihood: negative count");
-    EQFLOW_CHECK(batch > 0, "flow_log_likelihood: batch must be positive");
     const int64_t D = static_cast<int64_t>(n) * d;
     FlowLikelihood out;
     out.x0.assign(x, x + count * D);
-    out.log_q.resize(static_cast<size_t>(count));
     out.path_length.resize(static_cast<size_t>(count));
-    std::vector<double> div_int, log_p0;
-    for (int64_t start = 0; start < count; start += batch) {
-        const int64_t B = std::min(batch, count - start);
-        double* xb = out.x0.data() + start * D;
-        div_int.assign(static_cast<size_t>(B), 0.0);
-        log_p0.assign(static_cast<size_t>(B), 0.0);
-        // Backwards from t = 1 to 0: I = int_1^0 div dt = -int_0^1 div dt, so
-        // log q(x1) = log p0(x0) - int_0^1 div dt = log p0(x0) + I.
-        integrate(B, xb, 1.0, 0.0, div_int.data(), out.path_length.data() + start, &out.ode);
-        prior_log_density(B, n, d, xb, log_p0.data());
-        for (int64_t b = 0; b < B; ++b)
-            out.log_q[static_cast<size_t>(start + b)] =
-                log_p0[static_cast<size_t>(b)] + div_int[static_cast<size_t>(b)];
-        if (options.progress) options.progress(start + B, count);
-    }
+    std::vector<double> div_int(static_cast<size_t>(count)), log_p0(static_cast<size_t>(count));
+    // Backwards from t = 1 to 0: I = int_1^0 div dt = -int_0^1 div dt, so
+    // log q(x1) = log p0(x0) - int_0^1 div dt = log p0(x0) + I.
+    integrate_batches(integrate, D, count, batch, out.x0.data(), 1.0, 0.0, div_int.data(),
+                      out.path_length.data(), &out.ode, options);
+    prior_log_density(count, n, d, out.x0.data(), log_p0.data());
+    out.log_q.resize(static_cast<size_t>(count));
+    for (size_t b = 0; b < out.log_q.size(); ++b) out.log_q[b] = log_p0[b] + div_int[b];
     out.failed = out.ode.failed;
     return out;
 }

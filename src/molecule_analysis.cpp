@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/dihedral.h"
 #include "eqflow/error.h"
 
 namespace eqflow {
@@ -15,27 +16,7 @@ namespace eqflow {
 // Dihedrals and chirality
 // ---------------------------------------------------------------------------------------------
 double dihedral_angle(const double* x, int i, int j, int k, int l) {
-    // b0 = x_i - x_j, b1 = x_k - x_j (unit), b2 = x_l - x_k; v, w: b0, b2 without their b1 part.
-    double b0[3], b1[3], b2[3];
-    for (int a = 0; a < 3; ++a) {
-        b0[a] = x[3 * i + a] - x[3 * j + a];
-        b1[a] = x[3 * k + a] - x[3 * j + a];
-        b2[a] = x[3 * l + a] - x[3 * k + a];
-    }
-    const double nb1 = std::sqrt(b1[0] * b1[0] + b1[1] * b1[1] + b1[2] * b1[2]);
-    for (double& c : b1) c /= nb1;
-    const double p0 = b0[0] * b1[0] + b0[1] * b1[1] + b0[2] * b1[2];
-    const double p2 = b2[0] * b1[0] + b2[1] * b1[1] + b2[2] * b1[2];
-    double v[3], w[3];
-    for (int a = 0; a < 3; ++a) {
-        v[a] = b0[a] - p0 * b1[a];
-        w[a] = b2[a] - p2 * b1[a];
-    }
-    const double c[3] = {b1[1] * v[2] - b1[2] * v[1], b1[2] * v[0] - b1[0] * v[2],
-                         b1[0] * v[1] - b1[1] * v[0]};
-    const double xx = v[0] * w[0] + v[1] * w[1] + v[2] * w[2];
-    const double yy = c[0] * w[0] + c[1] * w[1] + c[2] * w[2];
-    return std::atan2(yy, xx);
+    return geometry::dihedral(x, i, j, k, l);
 }
 
 void aldp_phi_psi(const double* x, int64_t B, double* phi, double* psi) {

@@ -18,15 +18,8 @@ OdeMethod parse_ode_method(const std::string& name) {
 }
 
 const char* ode_method_name(OdeMethod method) {
-    switch (method) {
-        case OdeMethod::dopri5:
-            return "dopri5";
-        case OdeMethod::rk4:
-            return "rk4";
-        case OdeMethod::euler:
-            return "euler";
-    }
-    return "?";
+    static const char* const kNames[] = {"dopri5", "rk4", "euler"};  // in the order of the enum
+    return kNames[static_cast<int>(method)];
 }
 
 void ode_integrate(const OdeField& field, int64_t B, int64_t D, double* x, double t0, double t1,

@@ -12,6 +12,7 @@
 #include "eqflow/buffer.h"
 #include "eqflow/error.h"
 #include "eqflow/tensor.h"
+#include "ode_host.h"
 
 #if defined(EQFLOW_HAVE_CUDA)
 #include "kernels/ode_gpu.cuh"
@@ -224,7 +225,6 @@ void ode_integrate_gpu(Field<float>& gpu, int64_t B, double* x, double t0, doubl
     EQFLOW_CHECK(max_chunk >= 0, "ode_integrate_gpu: negative chunk size " << max_chunk);
     check_options(options);
     const int64_t S = D + 2;
-    const double nan = std::numeric_limits<double>::quiet_NaN();
     OdeStats local;
     OdeStats& st = stats ? *stats : local;
     if (B == 0) return;
@@ -266,22 +266,16 @@ void ode_integrate_gpu(Field<float>& gpu, int64_t B, double* x, double t0, doubl
         ws.rejected.copy_to_host(rej.data(), static_cast<size_t>(n));
         for (int64_t b = 0; b < n; ++b) {
             const size_t bs = static_cast<size_t>(b);
-            const bool bad = (flags[bs] & ode_step::kFailed) != 0;
-            const double* yb = y.data() + b * S;
-            double* xb = x + (start + b) * D;
-            for (int64_t i = 0; i < D; ++i) xb[i] = bad ? nan : yb[i];
-            if (div_integral) div_integral[start + b] = bad ? nan : yb[D];
-            if (path_length) path_length[start + b] = bad ? nan : std::fabs(yb[D + 1]);
-            st.accepted += acc[bs];
-            st.rejected += rej[bs];
-            if (bad) st.failed += 1;
+            const int64_t row = start + b;
+            ode_host::collect_sample(y.data() + b * S, D, flags[bs], acc[bs], rej[bs], x + row * D,
+                                     div_integral ? div_integral + row : nullptr,
+                                     path_length ? path_length + row : nullptr, &st);
         }
         if (progress) progress(start + n, B);
     }
 #else
     (void)x;
     (void)S;
-    (void)nan;
     (void)st;
     EQFLOW_THROW("ode_integrate_gpu: eqflow was built without CUDA");
 #endif

@@ -17,6 +17,24 @@
 
 namespace eqflow::ode_host {
 
+// One sample's outputs from its final state y [D + 2] and flags (this driver's and the device
+// driver's): x [D], the divergence integral and the path length (nullable), all NaN when it
+// failed; its step counts and failure go into stats (nullable).
+inline void collect_sample(const double* y, int64_t D, int flags, int64_t accepted,
+                           int64_t rejected, double* x, double* div_integral, double* path_length,
+                           OdeStats* stats) {
+    const bool bad = (flags & ode_step::kFailed) != 0;
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    for (int64_t i = 0; i < D; ++i) x[i] = bad ? nan : y[i];
+    if (div_integral) *div_integral = bad ? nan : y[D];
+    if (path_length) *path_length = bad ? nan : std::fabs(y[D + 1]);
+    if (stats) {
+        stats->accepted += accepted;
+        stats->rejected += rejected;
+        stats->failed += bad ? 1 : 0;
+    }
+}
+
 template <class F>
 class Driver {
   public:
@@ -59,18 +77,11 @@ class Driver {
                 fixed();
             }
         }
-        const double nan = std::numeric_limits<double>::quiet_NaN();
         for (int64_t b = 0; b < B_; ++b) {
-            const bool bad = (flags_[static_cast<size_t>(b)] & ode_step::kFailed) != 0;
-            const double* yb = y_.data() + b * S;
-            for (int64_t i = 0; i < D; ++i) x[b * D + i] = bad ? nan : yb[i];
-            if (div_integral) div_integral[b] = bad ? nan : yb[D];
-            if (path_length) path_length[b] = bad ? nan : std::fabs(yb[D + 1]);
-            if (stats_) {
-                stats_->accepted += acc_[static_cast<size_t>(b)];
-                stats_->rejected += rej_[static_cast<size_t>(b)];
-                stats_->failed += bad ? 1 : 0;
-            }
+            const size_t bs = static_cast<size_t>(b);
+            collect_sample(y_.data() + b * S, D, flags_[bs], acc_[bs], rej_[bs], x + b * D,
+                           div_integral ? div_integral + b : nullptr,
+                           path_length ? path_length + b : nullptr, stats_);
         }
     }
 

@@ -135,12 +135,8 @@ void adam_update(Device device, int64_t count, T* params, const T* grad, T* m, T
 
 void finish_step(Device device, TrainScalars* s, Stream stream) {
     if (device == Device::cuda) {
-#if defined(EQFLOW_HAVE_CUDA)
-        cuda::fm_finish_step(s, stream);
-#else
-        (void)stream;
-        EQFLOW_THROW("finish_step: eqflow was built without CUDA");
-#endif
+        require_device_float<float>("finish_step");
+        EQFLOW_DEVICE_CALL(float, fm_finish_step(s, stream))
         return;
     }
     train_math::finish_step(*s);
@@ -148,12 +144,8 @@ void finish_step(Device device, TrainScalars* s, Stream stream) {
 
 void reset_window(Device device, TrainScalars* s, Stream stream) {
     if (device == Device::cuda) {
-#if defined(EQFLOW_HAVE_CUDA)
-        cuda::fm_reset_window(s, stream);
-#else
-        (void)stream;
-        EQFLOW_THROW("reset_window: eqflow was built without CUDA");
-#endif
+        require_device_float<float>("reset_window");
+        EQFLOW_DEVICE_CALL(float, fm_reset_window(s, stream))
         return;
     }
     s->window_loss = 0.0;
