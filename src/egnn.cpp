@@ -210,15 +210,11 @@ void egnn_divergence(const EgnnConfig& c, const double* params, int64_t B, const
     const EgnnOffsets off = egnn_offsets(c);
     const int nd = c.n_particles * c.dim;
     // All n*d basis directions at once, one primal pass per sample.
-    std::vector<double> eye(static_cast<size_t>(nd) * nd, 0.0), vdot(static_cast<size_t>(nd) * nd);
-    for (int q = 0; q < nd; ++q) eye[static_cast<size_t>(q) * nd + q] = 1.0;
-    for (int64_t b = 0; b < B; ++b) {
-        cpu::egnn_jvp_one(c, off, params, x + b * nd, t[b], nd, eye.data(),
-                          v ? v + b * nd : nullptr, vdot.data());
-        double tr = 0.0;
-        for (int q = 0; q < nd; ++q) tr += vdot[static_cast<size_t>(q) * nd + q];
-        div[b] = tr;
-    }
+    const std::vector<double> eye = cpu::egnn_unit_tangents(nd);
+    std::vector<double> vdot(eye.size());
+    for (int64_t b = 0; b < B; ++b)
+        div[b] = cpu::egnn_divergence_one(c, off, params, x + b * nd, t[b], eye.data(), vdot.data(),
+                                          v ? v + b * nd : nullptr);
 }
 
 void egnn_divergence_hutchinson(const EgnnConfig& c, const double* params, int64_t B,
@@ -255,8 +251,8 @@ void egnn_jacobian(const EgnnConfig& c, const double* params, int64_t B, const d
     EQFLOW_CHECK(B == 0 || jac != nullptr, "egnn_jacobian: no output");
     const EgnnOffsets off = egnn_offsets(c);
     const int nd = c.n_particles * c.dim;
-    std::vector<double> eye(static_cast<size_t>(nd) * nd, 0.0), vdot(static_cast<size_t>(nd) * nd);
-    for (int q = 0; q < nd; ++q) eye[static_cast<size_t>(q) * nd + q] = 1.0;
+    const std::vector<double> eye = cpu::egnn_unit_tangents(nd);
+    std::vector<double> vdot(eye.size());
     for (int64_t b = 0; b < B; ++b) {
         cpu::egnn_jvp_one(c, off, params, x + b * nd, t[b], nd, eye.data(), nullptr, vdot.data());
         // vdot[q][p] = dv_p / dx_q  ->  jac[p][q]

@@ -241,13 +241,7 @@ void ode_integrate_gpu(Field<float>& gpu, int64_t B, double* x, double t0, doubl
         std::min(B, max_chunk > 0 ? max_chunk : ode_gpu_default_chunk(D, options.method));
     EQFLOW_CHECK(C <= std::numeric_limits<int>::max(), "ode_integrate_gpu: chunk too large");
     Workspace ws(C, D, options.method);
-    ode_step::Params p;
-    p.t0 = t0;
-    p.t1 = t1;
-    p.atol = options.atol;
-    p.rtol = options.rtol;
-    p.first_step = options.first_step;
-    p.max_steps = options.max_steps;
+    const ode_step::Params p = ode_host::params_of(options, t0, t1);
     std::vector<double> y(static_cast<size_t>(C * S));
     std::vector<int> flags(static_cast<size_t>(C));
     std::vector<int64_t> acc(static_cast<size_t>(C)), rej(static_cast<size_t>(C));

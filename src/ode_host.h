@@ -17,6 +17,18 @@
 
 namespace eqflow::ode_host {
 
+// The per-sample solver parameters of an integration from t0 to t1 (both drivers).
+inline ode_step::Params params_of(const OdeOptions& o, double t0, double t1) {
+    ode_step::Params p;
+    p.t0 = t0;
+    p.t1 = t1;
+    p.atol = o.atol;
+    p.rtol = o.rtol;
+    p.first_step = o.first_step;
+    p.max_steps = o.max_steps;
+    return p;
+}
+
 // One sample's outputs from its final state y [D + 2] and flags (this driver's and the device
 // driver's): x [D], the divergence integral and the path length (nullable), all NaN when it
 // failed; its step counts and failure go into stats (nullable).
@@ -57,12 +69,7 @@ class Driver {
         c_ = ode_step::Chunk{B,           D,           y_.data(),    ynew_.data(),
                              k_.data(),   t_.data(),   h_.data(),    steps_.data(),
                              acc_.data(), rej_.data(), flags_.data()};
-        p_.t0 = t0;
-        p_.t1 = t1;
-        p_.atol = o.atol;
-        p_.rtol = o.rtol;
-        p_.first_step = o.first_step;
-        p_.max_steps = o.max_steps;
+        p_ = params_of(o, t0, t1);
     }
 
     // x [B][D] in: x(t0); out: x(t1), with the divergence integral and path length (nullable).

@@ -585,4 +585,19 @@ void egnn_jvp_one(const EgnnConfig& config, const EgnnOffsets& off, const double
     }
 }
 
+std::vector<double> egnn_unit_tangents(int nd) {
+    std::vector<double> eye(static_cast<size_t>(nd) * nd, 0.0);
+    for (int q = 0; q < nd; ++q) eye[static_cast<size_t>(q) * nd + q] = 1.0;
+    return eye;
+}
+
+double egnn_divergence_one(const EgnnConfig& config, const EgnnOffsets& off, const double* params,
+                           const double* x, double t, const double* eye, double* vdot, double* v) {
+    const int nd = config.n_particles * config.dim;
+    egnn_jvp_one(config, off, params, x, t, nd, eye, v, vdot);
+    double tr = 0.0;
+    for (int q = 0; q < nd; ++q) tr += vdot[static_cast<size_t>(q) * nd + q];
+    return tr;
+}
+
 }  // namespace eqflow::cpu

@@ -28,4 +28,13 @@ void egnn_backward_one(const EgnnConfig& config, const EgnnOffsets& off, const d
 void egnn_jvp_one(const EgnnConfig& config, const EgnnOffsets& off, const double* params,
                   const double* x, double t, int K, const double* xdot, double* v, double* vdot);
 
+// The n*d unit tangent directions [nd][nd] (the identity): the exact divergence and the dense
+// Jacobian are forward mode along all of them.
+std::vector<double> egnn_unit_tangents(int nd);
+
+// The exact divergence of one sample, the trace of J_v: forward mode along the unit tangents
+// `eye` (egnn_unit_tangents) with their images in vdot [nd][nd] (scratch); v [n][d] nullable.
+double egnn_divergence_one(const EgnnConfig& config, const EgnnOffsets& off, const double* params,
+                           const double* x, double t, const double* eye, double* vdot, double* v);
+
 }  // namespace eqflow::cpu

@@ -87,19 +87,13 @@ class ReferenceEgnnField final : public Field<double> {
                        TensorView<double> div, TensorView<unsigned char> ws, Stream) override {
         const int64_t nd = row_size();
         // All n*d basis directions at once, one primal pass per sample.
-        std::vector<double> eye(static_cast<size_t>(nd * nd), 0.0);
-        for (int64_t q = 0; q < nd; ++q) eye[static_cast<size_t>(q * nd + q)] = 1.0;
+        const std::vector<double> eye = cpu::egnn_unit_tangents(static_cast<int>(nd));
         double* images = reinterpret_cast<double*>(ws.data);
         for_chunks(x.size(0), [&](int64_t b0, int64_t m, int64_t chunk) {
-            double* vdot = images + chunk * nd * nd;
-            for (int64_t b = b0; b < b0 + m; ++b) {
-                cpu::egnn_jvp_one(config_, offsets_, params_.data(), x.data + b * nd, t.data[b],
-                                  static_cast<int>(nd), eye.data(),
-                                  v.defined() ? v.data + b * nd : nullptr, vdot);
-                double tr = 0.0;
-                for (int64_t q = 0; q < nd; ++q) tr += vdot[q * nd + q];
-                div.data[b] = tr;
-            }
+            for (int64_t b = b0; b < b0 + m; ++b)
+                div.data[b] = cpu::egnn_divergence_one(
+                    config_, offsets_, params_.data(), x.data + b * nd, t.data[b], eye.data(),
+                    images + chunk * nd * nd, v.defined() ? v.data + b * nd : nullptr);
         });
     }
 
