@@ -4,7 +4,7 @@
 #include <limits>
 
 #include "eqflow/error.h"
-#include "eqflow/flow.h"
+#include "eqflow/metrics.h"
 
 namespace eqflow {
 

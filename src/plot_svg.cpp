@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <sstream>
 
-#include "eqflow/flow.h"
+#include "eqflow/figures.h"
 #include "eqflow/io.h"
 #include "svg_util.h"
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "eqflow/error.h"
+#include "eqflow/figures.h"
 #include "eqflow/flow.h"
 #include "eqflow/json.h"
 #include "eqflow/molecule.h"

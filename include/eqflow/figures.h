@@ -1,14 +1,18 @@
-// eqflow/figures.h: figures as self-contained SVG files (no plotting library needed). The
-// energy-histogram figure (write_energy_histogram_svg) is declared with EnergyHistogram in
-// eqflow/flow.h.
+// eqflow/figures.h: figures as self-contained SVG files (no plotting library needed): the
+// energy histograms of a flow's evaluation and the Ramachandran figure of a molecule.
 #pragma once
 
 #include <string>
 #include <vector>
 
 #include "eqflow/export.h"
+#include "eqflow/metrics.h"
 
 namespace eqflow {
+
+// An SVG figure of the three histograms (step lines, axes, legend); written atomically.
+EQFLOW_API void write_energy_histogram_svg(const std::string& path, const EnergyHistogram& hist,
+                                           const std::string& title);
 
 // A Ramachandran figure (SVG): one panel per data set, a 2-D histogram of (phi, psi) over
 // [-pi, pi)^2 with `bins` bins per axis, shaded by -ln(density) (white: empty), optional log

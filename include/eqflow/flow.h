@@ -1,7 +1,8 @@
-// eqflow/flow.h: the continuous normalizing flow as a Boltzmann generator (docs/design.md section 6):
-// the mean-free Gaussian prior, sampling with the exact log-density, the likelihood of given data
-// by integrating backwards, importance reweighting, and the metrics (NLL, ESS, path length,
-// energy histograms).
+// eqflow/flow.h: the continuous normalizing flow as a Boltzmann generator (docs/design.md section
+// 6): sampling with the exact log-density, the likelihood of given data by integrating
+// backwards, a trained model as a flow in the system's units, chirality folding, and the whole
+// evaluation of a model. The prior is eqflow/prior.h, the weights and metrics eqflow/metrics.h,
+// the figures eqflow/figures.h.
 //
 // Time runs from t = 0 (prior) to t = 1 (data); log q(x1) = log p0(x0) - int_0^1 div v dt.
 // All log-densities here are NORMALISED on the (n-1)*d dimensional mean-free subspace:
@@ -27,28 +28,12 @@
 #include "eqflow/egnn.h"
 #include "eqflow/export.h"
 #include "eqflow/field.h"
-#include "eqflow/json.h"
+#include "eqflow/metrics.h"
 #include "eqflow/ode.h"
+#include "eqflow/prior.h"
 #include "eqflow/systems.h"
 
 namespace eqflow {
-
-// ---- the prior: standard normal on the mean-free subspace ------------------------------------
-
-// 1/2 (n-1) d log(2 pi): the normalising constant the paper's NLL convention leaves out.
-EQFLOW_API double prior_log_normalizer(int n, int d);
-
-// Removes each configuration's particle mean. x: [B][n][d].
-EQFLOW_API void remove_mean(int64_t B, int n, int d, double* x);
-
-// x [count][n][d]: row i is n*d standard normals of Philox(seed, first_stream + i) with the
-// particle mean removed (the projection of an isotropic Gaussian onto the subspace is the
-// standard normal there).
-EQFLOW_API void sample_prior(int64_t count, int n, int d, uint64_t seed, uint64_t first_stream,
-                             double* x);
-
-// log p0 of centred configurations: -1/2 |x|^2 - prior_log_normalizer(n, d). x: [B][n][d].
-EQFLOW_API void prior_log_density(int64_t B, int n, int d, const double* x, double* log_p);
 
 // ---- flows over a generic field ---------------------------------------------------------------
 
@@ -140,83 +125,17 @@ EQFLOW_API FlowSamples sample_model(const EgnnModel& model, int64_t count, uint6
 EQFLOW_API FlowLikelihood model_log_likelihood(const EgnnModel& model, const double* x,
                                                int64_t count, const FlowOptions& options);
 
-// ---- chirality (docs/design.md section 9) ---------------------------------------------------------
-// An E(3)-equivariant flow with a reflection-symmetric prior gives a configuration and its mirror
-// image the same density, so it samples both enantiomers. For systems that fix a handedness
-// (aldp: L-alanine) the samples of the wrong handedness are mirrored, which folds the two images
-// together: the folded density is q(x) + q(-x) = 2 q(x), log q + log 2. True for `aldp`.
+// ---- chirality (docs/design.md section 9)
+// --------------------------------------------------------- An E(3)-equivariant flow with a
+// reflection-symmetric prior gives a configuration and its mirror image the same density, so it
+// samples both enantiomers. For systems that fix a handedness (aldp: L-alanine) the samples of the
+// wrong handedness are mirrored, which folds the two images together: the folded density is q(x) +
+// q(-x) = 2 q(x), log q + log 2. True for `aldp`.
 EQFLOW_API bool folds_chirality(const System& system);
 // Mirrors the wrong-handed samples of `s` in place and adds log 2 to every log q (also of failed
 // samples, which stay NaN). Returns the number mirrored. No-op (returns 0) when the system does
 // not fold chirality.
 EQFLOW_API int64_t fold_chirality(const System& system, FlowSamples& s);
-
-// ---- importance weights and metrics ---------------------------------------------------------
-
-// ESS of importance weights given as log w, as a fraction of N: (sum w)^2 / sum w^2 / N.
-// Non-finite log w count as zero weight (still counted in N). 0 when no weight is finite.
-EQFLOW_API double effective_sample_size(const double* log_w, int64_t N);
-
-struct Reweighting {
-    std::vector<double> log_w;  // [N] -u - log q; -inf where u or log q is not finite
-    int64_t invalid = 0;        // samples with zero weight because u or log q is not finite
-    double ess = 0.0;           // fraction of N
-    double energy_mean = 0.0;   // plain mean of u over the finite samples
-    double energy_mean_reweighted = 0.0;  // self-normalised importance-weighted mean of u
-};
-
-// u: reduced energies, log_q: normalised model log-densities, both [N].
-EQFLOW_API Reweighting importance_weights(const double* u, const double* log_q, int64_t N);
-
-// Reduced energies of [N][n][d] configurations (CPU); non-finite inputs give +inf.
-EQFLOW_API std::vector<double> reduced_energies(const System& system, const double* x, int64_t N);
-
-struct EnergyHistogram {
-    std::vector<double> edges;  // bins + 1 edges
-    std::vector<double> data;   // densities (integrate to 1 over the range), per bin
-    std::vector<double> samples;
-    std::vector<double> reweighted;
-    EQFLOW_API Json to_json() const;
-};
-
-// Histograms of the data's, the samples' and the reweighted samples' energies on a common range:
-// from the lower of the data's and the samples' 0.5% quantiles to the data's 99.5% quantile plus
-// half the data's spread (a poor model's high-energy tail must not squeeze the data into a few
-// bins). Densities are normalised by all finite values, so mass outside the range shows as an
-// area below 1. Non-finite energies are left out.
-EQFLOW_API EnergyHistogram energy_histogram(const std::vector<double>& u_data,
-                                            const std::vector<double>& u_samples,
-                                            const std::vector<double>& log_w, int bins = 60);
-
-// An SVG figure of the three histograms (step lines, axes, legend); written atomically.
-EQFLOW_API void write_energy_histogram_svg(const std::string& path, const EnergyHistogram& hist,
-                                           const std::string& title);
-
-struct FlowMetrics {
-    double nll = 0.0;             // mean -log q over the test set, the paper's convention
-    double nll_normalized = 0.0;  // nll + prior_log_normalizer(n, d)
-    double ess = 0.0;             // fraction of the samples drawn
-    double path_length = 0.0;     // mean over samples of int |v| dt
-    int64_t n_samples = 0, n_test = 0;
-    int64_t failed_samples = 0;  // zero-weight samples (failed integration or non-finite energy)
-    int64_t failed_test = 0;     // test points whose backward integration failed (left out of nll)
-    double energy_mean_samples = 0.0, energy_mean_reweighted = 0.0, energy_mean_test = 0.0;
-    bool approximate = false;  // Hutchinson divergence: nll and weights are estimates
-    // Chirality folding (folds_chirality): samples mirrored to the right handedness, as a
-    // fraction of the samples drawn; nll and weights use the folded density (log q + log 2).
-    bool chirality_folded = false;
-    int64_t mirrored_samples = 0;
-    double length_scale = 1.0;  // the model's (EgnnConfig::length_scale)
-    EnergyHistogram histogram;
-    EQFLOW_API Json to_json() const;  // the keys of docs/design.md section 7 (without the figure paths)
-};
-
-// NLL from normalised log q of the test set; the rest from the samples' log q, u and path lengths.
-EQFLOW_API FlowMetrics flow_metrics(int n, int d, const std::vector<double>& test_log_q,
-                                    const std::vector<double>& test_u,
-                                    const std::vector<double>& sample_log_q,
-                                    const std::vector<double>& sample_u,
-                                    const std::vector<double>& sample_path_length);
 
 // The whole evaluation of a model against a system: draws `n_samples` samples (seed) with their
 // exact log q, their reduced energies and weights; integrates the test set backwards for the

@@ -6,6 +6,7 @@
 
 #include "cli/cli_common.h"
 #include "cli/flow_cli.h"
+#include "eqflow/figures.h"
 #include "eqflow/io.h"
 #include "eqflow/json.h"
 #include "eqflow/model_io.h"

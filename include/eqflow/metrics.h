@@ -1,0 +1,82 @@
+// eqflow/metrics.h: importance weights, the effective sample size, energy histograms and the
+// flow's metrics (NLL in the paper's convention and normalised, ESS, path length, mean energies;
+// docs/design.md section 6). A sample with a failed integration or a non-finite energy gets
+// zero weight (log w = -inf) and is counted; ESS is normalised by ALL samples drawn.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "eqflow/export.h"
+
+#include "eqflow/json.h"
+#include "eqflow/systems.h"
+
+namespace eqflow {
+
+// ---- importance weights and metrics ---------------------------------------------------------
+
+// ESS of importance weights given as log w, as a fraction of N: (sum w)^2 / sum w^2 / N.
+// Non-finite log w count as zero weight (still counted in N). 0 when no weight is finite.
+EQFLOW_API double effective_sample_size(const double* log_w, int64_t N);
+
+struct Reweighting {
+    std::vector<double> log_w;  // [N] -u - log q; -inf where u or log q is not finite
+    int64_t invalid = 0;        // samples with zero weight because u or log q is not finite
+    double ess = 0.0;           // fraction of N
+    double energy_mean = 0.0;   // plain mean of u over the finite samples
+    double energy_mean_reweighted = 0.0;  // self-normalised importance-weighted mean of u
+};
+
+// u: reduced energies, log_q: normalised model log-densities, both [N].
+EQFLOW_API Reweighting importance_weights(const double* u, const double* log_q, int64_t N);
+
+// Reduced energies of [N][n][d] configurations (CPU); non-finite inputs give +inf.
+EQFLOW_API std::vector<double> reduced_energies(const System& system, const double* x, int64_t N);
+
+struct EnergyHistogram {
+    std::vector<double> edges;  // bins + 1 edges
+    std::vector<double> data;   // densities (integrate to 1 over the range), per bin
+    std::vector<double> samples;
+    std::vector<double> reweighted;
+    EQFLOW_API Json to_json() const;
+};
+
+// Histograms of the data's, the samples' and the reweighted samples' energies on a common range:
+// from the lower of the data's and the samples' 0.5% quantiles to the data's 99.5% quantile plus
+// half the data's spread (a poor model's high-energy tail must not squeeze the data into a few
+// bins). Densities are normalised by all finite values, so mass outside the range shows as an
+// area below 1. Non-finite energies are left out.
+EQFLOW_API EnergyHistogram energy_histogram(const std::vector<double>& u_data,
+                                            const std::vector<double>& u_samples,
+                                            const std::vector<double>& log_w, int bins = 60);
+
+struct FlowMetrics {
+    double nll = 0.0;             // mean -log q over the test set, the paper's convention
+    double nll_normalized = 0.0;  // nll + prior_log_normalizer(n, d)
+    double ess = 0.0;             // fraction of the samples drawn
+    double path_length = 0.0;     // mean over samples of int |v| dt
+    int64_t n_samples = 0, n_test = 0;
+    int64_t failed_samples = 0;  // zero-weight samples (failed integration or non-finite energy)
+    int64_t failed_test = 0;     // test points whose backward integration failed (left out of nll)
+    double energy_mean_samples = 0.0, energy_mean_reweighted = 0.0, energy_mean_test = 0.0;
+    bool approximate = false;  // Hutchinson divergence: nll and weights are estimates
+    // Chirality folding (folds_chirality): samples mirrored to the right handedness, as a
+    // fraction of the samples drawn; nll and weights use the folded density (log q + log 2).
+    bool chirality_folded = false;
+    int64_t mirrored_samples = 0;
+    double length_scale = 1.0;  // the model's (EgnnConfig::length_scale)
+    EnergyHistogram histogram;
+    EQFLOW_API Json
+    to_json() const;  // the keys of docs/design.md section 7 (without the figure paths)
+};
+
+// NLL from normalised log q of the test set; the rest from the samples' log q, u and path lengths.
+EQFLOW_API FlowMetrics flow_metrics(int n, int d, const std::vector<double>& test_log_q,
+                                    const std::vector<double>& test_u,
+                                    const std::vector<double>& sample_log_q,
+                                    const std::vector<double>& sample_u,
+                                    const std::vector<double>& sample_path_length);
+
+}  // namespace eqflow
