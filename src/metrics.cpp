@@ -5,6 +5,7 @@
 
 #include "eqflow/error.h"
 #include "eqflow/metrics.h"
+#include "eqflow/prior.h"
 
 namespace eqflow {
 
