@@ -2,9 +2,9 @@
 // layout (PyTorch state_dict names and shapes), initialisation, and the CPU reference path in
 // double precision: forward, backward, exact divergence, Hutchinson estimate, dense Jacobian.
 //
-// Semantics (docs/design.md section 4): features [one_hot(type), t] -> embedding; the edge attribute
-// a_ij = |x0_i - x0_j|^2 uses the input coordinates, r_ij the current ones; messages use the old
-// h; the coordinate update is sum_j (x_i - x_j) / (sqrt(r_ij + 1e-8) + 1) * phi_ij; sum
+// Semantics (docs/design.md section 4): features [one_hot(type), t] -> embedding; the edge
+// attribute a_ij = |x0_i - x0_j|^2 uses the input coordinates, r_ij the current ones; messages use
+// the old h; the coordinate update is sum_j (x_i - x_j) / (sqrt(r_ij + 1e-8) + 1) * phi_ij; sum
 // aggregation; v = x^L - x^0 with the particle mean removed. Model files: eqflow/model_io.h.
 //
 // Shapes: x [B][n][d] row-major, t [B], v [B][n][d], div [B]. Parameters live in one flat
@@ -53,7 +53,8 @@ struct EgnnConfig {
     }
 };
 
-// The defaults of docs/design.md: dw4 and lj13 H = 32, L = 3; lj55 H = 64, L = 7; attention and tanh.
+// The defaults of docs/design.md: dw4 and lj13 H = 32, L = 3; lj55 H = 64, L = 7; attention and
+// tanh.
 EQFLOW_API EgnnConfig default_egnn_config(const std::string& system_name, int n, int d);
 
 // Throws Error naming the problem: n >= 2, d >= 1, hidden >= 1, layers >= 1, coords_range
@@ -116,10 +117,13 @@ class Field;
 
 // The backends of the field interface (eqflow/field.h) for an EGNN model; each holds its own copy
 // of the parameters. The CPU reference: double, plain loops, rows in fixed chunks over up to
-// `threads` threads of the pool (0: all; results do not depend on it). CUDA: float32 on the
+// `threads` threads of the pool (0: all; results do not depend on it). The fast CPU backend:
+// float32 on the host, tiled SIMD products (src/cpu/egnn_field_fast.cpp), the same threading
+// rule; what `--device cpu` runs unless the reference is asked for. CUDA: float32 on the
 // device, fused kernels; without a usable GPU it throws an Error that says why.
 EQFLOW_API std::unique_ptr<Field<double>> make_reference_field(const EgnnModel& model,
                                                                int threads = 0);
+EQFLOW_API std::unique_ptr<Field<float>> make_fast_field(const EgnnModel& model, int threads = 0);
 EQFLOW_API std::unique_ptr<Field<float>> make_cuda_field(const EgnnModel& model);
 
 }  // namespace eqflow

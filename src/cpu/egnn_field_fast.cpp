@@ -1,0 +1,1052 @@
+// The fast CPU backend of the field interface (eqflow/field.h) for the EGNN: float32, laid out
+// for SIMD (src/cpu/simd_f32.h), the same equations as the double reference
+// (src/cpu/egnn_cpu.cpp, docs/design.md section 4), which stays the truth it is tested against.
+//
+// Layout. The hidden width H is padded to Hp, a multiple of the SIMD width; padded weights and
+// biases are zero, so padded lanes stay exactly zero through every layer (SiLU(0) = 0). Each
+// call first packs the flat parameters (PyTorch layout, [out][in]) into one float array: every
+// weight transposed to [in][out] for the forward products (the inner loop runs over outputs with
+// unit stride), plus untransposed copies for the backward's transposed products. Packing is
+// O(P), a few microseconds, and happens at the start of every call into the caller's workspace,
+// so an optimiser that writes parameters() in place (train_ops::adam_update) is always seen, and
+// calls keep no state between them.
+//
+// Tiles. Per sample and layer: P = h W1a^T + b1 and Q = h W1b^T for all n nodes (one [n][H]
+// product each, the first-layer factorisation z1_ij = P_i + Q_j + w1r r_ij + w1a a_ij); then the
+// n(n-1) ordered edges (i-major) in blocks of kEdgeBlock rows: Z1 and S1 = SiLU(Z1) rowwise,
+// Z2 = S1 W2^T + b2 and Zc = Me Wc1^T + bc1 as [rows][Hp] x [Hp][Hp] products, register-blocked
+// (tile_rows x Hp/lanes accumulators), attention and the coordinate weight per row; then the
+// node MLP as two [n][.] products. Backward recomputes each block's forward from the stored
+// node states (h, x, M per layer, as the reference) and runs the transposed products
+// (G_s1 = G_z2 W2, ...) and the weight-gradient products (dW2^T += S1^T G_z2, ...) on the same
+// block. Forward mode carries K tangents per sample in node-major arrays [n][K][Hp]: per edge,
+// the K tangent rows go through the edge's two products as one [K][Hp] x [Hp][Hp] product with
+// the primal quantities computed once; in layer 0 (no tangent on h) an edge's tangent is linear
+// in (dr, da) only, so two basis tangents per edge replace the K.
+//
+// Threads. Rows are cut into fixed chunks of kChunkRows; min(threads, chunks) workers take
+// chunks w, w + W, w + 2W, ... with their own scratch. Every row's v, dL_dx, div and trace is
+// computed by one worker alone; the parameter gradient of each chunk goes to its own slot. So
+// results do not depend on the thread count (bit for bit).
+//
+// Where double accumulation happens, and why:
+//   - The parameter gradient: within a sample, edge contributions are summed in float in the
+//     register tiles and a float accumulator [Pg] (at most a few thousand terms before a flush);
+//     every kFlushEdges edges (and at the end of a chunk) that accumulator is added to the
+//     chunk's double slot, and the slots are summed in chunk order in double before the one
+//     rounding to float into dL_dparams. A batch of 256 LJ13 samples sums ~40,000 edge terms per
+//     weight; a float running sum would carry ~1e-4 relative error, the double one none worth
+//     counting.
+//   - The divergence trace sum_p (J e_p)_p and the Hutchinson sum (1/K) sum_k eps_k . J eps_k:
+//     n*d (or K*n*d) terms of either sign whose sum can be much smaller than its terms.
+//   - The particle-mean removals (n terms) are in float: short sums of similar-sized numbers.
+//
+// Gradient contract: parameter gradients ACCUMULATE (+=), input gradients OVERWRITE (=).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "common/egnn_offsets.h"
+#include "cpu/simd_f32.h"
+#include "eqflow/egnn.h"
+#include "eqflow/error.h"
+#include "eqflow/field.h"
+#include "eqflow/parallel.h"
+
+namespace eqflow {
+
+namespace {
+
+namespace simd = cpu::simd;
+using simd::kLanes;
+using simd::vf;
+
+constexpr int64_t kChunkRows = 16;     // rows per chunk: fixes the gradient's summation order
+constexpr int kEdgeBlock = 32;         // edge rows per tile: 9 [32][Hp] arrays stay in L1/L2
+constexpr int64_t kFlushEdges = 1024;  // float gradient terms per weight before a double flush
+constexpr float kNormEps = 1e-8f;      // docs/design.md section 4: sqrt(r_ij + 1e-8) + 1
+
+int64_t chunk_count(int64_t B) {
+    return (B + kChunkRows - 1) / kChunkRows;
+}
+int round_up(int x, int m) {
+    return (x + m - 1) / m * m;
+}
+
+// Offsets of the packed weights (floats). The first `grad_size` floats are also the layout of
+// the packed gradient; the untransposed copies after them are read only by backward.
+struct LayerPack {
+    int64_t w1aT, w1bT, w1r, w1a, b1;  // [Hp][Hp] x2, [Hp] x3
+    int64_t w2T, b2;                   // [Hp][Hp], [Hp]
+    int64_t wn1T, bn1, wn2T, bn2;      // [2Hp][Hp] (rows: h | M), [Hp], [Hp][Hp], [Hp]
+    int64_t wc1T, bc1, wc2;            // [Hp][Hp], [Hp], [Hp]
+    int64_t wa, ba;                    // [Hp], [Hp] (ba in element 0)
+    int64_t w1a_n, w1b_n, w2_n, wn1_n, wn2_n, wc1_n;  // untransposed [out][in], rows Hp
+};
+
+struct Pack {
+    int64_t embT = 0, emb_b = 0;  // [F][Hp], [Hp]
+    std::vector<LayerPack> layers;
+    int64_t grad_size = 0, total = 0;
+    std::vector<int64_t> map;  // packed index -> parameter index, -1 for padding (zero)
+};
+
+Pack make_pack(const EgnnConfig& c, int Hp) {
+    const EgnnOffsets off = egnn_offsets(c);
+    const int H = c.hidden, F = c.in_features(), L = c.layers;
+    const int64_t HH = static_cast<int64_t>(Hp) * Hp;
+    Pack p;
+    int64_t cur = 0;
+    auto take = [&](int64_t count) {
+        const int64_t o = cur;
+        cur += count;
+        return o;
+    };
+    p.embT = take(static_cast<int64_t>(F) * Hp);
+    p.emb_b = take(Hp);
+    p.layers.resize(static_cast<size_t>(L));
+    for (LayerPack& lp : p.layers) {
+        lp.w1aT = take(HH);
+        lp.w1bT = take(HH);
+        lp.w1r = take(Hp);
+        lp.w1a = take(Hp);
+        lp.b1 = take(Hp);
+        lp.w2T = take(HH);
+        lp.b2 = take(Hp);
+        lp.wn1T = take(2 * HH);
+        lp.bn1 = take(Hp);
+        lp.wn2T = take(HH);
+        lp.bn2 = take(Hp);
+        lp.wc1T = take(HH);
+        lp.bc1 = take(Hp);
+        lp.wc2 = take(Hp);
+        lp.wa = take(Hp);
+        lp.ba = take(Hp);
+    }
+    p.grad_size = cur;
+    for (LayerPack& lp : p.layers) {
+        lp.w1a_n = take(HH);
+        lp.w1b_n = take(HH);
+        lp.w2_n = take(HH);
+        lp.wn1_n = take(2 * HH);
+        lp.wn2_n = take(HH);
+        lp.wc1_n = take(HH);
+    }
+    p.total = cur;
+    p.map.assign(static_cast<size_t>(p.total), -1);
+    std::vector<int64_t>& m = p.map;
+    // packed[k0 + k][o] (row stride Hp) <- W[o][col0 + k] (row stride ld), o < rows, k < cols
+    auto put_t = [&](int64_t dst, int64_t src, int rows, int cols, int64_t ld, int col0, int k0) {
+        for (int o = 0; o < rows; ++o)
+            for (int k = 0; k < cols; ++k)
+                m[static_cast<size_t>(dst + static_cast<int64_t>(k0 + k) * Hp + o)] =
+                    src + o * ld + col0 + k;
+    };
+    // packed[o][k0 + k] (row stride ldp) <- W[o][col0 + k]
+    auto put_n = [&](int64_t dst, int64_t ldp, int64_t src, int rows, int cols, int64_t ld,
+                     int col0, int k0) {
+        for (int o = 0; o < rows; ++o)
+            for (int k = 0; k < cols; ++k)
+                m[static_cast<size_t>(dst + o * ldp + k0 + k)] = src + o * ld + col0 + k;
+    };
+    auto put_v = [&](int64_t dst, int64_t src, int count, int64_t stride) {
+        for (int k = 0; k < count; ++k) m[static_cast<size_t>(dst + k)] = src + k * stride;
+    };
+    put_t(p.embT, off.emb_w, H, F, F, 0, 0);
+    put_v(p.emb_b, off.emb_b, H, 1);
+    for (int l = 0; l < L; ++l) {
+        const EgnnLayerOffsets& lo = off.layers[static_cast<size_t>(l)];
+        const LayerPack& lp = p.layers[static_cast<size_t>(l)];
+        const int64_t ld1 = 2 * H + 2;
+        put_t(lp.w1aT, lo.edge_w0, H, H, ld1, 0, 0);
+        put_t(lp.w1bT, lo.edge_w0, H, H, ld1, H, 0);
+        put_v(lp.w1r, lo.edge_w0 + 2 * H, H, ld1);
+        put_v(lp.w1a, lo.edge_w0 + 2 * H + 1, H, ld1);
+        put_v(lp.b1, lo.edge_b0, H, 1);
+        put_t(lp.w2T, lo.edge_w2, H, H, H, 0, 0);
+        put_v(lp.b2, lo.edge_b2, H, 1);
+        put_t(lp.wn1T, lo.node_w0, H, H, 2 * H, 0, 0);
+        put_t(lp.wn1T, lo.node_w0, H, H, 2 * H, H, Hp);
+        put_v(lp.bn1, lo.node_b0, H, 1);
+        put_t(lp.wn2T, lo.node_w2, H, H, H, 0, 0);
+        put_v(lp.bn2, lo.node_b2, H, 1);
+        put_t(lp.wc1T, lo.coord_w0, H, H, H, 0, 0);
+        put_v(lp.bc1, lo.coord_b0, H, 1);
+        put_v(lp.wc2, lo.coord_w2, H, 1);
+        if (c.attention) {
+            put_v(lp.wa, lo.att_w0, H, 1);
+            m[static_cast<size_t>(lp.ba)] = lo.att_b0;
+        }
+        put_n(lp.w1a_n, Hp, lo.edge_w0, H, H, ld1, 0, 0);
+        put_n(lp.w1b_n, Hp, lo.edge_w0, H, H, ld1, H, 0);
+        put_n(lp.w2_n, Hp, lo.edge_w2, H, H, H, 0, 0);
+        put_n(lp.wn1_n, 2 * Hp, lo.node_w0, H, H, 2 * H, 0, 0);
+        put_n(lp.wn1_n, 2 * Hp, lo.node_w0, H, H, 2 * H, H, Hp);
+        put_n(lp.wn2_n, Hp, lo.node_w2, H, H, H, 0, 0);
+        put_n(lp.wc1_n, Hp, lo.coord_w0, H, H, H, 0, 0);
+    }
+    return p;
+}
+
+struct Dims {
+    int n, d, H, Hp, F, T, L;
+    int64_t E;  // n (n - 1) ordered edges
+    bool attention, tanh;
+    float cr;
+};
+
+// Bump allocation of float arrays in a worker's scratch; with base == nullptr it only counts.
+struct Carver {
+    float* base;
+    size_t used = 0;
+    float* take(int64_t count) {
+        float* p = base ? base + used : nullptr;
+        used += static_cast<size_t>(round_up(static_cast<int>(count), 16));
+        return p;
+    }
+};
+
+// One worker's scratch for one call.
+struct Scratch {
+    // node states per layer (the tape): h [L+1][n][Hp], x [L+1][n][d], M [L][n][Hp]
+    float *th, *tx, *tM;
+    float *P, *Q, *U, *Zn, *Sn;  // [n][Hp], U [n][2Hp]
+    // an edge block: [kEdgeBlock][Hp] arrays and per-edge scalars
+    float *Z1, *S1, *Z2, *Mm, *Me, *Zc, *Sc, *GA, *GB;
+    float *r, *a, *nrm, *g, *th_c, *phi, *gc, *gr;
+    float *dx, *dx0, *gdx;  // [kEdgeBlock][d]
+    // backward
+    float *gh, *gh2, *gM, *gP, *gQ, *gU, *gZn;  // [n][Hp], gU [n][2Hp]
+    float *gx, *gx2, *gx0;                      // [n][d]
+    float* G;                                   // [grad_size] the float gradient accumulator
+    // forward mode with K tangents
+    float *hd, *hd2, *Pd, *Qd, *Md;  // [n][K][Hp]
+    float *xd, *xd2, *x0d;           // [n][K][d]
+    float *S1d, *Z2d, *Med;          // [K][Hp]
+    float *rd, *ad, *cd, *dd;        // [K], dd [K][d]
+    float *ds1, *dm, *dsc, *base;    // [Hp], base [6][Hp]
+
+    // Returns the floats used; with mem == nullptr only counts.
+    static size_t carve(Scratch& s, float* mem, const Dims& D, FieldOp op, int K,
+                        int64_t grad_size) {
+        Carver c{mem};
+        const int64_t n = D.n, d = D.d, Hp = D.Hp, L = D.L, EB = kEdgeBlock;
+        s.th = c.take((L + 1) * n * Hp);
+        s.tx = c.take((L + 1) * n * d);
+        s.tM = c.take(L * n * Hp);
+        s.P = c.take(n * Hp);
+        s.Q = c.take(n * Hp);
+        s.U = c.take(n * 2 * Hp);
+        s.Zn = c.take(n * Hp);
+        s.Sn = c.take(n * Hp);
+        for (float** p : {&s.Z1, &s.S1, &s.Z2, &s.Mm, &s.Me, &s.Zc, &s.Sc, &s.GA, &s.GB})
+            *p = c.take(EB * Hp);
+        for (float** p : {&s.r, &s.a, &s.nrm, &s.g, &s.th_c, &s.phi, &s.gc, &s.gr}) *p = c.take(EB);
+        for (float** p : {&s.dx, &s.dx0, &s.gdx}) *p = c.take(EB * d);
+        if (op == FieldOp::backward) {
+            for (float** p : {&s.gh, &s.gh2, &s.gM, &s.gP, &s.gQ, &s.gZn}) *p = c.take(n * Hp);
+            s.gU = c.take(n * 2 * Hp);
+            for (float** p : {&s.gx, &s.gx2, &s.gx0}) *p = c.take(n * d);
+            s.G = c.take(grad_size);
+        }
+        if (op == FieldOp::divergence || op == FieldOp::jvp_trace) {
+            const int64_t nK = n * K;
+            for (float** p : {&s.hd, &s.hd2, &s.Pd, &s.Qd, &s.Md}) *p = c.take(nK * Hp);
+            for (float** p : {&s.xd, &s.xd2, &s.x0d}) *p = c.take(nK * d);
+            for (float** p : {&s.S1d, &s.Z2d, &s.Med}) *p = c.take(int64_t{K} * Hp);
+            for (float** p : {&s.rd, &s.ad, &s.cd}) *p = c.take(K);
+            s.dd = c.take(int64_t{K} * d);
+            for (float** p : {&s.ds1, &s.dm, &s.dsc}) *p = c.take(Hp);
+            s.base = c.take(6 * Hp);
+        }
+        return c.used;
+    }
+};
+
+float sigmoid1(float z) {
+    return 1.0f / (1.0f + std::exp(-z));
+}
+
+// Everything a call reads: dimensions, the packed weights and the edge list.
+struct Net {
+    Dims D;
+    const Pack* pack;
+    const float* W;    // packed weights [pack->total]
+    const int* ei;     // [E] source of each edge (i-major)
+    const int* ej;     // [E] target
+    const int* types;  // [n] or nullptr
+    const float* at(int64_t off) const { return W + off; }
+};
+
+// ---- primal ------------------------------------------------------------------------------
+
+// h0 [n][Hp] = emb_w f_i + emb_b with f_i = [one_hot(type_i), t].
+void embed(const Net& net, float t, float* h0) {
+    const Dims& D = net.D;
+    const float* embT = net.at(net.pack->embT);
+    const float* eb = net.at(net.pack->emb_b);
+    for (int i = 0; i < D.n; ++i) {
+        float* h = h0 + static_cast<int64_t>(i) * D.Hp;
+        for (int o = 0; o < D.Hp; ++o)
+            h[o] = eb[o] + t * embT[static_cast<int64_t>(D.T) * D.Hp + o];
+        if (D.T > 0) {
+            const float* row = embT + static_cast<int64_t>(net.types[i]) * D.Hp;
+            for (int o = 0; o < D.Hp; ++o) h[o] += row[o];
+        }
+    }
+}
+
+// P [n][Hp] = h W1a^T + b1, Q = h W1b^T.
+void node_projections(const Net& net, const LayerPack& lp, const float* h, float* P, float* Q) {
+    const Dims& D = net.D;
+    simd::gemm(D.n, D.Hp, D.H, h, D.Hp, net.at(lp.w1aT), D.Hp, net.at(lp.b1), false, P, D.Hp);
+    simd::gemm(D.n, D.Hp, D.H, h, D.Hp, net.at(lp.w1bT), D.Hp, nullptr, false, Q, D.Hp);
+}
+
+// The forward quantities of edges e0 .. e0+m of one sample into the block arrays of s.
+void edge_block_forward(const Net& net, const LayerPack& lp, int64_t e0, int m, const float* x,
+                        const float* x0, Scratch& s) {
+    const Dims& D = net.D;
+    const int Hp = D.Hp, d = D.d;
+    const float* w1r = net.at(lp.w1r);
+    const float* w1a = net.at(lp.w1a);
+    for (int e = 0; e < m; ++e) {
+        const int i = net.ei[e0 + e], j = net.ej[e0 + e];
+        float r = 0.0f, a = 0.0f;
+        for (int k = 0; k < d; ++k) {
+            const float dx = x[i * d + k] - x[j * d + k];
+            const float dx0 = x0[i * d + k] - x0[j * d + k];
+            s.dx[e * d + k] = dx;
+            s.dx0[e * d + k] = dx0;
+            r += dx * dx;
+            a += dx0 * dx0;
+        }
+        s.r[e] = r;
+        s.a[e] = a;
+        s.nrm[e] = std::sqrt(r + kNormEps) + 1.0f;
+        const float* Pi = s.P + static_cast<int64_t>(i) * Hp;
+        const float* Qj = s.Q + static_cast<int64_t>(j) * Hp;
+        float* z1 = s.Z1 + static_cast<int64_t>(e) * Hp;
+        float* s1 = s.S1 + static_cast<int64_t>(e) * Hp;
+        for (int o = 0; o < Hp; o += kLanes) {
+            const vf z = simd::load(Pi + o) + simd::load(Qj + o) + simd::load(w1r + o) * r +
+                         simd::load(w1a + o) * a;
+            simd::store(z1 + o, z);
+            simd::store(s1 + o, simd::vsilu(z));
+        }
+    }
+    simd::gemm(m, Hp, D.H, s.S1, Hp, net.at(lp.w2T), Hp, net.at(lp.b2), false, s.Z2, Hp);
+    const float* wa = net.at(lp.wa);
+    const float ba = net.at(lp.ba)[0];
+    for (int e = 0; e < m; ++e) {
+        const float* z2 = s.Z2 + static_cast<int64_t>(e) * Hp;
+        float* mm = s.Mm + static_cast<int64_t>(e) * Hp;
+        float* me = s.Me + static_cast<int64_t>(e) * Hp;
+        vf za = vf{};
+        for (int o = 0; o < Hp; o += kLanes) {
+            const vf v = simd::vsilu(simd::load(z2 + o));
+            simd::store(mm + o, v);
+            za += v * simd::load(wa + o);
+        }
+        const float g = D.attention ? sigmoid1(simd::hsum(za) + ba) : 1.0f;
+        s.g[e] = g;
+        for (int o = 0; o < Hp; o += kLanes) simd::store(me + o, simd::load(mm + o) * g);
+    }
+    simd::gemm(m, Hp, D.H, s.Me, Hp, net.at(lp.wc1T), Hp, net.at(lp.bc1), false, s.Zc, Hp);
+    const float* wc2 = net.at(lp.wc2);
+    for (int e = 0; e < m; ++e) {
+        const float* zc = s.Zc + static_cast<int64_t>(e) * Hp;
+        float* sc = s.Sc + static_cast<int64_t>(e) * Hp;
+        vf c = vf{};
+        for (int o = 0; o < Hp; o += kLanes) {
+            const vf v = simd::vsilu(simd::load(zc + o));
+            simd::store(sc + o, v);
+            c += v * simd::load(wc2 + o);
+        }
+        const float cs = simd::hsum(c);
+        if (D.tanh) {
+            s.th_c[e] = std::tanh(cs);
+            s.phi[e] = D.cr * s.th_c[e];
+        } else {
+            s.th_c[e] = 0.0f;
+            s.phi[e] = cs;
+        }
+    }
+}
+
+// x_out[i] += dx phi / nrm and M[i] += me for the edges of a block.
+void edge_block_scatter(const Net& net, int64_t e0, int m, const Scratch& s, float* x_out,
+                        float* M) {
+    const int Hp = net.D.Hp, d = net.D.d;
+    for (int e = 0; e < m; ++e) {
+        const int i = net.ei[e0 + e];
+        const float sc = s.phi[e] / s.nrm[e];
+        for (int k = 0; k < d; ++k) x_out[i * d + k] += s.dx[e * d + k] * sc;
+        float* Mi = M + static_cast<int64_t>(i) * Hp;
+        const float* me = s.Me + static_cast<int64_t>(e) * Hp;
+        for (int o = 0; o < Hp; o += kLanes)
+            simd::store(Mi + o, simd::load(Mi + o) + simd::load(me + o));
+    }
+}
+
+// Node update h_out = h + Wn2 SiLU(Wn1 [h, M] + bn1) + bn2; leaves U, Zn, Sn in s (h_out
+// nullable: only those).
+void node_update(const Net& net, const LayerPack& lp, const float* h, const float* M, float* h_out,
+                 Scratch& s) {
+    const Dims& D = net.D;
+    const int Hp = D.Hp;
+    for (int i = 0; i < D.n; ++i) {
+        std::memcpy(s.U + static_cast<int64_t>(i) * 2 * Hp, h + static_cast<int64_t>(i) * Hp,
+                    sizeof(float) * Hp);
+        std::memcpy(s.U + static_cast<int64_t>(i) * 2 * Hp + Hp, M + static_cast<int64_t>(i) * Hp,
+                    sizeof(float) * Hp);
+    }
+    simd::gemm(D.n, Hp, 2 * Hp, s.U, 2 * Hp, net.at(lp.wn1T), Hp, net.at(lp.bn1), false, s.Zn, Hp);
+    for (int64_t k = 0; k < static_cast<int64_t>(D.n) * Hp; k += kLanes)
+        simd::store(s.Sn + k, simd::vsilu(simd::load(s.Zn + k)));
+    if (!h_out) return;
+    std::memcpy(h_out, h, sizeof(float) * D.n * Hp);
+    simd::gemm(D.n, Hp, D.H, s.Sn, Hp, net.at(lp.wn2T), Hp, nullptr, true, h_out, Hp);
+    const float* bn2 = net.at(lp.bn2);
+    for (int i = 0; i < D.n; ++i)
+        for (int o = 0; o < Hp; o += kLanes) {
+            float* p = h_out + static_cast<int64_t>(i) * Hp + o;
+            simd::store(p, simd::load(p) + simd::load(bn2 + o));
+        }
+}
+
+// The whole forward pass of one sample, filling the tape; v [n][d] nullable.
+void sample_forward(const Net& net, const float* x, float t, float* v, Scratch& s) {
+    const Dims& D = net.D;
+    const int64_t nH = static_cast<int64_t>(D.n) * D.Hp, nd = static_cast<int64_t>(D.n) * D.d;
+    embed(net, t, s.th);
+    std::memcpy(s.tx, x, sizeof(float) * nd);
+    for (int l = 0; l < D.L; ++l) {
+        const LayerPack& lp = net.pack->layers[static_cast<size_t>(l)];
+        const float* h = s.th + l * nH;
+        const float* xl = s.tx + l * nd;
+        float* x_out = s.tx + (l + 1) * nd;
+        float* M = s.tM + l * nH;
+        node_projections(net, lp, h, s.P, s.Q);
+        std::memcpy(x_out, xl, sizeof(float) * nd);
+        std::fill(M, M + nH, 0.0f);
+        for (int64_t e0 = 0; e0 < D.E; e0 += kEdgeBlock) {
+            const int m = static_cast<int>(std::min<int64_t>(kEdgeBlock, D.E - e0));
+            edge_block_forward(net, lp, e0, m, xl, x, s);
+            edge_block_scatter(net, e0, m, s, x_out, M);
+        }
+        // After the last layer the node update cannot change v.
+        if (l + 1 < D.L) node_update(net, lp, h, M, s.th + (l + 1) * nH, s);
+    }
+    if (v) {
+        const float* xL = s.tx + D.L * nd;
+        for (int k = 0; k < D.d; ++k) {
+            float mean = 0.0f;
+            for (int i = 0; i < D.n; ++i) mean += xL[i * D.d + k] - x[i * D.d + k];
+            mean /= static_cast<float>(D.n);
+            for (int i = 0; i < D.n; ++i) v[i * D.d + k] = xL[i * D.d + k] - x[i * D.d + k] - mean;
+        }
+    }
+}
+
+// ---- reverse mode ------------------------------------------------------------------------
+
+inline void add_to(float* dst, const float* src, int Hp) {
+    for (int o = 0; o < Hp; o += kLanes)
+        simd::store(dst + o, simd::load(dst + o) + simd::load(src + o));
+}
+inline void add_scaled(float* dst, const float* src, float a, int Hp) {
+    for (int o = 0; o < Hp; o += kLanes)
+        simd::store(dst + o, simd::load(dst + o) + simd::load(src + o) * a);
+}
+
+// One layer backward for one sample. gh_out, gx_out: dL/d(layer outputs); gh_in, gx_in are
+// overwritten with dL/d(layer inputs); gx0 += dL/dx0 through a_ij; G += parameter gradient
+// (packed layout). The layer's h, x, M come from the tape.
+void layer_backward(const Net& net, int l, const float* x0, const float* gh_out,
+                    const float* gx_out, float* gh_in, float* gx_in, float* gx0, float* G,
+                    Scratch& s) {
+    const Dims& D = net.D;
+    const int n = D.n, d = D.d, Hp = D.Hp, H = D.H;
+    const int64_t nH = static_cast<int64_t>(n) * Hp, nd = static_cast<int64_t>(n) * d;
+    const LayerPack& lp = net.pack->layers[static_cast<size_t>(l)];
+    const float* h = s.th + l * nH;
+    const float* x = s.tx + l * nd;
+    const float* M = s.tM + l * nH;
+    const bool last = l + 1 == D.L;
+    std::memcpy(gh_in, gh_out, sizeof(float) * nH);
+    std::memcpy(gx_in, gx_out, sizeof(float) * nd);
+    std::fill(s.gM, s.gM + nH, 0.0f);
+
+    // Node update (skipped after the last layer, where gh_out is zero).
+    if (!last) {
+        node_update(net, lp, h, M, nullptr, s);  // recomputes U, Zn, Sn
+        for (int i = 0; i < n; ++i) add_to(G + lp.bn2, gh_out + static_cast<int64_t>(i) * Hp, Hp);
+        simd::gemm_tn(n, Hp, Hp, s.Sn, Hp, gh_out, Hp, G + lp.wn2T, Hp);
+        // dL/dSn = gh_out Wn2, then dL/dZn
+        simd::gemm(n, Hp, H, gh_out, Hp, net.at(lp.wn2_n), Hp, nullptr, false, s.gZn, Hp);
+        for (int64_t k = 0; k < nH; k += kLanes)
+            simd::store(s.gZn + k, simd::load(s.gZn + k) * simd::vdsilu(simd::load(s.Zn + k)));
+        for (int i = 0; i < n; ++i) add_to(G + lp.bn1, s.gZn + static_cast<int64_t>(i) * Hp, Hp);
+        simd::gemm_tn(n, 2 * Hp, Hp, s.U, 2 * Hp, s.gZn, Hp, G + lp.wn1T, Hp);
+        simd::gemm(n, 2 * Hp, H, s.gZn, Hp, net.at(lp.wn1_n), 2 * Hp, nullptr, false, s.gU, 2 * Hp);
+        for (int i = 0; i < n; ++i) {
+            add_to(gh_in + static_cast<int64_t>(i) * Hp, s.gU + static_cast<int64_t>(i) * 2 * Hp,
+                   Hp);
+            std::memcpy(s.gM + static_cast<int64_t>(i) * Hp,
+                        s.gU + static_cast<int64_t>(i) * 2 * Hp + Hp, sizeof(float) * Hp);
+        }
+    }
+
+    // Edges.
+    node_projections(net, lp, h, s.P, s.Q);
+    std::fill(s.gP, s.gP + nH, 0.0f);
+    std::fill(s.gQ, s.gQ + nH, 0.0f);
+    const float* wc2 = net.at(lp.wc2);
+    const float* wa = net.at(lp.wa);
+    const float* w1r = net.at(lp.w1r);
+    const float* w1a = net.at(lp.w1a);
+    for (int64_t e0 = 0; e0 < D.E; e0 += kEdgeBlock) {
+        const int m = static_cast<int>(std::min<int64_t>(kEdgeBlock, D.E - e0));
+        edge_block_forward(net, lp, e0, m, x, x0, s);
+        // x_i += dx phi / nrm; phi = cr tanh(c); c = wc2 . SiLU(zc)
+        for (int e = 0; e < m; ++e) {
+            const int i = net.ei[e0 + e];
+            const float* gxi = gx_out + i * d;
+            const float nrm = s.nrm[e], phi = s.phi[e];
+            float dot = 0.0f;
+            for (int k = 0; k < d; ++k) dot += gxi[k] * s.dx[e * d + k];
+            const float g_phi = dot / nrm;
+            for (int k = 0; k < d; ++k) s.gdx[e * d + k] = gxi[k] * phi / nrm;
+            const float g_nrm = -dot * phi / (nrm * nrm);
+            s.gr[e] = g_nrm * 0.5f / (nrm - 1.0f);
+            const float gc = D.tanh ? g_phi * D.cr * (1.0f - s.th_c[e] * s.th_c[e]) : g_phi;
+            s.gc[e] = gc;
+            const float* zc = s.Zc + static_cast<int64_t>(e) * Hp;
+            const float* sc = s.Sc + static_cast<int64_t>(e) * Hp;
+            float* ga = s.GA + static_cast<int64_t>(e) * Hp;
+            for (int o = 0; o < Hp; o += kLanes) {
+                const vf gz = simd::load(wc2 + o) * gc * simd::vdsilu(simd::load(zc + o));
+                simd::store(ga + o, gz);
+                simd::store(G + lp.wc2 + o, simd::load(G + lp.wc2 + o) + simd::load(sc + o) * gc);
+                simd::store(G + lp.bc1 + o, simd::load(G + lp.bc1 + o) + gz);
+            }
+        }
+        // zc = Wc1 me + bc1
+        simd::gemm_tn(m, Hp, Hp, s.Me, Hp, s.GA, Hp, G + lp.wc1T, Hp);
+        simd::gemm(m, Hp, H, s.GA, Hp, net.at(lp.wc1_n), Hp, nullptr, false, s.GB, Hp);
+        for (int e = 0; e < m; ++e) {
+            const int i = net.ei[e0 + e];
+            float* gb = s.GB + static_cast<int64_t>(e) * Hp;
+            add_to(gb, s.gM + static_cast<int64_t>(i) * Hp, Hp);  // M_i += me
+            const float* z2 = s.Z2 + static_cast<int64_t>(e) * Hp;
+            if (D.attention) {  // me = g m, g = sigmoid(wa . m + ba)
+                const float* mm = s.Mm + static_cast<int64_t>(e) * Hp;
+                vf acc = vf{};
+                for (int o = 0; o < Hp; o += kLanes) acc += simd::load(gb + o) * simd::load(mm + o);
+                const float g = s.g[e];
+                const float gza = simd::hsum(acc) * g * (1.0f - g);
+                G[lp.ba] += gza;
+                for (int o = 0; o < Hp; o += kLanes) {
+                    simd::store(G + lp.wa + o,
+                                simd::load(G + lp.wa + o) + simd::load(mm + o) * gza);
+                    simd::store(gb + o, simd::load(gb + o) * g + simd::load(wa + o) * gza);
+                }
+            }
+            // m = SiLU(z2)
+            for (int o = 0; o < Hp; o += kLanes) {
+                const vf gz = simd::load(gb + o) * simd::vdsilu(simd::load(z2 + o));
+                simd::store(gb + o, gz);
+                simd::store(G + lp.b2 + o, simd::load(G + lp.b2 + o) + gz);
+            }
+        }
+        // z2 = W2 s1 + b2
+        simd::gemm_tn(m, Hp, Hp, s.S1, Hp, s.GB, Hp, G + lp.w2T, Hp);
+        simd::gemm(m, Hp, H, s.GB, Hp, net.at(lp.w2_n), Hp, nullptr, false, s.GA, Hp);
+        // s1 = SiLU(z1), z1 = P_i + Q_j + w1r r + w1a a
+        for (int e = 0; e < m; ++e) {
+            const int i = net.ei[e0 + e], j = net.ej[e0 + e];
+            float* ga = s.GA + static_cast<int64_t>(e) * Hp;
+            const float* z1 = s.Z1 + static_cast<int64_t>(e) * Hp;
+            const float r = s.r[e], a = s.a[e];
+            vf accr = vf{}, acca = vf{};
+            for (int o = 0; o < Hp; o += kLanes) {
+                const vf gz = simd::load(ga + o) * simd::vdsilu(simd::load(z1 + o));
+                simd::store(ga + o, gz);
+                simd::store(G + lp.w1r + o, simd::load(G + lp.w1r + o) + gz * r);
+                simd::store(G + lp.w1a + o, simd::load(G + lp.w1a + o) + gz * a);
+                accr += gz * simd::load(w1r + o);
+                acca += gz * simd::load(w1a + o);
+            }
+            add_to(s.gP + static_cast<int64_t>(i) * Hp, ga, Hp);
+            add_to(s.gQ + static_cast<int64_t>(j) * Hp, ga, Hp);
+            const float gr = s.gr[e] + simd::hsum(accr);
+            const float g_a = simd::hsum(acca);
+            for (int k = 0; k < d; ++k) {
+                const float gv = s.gdx[e * d + k] + 2.0f * s.dx[e * d + k] * gr;
+                gx_in[i * d + k] += gv;
+                gx_in[j * d + k] -= gv;
+                const float g0 = 2.0f * s.dx0[e * d + k] * g_a;
+                gx0[i * d + k] += g0;
+                gx0[j * d + k] -= g0;
+            }
+        }
+    }
+    // P_i = W1a h_i + b1, Q_i = W1b h_i
+    for (int i = 0; i < n; ++i) add_to(G + lp.b1, s.gP + static_cast<int64_t>(i) * Hp, Hp);
+    simd::gemm_tn(n, Hp, Hp, h, Hp, s.gP, Hp, G + lp.w1aT, Hp);
+    simd::gemm_tn(n, Hp, Hp, h, Hp, s.gQ, Hp, G + lp.w1bT, Hp);
+    simd::gemm(n, Hp, H, s.gP, Hp, net.at(lp.w1a_n), Hp, nullptr, true, gh_in, Hp);
+    simd::gemm(n, Hp, H, s.gQ, Hp, net.at(lp.w1b_n), Hp, nullptr, true, gh_in, Hp);
+}
+
+// Backward of one sample: G += dL/dparams (packed, float), dL_dx (nullable) = dL/dx.
+void sample_backward(const Net& net, const float* x, float t, const float* dL_dv, float* G,
+                     float* dL_dx, Scratch& s) {
+    const Dims& D = net.D;
+    const int n = D.n, d = D.d, Hp = D.Hp;
+    const int64_t nH = static_cast<int64_t>(n) * Hp;
+    sample_forward(net, x, t, nullptr, s);
+    // v = C (x^L - x^0), C the symmetric mean removal.
+    float *gh = s.gh, *gh_in = s.gh2, *gx = s.gx, *gx_in = s.gx2;
+    for (int k = 0; k < d; ++k) {
+        float mean = 0.0f;
+        for (int i = 0; i < n; ++i) mean += dL_dv[i * d + k];
+        mean /= static_cast<float>(n);
+        for (int i = 0; i < n; ++i) {
+            gx[i * d + k] = dL_dv[i * d + k] - mean;
+            s.gx0[i * d + k] = -gx[i * d + k];
+        }
+    }
+    std::fill(gh, gh + nH, 0.0f);
+    for (int l = D.L - 1; l >= 0; --l) {
+        layer_backward(net, l, x, gh, gx, gh_in, gx_in, s.gx0, G, s);
+        std::swap(gh, gh_in);
+        std::swap(gx, gx_in);
+    }
+    // h0 = emb_w f + emb_b
+    const Pack& p = *net.pack;
+    for (int i = 0; i < n; ++i) {
+        const float* g = gh + static_cast<int64_t>(i) * Hp;
+        add_to(G + p.emb_b, g, Hp);
+        add_scaled(G + p.embT + static_cast<int64_t>(D.T) * Hp, g, t, Hp);
+        if (D.T > 0) add_to(G + p.embT + static_cast<int64_t>(net.types[i]) * Hp, g, Hp);
+    }
+    if (dL_dx)
+        for (int64_t k = 0; k < static_cast<int64_t>(n) * d; ++k) dL_dx[k] = gx[k] + s.gx0[k];
+}
+
+// ---- forward mode ------------------------------------------------------------------------
+
+// K tangents of one sample: dirs [K][n][d] -> v [n][d] (nullable) and vdot = J_v dirs, returned
+// through `reduce(q, i, k, vdot_qik)` for every direction q, particle i, coordinate k.
+template <class Reduce>
+void sample_jvp(const Net& net, const float* x, float t, int K, const float* dirs, float* v,
+                Scratch& s, const Reduce& reduce) {
+    const Dims& D = net.D;
+    const int n = D.n, d = D.d, Hp = D.Hp, H = D.H;
+    const int64_t nH = static_cast<int64_t>(n) * Hp, nd = static_cast<int64_t>(n) * d;
+    const int64_t KHp = static_cast<int64_t>(K) * Hp, Kd = static_cast<int64_t>(K) * d;
+    const int64_t nKH = n * KHp;
+    // Node-major tangents: x0d[i][q][k] = dirs[q][i][k].
+    for (int q = 0; q < K; ++q)
+        for (int i = 0; i < n; ++i)
+            for (int k = 0; k < d; ++k) s.x0d[(i * Kd) + q * d + k] = dirs[q * nd + i * d + k];
+    std::memcpy(s.xd, s.x0d, sizeof(float) * n * Kd);
+    float *hd = s.hd, *hd_next = s.hd2, *xd = s.xd, *xd_next = s.xd2;
+
+    embed(net, t, s.th);
+    std::memcpy(s.tx, x, sizeof(float) * nd);
+    for (int l = 0; l < D.L; ++l) {
+        const LayerPack& lp = net.pack->layers[static_cast<size_t>(l)];
+        const bool first = l == 0, last = l + 1 == D.L;
+        const float* h = s.th + l * nH;
+        const float* xl = s.tx + l * nd;
+        float* x_out = s.tx + (l + 1) * nd;
+        float* M = s.tM + l * nH;
+        node_projections(net, lp, h, s.P, s.Q);
+        if (!first) {  // tangents of P and Q (zero in layer 0: h^0 depends on t only)
+            simd::gemm(n * K, Hp, H, hd, Hp, net.at(lp.w1aT), Hp, nullptr, false, s.Pd, Hp);
+            simd::gemm(n * K, Hp, H, hd, Hp, net.at(lp.w1bT), Hp, nullptr, false, s.Qd, Hp);
+        }
+        std::memcpy(x_out, xl, sizeof(float) * nd);
+        std::fill(M, M + nH, 0.0f);
+        std::memcpy(xd_next, xd, sizeof(float) * n * Kd);
+        std::fill(s.Md, s.Md + nKH, 0.0f);
+        const float* w1r = net.at(lp.w1r);
+        const float* w1a = net.at(lp.w1a);
+        const float* wa = net.at(lp.wa);
+        const float* wc2 = net.at(lp.wc2);
+        for (int64_t e0 = 0; e0 < D.E; e0 += kEdgeBlock) {
+            const int m = static_cast<int>(std::min<int64_t>(kEdgeBlock, D.E - e0));
+            edge_block_forward(net, lp, e0, m, xl, x, s);
+            edge_block_scatter(net, e0, m, s, x_out, M);
+            for (int e = 0; e < m; ++e) {
+                const int i = net.ei[e0 + e], j = net.ej[e0 + e];
+                const float* dx = s.dx + e * d;
+                const float* dx0 = s.dx0 + e * d;
+                const float* z1 = s.Z1 + static_cast<int64_t>(e) * Hp;
+                const float* z2 = s.Z2 + static_cast<int64_t>(e) * Hp;
+                const float* zc = s.Zc + static_cast<int64_t>(e) * Hp;
+                const float* mm = s.Mm + static_cast<int64_t>(e) * Hp;
+                for (int o = 0; o < Hp; o += kLanes) {
+                    simd::store(s.ds1 + o, simd::vdsilu(simd::load(z1 + o)));
+                    simd::store(s.dm + o, simd::vdsilu(simd::load(z2 + o)));
+                    simd::store(s.dsc + o, simd::vdsilu(simd::load(zc + o)) * simd::load(wc2 + o));
+                }
+                const float nrm = s.nrm[e], phi = s.phi[e], g = s.g[e];
+                const float sc = phi / nrm;
+                const float dphi_dc = D.tanh ? D.cr * (1.0f - s.th_c[e] * s.th_c[e]) : 1.0f;
+                const float dnrm_dr = 0.5f / (nrm - 1.0f);
+                const float gate_slope = g * (1.0f - g);
+                // Per direction: the tangents of x_i - x_j (dd), of r and of a.
+                const float* xdi = xd + i * Kd;
+                const float* xdj = xd + j * Kd;
+                const float* x0di = s.x0d + i * Kd;
+                const float* x0dj = s.x0d + j * Kd;
+                for (int q = 0; q < K; ++q) {
+                    float rd = 0.0f, ad = 0.0f;
+                    for (int k = 0; k < d; ++k) {
+                        const float ddk = xdi[q * d + k] - xdj[q * d + k];
+                        s.dd[q * d + k] = ddk;
+                        rd += 2.0f * dx[k] * ddk;
+                        ad += 2.0f * dx0[k] * (x0di[q * d + k] - x0dj[q * d + k]);
+                    }
+                    s.rd[q] = rd;
+                    s.ad[q] = ad;
+                }
+                // The edge's tangent map from z1-tangent rows to (me-tangent rows, c-tangent):
+                // rows [rows][Hp] of S1d in, Med and cd out.
+                auto edge_tangents = [&](int rows) {
+                    simd::gemm(rows, Hp, H, s.S1d, Hp, net.at(lp.w2T), Hp, nullptr, false, s.Z2d,
+                               Hp);
+                    for (int q = 0; q < rows; ++q) {
+                        float* md = s.Z2d + q * Hp;
+                        vf za = vf{};
+                        for (int o = 0; o < Hp; o += kLanes) {
+                            const vf mdv = simd::load(md + o) * simd::load(s.dm + o);
+                            simd::store(md + o, mdv);
+                            za += mdv * simd::load(wa + o);
+                        }
+                        float* med = s.Med + q * Hp;
+                        if (D.attention) {
+                            const float gd = gate_slope * simd::hsum(za);
+                            for (int o = 0; o < Hp; o += kLanes)
+                                simd::store(med + o,
+                                            simd::load(md + o) * g + simd::load(mm + o) * gd);
+                        } else {
+                            std::memcpy(med, md, sizeof(float) * Hp);
+                        }
+                    }
+                    // Zc-tangents into S1d (no longer needed).
+                    simd::gemm(rows, Hp, H, s.Med, Hp, net.at(lp.wc1T), Hp, nullptr, false, s.S1d,
+                               Hp);
+                    for (int q = 0; q < rows; ++q) {
+                        vf c = vf{};
+                        const float* zcd = s.S1d + q * Hp;
+                        for (int o = 0; o < Hp; o += kLanes)
+                            c += simd::load(zcd + o) * simd::load(s.dsc + o);
+                        s.cd[q] = simd::hsum(c);
+                    }
+                };
+                float* Mdi = s.Md + i * KHp;
+                float* xdo = xd_next + i * Kd;
+                auto finish = [&](int q, float cd) {
+                    const float phid = dphi_dc * cd;
+                    const float nrmd = dnrm_dr * s.rd[q];
+                    const float coef = phid / nrm - phi * nrmd / (nrm * nrm);
+                    for (int k = 0; k < d; ++k)
+                        xdo[q * d + k] += s.dd[q * d + k] * sc + dx[k] * coef;
+                };
+                if (first) {
+                    // Layer 0: z1-tangent = ds1 (w1r rd + w1a ad): two basis rows, then each
+                    // direction is a combination of the two.
+                    for (int o = 0; o < Hp; o += kLanes) {
+                        simd::store(s.S1d + o, simd::load(s.ds1 + o) * simd::load(w1r + o));
+                        simd::store(s.S1d + Hp + o, simd::load(s.ds1 + o) * simd::load(w1a + o));
+                    }
+                    edge_tangents(2);
+                    const float cr_ = s.cd[0], ca_ = s.cd[1];
+                    const float* medr = s.Med;
+                    const float* meda = s.Med + Hp;
+                    for (int q = 0; q < K; ++q) {
+                        const float rd = s.rd[q], ad = s.ad[q];
+                        bool moves = rd != 0.0f || ad != 0.0f;
+                        for (int k = 0; k < d; ++k) moves = moves || s.dd[q * d + k] != 0.0f;
+                        if (!moves) continue;  // most unit directions in layer 0
+                        float* mdq = Mdi + q * Hp;
+                        for (int o = 0; o < Hp; o += kLanes)
+                            simd::store(mdq + o, simd::load(mdq + o) + simd::load(medr + o) * rd +
+                                                     simd::load(meda + o) * ad);
+                        finish(q, cr_ * rd + ca_ * ad);
+                    }
+                } else {
+                    const float* Pdi = s.Pd + i * KHp;
+                    const float* Qdj = s.Qd + j * KHp;
+                    for (int q = 0; q < K; ++q) {
+                        const float rd = s.rd[q], ad = s.ad[q];
+                        float* s1d = s.S1d + q * Hp;
+                        for (int o = 0; o < Hp; o += kLanes)
+                            simd::store(
+                                s1d + o,
+                                simd::load(s.ds1 + o) *
+                                    (simd::load(Pdi + q * Hp + o) + simd::load(Qdj + q * Hp + o) +
+                                     simd::load(w1r + o) * rd + simd::load(w1a + o) * ad));
+                    }
+                    edge_tangents(K);
+                    for (int q = 0; q < K; ++q) {
+                        add_to(Mdi + q * Hp, s.Med + q * Hp, Hp);
+                        finish(q, s.cd[q]);
+                    }
+                }
+            }
+        }
+        if (!last) {
+            // Primal node update, then its tangent: Znd = Wn1 [hd, Md], hd' = hd + Wn2 (dsilu Znd).
+            node_update(net, lp, h, M, s.th + (l + 1) * nH, s);
+            float* Znd = s.Pd;  // free now
+            simd::gemm(n * K, Hp, H, s.Md, Hp, net.at(lp.wn1T) + static_cast<int64_t>(Hp) * Hp, Hp,
+                       nullptr, false, Znd, Hp);
+            if (!first)
+                simd::gemm(n * K, Hp, H, hd, Hp, net.at(lp.wn1T), Hp, nullptr, true, Znd, Hp);
+            for (int i = 0; i < n; ++i) {
+                for (int o = 0; o < Hp; o += kLanes)
+                    simd::store(s.ds1 + o, simd::vdsilu(simd::load(s.Zn + i * Hp + o)));
+                for (int q = 0; q < K; ++q) {
+                    float* z = Znd + i * KHp + q * Hp;
+                    for (int o = 0; o < Hp; o += kLanes)
+                        simd::store(z + o, simd::load(z + o) * simd::load(s.ds1 + o));
+                }
+            }
+            if (first)
+                std::fill(hd_next, hd_next + nKH, 0.0f);
+            else
+                std::memcpy(hd_next, hd, sizeof(float) * nKH);
+            simd::gemm(n * K, Hp, H, Znd, Hp, net.at(lp.wn2T), Hp, nullptr, true, hd_next, Hp);
+            std::swap(hd, hd_next);
+        }
+        std::swap(xd, xd_next);
+    }
+    // v = C (x^L - x^0), vdot = C (xd^L - dirs)
+    const float* xL = s.tx + D.L * nd;
+    for (int k = 0; k < d; ++k) {
+        if (v) {
+            float mean = 0.0f;
+            for (int i = 0; i < n; ++i) mean += xL[i * d + k] - x[i * d + k];
+            mean /= static_cast<float>(n);
+            for (int i = 0; i < n; ++i) v[i * d + k] = xL[i * d + k] - x[i * d + k] - mean;
+        }
+        for (int q = 0; q < K; ++q) {
+            float mean = 0.0f;
+            for (int i = 0; i < n; ++i) mean += xd[i * Kd + q * d + k] - s.x0d[i * Kd + q * d + k];
+            mean /= static_cast<float>(n);
+            for (int i = 0; i < n; ++i)
+                reduce(q, i, k, xd[i * Kd + q * d + k] - s.x0d[i * Kd + q * d + k] - mean);
+        }
+    }
+}
+
+// ---- the field ---------------------------------------------------------------------------
+
+class FastEgnnField final : public Field<float> {
+  public:
+    FastEgnnField(const EgnnModel& model, int threads)
+        : Field<float>(model.config.n_particles, model.config.dim,
+                       egnn_parameter_count(model.config), Device::cpu),
+          config_(model.config),
+          params_(model.params.begin(), model.params.end()),
+          threads_(threads > 0 ? threads : default_thread_count()) {
+        const EgnnConfig& c = config_;
+        D_.n = c.n_particles;
+        D_.d = c.dim;
+        D_.H = c.hidden;
+        D_.Hp = round_up(c.hidden, kLanes);
+        D_.F = c.in_features();
+        D_.T = c.num_types();
+        D_.L = c.layers;
+        D_.E = static_cast<int64_t>(D_.n) * (D_.n - 1);
+        D_.attention = c.attention;
+        D_.tanh = c.tanh;
+        D_.cr = static_cast<float>(c.effective_coords_range());
+        pack_ = make_pack(c, D_.Hp);
+        for (int i = 0; i < D_.n; ++i)
+            for (int j = 0; j < D_.n; ++j)
+                if (i != j) {
+                    ei_.push_back(i);
+                    ej_.push_back(j);
+                }
+    }
+
+  protected:
+    TensorView<float> do_parameters() override {
+        return TensorView<float>(params_.data(), Shape{parameter_count()}, Device::cpu);
+    }
+    std::vector<double> do_parameters_to_host() const override {
+        return std::vector<double>(params_.begin(), params_.end());
+    }
+    void do_set_parameters(const std::vector<double>& params) override {
+        params_.assign(params.begin(), params.end());
+    }
+
+    // Workspace: [chunks][Pg] doubles (backward), the packed weights, then one scratch per worker.
+    struct WsLayout {
+        size_t slot_bytes = 0, weight_off = 0, scratch_off = 0, scratch_floats = 0;
+        int workers = 0;
+        size_t total = 0;
+    };
+    WsLayout layout(FieldOp op, int64_t B, int K) const {
+        WsLayout w;
+        const int64_t chunks = chunk_count(B);
+        w.workers = static_cast<int>(std::min<int64_t>(threads_, std::max<int64_t>(chunks, 1)));
+        if (op == FieldOp::backward)
+            w.slot_bytes = static_cast<size_t>(chunks * pack_.grad_size) * sizeof(double);
+        w.weight_off = w.slot_bytes;
+        w.scratch_off =
+            w.weight_off +
+            static_cast<size_t>(round_up(static_cast<int>(pack_.total), 16)) * sizeof(float);
+        Scratch s;
+        w.scratch_floats = Scratch::carve(s, nullptr, D_, op, K, pack_.grad_size);
+        w.total = w.scratch_off + w.scratch_floats * w.workers * sizeof(float);
+        return w;
+    }
+    size_t do_workspace_bytes(FieldOp op, int64_t B, int K) const override {
+        if (op == FieldOp::divergence) K = D_.n * D_.d;
+        return layout(op, B, K).total;
+    }
+
+    void do_forward(TensorView<const float> x, TensorView<const float> t, TensorView<float> v,
+                    TensorView<unsigned char> ws, Stream) override {
+        const int64_t nd = row_size();
+        run(FieldOp::forward, x.size(0), 0, ws,
+            [&](const Net& net, Scratch& s, int64_t b0, int64_t m, int64_t, double*) {
+                for (int64_t b = b0; b < b0 + m; ++b)
+                    sample_forward(net, x.data + b * nd, t.data[b], v.data + b * nd, s);
+            });
+    }
+
+    void do_backward(TensorView<const float> x, TensorView<const float> t,
+                     TensorView<const float> dL_dv, TensorView<float> dL_dparams,
+                     TensorView<float> dL_dx, TensorView<unsigned char> ws, Stream) override {
+        const int64_t nd = row_size(), B = x.size(0), Pg = pack_.grad_size;
+        // Samples per flush of the float accumulator into the chunk's double slot.
+        const int64_t per_flush = std::max<int64_t>(1, kFlushEdges / std::max<int64_t>(D_.E, 1));
+        double* slots = reinterpret_cast<double*>(ws.data);
+        run(FieldOp::backward, B, 0, ws,
+            [&](const Net& net, Scratch& s, int64_t b0, int64_t m, int64_t chunk, double*) {
+                double* slot = slots + chunk * Pg;
+                std::fill(slot, slot + Pg, 0.0);
+                std::fill(s.G, s.G + Pg, 0.0f);
+                for (int64_t b = b0; b < b0 + m; ++b) {
+                    sample_backward(net, x.data + b * nd, t.data[b], dL_dv.data + b * nd, s.G,
+                                    dL_dx.defined() ? dL_dx.data + b * nd : nullptr, s);
+                    if ((b - b0 + 1) % per_flush == 0 || b + 1 == b0 + m) {
+                        for (int64_t k = 0; k < Pg; ++k) slot[k] += static_cast<double>(s.G[k]);
+                        std::fill(s.G, s.G + Pg, 0.0f);
+                    }
+                }
+            });
+        const int64_t chunks = chunk_count(B);
+        for (int64_t k = 0; k < Pg; ++k) {
+            const int64_t p = pack_.map[static_cast<size_t>(k)];
+            if (p < 0) continue;
+            double sum = 0.0;
+            for (int64_t c = 0; c < chunks; ++c) sum += slots[c * Pg + k];
+            dL_dparams.data[p] += static_cast<float>(sum);
+        }
+    }
+
+    void do_divergence(TensorView<const float> x, TensorView<const float> t, TensorView<float> v,
+                       TensorView<float> div, TensorView<unsigned char> ws, Stream) override {
+        const int64_t nd = row_size();
+        const int K = static_cast<int>(nd);
+        // The n*d unit directions, shared by every sample.
+        std::vector<float> eye(static_cast<size_t>(nd * nd), 0.0f);
+        for (int64_t q = 0; q < nd; ++q) eye[static_cast<size_t>(q * nd + q)] = 1.0f;
+        const int d = D_.d;
+        run(FieldOp::divergence, x.size(0), K, ws,
+            [&](const Net& net, Scratch& s, int64_t b0, int64_t m, int64_t, double*) {
+                for (int64_t b = b0; b < b0 + m; ++b) {
+                    double tr = 0.0;
+                    sample_jvp(net, x.data + b * nd, t.data[b], K, eye.data(),
+                               v.defined() ? v.data + b * nd : nullptr, s,
+                               [&](int q, int i, int k, float vdot) {
+                                   if (q == i * d + k) tr += vdot;
+                               });
+                    div.data[b] = static_cast<float>(tr);
+                }
+            });
+    }
+
+    void do_jvp_trace(TensorView<const float> x, TensorView<const float> t,
+                      TensorView<const float> dirs, TensorView<float> v, TensorView<float> trace,
+                      TensorView<unsigned char> ws, Stream) override {
+        const int64_t nd = row_size();
+        const int K = static_cast<int>(dirs.size(1));
+        const int d = D_.d;
+        run(FieldOp::jvp_trace, x.size(0), K, ws,
+            [&](const Net& net, Scratch& s, int64_t b0, int64_t m, int64_t, double*) {
+                for (int64_t b = b0; b < b0 + m; ++b) {
+                    const float* e = dirs.data + b * K * nd;
+                    double sum = 0.0;
+                    sample_jvp(net, x.data + b * nd, t.data[b], K, e,
+                               v.defined() ? v.data + b * nd : nullptr, s,
+                               [&](int q, int i, int k, float vdot) {
+                                   sum += static_cast<double>(e[q * nd + i * d + k]) * vdot;
+                               });
+                    trace.data[b] = static_cast<float>(sum / K);
+                }
+            });
+    }
+
+  private:
+    int64_t row_size() const { return static_cast<int64_t>(n_particles()) * dim(); }
+
+    // Packs the weights into the workspace, then fn(net, scratch, first row, rows, chunk, -) for
+    // every chunk of kChunkRows rows; worker w runs chunks w, w + W, ... with scratch w.
+    template <class Fn>
+    void run(FieldOp op, int64_t B, int K, TensorView<unsigned char> ws, const Fn& fn) const {
+        const WsLayout w = layout(op, B, K);
+        float* W = reinterpret_cast<float*>(ws.data + w.weight_off);
+        for (int64_t k = 0; k < pack_.total; ++k) {
+            const int64_t p = pack_.map[static_cast<size_t>(k)];
+            W[k] = p < 0 ? 0.0f : params_[static_cast<size_t>(p)];
+        }
+        Net net{D_,         &pack_,
+                W,          ei_.data(),
+                ej_.data(), config_.atom_types.empty() ? nullptr : config_.atom_types.data()};
+        float* scratch = reinterpret_cast<float*>(ws.data + w.scratch_off);
+        const int64_t chunks = chunk_count(B);
+        parallel_for(
+            w.workers,
+            [&](int64_t worker) {
+                Scratch s;
+                Scratch::carve(s, scratch + worker * w.scratch_floats, D_, op, K, pack_.grad_size);
+                for (int64_t c = worker; c < chunks; c += w.workers) {
+                    const int64_t b0 = c * kChunkRows;
+                    fn(net, s, b0, std::min(kChunkRows, B - b0), c, nullptr);
+                }
+            },
+            threads_);
+    }
+
+    EgnnConfig config_;
+    Dims D_{};
+    Pack pack_;
+    std::vector<float> params_;
+    std::vector<int> ei_, ej_;
+    int threads_;
+};
+
+}  // namespace
+
+std::unique_ptr<Field<float>> make_fast_field(const EgnnModel& model, int threads) {
+    validate_egnn_config(model.config);
+    EQFLOW_CHECK(static_cast<int64_t>(model.params.size()) == egnn_parameter_count(model.config),
+                 "EGNN model: " << model.params.size() << " parameters, the configuration has "
+                                << egnn_parameter_count(model.config));
+    return std::make_unique<FastEgnnField>(model, threads);
+}
+
+}  // namespace eqflow

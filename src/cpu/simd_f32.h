@@ -1,0 +1,222 @@
+// src/cpu/simd_f32.h: the float32 building blocks of the fast CPU backend
+// (src/cpu/egnn_field_fast.cpp): a SIMD vector type, a branch-free exp, and the two small matrix
+// products the EGNN is made of, register-blocked with the output width fixed at compile time.
+//
+// The vector type is GCC's vector extension (GCC and Clang), as wide as the build's target allows:
+// 16 floats with AVX-512 (EQFLOW_NATIVE=ON on this project's build machine), 8 with AVX, else 4
+// (SSE2 on x86-64, NEON on ARM: the portable build). The same source compiles for all three.
+//
+// Matrices are row-major with explicit leading dimensions; every output width is a multiple of
+// kLanes (the backend pads H to Hp, see there), so no loop has a scalar tail over outputs.
+//   gemm:    C[r][o]  = (accumulate ? C[r][o] : bias[o] or 0) + sum_k A[r][k] Bt[k][o]
+//   gemm_tn: C[k][o] += sum_e A[e][k] B[e][o]              (weight gradients: A^T B)
+// Register blocking as llm.c's CPU matmul: a tile of R rows x NV vectors of accumulators stays in
+// registers while k runs; each k loads NV vectors of Bt (unit stride) and broadcasts R values.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace eqflow::cpu::simd {
+
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+#elif defined(__AVX__)
+constexpr int kLanes = 8;
+#else
+constexpr int kLanes = 4;
+#endif
+
+typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(int32_t))));
+// Unaligned, aliasing views for loads and stores.
+typedef float vf_u __attribute__((vector_size(kLanes * sizeof(float)), aligned(4), may_alias));
+
+inline vf load(const float* p) {
+    return *reinterpret_cast<const vf_u*>(p);
+}
+inline void store(float* p, vf v) {
+    *reinterpret_cast<vf_u*>(p) = v;
+}
+inline vf splat(float s) {
+    return vf{} + s;
+}
+inline float hsum(vf v) {
+    float s = 0.0f;
+    for (int l = 0; l < kLanes; ++l) s += v[l];
+    return s;
+}
+
+// exp(x) for float lanes, branch-free (Cephes' expf: range reduction by ln 2, degree-6
+// polynomial, scaling by the exponent bits); relative error about 2 ulp, inputs clamped to
+// [-87.3, 88.7] so the result stays a normal float.
+inline vf vexp(vf x) {
+    const vf hi = splat(88.7f), lo = splat(-87.3f);
+    x = x < hi ? x : hi;
+    x = x > lo ? x : lo;
+    const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+    const vf t = x * 1.44269504088896341f + magic;
+    const vf n = t - magic;
+    vf r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    vf y = splat(1.9875691500e-4f);
+    y = y * r + 1.3981999507e-3f;
+    y = y * r + 8.3334519073e-3f;
+    y = y * r + 4.1665795894e-2f;
+    y = y * r + 1.6666665459e-1f;
+    y = y * r + 5.0000001201e-1f;
+    y = y * (r * r) + r + 1.0f;
+    vi tb, mb;
+    std::memcpy(&tb, &t, sizeof tb);
+    std::memcpy(&mb, &magic, sizeof mb);
+    const vi e = ((tb - mb) + 127) << 23;
+    vf scale;
+    std::memcpy(&scale, &e, sizeof scale);
+    return y * scale;
+}
+inline vf vsigmoid(vf z) {
+    return 1.0f / (1.0f + vexp(-z));
+}
+inline vf vsilu(vf z) {
+    return z * vsigmoid(z);
+}
+// d silu / dz = s (1 + z (1 - s)), s = sigmoid(z)
+inline vf vdsilu(vf z) {
+    const vf s = vsigmoid(z);
+    return s * (1.0f + z * (1.0f - s));
+}
+
+// ---- C = A Bt (+ bias or + C) ----------------------------------------------------------------
+
+template <int NV, int R>
+inline void gemm_tile(int K, const float* A, int64_t lda, const float* Bt, int64_t ldb,
+                      const float* bias, bool accumulate, float* C, int64_t ldc) {
+    vf acc[R][NV];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v)
+            acc[r][v] = accumulate ? load(C + r * ldc + v * kLanes)
+                                   : (bias ? load(bias + v * kLanes) : vf{});
+    for (int k = 0; k < K; ++k) {
+        vf b[NV];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) b[v] = load(Bt + k * ldb + v * kLanes);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+            const vf a = splat(A[r * lda + k]);
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) store(C + r * ldc + v * kLanes, acc[r][v]);
+}
+
+// Rows per register tile: about 16 accumulators (of 32 vector registers with AVX-512).
+template <int NV>
+constexpr int tile_rows() {
+    return NV >= 8 ? 2 : NV >= 4 ? 4 : NV == 3 ? 5 : 8;
+}
+
+template <int NV>
+inline void gemm_fixed(int rows, int K, const float* A, int64_t lda, const float* Bt, int64_t ldb,
+                       const float* bias, bool accumulate, float* C, int64_t ldc) {
+    constexpr int R = tile_rows<NV>();
+    int r = 0;
+    for (; r + R <= rows; r += R)
+        gemm_tile<NV, R>(K, A + r * lda, lda, Bt, ldb, bias, accumulate, C + r * ldc, ldc);
+    for (; r < rows; ++r)
+        gemm_tile<NV, 1>(K, A + r * lda, lda, Bt, ldb, bias, accumulate, C + r * ldc, ldc);
+}
+
+// Any width N (a multiple of kLanes): runs of up to 8 vectors.
+inline void gemm(int rows, int N, int K, const float* A, int64_t lda, const float* Bt, int64_t ldb,
+                 const float* bias, bool accumulate, float* C, int64_t ldc) {
+    for (int o = 0; o < N; o += 8 * kLanes) {
+        const int nv = (N - o) / kLanes < 8 ? (N - o) / kLanes : 8;
+        const float* b = bias ? bias + o : nullptr;
+        switch (nv) {
+#define EQFLOW_GEMM_CASE(V)                                                     \
+    case V:                                                                     \
+        gemm_fixed<V>(rows, K, A, lda, Bt + o, ldb, b, accumulate, C + o, ldc); \
+        break;
+            EQFLOW_GEMM_CASE(1)
+            EQFLOW_GEMM_CASE(2)
+            EQFLOW_GEMM_CASE(3)
+            EQFLOW_GEMM_CASE(4)
+            EQFLOW_GEMM_CASE(5)
+            EQFLOW_GEMM_CASE(6)
+            EQFLOW_GEMM_CASE(7)
+            EQFLOW_GEMM_CASE(8)
+#undef EQFLOW_GEMM_CASE
+            default:
+                break;
+        }
+    }
+}
+
+// ---- C += A^T B ------------------------------------------------------------------------------
+
+template <int NV, int R>
+inline void gemm_tn_tile(int E, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                         int64_t ldc) {
+    vf acc[R][NV];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[r][v] = load(C + r * ldc + v * kLanes);
+    for (int e = 0; e < E; ++e) {
+        vf b[NV];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) b[v] = load(B + e * ldb + v * kLanes);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+            const vf a = splat(A[e * lda + r]);
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) store(C + r * ldc + v * kLanes, acc[r][v]);
+}
+
+template <int NV>
+inline void gemm_tn_fixed(int E, int K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                          float* C, int64_t ldc) {
+    constexpr int R = tile_rows<NV>();
+    int k = 0;
+    for (; k + R <= K; k += R) gemm_tn_tile<NV, R>(E, A + k, lda, B, ldb, C + k * ldc, ldc);
+    for (; k < K; ++k) gemm_tn_tile<NV, 1>(E, A + k, lda, B, ldb, C + k * ldc, ldc);
+}
+
+// C [K][N] += sum_e A[e][k] B[e][o], e < E; N a multiple of kLanes.
+inline void gemm_tn(int E, int K, int N, const float* A, int64_t lda, const float* B, int64_t ldb,
+                    float* C, int64_t ldc) {
+    for (int o = 0; o < N; o += 8 * kLanes) {
+        const int nv = (N - o) / kLanes < 8 ? (N - o) / kLanes : 8;
+        switch (nv) {
+#define EQFLOW_GEMM_TN_CASE(V)                                  \
+    case V:                                                     \
+        gemm_tn_fixed<V>(E, K, A, lda, B + o, ldb, C + o, ldc); \
+        break;
+            EQFLOW_GEMM_TN_CASE(1)
+            EQFLOW_GEMM_TN_CASE(2)
+            EQFLOW_GEMM_TN_CASE(3)
+            EQFLOW_GEMM_TN_CASE(4)
+            EQFLOW_GEMM_TN_CASE(5)
+            EQFLOW_GEMM_TN_CASE(6)
+            EQFLOW_GEMM_TN_CASE(7)
+            EQFLOW_GEMM_TN_CASE(8)
+#undef EQFLOW_GEMM_TN_CASE
+            default:
+                break;
+        }
+    }
+}
+
+}  // namespace eqflow::cpu::simd
