@@ -88,8 +88,11 @@ FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& options) {
     const int probes = options.hutchinson ? options.hutchinson_probes : 0;
     if (options.device == Device::cuda)
         return field_ode<float>(make_cuda_field(model), probes, options.hutchinson_seed);
-    return field_ode<double>(make_reference_field(model, options.threads), probes,
-                             options.hutchinson_seed);
+    if (options.reference)
+        return field_ode<double>(make_reference_field(model, options.threads), probes,
+                                 options.hutchinson_seed);
+    return field_ode<float>(make_fast_field(model, options.threads), probes,
+                            options.hutchinson_seed);
 }
 
 FlowIntegrator model_integrator(const EgnnModel& model, const FlowOptions& options,

@@ -1,4 +1,5 @@
-// Flow-matching training on the CPU reference path: see eqflow/trainer.h.
+// Flow-matching training over the field interface (fast CPU, CPU reference or CUDA): see
+// eqflow/trainer.h.
 #include "eqflow/trainer.h"
 
 #include <algorithm>
@@ -411,8 +412,12 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
         std::unique_ptr<Field<float>> field = make_cuda_field(rs.model);
         return run_training<float>(opt, rs, *field);
     }
-    std::unique_ptr<Field<double>> field = make_reference_field(rs.model, opt.threads);
-    return run_training<double>(opt, rs, *field);
+    if (opt.reference) {
+        std::unique_ptr<Field<double>> field = make_reference_field(rs.model, opt.threads);
+        return run_training<double>(opt, rs, *field);
+    }
+    std::unique_ptr<Field<float>> field = make_fast_field(rs.model, opt.threads);
+    return run_training<float>(opt, rs, *field);
 }
 
 }  // namespace eqflow

@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -103,8 +105,9 @@ TEST_F(CliField, WritesFieldAndDivergence) {
     }
     // Shape [N, n, d] on input; the command centres the configurations on load.
     write_npy(file("x.npy"), x.data(), Shape{N, 4, 2});
-    const Result r = run("field --model " + file("model.safetensors") + " --in " + file("x.npy") +
-                         " --t 0.25 --out " + file("v.npy") + " --div-out " + file("div.npy"));
+    const Result r =
+        run("field --model " + file("model.safetensors") + " --in " + file("x.npy") +
+            " --t 0.25 --out " + file("v.npy") + " --div-out " + file("div.npy") + " --reference");
     ASSERT_EQ(r.code, 0) << r.out;
 
     std::vector<double> xc = x;
@@ -129,9 +132,22 @@ TEST_F(CliField, WritesFieldAndDivergence) {
     // Without --div-out only v is written, and it is the same field.
     std::remove(file("v.npy").c_str());
     const Result r2 = run("field --model " + file("model.safetensors") + " --in " + file("x.npy") +
-                          " --t 0.25 --out " + file("v.npy"));
+                          " --t 0.25 --out " + file("v.npy") + " --reference");
     ASSERT_EQ(r2.code, 0) << r2.out;
     EXPECT_EQ(read_npy(file("v.npy")).values, v);
+
+    // The default CPU field is the fast float32 one: the reference's values to float32 accuracy
+    // (the tolerances of test_egnn_fast).
+    std::remove(file("v.npy").c_str());
+    const Result r3 =
+        run("field --model " + file("model.safetensors") + " --in " + file("x.npy") +
+            " --t 0.25 --out " + file("v.npy") + " --div-out " + file("div.npy") + " --device cpu");
+    ASSERT_EQ(r3.code, 0) << r3.out;
+    double vscale = 0, dscale = 0;
+    for (double y : v) vscale = std::max(vscale, std::fabs(y));
+    for (double y : div) dscale = std::max(dscale, std::fabs(y));
+    EXPECT_ALL_CLOSE(read_npy(file("v.npy")).values, v, 2e-4 * (1 + vscale), 2e-4);
+    EXPECT_ALL_CLOSE(read_npy(file("div.npy")).values, div, 1e-3 * (1 + dscale), 1e-3);
 }
 
 }  // namespace

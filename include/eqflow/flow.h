@@ -45,6 +45,9 @@ struct FlowOptions {
     uint64_t hutchinson_seed = 0;
     int threads = 1;              // worker threads for the field (0: all hardware threads)
     Device device = Device::cpu;  // cuda: the fused GPU kernels in float32 (exact divergence only)
+    // device cpu: the double-precision reference field instead of the fast float32 one (slower;
+    // the truth the tests compare to).
+    bool reference = false;
     // Called after each batch with (samples done, total).
     std::function<void(int64_t, int64_t)> progress;
 };
@@ -102,8 +105,9 @@ EQFLOW_API FlowLikelihood flow_log_likelihood(const FlowField& field, int n, int
 template <class T>
 EQFLOW_API FlowField field_ode(std::shared_ptr<Field<T>> field, int probes = 0, uint64_t seed = 0);
 
-// The EGNN model as a flow field on options.device (the CPU reference with options.threads, or
-// CUDA), exact or Hutchinson (options.hutchinson).
+// The EGNN model as a flow field on options.device (on the CPU the fast float32 field with
+// options.threads, or the double reference with options.reference; or CUDA), exact or
+// Hutchinson (options.hutchinson).
 EQFLOW_API FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& options);
 
 // The integrator sample_model and model_log_likelihood use: on the CPU, ode_integrate over

@@ -14,8 +14,10 @@
 // and resumed is bit-for-bit the run that never stopped. The batch gradient is summed over
 // fixed chunks of rows in a fixed order, so the result does not depend on the thread count.
 //
-// The step itself is FlowMatchingStep<T> (eqflow/train_step.h) over the field interface: the CPU
-// reference field (double) for device == cpu, the CUDA field (float32) for device == cuda, where
+// The step itself is FlowMatchingStep<T> (eqflow/train_step.h) over the field interface: on
+// device == cpu the fast CPU field (float32, make_fast_field), or the double CPU reference with
+// `reference` set (the precision the tests compare to); the CUDA field (float32) for
+// device == cuda, where
 // the training set lives on the device and every step (batch gather, draws, coupling, loss,
 // gradient, Adam, EMA) runs there; the host only schedules the learning rate and reads a few
 // bytes on logged steps (and every step when `progress` is set, for its loss). The draws, the
@@ -72,6 +74,7 @@ struct TrainOptions {
     bool reflections = false;       // eqot: allow improper rotations
     int threads = 1;                // 0: all hardware threads
     Device device = Device::cpu;    // cuda: the whole step on the device, float32 (see below)
+    bool reference = false;         // device cpu: the double reference field, not the fast one
     std::vector<int> atom_types;    // per particle (typed systems such as aldp): one-hot model
                                     // features, and eqot permutes only within a type
     // Physical length per model unit (EgnnConfig::length_scale): the data are divided by it

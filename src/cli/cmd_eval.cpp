@@ -21,7 +21,7 @@ const char* const kEvalUsage =
     "                   [--samples N] [--test-max M] [--seed K] [--system S] [--figure F.svg]\n"
     "                   [--solver dopri5|rk4|euler] [--atol A] [--rtol R] [--steps STEPS]\n"
     "                   [--batch B] [--hutchinson PROBES] [--threads P] [--device cpu|cuda]\n"
-    "                   [--ramachandran F.svg]\n\n"
+    "                   [--ramachandran F.svg] [--reference]\n\n"
     "Evaluates a flow as a Boltzmann generator (docs/design.md section 6): the NLL of the test\n"
     "configurations (integrated backwards to the prior; `nll` in the paper's convention without\n"
     "1/2 (n-1) d log 2pi, `nll_normalized` with it), and from N model samples (default 1000):\n"
@@ -29,7 +29,8 @@ const char* const kEvalUsage =
     "energies of samples, reweighted samples and test data. Writes the metrics JSON and an SVG\n"
     "figure of the three energy histograms (default: next to the JSON, *_energy.svg).\n"
     "--test-max M uses the first M test configurations only. Defaults: dopri5, atol = rtol = "
-    "1e-4.\n\n"
+    "1e-4. --reference: the double-precision CPU reference field instead of the fast float32 "
+    "one.\n\n"
     "aldp: samples of D-alanine are mirrored (their fraction is reported) and the NLL and the\n"
     "weights use the folded density log q + log 2. The JSON gains an `aldp` object: the free\n"
     "energy difference F(phi > 0) - F(phi < 0) in kT of ALL the test data (MD, also beyond\n"
@@ -146,7 +147,7 @@ int cmd_eval(Args& args) {
     args.finish();
     if (n_samples <= 0) throw UsageError{"--samples needs a positive count"};
     if (test_max < 0) throw UsageError{"--test-max must be non-negative"};
-    fo.device = resolve_device(device, "evaluation");
+    fo.device = resolve_device(device, "evaluation", fo.reference);
     if (figure.empty()) figure = figure_path(out, "_energy.svg");
     if (rama_figure.empty()) rama_figure = figure_path(out, "_ramachandran.svg");
     // Create the output directories now, not after an hour of sampling.

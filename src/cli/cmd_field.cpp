@@ -18,11 +18,12 @@ namespace eqflow::cli {
 
 const char* const kFieldUsage =
     "usage: eqflow field --model M --in x.npy --t T --out v.npy [--div-out div.npy]\n"
-    "                    [--device cpu|cuda|auto]\n\n"
+    "                    [--device cpu|cuda|auto] [--reference]\n\n"
     "Evaluates the EGNN vector field v(x, T) of the model file M (safetensors) for every\n"
     "configuration in x.npy (shape [N, n*d] or [N, n, d], float32 or float64; centred on load)\n"
-    "at time T: on the CPU reference path in double precision, or with the fused GPU kernels\n"
-    "in float32 (--device cuda; auto picks the GPU when one is usable).\n\n"
+    "at time T: on the CPU with the fast float32 backend (--reference: the double-precision\n"
+    "reference), or with the fused GPU kernels in float32 (--device cuda; auto picks the GPU\n"
+    "when one is usable).\n\n"
     "  --model M          model file (eqflow train's RUN/model.safetensors or any safetensors\n"
     "                     file with the eqflow.* metadata and the PyTorch state_dict names)\n"
     "  --in x.npy         configurations\n"
@@ -37,8 +38,12 @@ int cmd_field(Args& args) {
     const std::string out = args.require("out");
     const std::string t_text = args.require("t");
     const std::string div_out = args.get("div-out", "");
-    const Device device = parse_device(args.get("device", "auto"));
+    const bool reference = args.flag("reference");
+    const std::string device_name_arg = args.get("device", "auto");
     args.finish();
+    if (reference && device_name_arg == "cuda")
+        throw UsageError{"--reference is the CPU reference field: use it with --device cpu"};
+    const Device device = reference ? Device::cpu : parse_device(device_name_arg);
     char* end = nullptr;
     const double t = std::strtod(t_text.c_str(), &end);
     if (t_text.empty() || !end || *end != '\0' || !std::isfinite(t)) {
@@ -61,9 +66,10 @@ int cmd_field(Args& args) {
     std::vector<double> v(static_cast<size_t>(count * nd)), div(static_cast<size_t>(count));
 
     // Chunks keep the progress line moving on long inputs (the divergence of LJ55 takes seconds).
-    // One field of the interface on the chosen device (the CPU reference on the host).
+    // One field of the interface on the chosen device.
     FlowOptions fo;
     fo.device = device;
+    fo.reference = reference;
     fo.threads = 0;
     const FlowField field = egnn_flow_field(model, fo);
     const int64_t chunk = device == Device::cuda ? 4096 : div_out.empty() ? 256 : 8;

@@ -15,7 +15,7 @@ const char* const kSampleUsage =
     "usage: eqflow sample --model RUN/model.safetensors --samples N --out-dir DIR\n"
     "                     [--seed K] [--system S] [--solver dopri5|rk4|euler] [--atol A]\n"
     "                     [--rtol R] [--steps STEPS] [--batch B] [--hutchinson PROBES]\n"
-    "                     [--threads P] [--device cpu|cuda]\n\n"
+    "                     [--threads P] [--device cpu|cuda] [--reference]\n\n"
     "Draws N samples from the flow (prior -> t = 1) with the exact log-density (the divergence\n"
     "by forward-mode tangents; --hutchinson makes it an estimate, and the output says so),\n"
     "reweights them to the Boltzmann distribution of the model's system (or --system S) and\n"
@@ -25,7 +25,8 @@ const char* const kSampleUsage =
     "(ESS as a fraction of N, mean energies, counts). For aldp, samples of the wrong handedness\n"
     "(D-alanine) are mirrored and log q is the folded density (+ log 2); summary.json counts\n"
     "them. Positions are in the system's units. Defaults: dopri5, atol = rtol = 1e-4,\n"
-    "--batch 256, --threads 0 (all cores).\n";
+    "--batch 256, --threads 0 (all cores). On the CPU the field is the fast float32 backend;\n"
+    "--reference uses the double-precision reference field (slower).\n";
 
 int cmd_sample(Args& args) {
     const std::string model_path = args.require("model");
@@ -37,7 +38,7 @@ int cmd_sample(Args& args) {
     FlowOptions fo = flow_options_from(args);
     const std::string device = args.get("device", "auto");
     args.finish();
-    fo.device = resolve_device(device, "sampler");
+    fo.device = resolve_device(device, "sampler", fo.reference);
 
     const EgnnModel model = load_model(model_path);
     const System system = make_system(system_name.empty() ? model.config.system : system_name);

@@ -18,7 +18,8 @@ const char* const kTrainUsage =
     "                    [--epochs E] [--batch B] [--lr LR] [--hidden H] [--layers L]\n"
     "                    [--sigma SIGMA] [--seed K] [--device cpu|cuda] [--resume]\n"
     "                    [--ema DECAY] [--val-fraction F] [--threads P] [--length-scale S]\n"
-    "                    [--checkpoint-minutes M] [--log-every STEPS] [--stop-after STEPS]\n\n"
+    "                    [--checkpoint-minutes M] [--log-every STEPS] [--stop-after STEPS]\n"
+    "                    [--reference]\n\n"
     "Trains an EGNN vector field by flow matching on the configurations in train.npy\n"
     "(shape [N, n*d] or [N, n, d]; centred on load). Per step: a batch of data, prior samples,\n"
     "the coupling (fm: independent pairs, ot: minibatch OT, eqot: equivariant OT),\n"
@@ -39,7 +40,9 @@ const char* const kTrainUsage =
     "--device cuda (the default when a GPU is usable): the whole step runs on the device in\n"
     "float32 (data uploaded once; draws, coupling, fused EGNN forward/backward, Adam, EMA);\n"
     "the host reads the loss back for the progress line and the state at checkpoints. A GPU\n"
-    "run follows the CPU run to float32 accuracy; its --resume is not bit-for-bit.\n";
+    "run follows the CPU run to float32 accuracy; its --resume is not bit-for-bit.\n"
+    "--device cpu runs the fast float32 CPU field; --reference the double-precision reference\n"
+    "(what the tests compare to; several times slower).\n";
 
 namespace {
 std::atomic<bool> g_stop{false};
@@ -74,9 +77,10 @@ int cmd_train(Args& args) {
     opt.log_every = args.get_int("log-every", opt.log_every);
     opt.stop_after_steps = args.get_int("stop-after", 0);
     const std::string device = args.get("device", "auto");
+    opt.reference = args.flag("reference");
     const std::string scale = args.get("length-scale", "auto");
     args.finish();
-    opt.device = resolve_device(device, "trainer");
+    opt.device = resolve_device(device, "trainer", opt.reference);
     if (scale == "auto") {
         opt.length_scale = system.kind == PotentialKind::molecule ? 0.0 : 1.0;
         opt.scale_to_data = system.kind == PotentialKind::molecule;

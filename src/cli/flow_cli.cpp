@@ -13,15 +13,20 @@ CouplingKind parse_objective(const std::string& name) {
     throw UsageError{"unknown objective '" + name + "' (choose fm, ot or eqot)"};
 }
 
-Device resolve_device(const std::string& device, const char* what) {
+Device resolve_device(const std::string& device, const char* what, bool reference) {
     if (device != "cpu" && device != "cuda" && device != "auto")
         throw UsageError{"--device must be cpu, cuda or auto, got '" + device + "'"};
-    const Device dev = parse_device(device);  // "cuda" without a usable GPU: an Error saying why
+    if (reference && device == "cuda")
+        throw UsageError{"--reference is the CPU reference field: use it with --device cpu"};
+    // "cuda" without a usable GPU: an Error saying why
+    const Device dev = reference ? Device::cpu : parse_device(device);
     if (dev == Device::cuda) {
         std::fprintf(stderr, "device: cuda, %s (the %s runs the fused GPU kernels in float32)\n",
                      cuda_status().c_str(), what);
     } else {
-        std::fprintf(stderr, "device: cpu (the %s runs on the CPU reference path%s)\n", what,
+        std::fprintf(stderr, "device: cpu (the %s runs %s%s)\n", what,
+                     reference ? "the double-precision CPU reference field"
+                               : "the fast float32 CPU field; --reference: the double reference",
                      cuda_compiled() ? "" : "; this build has no CUDA");
     }
     return dev;
@@ -38,6 +43,7 @@ FlowOptions flow_options_from(Args& args) {
     o.hutchinson = probes > 0;
     o.hutchinson_probes = static_cast<int>(probes > 0 ? probes : 1);
     o.threads = static_cast<int>(args.get_int("threads", 0));
+    o.reference = args.flag("reference");
     if (!(o.ode.atol > 0) || !(o.ode.rtol >= 0))
         throw UsageError{"--atol must be positive and --rtol non-negative"};
     if (o.ode.steps <= 0 || o.batch <= 0) throw UsageError{"--steps and --batch must be positive"};

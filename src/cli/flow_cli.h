@@ -15,11 +15,12 @@ CouplingKind parse_objective(const std::string& name);
 
 // --device for the flow commands: cpu, cuda or auto (the GPU when one is usable). Says on stderr
 // which one runs `what`; "cuda" without a usable GPU is an Error that says why; anything else is
-// a UsageError.
-Device resolve_device(const std::string& device, const char* what);
+// a UsageError. `reference` (--reference: the double-precision CPU reference field instead of
+// the fast float32 one) makes auto the CPU and is a UsageError with cuda.
+Device resolve_device(const std::string& device, const char* what, bool reference = false);
 
 // The integration options shared by sample / eval: --solver, --atol, --rtol, --steps, --batch,
-// --hutchinson PROBES, --threads.
+// --hutchinson PROBES, --threads, --reference.
 FlowOptions flow_options_from(Args& args);
 
 // One line describing the solver, e.g. "dopri5 (atol 1e-04, rtol 1e-04), exact divergence".
