@@ -208,15 +208,48 @@ struct Carver {
     }
 };
 
+// The per-edge forward quantities of a run of edges (rows).
+struct EdgeArrays {
+    float *Z1, *S1, *Z2, *Mm, *Me, *Zc, *Sc;  // [rows][Hp]
+    float *r, *a, *nrm, *g, *th_c, *phi;      // [rows]
+    float *dx, *dx0;                          // [rows][d]: x_i - x_j, x0_i - x0_j
+
+    void carve(Carver& c, int64_t rows, int64_t Hp, int64_t d) {
+        for (float** p : {&Z1, &S1, &Z2, &Mm, &Me, &Zc, &Sc}) *p = c.take(rows * Hp);
+        for (float** p : {&r, &a, &nrm, &g, &th_c, &phi}) *p = c.take(rows);
+        for (float** p : {&dx, &dx0}) *p = c.take(rows * d);
+    }
+    EdgeArrays at(int64_t row, int64_t Hp, int64_t d) const {
+        EdgeArrays e = *this;
+        for (float** p : {&e.Z1, &e.S1, &e.Z2, &e.Mm, &e.Me, &e.Zc, &e.Sc}) *p += row * Hp;
+        for (float** p : {&e.r, &e.a, &e.nrm, &e.g, &e.th_c, &e.phi}) *p += row;
+        for (float** p : {&e.dx, &e.dx0}) *p += row * d;
+        return e;
+    }
+};
+
 // One worker's scratch for one call.
 struct Scratch {
     // node states per layer (the tape): h [L+1][n][Hp], x [L+1][n][d], M [L][n][Hp]
     float *th, *tx, *tM;
     float *P, *Q, *U, *Zn, *Sn;  // [n][Hp], U [n][2Hp]
-    // an edge block: [kEdgeBlock][Hp] arrays and per-edge scalars
-    float *Z1, *S1, *Z2, *Mm, *Me, *Zc, *Sc, *GA, *GB;
-    float *r, *a, *nrm, *g, *th_c, *phi, *gc, *gr;
-    float *dx, *dx0, *gdx;  // [kEdgeBlock][d]
+    // The edge quantities the code reads and writes (Z1 ... dx0 below) point into one of: `blk`,
+    // a block of kEdgeBlock rows, recomputed per block; or, for backward, `tape`, every edge of
+    // every layer of the current sample ([L][E] rows), written by the forward pass and read back
+    // by the backward, so the backward does not recompute the edges' forward. use() points them.
+    EdgeArrays blk, tape;
+    bool has_tape = false;
+    float *Z1, *S1, *Z2, *Mm, *Me, *Zc, *Sc;
+    float *r, *a, *nrm, *g, *th_c, *phi;
+    float *dx, *dx0;
+    float *GA, *GB;        // [kEdgeBlock][Hp] backward temporaries
+    float *gc, *gr, *gdx;  // [kEdgeBlock], gdx [kEdgeBlock][d]
+
+    void use(const EdgeArrays& e) {
+        Z1 = e.Z1, S1 = e.S1, Z2 = e.Z2, Mm = e.Mm, Me = e.Me, Zc = e.Zc, Sc = e.Sc;
+        r = e.r, a = e.a, nrm = e.nrm, g = e.g, th_c = e.th_c, phi = e.phi;
+        dx = e.dx, dx0 = e.dx0;
+    }
     // backward
     float *gh, *gh2, *gM, *gP, *gQ, *gU, *gZn;  // [n][Hp], gU [n][2Hp]
     float *gx, *gx2, *gx0;                      // [n][d]
@@ -241,11 +274,14 @@ struct Scratch {
         s.U = c.take(n * 2 * Hp);
         s.Zn = c.take(n * Hp);
         s.Sn = c.take(n * Hp);
-        for (float** p : {&s.Z1, &s.S1, &s.Z2, &s.Mm, &s.Me, &s.Zc, &s.Sc, &s.GA, &s.GB})
-            *p = c.take(EB * Hp);
-        for (float** p : {&s.r, &s.a, &s.nrm, &s.g, &s.th_c, &s.phi, &s.gc, &s.gr}) *p = c.take(EB);
-        for (float** p : {&s.dx, &s.dx0, &s.gdx}) *p = c.take(EB * d);
+        s.blk.carve(c, EB, Hp, d);
+        s.use(s.blk);
+        s.has_tape = op == FieldOp::backward;
+        for (float** p : {&s.GA, &s.GB}) *p = c.take(EB * Hp);
+        for (float** p : {&s.gc, &s.gr}) *p = c.take(EB);
+        s.gdx = c.take(EB * d);
         if (op == FieldOp::backward) {
+            s.tape.carve(c, L * D.E, Hp, d);
             for (float** p : {&s.gh, &s.gh2, &s.gM, &s.gP, &s.gQ, &s.gZn}) *p = c.take(n * Hp);
             s.gU = c.take(n * 2 * Hp);
             for (float** p : {&s.gx, &s.gx2, &s.gx0}) *p = c.take(n * d);
@@ -434,6 +470,7 @@ void sample_forward(const Net& net, const float* x, float t, float* v, Scratch& 
         std::fill(M, M + nH, 0.0f);
         for (int64_t e0 = 0; e0 < D.E; e0 += kEdgeBlock) {
             const int m = static_cast<int>(std::min<int64_t>(kEdgeBlock, D.E - e0));
+            if (s.has_tape) s.use(s.tape.at(l * D.E + e0, D.Hp, D.d));
             edge_block_forward(net, lp, e0, m, xl, x, s);
             edge_block_scatter(net, e0, m, s, x_out, M);
         }
@@ -464,16 +501,14 @@ inline void add_scaled(float* dst, const float* src, float a, int Hp) {
 
 // One layer backward for one sample. gh_out, gx_out: dL/d(layer outputs); gh_in, gx_in are
 // overwritten with dL/d(layer inputs); gx0 += dL/dx0 through a_ij; G += parameter gradient
-// (packed layout). The layer's h, x, M come from the tape.
-void layer_backward(const Net& net, int l, const float* x0, const float* gh_out,
-                    const float* gx_out, float* gh_in, float* gx_in, float* gx0, float* G,
-                    Scratch& s) {
+// (packed layout). The layer's h, M and every edge's forward quantities come from the tape.
+void layer_backward(const Net& net, int l, const float* gh_out, const float* gx_out, float* gh_in,
+                    float* gx_in, float* gx0, float* G, Scratch& s) {
     const Dims& D = net.D;
     const int n = D.n, d = D.d, Hp = D.Hp, H = D.H;
     const int64_t nH = static_cast<int64_t>(n) * Hp, nd = static_cast<int64_t>(n) * d;
     const LayerPack& lp = net.pack->layers[static_cast<size_t>(l)];
     const float* h = s.th + l * nH;
-    const float* x = s.tx + l * nd;
     const float* M = s.tM + l * nH;
     const bool last = l + 1 == D.L;
     std::memcpy(gh_in, gh_out, sizeof(float) * nH);
@@ -500,8 +535,7 @@ void layer_backward(const Net& net, int l, const float* x0, const float* gh_out,
         }
     }
 
-    // Edges.
-    node_projections(net, lp, h, s.P, s.Q);
+    // Edges: their forward quantities are on the tape.
     std::fill(s.gP, s.gP + nH, 0.0f);
     std::fill(s.gQ, s.gQ + nH, 0.0f);
     const float* wc2 = net.at(lp.wc2);
@@ -510,7 +544,7 @@ void layer_backward(const Net& net, int l, const float* x0, const float* gh_out,
     const float* w1a = net.at(lp.w1a);
     for (int64_t e0 = 0; e0 < D.E; e0 += kEdgeBlock) {
         const int m = static_cast<int>(std::min<int64_t>(kEdgeBlock, D.E - e0));
-        edge_block_forward(net, lp, e0, m, x, x0, s);
+        s.use(s.tape.at(l * D.E + e0, Hp, d));
         // x_i += dx phi / nrm; phi = cr tanh(c); c = wc2 . SiLU(zc)
         for (int e = 0; e < m; ++e) {
             const int i = net.ei[e0 + e];
@@ -622,7 +656,7 @@ void sample_backward(const Net& net, const float* x, float t, const float* dL_dv
     }
     std::fill(gh, gh + nH, 0.0f);
     for (int l = D.L - 1; l >= 0; --l) {
-        layer_backward(net, l, x, gh, gx, gh_in, gx_in, s.gx0, G, s);
+        layer_backward(net, l, gh, gx, gh_in, gx_in, s.gx0, G, s);
         std::swap(gh, gh_in);
         std::swap(gx, gx_in);
     }
@@ -656,6 +690,7 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
             for (int k = 0; k < d; ++k) s.x0d[(i * Kd) + q * d + k] = dirs[q * nd + i * d + k];
     std::memcpy(s.xd, s.x0d, sizeof(float) * n * Kd);
     float *hd = s.hd, *hd_next = s.hd2, *xd = s.xd, *xd_next = s.xd2;
+    s.use(s.blk);
 
     embed(net, t, s.th);
     std::memcpy(s.tx, x, sizeof(float) * nd);
