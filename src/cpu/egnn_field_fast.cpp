@@ -211,17 +211,19 @@ struct Carver {
 // The per-edge forward quantities of a run of edges (rows).
 struct EdgeArrays {
     float *Z1, *S1, *Z2, *Mm, *Me, *Zc, *Sc;  // [rows][Hp]
+    float *G1, *G2, *Gc;                      // [rows][Hp] sigmoid(Z1), sigmoid(Z2), sigmoid(Zc)
     float *r, *a, *nrm, *g, *th_c, *phi;      // [rows]
     float *dx, *dx0;                          // [rows][d]: x_i - x_j, x0_i - x0_j
 
     void carve(Carver& c, int64_t rows, int64_t Hp, int64_t d) {
-        for (float** p : {&Z1, &S1, &Z2, &Mm, &Me, &Zc, &Sc}) *p = c.take(rows * Hp);
+        for (float** p : {&Z1, &S1, &Z2, &Mm, &Me, &Zc, &Sc, &G1, &G2, &Gc}) *p = c.take(rows * Hp);
         for (float** p : {&r, &a, &nrm, &g, &th_c, &phi}) *p = c.take(rows);
         for (float** p : {&dx, &dx0}) *p = c.take(rows * d);
     }
     EdgeArrays at(int64_t row, int64_t Hp, int64_t d) const {
         EdgeArrays e = *this;
-        for (float** p : {&e.Z1, &e.S1, &e.Z2, &e.Mm, &e.Me, &e.Zc, &e.Sc}) *p += row * Hp;
+        for (float** p : {&e.Z1, &e.S1, &e.Z2, &e.Mm, &e.Me, &e.Zc, &e.Sc, &e.G1, &e.G2, &e.Gc})
+            *p += row * Hp;
         for (float** p : {&e.r, &e.a, &e.nrm, &e.g, &e.th_c, &e.phi}) *p += row;
         for (float** p : {&e.dx, &e.dx0}) *p += row * d;
         return e;
@@ -239,7 +241,7 @@ struct Scratch {
     // by the backward, so the backward does not recompute the edges' forward. use() points them.
     EdgeArrays blk, tape;
     bool has_tape = false;
-    float *Z1, *S1, *Z2, *Mm, *Me, *Zc, *Sc;
+    float *Z1, *S1, *Z2, *Mm, *Me, *Zc, *Sc, *G1, *G2, *Gc;
     float *r, *a, *nrm, *g, *th_c, *phi;
     float *dx, *dx0;
     float *GA, *GB;        // [kEdgeBlock][Hp] backward temporaries
@@ -247,6 +249,7 @@ struct Scratch {
 
     void use(const EdgeArrays& e) {
         Z1 = e.Z1, S1 = e.S1, Z2 = e.Z2, Mm = e.Mm, Me = e.Me, Zc = e.Zc, Sc = e.Sc;
+        G1 = e.G1, G2 = e.G2, Gc = e.Gc;
         r = e.r, a = e.a, nrm = e.nrm, g = e.g, th_c = e.th_c, phi = e.phi;
         dx = e.dx, dx0 = e.dx0;
     }
@@ -300,10 +303,6 @@ struct Scratch {
         return c.used;
     }
 };
-
-float sigmoid1(float z) {
-    return 1.0f / (1.0f + std::exp(-z));
-}
 
 // Everything a call reads: dimensions, the packed weights and the edge list.
 struct Net {
@@ -366,28 +365,44 @@ void edge_block_forward(const Net& net, const LayerPack& lp, int64_t e0, int m, 
         const float* Qj = s.Q + static_cast<int64_t>(j) * Hp;
         float* z1 = s.Z1 + static_cast<int64_t>(e) * Hp;
         float* s1 = s.S1 + static_cast<int64_t>(e) * Hp;
+        float* g1 = s.G1 + static_cast<int64_t>(e) * Hp;
         for (int o = 0; o < Hp; o += kLanes) {
             const vf z = simd::load(Pi + o) + simd::load(Qj + o) + simd::load(w1r + o) * r +
                          simd::load(w1a + o) * a;
+            const vf sg = simd::vsigmoid(z);
             simd::store(z1 + o, z);
-            simd::store(s1 + o, simd::vsilu(z));
+            simd::store(g1 + o, sg);
+            simd::store(s1 + o, z * sg);
         }
     }
+    // Per-edge scalars (gate logits, then coordinate weights) go through exp / tanh in vectors.
+    alignas(64) float tmp[kEdgeBlock];
     simd::gemm(m, Hp, D.H, s.S1, Hp, net.at(lp.w2T), Hp, net.at(lp.b2), false, s.Z2, Hp);
     const float* wa = net.at(lp.wa);
     const float ba = net.at(lp.ba)[0];
     for (int e = 0; e < m; ++e) {
         const float* z2 = s.Z2 + static_cast<int64_t>(e) * Hp;
         float* mm = s.Mm + static_cast<int64_t>(e) * Hp;
-        float* me = s.Me + static_cast<int64_t>(e) * Hp;
+        float* g2 = s.G2 + static_cast<int64_t>(e) * Hp;
         vf za = vf{};
         for (int o = 0; o < Hp; o += kLanes) {
-            const vf v = simd::vsilu(simd::load(z2 + o));
-            simd::store(mm + o, v);
-            za += v * simd::load(wa + o);
+            const vf z = simd::load(z2 + o);
+            const vf sg = simd::vsigmoid(z);
+            simd::store(g2 + o, sg);
+            simd::store(mm + o, z * sg);
+            za += z * sg * simd::load(wa + o);
         }
-        const float g = D.attention ? sigmoid1(simd::hsum(za) + ba) : 1.0f;
+        tmp[e] = simd::hsum(za) + ba;
+    }
+    for (int e = 0; e < kEdgeBlock; e += kLanes) {
+        const vf g = D.attention ? simd::vsigmoid(simd::load(tmp + e)) : simd::splat(1.0f);
+        simd::store(tmp + e, g);
+    }
+    for (int e = 0; e < m; ++e) {
+        const float g = tmp[e];
         s.g[e] = g;
+        const float* mm = s.Mm + static_cast<int64_t>(e) * Hp;
+        float* me = s.Me + static_cast<int64_t>(e) * Hp;
         for (int o = 0; o < Hp; o += kLanes) simd::store(me + o, simd::load(mm + o) * g);
     }
     simd::gemm(m, Hp, D.H, s.Me, Hp, net.at(lp.wc1T), Hp, net.at(lp.bc1), false, s.Zc, Hp);
@@ -395,19 +410,29 @@ void edge_block_forward(const Net& net, const LayerPack& lp, int64_t e0, int m, 
     for (int e = 0; e < m; ++e) {
         const float* zc = s.Zc + static_cast<int64_t>(e) * Hp;
         float* sc = s.Sc + static_cast<int64_t>(e) * Hp;
+        float* gc = s.Gc + static_cast<int64_t>(e) * Hp;
         vf c = vf{};
         for (int o = 0; o < Hp; o += kLanes) {
-            const vf v = simd::vsilu(simd::load(zc + o));
-            simd::store(sc + o, v);
-            c += v * simd::load(wc2 + o);
+            const vf z = simd::load(zc + o);
+            const vf sg = simd::vsigmoid(z);
+            simd::store(gc + o, sg);
+            simd::store(sc + o, z * sg);
+            c += z * sg * simd::load(wc2 + o);
         }
-        const float cs = simd::hsum(c);
-        if (D.tanh) {
-            s.th_c[e] = std::tanh(cs);
-            s.phi[e] = D.cr * s.th_c[e];
-        } else {
+        tmp[e] = simd::hsum(c);
+    }
+    if (D.tanh) {
+        alignas(64) float th[kEdgeBlock];
+        for (int e = 0; e < kEdgeBlock; e += kLanes)
+            simd::store(th + e, simd::vtanh(simd::load(tmp + e)));
+        for (int e = 0; e < m; ++e) {
+            s.th_c[e] = th[e];
+            s.phi[e] = D.cr * th[e];
+        }
+    } else {
+        for (int e = 0; e < m; ++e) {
             s.th_c[e] = 0.0f;
-            s.phi[e] = cs;
+            s.phi[e] = tmp[e];
         }
     }
 }
@@ -559,10 +584,12 @@ void layer_backward(const Net& net, int l, const float* gh_out, const float* gx_
             const float gc = D.tanh ? g_phi * D.cr * (1.0f - s.th_c[e] * s.th_c[e]) : g_phi;
             s.gc[e] = gc;
             const float* zc = s.Zc + static_cast<int64_t>(e) * Hp;
+            const float* sgc = s.Gc + static_cast<int64_t>(e) * Hp;
             const float* sc = s.Sc + static_cast<int64_t>(e) * Hp;
             float* ga = s.GA + static_cast<int64_t>(e) * Hp;
             for (int o = 0; o < Hp; o += kLanes) {
-                const vf gz = simd::load(wc2 + o) * gc * simd::vdsilu(simd::load(zc + o));
+                const vf gz = simd::load(wc2 + o) * gc *
+                              simd::vdsilu_sig(simd::load(zc + o), simd::load(sgc + o));
                 simd::store(ga + o, gz);
                 simd::store(G + lp.wc2 + o, simd::load(G + lp.wc2 + o) + simd::load(sc + o) * gc);
                 simd::store(G + lp.bc1 + o, simd::load(G + lp.bc1 + o) + gz);
@@ -576,6 +603,7 @@ void layer_backward(const Net& net, int l, const float* gh_out, const float* gx_
             float* gb = s.GB + static_cast<int64_t>(e) * Hp;
             add_to(gb, s.gM + static_cast<int64_t>(i) * Hp, Hp);  // M_i += me
             const float* z2 = s.Z2 + static_cast<int64_t>(e) * Hp;
+            const float* sg2 = s.G2 + static_cast<int64_t>(e) * Hp;
             if (D.attention) {  // me = g m, g = sigmoid(wa . m + ba)
                 const float* mm = s.Mm + static_cast<int64_t>(e) * Hp;
                 vf acc = vf{};
@@ -591,7 +619,8 @@ void layer_backward(const Net& net, int l, const float* gh_out, const float* gx_
             }
             // m = SiLU(z2)
             for (int o = 0; o < Hp; o += kLanes) {
-                const vf gz = simd::load(gb + o) * simd::vdsilu(simd::load(z2 + o));
+                const vf gz =
+                    simd::load(gb + o) * simd::vdsilu_sig(simd::load(z2 + o), simd::load(sg2 + o));
                 simd::store(gb + o, gz);
                 simd::store(G + lp.b2 + o, simd::load(G + lp.b2 + o) + gz);
             }
@@ -604,10 +633,12 @@ void layer_backward(const Net& net, int l, const float* gh_out, const float* gx_
             const int i = net.ei[e0 + e], j = net.ej[e0 + e];
             float* ga = s.GA + static_cast<int64_t>(e) * Hp;
             const float* z1 = s.Z1 + static_cast<int64_t>(e) * Hp;
+            const float* sg1 = s.G1 + static_cast<int64_t>(e) * Hp;
             const float r = s.r[e], a = s.a[e];
             vf accr = vf{}, acca = vf{};
             for (int o = 0; o < Hp; o += kLanes) {
-                const vf gz = simd::load(ga + o) * simd::vdsilu(simd::load(z1 + o));
+                const vf gz =
+                    simd::load(ga + o) * simd::vdsilu_sig(simd::load(z1 + o), simd::load(sg1 + o));
                 simd::store(ga + o, gz);
                 simd::store(G + lp.w1r + o, simd::load(G + lp.w1r + o) + gz * r);
                 simd::store(G + lp.w1a + o, simd::load(G + lp.w1a + o) + gz * a);
@@ -727,9 +758,13 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                 const float* zc = s.Zc + static_cast<int64_t>(e) * Hp;
                 const float* mm = s.Mm + static_cast<int64_t>(e) * Hp;
                 for (int o = 0; o < Hp; o += kLanes) {
-                    simd::store(s.ds1 + o, simd::vdsilu(simd::load(z1 + o)));
-                    simd::store(s.dm + o, simd::vdsilu(simd::load(z2 + o)));
-                    simd::store(s.dsc + o, simd::vdsilu(simd::load(zc + o)) * simd::load(wc2 + o));
+                    simd::store(s.ds1 + o, simd::vdsilu_sig(simd::load(z1 + o),
+                                                            simd::load(s.G1 + e * Hp + o)));
+                    simd::store(s.dm + o, simd::vdsilu_sig(simd::load(z2 + o),
+                                                           simd::load(s.G2 + e * Hp + o)));
+                    simd::store(s.dsc + o, simd::vdsilu_sig(simd::load(zc + o),
+                                                            simd::load(s.Gc + e * Hp + o)) *
+                                               simd::load(wc2 + o));
                 }
                 const float nrm = s.nrm[e], phi = s.phi[e], g = s.g[e];
                 const float sc = phi / nrm;

@@ -77,6 +77,15 @@ inline vf vexp(vf x) {
 inline vf vsigmoid(vf z) {
     return 1.0f / (1.0f + vexp(-z));
 }
+// tanh(c) = 1 - 2 / (exp(2c) + 1): saturates correctly through vexp's clamping; near 0 the
+// absolute error is a few float ulps of 1 (1e-7), which is what the callers need (phi = cr tanh).
+inline vf vtanh(vf c) {
+    return 1.0f - 2.0f / (vexp(2.0f * c) + 1.0f);
+}
+// d silu / dz from z and s = sigmoid(z), kept from the forward pass.
+inline vf vdsilu_sig(vf z, vf s) {
+    return s * (1.0f + z * (1.0f - s));
+}
 inline vf vsilu(vf z) {
     return z * vsigmoid(z);
 }
