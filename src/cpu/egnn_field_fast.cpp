@@ -262,7 +262,7 @@ struct Scratch {
     float *xd, *xd2, *x0d;           // [n][K][d]
     float *S1d, *Z2d, *Med;          // [K][Hp]
     float *rd, *ad, *cd, *dd;        // [K], dd [K][d]
-    float *ds1, *dm, *dsc, *base;    // [Hp], base [6][Hp]
+    float *ds1, *dm, *dsc, *weff;    // [Hp]
 
     // Returns the floats used; with mem == nullptr only counts.
     static size_t carve(Scratch& s, float* mem, const Dims& D, FieldOp op, int K,
@@ -297,8 +297,7 @@ struct Scratch {
             for (float** p : {&s.S1d, &s.Z2d, &s.Med}) *p = c.take(int64_t{K} * Hp);
             for (float** p : {&s.rd, &s.ad, &s.cd}) *p = c.take(K);
             s.dd = c.take(int64_t{K} * d);
-            for (float** p : {&s.ds1, &s.dm, &s.dsc}) *p = c.take(Hp);
-            s.base = c.take(6 * Hp);
+            for (float** p : {&s.ds1, &s.dm, &s.dsc, &s.weff}) *p = c.take(Hp);
         }
         return c.used;
     }
@@ -766,6 +765,8 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                                                             simd::load(s.Gc + e * Hp + o)) *
                                                simd::load(wc2 + o));
                 }
+                // weff = Wc1^T dsc (the untransposed copy read as [o][k]).
+                simd::gemm(1, Hp, H, s.dsc, Hp, net.at(lp.wc1_n), Hp, nullptr, false, s.weff, Hp);
                 const float nrm = s.nrm[e], phi = s.phi[e], g = s.g[e];
                 const float sc = phi / nrm;
                 const float dphi_dc = D.tanh ? D.cr * (1.0f - s.th_c[e] * s.th_c[e]) : 1.0f;
@@ -810,14 +811,13 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                             std::memcpy(med, md, sizeof(float) * Hp);
                         }
                     }
-                    // Zc-tangents into S1d (no longer needed).
-                    simd::gemm(rows, Hp, H, s.Med, Hp, net.at(lp.wc1T), Hp, nullptr, false, s.S1d,
-                               Hp);
+                    // c-tangent = dsc . (Wc1 med) = (Wc1^T dsc) . med: one H x H product per edge
+                    // (weff) instead of one per direction.
                     for (int q = 0; q < rows; ++q) {
                         vf c = vf{};
-                        const float* zcd = s.S1d + q * Hp;
+                        const float* med = s.Med + q * Hp;
                         for (int o = 0; o < Hp; o += kLanes)
-                            c += simd::load(zcd + o) * simd::load(s.dsc + o);
+                            c += simd::load(med + o) * simd::load(s.weff + o);
                         s.cd[q] = simd::hsum(c);
                     }
                 };

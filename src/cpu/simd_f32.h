@@ -41,10 +41,15 @@ inline void store(float* p, vf v) {
 inline vf splat(float s) {
     return vf{} + s;
 }
+// Pairwise (tree) sum of the lanes: log2(kLanes) dependent adds instead of a serial chain.
 inline float hsum(vf v) {
-    float s = 0.0f;
-    for (int l = 0; l < kLanes; ++l) s += v[l];
-    return s;
+    float t[kLanes];
+    std::memcpy(t, &v, sizeof t);
+#pragma GCC unroll 8
+    for (int w = kLanes / 2; w >= 1; w /= 2)
+#pragma GCC unroll 8
+        for (int l = 0; l < w; ++l) t[l] += t[l + w];
+    return t[0];
 }
 
 // exp(x) for float lanes, branch-free (Cephes' expf: range reduction by ln 2, degree-6
@@ -137,6 +142,15 @@ inline void gemm_fixed(int rows, int K, const float* A, int64_t lda, const float
     int r = 0;
     for (; r + R <= rows; r += R)
         gemm_tile<NV, R>(K, A + r * lda, lda, Bt, ldb, bias, accumulate, C + r * ldc, ldc);
+    // The remaining rows in tiles of 4, 2, 1 (each k's Bt row is loaded once per tile).
+    if (R > 4 && r + 4 <= rows) {
+        gemm_tile<NV, 4>(K, A + r * lda, lda, Bt, ldb, bias, accumulate, C + r * ldc, ldc);
+        r += 4;
+    }
+    if (R > 2 && r + 2 <= rows) {
+        gemm_tile<NV, 2>(K, A + r * lda, lda, Bt, ldb, bias, accumulate, C + r * ldc, ldc);
+        r += 2;
+    }
     for (; r < rows; ++r)
         gemm_tile<NV, 1>(K, A + r * lda, lda, Bt, ldb, bias, accumulate, C + r * ldc, ldc);
 }
@@ -200,6 +214,14 @@ inline void gemm_tn_fixed(int E, int K, const float* A, int64_t lda, const float
     constexpr int R = tile_rows<NV>();
     int k = 0;
     for (; k + R <= K; k += R) gemm_tn_tile<NV, R>(E, A + k, lda, B, ldb, C + k * ldc, ldc);
+    if (R > 4 && k + 4 <= K) {
+        gemm_tn_tile<NV, 4>(E, A + k, lda, B, ldb, C + k * ldc, ldc);
+        k += 4;
+    }
+    if (R > 2 && k + 2 <= K) {
+        gemm_tn_tile<NV, 2>(E, A + k, lda, B, ldb, C + k * ldc, ldc);
+        k += 2;
+    }
     for (; k < K; ++k) gemm_tn_tile<NV, 1>(E, A + k, lda, B, ldb, C + k * ldc, ldc);
 }
 
