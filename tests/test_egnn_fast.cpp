@@ -22,9 +22,11 @@ namespace {
 using Case = test::EgnnCase;
 
 // The systems' default sizes, an H that is not a multiple of the SIMD width (padding), a model
-// without attention and tanh, and the typed molecule (aldp: 22 atoms, H 64, L 5).
+// without attention and tanh, the smallest graph (n = 2, one layer), and the typed molecule
+// (aldp: 22 atoms, H 64, L 5).
 const Case kCases[] = {
     {"dw4", 4, 2, 32, 3, true, true, false},
+    {"n2_h16_l1", 2, 3, 16, 1, true, true, false},
     {"lj13", 13, 3, 32, 3, true, true, false},
     {"n7_h20_plain", 7, 3, 20, 2, false, false, false},
     {"aldp_typed", 22, 3, 64, 5, true, true, true},
