@@ -17,9 +17,10 @@
 // Z2 = S1 W2^T + b2 and Zc = Me Wc1^T + bc1 as [rows][Hp] x [Hp][Hp] products, register-blocked
 // (tile_rows x Hp/lanes accumulators), attention and the coordinate weight per row; then the
 // node MLP as two [n][.] products. Backward recomputes each block's forward from the stored
-// node states (h, x, M per layer, as the reference) and runs the transposed products
-// (G_s1 = G_z2 W2, ...) and the weight-gradient products (dW2^T += S1^T G_z2, ...) on the same
-// block. Forward mode carries K tangents per sample in node-major arrays [n][K][Hp]: per edge,
+// node states (h, x, M per layer, as the reference), or reads it from a per-sample edge tape when
+// that fits in about the L2 cache (kEdgeTapeBytes: LJ13 yes, LJ55 no), and runs the transposed
+// products (G_s1 = G_z2 W2, ...) and the weight-gradient products (dW2^T += S1^T G_z2, ...) on the
+// same block. Forward mode carries K tangents per sample in node-major arrays [n][K][Hp]: per edge,
 // the K tangent rows go through the edge's two products as one [K][Hp] x [Hp][Hp] product with
 // the primal quantities computed once; in layer 0 (no tangent on h) an edge's tangent is linear
 // in (dr, da) only, so two basis tangents per edge replace the K.
@@ -67,6 +68,10 @@ constexpr int64_t kChunkRows = 16;     // rows per chunk: fixes the gradient's s
 constexpr int kEdgeBlock = 32;         // edge rows per tile: 9 [32][Hp] arrays stay in L1/L2
 constexpr int64_t kFlushEdges = 1024;  // float gradient terms per weight before a double flush
 constexpr float kNormEps = 1e-8f;      // docs/design.md section 4: sqrt(r_ij + 1e-8) + 1
+// Backward keeps every edge's forward quantities of a sample (13 [E][Hp] arrays a layer) when
+// they fit in this many bytes, about the L2 cache: LJ13 (0.8 MB) does, LJ55 (50 MB) would stream
+// from memory and recomputes them per layer instead, which is faster there.
+constexpr size_t kEdgeTapeBytes = 4u << 20;
 
 int64_t chunk_count(int64_t B) {
     return (B + kChunkRows - 1) / kChunkRows;
@@ -279,12 +284,14 @@ struct Scratch {
         s.Sn = c.take(n * Hp);
         s.blk.carve(c, EB, Hp, d);
         s.use(s.blk);
-        s.has_tape = op == FieldOp::backward;
+        const int64_t tape_floats = L * D.E * (10 * Hp + 6 + 2 * d);
+        s.has_tape = op == FieldOp::backward &&
+                     static_cast<size_t>(tape_floats) * sizeof(float) <= kEdgeTapeBytes;
         for (float** p : {&s.GA, &s.GB}) *p = c.take(EB * Hp);
         for (float** p : {&s.gc, &s.gr}) *p = c.take(EB);
         s.gdx = c.take(EB * d);
         if (op == FieldOp::backward) {
-            s.tape.carve(c, L * D.E, Hp, d);
+            if (s.has_tape) s.tape.carve(c, L * D.E, Hp, d);
             for (float** p : {&s.gh, &s.gh2, &s.gM, &s.gP, &s.gQ, &s.gZn}) *p = c.take(n * Hp);
             s.gU = c.take(n * 2 * Hp);
             for (float** p : {&s.gx, &s.gx2, &s.gx0}) *p = c.take(n * d);
@@ -525,9 +532,11 @@ inline void add_scaled(float* dst, const float* src, float a, int Hp) {
 
 // One layer backward for one sample. gh_out, gx_out: dL/d(layer outputs); gh_in, gx_in are
 // overwritten with dL/d(layer inputs); gx0 += dL/dx0 through a_ij; G += parameter gradient
-// (packed layout). The layer's h, M and every edge's forward quantities come from the tape.
-void layer_backward(const Net& net, int l, const float* gh_out, const float* gx_out, float* gh_in,
-                    float* gx_in, float* gx0, float* G, Scratch& s) {
+// (packed layout). The layer's h, x, M come from the tape; every edge's forward quantities from
+// the edge tape when the sample has one (kEdgeTapeBytes), else recomputed per block.
+void layer_backward(const Net& net, int l, const float* x0, const float* gh_out,
+                    const float* gx_out, float* gh_in, float* gx_in, float* gx0, float* G,
+                    Scratch& s) {
     const Dims& D = net.D;
     const int n = D.n, d = D.d, Hp = D.Hp, H = D.H;
     const int64_t nH = static_cast<int64_t>(n) * Hp, nd = static_cast<int64_t>(n) * d;
@@ -559,7 +568,11 @@ void layer_backward(const Net& net, int l, const float* gh_out, const float* gx_
         }
     }
 
-    // Edges: their forward quantities are on the tape.
+    // Edges: their forward quantities are on the tape, or recomputed per block.
+    if (!s.has_tape) {
+        node_projections(net, lp, h, s.P, s.Q);
+        s.use(s.blk);
+    }
     std::fill(s.gP, s.gP + nH, 0.0f);
     std::fill(s.gQ, s.gQ + nH, 0.0f);
     const float* wc2 = net.at(lp.wc2);
@@ -568,7 +581,10 @@ void layer_backward(const Net& net, int l, const float* gh_out, const float* gx_
     const float* w1a = net.at(lp.w1a);
     for (int64_t e0 = 0; e0 < D.E; e0 += kEdgeBlock) {
         const int m = static_cast<int>(std::min<int64_t>(kEdgeBlock, D.E - e0));
-        s.use(s.tape.at(l * D.E + e0, Hp, d));
+        if (s.has_tape)
+            s.use(s.tape.at(l * D.E + e0, Hp, d));
+        else
+            edge_block_forward(net, lp, e0, m, s.tx + l * nd, x0, s);
         // x_i += dx phi / nrm; phi = cr tanh(c); c = wc2 . SiLU(zc)
         for (int e = 0; e < m; ++e) {
             const int i = net.ei[e0 + e];
@@ -686,7 +702,7 @@ void sample_backward(const Net& net, const float* x, float t, const float* dL_dv
     }
     std::fill(gh, gh + nH, 0.0f);
     for (int l = D.L - 1; l >= 0; --l) {
-        layer_backward(net, l, gh, gx, gh_in, gx_in, s.gx0, G, s);
+        layer_backward(net, l, x, gh, gx, gh_in, gx_in, s.gx0, G, s);
         std::swap(gh, gh_in);
         std::swap(gx, gx_in);
     }
