@@ -208,7 +208,7 @@ struct Carver {
     size_t used = 0;
     float* take(int64_t count) {
         float* p = base ? base + used : nullptr;
-        used += static_cast<size_t>(round_up(static_cast<int>(count), 16));
+        used += static_cast<size_t>((count + 15) / 16 * 16);
         return p;
     }
 };
