@@ -382,7 +382,7 @@ void edge_block_forward(const Net& net, const LayerPack& lp, int64_t e0, int m, 
         }
     }
     // Per-edge scalars (gate logits, then coordinate weights) go through exp / tanh in vectors.
-    alignas(64) float tmp[kEdgeBlock];
+    alignas(64) float tmp[kEdgeBlock] = {};
     simd::gemm(m, Hp, D.H, s.S1, Hp, net.at(lp.w2T), Hp, net.at(lp.b2), false, s.Z2, Hp);
     const float* wa = net.at(lp.wa);
     const float ba = net.at(lp.ba)[0];
