@@ -15,15 +15,18 @@
 // product each, the first-layer factorisation z1_ij = P_i + Q_j + w1r r_ij + w1a a_ij); then the
 // n(n-1) ordered edges (i-major) in blocks of kEdgeBlock rows: Z1 and S1 = SiLU(Z1) rowwise,
 // Z2 = S1 W2^T + b2 and Zc = Me Wc1^T + bc1 as [rows][Hp] x [Hp][Hp] products, register-blocked
-// (tile_rows x Hp/lanes accumulators), attention and the coordinate weight per row; then the
-// node MLP as two [n][.] products. Backward recomputes each block's forward from the stored
-// node states (h, x, M per layer, as the reference), or reads it from a per-sample edge tape when
-// that fits in about the L2 cache (kEdgeTapeBytes: LJ13 yes, LJ55 no), and runs the transposed
-// products (G_s1 = G_z2 W2, ...) and the weight-gradient products (dW2^T += S1^T G_z2, ...) on the
-// same block. Forward mode carries K tangents per sample in node-major arrays [n][K][Hp]: per edge,
-// the K tangent rows go through the edge's two products as one [K][Hp] x [Hp][Hp] product with
-// the primal quantities computed once; in layer 0 (no tangent on h) an edge's tangent is linear
-// in (dr, da) only, so two basis tangents per edge replace the K.
+// (tile_rows x Hp/lanes accumulators), attention and the coordinate weight per row (sigmoid(z)
+// of each SiLU kept, so SiLU' later needs no exp; a block's gate logits and coordinate weights go
+// through exp / tanh as vectors); then the node MLP as two [n][.] products. Backward recomputes
+// each block's forward from the stored node states (h, x, M per layer, as the reference), or reads
+// it from a per-sample edge tape when that fits in about the L2 cache (kEdgeTapeBytes: LJ13 yes,
+// LJ55 no), and runs the transposed products (G_s1 = G_z2 W2, ...) and the weight-gradient products
+// (dW2^T += S1^T G_z2, ...) on the same block. Forward mode carries K tangents per sample in
+// node-major arrays [n][K][Hp]: per edge, the K tangent rows go through W2 as one [K][Hp] x
+// [Hp][Hp] product with the primal quantities computed once, and the tangent of c = wc2 . SiLU(Wc1
+// me + bc1) is (Wc1^T dsc) . me-tangent, one H x H product per edge rather than per direction; in
+// layer 0 (no tangent on h) an edge's tangent is linear in (dr, da) only, so two basis tangents per
+// edge replace the K.
 //
 // Threads. Rows are cut into fixed chunks of kChunkRows; min(threads, chunks) workers take
 // chunks w, w + W, w + 2W, ... with their own scratch. Every row's v, dL_dx, div and trace is
@@ -31,9 +34,9 @@
 // results do not depend on the thread count (bit for bit).
 //
 // Where double accumulation happens, and why:
-//   - The parameter gradient: within a sample, edge contributions are summed in float in the
-//     register tiles and a float accumulator [Pg] (at most a few thousand terms before a flush);
-//     every kFlushEdges edges (and at the end of a chunk) that accumulator is added to the
+//   - The parameter gradient: edge contributions are summed in float in the register tiles and a
+//     float accumulator [Pg] (about kFlushEdges terms, or one sample's n(n-1) if more, before a
+//     flush); every kFlushEdges edges (and at the end of a chunk) that accumulator is added to the
 //     chunk's double slot, and the slots are summed in chunk order in double before the one
 //     rounding to float into dL_dparams. A batch of 256 LJ13 samples sums ~40,000 edge terms per
 //     weight; a float running sum would carry ~1e-4 relative error, the double one none worth
@@ -65,11 +68,11 @@ using simd::kLanes;
 using simd::vf;
 
 constexpr int64_t kChunkRows = 16;     // rows per chunk: fixes the gradient's summation order
-constexpr int kEdgeBlock = 32;         // edge rows per tile: 9 [32][Hp] arrays stay in L1/L2
+constexpr int kEdgeBlock = 32;         // edge rows per tile: 12 [32][Hp] arrays stay in L1/L2
 constexpr int64_t kFlushEdges = 1024;  // float gradient terms per weight before a double flush
 constexpr float kNormEps = 1e-8f;      // docs/design.md section 4: sqrt(r_ij + 1e-8) + 1
-// Backward keeps every edge's forward quantities of a sample (13 [E][Hp] arrays a layer) when
-// they fit in this many bytes, about the L2 cache: LJ13 (0.8 MB) does, LJ55 (50 MB) would stream
+// Backward keeps every edge's forward quantities of a sample (10 [E][Hp] arrays a layer) when
+// they fit in this many bytes, about the L2 cache: LJ13 (0.6 MB) does, LJ55 (54 MB) would stream
 // from memory and recomputes them per layer instead, which is faster there.
 constexpr size_t kEdgeTapeBytes = 4u << 20;
 
