@@ -18,9 +18,7 @@ using namespace egnn_detail;
 // Resident blocks of the divergence kernel for B samples of K directions: the number of
 // workspace slots.
 int divergence_slots(int64_t B, int K) {
-    int device = 0, sms = 1;
-    EQFLOW_CUDA_CHECK(cudaGetDevice(&device));
-    EQFLOW_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int sms = current_device_info().sms;
     const int64_t items = B * divergence_chunks(K);
     return static_cast<int>(
         std::max<int64_t>(1, std::min<int64_t>(items, 2 * static_cast<int64_t>(sms))));
@@ -51,9 +49,7 @@ void jvp_trace(const EgnnNet& net, int64_t B, int K, const float* dirs, const fl
         (static_cast<size_t>(B) * chunks * sizeof(float) + 255) / 256 * 256;
     float* slot_ws = reinterpret_cast<float*>(static_cast<char*>(workspace) + partial_bytes);
     const size_t smem = divergence_smem_bytes(net);
-    EQFLOW_CUDA_CHECK(cudaFuncSetAttribute(egnn_divergence_kernel,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem)));
+    raise_smem_limit(reinterpret_cast<const void*>(egnn_divergence_kernel), smem);
     EQFLOW_LAUNCH(egnn_divergence_kernel, static_cast<unsigned>(slots), kThreads, smem,
                   EQFLOW_STREAM(stream), net, B, chunks, K, dirs, x, t, v, partial, slot_ws);
     EQFLOW_CUDA_CHECK_LAUNCH();
@@ -86,8 +82,7 @@ void egnn_forward(const EgnnNet& net, int64_t B, const float* x, const float* t,
     if (B == 0) return;
     egnn_check_supported(net);
     const size_t smem = forward_smem_bytes(net);
-    EQFLOW_CUDA_CHECK(cudaFuncSetAttribute(
-        egnn_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    raise_smem_limit(reinterpret_cast<const void*>(egnn_forward_kernel), smem);
     EQFLOW_CHECK(B <= 0x7fffffff, "GPU EGNN: batch too large for one launch");
     EQFLOW_LAUNCH(egnn_forward_kernel, static_cast<unsigned>(B), kThreads, smem,
                   EQFLOW_STREAM(stream), net, x, t, v);

@@ -20,11 +20,7 @@ constexpr float kCoordEps = 1e-8f;  // sqrt(r + eps) + 1 in the coordinate updat
 // Dynamic shared memory one block may opt in to on the current device, at most kMaxSmemBytes
 // (227 KB on sm_90, but 163 KB on sm_80 and 99 KB on sm_86/89, which run the sm_80 build).
 inline size_t max_smem_bytes() {
-    int device = 0, optin = 0;
-    EQFLOW_CUDA_CHECK(cudaGetDevice(&device));
-    EQFLOW_CUDA_CHECK(
-        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    return std::min(kMaxSmemBytes, static_cast<size_t>(optin));
+    return std::min(kMaxSmemBytes, current_device_info().max_smem_optin);
 }
 
 __device__ __forceinline__ float sigmoid(float z) {
