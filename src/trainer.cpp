@@ -385,6 +385,7 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
     rs.model = EgnnModel{config, egnn_init_parameters(config, opt.seed)};
 
     rs.fingerprint = {
+        {"eqflow.system", config.system},
         {"eqflow.train.objective", objective_name(opt.objective)},
         {"eqflow.train.epochs", std::to_string(opt.epochs)},
         {"eqflow.train.batch", std::to_string(opt.batch)},
