@@ -183,7 +183,10 @@ void append_le(std::string& out, T v) {
 }  // namespace
 
 NpyArray read_npy(const std::string& path) {
-    const std::string bytes = read_file(path);
+    return parse_npy(read_file(path), path);
+}
+
+NpyArray parse_npy(const std::string& bytes, const std::string& path) {
     EQFLOW_CHECK(bytes.size() >= kMagicLen + 4 && std::memcmp(bytes.data(), kMagic, kMagicLen) == 0,
                  path << ": not a .npy file (wrong magic bytes)");
     const unsigned major = static_cast<unsigned char>(bytes[6]);
