@@ -219,7 +219,7 @@ TEST(HostileModel, AHeaderOfManyKeysParsesInLinearTime) {
     // 200,000 metadata keys (2.6 MB) took minutes: every key was checked against all before it.
     // 100,000 here: quadratic, that is still over a minute.
     std::string header = "{\"__metadata__\":{";
-    for (int i = 0; i < 200000; ++i)
+    for (int i = 0; i < 100000; ++i)
         header += (i ? ",\"k" : "\"k") + std::to_string(i) + "\":\"v\"";
     header += "}}";
     while (header.size() % 8) header += ' ';
