@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -22,6 +23,9 @@ namespace {
 // The reader holds the header in memory; anything bigger is not a header but a corrupted length.
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 constexpr const char* kChecksumKey = "eqflow.checksum";
+// The data checksum does not cover the metadata, where the sizes of the model are: a second one
+// does (files written before it existed have none and are read as before).
+constexpr const char* kMetaChecksumKey = "eqflow.meta_checksum";
 
 static_assert(sizeof(double) == 8 && sizeof(float) == 4, "IEEE 754 binary64 / binary32 expected");
 
@@ -40,6 +44,21 @@ std::string hex64(uint64_t v) {
     char buf[17];
     std::snprintf(buf, sizeof buf, "%016" PRIx64, v);
     return buf;
+}
+
+// FNV-1a over the metadata sorted by key, each key and value preceded by its length (so that no
+// two different maps hash the same bytes), without the two checksum entries.
+uint64_t metadata_checksum(const std::vector<std::pair<std::string, std::string>>& metadata) {
+    std::vector<std::pair<std::string, std::string>> sorted;
+    for (const auto& kv : metadata)
+        if (kv.first != kChecksumKey && kv.first != kMetaChecksumKey) sorted.push_back(kv);
+    std::sort(sorted.begin(), sorted.end());
+    std::string bytes;
+    for (const auto& [key, value] : sorted) {
+        bytes += std::to_string(key.size()) + ":" + key;
+        bytes += std::to_string(value.size()) + ":" + value;
+    }
+    return fnv1a64(bytes.data(), bytes.size());
 }
 
 }  // namespace
@@ -166,10 +185,11 @@ std::string serialize_safetensors(const SafetensorsFile& file) {
     }
     Json meta = Json::object();
     for (const auto& kv : file.metadata) {
-        if (kv.first == kChecksumKey) continue;  // recomputed below
+        if (kv.first == kChecksumKey || kv.first == kMetaChecksumKey) continue;  // recomputed below
         meta[kv.first] = kv.second;
     }
     meta[kChecksumKey] = hex64(fnv1a64(data.data(), data.size()));
+    meta[kMetaChecksumKey] = hex64(metadata_checksum(file.metadata));
     header["__metadata__"] = meta;
     for (auto& e : entries) header[e.first] = e.second;
 
@@ -321,6 +341,13 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& w
                                               << ", data gives " << actual
                                               << "): the file is corrupted");
     }
+    if (file.has_meta(kMetaChecksumKey)) {
+        const std::string expected = file.meta(kMetaChecksumKey);
+        const std::string actual = hex64(metadata_checksum(file.metadata));
+        EQFLOW_CHECK(expected == actual, what << ": metadata checksum mismatch (header says "
+                                              << expected << ", metadata gives " << actual
+                                              << "): the file is corrupted");
+    }
     return file;
 }
 
@@ -362,6 +389,15 @@ bool parse_bool_meta(const SafetensorsFile& f, const std::string& key, const std
     if (s == "false" || s == "0" || s == "False") return false;
     EQFLOW_THROW(what << ": metadata '" << key << "' = '" << s << "' is not true or false");
 }
+
+// Limits on the sizes in a model's metadata (n_particles, dim, hidden, layers): far above any
+// model eqflow trains, far below what would make the layout or the workspaces unbounded.
+constexpr int64_t kMaxModelSize[4] = {1 << 16, 16, 1 << 14, 1 << 10};
+// The fewest tensors one EGNN layer has (edge, node and coord MLPs; attention adds two).
+constexpr int64_t kTensorsPerLayer = 11;
+// The length scale and the coordinate range are in the system's units: any value outside these
+// bounds overflows the positions or the field long before it could be a real model.
+constexpr double kMinLengthScale = 1e-8, kMaxLengthScale = 1e8, kMaxCoordsRange = 1e6;
 
 double parse_double_meta(const SafetensorsFile& f, const std::string& key,
                          const std::string& what) {
@@ -416,28 +452,44 @@ EgnnModel egnn_model_from_safetensors(const SafetensorsFile& f, const std::strin
     EgnnConfig& c = model.config;
     EQFLOW_CHECK(f.has_meta("eqflow.system"), what << ": missing metadata key 'eqflow.system'");
     c.system = f.meta("eqflow.system");
-    const int64_t limits[4] = {
+    const int64_t sizes[4] = {
         parse_int_meta(f, "eqflow.n_particles", what), parse_int_meta(f, "eqflow.dim", what),
         parse_int_meta(f, "eqflow.hidden", what), parse_int_meta(f, "eqflow.layers", what)};
-    for (int64_t v : limits) {
-        EQFLOW_CHECK(v >= 0 && v <= (1 << 20),
-                     what << ": model size " << v << " in the metadata is out of range");
+    const char* const size_names[4] = {"n_particles", "dim", "hidden", "layers"};
+    for (int k = 0; k < 4; ++k) {
+        EQFLOW_CHECK(sizes[k] >= 1 && sizes[k] <= kMaxModelSize[k],
+                     what << ": metadata 'eqflow." << size_names[k] << "' = " << sizes[k]
+                          << " is out of range [1, " << kMaxModelSize[k] << "]");
     }
-    c.n_particles = static_cast<int>(limits[0]);
-    c.dim = static_cast<int>(limits[1]);
-    c.hidden = static_cast<int>(limits[2]);
-    c.layers = static_cast<int>(limits[3]);
+    // Every layer has at least kTensorsPerLayer tensors: a layer count that the file cannot hold
+    // is refused before the layout (and its memory) is built.
+    EQFLOW_CHECK(sizes[3] <= static_cast<int64_t>(f.tensors.size()) / kTensorsPerLayer,
+                 what << ": metadata 'eqflow.layers' = " << sizes[3] << " but the file holds only "
+                      << f.tensors.size() << " tensors");
+    c.n_particles = static_cast<int>(sizes[0]);
+    c.dim = static_cast<int>(sizes[1]);
+    c.hidden = static_cast<int>(sizes[2]);
+    c.layers = static_cast<int>(sizes[3]);
     c.attention = parse_bool_meta(f, "eqflow.attention", what);
     c.tanh = parse_bool_meta(f, "eqflow.tanh", what);
     c.coords_range = parse_double_meta(f, "eqflow.coords_range", what);
+    EQFLOW_CHECK(c.coords_range >= 0 && c.coords_range <= kMaxCoordsRange,
+                 what << ": metadata 'eqflow.coords_range' = " << c.coords_range
+                      << " is out of range [0, " << kMaxCoordsRange << "]");
     // Files written before the length scale existed are in model units.
     if (f.has_meta("eqflow.length_scale"))
         c.length_scale = parse_double_meta(f, "eqflow.length_scale", what);
+    EQFLOW_CHECK(c.length_scale >= kMinLengthScale && c.length_scale <= kMaxLengthScale,
+                 what << ": metadata 'eqflow.length_scale' = " << c.length_scale
+                      << " is out of range [" << kMinLengthScale << ", " << kMaxLengthScale << "]");
     if (f.has_meta("eqflow.atom_types")) {
         const std::string& s = f.meta("eqflow.atom_types");
         std::stringstream ss(s);
         std::string item;
         while (std::getline(ss, item, ',')) {
+            EQFLOW_CHECK(static_cast<int64_t>(c.atom_types.size()) < sizes[0],
+                         what << ": metadata 'eqflow.atom_types' has more entries than the "
+                              << sizes[0] << " particles");
             char* end = nullptr;
             const long v = std::strtol(item.c_str(), &end, 10);
             EQFLOW_CHECK(!item.empty() && end && *end == '\0' && v >= 0 && v < (1 << 20),
@@ -452,12 +504,17 @@ EgnnModel egnn_model_from_safetensors(const SafetensorsFile& f, const std::strin
         EQFLOW_THROW(what << ": invalid model configuration: " << e.what());
     }
 
+    // Every tensor is checked against the layout before the parameters are allocated: their
+    // count is then bounded by the file's own size.
     const std::vector<ParamEntry> layout = egnn_parameter_layout(c);
-    model.params.assign(static_cast<size_t>(egnn_parameter_count(c)), 0.0);
     std::set<std::string> expected;
+    std::map<std::string, const SafeTensor*> by_name;  // find() is linear: no T^2 on big files
+    for (const SafeTensor& t : f.tensors) by_name.emplace(t.name, &t);
+    std::vector<const SafeTensor*> found;
     for (const ParamEntry& e : layout) {
         expected.insert(e.name);
-        const SafeTensor* t = f.find(e.name);
+        const auto it = by_name.find(e.name);
+        const SafeTensor* t = it == by_name.end() ? nullptr : it->second;
         EQFLOW_CHECK(t != nullptr, what << ": missing tensor '" << e.name << "' (expected shape "
                                         << shape_string(e.shape) << ")");
         EQFLOW_CHECK(t->dtype == SafetensorsDtype::f32 || t->dtype == SafetensorsDtype::f64,
@@ -466,6 +523,12 @@ EgnnModel egnn_model_from_safetensors(const SafetensorsFile& f, const std::strin
         EQFLOW_CHECK(t->shape == e.shape, what << ": tensor '" << e.name << "' has shape "
                                                << shape_string(t->shape) << ", expected "
                                                << shape_string(e.shape));
+        found.push_back(t);
+    }
+    model.params.assign(static_cast<size_t>(egnn_parameter_count(c)), 0.0);
+    for (size_t i = 0; i < layout.size(); ++i) {
+        const ParamEntry& e = layout[i];
+        const SafeTensor* t = found[i];
         for (size_t k = 0; k < t->values.size(); ++k) {
             EQFLOW_CHECK(std::isfinite(t->values[k]),
                          what << ": tensor '" << e.name << "' holds a non-finite value");
@@ -531,17 +594,37 @@ TrainingCheckpoint load_checkpoint(
     ck.adam_step = state.ints[1];
     ck.skipped = state.ints[2];
     ck.elapsed_seconds = static_cast<double>(state.ints[3]) * 1e-3;
-    EQFLOW_CHECK(ck.step >= 0 && ck.adam_step >= 0 && ck.skipped >= 0,
-                 path << ": negative counters in trainer.state");
+    // The checksum vouches for the bytes, not for their sense: every resumed counter and moment
+    // is checked before the optimiser sees it (an Adam step of INT64_MAX overflows the update,
+    // a NaN moment poisons every weight).
+    const int64_t total = parse_int_meta(f, "eqflow.train.total_steps", path);
+    EQFLOW_CHECK(total >= 0 && ck.step >= 0 && ck.step <= total,
+                 path << ": trainer.state step " << ck.step << " is outside 0.." << total);
+    ck.total_steps = total;
+    EQFLOW_CHECK(
+        ck.adam_step >= 0 && ck.adam_step <= ck.step,
+        path << ": trainer.state Adam step " << ck.adam_step << " is outside 0.." << ck.step);
+    EQFLOW_CHECK(ck.skipped >= 0 && ck.skipped <= ck.step, path << ": trainer.state skipped steps "
+                                                                << ck.skipped << " outside 0.."
+                                                                << ck.step);
+    EQFLOW_CHECK(state.ints[3] >= 0, path << ": trainer.state has a negative elapsed time");
     ck.adam_m = f.at("optimizer.adam.m").values;
     ck.adam_v = f.at("optimizer.adam.v").values;
     EQFLOW_CHECK(
         static_cast<int64_t>(ck.adam_m.size()) == P && static_cast<int64_t>(ck.adam_v.size()) == P,
         path << ": optimizer state does not match the model's " << P << " parameters");
+    for (int64_t k = 0; k < P; ++k) {
+        EQFLOW_CHECK(
+            std::isfinite(ck.adam_m[k]) && std::isfinite(ck.adam_v[k]) && ck.adam_v[k] >= 0,
+            path << ": optimizer moment " << k << " is not finite (m = " << ck.adam_m[k]
+                 << ", v = " << ck.adam_v[k] << ")");
+    }
     if (with_ema) {
         ck.ema = f.at("optimizer.ema").values;
         EQFLOW_CHECK(static_cast<int64_t>(ck.ema.size()) == P,
                      path << ": EMA does not match the model");
+        for (double e : ck.ema)
+            EQFLOW_CHECK(std::isfinite(e), path << ": optimizer.ema holds a non-finite value");
     }
     return ck;
 }

@@ -15,13 +15,33 @@
 namespace eqflow {
 
 PdbStructure read_pdb(const std::string& path) {
-    std::istringstream in(read_file(path));
+    return parse_pdb(read_file(path), path);
+}
+
+PdbStructure parse_pdb(const std::string& text, const std::string& path) {
+    std::istringstream in(text);
     PdbStructure s;
     std::string line;
     auto field = [&](size_t from, size_t len) {
         std::string f = line.size() > from ? line.substr(from, len) : "";
         const size_t a = f.find_first_not_of(' '), b = f.find_last_not_of(' ');
         return a == std::string::npos ? std::string() : f.substr(a, b - a + 1);
+    };
+    // Fixed columns of 8 characters: anything that is not a plain decimal number there (hex,
+    // "inf", "nan", an exponent the column cannot hold) is not a PDB coordinate.
+    auto plain_decimal = [](const std::string& f) {
+        size_t i = (!f.empty() && (f[0] == '-' || f[0] == '+')) ? 1 : 0;
+        size_t digits = 0, dots = 0;
+        for (; i < f.size(); ++i) {
+            if (f[i] >= '0' && f[i] <= '9') {
+                ++digits;
+            } else if (f[i] == '.' && dots == 0) {
+                ++dots;
+            } else {
+                return false;
+            }
+        }
+        return digits > 0;
     };
     int line_no = 0;
     while (std::getline(in, line)) {
@@ -30,14 +50,18 @@ PdbStructure read_pdb(const std::string& path) {
         EQFLOW_CHECK(line.size() >= 54, path << ":" << line_no << ": ATOM record too short");
         s.atom_names.push_back(field(12, 4));
         s.residue_names.push_back(field(17, 3));
-        s.residue_ids.push_back(std::atoi(field(22, 4).c_str()));
+        const std::string rid = field(22, 4);
+        char* rend = nullptr;
+        const long id = std::strtol(rid.c_str(), &rend, 10);
+        EQFLOW_CHECK(rid.empty() || (rend && *rend == '\0'),
+                     path << ":" << line_no << ": bad residue number '" << rid << "'");
+        s.residue_ids.push_back(static_cast<int>(id));  // 4 columns: fits an int
         s.elements.push_back(field(76, 2));
         for (int k = 0; k < 3; ++k) {
             const std::string f = field(30 + 8 * k, 8);
-            char* end = nullptr;
-            const double v = std::strtod(f.c_str(), &end);
-            EQFLOW_CHECK(!f.empty() && end && *end == '\0',
+            EQFLOW_CHECK(plain_decimal(f),
                          path << ":" << line_no << ": bad coordinate '" << f << "'");
+            const double v = std::strtod(f.c_str(), nullptr);
             s.positions.push_back(0.1 * v);  // Angstrom -> nm
         }
     }

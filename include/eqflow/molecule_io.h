@@ -20,6 +20,9 @@ struct PdbStructure {
 };
 // ATOM/HETATM records of a PDB file (Angstrom in the file, nm in the result).
 EQFLOW_API PdbStructure read_pdb(const std::string& path);
+// The same from the text of a file; `what` names it in errors. Coordinates are plain decimal
+// numbers within the format's range, residue numbers integers.
+EQFLOW_API PdbStructure parse_pdb(const std::string& text, const std::string& what);
 
 // The directory with aldp.pdb and aldp_system.xml: $EQFLOW_DATA_DIR/aldp when set, else the
 // source tree's data/aldp (build tree use), else <prefix>/share/eqflow/aldp. Throws if none has

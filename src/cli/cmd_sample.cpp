@@ -1,8 +1,10 @@
 // eqflow sample: samples of a trained flow with their exact log-density and importance weights.
+#include <cmath>
 #include <cstdio>
 
 #include "cli/cli_common.h"
 #include "cli/flow_cli.h"
+#include "eqflow/error.h"
 #include "eqflow/io.h"
 #include "eqflow/json.h"
 #include "eqflow/model_io.h"
@@ -58,6 +60,20 @@ int cmd_sample(Args& args) {
                   static_cast<long long>(w.invalid));
     progress.finish(extra);
 
+    // A failed integration is a documented NaN row with zero weight (counted in summary.json);
+    // every other output must be finite, or +inf for an energy, -inf for a log weight.
+    std::vector<char> failed(static_cast<size_t>(s.count), 0);
+    int64_t n_failed = 0;
+    for (int64_t i = 0; i < s.count; ++i) {
+        failed[static_cast<size_t>(i)] = !std::isfinite(s.log_q[static_cast<size_t>(i)]);
+        n_failed += failed[static_cast<size_t>(i)];
+    }
+    EQFLOW_CHECK(n_failed < s.count, "every one of the " << s.count
+                                                         << " integrations failed (the field is "
+                                                            "not finite): nothing written");
+    check_finite_output(s.x, static_cast<int64_t>(system.n) * system.d, "the sample", false,
+                        &failed);
+    check_finite_output(u, 1, "the energy", /*allow_plus_inf=*/true, &failed);
     make_directories(out_dir);
     const int64_t D = static_cast<int64_t>(system.n) * system.d;
     write_npy(out_dir + "/x.npy", s.x.data(), Shape{s.count, D});

@@ -66,13 +66,14 @@ int run(int argc, char** argv) {
         return cmd->run(args);
     } catch (const UsageError& e) {
         std::fprintf(stderr, "eqflow %s: %s (see eqflow %s --help)\n", name.c_str(),
-                     e.message.c_str(), name.c_str());
+                     detail::escape_control(e.message).c_str(), name.c_str());
         return 2;
     } catch (const Error& e) {
         std::fprintf(stderr, "eqflow %s: error: %s\n", name.c_str(), e.what());
         return 1;
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "eqflow %s: error: %s\n", name.c_str(), e.what());
+        std::fprintf(stderr, "eqflow %s: error: %s\n", name.c_str(),
+                     detail::escape_control(e.what()).c_str());
         return 1;
     }
 }
