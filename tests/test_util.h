@@ -99,6 +99,18 @@ inline std::vector<double> rotate(const std::vector<double>& x, const std::vecto
     return y;
 }
 
+// Two lists of records, equal in the fields given as member pointers, record by record.
+template <class T, class... Fields>
+void expect_same_records(const std::vector<T>& a, const std::vector<T>& b, Fields... fields) {
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t k = 0; k < a.size(); ++k) {
+        auto expect_same = [&](auto field) {
+            EXPECT_EQ(a[k].*field, b[k].*field) << "[" << k << "]";
+        };
+        (expect_same(fields), ...);
+    }
+}
+
 // |actual - expected| <= atol + rtol * |expected| elementwise; NaN anywhere fails. On failure,
 // reports the number of mismatches, the first few and the worst one.
 template <class A, class E>
