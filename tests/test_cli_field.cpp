@@ -96,11 +96,7 @@ TEST_F(CliField, WritesFieldAndDivergence) {
     const EgnnModel m = make_model();
     auto gen = test::rng(33);
     const int64_t N = 5;
-    std::vector<double> x;
-    for (int64_t b = 0; b < N; ++b) {
-        std::vector<double> xb = test::random_configuration(4, 2, 1.5, 0.5, gen);
-        x.insert(x.end(), xb.begin(), xb.end());
-    }
+    const std::vector<double> x = test::random_configurations(N, 4, 2, 1.5, 0.5, gen);
     // Shape [N, n, d] on input; the command centres the configurations on load.
     write_npy(file("x.npy"), x.data(), Shape{N, 4, 2});
     const Result r = run("field --model " + file("model.safetensors") + " --in " + file("x.npy") +
