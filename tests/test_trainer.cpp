@@ -113,8 +113,7 @@ class Trainer : public ::testing::Test {
     }
     // The tiny run with another objective, in memory only (no output directory).
     TrainOptions tiny_in_memory(CouplingKind objective) const {
-        TrainOptions o = tiny("");
-        o.out_dir.clear();
+        TrainOptions o = test::tiny_dw4_options();
         o.objective = objective;
         return o;
     }
