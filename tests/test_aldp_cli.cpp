@@ -22,13 +22,7 @@
 namespace eqflow {
 namespace {
 
-using test::exists;
-using test::Result;
-using test::run;
-class AldpCli : public test::TempDirTest {
-  protected:
-    AldpCli() : TempDirTest("aldp_cli") {}
-};
+using AldpCli = test::TempDirTest;
 
 TEST_F(AldpCli, DataThenEnergy) {
     const System s = make_system("aldp");

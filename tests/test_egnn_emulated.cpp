@@ -145,32 +145,16 @@ constexpr double kFieldTol = 2e-4;
 constexpr double kDivTol = 1e-3;
 constexpr double kGradTol = 1e-3;
 
-struct Inputs {
-    std::vector<double> x, t;
-    std::vector<float> xf, tf;
+class EgnnEmulated : public ::testing::TestWithParam<Case> {
+  protected:
+    const Case c = GetParam();
 };
 
-Inputs make_inputs(const Case& c, int B, uint64_t salt) {
-    Inputs in;
-    auto gen = test::rng(salt);
-    for (int b = 0; b < B; ++b) {
-        auto xb = test::random_configuration(c.n, c.d, 1.0, 0.3, gen);
-        in.x.insert(in.x.end(), xb.begin(), xb.end());
-        in.t.push_back((b + 0.5) / B);
-    }
-    in.xf.assign(in.x.begin(), in.x.end());
-    in.tf.assign(in.t.begin(), in.t.end());
-    return in;
-}
-
-class EgnnEmulated : public ::testing::TestWithParam<Case> {};
-
 TEST_P(EgnnEmulated, ForwardMatchesCpuUnderEverySchedule) {
-    const Case c = GetParam();
     const EgnnModel model = test::random_egnn_model(c, 7);
     const HostNet h(model);
     const int B = 2;
-    const Inputs in = make_inputs(c, B, 41);
+    const test::EgnnInputs in = test::random_egnn_inputs(c, B, 41);
     std::vector<double> v_ref(in.x.size());
     egnn_forward(model.config, model.params.data(), B, in.x.data(), in.t.data(), v_ref.data());
     const double vscale = max_abs(v_ref);
@@ -184,13 +168,12 @@ TEST_P(EgnnEmulated, ForwardMatchesCpuUnderEverySchedule) {
 }
 
 TEST_P(EgnnEmulated, DivergenceMatchesCpuUnderEverySchedule) {
-    const Case c = GetParam();
     const EgnnModel model = test::random_egnn_model(c, 8);
     const HostNet h(model);
     // One sample when it has several chunks of tangent directions (the emulation of the
     // divergence is the slowest part of this test, most of all under AddressSanitizer).
     const int B = c.n * c.d > 2 * kTangents ? 1 : 2;
-    const Inputs in = make_inputs(c, B, 42);
+    const test::EgnnInputs in = test::random_egnn_inputs(c, B, 42);
     std::vector<double> v_ref(in.x.size()), div_ref(B);
     egnn_divergence(model.config, model.params.data(), B, in.x.data(), in.t.data(), v_ref.data(),
                     div_ref.data());
@@ -215,11 +198,10 @@ TEST_P(EgnnEmulated, DivergenceMatchesCpuUnderEverySchedule) {
 // Hutchinson's estimator: the same kernel with K given directions per sample (here 11
 // Rademacher vectors: a full chunk of 8 and a partial one) against the CPU forward-mode JVP.
 TEST_P(EgnnEmulated, DirectionTraceMatchesCpuJvpUnderEverySchedule) {
-    const Case c = GetParam();
     const EgnnModel model = test::random_egnn_model(c, 10);
     const HostNet h(model);
     const int B = 2, K = 11, nd = c.n * c.d;
-    const Inputs in = make_inputs(c, B, 45);
+    const test::EgnnInputs in = test::random_egnn_inputs(c, B, 45);
     auto gen = test::rng(46);
     std::vector<double> dirs(static_cast<size_t>(B) * K * nd);
     for (double& e : dirs) e = (gen() & 1u) ? 1.0 : -1.0;
@@ -249,11 +231,10 @@ TEST_P(EgnnEmulated, DirectionTraceMatchesCpuJvpUnderEverySchedule) {
 }
 
 TEST_P(EgnnEmulated, BackwardMatchesCpuUnderEverySchedule) {
-    const Case c = GetParam();
     const EgnnModel model = test::random_egnn_model(c, 9);
     const HostNet h(model);
     const int B = 3;
-    const Inputs in = make_inputs(c, B, 43);
+    const test::EgnnInputs in = test::random_egnn_inputs(c, B, 43);
     auto gen = test::rng(44);
     const std::vector<double> g = test::random_normal(in.x.size(), gen);
     const std::vector<float> gf(g.begin(), g.end());

@@ -70,13 +70,9 @@ TEST(Safetensors, RoundTripAllDtypes) {
     write_safetensors(path, f);
     const SafetensorsFile g = read_safetensors(path);
     std::remove(path.c_str());
-    ASSERT_EQ(g.tensors.size(), f.tensors.size());
-    for (size_t k = 0; k < f.tensors.size(); ++k) {
-        EXPECT_EQ(g.tensors[k].name, f.tensors[k].name);
-        EXPECT_EQ(g.tensors[k].dtype, f.tensors[k].dtype);
-        EXPECT_EQ(g.tensors[k].shape, f.tensors[k].shape);
-        EXPECT_EQ(g.tensors[k].ints, f.tensors[k].ints);
-    }
+    ASSERT_NO_FATAL_FAILURE(test::expect_same_records(g.tensors, f.tensors, &SafeTensor::name,
+                                                      &SafeTensor::dtype, &SafeTensor::shape,
+                                                      &SafeTensor::ints));
     // F64 bit-identical (including -0.0 and subnormal-adjacent values), F32 rounded once.
     const std::vector<double>& w = g.at("w").values;
     ASSERT_EQ(w.size(), 6u);
@@ -143,44 +139,30 @@ TEST(Safetensors, DamagedFilesGiveClearErrors) {
         std::memcpy(&bytes[0], &too_long, 8);
         EXPECT_ERROR_CONTAINS(parse(bytes), "truncated file");
     }
-    EXPECT_ERROR_CONTAINS(
-        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]})", data)),
-        "corrupted header");
     EXPECT_ERROR_CONTAINS(parse(foreign_file("[1, 2]", "")), "not a JSON object");
-    EXPECT_ERROR_CONTAINS(
-        parse(foreign_file(R"({"a":{"dtype":"BF16","shape":[8],"data_offsets":[0,16]}})", data)),
-        "unsupported dtype BF16");
-    EXPECT_ERROR_CONTAINS(
-        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[3],"data_offsets":[0,16]}})", data)),
-        "needs 24");
-    EXPECT_ERROR_CONTAINS(
-        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[8,24]}})", data)),
-        "outside the data section");
-    EXPECT_ERROR_CONTAINS(
-        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[-2],"data_offsets":[0,16]}})", data)),
-        "invalid shape");
-    EXPECT_ERROR_CONTAINS(
-        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", data)),
-        "trailing bytes");
-    EXPECT_ERROR_CONTAINS(
-        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[8,16]}})", data)),
-        "contiguous");
-    EXPECT_ERROR_CONTAINS(
-        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},)"
-                           R"("b":{"dtype":"F64","shape":[1],"data_offsets":[8,16]}})",
-                           data)),
-        "contiguous");
-    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2]}})", data)),
-                          "data_offsets");
-    EXPECT_ERROR_CONTAINS(
-        parse(foreign_file(R"({"__metadata__":{"k":1},)"
-                           R"("a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})",
-                           data)),
-        "not a string");
-    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[16,16],)"
-                                             R"("data_offsets":[0,16]}})",
-                                             data)),
-                          "does not fit");
+    // Headers that do not describe `data`, and what the error says.
+    const struct {
+        const char *header, *error;
+    } bad_headers[] = {
+        {R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]})", "corrupted header"},
+        {R"({"a":{"dtype":"BF16","shape":[8],"data_offsets":[0,16]}})", "unsupported dtype BF16"},
+        {R"({"a":{"dtype":"F64","shape":[3],"data_offsets":[0,16]}})", "needs 24"},
+        {R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[8,24]}})", "outside the data section"},
+        {R"({"a":{"dtype":"F64","shape":[-2],"data_offsets":[0,16]}})", "invalid shape"},
+        {R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", "trailing bytes"},
+        {R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[8,16]}})", "contiguous"},
+        {R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},)"
+         R"("b":{"dtype":"F64","shape":[1],"data_offsets":[8,16]}})",
+         "contiguous"},
+        {R"({"a":{"dtype":"F64","shape":[2]}})", "data_offsets"},
+        {R"({"__metadata__":{"k":1},"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})",
+         "not a string"},
+        {R"({"a":{"dtype":"F64","shape":[16,16],"data_offsets":[0,16]}})", "does not fit"},
+    };
+    for (const auto& h : bad_headers) {
+        SCOPED_TRACE(h.header);
+        EXPECT_ERROR_CONTAINS(parse(foreign_file(h.header, data)), h.error);
+    }
 
     // Our own files: a flipped data byte fails the checksum; every truncation and every flipped
     // header byte is an Error (or, for a byte inside a string that stays valid, a clean load).
@@ -317,32 +299,29 @@ TEST(ModelFile, LoadChecksNamesShapesDtypesAndMetadata) {
     EXPECT_ERROR_CONTAINS(load(f), "unexpected tensor 'gcl_2.edge_mlp.0.bias'");
 
     f = good;
-    f.set_meta("eqflow.attention", "false");  // the att_mlp tensors are then unexpected
-    EXPECT_ERROR_CONTAINS(load(f), "unexpected tensor 'gcl_0.att_mlp.0.weight'");
-
-    f = good;
     for (size_t k = 0; k < f.metadata.size(); ++k)
         if (f.metadata[k].first == "eqflow.n_particles") f.metadata.erase(f.metadata.begin() + k);
     EXPECT_ERROR_CONTAINS(load(f), "missing metadata key 'eqflow.n_particles'");
 
-    f = good;
-    f.set_meta("eqflow.tanh", "maybe");
-    EXPECT_ERROR_CONTAINS(load(f), "'eqflow.tanh' = 'maybe'");
-    f = good;
-    f.set_meta("eqflow.hidden", "6x");
-    EXPECT_ERROR_CONTAINS(load(f), "'eqflow.hidden' = '6x' is not an integer");
-    f = good;
-    f.set_meta("eqflow.atom_types", "0,1,x,0");
-    EXPECT_ERROR_CONTAINS(load(f), "eqflow.atom_types");
-    f = good;
-    f.set_meta("eqflow.atom_types", "0,1");
-    EXPECT_ERROR_CONTAINS(load(f), "invalid model configuration");
-    f = good;
-    f.set_meta("eqflow.coords_range", "nan");
-    EXPECT_ERROR_CONTAINS(load(f), "eqflow.coords_range");
-    f = good;
-    f.set_meta("eqflow.length_scale", "-0.5");
-    EXPECT_ERROR_CONTAINS(load(f), "length_scale");
+    // Metadata with a value that is wrong, and what the error says.
+    const struct {
+        const char *key, *value, *error;
+    } bad_meta[] = {
+        // The att_mlp tensors are then unexpected.
+        {"eqflow.attention", "false", "unexpected tensor 'gcl_0.att_mlp.0.weight'"},
+        {"eqflow.tanh", "maybe", "'eqflow.tanh' = 'maybe'"},
+        {"eqflow.hidden", "6x", "'eqflow.hidden' = '6x' is not an integer"},
+        {"eqflow.atom_types", "0,1,x,0", "eqflow.atom_types"},
+        {"eqflow.atom_types", "0,1", "invalid model configuration"},
+        {"eqflow.coords_range", "nan", "eqflow.coords_range"},
+        {"eqflow.length_scale", "-0.5", "length_scale"},
+    };
+    for (const auto& m : bad_meta) {
+        SCOPED_TRACE(std::string(m.key) + " = " + m.value);
+        f = good;
+        f.set_meta(m.key, m.value);
+        EXPECT_ERROR_CONTAINS(load(f), m.error);
+    }
     // Files from before the length scale existed are in model units.
     f = good;
     f.metadata.erase(
