@@ -21,7 +21,6 @@ using test::sh;
 
 class CliRunDir : public test::TempDirTest {
   protected:
-    CliRunDir() : TempDirTest("cli_run_dir") {}
     void SetUp() override {
         TempDirTest::SetUp();
         const Result r =

@@ -233,7 +233,6 @@ TEST(HostileModel, AHeaderOfManyKeysParsesInLinearTime) {
 
 class HostileCheckpoint : public test::TempDirTest {
   protected:
-    HostileCheckpoint() : TempDirTest("hostile_checkpoint") {}
     TrainingCheckpoint valid() const {
         const SafetensorsFile f = tiny_model_file();
         TrainingCheckpoint ck;
