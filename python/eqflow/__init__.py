@@ -41,6 +41,7 @@ from ._api import (  # noqa: E402
 )
 
 __version__ = _eqflow.__version__
+Error.__module__ = "eqflow"
 
 
 def __getattr__(name):

@@ -107,7 +107,8 @@ ArrayRef inspect(const A& a, const char* name) {
                           << a.device_type() << "); pass a CPU or CUDA array");
     }
     // C order, dense: strides (in elements) are the suffix products; extents of 1 may have
-    // any stride.
+    // any stride, and an empty array has no layout to check.
+    if (r.numel() == 0) return r;
     int64_t expected = 1;
     for (size_t i = a.ndim(); i-- > 0;) {
         const int64_t extent = static_cast<int64_t>(a.shape(i));
