@@ -78,3 +78,7 @@ def test_evaluate_matches_cli(cli, run):
     assert m["samples"].shape == (8, 4, 2)
     ll = eqflow.log_likelihood(eqflow.load_model(path), test, solver="rk4", steps=4, device="cpu")
     assert -ll["log_q"].mean() == pytest.approx(m["nll_normalized"], rel=1e-9)
+
+
+def test_cli_version(cli):
+    assert cli("--version").stdout.strip() == f"eqflow {eqflow.__version__}"
