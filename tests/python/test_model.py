@@ -99,3 +99,16 @@ def test_set_parameters(rng):
     assert not np.allclose(m.field(x, 0.5), v)
     m.set_parameters(p)
     np.testing.assert_array_equal(m.field(x, 0.5), v)
+
+
+def test_threads_share_a_model(dw4_model, rng):
+    # Calls release the GIL; the model's fields and workspaces are behind a lock.
+    from concurrent.futures import ThreadPoolExecutor
+
+    xs = [centred(rng.normal(size=(16, 4, 2))) for _ in range(8)]
+    expected = [dw4_model.field_and_divergence(x, 0.4) for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: dw4_model.field_and_divergence(x, 0.4), xs * 3))
+    for i, (v, div) in enumerate(got):
+        np.testing.assert_array_equal(v, expected[i % 8][0])
+        np.testing.assert_array_equal(div, expected[i % 8][1])
