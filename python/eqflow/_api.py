@@ -387,7 +387,9 @@ def evaluate(model, test, *, samples=1000, seed=0, system=None, figure=None, sol
     path_length, n_samples, n_test, energy means, histogram, ...) plus the samples [N, n, d] and
     their log_w. figure: also write the energy-histogram SVG there."""
     test = np.ascontiguousarray(_to_numpy(test, "test"))
-    return dict(_eqflow.evaluate(model._m, test, int(samples), int(seed), system or "",
-                                 "" if figure is None else str(figure),
-                                 *_flow_args(solver, atol, rtol, steps, batch, hutchinson,
-                                             threads, device)))
+    out = dict(_eqflow.evaluate(model._m, test, int(samples), int(seed), system or "",
+                                "" if figure is None else str(figure),
+                                *_flow_args(solver, atol, rtol, steps, batch, hutchinson,
+                                            threads, device)))
+    # The metrics come through the command's JSON, where a non-finite number is null.
+    return {k: (math.nan if v is None else v) for k, v in out.items()}
