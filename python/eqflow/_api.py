@@ -333,14 +333,15 @@ def data(system_, samples, *, seed=0, replicas=8, t_max=0.0, burn_in=2000, thin=
 
 
 def train(system_, data_, *, objective="eqot", out_dir=None, epochs=10, batch=256, lr=5e-4,
-          hidden=0, layers=0, sigma=0.01, seed=0, device="auto", resume=False, ema=0.0,
-          val_fraction=0.1, threads=0, length_scale="auto", log_every=10, stop_after=0,
+          hidden=0, layers=0, sigma=0.01, seed=0, device="auto", resume=False, overwrite=False,
+          ema=0.0, val_fraction=0.1, threads=0, length_scale="auto", log_every=10, stop_after=0,
           progress=None):
     """`eqflow train`: flow matching on configurations data_ [N, n, d] or [N, n*d] (centred on
     load). Returns (model, info): the model to sample from (EMA weights with ema > 0) and a dict
     (step, total_steps, loss, validation_loss, skipped, seconds, raw_model, ...). With out_dir,
     writes RUN/model.safetensors, RUN/checkpoint.safetensors and RUN/train_log.jsonl as the
-    command does (resume=True continues from the checkpoint). progress(step, total, loss, lr)
+    command does (resume=True continues from the checkpoint; a directory holding another run is
+    refused unless overwrite=True). progress(step, total, loss, lr)
     is called after every step. Ctrl-C stops at the end of the step and raises
     KeyboardInterrupt (with out_dir, after writing a checkpoint)."""
     sys_ = system(system_)
@@ -349,7 +350,7 @@ def train(system_, data_, *, objective="eqot", out_dir=None, epochs=10, batch=25
     model, raw, info = _eqflow.train(
         sys_, x, str(objective), "" if out_dir is None else str(out_dir), int(epochs),
         int(batch), float(lr), int(hidden), int(layers), float(sigma), int(seed), str(device),
-        bool(resume), float(ema), float(val_fraction), int(threads), scale, int(log_every),
+        bool(resume), bool(overwrite), float(ema), float(val_fraction), int(threads), scale, int(log_every),
         int(stop_after), progress)
     info = dict(info)
     info["raw_model"] = Model(raw)

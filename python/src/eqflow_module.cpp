@@ -840,8 +840,8 @@ NB_MODULE(_eqflow, m) {
         [](const System& system, const InArray& data, const std::string& objective,
            const std::string& out_dir, int64_t epochs, int64_t batch, double lr, int hidden,
            int layers, double sigma, uint64_t seed, const std::string& device, bool resume,
-           double ema, double val_fraction, int threads, double length_scale, int64_t log_every,
-           int64_t stop_after, nb::object progress) {
+           bool overwrite, double ema, double val_fraction, int threads, double length_scale,
+           int64_t log_every, int64_t stop_after, nb::object progress) {
             TrainOptions o;
             o.system = system.name;
             o.objective = parse_coupling(objective);
@@ -855,6 +855,7 @@ NB_MODULE(_eqflow, m) {
             o.seed = seed;
             o.device = parse_device(device);
             o.resume = resume;
+            o.overwrite = overwrite;
             o.ema_decay = ema;
             o.validation_fraction = val_fraction;
             o.threads = threads;
@@ -912,9 +913,10 @@ NB_MODULE(_eqflow, m) {
         },
         nb::arg("system"), nb::arg("data"), nb::arg("objective"), nb::arg("out_dir"),
         nb::arg("epochs"), nb::arg("batch"), nb::arg("lr"), nb::arg("hidden"), nb::arg("layers"),
-        nb::arg("sigma"), nb::arg("seed"), nb::arg("device"), nb::arg("resume"), nb::arg("ema"),
-        nb::arg("val_fraction"), nb::arg("threads"), nb::arg("length_scale"), nb::arg("log_every"),
-        nb::arg("stop_after"), nb::arg("progress").none());
+        nb::arg("sigma"), nb::arg("seed"), nb::arg("device"), nb::arg("resume"),
+        nb::arg("overwrite"), nb::arg("ema"), nb::arg("val_fraction"), nb::arg("threads"),
+        nb::arg("length_scale"), nb::arg("log_every"), nb::arg("stop_after"),
+        nb::arg("progress").none());
 
     m.def(
         "sample",

@@ -82,3 +82,9 @@ def test_evaluate_matches_cli(cli, run):
 
 def test_cli_version(cli):
     assert cli("--version").stdout.strip() == f"eqflow {eqflow.__version__}"
+
+
+def test_train_refuses_another_run(run):
+    data = np.load(run / "train.npy")
+    with pytest.raises(eqflow.Error, match="overwrite"):
+        eqflow.train("dw4", data, out_dir=run / "run", device="cpu", **TRAIN)
