@@ -5,8 +5,9 @@
 #
 # torch is Debian's python3-torch (CPU only, ~80 MB with its dependencies; PyPI's Linux wheels
 # import only with several GB of CUDA libraries), seen through --system-site-packages, so the
-# venv uses Debian's python3. torchdiffeq (pure Python; scipy from Debian) is optional: its test
-# skips without it. Installs the Debian packages when missing (root).
+# venv uses Debian's python3. torchdiffeq (pure Python; scipy from Debian) and safetensors (a
+# small wheel) come from PyPI and are optional: their tests skip without them. Installs the
+# Debian packages when missing (root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,9 @@ echo "python-tests: pip install . (EQFLOW_CUDA=OFF)"
 EQFLOW_CUDA=OFF CMAKE_BUILD_PARALLEL_LEVEL=2 "$tmp/venv/bin/pip" install --quiet .
 "$tmp/venv/bin/pip" install --quiet --no-deps torchdiffeq ||
     echo "python-tests: torchdiffeq not installed; its test skips"
+# safetensors (its own writer, for the re-saved-model test); optional likewise.
+"$tmp/venv/bin/pip" install --quiet --no-deps safetensors ||
+    echo "python-tests: safetensors not installed; its test skips"
 
 set +e
 "$tmp/venv/bin/python" -m pytest tests/python -q -rs -p no:cacheprovider

@@ -16,13 +16,22 @@
 #include "eqflow/io.h"
 #include "eqflow/json.h"
 
+#ifndef EQFLOW_VERSION_STRING  // set by CMake from project(VERSION)
+#define EQFLOW_VERSION_STRING "unknown"
+#endif
+
 namespace eqflow {
 
 namespace {
 
 // The reader holds the header in memory; anything bigger is not a header but a corrupted length.
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
-constexpr const char* kChecksumKey = "eqflow.checksum";
+// The data checksum, keyed by tensor name: FNV-1a over the tensors in name order, each as its
+// name, dtype, shape and bytes, so a file re-saved by another writer with the tensors in another
+// order (safetensors.torch sorts them) still verifies. Files of earlier versions carry the
+// data-order checksum under kLegacyChecksumKey; it is verified when the keyed one is absent.
+constexpr const char* kChecksumKey = "eqflow.tensor_checksum";
+constexpr const char* kLegacyChecksumKey = "eqflow.checksum";
 // The data checksum does not cover the metadata, where the sizes of the model are: a second one
 // does (files written before it existed have none and are read as before).
 constexpr const char* kMetaChecksumKey = "eqflow.meta_checksum";
@@ -37,7 +46,65 @@ bool host_is_little_endian() {
 }
 
 size_t item_size(SafetensorsDtype dtype) {
-    return dtype == SafetensorsDtype::f32 ? 4 : 8;
+    switch (dtype) {
+        case SafetensorsDtype::f16:
+        case SafetensorsDtype::bf16:
+            return 2;
+        case SafetensorsDtype::f32:
+            return 4;
+        case SafetensorsDtype::f64:
+        case SafetensorsDtype::i64:
+            break;
+    }
+    return 8;
+}
+
+uint32_t float_bits(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+float bits_float(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// IEEE binary16 <-> binary32, exact on the way in, round to nearest even on the way out
+// (overflow to infinity, NaN kept a quiet NaN).
+float half_to_float(uint16_t h) {
+    const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+    const uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+    if (exp == 0x1f) return bits_float(sign | 0x7f800000u | (mant << 13));  // inf, NaN
+    if (exp != 0) return bits_float(sign | ((exp + 112) << 23) | (mant << 13));
+    // Zero or subnormal: mant * 2^-24.
+    const float v = static_cast<float>(mant) * 5.9604644775390625e-8f;
+    return sign ? -v : v;
+}
+uint16_t float_to_half(float f) {
+    const uint32_t u = float_bits(f);
+    const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+    const uint32_t abs = u & 0x7fffffffu;
+    if (abs >= 0x7f800000u)  // inf or NaN
+        return static_cast<uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u));
+    if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds past 65504
+    if (abs < 0x38800000u) {  // below the smallest normal half: a multiple of 2^-24, rounded
+        const float scaled = bits_float(abs) * 16777216.0f;  // exact
+        const float r = std::nearbyint(scaled);              // nearest, ties to even
+        return static_cast<uint16_t>(sign | static_cast<uint16_t>(r));
+    }
+    // Normal: drop 13 mantissa bits with round to nearest even.
+    const uint32_t rounded = abs + 0xfffu + ((abs >> 13) & 1u);
+    return static_cast<uint16_t>(sign | ((rounded - 0x38000000u) >> 13));
+}
+// bfloat16 is the upper half of a binary32.
+float bf16_to_float(uint16_t b) {
+    return bits_float(static_cast<uint32_t>(b) << 16);
+}
+uint16_t float_to_bf16(float f) {
+    const uint32_t u = float_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN
+    return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
 std::string hex64(uint64_t v) {
@@ -51,7 +118,9 @@ std::string hex64(uint64_t v) {
 uint64_t metadata_checksum(const std::vector<std::pair<std::string, std::string>>& metadata) {
     std::vector<std::pair<std::string, std::string>> sorted;
     for (const auto& kv : metadata)
-        if (kv.first != kChecksumKey && kv.first != kMetaChecksumKey) sorted.push_back(kv);
+        if (kv.first != kChecksumKey && kv.first != kLegacyChecksumKey &&
+            kv.first != kMetaChecksumKey)
+            sorted.push_back(kv);
     std::sort(sorted.begin(), sorted.end());
     std::string bytes;
     for (const auto& [key, value] : sorted) {
@@ -61,18 +130,43 @@ uint64_t metadata_checksum(const std::vector<std::pair<std::string, std::string>
     return fnv1a64(bytes.data(), bytes.size());
 }
 
+// The data checksum keyed by name (kChecksumKey): tensors in name order, each as
+// "len:name", its dtype, its shape and its bytes (in the data section at `data`, at the tensor's
+// offset). The tensors' offsets must already be known: t.values / t.ints are not used.
+struct TensorBytes {
+    const std::string* name;
+    const char* dtype;
+    const Shape* shape;
+    const char* begin;
+    size_t size;
+};
+uint64_t keyed_checksum(std::vector<TensorBytes> tensors) {
+    std::sort(tensors.begin(), tensors.end(),
+              [](const TensorBytes& a, const TensorBytes& b) { return *a.name < *b.name; });
+    std::string bytes;
+    for (const TensorBytes& t : tensors) {
+        bytes += std::to_string(t.name->size()) + ":" + *t.name + t.dtype + shape_string(*t.shape);
+        bytes.append(t.begin, t.size);
+    }
+    return fnv1a64(bytes.data(), bytes.size());
+}
+// For the writer: tensors laid out back to back in file order from `data`.
+uint64_t tensor_checksum(const std::vector<SafeTensor>& tensors, const char* data) {
+    std::vector<TensorBytes> list;
+    size_t offset = 0;
+    for (const SafeTensor& t : tensors) {
+        const size_t size = static_cast<size_t>(shape_numel(t.shape)) * item_size(t.dtype);
+        list.push_back({&t.name, safetensors_dtype_name(t.dtype), &t.shape, data + offset, size});
+        offset += size;
+    }
+    return keyed_checksum(std::move(list));
+}
+
 }  // namespace
 
 const char* safetensors_dtype_name(SafetensorsDtype dtype) {
-    switch (dtype) {
-        case SafetensorsDtype::f32:
-            return "F32";
-        case SafetensorsDtype::f64:
-            return "F64";
-        case SafetensorsDtype::i64:
-            return "I64";
-    }
-    return "?";
+    static const char* const kNames[] = {"F32", "F64", "I64", "F16", "BF16"};  // enum order
+    return kNames[static_cast<int>(dtype)];
 }
 
 SafeTensor SafeTensor::f64(std::string name, Shape shape, std::vector<double> values) {
@@ -168,6 +262,11 @@ std::string serialize_safetensors(const SafetensorsFile& file) {
             } else if (t.dtype == SafetensorsDtype::f32) {
                 const float f = static_cast<float>(t.values[k]);
                 data.append(reinterpret_cast<const char*>(&f), 4);
+            } else if (t.dtype == SafetensorsDtype::f16 || t.dtype == SafetensorsDtype::bf16) {
+                const float f = static_cast<float>(t.values[k]);
+                const uint16_t h =
+                    t.dtype == SafetensorsDtype::f16 ? float_to_half(f) : float_to_bf16(f);
+                data.append(reinterpret_cast<const char*>(&h), 2);
             } else {
                 data.append(reinterpret_cast<const char*>(&t.ints[k]), 8);
             }
@@ -185,10 +284,12 @@ std::string serialize_safetensors(const SafetensorsFile& file) {
     }
     Json meta = Json::object();
     for (const auto& kv : file.metadata) {
-        if (kv.first == kChecksumKey || kv.first == kMetaChecksumKey) continue;  // recomputed below
+        if (kv.first == kChecksumKey || kv.first == kLegacyChecksumKey ||
+            kv.first == kMetaChecksumKey)
+            continue;  // recomputed below
         meta[kv.first] = kv.second;
     }
-    meta[kChecksumKey] = hex64(fnv1a64(data.data(), data.size()));
+    meta[kChecksumKey] = hex64(tensor_checksum(file.tensors, data.data()));
     meta[kMetaChecksumKey] = hex64(metadata_checksum(file.metadata));
     header["__metadata__"] = meta;
     for (auto& e : entries) header[e.first] = e.second;
@@ -258,9 +359,13 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& w
             t.dtype = SafetensorsDtype::f64;
         } else if (dtype == "I64") {
             t.dtype = SafetensorsDtype::i64;
+        } else if (dtype == "F16") {
+            t.dtype = SafetensorsDtype::f16;
+        } else if (dtype == "BF16") {
+            t.dtype = SafetensorsDtype::bf16;
         } else {
             EQFLOW_THROW(what << ": tensor '" << name << "' has unsupported dtype " << dtype
-                              << " (supported: F32, F64, I64)");
+                              << " (supported: F32, F64, F16, BF16, I64)");
         }
         const Json& shape = entry.at("shape");
         EQFLOW_CHECK(shape.is_array(),
@@ -325,17 +430,37 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& w
         } else if (t.dtype == SafetensorsDtype::f64) {
             t.values.resize(count);
             if (count) std::memcpy(t.values.data(), src, count * 8);
-        } else {
+        } else if (t.dtype == SafetensorsDtype::f32) {
             t.values.resize(count);
             for (size_t k = 0; k < count; ++k) {
                 float f;
                 std::memcpy(&f, src + 4 * k, 4);
                 t.values[k] = f;
             }
+        } else {
+            t.values.resize(count);
+            for (size_t k = 0; k < count; ++k) {
+                uint16_t h;
+                std::memcpy(&h, src + 2 * k, 2);
+                t.values[k] =
+                    t.dtype == SafetensorsDtype::f16 ? half_to_float(h) : bf16_to_float(h);
+            }
         }
     }
     if (file.has_meta(kChecksumKey)) {
+        std::vector<TensorBytes> list;
+        for (const Span& sp : spans) {
+            const SafeTensor& t = file.tensors[sp.index];
+            list.push_back({&t.name, safetensors_dtype_name(t.dtype), &t.shape, data + sp.begin,
+                            static_cast<size_t>(sp.end - sp.begin)});
+        }
         const std::string expected = file.meta(kChecksumKey);
+        const std::string actual = hex64(keyed_checksum(std::move(list)));
+        EQFLOW_CHECK(expected == actual, what << ": checksum mismatch (header says " << expected
+                                              << ", the tensors give " << actual
+                                              << "): the file is corrupted");
+    } else if (file.has_meta(kLegacyChecksumKey)) {
+        const std::string expected = file.meta(kLegacyChecksumKey);
         const std::string actual = hex64(fnv1a64(data, data_size));
         EQFLOW_CHECK(expected == actual, what << ": checksum mismatch (header says " << expected
                                               << ", data gives " << actual
@@ -414,7 +539,8 @@ double parse_double_meta(const SafetensorsFile& f, const std::string& key,
 
 SafetensorsFile egnn_model_to_safetensors(const EgnnModel& model, SafetensorsDtype dtype) {
     const EgnnConfig& c = model.config;
-    EQFLOW_CHECK(dtype != SafetensorsDtype::i64, "EGNN model tensors are F32 or F64");
+    EQFLOW_CHECK(dtype != SafetensorsDtype::i64,
+                 "EGNN model tensors are floating point (F64, F32, F16, BF16)");
     const std::vector<ParamEntry> layout = egnn_parameter_layout(c);
     const int64_t count = egnn_parameter_count(c);
     EQFLOW_CHECK(static_cast<int64_t>(model.params.size()) == count,
@@ -422,6 +548,7 @@ SafetensorsFile egnn_model_to_safetensors(const EgnnModel& model, SafetensorsDty
                                    << count);
     SafetensorsFile f;
     f.set_meta("eqflow.format", "egnn-v1");
+    f.set_meta("eqflow.version", EQFLOW_VERSION_STRING);
     f.set_meta("eqflow.system", c.system);
     f.set_meta("eqflow.n_particles", std::to_string(c.n_particles));
     f.set_meta("eqflow.dim", std::to_string(c.dim));
@@ -440,9 +567,9 @@ SafetensorsFile egnn_model_to_safetensors(const EgnnModel& model, SafetensorsDty
     for (const ParamEntry& e : layout) {
         std::vector<double> values(model.params.begin() + e.offset,
                                    model.params.begin() + e.offset + shape_numel(e.shape));
-        f.tensors.push_back(dtype == SafetensorsDtype::f64
-                                ? SafeTensor::f64(e.name, e.shape, std::move(values))
-                                : SafeTensor::f32(e.name, e.shape, std::move(values)));
+        SafeTensor t = SafeTensor::f64(e.name, e.shape, std::move(values));
+        t.dtype = dtype;  // rounded on write when narrower than F64
+        f.tensors.push_back(std::move(t));
     }
     return f;
 }
@@ -517,9 +644,10 @@ EgnnModel egnn_model_from_safetensors(const SafetensorsFile& f, const std::strin
         const SafeTensor* t = it == by_name.end() ? nullptr : it->second;
         EQFLOW_CHECK(t != nullptr, what << ": missing tensor '" << e.name << "' (expected shape "
                                         << shape_string(e.shape) << ")");
-        EQFLOW_CHECK(t->dtype == SafetensorsDtype::f32 || t->dtype == SafetensorsDtype::f64,
-                     what << ": tensor '" << e.name << "' has dtype "
-                          << safetensors_dtype_name(t->dtype) << ", expected F32 or F64");
+        EQFLOW_CHECK(t->dtype != SafetensorsDtype::i64, what << ": tensor '" << e.name
+                                                             << "' has dtype "
+                                                             << safetensors_dtype_name(t->dtype)
+                                                             << ", expected F32, F64, F16 or BF16");
         EQFLOW_CHECK(t->shape == e.shape, what << ": tensor '" << e.name << "' has shape "
                                                << shape_string(t->shape) << ", expected "
                                                << shape_string(e.shape));

@@ -3,6 +3,8 @@
 // this file by CMakeLists.txt).
 #include "eqflow/molecule_io.h"
 
+#include <dlfcn.h>
+#include <limits.h>
 #include <sys/stat.h>
 
 #include <cstdlib>
@@ -76,10 +78,30 @@ bool is_file(const std::string& path) {
 }
 }  // namespace
 
+// The folder holding the eqflow shared library this code runs in ("" when unknown).
+std::string library_dir() {
+    Dl_info info{};
+    if (::dladdr(reinterpret_cast<void*>(&aldp_data_dir), &info) == 0 || info.dli_fname == nullptr)
+        return "";
+    char resolved[PATH_MAX];
+    if (::realpath(info.dli_fname, resolved) == nullptr) return "";
+    std::string path(resolved);
+    const size_t slash = path.rfind('/');
+    return slash == std::string::npos ? "" : path.substr(0, slash);
+}
+
 std::string aldp_data_dir() {
     std::vector<std::string> candidates;
     if (const char* env = std::getenv("EQFLOW_DATA_DIR"); env && *env)
         candidates.push_back(std::string(env) + "/aldp");
+    // Relative to the library: an install (lib/ -> share/eqflow), then the Python package's
+    // layout (the library beside data/).
+    if (const std::string lib = library_dir(); !lib.empty()) {
+#if defined(EQFLOW_DATA_DIR_FROM_LIB)
+        candidates.push_back(lib + "/" + EQFLOW_DATA_DIR_FROM_LIB + "/aldp");
+#endif
+        candidates.push_back(lib + "/data/aldp");
+    }
 #if defined(EQFLOW_SOURCE_DATA_DIR)
     candidates.push_back(std::string(EQFLOW_SOURCE_DATA_DIR) + "/aldp");
 #endif

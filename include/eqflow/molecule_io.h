@@ -24,9 +24,11 @@ EQFLOW_API PdbStructure read_pdb(const std::string& path);
 // numbers within the format's range, residue numbers integers.
 EQFLOW_API PdbStructure parse_pdb(const std::string& text, const std::string& what);
 
-// The directory with aldp.pdb and aldp_system.xml: $EQFLOW_DATA_DIR/aldp when set, else the
-// source tree's data/aldp (build tree use), else <prefix>/share/eqflow/aldp. Throws if none has
-// the files.
+// The directory with aldp.pdb and aldp_system.xml, the first of: $EQFLOW_DATA_DIR/aldp;
+// relative to wherever the eqflow library itself lies (an install's share/eqflow/aldp beside its
+// lib/, found even when the install was moved; the Python package's data/aldp); the source
+// tree's data/aldp (build-tree use); the configured <prefix>/share/eqflow/aldp. Throws, naming
+// the folders tried, if none has the files.
 EQFLOW_API std::string aldp_data_dir();
 EQFLOW_API PdbStructure aldp_structure();
 

@@ -478,7 +478,9 @@ std::vector<double> host_vector(const InArray& a_in, const char* name) {
 SafetensorsDtype parse_file_dtype(const std::string& s) {
     if (s == "f64" || s == "float64" || s == "F64") return SafetensorsDtype::f64;
     if (s == "f32" || s == "float32" || s == "F32") return SafetensorsDtype::f32;
-    EQFLOW_THROW("model file dtype '" << s << "': expected f64 or f32");
+    if (s == "f16" || s == "float16" || s == "F16") return SafetensorsDtype::f16;
+    if (s == "bf16" || s == "bfloat16" || s == "BF16") return SafetensorsDtype::bf16;
+    EQFLOW_THROW("model file dtype '" << s << "': expected f64, f32, f16 or bf16");
 }
 
 // [N, n, d] or [N, n*d] configurations of a system on the host, as doubles.

@@ -112,3 +112,47 @@ def test_threads_share_a_model(dw4_model, rng):
     for i, (v, div) in enumerate(got):
         np.testing.assert_array_equal(v, expected[i % 8][0])
         np.testing.assert_array_equal(div, expected[i % 8][1])
+
+
+def test_half_precision_files(dw4_model, tmp_path):
+    for dtype, tol in (("f16", 1e-3), ("bf16", 8e-3)):
+        path = tmp_path / f"m_{dtype}.safetensors"
+        dw4_model.save(path, dtype=dtype)
+        again = eqflow.load_model(path).parameters()
+        np.testing.assert_allclose(again, dw4_model.parameters(), rtol=tol, atol=1e-7)
+        assert not np.array_equal(again, dw4_model.parameters())  # really rounded
+
+
+def test_resaved_by_safetensors_torch_loads(dw4_model, tmp_path, rng):
+    """A model re-saved by safetensors.torch (same tensors and metadata, tensors in sorted
+    order) loads: the checksum is keyed by tensor name. So does one converted to float16 by a
+    user who drops our checksums."""
+    torch = pytest.importorskip("torch")
+    st = pytest.importorskip("safetensors.torch")
+    from safetensors import safe_open
+
+    path = tmp_path / "ours.safetensors"
+    dw4_model.save(path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = st.load_file(str(path))
+    resaved = tmp_path / "resaved.safetensors"
+    st.save_file(tensors, str(resaved), metadata=metadata)
+    again = eqflow.load_model(resaved)
+    np.testing.assert_array_equal(again.parameters(), dw4_model.parameters())
+    x = rng.normal(size=(3, 4, 2))
+    x -= x.mean(axis=1, keepdims=True)
+    np.testing.assert_array_equal(again.field(x, 0.3), dw4_model.field(x, 0.3))
+
+    half = {k: v.to(torch.float16) for k, v in tensors.items()}
+    meta = {k: v for k, v in metadata.items() if "checksum" not in k}
+    st.save_file(half, str(tmp_path / "half.safetensors"), metadata=meta)
+    h = eqflow.load_model(tmp_path / "half.safetensors").parameters()
+    np.testing.assert_allclose(h, dw4_model.parameters(), rtol=1e-3, atol=1e-7)
+
+    # A changed value under our checksum is caught.
+    bad = dict(tensors)
+    bad["embedding.weight"] = bad["embedding.weight"] + 1e-3
+    st.save_file(bad, str(tmp_path / "bad.safetensors"), metadata=metadata)
+    with pytest.raises(eqflow.Error, match="checksum mismatch"):
+        eqflow.load_model(tmp_path / "bad.safetensors")
