@@ -7,8 +7,14 @@
 #include <limits.h>
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <sstream>
+#include <vector>
 
 #include "eqflow/error.h"
 #include "eqflow/force_field.h"
@@ -122,6 +128,104 @@ PdbStructure aldp_structure() {
     EQFLOW_CHECK(s.n_atoms() == kAldpAtoms,
                  "aldp.pdb has " << s.n_atoms() << " atoms, expected " << kAldpAtoms);
     return s;
+}
+
+namespace {
+// The atom-name column (13-16): names of fewer than 4 characters of one-letter elements start in
+// column 14, as in the files PDB readers expect (" CA ", "HH31").
+std::string pdb_atom_name(const std::string& name, const std::string& element) {
+    std::string f = (name.size() < 4 && element.size() <= 1) ? " " + name : name;
+    f.resize(4, ' ');
+    return f;
+}
+
+void append_record(std::string& out, const void* bytes, uint32_t size) {
+    out.append(reinterpret_cast<const char*>(&size), 4);
+    out.append(static_cast<const char*>(bytes), size);
+    out.append(reinterpret_cast<const char*>(&size), 4);
+}
+}  // namespace
+
+std::string format_pdb_trajectory(const PdbStructure& top, const double* x, int64_t frames) {
+    const int n = top.n_atoms();
+    EQFLOW_CHECK(n > 0 && n <= 99999, "PDB trajectory: " << n << " atoms (1..99999)");
+    EQFLOW_CHECK(frames >= 0 && frames <= 9999,
+                 "PDB trajectory: " << frames << " frames (the MODEL field holds 0..9999)");
+    std::string out;
+    char line[96];
+    for (int64_t f = 0; f < frames; ++f) {
+        std::snprintf(line, sizeof line, "MODEL     %4lld\n", static_cast<long long>(f + 1));
+        out += line;
+        for (int i = 0; i < n; ++i) {
+            const double* r = x + (f * n + i) * 3;
+            double a[3];
+            for (int k = 0; k < 3; ++k) {
+                a[k] = 10.0 * r[k];  // nm -> Angstrom
+                EQFLOW_CHECK(std::isfinite(a[k]) && std::fabs(a[k]) < 9999.9995,
+                             "PDB trajectory: coordinate " << a[k] << " A of atom " << i
+                                                           << " in frame " << f
+                                                           << " does not fit the 8.3f column");
+            }
+            std::snprintf(
+                line, sizeof line,
+                "ATOM  %5d %4s %-3.3s A%4d    %8.3f%8.3f%8.3f  1.00  0.00          %2.2s\n", i + 1,
+                pdb_atom_name(top.atom_names[i], top.elements[i]).c_str(),
+                top.residue_names[i].c_str(), top.residue_ids[i] % 10000, a[0], a[1], a[2],
+                top.elements[i].c_str());
+            out += line;
+        }
+        out += "ENDMDL\n";
+    }
+    out += "END\n";
+    return out;
+}
+
+void write_pdb_trajectory(const std::string& path, const PdbStructure& top, const double* x,
+                          int64_t frames) {
+    write_file_atomic(path, format_pdb_trajectory(top, x, frames));
+}
+
+std::string format_dcd(const double* x, int64_t frames, int n, const std::string& title) {
+    EQFLOW_CHECK(n > 0, "DCD: no atoms");
+    EQFLOW_CHECK(frames >= 0 && frames <= 0x7fffffff, "DCD: " << frames << " frames");
+    std::string out;
+    // Header: "CORD" and 20 control integers: frames, first step 0, step interval 1, last step,
+    // unused, the time step (a float, 0) at index 9, no unit cell (10), CHARMM version 24 (19).
+    int32_t icntrl[20] = {};
+    icntrl[0] = static_cast<int32_t>(frames);
+    icntrl[1] = 0;
+    icntrl[2] = 1;
+    icntrl[3] = static_cast<int32_t>(frames);
+    icntrl[19] = 24;
+    char head[84];
+    std::memcpy(head, "CORD", 4);
+    std::memcpy(head + 4, icntrl, sizeof icntrl);
+    append_record(out, head, sizeof head);
+    char titles[4 + 80] = {};
+    const int32_t ntitle = 1;
+    std::memcpy(titles, &ntitle, 4);
+    std::memset(titles + 4, ' ', 80);
+    std::memcpy(titles + 4, title.data(), std::min<size_t>(title.size(), 80));
+    append_record(out, titles, sizeof titles);
+    const int32_t natom = n;
+    append_record(out, &natom, 4);
+    std::vector<float> axis(static_cast<size_t>(n));
+    for (int64_t f = 0; f < frames; ++f)
+        for (int k = 0; k < 3; ++k) {
+            for (int i = 0; i < n; ++i) {
+                const double a = 10.0 * x[(f * n + i) * 3 + k];  // nm -> Angstrom
+                EQFLOW_CHECK(std::isfinite(a),
+                             "DCD: non-finite coordinate of atom " << i << " in frame " << f);
+                axis[static_cast<size_t>(i)] = static_cast<float>(a);
+            }
+            append_record(out, axis.data(), static_cast<uint32_t>(4 * n));
+        }
+    return out;
+}
+
+void write_dcd(const std::string& path, const double* x, int64_t frames, int n,
+               const std::string& title) {
+    write_file_atomic(path, format_dcd(x, frames, n, title));
 }
 
 }  // namespace eqflow

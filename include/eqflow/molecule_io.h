@@ -32,4 +32,21 @@ EQFLOW_API PdbStructure parse_pdb(const std::string& text, const std::string& wh
 EQFLOW_API std::string aldp_data_dir();
 EQFLOW_API PdbStructure aldp_structure();
 
+// Trajectories of configurations x [frames][n][3] in nm, for mdtraj, MDAnalysis or VMD; the
+// topology (atom and residue names, residue numbers, elements) from a PDB structure of the same
+// n atoms. Coordinates go to the files in Angstrom. Both are written atomically.
+//   PDB: one MODEL ... ENDMDL block of ATOM records per frame (chain A), then END; coordinates
+//        with 3 decimals (the format's 8.3f columns).
+//   DCD: the CHARMM binary layout (little-endian, 32-bit Fortran record markers): a header with
+//        the frame count, a title, the atom count, then per frame the X, Y and Z records as
+//        float32. No unit cell. A DCD holds no topology: write the PDB of one frame beside it.
+EQFLOW_API std::string format_pdb_trajectory(const PdbStructure& topology, const double* x,
+                                             int64_t frames);
+EQFLOW_API void write_pdb_trajectory(const std::string& path, const PdbStructure& topology,
+                                     const double* x, int64_t frames);
+EQFLOW_API std::string format_dcd(const double* x, int64_t frames, int n_atoms,
+                                  const std::string& title);
+EQFLOW_API void write_dcd(const std::string& path, const double* x, int64_t frames, int n_atoms,
+                          const std::string& title);
+
 }  // namespace eqflow
