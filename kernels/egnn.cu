@@ -75,9 +75,9 @@ void egnn_check_supported(const EgnnNet& net) {
     EQFLOW_CHECK(net.d >= 1 && net.d <= kEgnnMaxDim, "GPU EGNN supports d <= 3, got " << net.d);
     EQFLOW_CHECK(net.n >= 2, "GPU EGNN needs at least 2 particles");
     const size_t smem_limit = max_smem_bytes();
-    EQFLOW_CHECK(divergence_smem_bytes(net) <= smem_limit,
-                 "GPU EGNN: n = " << net.n << ", H = " << net.hidden << " needs "
-                                  << divergence_smem_bytes(net)
+    const size_t smem = std::max(forward_smem_bytes(net), divergence_smem_bytes(net));
+    EQFLOW_CHECK(smem <= smem_limit,
+                 "GPU EGNN: n = " << net.n << ", H = " << net.hidden << " needs " << smem
                                   << " bytes of shared memory per block, more than " << smem_limit);
 }
 
@@ -86,11 +86,12 @@ void egnn_forward(const EgnnNet& net, int64_t B, const float* x, const float* t,
     if (B == 0) return;
     egnn_check_supported(net);
     const size_t smem = forward_smem_bytes(net);
-    EQFLOW_CUDA_CHECK(cudaFuncSetAttribute(
-        egnn_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    const ForwardKernel kernel = forward_kernel_for(net);
+    EQFLOW_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem)));
     EQFLOW_CHECK(B <= 0x7fffffff, "GPU EGNN: batch too large for one launch");
-    EQFLOW_LAUNCH(egnn_forward_kernel, static_cast<unsigned>(B), kThreads, smem,
-                  EQFLOW_STREAM(stream), net, x, t, v);
+    EQFLOW_LAUNCH(kernel, static_cast<unsigned>(B), kThreads, smem, EQFLOW_STREAM(stream), net, x,
+                  t, v);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 
