@@ -51,11 +51,11 @@ void jvp_trace(const EgnnNet& net, int64_t B, int K, const float* dirs, const fl
         (static_cast<size_t>(B) * chunks * sizeof(float) + 255) / 256 * 256;
     float* slot_ws = reinterpret_cast<float*>(static_cast<char*>(workspace) + partial_bytes);
     const size_t smem = divergence_smem_bytes(net);
-    EQFLOW_CUDA_CHECK(cudaFuncSetAttribute(egnn_divergence_kernel,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+    const DivergenceKernel kernel = divergence_kernel_for(net);
+    EQFLOW_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem)));
-    EQFLOW_LAUNCH(egnn_divergence_kernel, static_cast<unsigned>(slots), kThreads, smem,
-                  EQFLOW_STREAM(stream), net, B, chunks, K, dirs, x, t, v, partial, slot_ws);
+    EQFLOW_LAUNCH(kernel, static_cast<unsigned>(slots), kThreads, smem, EQFLOW_STREAM(stream), net,
+                  B, chunks, K, dirs, x, t, v, partial, slot_ws);
     EQFLOW_CUDA_CHECK_LAUNCH();
     const int64_t blocks = (B + kThreads - 1) / kThreads;
     const float scale = dirs ? 1.0f / static_cast<float>(K) : 1.0f;

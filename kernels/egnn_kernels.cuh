@@ -118,13 +118,16 @@ __host__ __device__ inline size_t tangent_slot_floats(int n, int H) {
 // dirs == nullptr: the exact divergence, directions e_p for p < K = n d. Otherwise dirs holds
 // K directions per sample, [B][K][n][d], and each chunk writes sum_k dirs_k . (J_v dirs_k) over
 // its directions (Hutchinson's estimator with Rademacher directions, before the 1/K).
+// D = net.d, a compile-time constant so that the per-direction arrays stay in registers
+// (divergence_kernel_for picks the instance).
+template <int D>
 __global__ void __launch_bounds__(kThreads)
     egnn_divergence_kernel(EgnnNet net, int64_t B, int chunks, int K,
                            const float* __restrict__ dirs, const float* __restrict__ x,
                            const float* __restrict__ t, float* __restrict__ v,
                            float* __restrict__ partial, float* __restrict__ workspace) {
     EQFLOW_DYNAMIC_SHARED(float, sm);
-    const int n = net.n, d = net.d, H = net.hidden, nd = n * d;
+    const int n = net.n, d = D, H = net.hidden, nd = n * d;
     const PrimalLayout L = primal_layout(n, d, H);
     const TangentLayout T = tangent_layout(L.total, n, d, H);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -177,12 +180,12 @@ __global__ void __launch_bounds__(kThreads)
             const LaneVectors lv = lane_vectors(net, p, lane);
             for (int i = warp; i < n; i += kWarps) {
                 float accM[kLanesQ] = {};
-                float accX[kEgnnMaxDim] = {};
+                float accX[D] = {};
                 float daccM[kTangents][kLanesQ] = {};
-                float daccX[kTangents][kEgnnMaxDim] = {};
+                float daccX[kTangents][D] = {};
                 for (int j = 0; j < n; ++j) {
                     if (j == i) continue;
-                    float diff[kEgnnMaxDim] = {}, diff0[kEgnnMaxDim] = {};
+                    float diff[D] = {}, diff0[D] = {};
                     float r = 0.0f, a = 0.0f;
                     for (int c = 0; c < d; ++c) {
                         diff[c] = sm[cur + i * d + c] - sm[cur + j * d + c];
@@ -199,7 +202,7 @@ __global__ void __launch_bounds__(kThreads)
                     for (int q = 0; q < kLanesQ; ++q) accM[q] += e.m[q];
 
                     // Tangents of r and a, then of pre1 -> ds1 into scratch.
-                    float ddiff[kTangents][kEgnnMaxDim];
+                    float ddiff[kTangents][D];
                     float dr[kTangents];
 #pragma unroll
                     for (int tau = 0; tau < kTangents; ++tau) {
@@ -292,12 +295,16 @@ __global__ void __launch_bounds__(kThreads)
                             dM[tau * plane + i * H + k] = daccM[tau][q];
                     }
                 }
-                if (lane < d) {
-                    sm[nxt + i * d + lane] = sm[cur + i * d + lane] + accX[lane];
+#pragma unroll
+                for (int c = 0; c < D; ++c) {
+                    if (lane != c)
+                        continue;  // lane c writes coordinate c: registers, not a
+                                   // runtime index into the arrays
+                    sm[nxt + i * d + c] = sm[cur + i * d + c] + accX[c];
 #pragma unroll
                     for (int tau = 0; tau < kTangents; ++tau)
-                        sm[dnxt + tau * nd + i * d + lane] =
-                            sm[dcur + tau * nd + i * d + lane] + daccX[tau][lane];
+                        sm[dnxt + tau * nd + i * d + c] =
+                            sm[dcur + tau * nd + i * d + c] + daccX[tau][c];
                 }
             }
             __syncthreads();
@@ -379,11 +386,18 @@ __global__ void __launch_bounds__(kThreads)
                     tr += dxl[pdir] - 1.0f - (col - 1.0f) / static_cast<float>(n);
                 } else {
                     const float* e = sm + T.dx0 + tau * nd;
-                    float mean[kEgnnMaxDim] = {};
+                    float mean[D] = {};
                     for (int i = 0; i < n; ++i)
-                        for (int a = 0; a < d; ++a) mean[a] += dxl[i * d + a] - e[i * d + a];
-                    for (int a = 0; a < d; ++a) mean[a] /= static_cast<float>(n);
-                    for (int k = 0; k < nd; ++k) tr += e[k] * (dxl[k] - e[k] - mean[k % d]);
+#pragma unroll
+                        for (int a = 0; a < D; ++a) mean[a] += dxl[i * D + a] - e[i * D + a];
+#pragma unroll
+                    for (int a = 0; a < D; ++a) mean[a] /= static_cast<float>(n);
+                    for (int i = 0; i < n; ++i)  // k = i D + a in order
+#pragma unroll
+                        for (int a = 0; a < D; ++a) {
+                            const int k = i * D + a;
+                            tr += e[k] * (dxl[k] - e[k] - mean[a]);
+                        }
                 }
             }
             tr = warp_sum(tr);
@@ -392,6 +406,16 @@ __global__ void __launch_bounds__(kThreads)
         if (chunk == 0 && v != nullptr) write_field(net, sm, L, sm + cur, v + b * nd);
         __syncthreads();  // the next item reuses shared memory and the workspace slot
     }
+}
+
+using DivergenceKernel = void (*)(EgnnNet, int64_t, int, int, const float*, const float*,
+                                  const float*, float*, float*, float*);
+
+// The instance of egnn_divergence_kernel for net.d (1 <= d <= 3).
+inline DivergenceKernel divergence_kernel_for(const EgnnNet& net) {
+    if (net.d == 1) return &egnn_divergence_kernel<1>;
+    if (net.d == 2) return &egnn_divergence_kernel<2>;
+    return &egnn_divergence_kernel<3>;
 }
 
 // div[b] = scale * sum_c partial[b][c], in chunk order (deterministic); scale is 1 for the

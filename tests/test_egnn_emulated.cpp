@@ -94,9 +94,9 @@ std::vector<float> run_divergence(const cuda::EgnnNet& net, int B, int slots,
     std::vector<float> ws(static_cast<size_t>(slots) * tangent_slot_floats(net.n, net.hidden),
                           kNaN);
     v.assign(x.size(), kNaN);
-    emu::launch(config(slots, divergence_smem_bytes(net), schedule), egnn_divergence_kernel, net,
-                static_cast<int64_t>(B), chunks, K, dirs.empty() ? nullptr : dirs.data(), x.data(),
-                t.data(), v.data(), partial.data(), ws.data());
+    emu::launch(config(slots, divergence_smem_bytes(net), schedule), divergence_kernel_for(net),
+                net, static_cast<int64_t>(B), chunks, K, dirs.empty() ? nullptr : dirs.data(),
+                x.data(), t.data(), v.data(), partial.data(), ws.data());
     std::vector<float> div(B, kNaN);
     const float scale = dirs.empty() ? 1.0f : 1.0f / static_cast<float>(K);
     emu::launch(config((B + kThreads - 1) / kThreads, 0, schedule), sum_chunks_kernel,
