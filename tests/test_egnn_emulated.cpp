@@ -74,8 +74,8 @@ const float kNaN = std::numeric_limits<float>::quiet_NaN();
 std::vector<float> run_forward(const cuda::EgnnNet& net, int B, const std::vector<float>& x,
                                const std::vector<float>& t, emu::Schedule schedule) {
     std::vector<float> v(x.size(), kNaN);
-    emu::launch(config(B, forward_smem_bytes(net), schedule), egnn_forward_kernel, net, x.data(),
-                t.data(), v.data());
+    emu::launch(config(B, forward_smem_bytes(net), schedule), forward_kernel_for(net), net,
+                x.data(), t.data(), v.data());
     return v;
 }
 
@@ -94,9 +94,9 @@ std::vector<float> run_divergence(const cuda::EgnnNet& net, int B, int slots,
     std::vector<float> ws(static_cast<size_t>(slots) * tangent_slot_floats(net.n, net.hidden),
                           kNaN);
     v.assign(x.size(), kNaN);
-    emu::launch(config(slots, divergence_smem_bytes(net), schedule), egnn_divergence_kernel, net,
-                static_cast<int64_t>(B), chunks, K, dirs.empty() ? nullptr : dirs.data(), x.data(),
-                t.data(), v.data(), partial.data(), ws.data());
+    emu::launch(config(slots, divergence_smem_bytes(net), schedule), divergence_kernel_for(net),
+                net, static_cast<int64_t>(B), chunks, K, dirs.empty() ? nullptr : dirs.data(),
+                x.data(), t.data(), v.data(), partial.data(), ws.data());
     std::vector<float> div(B, kNaN);
     const float scale = dirs.empty() ? 1.0f : 1.0f / static_cast<float>(K);
     emu::launch(config((B + kThreads - 1) / kThreads, 0, schedule), sum_chunks_kernel,
@@ -150,7 +150,7 @@ class EgnnEmulated : public ::testing::TestWithParam<Case> {
     const Case c = GetParam();
 };
 
-TEST_P(EgnnEmulated, ForwardMatchesCpuUnderEverySchedule) {
+void check_forward(const Case& c) {
     const EgnnModel model = test::random_egnn_model(c, 7);
     const HostNet h(model);
     const int B = 2;
@@ -165,6 +165,10 @@ TEST_P(EgnnEmulated, ForwardMatchesCpuUnderEverySchedule) {
     for (emu::Schedule s : kOtherSchedules)
         EXPECT_EQ(run_forward(h.net, B, in.xf, in.tf, s), v0)
             << "the result depends on the order of the threads: schedule " << static_cast<int>(s);
+}
+
+TEST_P(EgnnEmulated, ForwardMatchesCpuUnderEverySchedule) {
+    check_forward(c);
 }
 
 TEST_P(EgnnEmulated, DivergenceMatchesCpuUnderEverySchedule) {
@@ -255,6 +259,28 @@ TEST_P(EgnnEmulated, BackwardMatchesCpuUnderEverySchedule) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, EgnnEmulated, ::testing::ValuesIn(kCases),
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                             return std::string(info.param.name);
+                         });
+
+// The forward kernel is compiled per tile width Hp (H rounded up to 32, 64, 128) and d: these
+// cases add what kCases leaves out (Hp = 64 and 128 unpadded, d = 1 and 2 with Hp > 32, and
+// several tiles of sources per target at every width), cheaply, as the forward is fast to
+// emulate.
+const Case kForwardCases[] = {
+    {"n17_h64_d2", 17, 2, 64, 2, true, true, false},
+    {"n7_h128", 7, 3, 128, 2, true, true, false},
+    {"n11_h100_d2_plain", 11, 2, 100, 2, false, false, true},
+    {"n21_h20_d1", 21, 1, 20, 2, true, true, false},
+};
+
+class EgnnEmulatedForward : public ::testing::TestWithParam<Case> {};
+
+TEST_P(EgnnEmulatedForward, MatchesCpuUnderEverySchedule) {
+    check_forward(GetParam());
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, EgnnEmulatedForward, ::testing::ValuesIn(kForwardCases),
                          [](const ::testing::TestParamInfo<Case>& info) {
                              return std::string(info.param.name);
                          });

@@ -22,13 +22,17 @@ HMMA_FMAS = {"16816": 16 * 8 * 16 // 32, "1688": 16 * 8 * 8 // 32, "884": 8 * 8 
 
 def short(name):
     """The kernel's own identifier out of an Itanium-mangled name (a length-prefixed part that
-    ends in 'kernel'), else the name cut to 60 characters."""
+    ends in 'kernel'), with its integer template arguments (egnn_forward_kernel<64,3>), else the
+    name cut to 60 characters."""
     for m in re.finditer(r"\d+", name):
         digits, start = m.group(0), m.end()
         for k in range(len(digits)):  # a hash may run into the length: try every suffix
             length = int(digits[k:])
             ident = name[start:start + length]
             if len(ident) == length and ident.endswith("kernel"):
+                targs = re.match(r"I((?:Li-?\d+E)+)E", name[start + length:])
+                if targs:
+                    ident += "<" + ",".join(re.findall(r"Li(-?\d+)E", targs.group(1))) + ">"
                 return ident
     return name[:60]
 
