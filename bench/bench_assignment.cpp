@@ -7,7 +7,8 @@
 // (standard normal, centred) and data-like (random, centred) samples; items = batches. CUDA
 // timings synchronise after each iteration (the calls do) and use real time. The CPU eqot at
 // LJ55 size runs B = 64 (4,096 pair alignments, seconds); B = 256 costs 16 times as much; it
-// uses all cores, hence real time. EqotReference: docs/design.md's one-start recipe, for comparison.
+// uses all cores, hence real time. EqotReference: docs/design.md's one-start recipe, for
+// comparison.
 #include <benchmark/benchmark.h>
 
 #include <random>
@@ -17,6 +18,7 @@
 #include "eqflow/buffer.h"
 #include "eqflow/coupling.h"
 #include "eqflow/device.h"
+#include "eqflow/flow.h"
 #include "eqflow/kabsch.h"
 #include "eqflow/tensor.h"
 
@@ -45,12 +47,7 @@ std::vector<double> centred_normal(int64_t B, int n, int d, double scale, uint64
     std::normal_distribution<double> g(0.0, scale);
     std::vector<double> x(static_cast<size_t>(B * n * d));
     for (auto& v : x) v = g(gen);
-    for (int64_t b = 0; b < B; ++b)
-        for (int a = 0; a < d; ++a) {
-            double m = 0;
-            for (int i = 0; i < n; ++i) m += x[(b * n + i) * d + a];
-            for (int i = 0; i < n; ++i) x[(b * n + i) * d + a] -= m / n;
-        }
+    eqflow::remove_mean(B, n, d, x.data());
     return x;
 }
 
@@ -76,13 +73,6 @@ void assignment(benchmark::State& state, Device device) {
                            benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
-void BM_Assignment_CPU(benchmark::State& state) {
-    assignment<double>(state, Device::cpu);
-}
-void BM_Assignment_CUDA(benchmark::State& state) {
-    assignment<float>(state, Device::cuda);
-}
-
 template <class T>
 void kabsch_bench(benchmark::State& state, Device device) {
     if (skip_without_gpu(state, device)) return;
@@ -100,13 +90,6 @@ void kabsch_bench(benchmark::State& state, Device device) {
     state.SetItemsProcessed(state.iterations() * B);
     state.SetBytesProcessed(state.iterations() * B * (3 * n * 3 + 10) *
                             static_cast<int64_t>(sizeof(T)));
-}
-
-void BM_Kabsch_CPU(benchmark::State& state) {
-    kabsch_bench<double>(state, Device::cpu);
-}
-void BM_Kabsch_CUDA(benchmark::State& state) {
-    kabsch_bench<float>(state, Device::cuda);
 }
 
 template <class T>
@@ -134,96 +117,69 @@ void coupling(benchmark::State& state, eqflow::CouplingKind kind, Device device,
                                                       : "items = samples");
 }
 
-void BM_Coupling_Eqot_CPU(benchmark::State& s, int n, int d) {
-    coupling<double>(s, eqflow::CouplingKind::eqot, Device::cpu, n, d);
+// Runs of `bench` on `device`, one a row of {n, count}. CUDA timings use real time.
+void register_sized(const char* name, void (*bench)(benchmark::State&, Device), Device device,
+                    const char* count, const std::vector<std::vector<int64_t>>& args) {
+    benchmark::internal::Benchmark* b =
+        benchmark::RegisterBenchmark(name, bench, device)->ArgNames({"n", count});
+    for (const std::vector<int64_t>& a : args) b->Args(a);
+    if (device == Device::cuda) b->UseRealTime();
+    b->Unit(benchmark::kMillisecond);
 }
-void BM_Coupling_Eqot_CUDA(benchmark::State& s, int n, int d) {
-    coupling<float>(s, eqflow::CouplingKind::eqot, Device::cuda, n, d);
+
+struct System {
+    const char* name;
+    int n, d;
+};
+
+// BM_Coupling_<kind>_<Backend>/<system>/B. CUDA and CPU eqot use real time; the CPU eqot runs
+// once, at B = 64 for LJ55 (see the top of the file).
+void register_coupling(const char* kind_name, eqflow::CouplingKind kind, bool reference,
+                       Device device, const System& s) {
+    const bool cpu = device == Device::cpu, eqot = kind == eqflow::CouplingKind::eqot;
+    const std::string name =
+        std::string("BM_Coupling_") + kind_name + (cpu ? "_CPU/" : "_CUDA/") + s.name;
+    benchmark::internal::Benchmark* b =
+        benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
+            if (cpu)
+                coupling<double>(state, kind, device, s.n, s.d, reference);
+            else
+                coupling<float>(state, kind, device, s.n, s.d, reference);
+        });
+    b->Arg(cpu && eqot && s.n == 55 ? 64 : 256);
+    if (cpu && eqot) b->Iterations(1);
+    if (!cpu || eqot) b->UseRealTime();
+    b->Unit(benchmark::kMillisecond);
 }
-void BM_Coupling_EqotReference_CPU(benchmark::State& s, int n, int d) {
-    coupling<double>(s, eqflow::CouplingKind::eqot, Device::cpu, n, d, true);
-}
-void BM_Coupling_EqotReference_CUDA(benchmark::State& s, int n, int d) {
-    coupling<float>(s, eqflow::CouplingKind::eqot, Device::cuda, n, d, true);
-}
-void BM_Coupling_Ot_CPU(benchmark::State& s, int n, int d) {
-    coupling<double>(s, eqflow::CouplingKind::ot, Device::cpu, n, d);
-}
-void BM_Coupling_Ot_CUDA(benchmark::State& s, int n, int d) {
-    coupling<float>(s, eqflow::CouplingKind::ot, Device::cuda, n, d);
+
+void register_benchmarks() {
+    const Device devices[] = {Device::cpu, Device::cuda};
+    // CPU: a smaller P at larger n, the same per-problem rate.
+    register_sized("BM_Assignment_CPU", assignment<double>, Device::cpu, "P",
+                   {{4, 65536}, {13, 16384}, {22, 8192}, {55, 2048}});
+    register_sized("BM_Assignment_CUDA", assignment<float>, Device::cuda, "P",
+                   {{4, 65536}, {13, 65536}, {22, 65536}, {55, 65536}, {128, 4096}});
+    register_sized("BM_Kabsch_CPU", kabsch_bench<double>, Device::cpu, "B",
+                   {{13, 65536}, {55, 16384}});
+    register_sized("BM_Kabsch_CUDA", kabsch_bench<float>, Device::cuda, "B",
+                   {{13, 65536}, {55, 65536}});
+    const System lj55{"lj55", 55, 3};
+    for (Device device : devices)
+        register_coupling("Ot", eqflow::CouplingKind::ot, false, device, lj55);
+    for (Device device : devices)
+        for (const System& s : {System{"dw4", 4, 2}, System{"lj13", 13, 3}, lj55})
+            register_coupling("Eqot", eqflow::CouplingKind::eqot, false, device, s);
+    for (Device device : devices)
+        register_coupling("EqotReference", eqflow::CouplingKind::eqot, true, device, lj55);
 }
 
 }  // namespace
 
-BENCHMARK(BM_Assignment_CPU)
-    ->ArgNames({"n", "P"})
-    ->Args({4, 65536})
-    ->Args({13, 16384})
-    ->Args({22, 8192})
-    ->Args({55, 2048})
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_Assignment_CUDA)
-    ->ArgNames({"n", "P"})
-    ->Args({4, 65536})
-    ->Args({13, 65536})
-    ->Args({22, 65536})
-    ->Args({55, 65536})
-    ->Args({128, 4096})
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_Kabsch_CPU)
-    ->ArgNames({"n", "B"})
-    ->Args({13, 65536})
-    ->Args({55, 16384})
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_Kabsch_CUDA)
-    ->ArgNames({"n", "B"})
-    ->Args({13, 65536})
-    ->Args({55, 65536})
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-
-BENCHMARK_CAPTURE(BM_Coupling_Ot_CPU, lj55, 55, 3)->Arg(256)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Coupling_Ot_CUDA, lj55, 55, 3)
-    ->Arg(256)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Coupling_Eqot_CPU, dw4, 4, 2)
-    ->Arg(256)
-    ->Iterations(1)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Coupling_Eqot_CPU, lj13, 13, 3)
-    ->Arg(256)
-    ->Iterations(1)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Coupling_Eqot_CPU, lj55, 55, 3)
-    ->Arg(64)
-    ->Iterations(1)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Coupling_Eqot_CUDA, dw4, 4, 2)
-    ->Arg(256)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Coupling_Eqot_CUDA, lj13, 13, 3)
-    ->Arg(256)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Coupling_Eqot_CUDA, lj55, 55, 3)
-    ->Arg(256)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-
-BENCHMARK_CAPTURE(BM_Coupling_EqotReference_CPU, lj55, 55, 3)
-    ->Arg(64)
-    ->Iterations(1)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Coupling_EqotReference_CUDA, lj55, 55, 3)
-    ->Arg(256)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+    register_benchmarks();
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}

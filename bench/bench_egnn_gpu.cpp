@@ -1,6 +1,9 @@
 // GPU EGNN (fused kernels, float32): forward, backward and exact divergence at the DW4, LJ13
 // and LJ55 default sizes for B = 256 and 1024. Reports samples/s and achieved FLOP/s from the
 // layer formula (kernels/egnn.cu header), to compare with the H200's ~67 TFLOP/s FP32.
+// Also the whole flow-matching training step on the device (FlowMatchingStep<float>: draws,
+// coupling, forward, loss, backward, Adam) for fm and eqot at B = 256, the step the targets of
+// bench/RESULTS.md compare with PyTorch's.
 // Timing: the device is synchronised after every iteration; real time.
 #include <benchmark/benchmark.h>
 
@@ -15,6 +18,7 @@
 #include "eqflow/field.h"
 #include "eqflow/systems.h"
 #include "eqflow/tensor.h"
+#include "eqflow/train_step.h"
 
 namespace {
 
@@ -114,7 +118,64 @@ void BM_EgnnDivergence_CUDA(benchmark::State& s, const char* name) {
     run(s, name, Op::divergence);
 }
 
+// One training step on the device; data: N(0, 1) configurations (the step's cost does not
+// depend on their distribution), 4 batches' worth.
+void BM_TrainStep_CUDA(benchmark::State& state, const char* name, eqflow::CouplingKind kind) {
+    if (!eqflow::cuda_available()) {
+        state.SkipWithError(("no GPU: " + eqflow::cuda_status()).c_str());
+        return;
+    }
+    const int64_t B = state.range(0);
+    const eqflow::System s = eqflow::make_system(name);
+    eqflow::EgnnModel model;
+    model.config = eqflow::default_egnn_config(name, s.n, s.d);
+    model.params = eqflow::egnn_init_parameters(model.config, 1);
+    std::mt19937_64 gen(3);
+    std::normal_distribution<double> dist(0.0, 1.0);
+    const int64_t count = 4 * B;
+    std::vector<double> data(static_cast<size_t>(count * s.n * s.d));
+    for (auto& v : data) v = dist(gen);
+    const std::unique_ptr<eqflow::Field<float>> field = eqflow::make_cuda_field(model);
+    eqflow::FlowMatchingStepOptions o;
+    o.objective = kind;
+    o.batch = B;
+    eqflow::FlowMatchingStep<float> step(*field, o, data.data(), count);
+    std::vector<int64_t> order(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) order[static_cast<size_t>(i)] = i;
+    step.set_order(order);
+    int64_t k = 0;
+    step.step(k++, 0, 1e-4);
+    (void)step.counters();  // synchronises
+    for (auto _ : state) {
+        step.step(k, k % 4, 1e-4);
+        ++k;
+        (void)step.counters();
+    }
+    state.SetItemsProcessed(state.iterations() * B);
+}
+
 }  // namespace
+
+BENCHMARK_CAPTURE(BM_TrainStep_CUDA, dw4_fm, "dw4", eqflow::CouplingKind::fm)
+    ->Arg(256)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_TrainStep_CUDA, dw4_eqot, "dw4", eqflow::CouplingKind::eqot)
+    ->Arg(256)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_TrainStep_CUDA, lj13_fm, "lj13", eqflow::CouplingKind::fm)
+    ->Arg(256)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_TrainStep_CUDA, lj13_eqot, "lj13", eqflow::CouplingKind::eqot)
+    ->Arg(256)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_TrainStep_CUDA, lj55_fm, "lj55", eqflow::CouplingKind::fm)
+    ->Arg(256)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 #define EQFLOW_EGNN_BENCH(fn)            \
     BENCHMARK_CAPTURE(fn, dw4, "dw4")    \

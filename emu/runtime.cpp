@@ -33,6 +33,33 @@ cudaError_t fail(cudaError_t err) {
     return err;
 }
 
+// The runtime's name and message for each error the emulator returns.
+struct ErrorText {
+    cudaError_t error;
+    const char* name;
+    const char* message;
+};
+
+const ErrorText kErrorTexts[] = {
+    {cudaSuccess, "cudaSuccess", "no error"},
+    {cudaErrorInvalidValue, "cudaErrorInvalidValue",
+     "invalid argument (emulator: a size or pointer outside its allocation, or dynamic shared "
+     "memory above the kernel's limit)"},
+    {cudaErrorMemoryAllocation, "cudaErrorMemoryAllocation", "out of memory"},
+    {cudaErrorCudartUnloading, "cudaErrorCudartUnloading", "driver shutting down"},
+    {cudaErrorInvalidConfiguration, "cudaErrorInvalidConfiguration",
+     "invalid configuration argument"},
+    {cudaErrorInvalidDevicePointer, "cudaErrorInvalidDevicePointer", "invalid device pointer"},
+    {cudaErrorNoDevice, "cudaErrorNoDevice", "no CUDA-capable device is detected"},
+    {cudaErrorLaunchFailure, "cudaErrorLaunchFailure", "unspecified launch failure"},
+};
+
+const ErrorText* find_error_text(cudaError_t error) {
+    for (const ErrorText& text : kErrorTexts)
+        if (text.error == error) return &text;
+    return nullptr;
+}
+
 // Both ends of a copy or a memset must lie inside one live allocation when they are device
 // memory; host memory is not tracked. A copy that runs past the end of a device allocation is
 // an error on the device; here it is caught before it corrupts the heap.
@@ -212,48 +239,13 @@ cudaError_t cudaPeekAtLastError() {
 }
 
 const char* cudaGetErrorName(cudaError_t error) {
-    switch (error) {
-        case cudaSuccess:
-            return "cudaSuccess";
-        case cudaErrorInvalidValue:
-            return "cudaErrorInvalidValue";
-        case cudaErrorMemoryAllocation:
-            return "cudaErrorMemoryAllocation";
-        case cudaErrorCudartUnloading:
-            return "cudaErrorCudartUnloading";
-        case cudaErrorInvalidConfiguration:
-            return "cudaErrorInvalidConfiguration";
-        case cudaErrorInvalidDevicePointer:
-            return "cudaErrorInvalidDevicePointer";
-        case cudaErrorNoDevice:
-            return "cudaErrorNoDevice";
-        case cudaErrorLaunchFailure:
-            return "cudaErrorLaunchFailure";
-    }
-    return "cudaErrorUnknown";
+    const ErrorText* text = find_error_text(error);
+    return text ? text->name : "cudaErrorUnknown";
 }
 
 const char* cudaGetErrorString(cudaError_t error) {
-    switch (error) {
-        case cudaSuccess:
-            return "no error";
-        case cudaErrorInvalidValue:
-            return "invalid argument (emulator: a size or pointer outside its allocation, or "
-                   "dynamic shared memory above the kernel's limit)";
-        case cudaErrorMemoryAllocation:
-            return "out of memory";
-        case cudaErrorCudartUnloading:
-            return "driver shutting down";
-        case cudaErrorInvalidConfiguration:
-            return "invalid configuration argument";
-        case cudaErrorInvalidDevicePointer:
-            return "invalid device pointer";
-        case cudaErrorNoDevice:
-            return "no CUDA-capable device is detected";
-        case cudaErrorLaunchFailure:
-            return "unspecified launch failure";
-    }
-    return "unknown error";
+    const ErrorText* text = find_error_text(error);
+    return text ? text->message : "unknown error";
 }
 
 const char* cublasGetStatusName(cublasStatus_t status) {

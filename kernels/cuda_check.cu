@@ -1,6 +1,9 @@
 #include "kernels/cuda_check.cuh"
 
+#include <map>
+#include <mutex>
 #include <sstream>
+#include <utility>
 
 namespace eqflow::cuda_detail {
 
@@ -37,3 +40,46 @@ void throw_cublas_error(cublasStatus_t st, const char* call, const char* file, i
 }
 
 }  // namespace eqflow::cuda_detail
+
+namespace eqflow::cuda {
+
+namespace {
+std::mutex& info_mutex() {
+    static std::mutex m;
+    return m;
+}
+}  // namespace
+
+const DeviceInfo& current_device_info() {
+    int device = 0;
+    EQFLOW_CUDA_CHECK(cudaGetDevice(&device));
+    std::lock_guard<std::mutex> lock(info_mutex());
+    // Never destroyed: launchers may run during static destruction.
+    static auto* cache = new std::map<int, DeviceInfo>();
+    auto it = cache->find(device);
+    if (it == cache->end()) {
+        DeviceInfo info;
+        info.device = device;
+        int sms = 1, optin = 0;
+        EQFLOW_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+        EQFLOW_CUDA_CHECK(
+            cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+        info.sms = sms;
+        info.max_smem_optin = static_cast<size_t>(optin);
+        it = cache->emplace(device, info).first;
+    }
+    return it->second;
+}
+
+void raise_smem_limit(const void* kernel, size_t bytes) {
+    const int device = current_device_info().device;
+    std::lock_guard<std::mutex> lock(info_mutex());
+    static auto* limits = new std::map<std::pair<int, const void*>, size_t>();
+    size_t& current = (*limits)[{device, kernel}];
+    if (bytes <= current) return;
+    EQFLOW_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(bytes)));
+    current = bytes;
+}
+
+}  // namespace eqflow::cuda

@@ -22,6 +22,21 @@ inline void check(cublasStatus_t st, const char* call, const char* file, int lin
 }
 }  // namespace eqflow::cuda_detail
 
+namespace eqflow::cuda {
+// The current device's attributes the launchers size their grids and shared memory by, queried
+// once per device and cached (cudaGetDevice is a cheap thread-local read; the attributes are not).
+struct DeviceInfo {
+    int device = 0;
+    int sms = 1;                // multiprocessors
+    size_t max_smem_optin = 0;  // dynamic shared memory a block may opt in to, bytes
+};
+const DeviceInfo& current_device_info();
+
+// Raises `kernel`'s dynamic shared-memory limit to `bytes` on the current device, calling
+// cudaFuncSetAttribute only the first time a larger limit is needed there.
+void raise_smem_limit(const void* kernel, size_t bytes);
+}  // namespace eqflow::cuda
+
 // EQFLOW_CUDA_CHECK(call): for cudaError_t and cublasStatus_t alike.
 #define EQFLOW_CUDA_CHECK(call) ::eqflow::cuda_detail::check((call), #call, __FILE__, __LINE__)
 

@@ -18,9 +18,7 @@ using namespace egnn_detail;
 // Resident blocks of the divergence kernel for B samples of K directions: the number of
 // workspace slots.
 int divergence_slots(int64_t B, int K) {
-    int device = 0, sms = 1;
-    EQFLOW_CUDA_CHECK(cudaGetDevice(&device));
-    EQFLOW_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int sms = current_device_info().sms;
     const int64_t items = B * divergence_chunks(K);
     return static_cast<int>(
         std::max<int64_t>(1, std::min<int64_t>(items, 2 * static_cast<int64_t>(sms))));
@@ -51,11 +49,10 @@ void jvp_trace(const EgnnNet& net, int64_t B, int K, const float* dirs, const fl
         (static_cast<size_t>(B) * chunks * sizeof(float) + 255) / 256 * 256;
     float* slot_ws = reinterpret_cast<float*>(static_cast<char*>(workspace) + partial_bytes);
     const size_t smem = divergence_smem_bytes(net);
-    EQFLOW_CUDA_CHECK(cudaFuncSetAttribute(egnn_divergence_kernel,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem)));
-    EQFLOW_LAUNCH(egnn_divergence_kernel, static_cast<unsigned>(slots), kThreads, smem,
-                  EQFLOW_STREAM(stream), net, B, chunks, K, dirs, x, t, v, partial, slot_ws);
+    const DivergenceKernel kernel = divergence_kernel_for(net);
+    raise_smem_limit(reinterpret_cast<const void*>(kernel), smem);
+    EQFLOW_LAUNCH(kernel, static_cast<unsigned>(slots), kThreads, smem, EQFLOW_STREAM(stream), net,
+                  B, chunks, K, dirs, x, t, v, partial, slot_ws);
     EQFLOW_CUDA_CHECK_LAUNCH();
     const int64_t blocks = (B + kThreads - 1) / kThreads;
     const float scale = dirs ? 1.0f / static_cast<float>(K) : 1.0f;
@@ -75,9 +72,9 @@ void egnn_check_supported(const EgnnNet& net) {
     EQFLOW_CHECK(net.d >= 1 && net.d <= kEgnnMaxDim, "GPU EGNN supports d <= 3, got " << net.d);
     EQFLOW_CHECK(net.n >= 2, "GPU EGNN needs at least 2 particles");
     const size_t smem_limit = max_smem_bytes();
-    EQFLOW_CHECK(divergence_smem_bytes(net) <= smem_limit,
-                 "GPU EGNN: n = " << net.n << ", H = " << net.hidden << " needs "
-                                  << divergence_smem_bytes(net)
+    const size_t smem = std::max(forward_smem_bytes(net), divergence_smem_bytes(net));
+    EQFLOW_CHECK(smem <= smem_limit,
+                 "GPU EGNN: n = " << net.n << ", H = " << net.hidden << " needs " << smem
                                   << " bytes of shared memory per block, more than " << smem_limit);
 }
 
@@ -86,11 +83,11 @@ void egnn_forward(const EgnnNet& net, int64_t B, const float* x, const float* t,
     if (B == 0) return;
     egnn_check_supported(net);
     const size_t smem = forward_smem_bytes(net);
-    EQFLOW_CUDA_CHECK(cudaFuncSetAttribute(
-        egnn_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    const ForwardKernel kernel = forward_kernel_for(net);
+    raise_smem_limit(reinterpret_cast<const void*>(kernel), smem);
     EQFLOW_CHECK(B <= 0x7fffffff, "GPU EGNN: batch too large for one launch");
-    EQFLOW_LAUNCH(egnn_forward_kernel, static_cast<unsigned>(B), kThreads, smem,
-                  EQFLOW_STREAM(stream), net, x, t, v);
+    EQFLOW_LAUNCH(kernel, static_cast<unsigned>(B), kThreads, smem, EQFLOW_STREAM(stream), net, x,
+                  t, v);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 

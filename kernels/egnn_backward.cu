@@ -16,9 +16,7 @@ namespace {
 using namespace egnn_detail;
 
 int backward_slots(int64_t B) {
-    int device = 0, sms = 1;
-    EQFLOW_CUDA_CHECK(cudaGetDevice(&device));
-    EQFLOW_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int sms = current_device_info().sms;
     return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(B, sms)));
 }
 
@@ -47,8 +45,7 @@ void egnn_backward(const EgnnNet& net, const float* params_base, int64_t param_c
     const SlotLayout S = slot_layout(net.n, net.d, net.hidden, net.layers, param_count);
     const cudaStream_t s = EQFLOW_STREAM(stream);
     EQFLOW_CUDA_CHECK(cudaMemsetAsync(workspace, 0, need, s));  // slot gradients start at zero
-    EQFLOW_CUDA_CHECK(cudaFuncSetAttribute(
-        egnn_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    raise_smem_limit(reinterpret_cast<const void*>(egnn_backward_kernel), smem);
     float* ws = static_cast<float*>(workspace);
     EQFLOW_LAUNCH(egnn_backward_kernel, static_cast<unsigned>(slots), kThreads, smem, s, net,
                   params_base, param_count, B, x, t, dL_dv, dL_dx, ws);

@@ -14,15 +14,18 @@
 //
 // Work decomposition (egnn_forward_kernel): one block of kThreads = 256 threads (8 warps) per
 // sample. The sample's whole state lives in shared memory; warp w owns target particles
-// i = w, w + 8, ... and walks all sources j in order, so every sum (M_i, the coordinate update)
-// is accumulated in a fixed order by one warp: results are deterministic run to run. Lane l of
-// a warp owns hidden units k = l, l + 32, l + 64, l + 96 (H <= 128). No n^2 x H edge tensor
-// ever leaves shared memory or registers.
+// i = w, w + 8, ... and walks the sources j in tiles (egnn_common.cuh, "Register-tiled edge
+// MLPs"): each lane holds 4 edges x 4 hidden units of the tile in registers, and the edge MLPs
+// are register-tiled products with 128-bit shared loads (2 loads per 16 FMAs). Every sum (M_i,
+// the coordinate update) is accumulated in a fixed order by the one warp that owns i: results
+// are deterministic run to run. The kernel is compiled for Hp = 32, 64, 128 (H rounded up,
+// padded with zeros) and d = 1, 2, 3. No n^2 x H edge tensor ever leaves shared memory or
+// registers.
 //
-// Shared memory per block (floats): 3 n d (x0, x, x_next) + 4 n H (h, P, Q, M) + 2 H^2 (W2^T,
-// Wc1^T, transposed so that lane k reads consecutive addresses) + 16 H (two H-vectors of
-// scratch per warp). LJ55 (n = 55, d = 3, H = 64): 96 KB. The launcher raises the dynamic
-// shared-memory limit and refuses sizes above 227 KB.
+// Shared memory per block (floats): 3 n d (x0, x, x_next) + 2 n H (h, M) + 2 n Hp (P, Q) +
+// 2 Hp^2 (W2^T, Wc1^T) + 8 x 512 (a warp's tile of activations, Hp x kEdges). LJ55 (n = 55,
+// d = 3, H = 64): 105 KB, two blocks per SM on sm_90. The launcher raises the dynamic
+// shared-memory limit and refuses sizes above the device's.
 //
 // FLOPs per sample and layer: edges n(n-1) x (2 H^2 (W2) + 2 H^2 (Wc1) + ~12 H) + nodes
 // n x (4 H^2 (P, Q) + 4 H^2 + 2 H^2 (node MLP)).
@@ -53,36 +56,54 @@ namespace {  // one copy per including file: internal linkage
 // Forward
 // ---------------------------------------------------------------------------------------------
 
-__global__ void __launch_bounds__(kThreads)
+// Hp = tile_hidden(net.hidden) and D = net.d: forward_kernel_for picks the instance. At most 128
+// registers (two blocks per SM need no more).
+template <int Hp, int D>
+__global__ void __launch_bounds__(kThreads, 2)
     egnn_forward_kernel(EgnnNet net, const float* __restrict__ x, const float* __restrict__ t,
                         float* __restrict__ v) {
     EQFLOW_DYNAMIC_SHARED(float, sm);
-    const int n = net.n, d = net.d, H = net.hidden;
-    const PrimalLayout L = primal_layout(n, d, H);
+    const int n = net.n;
+    const PrimalLayout L = tiled_primal_layout(n, D, net.hidden);
     const int64_t b = blockIdx.x;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    float* s1 = sm + L.scratch + warp * 2 * H;
-    float* mm = s1 + H;
+    const int k0 = kTileU * (lane % EdgeTile<Hp>::kUnitLanes);
+    float* S = sm + L.scratch + warp * kTileScratch;
 
-    load_sample(net, x + b * n * d, t[b], sm, L);
+    load_sample(net, x + b * n * D, t[b], sm, L);
     int cur = L.x, nxt = L.xn;  // ping-pong coordinate buffers
     __syncthreads();
     for (int l = 0; l < net.layers; ++l) {
         const EgnnLayerPtrs& p = net.layer[l];
-        prepare_layer(net, p, sm, L);
+        prepare_layer_tiled<Hp>(net, p, sm, L, warp, lane);
         __syncthreads();
-        const LaneVectors lv = lane_vectors(net, p, lane);
-        layer_edges_primal(net, sm, L, lv, cur, nxt, warp, lane, s1, mm, nullptr);
+        const TileVectors tv = tile_vectors(net, p, k0);
+        layer_edges_tiled<Hp, D>(net, sm, L, tv, cur, nxt, warp, lane, S);
         __syncthreads();
-        if (l + 1 < net.layers) {
-            for (int i = warp; i < n; i += kWarps) node_primal(net, p, sm, L, i, lane, s1, nullptr);
-        }
+        if (l + 1 < net.layers) node_layer_tiled<Hp>(net, p, sm, L, warp, lane);
         const int tmp = cur;
         cur = nxt;
         nxt = tmp;
         __syncthreads();
     }
-    write_field(net, sm, L, sm + cur, v + b * n * d);
+    write_field(net, sm, L, sm + cur, v + b * n * D);
+}
+
+using ForwardKernel = void (*)(EgnnNet, const float*, const float*, float*);
+
+template <int D>
+inline ForwardKernel forward_kernel_for_dim(int Hp) {
+    if (Hp == 32) return &egnn_forward_kernel<32, D>;
+    if (Hp == 64) return &egnn_forward_kernel<64, D>;
+    return &egnn_forward_kernel<128, D>;
+}
+
+// The instance of egnn_forward_kernel for net's shapes (1 <= d <= 3, H <= kEgnnMaxHidden).
+inline ForwardKernel forward_kernel_for(const EgnnNet& net) {
+    const int Hp = tile_hidden(net.hidden);
+    if (net.d == 1) return forward_kernel_for_dim<1>(Hp);
+    if (net.d == 2) return forward_kernel_for_dim<2>(Hp);
+    return forward_kernel_for_dim<3>(Hp);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -97,13 +118,16 @@ __host__ __device__ inline size_t tangent_slot_floats(int n, int H) {
 // dirs == nullptr: the exact divergence, directions e_p for p < K = n d. Otherwise dirs holds
 // K directions per sample, [B][K][n][d], and each chunk writes sum_k dirs_k . (J_v dirs_k) over
 // its directions (Hutchinson's estimator with Rademacher directions, before the 1/K).
+// D = net.d, a compile-time constant so that the per-direction arrays stay in registers
+// (divergence_kernel_for picks the instance).
+template <int D>
 __global__ void __launch_bounds__(kThreads)
     egnn_divergence_kernel(EgnnNet net, int64_t B, int chunks, int K,
                            const float* __restrict__ dirs, const float* __restrict__ x,
                            const float* __restrict__ t, float* __restrict__ v,
                            float* __restrict__ partial, float* __restrict__ workspace) {
     EQFLOW_DYNAMIC_SHARED(float, sm);
-    const int n = net.n, d = net.d, H = net.hidden, nd = n * d;
+    const int n = net.n, d = D, H = net.hidden, nd = n * d;
     const PrimalLayout L = primal_layout(n, d, H);
     const TangentLayout T = tangent_layout(L.total, n, d, H);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -156,12 +180,12 @@ __global__ void __launch_bounds__(kThreads)
             const LaneVectors lv = lane_vectors(net, p, lane);
             for (int i = warp; i < n; i += kWarps) {
                 float accM[kLanesQ] = {};
-                float accX[kEgnnMaxDim] = {};
+                float accX[D] = {};
                 float daccM[kTangents][kLanesQ] = {};
-                float daccX[kTangents][kEgnnMaxDim] = {};
+                float daccX[kTangents][D] = {};
                 for (int j = 0; j < n; ++j) {
                     if (j == i) continue;
-                    float diff[kEgnnMaxDim] = {}, diff0[kEgnnMaxDim] = {};
+                    float diff[D] = {}, diff0[D] = {};
                     float r = 0.0f, a = 0.0f;
                     for (int c = 0; c < d; ++c) {
                         diff[c] = sm[cur + i * d + c] - sm[cur + j * d + c];
@@ -178,7 +202,7 @@ __global__ void __launch_bounds__(kThreads)
                     for (int q = 0; q < kLanesQ; ++q) accM[q] += e.m[q];
 
                     // Tangents of r and a, then of pre1 -> ds1 into scratch.
-                    float ddiff[kTangents][kEgnnMaxDim];
+                    float ddiff[kTangents][D];
                     float dr[kTangents];
 #pragma unroll
                     for (int tau = 0; tau < kTangents; ++tau) {
@@ -271,12 +295,16 @@ __global__ void __launch_bounds__(kThreads)
                             dM[tau * plane + i * H + k] = daccM[tau][q];
                     }
                 }
-                if (lane < d) {
-                    sm[nxt + i * d + lane] = sm[cur + i * d + lane] + accX[lane];
+#pragma unroll
+                for (int c = 0; c < D; ++c) {
+                    if (lane != c)
+                        continue;  // lane c writes coordinate c: registers, not a
+                                   // runtime index into the arrays
+                    sm[nxt + i * d + c] = sm[cur + i * d + c] + accX[c];
 #pragma unroll
                     for (int tau = 0; tau < kTangents; ++tau)
-                        sm[dnxt + tau * nd + i * d + lane] =
-                            sm[dcur + tau * nd + i * d + lane] + daccX[tau][lane];
+                        sm[dnxt + tau * nd + i * d + c] =
+                            sm[dcur + tau * nd + i * d + c] + daccX[tau][c];
                 }
             }
             __syncthreads();
@@ -358,11 +386,18 @@ __global__ void __launch_bounds__(kThreads)
                     tr += dxl[pdir] - 1.0f - (col - 1.0f) / static_cast<float>(n);
                 } else {
                     const float* e = sm + T.dx0 + tau * nd;
-                    float mean[kEgnnMaxDim] = {};
+                    float mean[D] = {};
                     for (int i = 0; i < n; ++i)
-                        for (int a = 0; a < d; ++a) mean[a] += dxl[i * d + a] - e[i * d + a];
-                    for (int a = 0; a < d; ++a) mean[a] /= static_cast<float>(n);
-                    for (int k = 0; k < nd; ++k) tr += e[k] * (dxl[k] - e[k] - mean[k % d]);
+#pragma unroll
+                        for (int a = 0; a < D; ++a) mean[a] += dxl[i * D + a] - e[i * D + a];
+#pragma unroll
+                    for (int a = 0; a < D; ++a) mean[a] /= static_cast<float>(n);
+                    for (int i = 0; i < n; ++i)  // k = i D + a in order
+#pragma unroll
+                        for (int a = 0; a < D; ++a) {
+                            const int k = i * D + a;
+                            tr += e[k] * (dxl[k] - e[k] - mean[a]);
+                        }
                 }
             }
             tr = warp_sum(tr);
@@ -371,6 +406,16 @@ __global__ void __launch_bounds__(kThreads)
         if (chunk == 0 && v != nullptr) write_field(net, sm, L, sm + cur, v + b * nd);
         __syncthreads();  // the next item reuses shared memory and the workspace slot
     }
+}
+
+using DivergenceKernel = void (*)(EgnnNet, int64_t, int, int, const float*, const float*,
+                                  const float*, float*, float*, float*);
+
+// The instance of egnn_divergence_kernel for net.d (1 <= d <= 3).
+inline DivergenceKernel divergence_kernel_for(const EgnnNet& net) {
+    if (net.d == 1) return &egnn_divergence_kernel<1>;
+    if (net.d == 2) return &egnn_divergence_kernel<2>;
+    return &egnn_divergence_kernel<3>;
 }
 
 // div[b] = scale * sum_c partial[b][c], in chunk order (deterministic); scale is 1 for the
@@ -386,7 +431,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 inline size_t forward_smem_bytes(const EgnnNet& net) {
-    return static_cast<size_t>(primal_layout(net.n, net.d, net.hidden).total) * sizeof(float);
+    return static_cast<size_t>(tiled_primal_layout(net.n, net.d, net.hidden).total) * sizeof(float);
 }
 
 inline size_t divergence_smem_bytes(const EgnnNet& net) {

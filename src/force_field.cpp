@@ -47,10 +47,24 @@ class TagReader {
                 pos_ = end + 3;
                 continue;
             }
-            const size_t gt = s_.find('>', lt);
-            EQFLOW_CHECK(gt != std::string::npos, "System XML: unterminated tag at offset " << lt);
+            // The tag ends at the first '>' outside quotes; '<' inside a tag is not XML (and would
+            // let a reader that counts tags differently disagree on the nesting).
+            size_t gt = lt + 1;
+            char quote = 0;
+            for (; gt < s_.size(); ++gt) {
+                const char c = s_[gt];
+                if (quote) {
+                    if (c == quote) quote = 0;
+                } else if (c == '"' || c == '\'') {
+                    quote = c;
+                } else if (c == '>') {
+                    break;
+                }
+                EQFLOW_CHECK(c != '<', "System XML: '<' inside the tag at offset " << lt);
+            }
+            EQFLOW_CHECK(gt < s_.size(), "System XML: unterminated tag at offset " << lt);
             pos_ = gt + 1;
-            if (s_[lt + 1] == '?' || s_[lt + 1] == '!') continue;
+            if (lt + 1 < s_.size() && (s_[lt + 1] == '?' || s_[lt + 1] == '!')) continue;
             std::string body = s_.substr(lt + 1, gt - lt - 1);
             tag = Tag{};
             if (!body.empty() && body[0] == '/') {
@@ -97,27 +111,101 @@ class TagReader {
     size_t pos_ = 0;
 };
 
-double num(const Tag& t, const char* key) {
+// One reading of a number: plain decimal ([+-] digits [. digits] [e[+-]digits], as XmlSerializer
+// writes), never empty, hex, "inf" or "nan", and finite.
+bool parse_decimal(const std::string& s, double& out) {
+    size_t i = 0;
+    const auto digits = [&] {
+        const size_t b = i;
+        while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
+        return i - b;
+    };
+    if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+    size_t mantissa = digits();
+    if (i < s.size() && s[i] == '.') {
+        ++i;
+        mantissa += digits();
+    }
+    if (mantissa == 0) return false;
+    if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+        ++i;
+        if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+        if (digits() == 0) return false;
+    }
+    if (i != s.size()) return false;
+    char* end = nullptr;
+    out = std::strtod(s.c_str(), &end);
+    return end == s.c_str() + s.size() && std::isfinite(out);
+}
+
+// The attribute `key` as a number in [lo, hi]: the ranges are generous physical bounds (nm,
+// kJ/mol, e, amu, rad), far outside any force field, but inside what the energies can carry
+// without overflowing.
+double num(const Tag& t, const char* key, double lo, double hi) {
     auto it = t.attrs.find(key);
     EQFLOW_CHECK(it != t.attrs.end(),
                  "System XML: <" << t.name << "> lacks attribute '" << key << "'");
-    char* end = nullptr;
-    const double v = std::strtod(it->second.c_str(), &end);
-    EQFLOW_CHECK(end && *end == '\0' && std::isfinite(v),
-                 "System XML: <" << t.name << "> attribute " << key << "=\"" << it->second
-                                 << "\" is not a number");
+    double v = 0.0;
+    EQFLOW_CHECK(parse_decimal(it->second, v), "System XML: <" << t.name << "> attribute " << key
+                                                               << "=\"" << it->second
+                                                               << "\" is not a decimal number");
+    EQFLOW_CHECK(v >= lo && v <= hi, "System XML: <" << t.name << "> attribute " << key << "=" << v
+                                                     << " is outside [" << lo << ", " << hi << "]");
     return v;
 }
-int idx(const Tag& t, const char* key, int n) {
-    const double v = num(t, key);
-    EQFLOW_CHECK(v == std::floor(v) && v >= 0 && v < n,
-                 "System XML: <" << t.name << "> index " << key << "=" << v << " out of range [0, "
-                                 << n << ")");
+int integer(const Tag& t, const char* key, int lo, int hi) {
+    const double v = num(t, key, lo, hi);
+    EQFLOW_CHECK(v == std::floor(v), "System XML: <" << t.name << "> attribute " << key << "=" << v
+                                                     << " is not an integer");
     return static_cast<int>(v);
 }
+int idx(const Tag& t, const char* key, int n) {
+    auto it = t.attrs.find(key);
+    EQFLOW_CHECK(it != t.attrs.end(),
+                 "System XML: <" << t.name << "> lacks attribute '" << key << "'");
+    double v = 0.0;
+    EQFLOW_CHECK(parse_decimal(it->second, v) && v == std::floor(v) && v >= 0 && v < n,
+                 "System XML: <" << t.name << "> index " << key << "=\"" << it->second
+                                 << "\" out of range [0, " << n << ")");
+    return static_cast<int>(v);
+}
+
+// Physical bounds of the parameters (see num()).
+constexpr double kMaxMass = 1e6;        // amu
+constexpr double kMaxLength = 100.0;    // nm: bond lengths, sigma, GB radii
+constexpr double kMaxForceConst = 1e9;  // kJ/mol/nm^2 or kJ/mol/rad^2
+constexpr double kMaxEnergy = 1e6;      // kJ/mol: epsilon, torsion barriers
+constexpr double kMaxCharge = 100.0;    // e
+constexpr double kMaxAngle = 100.0;     // rad (phases and equilibrium angles)
+constexpr int kMaxPeriodicity = 100;
+constexpr int kMaxForceGroup = 31;  // OpenMM's limit
 }  // namespace
 
+void check_system_xml_limits(const std::string& text) {
+    EQFLOW_CHECK(text.size() <= kMaxSystemXmlBytes,
+                 "System XML: " << text.size() << " bytes, more than the " << kMaxSystemXmlBytes
+                                << " eqflow reads");
+    TagReader reader(text);
+    Tag tag;
+    std::vector<std::string> stack;
+    while (reader.next(tag)) {
+        if (tag.closing) {
+            EQFLOW_CHECK(!stack.empty() && stack.back() == tag.name,
+                         "System XML: unbalanced </" << tag.name << ">");
+            stack.pop_back();
+        } else if (!tag.self_closing) {
+            stack.push_back(tag.name);
+            EQFLOW_CHECK(stack.size() <= static_cast<size_t>(kMaxSystemXmlDepth),
+                         "System XML: elements nested deeper than " << kMaxSystemXmlDepth);
+        }
+    }
+    EQFLOW_CHECK(stack.empty(), "System XML: unclosed <" << stack.back() << ">");
+}
+
+namespace {}  // namespace
+
 ForceField parse_openmm_system_xml(const std::string& text) {
+    check_system_xml_limits(text);
     ForceField ff;
     TagReader reader(text);
     Tag tag;
@@ -140,7 +228,9 @@ ForceField parse_openmm_system_xml(const std::string& text) {
         if (name == "System") {
             seen_system = true;
         } else if (name == "Particle" && parent(0) == "Particles" && force.empty()) {
-            ff.masses.push_back(num(tag, "mass"));
+            EQFLOW_CHECK(ff.n_atoms < kMaxSystemXmlAtoms,
+                         "System XML: more than " << kMaxSystemXmlAtoms << " particles");
+            ff.masses.push_back(num(tag, "mass", 0, kMaxMass));
             ++ff.n_atoms;
         } else if (name == "VirtualSite" || name == "LocalCoordinatesSite" ||
                    name == "TwoParticleAverageSite" || name == "ThreeParticleAverageSite" ||
@@ -153,7 +243,7 @@ ForceField parse_openmm_system_xml(const std::string& text) {
         } else if (name == "Force") {
             force = tag.attrs.count("type") ? tag.attrs.at("type") : "";
             const int group =
-                tag.attrs.count("forceGroup") ? static_cast<int>(num(tag, "forceGroup")) : 0;
+                tag.attrs.count("forceGroup") ? integer(tag, "forceGroup", 0, kMaxForceGroup) : 0;
             auto set_group = [&](int term) {
                 EQFLOW_CHECK(ff.force_groups[term] == -1 || ff.force_groups[term] == group,
                              "System XML: two " << force << "s in different force groups");
@@ -168,17 +258,17 @@ ForceField parse_openmm_system_xml(const std::string& text) {
             } else if (force == "NonbondedForce") {
                 EQFLOW_CHECK(!seen_nonbonded, "System XML: more than one NonbondedForce");
                 seen_nonbonded = true;
-                EQFLOW_CHECK(num(tag, "method") == 0,
+                EQFLOW_CHECK(integer(tag, "method", 0, 1000) == 0,
                              "System XML: NonbondedForce must use NoCutoff (method 0)");
                 set_group(3);
             } else if (force == "GBSAOBCForce") {
                 EQFLOW_CHECK(!ff.has_gb, "System XML: more than one GBSAOBCForce");
-                EQFLOW_CHECK(num(tag, "method") == 0,
+                EQFLOW_CHECK(integer(tag, "method", 0, 1000) == 0,
                              "System XML: GBSAOBCForce must use NoCutoff (method 0)");
                 ff.has_gb = true;
-                ff.solute_dielectric = num(tag, "soluteDielectric");
-                ff.solvent_dielectric = num(tag, "solventDielectric");
-                ff.surface_area_energy = num(tag, "surfaceAreaEnergy");
+                ff.solute_dielectric = num(tag, "soluteDielectric", 1e-3, 1e6);
+                ff.solvent_dielectric = num(tag, "solventDielectric", 1e-3, 1e6);
+                ff.surface_area_energy = num(tag, "surfaceAreaEnergy", 0, kMaxEnergy);
                 set_group(4);
             } else if (force != "CMMotionRemover") {
                 EQFLOW_THROW("System XML: force '"
@@ -188,29 +278,32 @@ ForceField parse_openmm_system_xml(const std::string& text) {
                                 "GBSAOBCForce, CMMotionRemover)");
             }
         } else if (force == "HarmonicBondForce" && name == "Bond") {
-            ff.bonds.push_back(
-                {idx(tag, "p1", n), idx(tag, "p2", n), num(tag, "d"), num(tag, "k")});
+            ff.bonds.push_back({idx(tag, "p1", n), idx(tag, "p2", n), num(tag, "d", 0, kMaxLength),
+                                num(tag, "k", 0, kMaxForceConst)});
         } else if (force == "HarmonicAngleForce" && name == "Angle") {
             ff.angles.push_back({idx(tag, "p1", n), idx(tag, "p2", n), idx(tag, "p3", n),
-                                 num(tag, "a"), num(tag, "k")});
+                                 num(tag, "a", 0, kMaxAngle), num(tag, "k", 0, kMaxForceConst)});
         } else if (force == "PeriodicTorsionForce" && name == "Torsion") {
-            ff.torsions.push_back({idx(tag, "p1", n), idx(tag, "p2", n), idx(tag, "p3", n),
-                                   idx(tag, "p4", n), static_cast<int>(num(tag, "periodicity")),
-                                   num(tag, "phase"), num(tag, "k")});
+            ff.torsions.push_back(
+                {idx(tag, "p1", n), idx(tag, "p2", n), idx(tag, "p3", n), idx(tag, "p4", n),
+                 integer(tag, "periodicity", 0, kMaxPeriodicity),
+                 num(tag, "phase", -kMaxAngle, kMaxAngle), num(tag, "k", -kMaxEnergy, kMaxEnergy)});
         } else if (force == "NonbondedForce" && name == "Particle") {
-            ff.charges.push_back(num(tag, "q"));
-            ff.sigmas.push_back(num(tag, "sig"));
-            ff.epsilons.push_back(num(tag, "eps"));
+            ff.charges.push_back(num(tag, "q", -kMaxCharge, kMaxCharge));
+            ff.sigmas.push_back(num(tag, "sig", 0, kMaxLength));
+            ff.epsilons.push_back(num(tag, "eps", 0, kMaxEnergy));
         } else if (force == "NonbondedForce" && name == "Exception") {
-            ff.exceptions.push_back({idx(tag, "p1", n), idx(tag, "p2", n), num(tag, "q"),
-                                     num(tag, "sig"), num(tag, "eps")});
+            ff.exceptions.push_back(
+                {idx(tag, "p1", n), idx(tag, "p2", n),
+                 num(tag, "q", -kMaxCharge * kMaxCharge, kMaxCharge * kMaxCharge),
+                 num(tag, "sig", 0, kMaxLength), num(tag, "eps", 0, kMaxEnergy)});
         } else if (force == "NonbondedForce" &&
                    (name == "ParticleOffset" || name == "ExceptionOffset" || name == "Parameter")) {
             EQFLOW_THROW("System XML: NonbondedForce parameter offsets are not supported");
         } else if (force == "GBSAOBCForce" && name == "Particle") {
-            ff.gb_charges.push_back(num(tag, "q"));
-            ff.gb_radii.push_back(num(tag, "r"));
-            ff.gb_scales.push_back(num(tag, "scale"));
+            ff.gb_charges.push_back(num(tag, "q", -kMaxCharge, kMaxCharge));
+            ff.gb_radii.push_back(num(tag, "r", 0, kMaxLength));
+            ff.gb_scales.push_back(num(tag, "scale", 0, 100));
         }
         if (!tag.self_closing) stack.push_back(name);
     }

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -15,13 +16,25 @@
 #include "eqflow/io.h"
 #include "eqflow/json.h"
 
+#ifndef EQFLOW_VERSION_STRING  // set by CMake from project(VERSION)
+#define EQFLOW_VERSION_STRING "unknown"
+#endif
+
 namespace eqflow {
 
 namespace {
 
 // The reader holds the header in memory; anything bigger is not a header but a corrupted length.
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
-constexpr const char* kChecksumKey = "eqflow.checksum";
+// The data checksum, keyed by tensor name: FNV-1a over the tensors in name order, each as its
+// name, dtype, shape and bytes, so a file re-saved by another writer with the tensors in another
+// order (safetensors.torch sorts them) still verifies. Files of earlier versions carry the
+// data-order checksum under kLegacyChecksumKey; it is verified when the keyed one is absent.
+constexpr const char* kChecksumKey = "eqflow.tensor_checksum";
+constexpr const char* kLegacyChecksumKey = "eqflow.checksum";
+// The data checksum does not cover the metadata, where the sizes of the model are: a second one
+// does (files written before it existed have none and are read as before).
+constexpr const char* kMetaChecksumKey = "eqflow.meta_checksum";
 
 static_assert(sizeof(double) == 8 && sizeof(float) == 4, "IEEE 754 binary64 / binary32 expected");
 
@@ -33,7 +46,65 @@ bool host_is_little_endian() {
 }
 
 size_t item_size(SafetensorsDtype dtype) {
-    return dtype == SafetensorsDtype::f32 ? 4 : 8;
+    switch (dtype) {
+        case SafetensorsDtype::f16:
+        case SafetensorsDtype::bf16:
+            return 2;
+        case SafetensorsDtype::f32:
+            return 4;
+        case SafetensorsDtype::f64:
+        case SafetensorsDtype::i64:
+            break;
+    }
+    return 8;
+}
+
+uint32_t float_bits(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+float bits_float(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// IEEE binary16 <-> binary32, exact on the way in, round to nearest even on the way out
+// (overflow to infinity, NaN kept a quiet NaN).
+float half_to_float(uint16_t h) {
+    const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+    const uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+    if (exp == 0x1f) return bits_float(sign | 0x7f800000u | (mant << 13));  // inf, NaN
+    if (exp != 0) return bits_float(sign | ((exp + 112) << 23) | (mant << 13));
+    // Zero or subnormal: mant * 2^-24.
+    const float v = static_cast<float>(mant) * 5.9604644775390625e-8f;
+    return sign ? -v : v;
+}
+uint16_t float_to_half(float f) {
+    const uint32_t u = float_bits(f);
+    const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+    const uint32_t abs = u & 0x7fffffffu;
+    if (abs >= 0x7f800000u)  // inf or NaN
+        return static_cast<uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u));
+    if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds past 65504
+    if (abs < 0x38800000u) {  // below the smallest normal half: a multiple of 2^-24, rounded
+        const float scaled = bits_float(abs) * 16777216.0f;  // exact
+        const float r = std::nearbyint(scaled);              // nearest, ties to even
+        return static_cast<uint16_t>(sign | static_cast<uint16_t>(r));
+    }
+    // Normal: drop 13 mantissa bits with round to nearest even.
+    const uint32_t rounded = abs + 0xfffu + ((abs >> 13) & 1u);
+    return static_cast<uint16_t>(sign | ((rounded - 0x38000000u) >> 13));
+}
+// bfloat16 is the upper half of a binary32.
+float bf16_to_float(uint16_t b) {
+    return bits_float(static_cast<uint32_t>(b) << 16);
+}
+uint16_t float_to_bf16(float f) {
+    const uint32_t u = float_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN
+    return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
 std::string hex64(uint64_t v) {
@@ -42,18 +113,60 @@ std::string hex64(uint64_t v) {
     return buf;
 }
 
+// FNV-1a over the metadata sorted by key, each key and value preceded by its length (so that no
+// two different maps hash the same bytes), without the two checksum entries.
+uint64_t metadata_checksum(const std::vector<std::pair<std::string, std::string>>& metadata) {
+    std::vector<std::pair<std::string, std::string>> sorted;
+    for (const auto& kv : metadata)
+        if (kv.first != kChecksumKey && kv.first != kLegacyChecksumKey &&
+            kv.first != kMetaChecksumKey)
+            sorted.push_back(kv);
+    std::sort(sorted.begin(), sorted.end());
+    std::string bytes;
+    for (const auto& [key, value] : sorted) {
+        bytes += std::to_string(key.size()) + ":" + key;
+        bytes += std::to_string(value.size()) + ":" + value;
+    }
+    return fnv1a64(bytes.data(), bytes.size());
+}
+
+// The data checksum keyed by name (kChecksumKey): tensors in name order, each as
+// "len:name", its dtype, its shape and its bytes (in the data section at `data`, at the tensor's
+// offset). The tensors' offsets must already be known: t.values / t.ints are not used.
+struct TensorBytes {
+    const std::string* name;
+    const char* dtype;
+    const Shape* shape;
+    const char* begin;
+    size_t size;
+};
+uint64_t keyed_checksum(std::vector<TensorBytes> tensors) {
+    std::sort(tensors.begin(), tensors.end(),
+              [](const TensorBytes& a, const TensorBytes& b) { return *a.name < *b.name; });
+    std::string bytes;
+    for (const TensorBytes& t : tensors) {
+        bytes += std::to_string(t.name->size()) + ":" + *t.name + t.dtype + shape_string(*t.shape);
+        bytes.append(t.begin, t.size);
+    }
+    return fnv1a64(bytes.data(), bytes.size());
+}
+// For the writer: tensors laid out back to back in file order from `data`.
+uint64_t tensor_checksum(const std::vector<SafeTensor>& tensors, const char* data) {
+    std::vector<TensorBytes> list;
+    size_t offset = 0;
+    for (const SafeTensor& t : tensors) {
+        const size_t size = static_cast<size_t>(shape_numel(t.shape)) * item_size(t.dtype);
+        list.push_back({&t.name, safetensors_dtype_name(t.dtype), &t.shape, data + offset, size});
+        offset += size;
+    }
+    return keyed_checksum(std::move(list));
+}
+
 }  // namespace
 
 const char* safetensors_dtype_name(SafetensorsDtype dtype) {
-    switch (dtype) {
-        case SafetensorsDtype::f32:
-            return "F32";
-        case SafetensorsDtype::f64:
-            return "F64";
-        case SafetensorsDtype::i64:
-            return "I64";
-    }
-    return "?";
+    static const char* const kNames[] = {"F32", "F64", "I64", "F16", "BF16"};  // enum order
+    return kNames[static_cast<int>(dtype)];
 }
 
 SafeTensor SafeTensor::f64(std::string name, Shape shape, std::vector<double> values) {
@@ -149,6 +262,11 @@ std::string serialize_safetensors(const SafetensorsFile& file) {
             } else if (t.dtype == SafetensorsDtype::f32) {
                 const float f = static_cast<float>(t.values[k]);
                 data.append(reinterpret_cast<const char*>(&f), 4);
+            } else if (t.dtype == SafetensorsDtype::f16 || t.dtype == SafetensorsDtype::bf16) {
+                const float f = static_cast<float>(t.values[k]);
+                const uint16_t h =
+                    t.dtype == SafetensorsDtype::f16 ? float_to_half(f) : float_to_bf16(f);
+                data.append(reinterpret_cast<const char*>(&h), 2);
             } else {
                 data.append(reinterpret_cast<const char*>(&t.ints[k]), 8);
             }
@@ -166,10 +284,13 @@ std::string serialize_safetensors(const SafetensorsFile& file) {
     }
     Json meta = Json::object();
     for (const auto& kv : file.metadata) {
-        if (kv.first == kChecksumKey) continue;  // recomputed below
+        if (kv.first == kChecksumKey || kv.first == kLegacyChecksumKey ||
+            kv.first == kMetaChecksumKey)
+            continue;  // recomputed below
         meta[kv.first] = kv.second;
     }
-    meta[kChecksumKey] = hex64(fnv1a64(data.data(), data.size()));
+    meta[kChecksumKey] = hex64(tensor_checksum(file.tensors, data.data()));
+    meta[kMetaChecksumKey] = hex64(metadata_checksum(file.metadata));
     header["__metadata__"] = meta;
     for (auto& e : entries) header[e.first] = e.second;
 
@@ -238,9 +359,13 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& w
             t.dtype = SafetensorsDtype::f64;
         } else if (dtype == "I64") {
             t.dtype = SafetensorsDtype::i64;
+        } else if (dtype == "F16") {
+            t.dtype = SafetensorsDtype::f16;
+        } else if (dtype == "BF16") {
+            t.dtype = SafetensorsDtype::bf16;
         } else {
             EQFLOW_THROW(what << ": tensor '" << name << "' has unsupported dtype " << dtype
-                              << " (supported: F32, F64, I64)");
+                              << " (supported: F32, F64, F16, BF16, I64)");
         }
         const Json& shape = entry.at("shape");
         EQFLOW_CHECK(shape.is_array(),
@@ -305,20 +430,47 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& w
         } else if (t.dtype == SafetensorsDtype::f64) {
             t.values.resize(count);
             if (count) std::memcpy(t.values.data(), src, count * 8);
-        } else {
+        } else if (t.dtype == SafetensorsDtype::f32) {
             t.values.resize(count);
             for (size_t k = 0; k < count; ++k) {
                 float f;
                 std::memcpy(&f, src + 4 * k, 4);
                 t.values[k] = f;
             }
+        } else {
+            t.values.resize(count);
+            for (size_t k = 0; k < count; ++k) {
+                uint16_t h;
+                std::memcpy(&h, src + 2 * k, 2);
+                t.values[k] =
+                    t.dtype == SafetensorsDtype::f16 ? half_to_float(h) : bf16_to_float(h);
+            }
         }
     }
     if (file.has_meta(kChecksumKey)) {
+        std::vector<TensorBytes> list;
+        for (const Span& sp : spans) {
+            const SafeTensor& t = file.tensors[sp.index];
+            list.push_back({&t.name, safetensors_dtype_name(t.dtype), &t.shape, data + sp.begin,
+                            static_cast<size_t>(sp.end - sp.begin)});
+        }
         const std::string expected = file.meta(kChecksumKey);
+        const std::string actual = hex64(keyed_checksum(std::move(list)));
+        EQFLOW_CHECK(expected == actual, what << ": checksum mismatch (header says " << expected
+                                              << ", the tensors give " << actual
+                                              << "): the file is corrupted");
+    } else if (file.has_meta(kLegacyChecksumKey)) {
+        const std::string expected = file.meta(kLegacyChecksumKey);
         const std::string actual = hex64(fnv1a64(data, data_size));
         EQFLOW_CHECK(expected == actual, what << ": checksum mismatch (header says " << expected
                                               << ", data gives " << actual
+                                              << "): the file is corrupted");
+    }
+    if (file.has_meta(kMetaChecksumKey)) {
+        const std::string expected = file.meta(kMetaChecksumKey);
+        const std::string actual = hex64(metadata_checksum(file.metadata));
+        EQFLOW_CHECK(expected == actual, what << ": metadata checksum mismatch (header says "
+                                              << expected << ", metadata gives " << actual
                                               << "): the file is corrupted");
     }
     return file;
@@ -363,6 +515,15 @@ bool parse_bool_meta(const SafetensorsFile& f, const std::string& key, const std
     EQFLOW_THROW(what << ": metadata '" << key << "' = '" << s << "' is not true or false");
 }
 
+// Limits on the sizes in a model's metadata (n_particles, dim, hidden, layers): far above any
+// model eqflow trains, far below what would make the layout or the workspaces unbounded.
+constexpr int64_t kMaxModelSize[4] = {1 << 16, 16, 1 << 14, 1 << 10};
+// The fewest tensors one EGNN layer has (edge, node and coord MLPs; attention adds two).
+constexpr int64_t kTensorsPerLayer = 11;
+// The length scale and the coordinate range are in the system's units: any value outside these
+// bounds overflows the positions or the field long before it could be a real model.
+constexpr double kMinLengthScale = 1e-8, kMaxLengthScale = 1e8, kMaxCoordsRange = 1e6;
+
 double parse_double_meta(const SafetensorsFile& f, const std::string& key,
                          const std::string& what) {
     EQFLOW_CHECK(f.has_meta(key), what << ": missing metadata key '" << key << "'");
@@ -378,7 +539,8 @@ double parse_double_meta(const SafetensorsFile& f, const std::string& key,
 
 SafetensorsFile egnn_model_to_safetensors(const EgnnModel& model, SafetensorsDtype dtype) {
     const EgnnConfig& c = model.config;
-    EQFLOW_CHECK(dtype != SafetensorsDtype::i64, "EGNN model tensors are F32 or F64");
+    EQFLOW_CHECK(dtype != SafetensorsDtype::i64,
+                 "EGNN model tensors are floating point (F64, F32, F16, BF16)");
     const std::vector<ParamEntry> layout = egnn_parameter_layout(c);
     const int64_t count = egnn_parameter_count(c);
     EQFLOW_CHECK(static_cast<int64_t>(model.params.size()) == count,
@@ -386,6 +548,7 @@ SafetensorsFile egnn_model_to_safetensors(const EgnnModel& model, SafetensorsDty
                                    << count);
     SafetensorsFile f;
     f.set_meta("eqflow.format", "egnn-v1");
+    f.set_meta("eqflow.version", EQFLOW_VERSION_STRING);
     f.set_meta("eqflow.system", c.system);
     f.set_meta("eqflow.n_particles", std::to_string(c.n_particles));
     f.set_meta("eqflow.dim", std::to_string(c.dim));
@@ -404,9 +567,9 @@ SafetensorsFile egnn_model_to_safetensors(const EgnnModel& model, SafetensorsDty
     for (const ParamEntry& e : layout) {
         std::vector<double> values(model.params.begin() + e.offset,
                                    model.params.begin() + e.offset + shape_numel(e.shape));
-        f.tensors.push_back(dtype == SafetensorsDtype::f64
-                                ? SafeTensor::f64(e.name, e.shape, std::move(values))
-                                : SafeTensor::f32(e.name, e.shape, std::move(values)));
+        SafeTensor t = SafeTensor::f64(e.name, e.shape, std::move(values));
+        t.dtype = dtype;  // rounded on write when narrower than F64
+        f.tensors.push_back(std::move(t));
     }
     return f;
 }
@@ -416,28 +579,44 @@ EgnnModel egnn_model_from_safetensors(const SafetensorsFile& f, const std::strin
     EgnnConfig& c = model.config;
     EQFLOW_CHECK(f.has_meta("eqflow.system"), what << ": missing metadata key 'eqflow.system'");
     c.system = f.meta("eqflow.system");
-    const int64_t limits[4] = {
+    const int64_t sizes[4] = {
         parse_int_meta(f, "eqflow.n_particles", what), parse_int_meta(f, "eqflow.dim", what),
         parse_int_meta(f, "eqflow.hidden", what), parse_int_meta(f, "eqflow.layers", what)};
-    for (int64_t v : limits) {
-        EQFLOW_CHECK(v >= 0 && v <= (1 << 20),
-                     what << ": model size " << v << " in the metadata is out of range");
+    const char* const size_names[4] = {"n_particles", "dim", "hidden", "layers"};
+    for (int k = 0; k < 4; ++k) {
+        EQFLOW_CHECK(sizes[k] >= 1 && sizes[k] <= kMaxModelSize[k],
+                     what << ": metadata 'eqflow." << size_names[k] << "' = " << sizes[k]
+                          << " is out of range [1, " << kMaxModelSize[k] << "]");
     }
-    c.n_particles = static_cast<int>(limits[0]);
-    c.dim = static_cast<int>(limits[1]);
-    c.hidden = static_cast<int>(limits[2]);
-    c.layers = static_cast<int>(limits[3]);
+    // Every layer has at least kTensorsPerLayer tensors: a layer count that the file cannot hold
+    // is refused before the layout (and its memory) is built.
+    EQFLOW_CHECK(sizes[3] <= static_cast<int64_t>(f.tensors.size()) / kTensorsPerLayer,
+                 what << ": metadata 'eqflow.layers' = " << sizes[3] << " but the file holds only "
+                      << f.tensors.size() << " tensors");
+    c.n_particles = static_cast<int>(sizes[0]);
+    c.dim = static_cast<int>(sizes[1]);
+    c.hidden = static_cast<int>(sizes[2]);
+    c.layers = static_cast<int>(sizes[3]);
     c.attention = parse_bool_meta(f, "eqflow.attention", what);
     c.tanh = parse_bool_meta(f, "eqflow.tanh", what);
     c.coords_range = parse_double_meta(f, "eqflow.coords_range", what);
+    EQFLOW_CHECK(c.coords_range >= 0 && c.coords_range <= kMaxCoordsRange,
+                 what << ": metadata 'eqflow.coords_range' = " << c.coords_range
+                      << " is out of range [0, " << kMaxCoordsRange << "]");
     // Files written before the length scale existed are in model units.
     if (f.has_meta("eqflow.length_scale"))
         c.length_scale = parse_double_meta(f, "eqflow.length_scale", what);
+    EQFLOW_CHECK(c.length_scale >= kMinLengthScale && c.length_scale <= kMaxLengthScale,
+                 what << ": metadata 'eqflow.length_scale' = " << c.length_scale
+                      << " is out of range [" << kMinLengthScale << ", " << kMaxLengthScale << "]");
     if (f.has_meta("eqflow.atom_types")) {
         const std::string& s = f.meta("eqflow.atom_types");
         std::stringstream ss(s);
         std::string item;
         while (std::getline(ss, item, ',')) {
+            EQFLOW_CHECK(static_cast<int64_t>(c.atom_types.size()) < sizes[0],
+                         what << ": metadata 'eqflow.atom_types' has more entries than the "
+                              << sizes[0] << " particles");
             char* end = nullptr;
             const long v = std::strtol(item.c_str(), &end, 10);
             EQFLOW_CHECK(!item.empty() && end && *end == '\0' && v >= 0 && v < (1 << 20),
@@ -452,20 +631,32 @@ EgnnModel egnn_model_from_safetensors(const SafetensorsFile& f, const std::strin
         EQFLOW_THROW(what << ": invalid model configuration: " << e.what());
     }
 
+    // Every tensor is checked against the layout before the parameters are allocated: their
+    // count is then bounded by the file's own size.
     const std::vector<ParamEntry> layout = egnn_parameter_layout(c);
-    model.params.assign(static_cast<size_t>(egnn_parameter_count(c)), 0.0);
     std::set<std::string> expected;
+    std::map<std::string, const SafeTensor*> by_name;  // find() is linear: no T^2 on big files
+    for (const SafeTensor& t : f.tensors) by_name.emplace(t.name, &t);
+    std::vector<const SafeTensor*> found;
     for (const ParamEntry& e : layout) {
         expected.insert(e.name);
-        const SafeTensor* t = f.find(e.name);
+        const auto it = by_name.find(e.name);
+        const SafeTensor* t = it == by_name.end() ? nullptr : it->second;
         EQFLOW_CHECK(t != nullptr, what << ": missing tensor '" << e.name << "' (expected shape "
                                         << shape_string(e.shape) << ")");
-        EQFLOW_CHECK(t->dtype == SafetensorsDtype::f32 || t->dtype == SafetensorsDtype::f64,
-                     what << ": tensor '" << e.name << "' has dtype "
-                          << safetensors_dtype_name(t->dtype) << ", expected F32 or F64");
+        EQFLOW_CHECK(t->dtype != SafetensorsDtype::i64, what << ": tensor '" << e.name
+                                                             << "' has dtype "
+                                                             << safetensors_dtype_name(t->dtype)
+                                                             << ", expected F32, F64, F16 or BF16");
         EQFLOW_CHECK(t->shape == e.shape, what << ": tensor '" << e.name << "' has shape "
                                                << shape_string(t->shape) << ", expected "
                                                << shape_string(e.shape));
+        found.push_back(t);
+    }
+    model.params.assign(static_cast<size_t>(egnn_parameter_count(c)), 0.0);
+    for (size_t i = 0; i < layout.size(); ++i) {
+        const ParamEntry& e = layout[i];
+        const SafeTensor* t = found[i];
         for (size_t k = 0; k < t->values.size(); ++k) {
             EQFLOW_CHECK(std::isfinite(t->values[k]),
                          what << ": tensor '" << e.name << "' holds a non-finite value");
@@ -531,17 +722,37 @@ TrainingCheckpoint load_checkpoint(
     ck.adam_step = state.ints[1];
     ck.skipped = state.ints[2];
     ck.elapsed_seconds = static_cast<double>(state.ints[3]) * 1e-3;
-    EQFLOW_CHECK(ck.step >= 0 && ck.adam_step >= 0 && ck.skipped >= 0,
-                 path << ": negative counters in trainer.state");
+    // The checksum vouches for the bytes, not for their sense: every resumed counter and moment
+    // is checked before the optimiser sees it (an Adam step of INT64_MAX overflows the update,
+    // a NaN moment poisons every weight).
+    const int64_t total = parse_int_meta(f, "eqflow.train.total_steps", path);
+    EQFLOW_CHECK(total >= 0 && ck.step >= 0 && ck.step <= total,
+                 path << ": trainer.state step " << ck.step << " is outside 0.." << total);
+    ck.total_steps = total;
+    EQFLOW_CHECK(
+        ck.adam_step >= 0 && ck.adam_step <= ck.step,
+        path << ": trainer.state Adam step " << ck.adam_step << " is outside 0.." << ck.step);
+    EQFLOW_CHECK(ck.skipped >= 0 && ck.skipped <= ck.step, path << ": trainer.state skipped steps "
+                                                                << ck.skipped << " outside 0.."
+                                                                << ck.step);
+    EQFLOW_CHECK(state.ints[3] >= 0, path << ": trainer.state has a negative elapsed time");
     ck.adam_m = f.at("optimizer.adam.m").values;
     ck.adam_v = f.at("optimizer.adam.v").values;
     EQFLOW_CHECK(
         static_cast<int64_t>(ck.adam_m.size()) == P && static_cast<int64_t>(ck.adam_v.size()) == P,
         path << ": optimizer state does not match the model's " << P << " parameters");
+    for (int64_t k = 0; k < P; ++k) {
+        EQFLOW_CHECK(
+            std::isfinite(ck.adam_m[k]) && std::isfinite(ck.adam_v[k]) && ck.adam_v[k] >= 0,
+            path << ": optimizer moment " << k << " is not finite (m = " << ck.adam_m[k]
+                 << ", v = " << ck.adam_v[k] << ")");
+    }
     if (with_ema) {
         ck.ema = f.at("optimizer.ema").values;
         EQFLOW_CHECK(static_cast<int64_t>(ck.ema.size()) == P,
                      path << ": EMA does not match the model");
+        for (double e : ck.ema)
+            EQFLOW_CHECK(std::isfinite(e), path << ": optimizer.ema holds a non-finite value");
     }
     return ck;
 }

@@ -1,5 +1,6 @@
 #include "eqflow/npy.h"
 
+#include <cctype>
 #include <cmath>
 #include <cstring>
 
@@ -19,35 +20,83 @@ struct Descr {
     bool big_endian;
 };
 
-// Value of `key` in the header dict, as raw text up to the next top-level ',' or '}'.
-std::string dict_value(const std::string& header, const std::string& key, const std::string& path) {
-    const std::string quoted1 = "'" + key + "'";
-    const std::string quoted2 = "\"" + key + "\"";
-    size_t k = header.find(quoted1);
-    size_t klen = quoted1.size();
-    if (k == std::string::npos) {
-        k = header.find(quoted2);
-        klen = quoted2.size();
+// The header dict, read strictly: exactly the keys 'descr', 'fortran_order' and 'shape', each
+// once (NumPy keeps the last of two equal keys; a reader that took the first would see other
+// data), then only spaces up to the newline that ends the header. Values are returned as raw
+// text: a quoted string, a word, or a parenthesised tuple.
+struct HeaderDict {
+    std::string descr, fortran_order, shape;
+};
+
+HeaderDict parse_header_dict(const std::string& h, const std::string& path) {
+    const auto bad = [&](const std::string& why) {
+        EQFLOW_THROW(path << ": not a valid .npy file (header " << why << ")");
+    };
+    size_t i = 0;
+    const auto skip_ws = [&] {
+        while (i < h.size() && (h[i] == ' ' || h[i] == '\t')) ++i;
+    };
+    const auto quoted = [&]() -> std::string {
+        if (i >= h.size() || (h[i] != '\'' && h[i] != '"')) bad("has an unquoted string");
+        const size_t close = h.find(h[i], i + 1);
+        if (close == std::string::npos) bad("has an unterminated string");
+        std::string v = h.substr(i, close - i + 1);
+        i = close + 1;
+        return v;
+    };
+    skip_ws();
+    if (i >= h.size() || h[i] != '{') bad("does not start with '{'");
+    ++i;
+    HeaderDict d;
+    bool seen[3] = {false, false, false};
+    for (;;) {
+        skip_ws();
+        if (i < h.size() && h[i] == '}') break;
+        const std::string key = quoted();
+        const std::string k = key.substr(1, key.size() - 2);
+        int which = k == "descr" ? 0 : k == "fortran_order" ? 1 : k == "shape" ? 2 : -1;
+        if (which < 0) bad("has an unknown key " + key);
+        if (seen[which]) bad("has the key " + key + " twice");
+        seen[which] = true;
+        skip_ws();
+        if (i >= h.size() || h[i] != ':') bad("has a key without ':'");
+        ++i;
+        skip_ws();
+        std::string value;
+        if (i < h.size() && (h[i] == '\'' || h[i] == '"')) {
+            value = quoted();
+        } else if (i < h.size() && h[i] == '(') {
+            const size_t close = h.find(')', i);
+            if (close == std::string::npos) bad("has an unterminated tuple");
+            value = h.substr(i, close - i + 1);
+            i = close + 1;
+        } else {
+            const size_t b = i;
+            while (i < h.size() && std::isalnum(static_cast<unsigned char>(h[i]))) ++i;
+            value = h.substr(b, i - b);
+        }
+        (which == 0 ? d.descr : which == 1 ? d.fortran_order : d.shape) = value;
+        skip_ws();
+        if (i < h.size() && h[i] == ',') {
+            ++i;
+            continue;
+        }
+        skip_ws();
+        if (i >= h.size() || h[i] != '}') bad("is malformed");
+        break;
     }
-    EQFLOW_CHECK(k != std::string::npos,
-                 path << ": not a valid .npy file (header has no '" << key << "')");
-    size_t p = header.find(':', k + klen);
-    EQFLOW_CHECK(p != std::string::npos, path << ": not a valid .npy file (malformed header)");
-    ++p;
-    while (p < header.size() && header[p] == ' ') ++p;
-    size_t end = p;
-    int depth = 0;
-    while (end < header.size()) {
-        const char c = header[end];
-        if (c == '(' || c == '[') ++depth;
-        if (c == ')' || c == ']') --depth;
-        if (depth == 0 && (c == ',' || c == '}')) break;
-        ++end;
-    }
-    EQFLOW_CHECK(end < header.size(), path << ": not a valid .npy file (malformed header)");
-    std::string v = header.substr(p, end - p);
-    while (!v.empty() && v.back() == ' ') v.pop_back();
-    return v;
+    ++i;  // '}'
+    for (int k = 0; k < 3; ++k)
+        if (!seen[k])
+            bad(std::string("has no '") +
+                (k == 0   ? "descr"
+                 : k == 1 ? "fortran_order"
+                          : "shape") +
+                "'");
+    while (i < h.size() && h[i] == ' ') ++i;
+    if (i + 1 != h.size() || h[i] != '\n')
+        bad("does not end in spaces and a newline after the dict (wrong header length?)");
+    return d;
 }
 
 Descr parse_descr(const std::string& raw, const std::string& path) {
@@ -134,7 +183,10 @@ void append_le(std::string& out, T v) {
 }  // namespace
 
 NpyArray read_npy(const std::string& path) {
-    const std::string bytes = read_file(path);
+    return parse_npy(read_file(path), path);
+}
+
+NpyArray parse_npy(const std::string& bytes, const std::string& path) {
     EQFLOW_CHECK(bytes.size() >= kMagicLen + 4 && std::memcmp(bytes.data(), kMagic, kMagicLen) == 0,
                  path << ": not a .npy file (wrong magic bytes)");
     const unsigned major = static_cast<unsigned char>(bytes[6]);
@@ -155,17 +207,15 @@ NpyArray read_npy(const std::string& path) {
     EQFLOW_CHECK(header_len <= bytes.size() - offset, path << ": truncated .npy header");
     const std::string header = bytes.substr(offset, header_len);
     offset += header_len;
-    EQFLOW_CHECK(header.find('{') != std::string::npos && header.find('}') != std::string::npos,
-                 path << ": not a valid .npy file (malformed header)");
-
-    const Descr descr = parse_descr(dict_value(header, "descr", path), path);
-    const std::string fortran = dict_value(header, "fortran_order", path);
+    const HeaderDict dict = parse_header_dict(header, path);
+    const Descr descr = parse_descr(dict.descr, path);
+    const std::string& fortran = dict.fortran_order;
     EQFLOW_CHECK(fortran == "False" || fortran == "True",
                  path << ": not a valid .npy file (fortran_order " << fortran << ")");
     EQFLOW_CHECK(fortran == "False",
                  path << ": Fortran-ordered arrays are not supported (save with C order)");
     NpyArray arr;
-    arr.shape = parse_shape(dict_value(header, "shape", path), path);
+    arr.shape = parse_shape(dict.shape, path);
     arr.dtype = descr.dtype;
 
     // Guard the element count against overflow before multiplying by the item size.
@@ -179,6 +229,11 @@ NpyArray read_npy(const std::string& path) {
     EQFLOW_CHECK(bytes.size() - offset >= need,
                  path << ": truncated data (shape " << shape_string(arr.shape) << " needs " << need
                       << " bytes, file has " << bytes.size() - offset << ")");
+    // Bytes after the array mean that the header length or the shape is not what was written.
+    EQFLOW_CHECK(bytes.size() - offset == need, path << ": " << bytes.size() - offset - need
+                                                     << " bytes after the data (shape "
+                                                     << shape_string(arr.shape) << " needs " << need
+                                                     << "): corrupted header length or shape");
     arr.values.resize(count);
     const unsigned char* p = reinterpret_cast<const unsigned char*>(bytes.data()) + offset;
     unsigned char tmp[8];

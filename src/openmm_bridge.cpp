@@ -2,7 +2,6 @@
 // EQFLOW_HAVE_OPENMM this talks to OpenMM's C++ API; without it every entry point throws an Error
 // saying that OpenMM is needed.
 #include <cmath>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -11,6 +10,8 @@
 #include <vector>
 
 #include "eqflow/error.h"
+#include "eqflow/force_field.h"
+#include "eqflow/io.h"
 #include "eqflow/openmm_bridge.h"
 
 #if defined(EQFLOW_HAVE_OPENMM)
@@ -24,8 +25,15 @@ namespace eqflow {
 
 namespace {
 std::unique_ptr<OpenMM::System> load_system(const std::string& path) {
-    std::ifstream in(path);
-    EQFLOW_CHECK(in, "cannot open OpenMM System file " << path);
+    // OpenMM's XML reader recurses once per level of nesting: eqflow checks the size, balance
+    // and depth first, so a hostile file is a one-line error instead of a stack overflow.
+    const std::string text = read_file(path);
+    try {
+        check_system_xml_limits(text);
+    } catch (const Error& e) {
+        EQFLOW_THROW(path << ": " << e.what());
+    }
+    std::istringstream in(text);
     try {
         return std::unique_ptr<OpenMM::System>(
             OpenMM::XmlSerializer::deserialize<OpenMM::System>(in));

@@ -2,10 +2,20 @@
 // eqflow/trainer.h.
 #include "eqflow/trainer.h"
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <limits>
 #include <memory>
@@ -70,6 +80,62 @@ std::string fmt(double x) {
 
 uint64_t data_checksum(const std::vector<double>& x) {
     return fnv1a64(x.data(), x.size() * sizeof(double));
+}
+
+// The first periodic checkpoint comes after at most this long, whatever the interval: a run
+// killed in its first minutes still resumes from more than step 0.
+constexpr double kFirstCheckpointSeconds = 60.0;
+const char* const kRunFiles[] = {"model.safetensors", "checkpoint.safetensors", "train_log.jsonl"};
+
+bool file_exists(const std::string& path) {
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0;
+}
+
+// An exclusive flock on RUN/.eqflow.lock for the run's lifetime. The kernel drops it when the
+// process dies, however it dies, so a killed run never leaves the directory locked.
+class RunLock {
+  public:
+    explicit RunLock(const std::string& dir) {
+        const std::string path = dir + "/.eqflow.lock";
+        fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        EQFLOW_CHECK(fd_ >= 0, "cannot open the run lock " << path << ": " << std::strerror(errno));
+        if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+            const int err = errno;
+            ::close(fd_);
+            EQFLOW_CHECK(err != EWOULDBLOCK,
+                         dir << " is in use by another training run (" << path << " is locked)");
+            EQFLOW_THROW("cannot lock " << path << ": " << std::strerror(err));
+        }
+    }
+    ~RunLock() { ::close(fd_); }
+    RunLock(const RunLock&) = delete;
+    RunLock& operator=(const RunLock&) = delete;
+
+  private:
+    int fd_ = -1;
+};
+
+// Removes NAME.tmp.PID.N files of processes that no longer exist: write_file_atomic's temporary
+// files, left behind only when a process was killed during a write.
+void remove_stale_temporaries(const std::string& dir) {
+    DIR* d = ::opendir(dir.c_str());
+    if (!d) return;
+    while (const dirent* e = ::readdir(d)) {
+        const std::string name = e->d_name;
+        const size_t tmp = name.rfind(".tmp.");
+        if (tmp == std::string::npos) continue;
+        const std::string rest = name.substr(tmp + 5);
+        const size_t dot = rest.find('.');
+        if (dot == std::string::npos || dot == 0 || dot + 1 >= rest.size() ||
+            rest.find_first_not_of("0123456789.") != std::string::npos)
+            continue;
+        const long pid = std::strtol(rest.substr(0, dot).c_str(), nullptr, 10);
+        if (pid <= 0 || pid == static_cast<long>(::getpid())) continue;
+        if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // still alive
+        std::remove((dir + "/" + name).c_str());
+    }
+    ::closedir(d);
 }
 
 void append_line(const std::string& path, const std::string& line) {
@@ -198,8 +264,6 @@ TrainResult run_training(const TrainOptions& opt, RunSetup& rs, Field<T>& field)
         skipped = ck.skipped;
         elapsed_before = ck.elapsed_seconds;
         ema = std::move(ck.ema);
-    } else if (!rs.log_path.empty()) {
-        write_file_atomic(rs.log_path, "");
     }
     field.set_parameters(model.params);
 
@@ -254,6 +318,12 @@ TrainResult run_training(const TrainOptions& opt, RunSetup& rs, Field<T>& field)
     const uint64_t val_seed = derive_seed(opt.seed, kPurposeValidation);
     int64_t order_epoch = -1;
     double last_checkpoint = elapsed();
+    double interval = std::min(opt.checkpoint_seconds, kFirstCheckpointSeconds);
+    // A fresh run's step-0 checkpoint: --resume works from the first second on.
+    if (!opt.resume && step < total) {
+        pull_state();
+        save();
+    }
     bool interrupted = false;
     while (step < total) {
         if ((opt.stop && opt.stop->load()) ||
@@ -304,10 +374,11 @@ TrainResult run_training(const TrainOptions& opt, RunSetup& rs, Field<T>& field)
             }
             if (opt.on_epoch) opt.on_epoch(epoch, vl);
         }
-        if (elapsed() - last_checkpoint >= opt.checkpoint_seconds && step < total) {
+        if (elapsed() - last_checkpoint >= interval && step < total) {
             pull_state();
             save();
             last_checkpoint = elapsed();
+            interval = opt.checkpoint_seconds;
         }
     }
     pull_state();
@@ -343,6 +414,7 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
     EQFLOW_CHECK(!opt.resume || !opt.out_dir.empty(), "--resume needs the run directory");
 
     RunSetup rs;
+    std::unique_ptr<RunLock> lock;  // held until the run returns or throws
     rs.n = n;
     rs.d = d;
     rs.D = D;
@@ -386,6 +458,7 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
     rs.model = EgnnModel{config, egnn_init_parameters(config, opt.seed)};
 
     rs.fingerprint = {
+        {"eqflow.system", config.system},
         {"eqflow.train.objective", objective_name(opt.objective)},
         {"eqflow.train.epochs", std::to_string(opt.epochs)},
         {"eqflow.train.batch", std::to_string(opt.batch)},
@@ -406,6 +479,21 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
         rs.model_path = opt.out_dir + "/model.safetensors";
         rs.log_path = opt.out_dir + "/train_log.jsonl";
         make_directories(opt.out_dir);
+        lock = std::make_unique<RunLock>(opt.out_dir);
+        remove_stale_temporaries(opt.out_dir);
+        if (!opt.resume) {
+            std::string held;
+            for (const char* name : kRunFiles)
+                if (file_exists(opt.out_dir + "/" + name))
+                    held += std::string(held.empty() ? "" : ", ") + name;
+            EQFLOW_CHECK(held.empty() || opt.overwrite,
+                         opt.out_dir << " already holds a run (" << held
+                                     << "): continue it with --resume, or replace it with "
+                                        "--overwrite");
+            // Replacing: the old run's files go now, so that none of them outlives this run
+            // half-matching it (an old checkpoint beside a new log).
+            for (const char* name : kRunFiles) std::remove((opt.out_dir + "/" + name).c_str());
+        }
     }
 
     if (opt.device == Device::cuda) {

@@ -6,10 +6,12 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "eqflow/egnn.h"
 #include "eqflow/field.h"
 #include "eqflow/tensor.h"
+#include "test_util.h"
 
 namespace eqflow::test {
 
@@ -38,6 +40,23 @@ inline EgnnModel random_egnn_model(const EgnnCase& c, uint64_t seed) {
         if (p.name.find("coord_mlp.2.weight") != std::string::npos)
             for (int64_t k = 0; k < shape_numel(p.shape); ++k) m.params[p.offset + k] *= 300.0;
     return m;
+}
+
+// B random configurations of case c (no two particles closer than 0.3) at the times (b + 1/2) / B:
+// in double for the CPU reference, and the same values in float for the kernels.
+struct EgnnInputs {
+    std::vector<double> x, t;
+    std::vector<float> xf, tf;
+};
+
+inline EgnnInputs random_egnn_inputs(const EgnnCase& c, int B, uint64_t salt) {
+    EgnnInputs in;
+    auto gen = rng(salt);
+    in.x = random_configurations(B, c.n, c.d, 1.0, 0.3, gen);
+    for (int b = 0; b < B; ++b) in.t.push_back((b + 0.5) / B);
+    in.xf.assign(in.x.begin(), in.x.end());
+    in.tf.assign(in.t.begin(), in.t.end());
+    return in;
 }
 
 // The CUDA backend of the field interface with a workspace of its own: the four operations of

@@ -22,13 +22,7 @@
 namespace eqflow {
 namespace {
 
-using test::exists;
-using test::Result;
-using test::run;
-class AldpCli : public test::TempDirTest {
-  protected:
-    AldpCli() : TempDirTest("aldp_cli") {}
-};
+using AldpCli = test::TempDirTest;
 
 TEST_F(AldpCli, DataThenEnergy) {
     const System s = make_system("aldp");
@@ -126,6 +120,33 @@ TEST_F(AldpCli, TrainSampleEvalReportTheMolecularAnalysis) {
     for (int b = 0; b < 6; ++b) EXPECT_TRUE(aldp_is_l(xs.data() + 66 * b)) << b;
     const Json summary = Json::parse(read_file(file("samples/summary.json")));
     EXPECT_TRUE(summary.at("chirality_folded").as_bool());
+    // The same samples as trajectories: one PDB model per sample, and a DCD with its topology.
+    for (const char* format : {"pdb", "dcd"}) {
+        const std::string dir = file(std::string("traj_") + format);
+        const Result tr = run("sample --model " + run_dir +
+                              "/model.safetensors --samples 6 --solver rk4 --steps 4 --device cpu "
+                              "--format " +
+                              format + " --out-dir " + dir);
+        ASSERT_EQ(tr.code, 0) << tr.out;
+        EXPECT_EQ(load_configurations(dir + "/x.npy", 22, 3, &n, false), xs) << format;
+    }
+    const std::string pdb = read_file(file("traj_pdb/samples.pdb"));
+    size_t models = 0;
+    for (size_t at = pdb.find("MODEL "); at != std::string::npos; at = pdb.find("MODEL ", at + 1))
+        ++models;
+    EXPECT_EQ(models, 6u);
+    const PdbStructure first = parse_pdb(pdb.substr(0, pdb.find("ENDMDL")), "samples.pdb");
+    EXPECT_EQ(first.atom_names, aldp_structure().atom_names);
+    for (int k = 0; k < 66; ++k) EXPECT_NEAR(first.positions[k], xs[k], 5.1e-5) << k;
+    const std::string dcd = read_file(file("traj_dcd/samples.dcd"));
+    EXPECT_EQ(dcd.substr(4, 4), "CORD");
+    EXPECT_EQ(dcd.size(), (4 + 84 + 4) + (4 + 84 + 4) + (4 + 4 + 4) + 6 * 3 * (4 + 88 + 4));
+    EXPECT_TRUE(exists(file("traj_dcd/topology.pdb")));
+    // Only molecules have a topology.
+    const Result no_top =
+        run("sample --model " + run_dir +
+            "/model.safetensors --samples 2 --system lj13 --format pdb --out-dir " + file("bad"));
+    EXPECT_NE(no_top.code, 0);
     EXPECT_GE(summary.at("mirrored_fraction").as_number(), 0.0);
     EXPECT_LE(summary.at("mirrored_fraction").as_number(), 1.0);
 

@@ -21,35 +21,18 @@ std::string system_path() {
 void expect_same(const ForceField& a, const ForceField& b) {
     ASSERT_EQ(a.n_atoms, b.n_atoms);
     EXPECT_EQ(a.masses, b.masses);
-    ASSERT_EQ(a.bonds.size(), b.bonds.size());
-    for (size_t t = 0; t < a.bonds.size(); ++t) {
-        EXPECT_EQ(a.bonds[t].i, b.bonds[t].i);
-        EXPECT_EQ(a.bonds[t].j, b.bonds[t].j);
-        EXPECT_EQ(a.bonds[t].length, b.bonds[t].length);
-        EXPECT_EQ(a.bonds[t].k, b.bonds[t].k);
-    }
-    ASSERT_EQ(a.angles.size(), b.angles.size());
-    for (size_t t = 0; t < a.angles.size(); ++t) {
-        EXPECT_EQ(a.angles[t].j, b.angles[t].j);
-        EXPECT_EQ(a.angles[t].angle, b.angles[t].angle);
-        EXPECT_EQ(a.angles[t].k_theta, b.angles[t].k_theta);
-    }
-    ASSERT_EQ(a.torsions.size(), b.torsions.size());
-    for (size_t t = 0; t < a.torsions.size(); ++t) {
-        EXPECT_EQ(a.torsions[t].l, b.torsions[t].l);
-        EXPECT_EQ(a.torsions[t].periodicity, b.torsions[t].periodicity);
-        EXPECT_EQ(a.torsions[t].phase, b.torsions[t].phase);
-        EXPECT_EQ(a.torsions[t].k_phi, b.torsions[t].k_phi);
-    }
+    test::expect_same_records(a.bonds, b.bonds, &HarmonicBond::i, &HarmonicBond::j,
+                              &HarmonicBond::length, &HarmonicBond::k);
+    test::expect_same_records(a.angles, b.angles, &HarmonicAngle::j, &HarmonicAngle::angle,
+                              &HarmonicAngle::k_theta);
+    test::expect_same_records(a.torsions, b.torsions, &PeriodicTorsion::l,
+                              &PeriodicTorsion::periodicity, &PeriodicTorsion::phase,
+                              &PeriodicTorsion::k_phi);
     EXPECT_EQ(a.charges, b.charges);
     EXPECT_EQ(a.sigmas, b.sigmas);
     EXPECT_EQ(a.epsilons, b.epsilons);
-    ASSERT_EQ(a.exceptions.size(), b.exceptions.size());
-    for (size_t t = 0; t < a.exceptions.size(); ++t) {
-        EXPECT_EQ(a.exceptions[t].charge_prod, b.exceptions[t].charge_prod);
-        EXPECT_EQ(a.exceptions[t].sigma, b.exceptions[t].sigma);
-        EXPECT_EQ(a.exceptions[t].epsilon, b.exceptions[t].epsilon);
-    }
+    test::expect_same_records(a.exceptions, b.exceptions, &NonbondedException::charge_prod,
+                              &NonbondedException::sigma, &NonbondedException::epsilon);
     EXPECT_EQ(a.has_gb, b.has_gb);
     EXPECT_EQ(a.gb_charges, b.gb_charges);
     EXPECT_EQ(a.gb_radii, b.gb_radii);
@@ -78,15 +61,23 @@ TEST(AldpOpenMM, SerializedSystemRoundTrips) {
     std::remove(path.c_str());
 }
 
+// Langevin MD on OpenMM's Reference platform (deterministic, double): `samples` frames
+// `steps_per_frame` steps apart after `equilibration_steps` steps.
+MdOptions reference_md(int64_t samples, int64_t steps_per_frame, int64_t equilibration_steps,
+                       uint64_t seed) {
+    MdOptions opt;
+    opt.samples = samples;
+    opt.steps_per_frame = steps_per_frame;
+    opt.equilibration_steps = equilibration_steps;
+    opt.seed = seed;
+    opt.platform = "Reference";
+    return opt;
+}
+
 // Short Langevin MD with OpenMM (Reference platform: deterministic, double) and perturbed copies
 // of the minimised structure: the configurations the force field is compared on.
 std::vector<double> test_configurations(int* count) {
-    MdOptions opt;
-    opt.samples = 1000;
-    opt.steps_per_frame = 20;
-    opt.equilibration_steps = 2000;
-    opt.seed = 5;
-    opt.platform = "Reference";
+    const MdOptions opt = reference_md(1000, 20, 2000, 5);
     std::vector<double> x = openmm_langevin_md(system_path(), aldp_structure().positions, opt);
     auto gen = test::rng(3);
     std::normal_distribution<double> noise(0.0, 0.01);
@@ -144,12 +135,7 @@ TEST(AldpOpenMM, LangevinMdSamplesAtItsTemperature) {
     // average dof/2 kT: its per-frame spread is sqrt(dof/2) kT (~14 kJ/mol); frames 0.1 ps apart
     // with friction 1/ps are correlated, so the standard error is taken from 10 block means, and
     // the tolerance is 5 of them (a false alarm has odds below 1e-4).
-    MdOptions opt;
-    opt.samples = 300;
-    opt.steps_per_frame = 100;
-    opt.equilibration_steps = 10000;
-    opt.seed = 11;
-    opt.platform = "Reference";
+    const MdOptions opt = reference_md(300, 100, 10000, 11);
     MdStats stats;
     std::vector<double> kinetic;
     const std::vector<double> x =

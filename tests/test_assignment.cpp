@@ -21,8 +21,10 @@ const double kInf = std::numeric_limits<double>::infinity();
 // different orders; double rounding is ~1e-16 per addition.
 constexpr double kSumRtol = 1e-13;
 
-// min over all n! permutations of sum_i c[i][perm[i]] (+inf when every permutation is forbidden).
-double brute_force(const std::vector<double>& c, int n) {
+// Problem p of cost [P][n][n]: min over all n! permutations of sum_i c[i][perm[i]] (+inf when
+// every permutation is forbidden).
+double brute_force(const std::vector<double>& cost, int p, int n) {
+    const double* c = cost.data() + static_cast<size_t>(p) * n * n;
     std::vector<int> perm(n);
     std::iota(perm.begin(), perm.end(), 0);
     double best = kInf;
@@ -72,6 +74,16 @@ void expect_consistent(const std::vector<T>& cost, const Solved& s, int64_t P, i
     }
 }
 
+// Consistent (expect_consistent), and each problem's total is brute force's optimum to rtol (the
+// two sum in different orders).
+void expect_optimal(const std::vector<double>& cost, const Solved& s, int P, int n, double rtol) {
+    expect_consistent(cost, s, P, n);
+    for (int p = 0; p < P; ++p) {
+        const double bf = brute_force(cost, p, n);
+        EXPECT_NEAR(s.total[p], bf, rtol * bf) << "problem " << p;
+    }
+}
+
 TEST(Assignment, BruteForceRandomReal) {
     auto gen = test::rng(401);
     std::uniform_real_distribution<double> u(0.0, 1.0);
@@ -79,13 +91,8 @@ TEST(Assignment, BruteForceRandomReal) {
         const int P = n <= 6 ? 40 : 6;
         std::vector<double> cost(P * n * n);
         for (auto& c : cost) c = u(gen);
-        const Solved s = solve(cost, P, n);
-        expect_consistent(cost, s, P, n);
-        for (int p = 0; p < P; ++p) {
-            const std::vector<double> c(cost.begin() + p * n * n, cost.begin() + (p + 1) * n * n);
-            const double bf = brute_force(c, n);
-            EXPECT_NEAR(s.total[p], bf, kSumRtol * bf) << "n=" << n << " p=" << p;
-        }
+        SCOPED_TRACE(::testing::Message() << "n=" << n);
+        expect_optimal(cost, solve(cost, P, n), P, n, kSumRtol);
     }
 }
 
@@ -103,9 +110,7 @@ TEST(Assignment, BruteForceIntegersExact) {
             std::vector<float> costf(cost.begin(), cost.end());
             const Solved sf = solve(costf, P, n);
             for (int p = 0; p < P; ++p) {
-                const std::vector<double> c(cost.begin() + p * n * n,
-                                            cost.begin() + (p + 1) * n * n);
-                const double bf = brute_force(c, n);
+                const double bf = brute_force(cost, p, n);
                 EXPECT_EQ(s.total[p], bf) << "range " << range << " n=" << n << " p=" << p;
                 EXPECT_EQ(sf.total[p], bf) << "float, range " << range << " n=" << n << " p=" << p;
             }
@@ -144,13 +149,8 @@ TEST(Assignment, VeryLargeAndVerySmallCosts) {
     for (double scale : {1e30, 1e-30, 1e300 / 1e3}) {
         std::vector<double> cost(P * n * n);
         for (auto& c : cost) c = u(gen) * scale;
-        const Solved s = solve(cost, P, n);
-        expect_consistent(cost, s, P, n);
-        for (int p = 0; p < P; ++p) {
-            const std::vector<double> c(cost.begin() + p * n * n, cost.begin() + (p + 1) * n * n);
-            const double bf = brute_force(c, n);
-            EXPECT_NEAR(s.total[p], bf, kScaledRtol * bf) << "scale " << scale << " p=" << p;
-        }
+        SCOPED_TRACE(::testing::Message() << "scale " << scale);
+        expect_optimal(cost, solve(cost, P, n), P, n, kScaledRtol);
     }
 }
 
@@ -162,8 +162,7 @@ TEST(Assignment, NegativeCosts) {
     for (auto& c : cost) c = u(gen);
     const Solved s = solve(cost, P, n);
     for (int p = 0; p < P; ++p) {
-        const std::vector<double> c(cost.begin() + p * n * n, cost.begin() + (p + 1) * n * n);
-        EXPECT_EQ(s.total[p], brute_force(c, n)) << p;
+        EXPECT_EQ(s.total[p], brute_force(cost, p, n)) << p;
     }
 }
 
@@ -206,8 +205,7 @@ TEST(Assignment, ForbiddenPairsRespected) {
     const Solved s = solve(cost, P, n, /*with_status=*/true);
     expect_consistent(cost, s, P, n);
     for (int p = 0; p < P; ++p) {
-        const std::vector<double> c(cost.begin() + p * n * n, cost.begin() + (p + 1) * n * n);
-        const double bf = brute_force(c, n);
+        const double bf = brute_force(cost, p, n);
         ASSERT_TRUE(std::isfinite(bf));
         EXPECT_NEAR(s.total[p], bf, kSumRtol * bf) << p;
         EXPECT_EQ(s.status[p], static_cast<int32_t>(AssignmentStatus::ok));

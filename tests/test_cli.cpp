@@ -19,13 +19,7 @@
 namespace eqflow {
 namespace {
 
-using test::exists;
-using test::Result;
-using test::run;
-class Cli : public test::TempDirTest {
-  protected:
-    Cli() : TempDirTest("cli") {}
-};
+using Cli = test::TempDirTest;
 
 TEST_F(Cli, HelpAndUsageErrors) {
     EXPECT_EQ(run("").code, 2);
@@ -39,12 +33,9 @@ TEST_F(Cli, HelpAndUsageErrors) {
         EXPECT_EQ(r.code, 0) << cmd;
         EXPECT_NE(r.out.find("usage: eqflow"), std::string::npos) << cmd;
     }
-    Result r = run("data --system dw4 --out " + file("x.npy"));
-    EXPECT_EQ(r.code, 2);
-    EXPECT_NE(r.out.find("--samples"), std::string::npos) << r.out;
-    r = run("data --system dw4 --samples 10 --out " + file("x.npy") + " --bogus 3");
-    EXPECT_EQ(r.code, 2);
-    EXPECT_NE(r.out.find("unknown option --bogus"), std::string::npos) << r.out;
+    test::expect_usage_error("data --system dw4 --out " + file("x.npy"), "--samples");
+    test::expect_usage_error("data --system dw4 --samples 10 --out " + file("x.npy") + " --bogus 3",
+                             "unknown option --bogus");
     EXPECT_FALSE(exists(file("x.npy")));
 }
 
@@ -97,28 +88,20 @@ TEST_F(Cli, DataThreadsFollowTheOptionTheEnvironmentAndTheAffinityMask) {
 TEST_F(Cli, BadInputIsOneLineErrorWithoutOutput) {
     const std::string x = file("dw4.npy"), u = file("u.npy");
     ASSERT_EQ(run("data --system dw4 --samples 8 --burn-in 10 --out " + x).code, 0);
-    struct Case {
-        std::string args, expect;
-    };
     const std::string nan_file = file("nan.npy");
     const std::vector<double> bad = {0, 0, 1, 0, 0, 1, std::nan(""), 1};
     write_npy(nan_file, bad.data(), Shape{1, 8});
-    const Case cases[] = {
-        {"energy --system lj13 --in " + x + " --out " + u, "does not match the system"},
-        {"energy --system dw9 --in " + x + " --out " + u, "unknown system"},
-        {"energy --system dw4 --in " + file("missing.npy") + " --out " + u, "cannot read"},
-        {"energy --system dw4 --in " + nan_file + " --out " + u, "non-finite"},
-        {"data --system nope --samples 5 --out " + u, "unknown system"},
-        {"energy --system dw4 --in " + x + " --out " + dir_ + "/no/such/dir/u.npy", "cannot write"},
-    };
-    for (const Case& c : cases) {
-        const Result r = run(c.args);
-        EXPECT_EQ(r.code, 1) << c.args << "\n" << r.out;
-        EXPECT_NE(r.out.find(c.expect), std::string::npos) << c.args << "\n" << r.out;
-        EXPECT_NE(r.out.find("error:"), std::string::npos) << r.out;
-        EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << "not one line:\n" << r.out;
-        EXPECT_FALSE(exists(u)) << c.args;
-    }
+    test::expect_one_line_errors(
+        {
+            {"energy --system lj13 --in " + x + " --out " + u, "does not match the system"},
+            {"energy --system dw9 --in " + x + " --out " + u, "unknown system"},
+            {"energy --system dw4 --in " + file("missing.npy") + " --out " + u, "cannot read"},
+            {"energy --system dw4 --in " + nan_file + " --out " + u, "non-finite"},
+            {"data --system nope --samples 5 --out " + u, "unknown system"},
+            {"energy --system dw4 --in " + x + " --out " + dir_ + "/no/such/dir/u.npy",
+             "cannot write"},
+        },
+        u);
     // No temporary files are left in the output directory either.
     const Result ls = run("energy --help");
     (void)ls;

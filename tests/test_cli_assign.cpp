@@ -21,13 +21,7 @@
 namespace eqflow {
 namespace {
 
-using test::exists;
-using test::Result;
-using test::run;
-class CliAssign : public test::TempDirTest {
-  protected:
-    CliAssign() : TempDirTest("cli_assign") {}
-};
+using CliAssign = test::TempDirTest;
 
 TEST_F(CliAssign, Help) {
     const Result r = run("assign --help");
@@ -91,28 +85,20 @@ TEST_F(CliAssign, BadInputIsOneLineErrorWithoutOutput) {
     write_npy(file("rect.npy"), rect.data(), Shape{2, 3, 4});
     write_npy(file("flat.npy"), rect.data(), Shape{24});
     const std::string out = file("p.npy");
-    struct Case {
-        std::string args, expect;
-    };
-    const Case cases[] = {
-        {"assign --in " + file("nan.npy") + " --out " + out + " --device cpu",
-         "problem 1 has a NaN"},
-        {"assign --in " + file("inf.npy") + " --out " + out + " --device cpu",
-         "problem 1 is infeasible"},
-        {"assign --in " + file("rect.npy") + " --out " + out, "expected [P, n, n] or [n, n]"},
-        {"assign --in " + file("flat.npy") + " --out " + out, "expected [P, n, n] or [n, n]"},
-        {"assign --in " + file("missing.npy") + " --out " + out, "cannot read"},
-        {"assign --in " + file("inf.npy") + " --out " + dir_ + "/no/such/dir/p.npy --device cpu",
-         "infeasible"},
-    };
-    for (const Case& c : cases) {
-        const Result r = run(c.args);
-        EXPECT_EQ(r.code, 1) << c.args << "\n" << r.out;
-        EXPECT_NE(r.out.find(c.expect), std::string::npos) << c.args << "\n" << r.out;
-        EXPECT_NE(r.out.find("error:"), std::string::npos) << r.out;
-        EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << "not one line:\n" << r.out;
-        EXPECT_FALSE(exists(out)) << c.args;
-    }
+    test::expect_one_line_errors(
+        {
+            {"assign --in " + file("nan.npy") + " --out " + out + " --device cpu",
+             "problem 1 has a NaN"},
+            {"assign --in " + file("inf.npy") + " --out " + out + " --device cpu",
+             "problem 1 is infeasible"},
+            {"assign --in " + file("rect.npy") + " --out " + out, "expected [P, n, n] or [n, n]"},
+            {"assign --in " + file("flat.npy") + " --out " + out, "expected [P, n, n] or [n, n]"},
+            {"assign --in " + file("missing.npy") + " --out " + out, "cannot read"},
+            {"assign --in " + file("inf.npy") + " --out " + dir_ +
+                 "/no/such/dir/p.npy --device cpu",
+             "infeasible"},
+        },
+        out);
     // An unwritable output directory: one-line error, nothing left behind.
     std::vector<double> ok(9, 1.0);
     write_npy(file("ok.npy"), ok.data(), Shape{3, 3});

@@ -20,9 +20,6 @@
 namespace eqflow {
 namespace {
 
-using test::exists;
-using test::Result;
-using test::run;
 int count_lines(const std::string& s) {
     int lines = 0;
     for (char ch : s) lines += ch == '\n';
@@ -31,8 +28,6 @@ int count_lines(const std::string& s) {
 
 class CliField : public test::TempDirTest {
   protected:
-    CliField() : TempDirTest("cli_field") {}
-
     // A small DW4-shaped model with coordinate layers that matter, saved to model.safetensors.
     EgnnModel make_model() {
         EgnnModel m;
@@ -55,15 +50,11 @@ TEST_F(CliField, HelpAndUsageErrors) {
     EXPECT_EQ(r.code, 0);
     EXPECT_NE(r.out.find("usage: eqflow field"), std::string::npos);
     EXPECT_NE(run("--help").out.find("field"), std::string::npos);
-    r = run("field --in x.npy --t 0.5 --out " + file("v.npy"));
-    EXPECT_EQ(r.code, 2);
-    EXPECT_NE(r.out.find("--model"), std::string::npos) << r.out;
-    r = run("field --model m --in x.npy --t abc --out " + file("v.npy"));
-    EXPECT_EQ(r.code, 2);
-    EXPECT_NE(r.out.find("--t"), std::string::npos) << r.out;
-    r = run("field --model m --in x.npy --t 0.5 --out " + file("v.npy") + " --bogus 1");
-    EXPECT_EQ(r.code, 2);
-    EXPECT_NE(r.out.find("unknown option --bogus"), std::string::npos) << r.out;
+    test::expect_usage_error("field --in x.npy --t 0.5 --out " + file("v.npy"), "--model");
+    test::expect_usage_error("field --model m --in x.npy --t abc --out " + file("v.npy"), "--t");
+    test::expect_usage_error(
+        "field --model m --in x.npy --t 0.5 --out " + file("v.npy") + " --bogus 1",
+        "unknown option --bogus");
     EXPECT_FALSE(exists(file("v.npy")));
 }
 
@@ -98,11 +89,7 @@ TEST_F(CliField, WritesFieldAndDivergence) {
     const EgnnModel m = make_model();
     auto gen = test::rng(33);
     const int64_t N = 5;
-    std::vector<double> x;
-    for (int64_t b = 0; b < N; ++b) {
-        std::vector<double> xb = test::random_configuration(4, 2, 1.5, 0.5, gen);
-        x.insert(x.end(), xb.begin(), xb.end());
-    }
+    const std::vector<double> x = test::random_configurations(N, 4, 2, 1.5, 0.5, gen);
     // Shape [N, n, d] on input; the command centres the configurations on load.
     write_npy(file("x.npy"), x.data(), Shape{N, 4, 2});
     const Result r =

@@ -36,13 +36,7 @@ std::vector<double> prior(int B, int n, int d, std::mt19937_64& gen) {
 }
 
 std::vector<double> data(int B, int n, int d, std::mt19937_64& gen) {
-    std::vector<double> x;
-    for (int b = 0; b < B; ++b) {
-        const std::vector<double> c =
-            test::random_configuration(n, d, 0.6 * std::cbrt(n), 0.8, gen);
-        x.insert(x.end(), c.begin(), c.end());
-    }
-    return centred(x, B, n, d);
+    return centred(test::random_configurations(B, n, d, 0.6 * std::cbrt(n), 0.8, gen), B, n, d);
 }
 
 std::vector<double> random_rotation(int d, std::mt19937_64& gen, bool improper = false) {

@@ -8,6 +8,7 @@
 #include "eqflow/buffer.h"
 #include "eqflow/coupling.h"
 #include "eqflow/error.h"
+#include "eqflow/flow.h"
 #include "eqflow/tensor.h"
 #include "test_util.h"
 
@@ -21,12 +22,7 @@ constexpr double kCoordTol = 1e-8;
 
 std::vector<double> centred_normal(int B, int n, int d, std::mt19937_64& gen, double scale) {
     std::vector<double> x = test::random_normal(B * n * d, gen, scale);
-    for (int b = 0; b < B; ++b)
-        for (int a = 0; a < d; ++a) {
-            double m = 0;
-            for (int i = 0; i < n; ++i) m += x[(b * n + i) * d + a];
-            for (int i = 0; i < n; ++i) x[(b * n + i) * d + a] -= m / n;
-        }
+    remove_mean(B, n, d, x.data());
     return x;
 }
 

@@ -77,13 +77,7 @@ std::vector<double> random_params(const EgnnConfig& cfg, std::mt19937_64& gen, d
 }
 
 std::vector<double> random_positions(const EgnnConfig& cfg, int64_t B, std::mt19937_64& gen) {
-    std::vector<double> x;
-    for (int64_t b = 0; b < B; ++b) {
-        std::vector<double> xb =
-            test::random_configuration(cfg.n_particles, cfg.dim, 1.0, 0.4, gen);
-        x.insert(x.end(), xb.begin(), xb.end());
-    }
-    return x;
+    return test::random_configurations(B, cfg.n_particles, cfg.dim, 1.0, 0.4, gen);
 }
 
 std::vector<double> random_times(int64_t B, std::mt19937_64& gen) {
@@ -436,37 +430,6 @@ TEST(EgnnDivergence, HutchinsonConvergesToExact) {
 // Symmetries
 // ---------------------------------------------------------------------------------------------
 
-// A random orthogonal d x d matrix by Gram-Schmidt of a Gaussian matrix; det = +1 or -1 as asked.
-std::vector<double> random_orthogonal(int d, bool reflection, std::mt19937_64& gen) {
-    std::vector<double> R = test::random_normal(static_cast<size_t>(d * d), gen);
-    for (int r = 0; r < d; ++r) {
-        for (int s = 0; s < r; ++s) {
-            double proj = 0.0;
-            for (int k = 0; k < d; ++k) proj += R[r * d + k] * R[s * d + k];
-            for (int k = 0; k < d; ++k) R[r * d + k] -= proj * R[s * d + k];
-        }
-        double norm = 0.0;
-        for (int k = 0; k < d; ++k) norm += R[r * d + k] * R[r * d + k];
-        for (int k = 0; k < d; ++k) R[r * d + k] /= std::sqrt(norm);
-    }
-    // det sign via the determinant of the 2x2 / 3x3 matrix
-    double det = d == 2 ? R[0] * R[3] - R[1] * R[2]
-                        : R[0] * (R[4] * R[8] - R[5] * R[7]) - R[1] * (R[3] * R[8] - R[5] * R[6]) +
-                              R[2] * (R[3] * R[7] - R[4] * R[6]);
-    if ((det < 0) != reflection)
-        for (int k = 0; k < d; ++k) R[k] = -R[k];
-    return R;
-}
-
-// x [B][n][d] -> x R^T
-std::vector<double> rotate(const std::vector<double>& x, const std::vector<double>& R, int d) {
-    std::vector<double> y(x.size(), 0.0);
-    for (size_t i = 0; i < x.size() / d; ++i)
-        for (int a = 0; a < d; ++a)
-            for (int k = 0; k < d; ++k) y[i * d + a] += R[a * d + k] * x[i * d + k];
-    return y;
-}
-
 TEST(EgnnSymmetry, RotationsReflectionsPermutationsTranslations) {
     auto gen = test::rng(6);
     for (const Case& c : small_cases()) {
@@ -490,11 +453,11 @@ TEST(EgnnSymmetry, RotationsReflectionsPermutationsTranslations) {
         }
         // Rotations and reflections: v(x R^T) = v(x) R^T; the divergence is invariant.
         for (bool reflection : {false, true}) {
-            const std::vector<double> R = random_orthogonal(d, reflection, gen);
-            const std::vector<double> xr = rotate(x, R, d);
+            const std::vector<double> R = test::random_orthogonal(d, reflection, gen);
+            const std::vector<double> xr = test::rotate(x, R, d);
             std::vector<double> vr(x.size()), divr(B);
             egnn_divergence(cfg, p.data(), B, xr.data(), t.data(), vr.data(), divr.data());
-            EXPECT_ALL_CLOSE(vr, rotate(v, R, d), kSymmetryAtol, 0.0)
+            EXPECT_ALL_CLOSE(vr, test::rotate(v, R, d), kSymmetryAtol, 0.0)
                 << "reflection " << reflection;
             EXPECT_ALL_CLOSE(divr, div, kSymmetryAtol, kSymmetryAtol);
         }

@@ -74,8 +74,8 @@ const float kNaN = std::numeric_limits<float>::quiet_NaN();
 std::vector<float> run_forward(const cuda::EgnnNet& net, int B, const std::vector<float>& x,
                                const std::vector<float>& t, emu::Schedule schedule) {
     std::vector<float> v(x.size(), kNaN);
-    emu::launch(config(B, forward_smem_bytes(net), schedule), egnn_forward_kernel, net, x.data(),
-                t.data(), v.data());
+    emu::launch(config(B, forward_smem_bytes(net), schedule), forward_kernel_for(net), net,
+                x.data(), t.data(), v.data());
     return v;
 }
 
@@ -94,9 +94,9 @@ std::vector<float> run_divergence(const cuda::EgnnNet& net, int B, int slots,
     std::vector<float> ws(static_cast<size_t>(slots) * tangent_slot_floats(net.n, net.hidden),
                           kNaN);
     v.assign(x.size(), kNaN);
-    emu::launch(config(slots, divergence_smem_bytes(net), schedule), egnn_divergence_kernel, net,
-                static_cast<int64_t>(B), chunks, K, dirs.empty() ? nullptr : dirs.data(), x.data(),
-                t.data(), v.data(), partial.data(), ws.data());
+    emu::launch(config(slots, divergence_smem_bytes(net), schedule), divergence_kernel_for(net),
+                net, static_cast<int64_t>(B), chunks, K, dirs.empty() ? nullptr : dirs.data(),
+                x.data(), t.data(), v.data(), partial.data(), ws.data());
     std::vector<float> div(B, kNaN);
     const float scale = dirs.empty() ? 1.0f : 1.0f / static_cast<float>(K);
     emu::launch(config((B + kThreads - 1) / kThreads, 0, schedule), sum_chunks_kernel,
@@ -145,32 +145,16 @@ constexpr double kFieldTol = 2e-4;
 constexpr double kDivTol = 1e-3;
 constexpr double kGradTol = 1e-3;
 
-struct Inputs {
-    std::vector<double> x, t;
-    std::vector<float> xf, tf;
+class EgnnEmulated : public ::testing::TestWithParam<Case> {
+  protected:
+    const Case c = GetParam();
 };
 
-Inputs make_inputs(const Case& c, int B, uint64_t salt) {
-    Inputs in;
-    auto gen = test::rng(salt);
-    for (int b = 0; b < B; ++b) {
-        auto xb = test::random_configuration(c.n, c.d, 1.0, 0.3, gen);
-        in.x.insert(in.x.end(), xb.begin(), xb.end());
-        in.t.push_back((b + 0.5) / B);
-    }
-    in.xf.assign(in.x.begin(), in.x.end());
-    in.tf.assign(in.t.begin(), in.t.end());
-    return in;
-}
-
-class EgnnEmulated : public ::testing::TestWithParam<Case> {};
-
-TEST_P(EgnnEmulated, ForwardMatchesCpuUnderEverySchedule) {
-    const Case c = GetParam();
+void check_forward(const Case& c) {
     const EgnnModel model = test::random_egnn_model(c, 7);
     const HostNet h(model);
     const int B = 2;
-    const Inputs in = make_inputs(c, B, 41);
+    const test::EgnnInputs in = test::random_egnn_inputs(c, B, 41);
     std::vector<double> v_ref(in.x.size());
     egnn_forward(model.config, model.params.data(), B, in.x.data(), in.t.data(), v_ref.data());
     const double vscale = max_abs(v_ref);
@@ -183,14 +167,17 @@ TEST_P(EgnnEmulated, ForwardMatchesCpuUnderEverySchedule) {
             << "the result depends on the order of the threads: schedule " << static_cast<int>(s);
 }
 
+TEST_P(EgnnEmulated, ForwardMatchesCpuUnderEverySchedule) {
+    check_forward(c);
+}
+
 TEST_P(EgnnEmulated, DivergenceMatchesCpuUnderEverySchedule) {
-    const Case c = GetParam();
     const EgnnModel model = test::random_egnn_model(c, 8);
     const HostNet h(model);
     // One sample when it has several chunks of tangent directions (the emulation of the
     // divergence is the slowest part of this test, most of all under AddressSanitizer).
     const int B = c.n * c.d > 2 * kTangents ? 1 : 2;
-    const Inputs in = make_inputs(c, B, 42);
+    const test::EgnnInputs in = test::random_egnn_inputs(c, B, 42);
     std::vector<double> v_ref(in.x.size()), div_ref(B);
     egnn_divergence(model.config, model.params.data(), B, in.x.data(), in.t.data(), v_ref.data(),
                     div_ref.data());
@@ -215,11 +202,10 @@ TEST_P(EgnnEmulated, DivergenceMatchesCpuUnderEverySchedule) {
 // Hutchinson's estimator: the same kernel with K given directions per sample (here 11
 // Rademacher vectors: a full chunk of 8 and a partial one) against the CPU forward-mode JVP.
 TEST_P(EgnnEmulated, DirectionTraceMatchesCpuJvpUnderEverySchedule) {
-    const Case c = GetParam();
     const EgnnModel model = test::random_egnn_model(c, 10);
     const HostNet h(model);
     const int B = 2, K = 11, nd = c.n * c.d;
-    const Inputs in = make_inputs(c, B, 45);
+    const test::EgnnInputs in = test::random_egnn_inputs(c, B, 45);
     auto gen = test::rng(46);
     std::vector<double> dirs(static_cast<size_t>(B) * K * nd);
     for (double& e : dirs) e = (gen() & 1u) ? 1.0 : -1.0;
@@ -249,11 +235,10 @@ TEST_P(EgnnEmulated, DirectionTraceMatchesCpuJvpUnderEverySchedule) {
 }
 
 TEST_P(EgnnEmulated, BackwardMatchesCpuUnderEverySchedule) {
-    const Case c = GetParam();
     const EgnnModel model = test::random_egnn_model(c, 9);
     const HostNet h(model);
     const int B = 3;
-    const Inputs in = make_inputs(c, B, 43);
+    const test::EgnnInputs in = test::random_egnn_inputs(c, B, 43);
     auto gen = test::rng(44);
     const std::vector<double> g = test::random_normal(in.x.size(), gen);
     const std::vector<float> gf(g.begin(), g.end());
@@ -274,6 +259,28 @@ TEST_P(EgnnEmulated, BackwardMatchesCpuUnderEverySchedule) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, EgnnEmulated, ::testing::ValuesIn(kCases),
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                             return std::string(info.param.name);
+                         });
+
+// The forward kernel is compiled per tile width Hp (H rounded up to 32, 64, 128) and d: these
+// cases add what kCases leaves out (Hp = 64 and 128 unpadded, d = 1 and 2 with Hp > 32, and
+// several tiles of sources per target at every width), cheaply, as the forward is fast to
+// emulate.
+const Case kForwardCases[] = {
+    {"n17_h64_d2", 17, 2, 64, 2, true, true, false},
+    {"n7_h128", 7, 3, 128, 2, true, true, false},
+    {"n11_h100_d2_plain", 11, 2, 100, 2, false, false, true},
+    {"n21_h20_d1", 21, 1, 20, 2, true, true, false},
+};
+
+class EgnnEmulatedForward : public ::testing::TestWithParam<Case> {};
+
+TEST_P(EgnnEmulatedForward, MatchesCpuUnderEverySchedule) {
+    check_forward(GetParam());
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, EgnnEmulatedForward, ::testing::ValuesIn(kForwardCases),
                          [](const ::testing::TestParamInfo<Case>& info) {
                              return std::string(info.param.name);
                          });

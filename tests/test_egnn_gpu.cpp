@@ -30,27 +30,22 @@ const Case kCases[] = {
 constexpr double kFieldTol = 2e-4;
 constexpr double kDivTol = 1e-3;  // the divergence sums n*d tangent entries
 
-class EgnnGpu_ : public ::testing::TestWithParam<Case> {};
+class EgnnGpu_ : public ::testing::TestWithParam<Case> {
+  protected:
+    const Case c = GetParam();
+};
 
 TEST_P(EgnnGpu_, ForwardAndDivergenceMatchCpu) {
-    const Case c = GetParam();
     const EgnnModel model = test::random_egnn_model(c, 7);
-    auto gen = test::rng(31);
     // The double-precision CPU divergence of LJ55 takes tens of seconds a sample: one is enough.
     const int B = c.n > 20 ? 1 : 5;
-    std::vector<double> x, t;
-    for (int b = 0; b < B; ++b) {
-        auto xb = test::random_configuration(c.n, c.d, 1.0, 0.3, gen);
-        x.insert(x.end(), xb.begin(), xb.end());
-        t.push_back((b + 0.5) / B);
-    }
-    std::vector<double> v_ref(x.size()), div_ref(B);
-    egnn_divergence(model.config, model.params.data(), B, x.data(), t.data(), v_ref.data(),
+    const test::EgnnInputs in = test::random_egnn_inputs(c, B, 31);
+    std::vector<double> v_ref(in.x.size()), div_ref(B);
+    egnn_divergence(model.config, model.params.data(), B, in.x.data(), in.t.data(), v_ref.data(),
                     div_ref.data());
 
-    const std::vector<float> xf(x.begin(), x.end()), tf(t.begin(), t.end());
-    Tensor<float> xd = Tensor<float>::from_host(xf, Shape{B, c.n, c.d}, Device::cuda);
-    Tensor<float> td = Tensor<float>::from_host(tf, Shape{B}, Device::cuda);
+    Tensor<float> xd = Tensor<float>::from_host(in.xf, Shape{B, c.n, c.d}, Device::cuda);
+    Tensor<float> td = Tensor<float>::from_host(in.tf, Shape{B}, Device::cuda);
     Tensor<float> vd(Shape{B, c.n, c.d}, Device::cuda), v2(Shape{B, c.n, c.d}, Device::cuda);
     Tensor<float> divd(Shape{B}, Device::cuda);
     test::GpuField gpu(model);
@@ -68,16 +63,12 @@ TEST_P(EgnnGpu_, ForwardAndDivergenceMatchCpu) {
 }
 
 TEST_P(EgnnGpu_, DeterministicAcrossRuns) {
-    const Case c = GetParam();
     const EgnnModel model = test::random_egnn_model(c, 8);
     auto gen = test::rng(32);
     const int B = 3;
-    std::vector<float> x;
-    for (int b = 0; b < B; ++b) {
-        auto xb = test::random_configuration(c.n, c.d, 1.0, 0.3, gen);
-        x.insert(x.end(), xb.begin(), xb.end());
-    }
-    Tensor<float> xd = Tensor<float>::from_host(x, Shape{B, c.n, c.d}, Device::cuda);
+    const std::vector<double> x = test::random_configurations(B, c.n, c.d, 1.0, 0.3, gen);
+    Tensor<float> xd = Tensor<float>::from_host(std::vector<float>(x.begin(), x.end()),
+                                                Shape{B, c.n, c.d}, Device::cuda);
     Tensor<float> td = Tensor<float>::from_host({0.1f, 0.5f, 0.9f}, Shape{B}, Device::cuda);
     Tensor<float> d1(Shape{B}, Device::cuda), d2(Shape{B}, Device::cuda);
     test::GpuField gpu(model);
@@ -90,17 +81,13 @@ TEST_P(EgnnGpu_, DeterministicAcrossRuns) {
 constexpr double kGradTol = 1e-3;
 
 TEST_P(EgnnGpu_, BackwardMatchesCpuAndIsDeterministic) {
-    const Case c = GetParam();
     const EgnnModel model = test::random_egnn_model(c, 9);
     auto gen = test::rng(33);
     const int B = 4;
-    std::vector<double> x, t, g;
-    for (int b = 0; b < B; ++b) {
-        auto xb = test::random_configuration(c.n, c.d, 1.0, 0.3, gen);
-        x.insert(x.end(), xb.begin(), xb.end());
-        t.push_back(0.2 + 0.2 * b);
-    }
-    g = test::random_normal(x.size(), gen);
+    const std::vector<double> x = test::random_configurations(B, c.n, c.d, 1.0, 0.3, gen);
+    std::vector<double> t;
+    for (int b = 0; b < B; ++b) t.push_back(0.2 + 0.2 * b);
+    const std::vector<double> g = test::random_normal(x.size(), gen);
     const int64_t P = egnn_parameter_count(model.config);
     std::vector<double> gp_ref(static_cast<size_t>(P), 0.0), gx_ref(x.size());
     egnn_backward(model.config, model.params.data(), B, x.data(), t.data(), g.data(), gp_ref.data(),
@@ -157,12 +144,9 @@ TEST(EgnnGpuFlow, HutchinsonFieldMatchesCpuField) {
         const EgnnModel model = test::random_egnn_model(c, 12);
         auto gen = test::rng(35);
         const int B = 3;
-        std::vector<double> x, t;
-        for (int b = 0; b < B; ++b) {
-            auto xb = test::random_configuration(c.n, c.d, 1.0, 0.3, gen);
-            x.insert(x.end(), xb.begin(), xb.end());
-            t.push_back(0.3 * (b + 1));
-        }
+        const std::vector<double> x = test::random_configurations(B, c.n, c.d, 1.0, 0.3, gen);
+        std::vector<double> t;
+        for (int b = 0; b < B; ++b) t.push_back(0.3 * (b + 1));
         FlowOptions opt;
         opt.hutchinson = true;
         opt.hutchinson_probes = 5;

@@ -33,20 +33,13 @@ class EgnnUnfused_ : public ::testing::TestWithParam<Case> {};
 TEST_P(EgnnUnfused_, ForwardMatchesCpuReference) {
     const Case c = GetParam();
     const EgnnModel m = test::random_egnn_model(c, 17);
-    auto gen = test::rng(51);
     const int B = 5;
-    std::vector<double> x, t;
-    for (int b = 0; b < B; ++b) {
-        auto xb = test::random_configuration(c.n, c.d, 1.0, 0.3, gen);
-        x.insert(x.end(), xb.begin(), xb.end());
-        t.push_back((b + 0.5) / B);
-    }
-    std::vector<double> v_ref(x.size());
-    egnn_forward(m.config, m.params.data(), B, x.data(), t.data(), v_ref.data());
+    const test::EgnnInputs in = test::random_egnn_inputs(c, B, 51);
+    std::vector<double> v_ref(in.x.size());
+    egnn_forward(m.config, m.params.data(), B, in.x.data(), in.t.data(), v_ref.data());
 
     bench::EgnnUnfused net(m, 8);  // capacity above the batch: only B rows are used
-    const std::vector<float> xf(x.begin(), x.end()), tf(t.begin(), t.end());
-    net.set_input(xf.data(), tf.data(), B);
+    net.set_input(in.xf.data(), in.tf.data(), B);
     net.forward(B);
     const std::vector<float> v = net.output(B);
     double scale = 0;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include <cstdint>
 #include <cstdio>
@@ -70,13 +71,9 @@ TEST(Safetensors, RoundTripAllDtypes) {
     write_safetensors(path, f);
     const SafetensorsFile g = read_safetensors(path);
     std::remove(path.c_str());
-    ASSERT_EQ(g.tensors.size(), f.tensors.size());
-    for (size_t k = 0; k < f.tensors.size(); ++k) {
-        EXPECT_EQ(g.tensors[k].name, f.tensors[k].name);
-        EXPECT_EQ(g.tensors[k].dtype, f.tensors[k].dtype);
-        EXPECT_EQ(g.tensors[k].shape, f.tensors[k].shape);
-        EXPECT_EQ(g.tensors[k].ints, f.tensors[k].ints);
-    }
+    ASSERT_NO_FATAL_FAILURE(test::expect_same_records(g.tensors, f.tensors, &SafeTensor::name,
+                                                      &SafeTensor::dtype, &SafeTensor::shape,
+                                                      &SafeTensor::ints));
     // F64 bit-identical (including -0.0 and subnormal-adjacent values), F32 rounded once.
     const std::vector<double>& w = g.at("w").values;
     ASSERT_EQ(w.size(), 6u);
@@ -84,8 +81,8 @@ TEST(Safetensors, RoundTripAllDtypes) {
     EXPECT_EQ(g.at("h").values, (std::vector<double>{0.5, static_cast<double>(1.0f / 3.0f), -7.0}));
     EXPECT_EQ(g.meta("kind"), "test");
     EXPECT_EQ(g.meta("note"), f.meta("note"));
-    EXPECT_TRUE(g.has_meta("eqflow.checksum"));
-    EXPECT_EQ(g.meta("eqflow.checksum").size(), 16u);
+    EXPECT_TRUE(g.has_meta("eqflow.tensor_checksum"));
+    EXPECT_EQ(g.meta("eqflow.tensor_checksum").size(), 16u);
     EXPECT_THROW(g.at("nope"), Error);
     EXPECT_THROW(g.meta("nope"), Error);
 }
@@ -101,13 +98,91 @@ TEST(Safetensors, LayoutFollowsTheFormat) {
     EXPECT_EQ(header.at("w").at("data_offsets").as_array()[1].as_int(), 48);
     EXPECT_EQ(header.at("h").at("data_offsets").as_array()[1].as_int(), 60);
     EXPECT_EQ(bytes.size(), 8 + n + 48 + 12 + 8 + 24);
-    // FNV-1a 64 of the data section, and the published test vector of the hash.
+    // The checksum keyed by name: FNV-1a 64 over the tensors in name order, each as "len:name",
+    // dtype, shape and bytes; and the published test vector of the hash.
     EXPECT_EQ(fnv1a64("a", 1), 0xaf63dc4c8601ec8cull);
+    const char* data = bytes.data() + 8 + n;
+    std::string keyed;
+    for (const char* name : {"empty", "h", "state", "step", "w"}) {  // sorted by name
+        const Json& e = header.at(name);
+        Shape shape;
+        for (const Json& d : e.at("shape").as_array()) shape.push_back(d.as_int());
+        const int64_t begin = e.at("data_offsets").as_array()[0].as_int();
+        const int64_t end = e.at("data_offsets").as_array()[1].as_int();
+        keyed += std::to_string(std::string(name).size()) + ":" + name + e.at("dtype").as_string() +
+                 shape_string(shape);
+        keyed.append(data + begin, static_cast<size_t>(end - begin));
+    }
     char hex[17];
-    std::snprintf(
-        hex, sizeof hex, "%016llx",
-        static_cast<unsigned long long>(fnv1a64(bytes.data() + 8 + n, bytes.size() - 8 - n)));
-    EXPECT_EQ(header.at("__metadata__").at("eqflow.checksum").as_string(), hex);
+    std::snprintf(hex, sizeof hex, "%016llx",
+                  static_cast<unsigned long long>(fnv1a64(keyed.data(), keyed.size())));
+    EXPECT_EQ(header.at("__metadata__").at("eqflow.tensor_checksum").as_string(), hex);
+}
+
+// A file re-saved by another writer with the same tensors in another order (as
+// safetensors.torch.save_file does: sorted by name) and the same metadata still verifies; a
+// changed byte in any tensor does not.
+TEST(Safetensors, ChecksumIsKeyedByNameNotByFileOrder) {
+    const SafetensorsFile f = sample_file();
+    const SafetensorsFile written = parse_safetensors(serialize_safetensors(f), "ours");
+    // Rebuild the file by hand in reversed tensor order with our metadata (checksums included).
+    std::string data, header = "{";
+    std::vector<const SafeTensor*> order;
+    for (auto it = f.tensors.rbegin(); it != f.tensors.rend(); ++it) order.push_back(&*it);
+    const std::string ours = serialize_safetensors(f);
+    uint64_t n = 0;
+    std::memcpy(&n, ours.data(), 8);
+    const Json our_header = Json::parse(ours.substr(8, n));
+    for (const SafeTensor* t : order) {
+        const Json& e = our_header.at(t->name);
+        const int64_t begin = e.at("data_offsets").as_array()[0].as_int();
+        const int64_t end = e.at("data_offsets").as_array()[1].as_int();
+        const size_t at = data.size();
+        data.append(ours.data() + 8 + n + begin, static_cast<size_t>(end - begin));
+        Json entry = e;
+        Json offsets = Json::array();
+        offsets.push_back(Json(static_cast<int64_t>(at)));
+        offsets.push_back(Json(static_cast<int64_t>(data.size())));
+        entry["data_offsets"] = offsets;
+        header += "\"" + t->name + "\":" + entry.dump() + ",";
+    }
+    header += "\"__metadata__\":" + our_header.at("__metadata__").dump() + "}";
+    const SafetensorsFile reordered = parse_safetensors(foreign_file(header, data), "reordered");
+    EXPECT_EQ(reordered.tensors.front().name, f.tensors.back().name);
+    EXPECT_EQ(reordered.at("w").values, written.at("w").values);
+    std::string damaged = data;
+    damaged[3] ^= 0x01;
+    EXPECT_ERROR_CONTAINS(parse_safetensors(foreign_file(header, damaged), "damaged"),
+                          "checksum mismatch");
+}
+
+// F16 and BF16: exact on read, rounded to nearest even on write.
+TEST(Safetensors, HalfPrecisionTensorsRoundTrip) {
+    const double inf = std::numeric_limits<double>::infinity();
+    SafetensorsFile f;
+    // Exactly representable in binary16: +-0, 1, -2, the largest (65504), the smallest normal
+    // (2^-14) and subnormal (2^-24) values, infinity.
+    const std::vector<double> exact16 = {
+        0.0, -0.0, 1.0, -2.0, 65504.0, 6.103515625e-05, 5.960464477539063e-08, -inf};
+    f.tensors.push_back(SafeTensor::f64("a16", {8}, exact16));
+    f.tensors.back().dtype = SafetensorsDtype::f16;
+    // Rounded: 1/3 -> 0x3555 = 0.333251953125; 65520 rounds to infinity; 2^-25 (a tie) to 0.
+    f.tensors.push_back(SafeTensor::f64("r16", {3}, {1.0 / 3.0, 65520.0, 2.9802322387695312e-08}));
+    f.tensors.back().dtype = SafetensorsDtype::f16;
+    // bfloat16: 1/3 -> 0x3eab = 0.333984375; 3.0e38 stays finite; 1 + 2^-8 (a tie) -> 1.
+    f.tensors.push_back(SafeTensor::f64("b", {4}, {1.0 / 3.0, 3.0e38, 1.00390625, -inf}));
+    f.tensors.back().dtype = SafetensorsDtype::bf16;
+    const SafetensorsFile g = parse_safetensors(serialize_safetensors(f), "half");
+    EXPECT_EQ(g.at("a16").dtype, SafetensorsDtype::f16);
+    EXPECT_EQ(g.at("a16").values, exact16);
+    EXPECT_TRUE(std::signbit(g.at("a16").values[1]));
+    EXPECT_EQ(g.at("r16").values, (std::vector<double>{0.333251953125, inf, 0.0}));
+    EXPECT_EQ(g.at("b").dtype, SafetensorsDtype::bf16);
+    EXPECT_EQ(g.at("b").values[0], 0.333984375);
+    EXPECT_TRUE(std::isfinite(g.at("b").values[1]));
+    EXPECT_NEAR(g.at("b").values[1], 3.0e38, 3.0e38 / 256);
+    EXPECT_EQ(g.at("b").values[2], 1.0);
+    EXPECT_EQ(g.at("b").values[3], -inf);
 }
 
 TEST(Safetensors, ForeignFileWithoutChecksumLoads) {
@@ -143,44 +218,31 @@ TEST(Safetensors, DamagedFilesGiveClearErrors) {
         std::memcpy(&bytes[0], &too_long, 8);
         EXPECT_ERROR_CONTAINS(parse(bytes), "truncated file");
     }
-    EXPECT_ERROR_CONTAINS(
-        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]})", data)),
-        "corrupted header");
     EXPECT_ERROR_CONTAINS(parse(foreign_file("[1, 2]", "")), "not a JSON object");
-    EXPECT_ERROR_CONTAINS(
-        parse(foreign_file(R"({"a":{"dtype":"BF16","shape":[8],"data_offsets":[0,16]}})", data)),
-        "unsupported dtype BF16");
-    EXPECT_ERROR_CONTAINS(
-        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[3],"data_offsets":[0,16]}})", data)),
-        "needs 24");
-    EXPECT_ERROR_CONTAINS(
-        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[8,24]}})", data)),
-        "outside the data section");
-    EXPECT_ERROR_CONTAINS(
-        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[-2],"data_offsets":[0,16]}})", data)),
-        "invalid shape");
-    EXPECT_ERROR_CONTAINS(
-        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", data)),
-        "trailing bytes");
-    EXPECT_ERROR_CONTAINS(
-        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[8,16]}})", data)),
-        "contiguous");
-    EXPECT_ERROR_CONTAINS(
-        parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},)"
-                           R"("b":{"dtype":"F64","shape":[1],"data_offsets":[8,16]}})",
-                           data)),
-        "contiguous");
-    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[2]}})", data)),
-                          "data_offsets");
-    EXPECT_ERROR_CONTAINS(
-        parse(foreign_file(R"({"__metadata__":{"k":1},)"
-                           R"("a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})",
-                           data)),
-        "not a string");
-    EXPECT_ERROR_CONTAINS(parse(foreign_file(R"({"a":{"dtype":"F64","shape":[16,16],)"
-                                             R"("data_offsets":[0,16]}})",
-                                             data)),
-                          "does not fit");
+    // Headers that do not describe `data`, and what the error says.
+    const struct {
+        const char *header, *error;
+    } bad_headers[] = {
+        {R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]})", "corrupted header"},
+        {R"({"a":{"dtype":"F8_E4M3","shape":[16],"data_offsets":[0,16]}})",
+         "unsupported dtype F8_E4M3"},
+        {R"({"a":{"dtype":"F64","shape":[3],"data_offsets":[0,16]}})", "needs 24"},
+        {R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[8,24]}})", "outside the data section"},
+        {R"({"a":{"dtype":"F64","shape":[-2],"data_offsets":[0,16]}})", "invalid shape"},
+        {R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", "trailing bytes"},
+        {R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[8,16]}})", "contiguous"},
+        {R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},)"
+         R"("b":{"dtype":"F64","shape":[1],"data_offsets":[8,16]}})",
+         "contiguous"},
+        {R"({"a":{"dtype":"F64","shape":[2]}})", "data_offsets"},
+        {R"({"__metadata__":{"k":1},"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})",
+         "not a string"},
+        {R"({"a":{"dtype":"F64","shape":[16,16],"data_offsets":[0,16]}})", "does not fit"},
+    };
+    for (const auto& h : bad_headers) {
+        SCOPED_TRACE(h.header);
+        EXPECT_ERROR_CONTAINS(parse(foreign_file(h.header, data)), h.error);
+    }
 
     // Our own files: a flipped data byte fails the checksum; every truncation and every flipped
     // header byte is an Error (or, for a byte inside a string that stays valid, a clean load).
@@ -258,7 +320,8 @@ TEST(ModelFile, SaveLoadEvaluateBitIdentical) {
         EXPECT_EQ(r.config.length_scale, typed ? 0.25 : 1.0);
         for (const char* key :
              {"eqflow.system", "eqflow.n_particles", "eqflow.dim", "eqflow.hidden", "eqflow.layers",
-              "eqflow.attention", "eqflow.tanh", "eqflow.coords_range", "eqflow.checksum"})
+              "eqflow.attention", "eqflow.tanh", "eqflow.coords_range", "eqflow.tensor_checksum",
+              "eqflow.meta_checksum", "eqflow.version"})
             EXPECT_TRUE(raw.has_meta(key)) << key;
         EXPECT_EQ(raw.has_meta("eqflow.atom_types"), typed);
         if (typed) EXPECT_EQ(raw.meta("eqflow.atom_types"), "0,1,1,0");
@@ -310,39 +373,37 @@ TEST(ModelFile, LoadChecksNamesShapesDtypesAndMetadata) {
 
     f = good;
     f.tensors[0] = SafeTensor::i64("embedding.weight", {6, 1}, std::vector<int64_t>(6, 1));
-    EXPECT_ERROR_CONTAINS(load(f), "tensor 'embedding.weight' has dtype I64, expected F32 or F64");
+    EXPECT_ERROR_CONTAINS(
+        load(f), "tensor 'embedding.weight' has dtype I64, expected F32, F64, F16 or BF16");
 
     f = good;
     f.tensors.push_back(SafeTensor::f64("gcl_2.edge_mlp.0.bias", {6}, std::vector<double>(6, 0.0)));
     EXPECT_ERROR_CONTAINS(load(f), "unexpected tensor 'gcl_2.edge_mlp.0.bias'");
 
     f = good;
-    f.set_meta("eqflow.attention", "false");  // the att_mlp tensors are then unexpected
-    EXPECT_ERROR_CONTAINS(load(f), "unexpected tensor 'gcl_0.att_mlp.0.weight'");
-
-    f = good;
     for (size_t k = 0; k < f.metadata.size(); ++k)
         if (f.metadata[k].first == "eqflow.n_particles") f.metadata.erase(f.metadata.begin() + k);
     EXPECT_ERROR_CONTAINS(load(f), "missing metadata key 'eqflow.n_particles'");
 
-    f = good;
-    f.set_meta("eqflow.tanh", "maybe");
-    EXPECT_ERROR_CONTAINS(load(f), "'eqflow.tanh' = 'maybe'");
-    f = good;
-    f.set_meta("eqflow.hidden", "6x");
-    EXPECT_ERROR_CONTAINS(load(f), "'eqflow.hidden' = '6x' is not an integer");
-    f = good;
-    f.set_meta("eqflow.atom_types", "0,1,x,0");
-    EXPECT_ERROR_CONTAINS(load(f), "eqflow.atom_types");
-    f = good;
-    f.set_meta("eqflow.atom_types", "0,1");
-    EXPECT_ERROR_CONTAINS(load(f), "invalid model configuration");
-    f = good;
-    f.set_meta("eqflow.coords_range", "nan");
-    EXPECT_ERROR_CONTAINS(load(f), "eqflow.coords_range");
-    f = good;
-    f.set_meta("eqflow.length_scale", "-0.5");
-    EXPECT_ERROR_CONTAINS(load(f), "length_scale");
+    // Metadata with a value that is wrong, and what the error says.
+    const struct {
+        const char *key, *value, *error;
+    } bad_meta[] = {
+        // The att_mlp tensors are then unexpected.
+        {"eqflow.attention", "false", "unexpected tensor 'gcl_0.att_mlp.0.weight'"},
+        {"eqflow.tanh", "maybe", "'eqflow.tanh' = 'maybe'"},
+        {"eqflow.hidden", "6x", "'eqflow.hidden' = '6x' is not an integer"},
+        {"eqflow.atom_types", "0,1,x,0", "eqflow.atom_types"},
+        {"eqflow.atom_types", "0,1", "invalid model configuration"},
+        {"eqflow.coords_range", "nan", "eqflow.coords_range"},
+        {"eqflow.length_scale", "-0.5", "length_scale"},
+    };
+    for (const auto& m : bad_meta) {
+        SCOPED_TRACE(std::string(m.key) + " = " + m.value);
+        f = good;
+        f.set_meta(m.key, m.value);
+        EXPECT_ERROR_CONTAINS(load(f), m.error);
+    }
     // Files from before the length scale existed are in model units.
     f = good;
     f.metadata.erase(

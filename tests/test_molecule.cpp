@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <set>
 
 #include "eqflow/error.h"
@@ -423,6 +424,78 @@ TEST(MoleculePdb, ReadsTheAldpStructure) {
     EXPECT_EQ(s.residue_names[4], "ACE");
     EXPECT_EQ(s.residue_names[16], "NME");
     EXPECT_THROW(read_pdb(test::temp_path("missing.pdb")), Error);
+}
+
+}  // namespace
+}  // namespace eqflow
+
+namespace eqflow {
+namespace {
+
+// Two frames of the alanine-dipeptide structure (the second shifted and scaled), written as PDB
+// and DCD trajectories and read back: the PDB by the library's own reader, model by model; the
+// DCD by an independent reader of the CHARMM layout written here from the format's description.
+TEST(MoleculeTrajectory, PdbAndDcdRoundTrip) {
+    const PdbStructure top = aldp_structure();
+    std::vector<double> x = top.positions;
+    for (double v : top.positions) x.push_back(1.1 * v + 0.25);
+    const std::string pdb = format_pdb_trajectory(top, x.data(), 2);
+    size_t begin = 0;
+    for (int f = 0; f < 2; ++f) {
+        const size_t model = pdb.find("MODEL ", begin), end = pdb.find("ENDMDL", model);
+        ASSERT_NE(end, std::string::npos);
+        const PdbStructure s = parse_pdb(pdb.substr(model, end - model), "trajectory");
+        EXPECT_EQ(s.atom_names, top.atom_names);
+        EXPECT_EQ(s.residue_names, top.residue_names);
+        EXPECT_EQ(s.residue_ids, top.residue_ids);
+        EXPECT_EQ(s.elements, top.elements);
+        // 3 decimals of Angstrom: within half of 1e-4 nm (plus the float formatting).
+        for (int k = 0; k < 66; ++k) EXPECT_NEAR(s.positions[k], x[66 * f + k], 5.1e-5);
+        begin = end;
+    }
+    EXPECT_EQ(pdb.substr(pdb.size() - 4), "END\n");
+
+    const std::string dcd = format_dcd(x.data(), 2, 22, "test");
+    size_t at = 0;
+    auto record = [&](std::string* body) {
+        int32_t size = 0, again = 0;
+        std::memcpy(&size, dcd.data() + at, 4);
+        *body = dcd.substr(at + 4, static_cast<size_t>(size));
+        std::memcpy(&again, dcd.data() + at + 4 + size, 4);
+        EXPECT_EQ(size, again);
+        at += 8 + static_cast<size_t>(size);
+    };
+    std::string head, title, natom, axis;
+    record(&head);
+    ASSERT_EQ(head.size(), 84u);
+    EXPECT_EQ(head.substr(0, 4), "CORD");
+    int32_t icntrl[20];
+    std::memcpy(icntrl, head.data() + 4, sizeof icntrl);
+    EXPECT_EQ(icntrl[0], 2);    // frames
+    EXPECT_EQ(icntrl[10], 0);   // no unit cell
+    EXPECT_EQ(icntrl[19], 24);  // CHARMM version
+    record(&title);
+    record(&natom);
+    int32_t n = 0;
+    std::memcpy(&n, natom.data(), 4);
+    EXPECT_EQ(n, 22);
+    for (int f = 0; f < 2; ++f)
+        for (int k = 0; k < 3; ++k) {
+            record(&axis);
+            ASSERT_EQ(axis.size(), 88u);
+            for (int i = 0; i < 22; ++i) {
+                float v;
+                std::memcpy(&v, axis.data() + 4 * i, 4);
+                EXPECT_FLOAT_EQ(v, static_cast<float>(10.0 * x[66 * f + 3 * i + k]));
+            }
+        }
+    EXPECT_EQ(at, dcd.size());
+    // Coordinates the formats cannot hold are errors, not broken files.
+    std::vector<double> far = top.positions;
+    far[0] = 2000.0;  // nm: 20000 A does not fit 8.3f
+    EXPECT_THROW(format_pdb_trajectory(top, far.data(), 1), Error);
+    far[0] = std::nan("");
+    EXPECT_THROW(format_dcd(far.data(), 1, 22, "t"), Error);
 }
 
 }  // namespace

@@ -8,19 +8,14 @@
 
 #include "eqflow/error.h"
 #include "eqflow/ode.h"
+#include "linear_ode.h"
 #include "test_util.h"
 
 namespace eqflow {
 namespace {
 
-// v(x, t) = (alpha + beta t) x + omega J x, with J rotating each consecutive pair of coordinates
-// by +90 degrees (D even). Closed form: x(t) = exp(alpha t + beta t^2 / 2) R(omega t) x(0);
-// div v = D (alpha + beta t), so I = D [alpha t + beta t^2 / 2] between the end points; and
-// |v| = sqrt((alpha + beta t)^2 + omega^2) |x(t)|.
-struct LinearField {
-    double alpha = 0.3, beta = -0.8, omega = 1.7;
-    int64_t D = 6;
-
+// The linear ODE of linear_ode.h in double; |v| = sqrt((alpha + beta t)^2 + omega^2) |x(t)|.
+struct LinearField : test::LinearOde {
     void operator()(int64_t B, const double* x, const double* t, double* v, double* div) const {
         for (int64_t b = 0; b < B; ++b) {
             const double s = alpha + beta * t[b];
@@ -31,21 +26,6 @@ struct LinearField {
             }
             if (div) div[b] = static_cast<double>(D) * s;
         }
-    }
-    double log_scale(double t) const { return alpha * t + 0.5 * beta * t * t; }
-    // Exact x(t1) from x(t0).
-    std::vector<double> solve(const std::vector<double>& x, double t0, double t1) const {
-        const double g = std::exp(log_scale(t1) - log_scale(t0));
-        const double c = std::cos(omega * (t1 - t0)), s = std::sin(omega * (t1 - t0));
-        std::vector<double> out(x.size());
-        for (size_t k = 0; k < x.size(); k += 2) {
-            out[k] = g * (c * x[k] - s * x[k + 1]);
-            out[k + 1] = g * (s * x[k] + c * x[k + 1]);
-        }
-        return out;
-    }
-    double div_integral(double t0, double t1) const {
-        return static_cast<double>(D) * (log_scale(t1) - log_scale(t0));
     }
     // Path length of one sample with |x(t0)| = r0, by composite Simpson on a fine grid.
     double path_length(double r0, double t0, double t1) const {

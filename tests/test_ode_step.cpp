@@ -13,18 +13,16 @@
 #include "common/ode_step.h"
 #include "eqflow/ode.h"
 #include "eqflow/ode_gpu.h"
+#include "linear_ode.h"
 #include "ode_host.h"
 #include "test_util.h"
 
 namespace eqflow {
 namespace {
 
-// v(x, t) = (alpha + beta t) x + omega J x (J rotates consecutive coordinate pairs by 90 degrees):
-// x(t) = exp(alpha t + beta t^2/2) R(omega t) x(0), div v = D (alpha + beta t). Like the GPU
-// field, it sees float32 inputs and returns float32-rounded outputs.
-struct FloatLinearField {
-    double alpha = 0.3, beta = -0.8, omega = 1.7;
-    int64_t D = 6;
+// The linear ODE of linear_ode.h; like the GPU field, it sees float32 inputs and returns
+// float32-rounded outputs.
+struct FloatLinearField : test::LinearOde {
     bool poison = false;  // NaN field where the first coordinate pair has radius > 2 (failures)
 
     void operator()(int64_t B, const double* x, const double* t, double* v, double* div) const {
@@ -41,21 +39,6 @@ struct FloatLinearField {
             }
             if (div) div[b] = static_cast<float>(static_cast<double>(D) * s);
         }
-    }
-    std::vector<double> solve(const std::vector<double>& x, double t0, double t1) const {
-        auto ls = [&](double t) { return alpha * t + 0.5 * beta * t * t; };
-        const double g = std::exp(ls(t1) - ls(t0));
-        const double c = std::cos(omega * (t1 - t0)), sn = std::sin(omega * (t1 - t0));
-        std::vector<double> out(x.size());
-        for (size_t k = 0; k < x.size(); k += 2) {
-            out[k] = g * (c * x[k] - sn * x[k + 1]);
-            out[k + 1] = g * (sn * x[k] + c * x[k + 1]);
-        }
-        return out;
-    }
-    double div_integral(double t0, double t1) const {
-        auto ls = [&](double t) { return alpha * t + 0.5 * beta * t * t; };
-        return static_cast<double>(D) * (ls(t1) - ls(t0));
     }
 };
 

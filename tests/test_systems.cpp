@@ -22,29 +22,6 @@ std::vector<double> random_config(const System& s, std::mt19937_64& gen) {
                                       gen);
 }
 
-// A random orthogonal matrix (d = 2 or 3) with the requested determinant sign.
-std::vector<double> random_orthogonal(int d, bool reflect, std::mt19937_64& gen) {
-    std::vector<double> q = test::random_normal(static_cast<size_t>(d * d), gen);
-    // Gram-Schmidt on rows.
-    for (int i = 0; i < d; ++i) {
-        for (int j = 0; j < i; ++j) {
-            double dot = 0;
-            for (int k = 0; k < d; ++k) dot += q[i * d + k] * q[j * d + k];
-            for (int k = 0; k < d; ++k) q[i * d + k] -= dot * q[j * d + k];
-        }
-        double norm = 0;
-        for (int k = 0; k < d; ++k) norm += q[i * d + k] * q[i * d + k];
-        for (int k = 0; k < d; ++k) q[i * d + k] /= std::sqrt(norm);
-    }
-    const double det = d == 2 ? q[0] * q[3] - q[1] * q[2]
-                              : q[0] * (q[4] * q[8] - q[5] * q[7]) -
-                                    q[1] * (q[3] * q[8] - q[5] * q[6]) +
-                                    q[2] * (q[3] * q[7] - q[4] * q[6]);
-    if ((det < 0) != reflect)
-        for (int k = 0; k < d; ++k) q[k] = -q[k];
-    return q;
-}
-
 const char* const kSystems[] = {"dw4", "lj13", "lj:5", "lj55"};
 
 TEST(Systems, NamesAndErrors) {
@@ -120,11 +97,8 @@ TEST(Systems, InvariantUnderRotationReflectionPermutationTranslation) {
         const std::vector<double> x = random_config(s, gen);
         const double e = energy_reference(s, x.data());
         for (bool reflect : {false, true}) {
-            const std::vector<double> q = random_orthogonal(s.d, reflect, gen);
-            std::vector<double> y(x.size(), 0.0);
-            for (int i = 0; i < s.n; ++i)
-                for (int a = 0; a < s.d; ++a)
-                    for (int b = 0; b < s.d; ++b) y[i * s.d + a] += q[a * s.d + b] * x[i * s.d + b];
+            const std::vector<double> y =
+                test::rotate(x, test::random_orthogonal(s.d, reflect, gen), s.d);
             EXPECT_NEAR(energy_reference(s, y.data()), e, 1e-10 * std::max(1.0, std::fabs(e)))
                 << name;
         }

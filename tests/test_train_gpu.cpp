@@ -25,30 +25,26 @@
 #include "eqflow/trainer.h"
 #include "test_util.h"
 #include "train_ops.h"
+#include "train_test_util.h"
 
 namespace eqflow {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
 // (a) Adam on the device against adam_update on the host.
-// Same budget as tests/test_train_math.cpp (which checks the same element function compiled for
-// the host): p, m, v rounded to float32 once a step (2^-24 relative each); over kSteps = 8
-// updates p is within 8 half-ulps (rtol 1e-6) plus <= 5e-6 lr from the rounded moments feeding
-// later updates (atol 1e-5 lr); m within 1e-6 absolute (gradients <= 1; m can cancel). The device
-// may contract a*b+c into FMAs and its pow() may differ from libm's in the last bit: 1e-16
-// relative, invisible at these tolerances. A wrong rule moves p by O(lr).
-constexpr int kAdamSteps = 8;
-constexpr double kAdamRtol = 1e-6;
-constexpr double kAdamAtolPerLr = 1e-5;
-constexpr double kMomentAtol = 1e-6;
+// The budget and inputs of tests/test_train_math.cpp (which checks the same element function
+// compiled for the host; see train_test_util.h). The device may contract a*b+c into FMAs and its
+// pow() may differ from libm's in the last bit: 1e-16 relative, invisible at these tolerances.
+using test::kAdamAtolPerLr;
+using test::kAdamRtol;
+using test::kAdamSteps;
+using test::kMomentAtol;
 
 TEST(TrainGpu, AdamKernelMatchesHostAdam) {
-    auto gen = test::rng(81);
-    std::uniform_real_distribution<double> mag(1e-3, 1.0), val(-1.0, 1.0);
     const int64_t P = 1000 + 37;  // not a multiple of the block
     const double lr = 1e-2;
-    std::vector<float> p(P);
-    for (float& x : p) x = static_cast<float>(val(gen));
+    const test::AdamInputs in = test::random_adam_inputs(P, 81);
+    const std::vector<float>& p = in.p;
     std::vector<double> pd(p.begin(), p.end());
     Tensor<float> pdev = Tensor<float>::from_host(p, Shape{P}, Device::cuda);
     Tensor<float> mdev = Tensor<float>::zeros(Shape{P}, Device::cuda);
@@ -56,8 +52,7 @@ TEST(TrainGpu, AdamKernelMatchesHostAdam) {
     AdamState st;
     const AdamOptions o;
     for (int s = 0; s < kAdamSteps; ++s) {
-        std::vector<float> g(P);
-        for (float& x : g) x = static_cast<float>((val(gen) < 0 ? -1 : 1) * mag(gen));
+        const std::vector<float>& g = in.g[s];
         Tensor<float> gdev = Tensor<float>::from_host(g, Shape{P}, Device::cuda);
         // The step's Adam operation on the device (src/train_ops.h), update number s + 1.
         train_math::TrainScalars sc;
@@ -128,6 +123,26 @@ std::vector<int64_t> shuffled(int64_t count, std::mt19937_64& gen) {
     return p;
 }
 
+// The CPU trainer's batch j of step `step` (rows of `train` in the epoch's `order`), before any
+// coupling: the draws of rows step * B + b and the training rows order[j * B + b].
+struct Batch {
+    std::vector<double> x0, t, eps, x1;
+};
+
+Batch cpu_batch(const StepCase& c, uint64_t draw_seed, int64_t B, const std::vector<double>& train,
+                const std::vector<int64_t>& order, int64_t step, int64_t j) {
+    const int64_t D = c.n * c.d;
+    Batch r{std::vector<double>(B * D), std::vector<double>(B), std::vector<double>(B * D),
+            std::vector<double>(B * D)};
+    for (int64_t b = 0; b < B; ++b) {
+        draw_training_row(draw_seed, static_cast<uint64_t>(step * B + b), c.n, c.d,
+                          r.x0.data() + b * D, r.t.data() + b, r.eps.data() + b * D);
+        const int64_t src = order[static_cast<size_t>(j * B + b)];
+        std::copy(train.begin() + src * D, train.begin() + (src + 1) * D, r.x1.begin() + b * D);
+    }
+    return r;
+}
+
 // ---------------------------------------------------------------------------------------------
 // (b) The device draws are the CPU trainer's draws, bit for bit (both run
 // train_math::draw_row: Philox normals built from correctly rounded operations, and a mean
@@ -152,14 +167,7 @@ TEST(TrainGpu, DeviceDrawsAndGatherAreBitIdenticalToTheTrainer) {
         const int64_t step = 11, j = 3;
         gfm.step(step, j, 1e-4);
         const FlowMatchingStep<float>::Snapshot s = gfm.snapshot();
-        const int64_t D = c.n * c.d;
-        std::vector<double> x0(B * D), t(B), eps(B * D), x1(B * D);
-        for (int64_t b = 0; b < B; ++b) {
-            draw_training_row(o.draw_seed, static_cast<uint64_t>(step * B + b), c.n, c.d,
-                              x0.data() + b * D, t.data() + b, eps.data() + b * D);
-            const int64_t src = order[static_cast<size_t>(j * B + b)];
-            std::copy(train.begin() + src * D, train.begin() + (src + 1) * D, x1.begin() + b * D);
-        }
+        const auto [x0, t, eps, x1] = cpu_batch(c, o.draw_seed, B, train, order, step, j);
         EXPECT_EQ(s.x0, x0) << c.name;
         EXPECT_EQ(s.t, t) << c.name;
         EXPECT_EQ(s.eps, eps) << c.name;
@@ -172,13 +180,13 @@ TEST(TrainGpu, DeviceDrawsAndGatherAreBitIdenticalToTheTrainer) {
 // ---------------------------------------------------------------------------------------------
 // (c) One whole device step against the CPU reference step on the same batch and draws.
 // Loss: float32 network against double, 1e-4 relative (as tests/test_egnn_gpu.cpp's
-// flow_matching_loss check on the device). Gradient: kGradTol of the largest entry (as that file's backward
-// check). Coupling: both sides run the same double-precision search on the same inputs, so the
-// aligned rows agree to double rounding (kCoupleTol; an assignment that differed would be O(1)).
-// Parameters after one Adam step: update 1 is lr * g / (|g| + 1e-8), i.e. lr * sign(g) unless
-// |g| is tiny; so where |g_ref| exceeds 10x the gradient tolerance the sign is certain and the new
-// parameter must match to one float32 ulp (rounding the result once) plus 1e-6 lr; elsewhere the
-// sign may legitimately differ and only Adam's bound |dp| <= lr is checked.
+// flow_matching_loss check on the device). Gradient: kGradTol of the largest entry (as that file's
+// backward check). Coupling: both sides run the same double-precision search on the same inputs, so
+// the aligned rows agree to double rounding (kCoupleTol; an assignment that differed would be
+// O(1)). Parameters after one Adam step: update 1 is lr * g / (|g| + 1e-8), i.e. lr * sign(g)
+// unless |g| is tiny; so where |g_ref| exceeds 10x the gradient tolerance the sign is certain and
+// the new parameter must match to one float32 ulp (rounding the result once) plus 1e-6 lr;
+// elsewhere the sign may legitimately differ and only Adam's bound |dp| <= lr is checked.
 constexpr double kLossRtol = 1e-4;
 constexpr double kGradTol = 1e-3;
 constexpr double kCoupleTol = 1e-9;
@@ -189,7 +197,7 @@ class TrainGpuStep : public ::testing::TestWithParam<StepCase> {};
 TEST_P(TrainGpuStep, MatchesTheCpuReferenceStep) {
     const StepCase c = GetParam();
     auto gen = test::rng(83);
-    const int64_t count = 48, B = 12, D = c.n * c.d;
+    const int64_t count = 48, B = 12;
     const std::vector<double> train = make_train(c, count, gen);
     const EgnnModel model = make_model(c, 6);
     const int64_t P = static_cast<int64_t>(model.params.size());
@@ -214,13 +222,7 @@ TEST_P(TrainGpuStep, MatchesTheCpuReferenceStep) {
     gfm.download_state(p_gpu, adam_gpu, &ema_gpu, &skipped);
 
     // The CPU reference step: the trainer's own pieces in double.
-    std::vector<double> x0(B * D), t(B), eps(B * D), x1(B * D);
-    for (int64_t b = 0; b < B; ++b) {
-        draw_training_row(o.draw_seed, static_cast<uint64_t>(step * B + b), c.n, c.d,
-                          x0.data() + b * D, t.data() + b, eps.data() + b * D);
-        const int64_t src = order[static_cast<size_t>(j * B + b)];
-        std::copy(train.begin() + src * D, train.begin() + (src + 1) * D, x1.begin() + b * D);
-    }
+    auto [x0, t, eps, x1] = cpu_batch(c, o.draw_seed, B, train, order, step, j);
     couple_batch(c.objective, B, c.n, c.d, x0.data(), x1.data(), false, model.config.atom_types);
     std::vector<double> g_ref(static_cast<size_t>(P));
     const double l_ref = flow_matching_loss(model, B, x0.data(), x1.data(), t.data(), eps.data(),
@@ -294,17 +296,8 @@ INSTANTIATE_TEST_SUITE_P(Cases, TrainGpuStep, ::testing::ValuesIn(kStepCases),
 // 16 batches: twice that.
 constexpr double kRunRtol = 0.02;
 
-std::vector<double> dw4_data(int64_t count, uint64_t seed) {
-    McmcOptions mo;
-    mo.samples = count;
-    mo.seed = seed;
-    mo.burn_in = 200;
-    mo.threads = 1;
-    return sample_equilibrium(make_system("dw4"), mo);
-}
-
 TEST(TrainGpu, ShortDw4RunMatchesTheCpuRun) {
-    const std::vector<double> x = dw4_data(288, 3);
+    const std::vector<double> x = test::dw4_data(288, 3);
     for (CouplingKind kind : {CouplingKind::fm, CouplingKind::eqot}) {
         TrainOptions o;
         o.objective = kind;
@@ -345,15 +338,10 @@ TEST(TrainGpu, ShortDw4RunMatchesTheCpuRun) {
 // x_t is finite, so no step may change a parameter (the result holds the initial parameters as
 // float32 widened back to double) and every step is counted.
 TEST(TrainGpu, NonFiniteStepsAreSkippedAndCounted) {
-    const std::vector<double> x = dw4_data(24, 3);
-    TrainOptions o;
+    const std::vector<double> x = test::dw4_data(24, 3);
+    TrainOptions o = test::tiny_dw4_options();  // as tests/test_trainer.cpp's CPU run
     o.objective = CouplingKind::fm;
     o.epochs = 2;
-    o.batch = 8;
-    o.hidden = 8;
-    o.layers = 1;
-    o.seed = 42;
-    o.ema_decay = 0.99;
     o.device = Device::cuda;
     o.sigma = std::numeric_limits<double>::infinity();
     const TrainResult r = train_flow_matching(o, x, 24, 4, 2);

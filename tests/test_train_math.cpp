@@ -15,6 +15,7 @@
 #include "eqflow/philox.h"
 #include "eqflow/trainer.h"
 #include "test_util.h"
+#include "train_test_util.h"
 
 namespace eqflow {
 namespace {
@@ -64,33 +65,23 @@ TEST(TrainMath, DrawRowIsTheTrainersDrawBitForBit) {
     }
 }
 
-// The float32-storage element against adam_update in double over kSteps steps on the same
-// float32 gradients (|g| in [1e-3, 1]). Error budget: each step rounds p, m and v to float32 once
-// (2^-24 ~ 6e-8 relative). p: the roundings add up to kSteps * 2^-24 * max|p| over the run, and
-// |p| changes by at most lr a step -> rtol 1e-6 (2x kSteps = 8 half-ulps). The update: the m
-// error (<= 2^-24 k max|g| after bias correction at update k) over sqrt(v_hat) >= max|g| /
-// sqrt(k) gives <= 2^-24 k^1.5 lr at update k, summed over 8 updates <= 5e-6 lr -> atol 1e-5 lr.
-// m: absolute error <= 2^-24 x (sum of 0.9^j) x max|g| < 1e-6 (m can cancel to ~0, so absolute).
-// v: a positive sum, relative error <= kSteps * 2^-24. A wrong rule (bias correction, betas,
-// eps) moves p by O(lr): five orders of magnitude above these tolerances.
-constexpr int kSteps = 8;
-constexpr double kAdamRtol = 1e-6;
-constexpr double kAdamAtolPerLr = 1e-5;
-constexpr double kMomentAtol = 1e-6;
+// The float32-storage element against adam_update in double; the error budget and the inputs are
+// test_train_gpu's too (train_test_util.h).
+using test::kAdamAtolPerLr;
+using test::kAdamRtol;
+using test::kAdamSteps;
+using test::kMomentAtol;
 
 TEST(TrainMath, Float32AdamElementFollowsTheDoubleRule) {
-    auto gen = test::rng(71);
-    std::uniform_real_distribution<double> mag(1e-3, 1.0), val(-1.0, 1.0);
     const int P = 257;
     const double lr = 1e-2;
-    std::vector<float> p(P), m(P, 0.0f), v(P, 0.0f);
-    for (float& x : p) x = static_cast<float>(val(gen));
+    const test::AdamInputs in = test::random_adam_inputs(P, 71);
+    std::vector<float> p = in.p, m(P, 0.0f), v(P, 0.0f);
     std::vector<double> pd(p.begin(), p.end());
     AdamState st;
     const AdamOptions o;
-    for (int s = 0; s < kSteps; ++s) {
-        std::vector<float> g(P);
-        for (float& x : g) x = static_cast<float>((val(gen) < 0 ? -1 : 1) * mag(gen));
+    for (int s = 0; s < kAdamSteps; ++s) {
+        const std::vector<float>& g = in.g[s];
         const std::vector<double> gd(g.begin(), g.end());
         const double k = s + 1.0;
         const double c1 = 1.0 - std::pow(o.beta1, k), c2 = 1.0 - std::pow(o.beta2, k);

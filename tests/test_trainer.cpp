@@ -20,6 +20,7 @@
 #include "eqflow/systems.h"
 #include "eqflow/trainer.h"
 #include "test_util.h"
+#include "train_test_util.h"
 
 namespace eqflow {
 namespace {
@@ -100,39 +101,26 @@ TEST(FlowMatchingLoss, GradientMatchesFiniteDifferences) {
     EXPECT_ALL_CLOSE(an, fd, kAtol, kRtol);
 }
 
-std::vector<double> dw4_data(int64_t count, uint64_t seed) {
-    McmcOptions mo;
-    mo.samples = count;
-    mo.seed = seed;
-    mo.burn_in = 200;
-    mo.threads = 1;
-    return sample_equilibrium(make_system("dw4"), mo);
-}
-
 class Trainer : public ::testing::Test {
   protected:
     std::string dir_ = test::temp_path("trainer");
     void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
 
     TrainOptions tiny(const std::string& sub) const {
-        TrainOptions o;
-        o.objective = CouplingKind::eqot;
+        TrainOptions o = test::tiny_dw4_options();
         o.out_dir = dir_ + "/" + sub;
-        o.epochs =
-            250;  // 72 samples: 65 train / 7 validation, batch 8 -> 8 steps per epoch -> 2000 steps
-        o.batch = 8;
-        o.hidden = 8;
-        o.layers = 1;
-        o.seed = 42;
-        o.ema_decay = 0.99;
-        o.threads = 1;
-        o.log_every = 100;
+        return o;
+    }
+    // The tiny run with another objective, in memory only (no output directory).
+    TrainOptions tiny_in_memory(CouplingKind objective) const {
+        TrainOptions o = test::tiny_dw4_options();
+        o.objective = objective;
         return o;
     }
 };
 
 TEST_F(Trainer, ResumeIsBitForBit) {
-    const std::vector<double> x = dw4_data(72, 1);
+    const std::vector<double> x = test::dw4_data(72, 1);
     const TrainOptions straight = tiny("straight");
     const TrainResult a = train_flow_matching(straight, x, 72, 4, 2);
     ASSERT_EQ(a.total_steps, 2000);
@@ -187,7 +175,7 @@ TEST_F(Trainer, ResumeIsBitForBit) {
 }
 
 TEST_F(Trainer, ResumeRefusesChangedOptionsOrData) {
-    const std::vector<double> x = dw4_data(24, 2);
+    const std::vector<double> x = test::dw4_data(24, 2);
     TrainOptions o = tiny("run");
     o.epochs = 2;
     o.stop_after_steps = 1;
@@ -207,10 +195,8 @@ TEST_F(Trainer, ResumeRefusesChangedOptionsOrData) {
 }
 
 TEST_F(Trainer, NonFiniteStepsAreSkippedAndCounted) {
-    const std::vector<double> x = dw4_data(24, 3);
-    TrainOptions o = tiny("");
-    o.out_dir.clear();
-    o.objective = CouplingKind::fm;
+    const std::vector<double> x = test::dw4_data(24, 3);
+    TrainOptions o = tiny_in_memory(CouplingKind::fm);
     o.epochs = 2;
     o.sigma = std::numeric_limits<double>::infinity();  // x_t is never finite
     o.reference = true;  // the double field: the parameters compare exactly with the initial ones
@@ -222,7 +208,7 @@ TEST_F(Trainer, NonFiniteStepsAreSkippedAndCounted) {
 }
 
 TEST_F(Trainer, StopFlagCheckpointsAndResumes) {
-    const std::vector<double> x = dw4_data(40, 4);
+    const std::vector<double> x = test::dw4_data(40, 4);
     TrainOptions o = tiny("stop");
     o.objective = CouplingKind::ot;
     o.epochs = 3;
@@ -261,19 +247,17 @@ TEST_F(Trainer, StopFlagCheckpointsAndResumes) {
 
 TEST_F(Trainer, LossFallsOnDw4) {
     // A short run must learn something: the validation loss drops well below the untrained one.
-    const std::vector<double> x = dw4_data(400, 5);
-    TrainOptions o = tiny("");
-    o.out_dir.clear();
-    o.objective = CouplingKind::ot;
+    const std::vector<double> x = test::dw4_data(400, 5);
+    TrainOptions o = tiny_in_memory(CouplingKind::ot);
     o.hidden = 16;
     o.layers = 2;
     o.batch = 64;
-    o.epochs = 1;
     o.lr = 5e-3;
     o.ema_decay = 0.0;
     std::vector<double> val;
     o.on_epoch = [&](int64_t, double v) { val.push_back(v); };
     TrainOptions untrained = o;
+    untrained.epochs = 1;
     untrained.lr = 1e-300;  // effectively no update
     const TrainResult r0 = train_flow_matching(untrained, x, 400, 4, 2);
     o.epochs = 15;

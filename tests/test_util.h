@@ -55,6 +55,62 @@ inline std::vector<double> random_configuration(int n, int d, double scale, doub
     return x;
 }
 
+// `count` such configurations, one after the other: x [count][n][d].
+inline std::vector<double> random_configurations(int64_t count, int n, int d, double scale,
+                                                 double r_min, std::mt19937_64& gen) {
+    std::vector<double> x;
+    for (int64_t k = 0; k < count; ++k) {
+        const std::vector<double> xk = random_configuration(n, d, scale, r_min, gen);
+        x.insert(x.end(), xk.begin(), xk.end());
+    }
+    return x;
+}
+
+// A random orthogonal d x d matrix (d = 2 or 3, row-major) by Gram-Schmidt on the rows of a
+// Gaussian matrix, with determinant -1 when `reflection`, +1 otherwise.
+inline std::vector<double> random_orthogonal(int d, bool reflection, std::mt19937_64& gen) {
+    std::vector<double> R = random_normal(static_cast<size_t>(d * d), gen);
+    for (int r = 0; r < d; ++r) {
+        for (int s = 0; s < r; ++s) {
+            double proj = 0.0;
+            for (int k = 0; k < d; ++k) proj += R[r * d + k] * R[s * d + k];
+            for (int k = 0; k < d; ++k) R[r * d + k] -= proj * R[s * d + k];
+        }
+        double norm = 0.0;
+        for (int k = 0; k < d; ++k) norm += R[r * d + k] * R[r * d + k];
+        for (int k = 0; k < d; ++k) R[r * d + k] /= std::sqrt(norm);
+    }
+    const double det = d == 2 ? R[0] * R[3] - R[1] * R[2]
+                              : R[0] * (R[4] * R[8] - R[5] * R[7]) -
+                                    R[1] * (R[3] * R[8] - R[5] * R[6]) +
+                                    R[2] * (R[3] * R[7] - R[4] * R[6]);
+    if ((det < 0) != reflection)
+        for (int k = 0; k < d; ++k) R[k] = -R[k];
+    return R;
+}
+
+// Every point of x [...][d] rotated: x R^T.
+inline std::vector<double> rotate(const std::vector<double>& x, const std::vector<double>& R,
+                                  int d) {
+    std::vector<double> y(x.size(), 0.0);
+    for (size_t i = 0; i < x.size() / d; ++i)
+        for (int a = 0; a < d; ++a)
+            for (int k = 0; k < d; ++k) y[i * d + a] += R[a * d + k] * x[i * d + k];
+    return y;
+}
+
+// Two lists of records, equal in the fields given as member pointers, record by record.
+template <class T, class... Fields>
+void expect_same_records(const std::vector<T>& a, const std::vector<T>& b, Fields... fields) {
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t k = 0; k < a.size(); ++k) {
+        auto expect_same = [&](auto field) {
+            EXPECT_EQ(a[k].*field, b[k].*field) << "[" << k << "]";
+        };
+        (expect_same(fields), ...);
+    }
+}
+
 // |actual - expected| <= atol + rtol * |expected| elementwise; NaN anywhere fails. On failure,
 // reports the number of mismatches, the first few and the worst one.
 template <class A, class E>

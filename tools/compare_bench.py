@@ -35,9 +35,11 @@ def compare_torch(ours_path, torch_path):
         pairs = [
             ("field", f"BM_EgnnForward_CUDA/{name}/{B}/real_time", row["field_s"]),
             ("divergence", f"BM_EgnnDivergence_CUDA/{name}/{B}/real_time", row["divergence_per_sample_s"] * B),
+            ("step fm", f"BM_TrainStep_CUDA/{name}_fm/{B}/real_time", row.get("fm_step_network_s", 0)),
+            ("step eqot", f"BM_TrainStep_CUDA/{name}_eqot/{B}/real_time", row.get("fm_step_s", 0)),
         ]
         for op, key, ref in pairs:
-            if key in ours:
+            if key in ours and ref > 0:
                 t = ours[key]["seconds"]
                 print(f"{name:8s} {op:12s} {t*1e3:10.3f}ms {ref*1e3:10.3f}ms {ref/t:7.1f}x")
 

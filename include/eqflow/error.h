@@ -22,6 +22,10 @@ class EQFLOW_API Error : public std::runtime_error {
 namespace detail {
 [[noreturn]] EQFLOW_API void throw_error(const std::string& message, const char* file, int line);
 
+// `text` with every control character (below 0x20, and 0x7f) written as \xNN: messages that quote
+// bytes from a file stay on one line.
+EQFLOW_API std::string escape_control(const std::string& text);
+
 // Strips the directories above the project root from __FILE__, so messages show "src/npy.cpp".
 EQFLOW_API const char* short_path(const char* file);
 }  // namespace detail

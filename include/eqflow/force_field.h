@@ -106,6 +106,14 @@ constexpr double kObcProbeRadius = 0.14;        // nm
 // other force, constraints, virtual sites or a cutoff method throw an Error naming them.
 EQFLOW_API ForceField parse_openmm_system_xml(const std::string& xml_text);
 EQFLOW_API ForceField read_openmm_system_xml(const std::string& path);
+// What eqflow checks of any System XML before it, or OpenMM (whose reader recurses once per
+// level of nesting), reads the file: its size, that the tags are balanced, and their nesting
+// depth. Numbers are parsed strictly (plain decimal, finite, within physical bounds), and a
+// System has at most kMaxSystemXmlAtoms particles (the NoCutoff pair list is quadratic).
+constexpr size_t kMaxSystemXmlBytes = size_t{256} << 20;
+constexpr int kMaxSystemXmlDepth = 64;
+constexpr int kMaxSystemXmlAtoms = 5000;
+EQFLOW_API void check_system_xml_limits(const std::string& xml_text);
 // Fills ff.pairs from charges/sigmas/epsilons/exceptions (the readers call it).
 EQFLOW_API void build_pair_list(ForceField& ff);
 

@@ -61,6 +61,10 @@ class EQFLOW_API Json {
     // non-finite numbers are written as null (JSON has no NaN).
     std::string dump(int indent = -1) const;
 
+    // An object of these members, in this order, in linear time (operator[] searches); throws
+    // Error when a key repeats.
+    static Json object_of(std::vector<std::pair<std::string, Json>> members);
+
     // Strict parse; throws Error with the byte offset of the problem.
     static Json parse(const std::string& text);
 

@@ -1,20 +1,25 @@
-// eqflow/model_io.h: safetensors files (docs/design.md section 8) -- a generic reader and writer, and
-// EGNN model files on top of them.
+// eqflow/model_io.h: safetensors files (docs/design.md section 8) -- a generic reader and writer,
+// and EGNN model files on top of them.
 //
 // Format: 8-byte little-endian header length N, N bytes of JSON header, then the data section.
 // The header maps each tensor name to {"dtype", "shape", "data_offsets": [begin, end]} (offsets
 // relative to the data section) and may hold "__metadata__", a map of strings to strings.
 //
 // Writing: tensors are stored in the given order, contiguous; the header is padded with spaces
-// to a multiple of 8 bytes; the metadata gets "eqflow.checksum" = FNV-1a 64 of the data section
-// (16 lower-case hex digits); the file is written atomically (io.h).
+// to a multiple of 8 bytes; the metadata gets two checksums (FNV-1a 64, 16 lower-case hex
+// digits): "eqflow.tensor_checksum" over the tensors keyed by name (in name order: name, dtype,
+// shape, bytes), so a file re-saved by another writer with the same tensors in another order
+// still verifies, and "eqflow.meta_checksum" over the rest of the metadata; the file is written
+// atomically (io.h).
 //
 // Reading is strict and never reads past the file: header length within the file (and at most
-// 100 MB), valid JSON (eqflow/json.h), metadata values strings, dtypes F32/F64/I64, shapes of
+// 100 MB), valid JSON (eqflow/json.h), metadata values strings, dtypes F32/F64/F16/BF16/I64,
+// shapes of
 // non-negative integers, data_offsets inside the data section, consistent with dtype and shape,
 // covering the data section exactly with neither holes nor overlaps, no duplicate names. When
-// "eqflow.checksum" is present it must match; files from other safetensors writers (no checksum)
-// load as well. Every problem is an Error naming the file and what is wrong.
+// a checksum is present it must match (files of earlier versions carry the data-order
+// "eqflow.checksum" instead, verified when the keyed one is absent); files from other safetensors
+// writers (no checksum) load as well. Every problem is an Error naming the file and what is wrong.
 #pragma once
 
 #include <cstdint>
@@ -28,9 +33,12 @@
 
 namespace eqflow {
 
-enum class SafetensorsDtype { f32, f64, i64 };
+// F16 (IEEE binary16) and BF16 (bfloat16) tensors are read and written like F32: their values
+// live in `values` as double, rounded to nearest even on write.
+enum class SafetensorsDtype { f32, f64, i64, f16, bf16 };
 
-EQFLOW_API const char* safetensors_dtype_name(SafetensorsDtype dtype);  // "F32", "F64", "I64"
+// "F32", "F64", "I64", "F16", "BF16"
+EQFLOW_API const char* safetensors_dtype_name(SafetensorsDtype dtype);
 
 // One named tensor. Floating tensors (F32, F64) keep their values as double in `values`; I64
 // tensors keep theirs exactly in `ints` (store unsigned 64-bit state, e.g. RNG counters, by
@@ -71,12 +79,13 @@ EQFLOW_API SafetensorsFile read_safetensors(const std::string& path);
 
 // ---------------------------------------------------------------------------------------------
 // EGNN model files: one tensor per egnn_parameter_layout() entry, named and shaped as the
-// PyTorch module's state_dict, F64 (default, exact) or F32; the configuration in the metadata:
+// PyTorch module's state_dict, F64 (default, exact), F32, F16 or BF16; the configuration in the
+// metadata:
 //   eqflow.system, eqflow.n_particles, eqflow.dim, eqflow.hidden, eqflow.layers,
 //   eqflow.attention ("true"/"false"), eqflow.tanh, eqflow.coords_range (the effective value,
 //   17 significant digits), eqflow.atom_types (comma-separated type per particle; only when
-//   typed), plus eqflow.format = "egnn-v1" and eqflow.checksum.
-// Loading accepts "true"/"false"/"1"/"0" for the switches, F32 or F64 tensors, and checks every
+//   typed), plus eqflow.format = "egnn-v1", eqflow.version (the library's) and the checksums.
+// Loading accepts "true"/"false"/"1"/"0" for the switches, any floating dtype, and checks every
 // name, shape and dtype, naming the missing, misshapen or unexpected tensor.
 // ---------------------------------------------------------------------------------------------
 EQFLOW_API SafetensorsFile

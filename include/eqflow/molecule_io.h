@@ -20,11 +20,33 @@ struct PdbStructure {
 };
 // ATOM/HETATM records of a PDB file (Angstrom in the file, nm in the result).
 EQFLOW_API PdbStructure read_pdb(const std::string& path);
+// The same from the text of a file; `what` names it in errors. Coordinates are plain decimal
+// numbers within the format's range, residue numbers integers.
+EQFLOW_API PdbStructure parse_pdb(const std::string& text, const std::string& what);
 
-// The directory with aldp.pdb and aldp_system.xml: $EQFLOW_DATA_DIR/aldp when set, else the
-// source tree's data/aldp (build tree use), else <prefix>/share/eqflow/aldp. Throws if none has
-// the files.
+// The directory with aldp.pdb and aldp_system.xml, the first of: $EQFLOW_DATA_DIR/aldp;
+// relative to wherever the eqflow library itself lies (an install's share/eqflow/aldp beside its
+// lib/, found even when the install was moved; the Python package's data/aldp); the source
+// tree's data/aldp (build-tree use); the configured <prefix>/share/eqflow/aldp. Throws, naming
+// the folders tried, if none has the files.
 EQFLOW_API std::string aldp_data_dir();
 EQFLOW_API PdbStructure aldp_structure();
+
+// Trajectories of configurations x [frames][n][3] in nm, for mdtraj, MDAnalysis or VMD; the
+// topology (atom and residue names, residue numbers, elements) from a PDB structure of the same
+// n atoms. Coordinates go to the files in Angstrom. Both are written atomically.
+//   PDB: one MODEL ... ENDMDL block of ATOM records per frame (chain A), then END; coordinates
+//        with 3 decimals (the format's 8.3f columns).
+//   DCD: the CHARMM binary layout (little-endian, 32-bit Fortran record markers): a header with
+//        the frame count, a title, the atom count, then per frame the X, Y and Z records as
+//        float32. No unit cell. A DCD holds no topology: write the PDB of one frame beside it.
+EQFLOW_API std::string format_pdb_trajectory(const PdbStructure& topology, const double* x,
+                                             int64_t frames);
+EQFLOW_API void write_pdb_trajectory(const std::string& path, const PdbStructure& topology,
+                                     const double* x, int64_t frames);
+EQFLOW_API std::string format_dcd(const double* x, int64_t frames, int n_atoms,
+                                  const std::string& title);
+EQFLOW_API void write_dcd(const std::string& path, const double* x, int64_t frames, int n_atoms,
+                          const std::string& title);
 
 }  // namespace eqflow

@@ -25,6 +25,8 @@ struct NpyArray {
 };
 
 EQFLOW_API NpyArray read_npy(const std::string& path);
+// The same from the bytes of a file; `what` names it in errors.
+EQFLOW_API NpyArray parse_npy(const std::string& bytes, const std::string& what);
 
 // Writes a C-order array; `values` holds shape_numel(shape) numbers, converted to `dtype`.
 EQFLOW_API void write_npy(const std::string& path, const double* values, const Shape& shape,

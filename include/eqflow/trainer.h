@@ -37,6 +37,12 @@
 // {"epoch","step","val_loss","time","skipped"} after each epoch). A resumed run appends to the
 // log, so steps between the last checkpoint and an interruption appear twice (the later lines
 // are the ones that count).
+//
+// out_dir is one run's: while training, the run holds an exclusive lock on out_dir/.eqflow.lock
+// (a second run into it fails at once), and a fresh run refuses a directory that holds a run
+// unless `overwrite` (or `resume`) is set. Temporary files (`*.tmp.PID.N`) that a killed process
+// left there are removed when the next run takes the lock. A fresh run writes a checkpoint at
+// step 0 and the first periodic one after at most a minute, so a run killed early resumes.
 #pragma once
 
 #include <atomic>
@@ -85,7 +91,10 @@ struct TrainOptions {
     int64_t log_every = 10;  // steps between log lines
     double checkpoint_seconds =
         300.0;  // a checkpoint after any step once this much time has passed; always at the end
-    bool resume = false;           // continue from out_dir/checkpoint.safetensors
+    bool resume = false;  // continue from out_dir/checkpoint.safetensors
+    // A fresh run refuses an out_dir that already holds a run (model, checkpoint or log) unless
+    // told to replace it; the replaced run's files are removed once the new run holds the lock.
+    bool overwrite = false;
     int64_t stop_after_steps = 0;  // > 0: stop (with a checkpoint) once this step count is reached
     const std::atomic<bool>* stop = nullptr;  // set (e.g. by SIGINT): checkpoint and return
     // Called after every step with (step, total steps, loss, lr).

@@ -1,9 +1,13 @@
 #include "cli/cli_common.h"
 
+#include "eqflow/error.h"
+
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 
 namespace eqflow::cli {
 
@@ -110,6 +114,19 @@ void Progress::finish(const std::string& extra) {
                  static_cast<long long>(total_), elapsed, extra.empty() ? "" : "  ", extra.c_str(),
                  tty_ ? "\033[K" : "");
     std::fflush(stderr);
+}
+
+void check_finite_output(const std::vector<double>& values, int64_t row_size, const char* what,
+                         bool allow_plus_inf, const std::vector<char>* skip_row) {
+    for (size_t i = 0; i < values.size(); ++i) {
+        const double v = values[i];
+        if (std::isfinite(v) || (allow_plus_inf && v == std::numeric_limits<double>::infinity()))
+            continue;
+        const int64_t row = static_cast<int64_t>(i) / row_size;
+        if (skip_row && (*skip_row)[static_cast<size_t>(row)]) continue;
+        EQFLOW_THROW(what << " of configuration " << row << " overflowed (" << v
+                          << "): nothing written; the input or the model is out of range");
+    }
 }
 
 }  // namespace eqflow::cli

@@ -54,6 +54,12 @@ class Progress {
     std::chrono::steady_clock::time_point start_, last_;
 };
 
+// No NaN with exit code 0: throws Error naming `what` and the first row (of `row_size` values)
+// holding NaN, or an infinity other than +inf where `allow_plus_inf` (the exact energy of
+// coinciding particles). `skip_row`, when given, marks rows already reported as failed.
+void check_finite_output(const std::vector<double>& values, int64_t row_size, const char* what,
+                         bool allow_plus_inf, const std::vector<char>* skip_row = nullptr);
+
 struct Command {
     const char* name;
     const char* summary;

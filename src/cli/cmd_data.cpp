@@ -61,8 +61,8 @@ int cmd_data_md(const System& system, Args& args) {
                   stats.platform.c_str(), stats.mean_potential,
                   2.0 * stats.mean_kinetic / (stats.dof * kBoltzmannKJ));
     progress.finish(extra);
-    // Centred like every eqflow data set (docs/design.md section 2): the plain mean, not the centre of
-    // mass.
+    // Centred like every eqflow data set (docs/design.md section 2): the plain mean, not the centre
+    // of mass.
     for (int64_t b = 0; b < opt.samples; ++b) {
         double* xb = x.data() + b * system.n * 3;
         for (int a = 0; a < 3; ++a) {

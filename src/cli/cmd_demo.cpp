@@ -87,6 +87,7 @@ int cmd_demo(Args& args) {
         note = " (eqot is not available in this build: falling back to ot)";
     }
     to.out_dir = dir + "/run";
+    to.overwrite = true;  // the demo's directory is its own: a rerun replaces it
     to.epochs = epochs;
     to.batch = batch;
     to.lr = lr;

@@ -28,6 +28,7 @@ int cmd_energy(Args& args) {
     Tensor<double> u(Shape{count}, device);
     energy_forces(system, xt.cview(), u.view(), {});
     const std::vector<double> uh = u.to_vector();
+    check_finite_output(uh, 1, "the energy", /*allow_plus_inf=*/true);
     write_npy(out, uh.data(), Shape{count});
     std::fprintf(stderr, "energy: %lld configurations of %s on %s -> %s\n",
                  static_cast<long long>(count), system.name.c_str(), device_name(device),

@@ -83,6 +83,8 @@ int cmd_field(Args& args) {
     }
     progress.finish();
     for (double& value : v) value *= scale;
+    check_finite_output(v, nd, "the field", /*allow_plus_inf=*/false);
+    if (!div_out.empty()) check_finite_output(div, 1, "the divergence", /*allow_plus_inf=*/false);
     save_configurations(out, v, count, c.n_particles, c.dim);
     if (!div_out.empty()) write_npy(div_out, div.data(), Shape{count});
     std::fprintf(

@@ -1,11 +1,14 @@
 // eqflow sample: samples of a trained flow with their exact log-density and importance weights.
+#include <cmath>
 #include <cstdio>
 
 #include "cli/cli_common.h"
 #include "cli/flow_cli.h"
+#include "eqflow/error.h"
 #include "eqflow/io.h"
 #include "eqflow/json.h"
 #include "eqflow/model_io.h"
+#include "eqflow/molecule_io.h"
 #include "eqflow/npy.h"
 #include "eqflow/systems.h"
 
@@ -15,7 +18,8 @@ const char* const kSampleUsage =
     "usage: eqflow sample --model RUN/model.safetensors --samples N --out-dir DIR\n"
     "                     [--seed K] [--system S] [--solver dopri5|rk4|euler] [--atol A]\n"
     "                     [--rtol R] [--steps STEPS] [--batch B] [--hutchinson PROBES]\n"
-    "                     [--threads P] [--device cpu|cuda] [--reference]\n\n"
+    "                     [--threads P] [--device cpu|cuda] [--format npy|pdb|dcd]\n"
+    "                     [--reference]\n\n"
     "Draws N samples from the flow (prior -> t = 1) with the exact log-density (the divergence\n"
     "by forward-mode tangents; --hutchinson makes it an estimate, and the output says so),\n"
     "reweights them to the Boltzmann distribution of the model's system (or --system S) and\n"
@@ -26,7 +30,10 @@ const char* const kSampleUsage =
     "(D-alanine) are mirrored and log q is the folded density (+ log 2); summary.json counts\n"
     "them. Positions are in the system's units. Defaults: dopri5, atol = rtol = 1e-4,\n"
     "--batch 256, --threads 0 (all cores). On the CPU the field is the fast float32 backend;\n"
-    "--reference uses the double-precision reference field (slower).\n";
+    "--reference uses the double-precision reference field (slower).\n"
+    "--format pdb|dcd (molecules, aldp): also DIR/samples.pdb (one MODEL per sample) or\n"
+    "DIR/samples.dcd with DIR/topology.pdb, in Angstrom, topology from the system's PDB, for\n"
+    "mdtraj, MDAnalysis or VMD; failed integrations are left out of the trajectory.\n";
 
 int cmd_sample(Args& args) {
     const std::string model_path = args.require("model");
@@ -37,7 +44,10 @@ int cmd_sample(Args& args) {
     const std::string system_name = args.get("system", "");
     FlowOptions fo = flow_options_from(args);
     const std::string device = args.get("device", "auto");
+    const std::string format = args.get("format", "npy");
     args.finish();
+    if (format != "npy" && format != "pdb" && format != "dcd")
+        throw UsageError{"--format must be npy, pdb or dcd, got '" + format + "'"};
     fo.device = resolve_device(device, "sampler", fo.reference);
 
     const EgnnModel model = load_model(model_path);
@@ -46,6 +56,14 @@ int cmd_sample(Args& args) {
                  "the model has " << model.config.n_particles << " particles in "
                                   << model.config.dim << " dimensions; " << system.name << " has "
                                   << system.n << " in " << system.d);
+    // A trajectory needs a topology: the system's PDB structure (molecules only).
+    PdbStructure topology;
+    if (format != "npy") {
+        EQFLOW_CHECK(system.name == "aldp",
+                     "--format " << format << " needs a molecular system with a topology (aldp); "
+                                 << system.name << " has none");
+        topology = aldp_structure();
+    }
     std::fprintf(stderr, "sample: %lld samples of %s, %s\n", static_cast<long long>(n_samples),
                  system.name.c_str(), describe(fo).c_str());
     Progress progress("sample", n_samples);
@@ -59,6 +77,20 @@ int cmd_sample(Args& args) {
                   static_cast<long long>(w.invalid));
     progress.finish(extra);
 
+    // A failed integration is a documented NaN row with zero weight (counted in summary.json);
+    // every other output must be finite, or +inf for an energy, -inf for a log weight.
+    std::vector<char> failed(static_cast<size_t>(s.count), 0);
+    int64_t n_failed = 0;
+    for (int64_t i = 0; i < s.count; ++i) {
+        failed[static_cast<size_t>(i)] = !std::isfinite(s.log_q[static_cast<size_t>(i)]);
+        n_failed += failed[static_cast<size_t>(i)];
+    }
+    EQFLOW_CHECK(n_failed < s.count, "every one of the " << s.count
+                                                         << " integrations failed (the field is "
+                                                            "not finite): nothing written");
+    check_finite_output(s.x, static_cast<int64_t>(system.n) * system.d, "the sample", false,
+                        &failed);
+    check_finite_output(u, 1, "the energy", /*allow_plus_inf=*/true, &failed);
     make_directories(out_dir);
     const int64_t D = static_cast<int64_t>(system.n) * system.d;
     write_npy(out_dir + "/x.npy", s.x.data(), Shape{s.count, D});
@@ -94,6 +126,22 @@ int cmd_sample(Args& args) {
         j["mirrored_fraction"] = static_cast<double>(mirrored) / static_cast<double>(s.count);
     }
     write_file_atomic(out_dir + "/summary.json", j.dump(2) + "\n");
+    if (format != "npy") {
+        std::vector<double> frames;
+        for (int64_t i = 0; i < s.count; ++i)
+            if (!failed[static_cast<size_t>(i)])
+                frames.insert(frames.end(), s.x.begin() + i * D, s.x.begin() + (i + 1) * D);
+        const int64_t kept = static_cast<int64_t>(frames.size()) / D;
+        if (format == "pdb") {
+            write_pdb_trajectory(out_dir + "/samples.pdb", topology, frames.data(), kept);
+        } else {
+            write_dcd(out_dir + "/samples.dcd", frames.data(), kept, system.n,
+                      "eqflow samples of " + system.name);
+            write_pdb_trajectory(out_dir + "/topology.pdb", topology, frames.data(), 1);
+        }
+        std::printf("trajectory: %lld samples in %s/samples.%s\n", static_cast<long long>(kept),
+                    out_dir.c_str(), format.c_str());
+    }
     std::printf(
         "ESS %.4f (%lld of %lld samples with zero weight)%s; wrote "
         "%s/{x,log_q,u,log_w,path_length}.npy and summary.json\n",

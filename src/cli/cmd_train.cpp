@@ -19,7 +19,7 @@ const char* const kTrainUsage =
     "                    [--sigma SIGMA] [--seed K] [--device cpu|cuda] [--resume]\n"
     "                    [--ema DECAY] [--val-fraction F] [--threads P] [--length-scale S]\n"
     "                    [--checkpoint-minutes M] [--log-every STEPS] [--stop-after STEPS]\n"
-    "                    [--reference]\n\n"
+    "                    [--overwrite] [--reference]\n\n"
     "Trains an EGNN vector field by flow matching on the configurations in train.npy\n"
     "(shape [N, n*d] or [N, n, d]; centred on load). Per step: a batch of data, prior samples,\n"
     "the coupling (fm: independent pairs, ot: minibatch OT, eqot: equivariant OT),\n"
@@ -30,8 +30,11 @@ const char* const kTrainUsage =
     "Writes RUN/model.safetensors (EMA weights when --ema is on), RUN/checkpoint.safetensors\n"
     "(model + optimiser state + step; atomically, every few minutes and at the end) and\n"
     "RUN/train_log.jsonl. --resume continues a run exactly as if it had never stopped (same\n"
-    "options and data required). Ctrl-C saves a checkpoint and exits (code 130); a second\n"
-    "Ctrl-C quits at once.\n"
+    "options and data required). Ctrl-C or SIGTERM saves a checkpoint and exits (code 130 or\n"
+    "143); a second one quits at once. A fresh run refuses a RUN/ that already holds a run\n"
+    "unless --overwrite (which replaces it); RUN/ is locked while training, so a second run\n"
+    "into it fails at once. The first checkpoint is written at step 0 and the next after at most\n"
+    "a minute.\n"
     "--stop-after STEPS stops at that step with a checkpoint (for resuming later).\n"
     "--length-scale S: the model works in units of S (data / S; the prior is N(0, 1) there).\n"
     "Default: 1 for dw4/lj (the paper's convention); for molecules (aldp, nm) the RMS coordinate\n"
@@ -46,11 +49,13 @@ const char* const kTrainUsage =
 
 namespace {
 std::atomic<bool> g_stop{false};
-// The first Ctrl-C asks for a checkpoint at the end of the current step; a second one (the
-// default action again) ends the program at once.
-extern "C" void on_sigint(int) {
+std::atomic<int> g_signal{0};
+// The first Ctrl-C (or SIGTERM, as sent by `kill` and job schedulers) asks for a checkpoint at
+// the end of the current step; a second one (the default action again) ends the program at once.
+extern "C" void on_stop_signal(int sig) {
+    g_signal.store(sig);
     g_stop.store(true);
-    std::signal(SIGINT, SIG_DFL);
+    std::signal(sig, SIG_DFL);
 }
 }  // namespace
 
@@ -70,6 +75,7 @@ int cmd_train(Args& args) {
     opt.sigma = args.get_double("sigma", opt.sigma);
     opt.seed = static_cast<uint64_t>(args.get_int("seed", 0));
     opt.resume = args.flag("resume");
+    opt.overwrite = args.flag("overwrite");
     opt.ema_decay = args.get_double("ema", 0.0);
     opt.validation_fraction = args.get_double("val-fraction", opt.validation_fraction);
     opt.threads = static_cast<int>(args.get_int("threads", 0));
@@ -107,8 +113,14 @@ int cmd_train(Args& args) {
                  objective.c_str(), device_name(opt.device));
 
     g_stop.store(false);
+    g_signal.store(0);
     opt.stop = &g_stop;
-    auto previous = std::signal(SIGINT, on_sigint);
+    auto previous = std::signal(SIGINT, on_stop_signal);
+    auto previous_term = std::signal(SIGTERM, on_stop_signal);
+    const auto restore = [&] {
+        std::signal(SIGINT, previous);
+        std::signal(SIGTERM, previous_term);
+    };
     Progress progress("train", 1);
     int64_t total_seen = 0;
     double last_val = std::nan("");
@@ -126,10 +138,10 @@ int cmd_train(Args& args) {
     try {
         r = train_flow_matching(opt, x, count, system.n, system.d);
     } catch (...) {
-        std::signal(SIGINT, previous);
+        restore();
         throw;
     }
-    std::signal(SIGINT, previous);
+    restore();
     char extra[160];
     std::snprintf(extra, sizeof extra, "loss %.4f, validation loss %.4f, %lld skipped steps",
                   r.last_loss, r.validation_loss, static_cast<long long>(r.skipped));
@@ -140,7 +152,8 @@ int cmd_train(Args& args) {
             "(continue with --resume)\n",
             static_cast<long long>(r.step), static_cast<long long>(r.total_steps),
             opt.out_dir.c_str());
-        return g_stop.load() ? 130 : 0;
+        // 128 + the signal, as the shell reports a process that the signal ended.
+        return g_stop.load() ? 128 + (g_signal.load() ? g_signal.load() : SIGINT) : 0;
     }
     progress.finish(extra);
     std::fprintf(stderr,

@@ -13,6 +13,10 @@
 #include "eqflow/device.h"
 #include "eqflow/error.h"
 
+#ifndef EQFLOW_VERSION_STRING  // set by CMake from project(VERSION)
+#define EQFLOW_VERSION_STRING "unknown"
+#endif
+
 namespace eqflow::cli {
 
 const std::vector<Command>& commands() {
@@ -37,7 +41,7 @@ void print_main_help() {
     std::printf(
         "eqflow: equivariant flow matching for Boltzmann generators\n\n"
         "usage: eqflow <command> [options]    (eqflow <command> --help for its "
-        "options)\n\ncommands:\n");
+        "options)\n       eqflow --version\n\ncommands:\n");
     for (const Command& c : commands()) std::printf("  %-8s %s\n", c.name, c.summary);
     std::printf("\nGPU: %s\n", cuda_status().c_str());
 }
@@ -48,6 +52,10 @@ int run(int argc, char** argv) {
         !std::strcmp(argv[1], "help")) {
         print_main_help();
         return argc < 2 ? 2 : 0;
+    }
+    if (!std::strcmp(argv[1], "--version")) {
+        std::printf("eqflow %s\n", EQFLOW_VERSION_STRING);
+        return 0;
     }
     const std::string name = argv[1];
     const Command* cmd = nullptr;
@@ -66,13 +74,14 @@ int run(int argc, char** argv) {
         return cmd->run(args);
     } catch (const UsageError& e) {
         std::fprintf(stderr, "eqflow %s: %s (see eqflow %s --help)\n", name.c_str(),
-                     e.message.c_str(), name.c_str());
+                     detail::escape_control(e.message).c_str(), name.c_str());
         return 2;
     } catch (const Error& e) {
         std::fprintf(stderr, "eqflow %s: error: %s\n", name.c_str(), e.what());
         return 1;
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "eqflow %s: error: %s\n", name.c_str(), e.what());
+        std::fprintf(stderr, "eqflow %s: error: %s\n", name.c_str(),
+                     detail::escape_control(e.what()).c_str());
         return 1;
     }
 }

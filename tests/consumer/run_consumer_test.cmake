@@ -21,3 +21,16 @@ execute_process(COMMAND ${WORK_DIR}/build/consumer RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "the consumer failed (${rc})")
 endif()
+# Move the install somewhere else: the library must find its data beside itself, not in the
+# source tree or the prefix it was configured for.
+set(moved ${WORK_DIR}/moved)
+file(RENAME ${prefix} ${moved})
+file(GLOB_RECURSE _libs LIST_DIRECTORIES false ${moved}/*/libeqflow.so*)
+list(GET _libs 0 _lib)
+get_filename_component(_libdir ${_lib} DIRECTORY)
+execute_process(COMMAND ${CMAKE_COMMAND} -E env --unset=EQFLOW_DATA_DIR LD_LIBRARY_PATH=${_libdir}
+                        ${WORK_DIR}/build/consumer ${moved}/
+                RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "the consumer of the moved install failed (${rc})")
+endif()

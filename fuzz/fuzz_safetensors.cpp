@@ -1,0 +1,19 @@
+// libFuzzer target: the safetensors reader and the EGNN model built from its metadata and
+// tensors. Every input must give a model or an eqflow::Error, in bounded time and memory.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "eqflow/error.h"
+#include "eqflow/model_io.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    const std::string bytes(reinterpret_cast<const char*>(data), size);
+    try {
+        const eqflow::SafetensorsFile f = eqflow::parse_safetensors(bytes, "fuzz.safetensors");
+        const eqflow::EgnnModel m = eqflow::egnn_model_from_safetensors(f, "fuzz.safetensors");
+        if (m.params.empty()) __builtin_trap();
+    } catch (const eqflow::Error&) {
+    }
+    return 0;
+}
