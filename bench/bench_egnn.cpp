@@ -1,6 +1,6 @@
 // The EGNN vector field on the CPU reference path (double, one thread): forward, backward and
-// the exact divergence at the DW4, LJ13 and LJ55 default sizes (docs/design.md section 4). These are
-// the baseline the CUDA kernels are measured against. Reported: `per_sample` (CPU seconds per
+// the exact divergence at the DW4, LJ13 and LJ55 default sizes (docs/design.md section 4). These
+// are the baseline the CUDA kernels are measured against. Reported: `per_sample` (CPU seconds per
 // configuration) and an estimated FLOP/s.
 //
 // FLOP model (multiply-adds count 2), per sample and layer:

@@ -36,8 +36,7 @@ struct Setup {
 Setup make(const std::string& name, int64_t B) {
     const eqflow::System s = eqflow::make_system(name);
     Setup st;
-    st.model.config = eqflow::default_egnn_config(name, s.n, s.d);
-    st.model.params = eqflow::egnn_init_parameters(st.model.config, 1);
+    st.model = eqflow::bench::benchmark_model(name);
     std::mt19937_64 gen(2);
     std::normal_distribution<float> dist(0.0f, 1.0f);
     std::vector<float> x(static_cast<size_t>(B * s.n * s.d)), t(static_cast<size_t>(B)),
@@ -59,10 +58,7 @@ Setup make(const std::string& name, int64_t B) {
 enum class Op { forward, backward, divergence };
 
 void run(benchmark::State& state, const char* name, Op op) {
-    if (!eqflow::cuda_available()) {
-        state.SkipWithError(("no GPU: " + eqflow::cuda_status()).c_str());
-        return;
-    }
+    if (eqflow::bench::skip_without_gpu(state)) return;
     const int64_t B = state.range(0);
     Setup st = make(name, B);
     const std::unique_ptr<eqflow::Field<float>> gpu = eqflow::make_cuda_field(st.model);
@@ -121,15 +117,10 @@ void BM_EgnnDivergence_CUDA(benchmark::State& s, const char* name) {
 // One training step on the device; data: N(0, 1) configurations (the step's cost does not
 // depend on their distribution), 4 batches' worth.
 void BM_TrainStep_CUDA(benchmark::State& state, const char* name, eqflow::CouplingKind kind) {
-    if (!eqflow::cuda_available()) {
-        state.SkipWithError(("no GPU: " + eqflow::cuda_status()).c_str());
-        return;
-    }
+    if (eqflow::bench::skip_without_gpu(state)) return;
     const int64_t B = state.range(0);
     const eqflow::System s = eqflow::make_system(name);
-    eqflow::EgnnModel model;
-    model.config = eqflow::default_egnn_config(name, s.n, s.d);
-    model.params = eqflow::egnn_init_parameters(model.config, 1);
+    const eqflow::EgnnModel model = eqflow::bench::benchmark_model(name);
     std::mt19937_64 gen(3);
     std::normal_distribution<double> dist(0.0, 1.0);
     const int64_t count = 4 * B;
@@ -156,26 +147,25 @@ void BM_TrainStep_CUDA(benchmark::State& state, const char* name, eqflow::Coupli
 
 }  // namespace
 
-BENCHMARK_CAPTURE(BM_TrainStep_CUDA, dw4_fm, "dw4", eqflow::CouplingKind::fm)
-    ->Arg(256)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_TrainStep_CUDA, dw4_eqot, "dw4", eqflow::CouplingKind::eqot)
-    ->Arg(256)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_TrainStep_CUDA, lj13_fm, "lj13", eqflow::CouplingKind::fm)
-    ->Arg(256)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_TrainStep_CUDA, lj13_eqot, "lj13", eqflow::CouplingKind::eqot)
-    ->Arg(256)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_TrainStep_CUDA, lj55_fm, "lj55", eqflow::CouplingKind::fm)
-    ->Arg(256)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
+// BM_TrainStep_CUDA/<system>_<coupling>/256/real_time, from a table.
+const bool kTrainStepBenchmarks = [] {
+    struct Case {
+        const char* name;
+        const char* system;
+        eqflow::CouplingKind kind;
+    };
+    for (const Case& c : {Case{"dw4_fm", "dw4", eqflow::CouplingKind::fm},
+                          Case{"dw4_eqot", "dw4", eqflow::CouplingKind::eqot},
+                          Case{"lj13_fm", "lj13", eqflow::CouplingKind::fm},
+                          Case{"lj13_eqot", "lj13", eqflow::CouplingKind::eqot},
+                          Case{"lj55_fm", "lj55", eqflow::CouplingKind::fm}})
+        benchmark::RegisterBenchmark((std::string("BM_TrainStep_CUDA/") + c.name).c_str(),
+                                     BM_TrainStep_CUDA, c.system, c.kind)
+            ->Arg(256)
+            ->UseRealTime()
+            ->Unit(benchmark::kMillisecond);
+    return true;
+}();
 
 #define EQFLOW_EGNN_BENCH(fn)            \
     BENCHMARK_CAPTURE(fn, dw4, "dw4")    \

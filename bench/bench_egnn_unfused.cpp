@@ -21,15 +21,10 @@
 namespace {
 
 void BM_EgnnForward_Unfused(benchmark::State& state, const char* name) {
-    if (!eqflow::cuda_available()) {
-        state.SkipWithError(("no GPU: " + eqflow::cuda_status()).c_str());
-        return;
-    }
+    if (eqflow::bench::skip_without_gpu(state)) return;
     const int64_t B = state.range(0);
     const eqflow::System s = eqflow::make_system(name);
-    eqflow::EgnnModel model;
-    model.config = eqflow::default_egnn_config(name, s.n, s.d);
-    model.params = eqflow::egnn_init_parameters(model.config, 1);
+    const eqflow::EgnnModel model = eqflow::bench::benchmark_model(name);
     // The inputs of bench_egnn_gpu's Setup: N(0, 1) coordinates from mt19937_64(2), t = b / B.
     std::mt19937_64 gen(2);
     std::normal_distribution<float> dist(0.0f, 1.0f);

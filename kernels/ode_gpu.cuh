@@ -9,8 +9,8 @@
 
 #include <cstdint>
 
-#include "eqflow/device.h"
 #include "common/ode_step.h"
+#include "eqflow/device.h"
 
 namespace eqflow::cuda {
 

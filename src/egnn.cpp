@@ -51,6 +51,13 @@ void validate_egnn_config(const EgnnConfig& c) {
     }
 }
 
+void validate_egnn_model(const EgnnModel& model) {
+    validate_egnn_config(model.config);
+    EQFLOW_CHECK(static_cast<int64_t>(model.params.size()) == egnn_parameter_count(model.config),
+                 "EGNN model: " << model.params.size() << " parameters, the configuration has "
+                                << egnn_parameter_count(model.config));
+}
+
 std::vector<ParamEntry> egnn_parameter_layout(const EgnnConfig& c) {
     validate_egnn_config(c);
     const int64_t H = c.hidden, F = c.in_features();
@@ -249,13 +256,12 @@ void egnn_jacobian(const EgnnConfig& c, const double* params, int64_t B, const d
                    const double* t, double* jac) {
     check_call(c, params, B, x, t, "egnn_jacobian");
     EQFLOW_CHECK(B == 0 || jac != nullptr, "egnn_jacobian: no output");
-    const EgnnOffsets off = egnn_offsets(c);
+    // Forward mode along the n*d unit directions, one sample at a time: vdot[q][p] = dv_p/dx_q.
     const int nd = c.n_particles * c.dim;
     const std::vector<double> eye = cpu::egnn_unit_tangents(nd);
     std::vector<double> vdot(eye.size());
     for (int64_t b = 0; b < B; ++b) {
-        cpu::egnn_jvp_one(c, off, params, x + b * nd, t[b], nd, eye.data(), nullptr, vdot.data());
-        // vdot[q][p] = dv_p / dx_q  ->  jac[p][q]
+        egnn_jvp(c, params, 1, x + b * nd, t + b, nd, eye.data(), nullptr, vdot.data());
         double* J = jac + b * static_cast<int64_t>(nd) * nd;
         for (int p = 0; p < nd; ++p)
             for (int q = 0; q < nd; ++q)

@@ -110,10 +110,7 @@ class CudaEgnnField final : public Field<float> {
 
 std::unique_ptr<Field<float>> make_cuda_field(const EgnnModel& model) {
     EQFLOW_CHECK(cuda_available(), "the GPU EGNN needs a GPU, but " << cuda_status());
-    validate_egnn_config(model.config);
-    EQFLOW_CHECK(static_cast<int64_t>(model.params.size()) == egnn_parameter_count(model.config),
-                 "EGNN model: " << model.params.size() << " parameters, the configuration has "
-                                << egnn_parameter_count(model.config));
+    validate_egnn_model(model);
 #if defined(EQFLOW_HAVE_CUDA)
     return std::make_unique<CudaEgnnField>(model);
 #else

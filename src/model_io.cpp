@@ -185,10 +185,8 @@ SafeTensor SafeTensor::f32(std::string name, Shape shape, std::vector<double> va
 }
 
 SafeTensor SafeTensor::i64(std::string name, Shape shape, std::vector<int64_t> ints) {
-    SafeTensor t;
-    t.name = std::move(name);
+    SafeTensor t = f64(std::move(name), std::move(shape), {});
     t.dtype = SafetensorsDtype::i64;
-    t.shape = std::move(shape);
     t.ints = std::move(ints);
     return t;
 }

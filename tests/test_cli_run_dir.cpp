@@ -14,10 +14,7 @@
 namespace eqflow {
 namespace {
 
-using test::exists;
-using test::Result;
-using test::run;
-using test::sh;
+using test::sh;  // run, exists and Result come with the fixture
 
 class CliRunDir : public test::TempDirTest {
   protected:

@@ -25,10 +25,11 @@
 // whose principal moments are not degenerate). From each start it alternates Hungarian (on the
 // rotated x1_j) and Kabsch for up to `refine_iterations` further rounds while the particle
 // assignment changes (no round can raise the cost), and keeps the lowest aligned cost. Safety
-// net: should that cost exceed the unaligned |x0_i - x1_j|^2, docs/design.md's identity start joins the
-// search, so M_ij <= C_ij always and eqot's total cost is never larger than ot's (on random
+// net: should that cost exceed the unaligned |x0_i - x1_j|^2, docs/design.md's identity start joins
+// the search, so M_ij <= C_ij always and eqot's total cost is never larger than ot's (on random
 // inputs the net practically never triggers, and invariance is kept). frame_starts = false gives
-// docs/design.md's recipe exactly (identity start; with refine_iterations = 0, one Hungarian + Kabsch).
+// docs/design.md's recipe exactly (identity start; with refine_iterations = 0, one Hungarian +
+// Kabsch).
 //
 // Backends: CPU views (host memory, e.g. the trainer's double arrays) run the plain reference in
 // double (the B^2 eqot pair alignments spread over `threads` threads of the pool; the result does

@@ -115,6 +115,10 @@ struct EgnnModel {
 template <class T>
 class Field;
 
+// validate_egnn_config, and the parameter count against the configuration's (every backend's
+// factory calls it).
+EQFLOW_API void validate_egnn_model(const EgnnModel& model);
+
 // The backends of the field interface (eqflow/field.h) for an EGNN model; each holds its own copy
 // of the parameters. The CPU reference: double, plain loops, rows in fixed chunks over up to
 // `threads` threads of the pool (0: all; results do not depend on it). The fast CPU backend:

@@ -140,10 +140,7 @@ class ReferenceEgnnField final : public Field<double> {
 }  // namespace
 
 std::unique_ptr<Field<double>> make_reference_field(const EgnnModel& model, int threads) {
-    validate_egnn_config(model.config);
-    EQFLOW_CHECK(static_cast<int64_t>(model.params.size()) == egnn_parameter_count(model.config),
-                 "EGNN model: " << model.params.size() << " parameters, the configuration has "
-                                << egnn_parameter_count(model.config));
+    validate_egnn_model(model);
     return std::make_unique<ReferenceEgnnField>(model, threads);
 }
 
