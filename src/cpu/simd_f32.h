@@ -100,11 +100,14 @@ inline vf vdsilu(vf z) {
     return s * (1.0f + z * (1.0f - s));
 }
 
-// ---- C = A Bt (+ bias or + C) ----------------------------------------------------------------
+// ---- small matrix products: C = A Bt (+ bias or + C), and C += A^T B ---------------------------
+// One register-tiled kernel for both: A is read through two strides, A(r, k) = A[r a_rs + k a_ks]
+// (a_ks = 1: A row-major [rows][K]; a_rs = 1: A^T of a row-major [K][rows]), Bt is [K][N]
+// row-major, C [rows][N]; N is a multiple of kLanes.
 
 template <int NV, int R>
-inline void gemm_tile(int K, const float* A, int64_t lda, const float* Bt, int64_t ldb,
-                      const float* bias, bool accumulate, float* C, int64_t ldc) {
+inline void product_tile(int K, const float* A, int64_t a_rs, int64_t a_ks, const float* Bt,
+                         int64_t ldb, const float* bias, bool accumulate, float* C, int64_t ldc) {
     vf acc[R][NV];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
@@ -118,7 +121,7 @@ inline void gemm_tile(int K, const float* A, int64_t lda, const float* Bt, int64
         for (int v = 0; v < NV; ++v) b[v] = load(Bt + k * ldb + v * kLanes);
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
-            const vf a = splat(A[r * lda + k]);
+            const vf a = splat(A[r * a_rs + k * a_ks]);
 #pragma GCC unroll 8
             for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
         }
@@ -136,118 +139,67 @@ constexpr int tile_rows() {
 }
 
 template <int NV>
-inline void gemm_fixed(int rows, int K, const float* A, int64_t lda, const float* Bt, int64_t ldb,
-                       const float* bias, bool accumulate, float* C, int64_t ldc) {
+inline void product_fixed(int rows, int K, const float* A, int64_t a_rs, int64_t a_ks,
+                          const float* Bt, int64_t ldb, const float* bias, bool accumulate,
+                          float* C, int64_t ldc) {
     constexpr int R = tile_rows<NV>();
     int r = 0;
     for (; r + R <= rows; r += R)
-        gemm_tile<NV, R>(K, A + r * lda, lda, Bt, ldb, bias, accumulate, C + r * ldc, ldc);
+        product_tile<NV, R>(K, A + r * a_rs, a_rs, a_ks, Bt, ldb, bias, accumulate, C + r * ldc,
+                            ldc);
     // The remaining rows in tiles of 4, 2, 1 (each k's Bt row is loaded once per tile).
     if (R > 4 && r + 4 <= rows) {
-        gemm_tile<NV, 4>(K, A + r * lda, lda, Bt, ldb, bias, accumulate, C + r * ldc, ldc);
+        product_tile<NV, 4>(K, A + r * a_rs, a_rs, a_ks, Bt, ldb, bias, accumulate, C + r * ldc,
+                            ldc);
         r += 4;
     }
     if (R > 2 && r + 2 <= rows) {
-        gemm_tile<NV, 2>(K, A + r * lda, lda, Bt, ldb, bias, accumulate, C + r * ldc, ldc);
+        product_tile<NV, 2>(K, A + r * a_rs, a_rs, a_ks, Bt, ldb, bias, accumulate, C + r * ldc,
+                            ldc);
         r += 2;
     }
     for (; r < rows; ++r)
-        gemm_tile<NV, 1>(K, A + r * lda, lda, Bt, ldb, bias, accumulate, C + r * ldc, ldc);
+        product_tile<NV, 1>(K, A + r * a_rs, a_rs, a_ks, Bt, ldb, bias, accumulate, C + r * ldc,
+                            ldc);
 }
 
 // Any width N (a multiple of kLanes): runs of up to 8 vectors.
-inline void gemm(int rows, int N, int K, const float* A, int64_t lda, const float* Bt, int64_t ldb,
-                 const float* bias, bool accumulate, float* C, int64_t ldc) {
+inline void product(int rows, int N, int K, const float* A, int64_t a_rs, int64_t a_ks,
+                    const float* Bt, int64_t ldb, const float* bias, bool accumulate, float* C,
+                    int64_t ldc) {
     for (int o = 0; o < N; o += 8 * kLanes) {
         const int nv = (N - o) / kLanes < 8 ? (N - o) / kLanes : 8;
         const float* b = bias ? bias + o : nullptr;
         switch (nv) {
-#define EQFLOW_GEMM_CASE(V)                                                     \
-    case V:                                                                     \
-        gemm_fixed<V>(rows, K, A, lda, Bt + o, ldb, b, accumulate, C + o, ldc); \
+#define EQFLOW_PRODUCT_CASE(V)                                                            \
+    case V:                                                                               \
+        product_fixed<V>(rows, K, A, a_rs, a_ks, Bt + o, ldb, b, accumulate, C + o, ldc); \
         break;
-            EQFLOW_GEMM_CASE(1)
-            EQFLOW_GEMM_CASE(2)
-            EQFLOW_GEMM_CASE(3)
-            EQFLOW_GEMM_CASE(4)
-            EQFLOW_GEMM_CASE(5)
-            EQFLOW_GEMM_CASE(6)
-            EQFLOW_GEMM_CASE(7)
-            EQFLOW_GEMM_CASE(8)
-#undef EQFLOW_GEMM_CASE
+            EQFLOW_PRODUCT_CASE(1)
+            EQFLOW_PRODUCT_CASE(2)
+            EQFLOW_PRODUCT_CASE(3)
+            EQFLOW_PRODUCT_CASE(4)
+            EQFLOW_PRODUCT_CASE(5)
+            EQFLOW_PRODUCT_CASE(6)
+            EQFLOW_PRODUCT_CASE(7)
+            EQFLOW_PRODUCT_CASE(8)
+#undef EQFLOW_PRODUCT_CASE
             default:
                 break;
         }
     }
 }
 
-// ---- C += A^T B ------------------------------------------------------------------------------
-
-template <int NV, int R>
-inline void gemm_tn_tile(int E, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
-                         int64_t ldc) {
-    vf acc[R][NV];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) acc[r][v] = load(C + r * ldc + v * kLanes);
-    for (int e = 0; e < E; ++e) {
-        vf b[NV];
-#pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) b[v] = load(B + e * ldb + v * kLanes);
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-            const vf a = splat(A[e * lda + r]);
-#pragma GCC unroll 8
-            for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) store(C + r * ldc + v * kLanes, acc[r][v]);
+// C [rows][N] = A [rows][K] Bt [K][N] + bias, or += when `accumulate`.
+inline void gemm(int rows, int N, int K, const float* A, int64_t lda, const float* Bt, int64_t ldb,
+                 const float* bias, bool accumulate, float* C, int64_t ldc) {
+    product(rows, N, K, A, lda, 1, Bt, ldb, bias, accumulate, C, ldc);
 }
 
-template <int NV>
-inline void gemm_tn_fixed(int E, int K, const float* A, int64_t lda, const float* B, int64_t ldb,
-                          float* C, int64_t ldc) {
-    constexpr int R = tile_rows<NV>();
-    int k = 0;
-    for (; k + R <= K; k += R) gemm_tn_tile<NV, R>(E, A + k, lda, B, ldb, C + k * ldc, ldc);
-    if (R > 4 && k + 4 <= K) {
-        gemm_tn_tile<NV, 4>(E, A + k, lda, B, ldb, C + k * ldc, ldc);
-        k += 4;
-    }
-    if (R > 2 && k + 2 <= K) {
-        gemm_tn_tile<NV, 2>(E, A + k, lda, B, ldb, C + k * ldc, ldc);
-        k += 2;
-    }
-    for (; k < K; ++k) gemm_tn_tile<NV, 1>(E, A + k, lda, B, ldb, C + k * ldc, ldc);
-}
-
-// C [K][N] += sum_e A[e][k] B[e][o], e < E; N a multiple of kLanes.
+// C [K][N] += sum_e A[e][k] B[e][o], e < E.
 inline void gemm_tn(int E, int K, int N, const float* A, int64_t lda, const float* B, int64_t ldb,
                     float* C, int64_t ldc) {
-    for (int o = 0; o < N; o += 8 * kLanes) {
-        const int nv = (N - o) / kLanes < 8 ? (N - o) / kLanes : 8;
-        switch (nv) {
-#define EQFLOW_GEMM_TN_CASE(V)                                  \
-    case V:                                                     \
-        gemm_tn_fixed<V>(E, K, A, lda, B + o, ldb, C + o, ldc); \
-        break;
-            EQFLOW_GEMM_TN_CASE(1)
-            EQFLOW_GEMM_TN_CASE(2)
-            EQFLOW_GEMM_TN_CASE(3)
-            EQFLOW_GEMM_TN_CASE(4)
-            EQFLOW_GEMM_TN_CASE(5)
-            EQFLOW_GEMM_TN_CASE(6)
-            EQFLOW_GEMM_TN_CASE(7)
-            EQFLOW_GEMM_TN_CASE(8)
-#undef EQFLOW_GEMM_TN_CASE
-            default:
-                break;
-        }
-    }
+    product(K, N, E, A, 1, lda, B, ldb, nullptr, true, C, ldc);
 }
 
 }  // namespace eqflow::cpu::simd
