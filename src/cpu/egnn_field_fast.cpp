@@ -76,6 +76,21 @@ constexpr float kNormEps = 1e-8f;      // docs/design.md section 4: sqrt(r_ij + 
 // from memory and recomputes them per layer instead, which is faster there.
 constexpr size_t kEdgeTapeBytes = 4u << 20;
 
+// One row of an edge MLP's SiLU: sig = sigmoid(z), act = z sig over Hp units (both kept for
+// the backward), and returns w . act (the attention logit or the coordinate weight, before its
+// bias or tanh).
+inline float silu_dot(int Hp, const float* z, const float* w, float* sig, float* act) {
+    vf dot = vf{};
+    for (int o = 0; o < Hp; o += kLanes) {
+        const vf zo = simd::load(z + o);
+        const vf sg = simd::vsigmoid(zo);
+        simd::store(sig + o, sg);
+        simd::store(act + o, zo * sg);
+        dot += zo * sg * simd::load(w + o);
+    }
+    return simd::hsum(dot);
+}
+
 int64_t chunk_count(int64_t B) {
     return (B + kChunkRows - 1) / kChunkRows;
 }
@@ -390,18 +405,8 @@ void edge_block_forward(const Net& net, const LayerPack& lp, int64_t e0, int m, 
     const float* wa = net.at(lp.wa);
     const float ba = net.at(lp.ba)[0];
     for (int e = 0; e < m; ++e) {
-        const float* z2 = s.Z2 + static_cast<int64_t>(e) * Hp;
-        float* mm = s.Mm + static_cast<int64_t>(e) * Hp;
-        float* g2 = s.G2 + static_cast<int64_t>(e) * Hp;
-        vf za = vf{};
-        for (int o = 0; o < Hp; o += kLanes) {
-            const vf z = simd::load(z2 + o);
-            const vf sg = simd::vsigmoid(z);
-            simd::store(g2 + o, sg);
-            simd::store(mm + o, z * sg);
-            za += z * sg * simd::load(wa + o);
-        }
-        tmp[e] = simd::hsum(za) + ba;
+        const int64_t row = static_cast<int64_t>(e) * Hp;
+        tmp[e] = silu_dot(Hp, s.Z2 + row, wa, s.G2 + row, s.Mm + row) + ba;
     }
     for (int e = 0; e < kEdgeBlock; e += kLanes) {
         const vf g = D.attention ? simd::vsigmoid(simd::load(tmp + e)) : simd::splat(1.0f);
@@ -417,18 +422,8 @@ void edge_block_forward(const Net& net, const LayerPack& lp, int64_t e0, int m, 
     simd::gemm(m, Hp, D.H, s.Me, Hp, net.at(lp.wc1T), Hp, net.at(lp.bc1), false, s.Zc, Hp);
     const float* wc2 = net.at(lp.wc2);
     for (int e = 0; e < m; ++e) {
-        const float* zc = s.Zc + static_cast<int64_t>(e) * Hp;
-        float* sc = s.Sc + static_cast<int64_t>(e) * Hp;
-        float* gc = s.Gc + static_cast<int64_t>(e) * Hp;
-        vf c = vf{};
-        for (int o = 0; o < Hp; o += kLanes) {
-            const vf z = simd::load(zc + o);
-            const vf sg = simd::vsigmoid(z);
-            simd::store(gc + o, sg);
-            simd::store(sc + o, z * sg);
-            c += z * sg * simd::load(wc2 + o);
-        }
-        tmp[e] = simd::hsum(c);
+        const int64_t row = static_cast<int64_t>(e) * Hp;
+        tmp[e] = silu_dot(Hp, s.Zc + row, wc2, s.Gc + row, s.Sc + row);
     }
     if (D.tanh) {
         alignas(64) float th[kEdgeBlock];
