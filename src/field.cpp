@@ -6,7 +6,7 @@ namespace eqflow {
 const char* field_op_name(FieldOp op) {
     // In the order of the enum.
     static const char* const kNames[] = {"field forward", "field backward", "field divergence",
-                                         "field jvp_trace"};
+                                         "field jvp_trace", "field divergence_backward"};
     return kNames[static_cast<int>(op)];
 }
 

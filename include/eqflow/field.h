@@ -10,6 +10,11 @@
 //               all n*d unit directions sharing one primal pass
 //   jvp_trace   v (optional) and trace[b] = (1/K) sum_k dirs[b][k] . (J_v(x_b) dirs[b][k]) for K
 //               given directions dirs [B][K][n][d] (Hutchinson's estimate with random ones)
+//   divergence_backward
+//               reverse mode of the exact divergence (likelihood training differentiates through
+//               it): dL_dparams += sum_b g[b] d div_b / dparams, dL_dx[b] = g[b] d div_b / dx_b
+//               (optional). Second derivatives of v: a backend that does not provide them
+//               throws (supports_divergence_backward() says so up front).
 // Gradient contract: parameter gradients ACCUMULATE, input gradients OVERWRITE.
 //
 // Scratch memory belongs to the caller (CUB's two-step pattern): workspace_bytes(op, B, K) says
@@ -35,7 +40,7 @@
 
 namespace eqflow {
 
-enum class FieldOp { forward, backward, divergence, jvp_trace };
+enum class FieldOp { forward, backward, divergence, jvp_trace, divergence_backward };
 
 EQFLOW_API const char* field_op_name(FieldOp op);
 
@@ -115,6 +120,25 @@ class EQFLOW_API Field {
         if (x.size(0) > 0) do_jvp_trace(x, t, dirs, v, trace, workspace, stream);
     }
 
+    // Reverse mode of the exact divergence for an upstream gradient dL_ddiv [B] (see above).
+    void divergence_backward(TensorView<const T> x, TensorView<const T> t,
+                             TensorView<const T> dL_ddiv, TensorView<T> dL_dparams,
+                             TensorView<T> dL_dx, TensorView<unsigned char> workspace,
+                             Stream stream = nullptr) {
+        check_batch(x, t, "divergence_backward");
+        EQFLOW_CHECK(supports_divergence_backward(),
+                     "divergence_backward: this backend has no second derivatives (likelihood "
+                     "training needs them; use a backend that has, e.g. --reference)");
+        check_in(dL_ddiv, Shape{x.size(0)}, "dL_ddiv");
+        check_out(dL_dparams, Shape{parameter_count_}, "dL_dparams");
+        if (dL_dx.defined()) check_out(dL_dx, x.shape, "dL_dx");
+        check_workspace(workspace, FieldOp::divergence_backward, x.size(0), 0);
+        if (x.size(0) > 0)
+            do_divergence_backward(x, t, dL_ddiv, dL_dparams, dL_dx, workspace, stream);
+    }
+    // Whether divergence_backward is implemented by this backend.
+    virtual bool supports_divergence_backward() const { return false; }
+
   protected:
     Field(int n, int d, int64_t parameter_count, Device device)
         : n_(n), d_(d), parameter_count_(parameter_count), device_(device) {}
@@ -133,6 +157,12 @@ class EQFLOW_API Field {
     virtual void do_jvp_trace(TensorView<const T> x, TensorView<const T> t,
                               TensorView<const T> dirs, TensorView<T> v, TensorView<T> trace,
                               TensorView<unsigned char> ws, Stream stream) = 0;
+    // Backends with second derivatives override this and supports_divergence_backward().
+    virtual void do_divergence_backward(TensorView<const T>, TensorView<const T>,
+                                        TensorView<const T>, TensorView<T>, TensorView<T>,
+                                        TensorView<unsigned char>, Stream) {
+        EQFLOW_THROW("divergence_backward is not implemented by this backend");
+    }
 
   private:
     template <class U>

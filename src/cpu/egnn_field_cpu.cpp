@@ -51,6 +51,7 @@ class ReferenceEgnnField final : public Field<double> {
             case FieldOp::jvp_trace:
                 return static_cast<size_t>(B * K * nd) * sizeof(double);
             case FieldOp::forward:
+            case FieldOp::divergence_backward:
                 break;
         }
         return 0;
