@@ -2,7 +2,8 @@
 // reference against a brute-force sum and against finite differences of its pair potential;
 // E(n) and permutation equivariance and the mean-free property; every reverse and forward mode
 // (backward, divergence, jvp_trace, divergence_backward) against finite differences and against
-// each other; the float32 backend against the reference; thread-count independence; edge cases.
+// each other; the float32 backend against the reference; thread-count independence; edge cases;
+// model files.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,8 +14,11 @@
 #include <string>
 #include <vector>
 
+#include "cli_test_util.h"  // TempDirTest
 #include "eqflow/field.h"
+#include "eqflow/flow_model.h"
 #include "eqflow/kernel_dynamics.h"
+#include "eqflow/model_io.h"
 #include "test_util.h"
 
 namespace eqflow {
@@ -651,6 +655,89 @@ TEST(KernelField, EmptyBatchAndCoincidentParticles) {
     for (double value : gp) EXPECT_TRUE(std::isfinite(value));
     const std::vector<double> dirs = {1, 0, 0, 1, 0, 0, 0, 0};
     EXPECT_TRUE(std::isfinite(h.jvp_trace(x, t, dirs, 1)[0]));
+}
+
+// ---- model files --------------------------------------------------------------------------------
+
+class KernelModelFile : public test::TempDirTest {};
+
+TEST_F(KernelModelFile, RoundTripDispatchAndErrors) {
+    KernelModel m = random_kernel_model("lj13", 13, 3, 22);
+    m.config.length_scale = 0.37;
+    save_model(file("kernel.safetensors"), FlowModel(m));
+    const FlowModel back = load_flow_model(file("kernel.safetensors"));
+    ASSERT_EQ(back.kind, FieldKind::kernel);
+    EXPECT_EQ(back.params, m.params);
+    EXPECT_EQ(back.kernel_config.radial_centres, m.config.radial_centres);
+    EXPECT_EQ(back.kernel_config.radial_widths, m.config.radial_widths);
+    EXPECT_EQ(back.kernel_config.time_centres, m.config.time_centres);
+    EXPECT_EQ(back.kernel_config.time_width, m.config.time_width);
+    EXPECT_EQ(back.kernel_config.length_scale, 0.37);
+    EXPECT_EQ(back.system(), "lj13");
+    EXPECT_EQ(back.n_particles(), 13);
+    const SafetensorsFile raw = read_safetensors(file("kernel.safetensors"));
+    EXPECT_EQ(raw.meta("eqflow.format"), "kernel-dynamics-v1");
+    EXPECT_NE(raw.find("time_map.weight"), nullptr);
+
+    // F32 on disk: the values to float precision.
+    save_model(file("kernel32.safetensors"), FlowModel(m), SafetensorsDtype::f32);
+    const FlowModel back32 = load_flow_model(file("kernel32.safetensors"));
+    EXPECT_EQ(back32.params, widen(cast<float>(m.params)));
+
+    // An EGNN file still loads through the same reader, and the EGNN reader names a kernel file.
+    EgnnModel egnn;
+    egnn.config = default_egnn_config("dw4", 4, 2);
+    egnn.config.hidden = 8;
+    egnn.config.layers = 1;
+    egnn.params = egnn_init_parameters(egnn.config, 1);
+    save_model(file("egnn.safetensors"), egnn);
+    const FlowModel e = load_flow_model(file("egnn.safetensors"));
+    ASSERT_EQ(e.kind, FieldKind::egnn);
+    EXPECT_EQ(e.params, egnn.params);
+    EXPECT_EQ(e.egnn_config.hidden, 8);
+    try {
+        load_model(file("kernel.safetensors"));
+        ADD_FAILURE() << "the EGNN reader accepted a kernel model";
+    } catch (const Error& err) {
+        EXPECT_NE(std::string(err.what()).find("kernel-dynamics"), std::string::npos) << err.what();
+    }
+    // A file without eqflow.format (another writer's) is an EGNN.
+    SafetensorsFile legacy = egnn_model_to_safetensors(egnn);
+    legacy.metadata.erase(
+        std::remove_if(legacy.metadata.begin(), legacy.metadata.end(),
+                       [](const auto& kv) { return kv.first == "eqflow.format"; }),
+        legacy.metadata.end());
+    EXPECT_EQ(flow_model_from_safetensors(legacy, "legacy").kind, FieldKind::egnn);
+
+    auto refused = [&](SafetensorsFile f, const char* needle) {
+        try {
+            flow_model_from_safetensors(f, "bad");
+            ADD_FAILURE() << "accepted; expected '" << needle << "'";
+        } catch (const Error& err) {
+            EXPECT_NE(std::string(err.what()).find(needle), std::string::npos) << err.what();
+        }
+    };
+    SafetensorsFile f = kernel_model_to_safetensors(m);
+    f.set_meta("eqflow.format", "kernel-v9");
+    refused(f, "unknown model format");
+    f = kernel_model_to_safetensors(m);
+    f.set_meta("eqflow.kernel.radial_widths", "1,2,3");
+    refused(f, "radial widths");
+    f = kernel_model_to_safetensors(m);
+    f.set_meta("eqflow.kernel.time_centres", "0,0.5,x");
+    refused(f, "not a finite number");
+    f = kernel_model_to_safetensors(m);
+    f.set_meta("eqflow.kernel.time_centres", "0,0.5,1");  // 3 centres: the weight is [K, 16]
+    refused(f, "time_map.weight");
+    f = kernel_model_to_safetensors(m);
+    f.tensors[1].values[0] = std::numeric_limits<double>::infinity();
+    refused(f, "non-finite");
+    f = kernel_model_to_safetensors(m);
+    f.metadata.erase(
+        std::remove_if(f.metadata.begin(), f.metadata.end(),
+                       [](const auto& kv) { return kv.first == "eqflow.kernel.time_width"; }),
+        f.metadata.end());
+    refused(f, "eqflow.kernel.time_width");
 }
 
 }  // namespace
