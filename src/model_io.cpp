@@ -821,7 +821,7 @@ FlowModel load_flow_model(const std::string& path) {
 
 void save_checkpoint(const std::string& path, const TrainingCheckpoint& ck) {
     const int64_t P = static_cast<int64_t>(ck.model.params.size());
-    SafetensorsFile f = egnn_model_to_safetensors(ck.model);
+    SafetensorsFile f = flow_model_to_safetensors(ck.model);
     for (const auto& [key, value] : ck.fingerprint) f.set_meta(key, value);
     f.set_meta("eqflow.train.step", std::to_string(ck.step));
     f.set_meta("eqflow.train.total_steps", std::to_string(ck.total_steps));
@@ -854,7 +854,7 @@ TrainingCheckpoint load_checkpoint(
         if (t.name.rfind("optimizer.", 0) != 0 && t.name.rfind("trainer.", 0) != 0)
             model_part.tensors.push_back(t);
     TrainingCheckpoint ck;
-    ck.model = egnn_model_from_safetensors(model_part, path);
+    ck.model = flow_model_from_safetensors(model_part, path);
     ck.fingerprint = fingerprint;
     const int64_t P = static_cast<int64_t>(ck.model.params.size());
     const SafeTensor& state = f.at("trainer.state");

@@ -133,7 +133,7 @@ EQFLOW_API FlowModel load_flow_model(const std::string& path);
 // eqflow.train.total_steps, and the caller's fingerprint: the options a resumed run must share.
 // ---------------------------------------------------------------------------------------------
 struct TrainingCheckpoint {
-    EgnnModel model;  // the optimised weights (not the EMA)
+    FlowModel model;  // the optimised weights (not the EMA), of either field type
     int64_t step = 0, total_steps = 0, adam_step = 0, skipped = 0;
     double elapsed_seconds = 0.0;
     std::vector<double> adam_m, adam_v;  // [P]; empty: zeros
