@@ -225,13 +225,26 @@ double flow_matching_loss(const FlowModel& model, int64_t B, const double* x0, c
 namespace {
 
 // What a resumed run must share with its checkpoint besides the sizes: the field type and its
-// shape, e.g. "EGNN, H = 32, L = 3" or "kernel dynamics, K = 32, M = 16".
+// shape, e.g. "EGNN, H = 32, L = 3" or "kernel dynamics, K = 32 on [0, 8], M = 16"; for the
+// kernel field also the exact bases (an --r-max that differs from the checkpoint's is refused,
+// not silently replaced by it).
 std::string architecture(const FlowModel& m) {
-    if (m.kind == FieldKind::kernel)
-        return "kernel dynamics, K = " + std::to_string(m.kernel_config.radial_count()) +
-               ", M = " + std::to_string(m.kernel_config.time_count());
+    if (m.kind == FieldKind::kernel) {
+        const KernelConfig& c = m.kernel_config;
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "kernel dynamics, K = %d on [%g, %g], M = %d",
+                      c.radial_count(), c.radial_centres.front(), c.radial_centres.back(),
+                      c.time_count());
+        return buf;
+    }
     return "EGNN, H = " + std::to_string(m.egnn_config.hidden) +
            ", L = " + std::to_string(m.egnn_config.layers);
+}
+bool same_bases(const FlowModel& a, const FlowModel& b) {
+    if (a.kind != FieldKind::kernel || b.kind != FieldKind::kernel) return true;
+    const KernelConfig &x = a.kernel_config, &y = b.kernel_config;
+    return x.radial_centres == y.radial_centres && x.radial_widths == y.radial_widths &&
+           x.time_centres == y.time_centres && x.time_width == y.time_width;
 }
 
 // Everything a run needs before it picks a backend: the split in model units, the schedule, the
@@ -258,7 +271,7 @@ TrainResult run_training(const TrainOptions& opt, RunSetup& rs, Field<T>& field)
     double elapsed_before = 0.0;
     if (opt.resume) {
         TrainingCheckpoint ck = load_checkpoint(rs.ckpt_path, rs.fingerprint, opt.ema_decay > 0);
-        EQFLOW_CHECK(architecture(ck.model) == architecture(model) &&
+        EQFLOW_CHECK(architecture(ck.model) == architecture(model) && same_bases(ck.model, model) &&
                          ck.model.n_particles() == rs.n && ck.model.dim() == rs.d,
                      rs.ckpt_path << ": the checkpoint's model (" << architecture(ck.model)
                                   << ") differs from the requested one (" << architecture(model)

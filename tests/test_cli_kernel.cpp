@@ -206,6 +206,12 @@ TEST_F(CliKernel, CpuOnlyAndOptionErrors) {
                            "--resume");
     EXPECT_EQ(res.code, 1) << res.out;
     EXPECT_NE(res.out.find("kernel dynamics"), std::string::npos) << res.out;
+    // ... and with other bases than the checkpoint's.
+    const Result rb = run(train("tiny", "fm", 1) + " --resume --r-max 7");
+    EXPECT_EQ(rb.code, 1) << rb.out;
+    EXPECT_NE(rb.out.find("K = 32 on [0, 7]"), std::string::npos) << rb.out;
+    const Result same = run(train("tiny", "fm", 1) + " --resume");
+    EXPECT_EQ(same.code, 0) << same.out;
 }
 
 }  // namespace
