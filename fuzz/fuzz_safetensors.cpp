@@ -1,5 +1,6 @@
-// libFuzzer target: the safetensors reader and the EGNN model built from its metadata and
-// tensors. Every input must give a model or an eqflow::Error, in bounded time and memory.
+// libFuzzer target: the safetensors reader and the model (EGNN or kernel dynamics, as the
+// metadata's eqflow.format says) built from its metadata and tensors. Every input must give a
+// model or an eqflow::Error, in bounded time and memory.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -11,7 +12,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const std::string bytes(reinterpret_cast<const char*>(data), size);
     try {
         const eqflow::SafetensorsFile f = eqflow::parse_safetensors(bytes, "fuzz.safetensors");
-        const eqflow::EgnnModel m = eqflow::egnn_model_from_safetensors(f, "fuzz.safetensors");
+        const eqflow::FlowModel m = eqflow::flow_model_from_safetensors(f, "fuzz.safetensors");
         if (m.params.empty()) __builtin_trap();
     } catch (const eqflow::Error&) {
     }

@@ -1,5 +1,6 @@
-// Flows over the field interface: any Field<T> as an ODE callback, the EGNN model's integrator
-// on the CPU or the GPU, and the model-level sampling and likelihood in the system's units.
+// Flows over the field interface: any Field<T> as an ODE callback, a model's integrator on the
+// CPU or the GPU (either field type: eqflow/flow_model.h), and the model-level sampling and
+// likelihood in the system's units.
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -8,6 +9,7 @@
 #include "eqflow/error.h"
 #include "eqflow/field.h"
 #include "eqflow/flow.h"
+#include "eqflow/flow_model.h"
 #include "eqflow/molecule.h"
 #include "eqflow/ode_gpu.h"
 #include "eqflow/philox.h"
@@ -82,7 +84,7 @@ FlowField field_ode(std::shared_ptr<Field<T>> field, int probes, uint64_t seed) 
 template EQFLOW_API FlowField field_ode<double>(std::shared_ptr<Field<double>>, int, uint64_t);
 template EQFLOW_API FlowField field_ode<float>(std::shared_ptr<Field<float>>, int, uint64_t);
 
-FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& options) {
+FlowField model_flow_field(const FlowModel& model, const FlowOptions& options) {
     EQFLOW_CHECK(!options.hutchinson || options.hutchinson_probes > 0,
                  "Hutchinson divergence needs at least one probe");
     const int probes = options.hutchinson ? options.hutchinson_probes : 0;
@@ -95,10 +97,13 @@ FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& options) {
                             options.hutchinson_seed);
 }
 
-FlowIntegrator model_integrator(const EgnnModel& model, const FlowOptions& options,
+FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& options) {
+    return model_flow_field(FlowModel(model), options);
+}
+
+FlowIntegrator model_integrator(const FlowModel& model, const FlowOptions& options,
                                 int64_t* batch) {
-    const EgnnConfig& c = model.config;
-    const int64_t D = static_cast<int64_t>(c.n_particles) * c.dim;
+    const int64_t D = static_cast<int64_t>(model.n_particles()) * model.dim();
     if (options.device == Device::cuda && !options.hutchinson) {
         // The whole ODE on the device, exact divergence; it chunks by itself.
         std::shared_ptr<Field<float>> field = make_cuda_field(model);
@@ -111,7 +116,7 @@ FlowIntegrator model_integrator(const EgnnModel& model, const FlowOptions& optio
     }
     EQFLOW_CHECK(options.batch > 0, "flow batch must be positive");
     if (batch) *batch = options.batch;
-    const FlowField field = egnn_flow_field(model, options);
+    const FlowField field = model_flow_field(model, options);
     const OdeOptions ode = options.ode;
     return [field, D, ode](int64_t B, double* x, double t0, double t1, double* div_integral,
                            double* path_length, OdeStats* stats) {
@@ -121,19 +126,19 @@ FlowIntegrator model_integrator(const EgnnModel& model, const FlowOptions& optio
 
 namespace {
 // (n-1) d log s: log q in model units minus this is log q in the system's units.
-double log_volume_factor(const EgnnConfig& c) {
-    return static_cast<double>((c.n_particles - 1) * c.dim) * std::log(c.length_scale);
+double log_volume_factor(const FlowModel& m) {
+    return static_cast<double>((m.n_particles() - 1) * m.dim()) * std::log(m.length_scale());
 }
 }  // namespace
 
-FlowSamples sample_model(const EgnnModel& model, int64_t count, uint64_t seed,
+FlowSamples sample_model(const FlowModel& model, int64_t count, uint64_t seed,
                          const FlowOptions& options) {
-    const EgnnConfig& c = model.config;
     int64_t batch = 0;
     const FlowIntegrator integrate = model_integrator(model, options, &batch);
-    FlowSamples s = flow_sample(integrate, c.n_particles, c.dim, count, seed, batch, options);
-    if (c.length_scale != 1.0) {
-        const double scale = c.length_scale, shift = log_volume_factor(c);
+    FlowSamples s =
+        flow_sample(integrate, model.n_particles(), model.dim(), count, seed, batch, options);
+    if (model.length_scale() != 1.0) {
+        const double scale = model.length_scale(), shift = log_volume_factor(model);
         for (double& v : s.x) v *= scale;
         for (double& l : s.log_q) l -= shift;
         for (double& l : s.path_length) l *= scale;
@@ -141,20 +146,20 @@ FlowSamples sample_model(const EgnnModel& model, int64_t count, uint64_t seed,
     return s;
 }
 
-FlowLikelihood model_log_likelihood(const EgnnModel& model, const double* x, int64_t count,
+FlowLikelihood model_log_likelihood(const FlowModel& model, const double* x, int64_t count,
                                     const FlowOptions& options) {
-    const EgnnConfig& c = model.config;
-    const int64_t D = static_cast<int64_t>(c.n_particles) * c.dim;
+    const int64_t D = static_cast<int64_t>(model.n_particles()) * model.dim();
+    const double scale = model.length_scale();
     std::vector<double> y(x, x + count * D);
-    for (double& v : y) v /= c.length_scale;
+    for (double& v : y) v /= scale;
     int64_t batch = 0;
     const FlowIntegrator integrate = model_integrator(model, options, &batch);
-    FlowLikelihood l =
-        flow_log_likelihood(integrate, c.n_particles, c.dim, y.data(), count, batch, options);
-    if (c.length_scale == 1.0) return l;
-    const double shift = log_volume_factor(c);
+    FlowLikelihood l = flow_log_likelihood(integrate, model.n_particles(), model.dim(), y.data(),
+                                           count, batch, options);
+    if (scale == 1.0) return l;
+    const double shift = log_volume_factor(model);
     for (double& v : l.log_q) v -= shift;
-    for (double& v : l.path_length) v *= c.length_scale;
+    for (double& v : l.path_length) v *= scale;
     return l;
 }
 
@@ -179,13 +184,13 @@ int64_t fold_chirality(const System& system, FlowSamples& s) {
     return mirrored;
 }
 
-FlowMetrics evaluate_flow(const EgnnModel& model, const System& system, const double* test_x,
+FlowMetrics evaluate_flow(const FlowModel& model, const System& system, const double* test_x,
                           int64_t n_test, int64_t n_samples, uint64_t seed,
                           const FlowOptions& options, FlowSamples* samples, Reweighting* weights) {
-    EQFLOW_CHECK(model.config.n_particles == system.n && model.config.dim == system.d,
-                 "the model is for " << model.config.n_particles << " particles in "
-                                     << model.config.dim << " dimensions, the system "
-                                     << system.name << " has " << system.n << " in " << system.d);
+    EQFLOW_CHECK(model.n_particles() == system.n && model.dim() == system.d,
+                 "the model is for " << model.n_particles() << " particles in " << model.dim()
+                                     << " dimensions, the system " << system.name << " has "
+                                     << system.n << " in " << system.d);
     FlowSamples s = sample_model(model, n_samples, seed, options);
     const int64_t mirrored = fold_chirality(system, s);
     const std::vector<double> u = reduced_energies(system, s.x.data(), s.count);
@@ -197,7 +202,7 @@ FlowMetrics evaluate_flow(const EgnnModel& model, const System& system, const do
     m.approximate = options.hutchinson;
     m.chirality_folded = folds_chirality(system);
     m.mirrored_samples = mirrored;
-    m.length_scale = model.config.length_scale;
+    m.length_scale = model.length_scale();
     if (weights) *weights = importance_weights(u.data(), s.log_q.data(), s.count);
     if (samples) *samples = std::move(s);
     return m;

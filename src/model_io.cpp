@@ -1,4 +1,4 @@
-// safetensors reading and writing, and EGNN model files (see eqflow/model_io.h).
+// safetensors reading and writing, and model files of both field types (see eqflow/model_io.h).
 #include "eqflow/model_io.h"
 
 #include <algorithm>
@@ -483,10 +483,24 @@ SafetensorsFile read_safetensors(const std::string& path) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// EGNN model files
+// Model files: EGNN and kernel dynamics
 // ---------------------------------------------------------------------------------------------
 
 namespace {
+
+// eqflow.format of the two field types. A file without the key is an EGNN (files from other
+// safetensors writers, e.g. converted PyTorch checkpoints, and eqflow's own before the key).
+constexpr const char* kEgnnFormat = "egnn-v1";
+constexpr const char* kKernelFormat = "kernel-dynamics-v1";
+
+FieldKind file_field_kind(const SafetensorsFile& f, const std::string& what) {
+    if (!f.has_meta("eqflow.format")) return FieldKind::egnn;
+    const std::string& format = f.meta("eqflow.format");
+    if (format == kEgnnFormat) return FieldKind::egnn;
+    if (format == kKernelFormat) return FieldKind::kernel;
+    EQFLOW_THROW(what << ": unknown model format '" << format << "' (metadata eqflow.format; this "
+                      << "version reads " << kEgnnFormat << " and " << kKernelFormat << ")");
+}
 
 std::string format_double(double x) {
     char buf[32];
@@ -533,6 +547,60 @@ double parse_double_meta(const SafetensorsFile& f, const std::string& key,
     return v;
 }
 
+// The parameters of a model from the file's tensors: every layout entry present, floating,
+// with its shape and finite values, and no other tensor. Every tensor is checked against the
+// layout before the parameters are allocated: their count is then bounded by the file's size.
+std::vector<double> read_layout_tensors(const SafetensorsFile& f,
+                                        const std::vector<ParamEntry>& layout, int64_t count,
+                                        const std::string& what) {
+    std::set<std::string> expected;
+    std::map<std::string, const SafeTensor*> by_name;  // find() is linear: no T^2 on big files
+    for (const SafeTensor& t : f.tensors) by_name.emplace(t.name, &t);
+    std::vector<const SafeTensor*> found;
+    for (const ParamEntry& e : layout) {
+        expected.insert(e.name);
+        const auto it = by_name.find(e.name);
+        const SafeTensor* t = it == by_name.end() ? nullptr : it->second;
+        EQFLOW_CHECK(t != nullptr, what << ": missing tensor '" << e.name << "' (expected shape "
+                                        << shape_string(e.shape) << ")");
+        EQFLOW_CHECK(t->dtype != SafetensorsDtype::i64, what << ": tensor '" << e.name
+                                                             << "' has dtype "
+                                                             << safetensors_dtype_name(t->dtype)
+                                                             << ", expected F32, F64, F16 or BF16");
+        EQFLOW_CHECK(t->shape == e.shape, what << ": tensor '" << e.name << "' has shape "
+                                               << shape_string(t->shape) << ", expected "
+                                               << shape_string(e.shape));
+        found.push_back(t);
+    }
+    std::vector<double> params(static_cast<size_t>(count), 0.0);
+    for (size_t i = 0; i < layout.size(); ++i) {
+        const ParamEntry& e = layout[i];
+        const SafeTensor* t = found[i];
+        for (size_t k = 0; k < t->values.size(); ++k) {
+            EQFLOW_CHECK(std::isfinite(t->values[k]),
+                         what << ": tensor '" << e.name << "' holds a non-finite value");
+            params[e.offset + k] = t->values[k];
+        }
+    }
+    for (const SafeTensor& t : f.tensors) {
+        EQFLOW_CHECK(expected.count(t.name), what << ": unexpected tensor '" << t.name
+                                                  << "' (not part of this model configuration)");
+    }
+    return params;
+}
+
+// The model's tensors, one per layout entry, in `dtype`.
+void write_layout_tensors(SafetensorsFile& f, const std::vector<ParamEntry>& layout,
+                          const std::vector<double>& params, SafetensorsDtype dtype) {
+    for (const ParamEntry& e : layout) {
+        std::vector<double> values(params.begin() + e.offset,
+                                   params.begin() + e.offset + shape_numel(e.shape));
+        SafeTensor t = SafeTensor::f64(e.name, e.shape, std::move(values));
+        t.dtype = dtype;  // rounded on write when narrower than F64
+        f.tensors.push_back(std::move(t));
+    }
+}
+
 }  // namespace
 
 SafetensorsFile egnn_model_to_safetensors(const EgnnModel& model, SafetensorsDtype dtype) {
@@ -545,7 +613,7 @@ SafetensorsFile egnn_model_to_safetensors(const EgnnModel& model, SafetensorsDty
                  "EGNN model has " << model.params.size() << " parameters, its configuration needs "
                                    << count);
     SafetensorsFile f;
-    f.set_meta("eqflow.format", "egnn-v1");
+    f.set_meta("eqflow.format", kEgnnFormat);
     f.set_meta("eqflow.version", EQFLOW_VERSION_STRING);
     f.set_meta("eqflow.system", c.system);
     f.set_meta("eqflow.n_particles", std::to_string(c.n_particles));
@@ -562,17 +630,15 @@ SafetensorsFile egnn_model_to_safetensors(const EgnnModel& model, SafetensorsDty
             types += (i ? "," : "") + std::to_string(c.atom_types[i]);
         f.set_meta("eqflow.atom_types", types);
     }
-    for (const ParamEntry& e : layout) {
-        std::vector<double> values(model.params.begin() + e.offset,
-                                   model.params.begin() + e.offset + shape_numel(e.shape));
-        SafeTensor t = SafeTensor::f64(e.name, e.shape, std::move(values));
-        t.dtype = dtype;  // rounded on write when narrower than F64
-        f.tensors.push_back(std::move(t));
-    }
+    write_layout_tensors(f, layout, model.params, dtype);
     return f;
 }
 
 EgnnModel egnn_model_from_safetensors(const SafetensorsFile& f, const std::string& what) {
+    EQFLOW_CHECK(file_field_kind(f, what) == FieldKind::egnn,
+                 what << ": a kernel-dynamics model (eqflow.format = " << kKernelFormat
+                      << "), not an EGNN; read it with flow_model_from_safetensors / "
+                         "load_flow_model");
     EgnnModel model;
     EgnnConfig& c = model.config;
     EQFLOW_CHECK(f.has_meta("eqflow.system"), what << ": missing metadata key 'eqflow.system'");
@@ -629,42 +695,7 @@ EgnnModel egnn_model_from_safetensors(const SafetensorsFile& f, const std::strin
         EQFLOW_THROW(what << ": invalid model configuration: " << e.what());
     }
 
-    // Every tensor is checked against the layout before the parameters are allocated: their
-    // count is then bounded by the file's own size.
-    const std::vector<ParamEntry> layout = egnn_parameter_layout(c);
-    std::set<std::string> expected;
-    std::map<std::string, const SafeTensor*> by_name;  // find() is linear: no T^2 on big files
-    for (const SafeTensor& t : f.tensors) by_name.emplace(t.name, &t);
-    std::vector<const SafeTensor*> found;
-    for (const ParamEntry& e : layout) {
-        expected.insert(e.name);
-        const auto it = by_name.find(e.name);
-        const SafeTensor* t = it == by_name.end() ? nullptr : it->second;
-        EQFLOW_CHECK(t != nullptr, what << ": missing tensor '" << e.name << "' (expected shape "
-                                        << shape_string(e.shape) << ")");
-        EQFLOW_CHECK(t->dtype != SafetensorsDtype::i64, what << ": tensor '" << e.name
-                                                             << "' has dtype "
-                                                             << safetensors_dtype_name(t->dtype)
-                                                             << ", expected F32, F64, F16 or BF16");
-        EQFLOW_CHECK(t->shape == e.shape, what << ": tensor '" << e.name << "' has shape "
-                                               << shape_string(t->shape) << ", expected "
-                                               << shape_string(e.shape));
-        found.push_back(t);
-    }
-    model.params.assign(static_cast<size_t>(egnn_parameter_count(c)), 0.0);
-    for (size_t i = 0; i < layout.size(); ++i) {
-        const ParamEntry& e = layout[i];
-        const SafeTensor* t = found[i];
-        for (size_t k = 0; k < t->values.size(); ++k) {
-            EQFLOW_CHECK(std::isfinite(t->values[k]),
-                         what << ": tensor '" << e.name << "' holds a non-finite value");
-            model.params[e.offset + k] = t->values[k];
-        }
-    }
-    for (const SafeTensor& t : f.tensors) {
-        EQFLOW_CHECK(expected.count(t.name), what << ": unexpected tensor '" << t.name
-                                                  << "' (not part of this model configuration)");
-    }
+    model.params = read_layout_tensors(f, egnn_parameter_layout(c), egnn_parameter_count(c), what);
     return model;
 }
 
@@ -676,9 +707,121 @@ EgnnModel load_model(const std::string& path) {
     return egnn_model_from_safetensors(read_safetensors(path), path);
 }
 
+namespace {
+
+// Limits on a kernel model's bases: as validate_kernel_config's.
+constexpr int64_t kMaxKernelBasis = 4096;
+
+std::string format_list(const std::vector<double>& values) {
+    std::string s;
+    for (size_t i = 0; i < values.size(); ++i) s += (i ? "," : "") + format_double(values[i]);
+    return s;
+}
+
+// A comma-separated list of at most kMaxKernelBasis finite numbers.
+std::vector<double> parse_list_meta(const SafetensorsFile& f, const std::string& key,
+                                    const std::string& what) {
+    EQFLOW_CHECK(f.has_meta(key), what << ": missing metadata key '" << key << "'");
+    const std::string& s = f.meta(key);
+    std::vector<double> values;
+    std::stringstream ss(s);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        EQFLOW_CHECK(
+            static_cast<int64_t>(values.size()) < kMaxKernelBasis,
+            what << ": metadata '" << key << "' has more than " << kMaxKernelBasis << " entries");
+        char* end = nullptr;
+        const double v = std::strtod(item.c_str(), &end);
+        EQFLOW_CHECK(
+            !item.empty() && end && *end == '\0' && std::isfinite(v),
+            what << ": metadata '" << key << "' holds '" << item << "', not a finite number");
+        values.push_back(v);
+    }
+    EQFLOW_CHECK(!values.empty(), what << ": metadata '" << key << "' is empty");
+    return values;
+}
+
+}  // namespace
+
+SafetensorsFile kernel_model_to_safetensors(const KernelModel& model, SafetensorsDtype dtype) {
+    const KernelConfig& c = model.config;
+    EQFLOW_CHECK(dtype != SafetensorsDtype::i64,
+                 "kernel model tensors are floating point (F64, F32, F16, BF16)");
+    validate_kernel_model(model);
+    SafetensorsFile f;
+    f.set_meta("eqflow.format", kKernelFormat);
+    f.set_meta("eqflow.version", EQFLOW_VERSION_STRING);
+    f.set_meta("eqflow.system", c.system);
+    f.set_meta("eqflow.n_particles", std::to_string(c.n_particles));
+    f.set_meta("eqflow.dim", std::to_string(c.dim));
+    f.set_meta("eqflow.kernel.radial_centres", format_list(c.radial_centres));
+    f.set_meta("eqflow.kernel.radial_widths", format_list(c.radial_widths));
+    f.set_meta("eqflow.kernel.time_centres", format_list(c.time_centres));
+    f.set_meta("eqflow.kernel.time_width", format_double(c.time_width));
+    f.set_meta("eqflow.length_scale", format_double(c.length_scale));
+    write_layout_tensors(f, kernel_parameter_layout(c), model.params, dtype);
+    return f;
+}
+
+KernelModel kernel_model_from_safetensors(const SafetensorsFile& f, const std::string& what) {
+    EQFLOW_CHECK(
+        file_field_kind(f, what) == FieldKind::kernel,
+        what << ": not a kernel-dynamics model (eqflow.format is not " << kKernelFormat << ")");
+    KernelModel model;
+    KernelConfig& c = model.config;
+    EQFLOW_CHECK(f.has_meta("eqflow.system"), what << ": missing metadata key 'eqflow.system'");
+    c.system = f.meta("eqflow.system");
+    const int64_t n = parse_int_meta(f, "eqflow.n_particles", what);
+    const int64_t d = parse_int_meta(f, "eqflow.dim", what);
+    EQFLOW_CHECK(n >= 1 && n <= kMaxModelSize[0], what << ": metadata 'eqflow.n_particles' = " << n
+                                                       << " is out of range [1, "
+                                                       << kMaxModelSize[0] << "]");
+    EQFLOW_CHECK(d >= 1 && d <= kMaxModelSize[1], what << ": metadata 'eqflow.dim' = " << d
+                                                       << " is out of range [1, "
+                                                       << kMaxModelSize[1] << "]");
+    c.n_particles = static_cast<int>(n);
+    c.dim = static_cast<int>(d);
+    c.radial_centres = parse_list_meta(f, "eqflow.kernel.radial_centres", what);
+    c.radial_widths = parse_list_meta(f, "eqflow.kernel.radial_widths", what);
+    c.time_centres = parse_list_meta(f, "eqflow.kernel.time_centres", what);
+    c.time_width = parse_double_meta(f, "eqflow.kernel.time_width", what);
+    c.length_scale = parse_double_meta(f, "eqflow.length_scale", what);
+    EQFLOW_CHECK(c.length_scale >= kMinLengthScale && c.length_scale <= kMaxLengthScale,
+                 what << ": metadata 'eqflow.length_scale' = " << c.length_scale
+                      << " is out of range [" << kMinLengthScale << ", " << kMaxLengthScale << "]");
+    try {
+        validate_kernel_config(c);
+    } catch (const Error& e) {
+        EQFLOW_THROW(what << ": invalid model configuration: " << e.what());
+    }
+    model.params =
+        read_layout_tensors(f, kernel_parameter_layout(c), kernel_parameter_count(c), what);
+    return model;
+}
+
+SafetensorsFile flow_model_to_safetensors(const FlowModel& model, SafetensorsDtype dtype) {
+    if (model.kind == FieldKind::kernel)
+        return kernel_model_to_safetensors(model.kernel_model(), dtype);
+    return egnn_model_to_safetensors(model.egnn_model(), dtype);
+}
+
+FlowModel flow_model_from_safetensors(const SafetensorsFile& f, const std::string& what) {
+    if (file_field_kind(f, what) == FieldKind::kernel)
+        return kernel_model_from_safetensors(f, what);
+    return egnn_model_from_safetensors(f, what);
+}
+
+void save_model(const std::string& path, const FlowModel& model, SafetensorsDtype dtype) {
+    write_safetensors(path, flow_model_to_safetensors(model, dtype));
+}
+
+FlowModel load_flow_model(const std::string& path) {
+    return flow_model_from_safetensors(read_safetensors(path), path);
+}
+
 void save_checkpoint(const std::string& path, const TrainingCheckpoint& ck) {
     const int64_t P = static_cast<int64_t>(ck.model.params.size());
-    SafetensorsFile f = egnn_model_to_safetensors(ck.model);
+    SafetensorsFile f = flow_model_to_safetensors(ck.model);
     for (const auto& [key, value] : ck.fingerprint) f.set_meta(key, value);
     f.set_meta("eqflow.train.step", std::to_string(ck.step));
     f.set_meta("eqflow.train.total_steps", std::to_string(ck.total_steps));
@@ -711,7 +854,7 @@ TrainingCheckpoint load_checkpoint(
         if (t.name.rfind("optimizer.", 0) != 0 && t.name.rfind("trainer.", 0) != 0)
             model_part.tensors.push_back(t);
     TrainingCheckpoint ck;
-    ck.model = egnn_model_from_safetensors(model_part, path);
+    ck.model = flow_model_from_safetensors(model_part, path);
     ck.fingerprint = fingerprint;
     const int64_t P = static_cast<int64_t>(ck.model.params.size());
     const SafeTensor& state = f.at("trainer.state");

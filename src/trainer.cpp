@@ -26,6 +26,7 @@
 #include "eqflow/error.h"
 #include "eqflow/field.h"
 #include "eqflow/flow.h"
+#include "eqflow/flow_model.h"
 #include "eqflow/io.h"
 #include "eqflow/json.h"
 #include "eqflow/model_io.h"
@@ -209,7 +210,7 @@ double batch_loss(Field<T>& field, int64_t B, const double* x0, const double* x1
 }
 }  // namespace
 
-double flow_matching_loss(const EgnnModel& model, int64_t B, const double* x0, const double* x1,
+double flow_matching_loss(const FlowModel& model, int64_t B, const double* x0, const double* x1,
                           const double* t, const double* eps, double sigma, double* grad,
                           int threads, Device device) {
     EQFLOW_CHECK(B > 0, "flow-matching loss of an empty batch");
@@ -223,13 +224,36 @@ double flow_matching_loss(const EgnnModel& model, int64_t B, const double* x0, c
 
 namespace {
 
+// What a resumed run must share with its checkpoint besides the sizes: the field type and its
+// shape, e.g. "EGNN, H = 32, L = 3" or "kernel dynamics, K = 32 on [0, 8], M = 16"; for the
+// kernel field also the exact bases (an --r-max that differs from the checkpoint's is refused,
+// not silently replaced by it).
+std::string architecture(const FlowModel& m) {
+    if (m.kind == FieldKind::kernel) {
+        const KernelConfig& c = m.kernel_config;
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "kernel dynamics, K = %d on [%g, %g], M = %d",
+                      c.radial_count(), c.radial_centres.front(), c.radial_centres.back(),
+                      c.time_count());
+        return buf;
+    }
+    return "EGNN, H = " + std::to_string(m.egnn_config.hidden) +
+           ", L = " + std::to_string(m.egnn_config.layers);
+}
+bool same_bases(const FlowModel& a, const FlowModel& b) {
+    if (a.kind != FieldKind::kernel || b.kind != FieldKind::kernel) return true;
+    const KernelConfig &x = a.kernel_config, &y = b.kernel_config;
+    return x.radial_centres == y.radial_centres && x.radial_widths == y.radial_widths &&
+           x.time_centres == y.time_centres && x.time_width == y.time_width;
+}
+
 // Everything a run needs before it picks a backend: the split in model units, the schedule, the
 // model (fresh or resumed) and the fingerprint a resumed run must share.
 struct RunSetup {
     int n = 0, d = 0;
     int64_t D = 0, n_train = 0, n_val = 0, B = 0, spe = 0, total = 0, drop_step = 0;
     std::vector<double> train, val;  // model units
-    EgnnModel model;
+    FlowModel model;
     std::vector<std::pair<std::string, std::string>> fingerprint;
     std::string ckpt_path, model_path, log_path;
 };
@@ -240,20 +264,18 @@ TrainResult run_training(const TrainOptions& opt, RunSetup& rs, Field<T>& field)
     using clock = std::chrono::steady_clock;
     const auto start = clock::now();
     const int64_t B = rs.B, spe = rs.spe, total = rs.total;
-    EgnnModel& model = rs.model;
+    FlowModel& model = rs.model;
     AdamState adam;
     std::vector<double> ema;
     int64_t step = 0, skipped = 0;
     double elapsed_before = 0.0;
     if (opt.resume) {
         TrainingCheckpoint ck = load_checkpoint(rs.ckpt_path, rs.fingerprint, opt.ema_decay > 0);
-        EQFLOW_CHECK(ck.model.config.hidden == model.config.hidden &&
-                         ck.model.config.layers == model.config.layers &&
-                         ck.model.config.n_particles == rs.n && ck.model.config.dim == rs.d,
-                     rs.ckpt_path << ": the checkpoint's model (H = " << ck.model.config.hidden
-                                  << ", L = " << ck.model.config.layers
-                                  << ") differs from the requested one (H = " << model.config.hidden
-                                  << ", L = " << model.config.layers << ")");
+        EQFLOW_CHECK(architecture(ck.model) == architecture(model) && same_bases(ck.model, model) &&
+                         ck.model.n_particles() == rs.n && ck.model.dim() == rs.d,
+                     rs.ckpt_path << ": the checkpoint's model (" << architecture(ck.model)
+                                  << ") differs from the requested one (" << architecture(model)
+                                  << ")");
         EQFLOW_CHECK(ck.step <= total,
                      rs.ckpt_path << ": step " << ck.step << " outside 0.." << total);
         model = std::move(ck.model);
@@ -285,7 +307,7 @@ TrainResult run_training(const TrainOptions& opt, RunSetup& rs, Field<T>& field)
     // The state comes back to the host only for a checkpoint and at the end.
     auto pull_state = [&] { trainer.download_state(model.params, adam, &ema, &skipped); };
     auto output_model = [&] {
-        EgnnModel m = model;
+        FlowModel m = model;
         if (opt.ema_decay > 0) m.params = ema;
         return m;
     };
@@ -394,6 +416,36 @@ TrainResult run_training(const TrainOptions& opt, RunSetup& rs, Field<T>& field)
 
 }  // namespace
 
+namespace {
+// The untrained model of the requested field type, in model units of `length_scale`.
+FlowModel initial_model(const TrainOptions& opt, int n, int d, double length_scale) {
+    if (opt.field == FieldKind::kernel) {
+        EQFLOW_CHECK(opt.atom_types.empty(),
+                     "the kernel-dynamics field treats all particles alike and has no atom types; "
+                     "a typed system (such as aldp) needs the EGNN (--field egnn)");
+        EQFLOW_CHECK(opt.hidden == 0 && opt.layers == 0,
+                     "hidden width and layers are EGNN options; the kernel field's size is set "
+                     "by its radial and time bases");
+        KernelConfig config = default_kernel_config(opt.system, n, d);
+        if (opt.kernel_radial > 0 || opt.kernel_r_max > 0 || opt.kernel_time > 0) {
+            const double r_max =
+                opt.kernel_r_max > 0 ? opt.kernel_r_max : config.radial_centres.back();
+            set_kernel_bases(config,
+                             opt.kernel_radial > 0 ? opt.kernel_radial : config.radial_count(),
+                             r_max, opt.kernel_time > 0 ? opt.kernel_time : config.time_count());
+        }
+        config.length_scale = length_scale;
+        return KernelModel{config, kernel_init_parameters(config, opt.seed)};
+    }
+    EgnnConfig config = default_egnn_config(opt.system, n, d);
+    if (opt.hidden > 0) config.hidden = opt.hidden;
+    if (opt.layers > 0) config.layers = opt.layers;
+    config.atom_types = opt.atom_types;
+    config.length_scale = length_scale;
+    return EgnnModel{config, egnn_init_parameters(config, opt.seed)};
+}
+}  // namespace
+
 TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<double>& x,
                                 int64_t count, int n, int d) {
     const int64_t D = static_cast<int64_t>(n) * d;
@@ -450,15 +502,10 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
     rs.drop_step =
         static_cast<int64_t>(std::floor(opt.lr_drop_fraction * static_cast<double>(rs.total)));
 
-    EgnnConfig config = default_egnn_config(opt.system, n, d);
-    if (opt.hidden > 0) config.hidden = opt.hidden;
-    if (opt.layers > 0) config.layers = opt.layers;
-    config.atom_types = opt.atom_types;
-    config.length_scale = length_scale;
-    rs.model = EgnnModel{config, egnn_init_parameters(config, opt.seed)};
+    rs.model = initial_model(opt, n, d, length_scale);
 
     rs.fingerprint = {
-        {"eqflow.system", config.system},
+        {"eqflow.system", opt.system},
         {"eqflow.train.objective", objective_name(opt.objective)},
         {"eqflow.train.epochs", std::to_string(opt.epochs)},
         {"eqflow.train.batch", std::to_string(opt.batch)},

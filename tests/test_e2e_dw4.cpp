@@ -28,7 +28,7 @@ constexpr double kNllThreshold = 4.0;
 constexpr double kEssThreshold = 0.05;
 constexpr int64_t kTrain = 2000, kTest = 100, kSamples = 200;
 
-FlowMetrics evaluate(const EgnnModel& model, const System& system,
+FlowMetrics evaluate(const FlowModel& model, const System& system,
                      const std::vector<double>& test) {
     FlowOptions fo;
     fo.threads = 2;
@@ -56,8 +56,8 @@ TEST(EndToEnd, Dw4TrainedFlowBeatsThresholds) {
     to.threads = 2;
     const TrainResult tr = train_flow_matching(to, train, kTrain, system.n, system.d);
 
-    EgnnModel untrained = tr.model;
-    untrained.params = egnn_init_parameters(untrained.config, to.seed);
+    FlowModel untrained = tr.model;
+    untrained.params = egnn_init_parameters(untrained.egnn_config, to.seed);
     const FlowMetrics before = evaluate(untrained, system, test);
     const FlowMetrics after = evaluate(tr.model, system, test);
     const double seconds =

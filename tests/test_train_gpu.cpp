@@ -347,7 +347,7 @@ TEST(TrainGpu, NonFiniteStepsAreSkippedAndCounted) {
     const TrainResult r = train_flow_matching(o, x, 24, 4, 2);
     EXPECT_GT(r.total_steps, 0);
     EXPECT_EQ(r.skipped, r.total_steps);
-    const std::vector<double> p0 = egnn_init_parameters(r.raw_model.config, o.seed);
+    const std::vector<double> p0 = egnn_init_parameters(r.raw_model.egnn_config, o.seed);
     for (size_t i = 0; i < p0.size(); ++i) {
         ASSERT_EQ(r.raw_model.params[i], static_cast<double>(static_cast<float>(p0[i]))) << i;
         ASSERT_EQ(r.model.params[i], p0[i]) << "the EMA (double) moved at " << i;

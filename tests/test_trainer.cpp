@@ -203,7 +203,7 @@ TEST_F(Trainer, NonFiniteStepsAreSkippedAndCounted) {
     const TrainResult r = train_flow_matching(o, x, 24, 4, 2);
     EXPECT_EQ(r.skipped, r.total_steps);
     EXPECT_GT(r.total_steps, 0);
-    const std::vector<double> p0 = egnn_init_parameters(r.raw_model.config, o.seed);
+    const std::vector<double> p0 = egnn_init_parameters(r.raw_model.egnn_config, o.seed);
     for (size_t i = 0; i < p0.size(); ++i) ASSERT_EQ(r.raw_model.params[i], p0[i]);
 }
 

@@ -28,6 +28,7 @@
 #include "eqflow/egnn.h"
 #include "eqflow/export.h"
 #include "eqflow/field.h"
+#include "eqflow/flow_model.h"
 #include "eqflow/metrics.h"
 #include "eqflow/ode.h"
 #include "eqflow/prior.h"
@@ -105,28 +106,30 @@ EQFLOW_API FlowLikelihood flow_log_likelihood(const FlowField& field, int n, int
 template <class T>
 EQFLOW_API FlowField field_ode(std::shared_ptr<Field<T>> field, int probes = 0, uint64_t seed = 0);
 
-// The EGNN model as a flow field on options.device (on the CPU the fast float32 field with
-// options.threads, or the double reference with options.reference; or CUDA), exact or
-// Hutchinson (options.hutchinson).
+// A model of either field type as a flow field on options.device (on the CPU the fast float32
+// field with options.threads, or the double reference with options.reference; or CUDA, an Error
+// for the kernel field), exact or Hutchinson (options.hutchinson).
+EQFLOW_API FlowField model_flow_field(const FlowModel& model, const FlowOptions& options);
+// The same for an EGNN model.
 EQFLOW_API FlowField egnn_flow_field(const EgnnModel& model, const FlowOptions& options);
 
 // The integrator sample_model and model_log_likelihood use: on the CPU, ode_integrate over
-// egnn_flow_field; on CUDA with the exact divergence, the device integrator (eqflow/ode_gpu.h)
+// model_flow_field; on CUDA with the exact divergence, the device integrator (eqflow/ode_gpu.h)
 // with the state on the GPU; on CUDA with Hutchinson, ode_integrate over the GPU field.
 // `batch` receives the rows per integrator call that suit it.
-EQFLOW_API FlowIntegrator model_integrator(const EgnnModel& model, const FlowOptions& options,
+EQFLOW_API FlowIntegrator model_integrator(const FlowModel& model, const FlowOptions& options,
                                            int64_t* batch);
 
-// ---- a trained EGNN as a flow in the system's units ------------------------------------------
-// The network and the prior live in model units y = x / s, s = model.config.length_scale (1 for
-// the particle systems). These convert at the boundary: samples x = s y, test points y = x / s,
+// ---- a trained model (EGNN or kernel dynamics) as a flow in the system's units -----------------
+// The field and the prior live in model units y = x / s, s = model.length_scale() (1 for the
+// particle systems). These convert at the boundary: samples x = s y, test points y = x / s,
 // log q_x(x) = log q_y(y) - (n-1) d log s (the density on the mean-free subspace), path lengths
 // in the system's units (s times the model's). With s = 1 they are flow_sample and
 // flow_log_likelihood over model_integrator.
-EQFLOW_API FlowSamples sample_model(const EgnnModel& model, int64_t count, uint64_t seed,
+EQFLOW_API FlowSamples sample_model(const FlowModel& model, int64_t count, uint64_t seed,
                                     const FlowOptions& options);
 // x: [count][n][d] centred, in the system's units.
-EQFLOW_API FlowLikelihood model_log_likelihood(const EgnnModel& model, const double* x,
+EQFLOW_API FlowLikelihood model_log_likelihood(const FlowModel& model, const double* x,
                                                int64_t count, const FlowOptions& options);
 
 // ---- chirality (docs/design.md section 9)
@@ -147,7 +150,7 @@ EQFLOW_API int64_t fold_chirality(const System& system, FlowSamples& s);
 // the samples are mirrored to the right handedness and both nll and weights use the folded
 // density (see fold_chirality). `samples` (nullable) receives the samples, `weights`
 // (nullable) their reweighting. Progress goes through options.progress (samples, then test).
-EQFLOW_API FlowMetrics evaluate_flow(const EgnnModel& model, const System& system,
+EQFLOW_API FlowMetrics evaluate_flow(const FlowModel& model, const System& system,
                                      const double* test_x, int64_t n_test, int64_t n_samples,
                                      uint64_t seed, const FlowOptions& options,
                                      FlowSamples* samples = nullptr,

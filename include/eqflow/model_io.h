@@ -1,5 +1,5 @@
 // eqflow/model_io.h: safetensors files (docs/design.md section 8) -- a generic reader and writer,
-// and EGNN model files on top of them.
+// and model files of both field types (EGNN, kernel dynamics) on top of them.
 //
 // Format: 8-byte little-endian header length N, N bytes of JSON header, then the data section.
 // The header maps each tensor name to {"dtype", "shape", "data_offsets": [begin, end]} (offsets
@@ -29,6 +29,8 @@
 
 #include "eqflow/egnn.h"
 #include "eqflow/export.h"
+#include "eqflow/flow_model.h"
+#include "eqflow/kernel_dynamics.h"
 #include "eqflow/tensor.h"
 
 namespace eqflow {
@@ -93,9 +95,35 @@ egnn_model_to_safetensors(const EgnnModel& model, SafetensorsDtype dtype = Safet
 EQFLOW_API EgnnModel egnn_model_from_safetensors(const SafetensorsFile& file,
                                                  const std::string& what);
 
+// Reading a kernel-dynamics file here is an Error that says so (use the FlowModel functions).
 EQFLOW_API void save_model(const std::string& path, const EgnnModel& model,
                            SafetensorsDtype dtype = SafetensorsDtype::f64);
 EQFLOW_API EgnnModel load_model(const std::string& path);
+
+// ---------------------------------------------------------------------------------------------
+// Kernel-dynamics model files (eqflow/kernel_dynamics.h): the tensors of
+// kernel_parameter_layout() ("time_map.weight" [K, M], "time_map.bias" [K]), F64 by default,
+// and the configuration in the metadata: eqflow.format = "kernel-dynamics-v1", eqflow.system,
+// eqflow.n_particles, eqflow.dim, eqflow.kernel.radial_centres, eqflow.kernel.radial_widths,
+// eqflow.kernel.time_centres (comma-separated, 17 significant digits, at most 4096 each),
+// eqflow.kernel.time_width, eqflow.length_scale, plus eqflow.version and the checksums.
+// ---------------------------------------------------------------------------------------------
+EQFLOW_API SafetensorsFile kernel_model_to_safetensors(
+    const KernelModel& model, SafetensorsDtype dtype = SafetensorsDtype::f64);
+EQFLOW_API KernelModel kernel_model_from_safetensors(const SafetensorsFile& file,
+                                                     const std::string& what);
+
+// ---------------------------------------------------------------------------------------------
+// Model files of either field type (eqflow/flow_model.h): the reader dispatches on
+// eqflow.format ("egnn-v1", "kernel-dynamics-v1"; absent: EGNN); an unknown format is an Error.
+// ---------------------------------------------------------------------------------------------
+EQFLOW_API SafetensorsFile
+flow_model_to_safetensors(const FlowModel& model, SafetensorsDtype dtype = SafetensorsDtype::f64);
+EQFLOW_API FlowModel flow_model_from_safetensors(const SafetensorsFile& file,
+                                                 const std::string& what);
+EQFLOW_API void save_model(const std::string& path, const FlowModel& model,
+                           SafetensorsDtype dtype = SafetensorsDtype::f64);
+EQFLOW_API FlowModel load_flow_model(const std::string& path);
 
 // ---------------------------------------------------------------------------------------------
 // Training checkpoints: a model file (the raw, optimised weights) plus the optimiser state,
@@ -105,7 +133,7 @@ EQFLOW_API EgnnModel load_model(const std::string& path);
 // eqflow.train.total_steps, and the caller's fingerprint: the options a resumed run must share.
 // ---------------------------------------------------------------------------------------------
 struct TrainingCheckpoint {
-    EgnnModel model;  // the optimised weights (not the EMA)
+    FlowModel model;  // the optimised weights (not the EMA), of either field type
     int64_t step = 0, total_steps = 0, adam_step = 0, skipped = 0;
     double elapsed_seconds = 0.0;
     std::vector<double> adam_m, adam_v;  // [P]; empty: zeros

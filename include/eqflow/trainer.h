@@ -1,6 +1,6 @@
-// eqflow/trainer.h: flow-matching training of the EGNN field (docs/design.md section 5) on the CPU
-// reference path, with checkpoints that resume bit-for-bit (on the GPU path: see device == cuda
-// below).
+// eqflow/trainer.h: flow-matching training of a vector field (docs/design.md section 5) -- the
+// EGNN or the kernel dynamics (`field`; the kernel field on the CPU only) -- with checkpoints
+// that resume bit-for-bit on the CPU (on the GPU path: see device == cuda below).
 //
 // Per step: x1 <- the next `batch` training samples of the epoch's shuffled order; x0 <- prior
 // samples; the coupling pairs them (fm: as drawn; ot: minibatch OT; eqot: equivariant OT);
@@ -55,6 +55,7 @@
 #include "eqflow/device.h"
 #include "eqflow/egnn.h"
 #include "eqflow/export.h"
+#include "eqflow/flow_model.h"
 
 namespace eqflow {
 
@@ -71,8 +72,14 @@ struct TrainOptions {
     double lr_drop_fraction = 0.5;  // lr x lr_drop_factor from this fraction of the steps on
     double lr_drop_factor = 0.1;
     double sigma = 0.01;
-    int hidden = 0;  // 0: default_egnn_config's
+    // The vector field: the EGNN or the kernel dynamics (eqflow/kernel_dynamics.h, CPU only).
+    FieldKind field = FieldKind::egnn;
+    int hidden = 0;  // EGNN; 0: default_egnn_config's
     int layers = 0;
+    // Kernel field; 0: default_kernel_config's (radial centres on [0, r_max], time centres).
+    int kernel_radial = 0;
+    double kernel_r_max = 0.0;
+    int kernel_time = 0;
     uint64_t seed = 0;
     double validation_fraction = 0.1;
     int64_t validation_max = 2048;  // at most this many held-out samples are scored per epoch
@@ -104,8 +111,8 @@ struct TrainOptions {
 };
 
 struct TrainResult {
-    EgnnModel model;      // the model to sample from (EMA weights when EMA is on)
-    EgnnModel raw_model;  // the optimised weights themselves
+    FlowModel model;      // the model to sample from (EMA weights when EMA is on)
+    FlowModel raw_model;  // the optimised weights themselves
     int64_t step = 0;     // steps done (of total_steps)
     int64_t total_steps = 0;
     int64_t steps_per_epoch = 0;
@@ -126,7 +133,7 @@ EQFLOW_API TrainResult train_flow_matching(const TrainOptions& options,
 // operations and the field on `device` (the CPU reference with `threads`, or CUDA in float32):
 // x0, x1 [B][n][d] already paired, t [B], eps [B][n][d], all on the host. grad (nullable, host)
 // is OVERWRITTEN with the gradient. The result does not depend on the thread count.
-EQFLOW_API double flow_matching_loss(const EgnnModel& model, int64_t B, const double* x0,
+EQFLOW_API double flow_matching_loss(const FlowModel& model, int64_t B, const double* x0,
                                      const double* x1, const double* t, const double* eps,
                                      double sigma, double* grad, int threads = 1,
                                      Device device = Device::cpu);

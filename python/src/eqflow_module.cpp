@@ -910,8 +910,9 @@ NB_MODULE(_eqflow, m) {
             info["validation_loss"] = r.validation_loss;
             info["interrupted"] = r.interrupted;
             info["seconds"] = r.seconds;
-            return std::make_tuple(new python::Model(std::move(r.model)),
-                                   new python::Model(std::move(r.raw_model)), info);
+            // The Python train() trains the EGNN (the default field type).
+            return std::make_tuple(new python::Model(r.model.egnn_model()),
+                                   new python::Model(r.raw_model.egnn_model()), info);
         },
         nb::arg("system"), nb::arg("data"), nb::arg("objective"), nb::arg("out_dir"),
         nb::arg("epochs"), nb::arg("batch"), nb::arg("lr"), nb::arg("hidden"), nb::arg("layers"),

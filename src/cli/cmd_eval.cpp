@@ -147,7 +147,9 @@ int cmd_eval(Args& args) {
     args.finish();
     if (n_samples <= 0) throw UsageError{"--samples needs a positive count"};
     if (test_max < 0) throw UsageError{"--test-max must be non-negative"};
-    fo.device = resolve_device(device, "evaluation", fo.reference);
+    // The model first: its field type decides which devices can run it.
+    const FlowModel model = load_flow_model(model_path);
+    fo.device = resolve_device(device, "evaluation", fo.reference, model.kind);
     if (figure.empty()) figure = figure_path(out, "_energy.svg");
     if (rama_figure.empty()) rama_figure = figure_path(out, "_ramachandran.svg");
     // Create the output directories now, not after an hour of sampling.
@@ -156,8 +158,7 @@ int cmd_eval(Args& args) {
         if (slash != std::string::npos && slash > 0) make_directories(path.substr(0, slash));
     }
 
-    const EgnnModel model = load_model(model_path);
-    const System system = make_system(system_name.empty() ? model.config.system : system_name);
+    const System system = make_system(system_name.empty() ? model.system() : system_name);
     int64_t n_test = 0;
     const std::vector<double> test =
         load_configurations(test_path, system.n, system.d, &n_test, true);

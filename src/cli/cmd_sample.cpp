@@ -48,14 +48,14 @@ int cmd_sample(Args& args) {
     args.finish();
     if (format != "npy" && format != "pdb" && format != "dcd")
         throw UsageError{"--format must be npy, pdb or dcd, got '" + format + "'"};
-    fo.device = resolve_device(device, "sampler", fo.reference);
-
-    const EgnnModel model = load_model(model_path);
-    const System system = make_system(system_name.empty() ? model.config.system : system_name);
-    EQFLOW_CHECK(system.n == model.config.n_particles && system.d == model.config.dim,
-                 "the model has " << model.config.n_particles << " particles in "
-                                  << model.config.dim << " dimensions; " << system.name << " has "
-                                  << system.n << " in " << system.d);
+    // The model first: its field type decides which devices can run it.
+    const FlowModel model = load_flow_model(model_path);
+    fo.device = resolve_device(device, "sampler", fo.reference, model.kind);
+    const System system = make_system(system_name.empty() ? model.system() : system_name);
+    EQFLOW_CHECK(system.n == model.n_particles() && system.d == model.dim(),
+                 "the model has " << model.n_particles() << " particles in " << model.dim()
+                                  << " dimensions; " << system.name << " has " << system.n << " in "
+                                  << system.d);
     // A trajectory needs a topology: the system's PDB structure (molecules only).
     PdbStructure topology;
     if (format != "npy") {
@@ -119,7 +119,7 @@ int cmd_sample(Args& args) {
         }
     j["path_length"] = np > 0 ? pl / static_cast<double>(np) : 0.0;
     j["function_evals"] = s.ode.row_evals;
-    j["length_scale"] = model.config.length_scale;
+    j["length_scale"] = model.length_scale();
     if (folds_chirality(system)) {
         j["chirality_folded"] = true;
         j["mirrored_samples"] = mirrored;
