@@ -1,0 +1,164 @@
+// Likelihood training: the reverse mode of the exact divergence (the reference field's
+// divergence_backward) against central finite differences.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+#include "egnn_test_util.h"
+#include "eqflow/egnn.h"
+#include "eqflow/field.h"
+#include "test_util.h"
+
+namespace eqflow::test {
+namespace {
+
+// Central differences with step kFdStep: truncation error ~ kFdStep^2 f''' / 6 (~1e-11 for the
+// O(1) derivatives of these models) and rounding ~ 1e-16 |f| / kFdStep (~1e-11 for |f| ~ 1e-1..
+// 10). The tolerance leaves two orders of magnitude above both; a wrong second-derivative term
+// (a missing chain-rule factor) is O(1) relative.
+constexpr double kFdStep = 1e-5;
+constexpr double kFdAtol = 1e-7;
+constexpr double kFdRtol = 1e-6;
+
+struct Rows {
+    std::vector<double> x, t;
+};
+
+Rows random_rows(const EgnnCase& c, int B, uint64_t salt) {
+    EgnnInputs in = random_egnn_inputs(c, B, salt);
+    // Centred, like every configuration the flow sees.
+    for (int b = 0; b < B; ++b)
+        for (int a = 0; a < c.d; ++a) {
+            double mean = 0.0;
+            for (int i = 0; i < c.n; ++i) mean += in.x[(b * c.n + i) * c.d + a];
+            mean /= c.n;
+            for (int i = 0; i < c.n; ++i) in.x[(b * c.n + i) * c.d + a] -= mean;
+        }
+    return Rows{in.x, in.t};
+}
+
+// sum_b g[b] div_b at the field's parameters.
+double weighted_divergence(Field<double>& field, const Rows& r, const std::vector<double>& g) {
+    const int64_t B = static_cast<int64_t>(g.size());
+    const Shape xs{B, field.n_particles(), field.dim()};
+    std::vector<double> div(static_cast<size_t>(B));
+    FieldWorkspace ws;
+    field.divergence(
+        TensorView<const double>(r.x.data(), xs), TensorView<const double>(r.t.data(), Shape{B}),
+        {}, TensorView<double>(div.data(), Shape{B}), ws.get(field, FieldOp::divergence, B));
+    double s = 0.0;
+    for (int64_t b = 0; b < B; ++b) s += g[b] * div[b];
+    return s;
+}
+
+// divergence_backward against central differences of sum_b g[b] div_b, in every parameter whose
+// index is a multiple of `param_stride` and every coordinate.
+void check_divergence_backward(const EgnnCase& c, int B, int param_stride) {
+    const EgnnModel model = random_egnn_model(c, seed() + 11);
+    std::unique_ptr<Field<double>> field = make_reference_field(model, 2);
+    ASSERT_TRUE(field->supports_divergence_backward());
+    const Rows r = random_rows(c, B, seed() + 12);
+    auto gen = rng(seed() + 13);
+    const std::vector<double> g = random_normal(static_cast<size_t>(B), gen);
+    const int64_t P = field->parameter_count(), nd = static_cast<int64_t>(c.n) * c.d;
+    const Shape xs{B, c.n, c.d};
+
+    std::vector<double> dp(static_cast<size_t>(P), 0.5), dx(static_cast<size_t>(B * nd), 7.0);
+    FieldWorkspace ws;
+    field->divergence_backward(
+        TensorView<const double>(r.x.data(), xs), TensorView<const double>(r.t.data(), Shape{B}),
+        TensorView<const double>(g.data(), Shape{B}), TensorView<double>(dp.data(), Shape{P}),
+        TensorView<double>(dx.data(), xs), ws.get(*field, FieldOp::divergence_backward, B));
+    // Parameter gradients accumulate onto the 0.5 they held.
+    for (double& v : dp) v -= 0.5;
+    EXPECT_TRUE(not_all_zero(dp));
+    EXPECT_TRUE(not_all_zero(dx));
+
+    std::vector<double> fd_p, an_p;
+    const std::vector<double> p0 = model.params;
+    for (int64_t k = 0; k < P; k += param_stride) {
+        std::vector<double> p = p0;
+        p[k] = p0[k] + kFdStep;
+        field->set_parameters(p);
+        const double up = weighted_divergence(*field, r, g);
+        p[k] = p0[k] - kFdStep;
+        field->set_parameters(p);
+        const double down = weighted_divergence(*field, r, g);
+        fd_p.push_back((up - down) / (2 * kFdStep));
+        an_p.push_back(dp[k]);
+    }
+    field->set_parameters(p0);
+    EXPECT_ALL_CLOSE(an_p, fd_p, kFdAtol, kFdRtol);
+
+    // dL_dx[b] = g[b] d div_b / dx_b: the rows are independent, so one perturbation per
+    // coordinate index moves every row at once and row b's change is g[b] d div_b / dx_b[i].
+    std::vector<double> fd_x(static_cast<size_t>(B * nd));
+    for (int64_t i = 0; i < nd; ++i) {
+        for (int64_t b = 0; b < B; ++b) {
+            Rows rp = r, rm = r;
+            rp.x[b * nd + i] += kFdStep;
+            rm.x[b * nd + i] -= kFdStep;
+            std::vector<double> gb(static_cast<size_t>(B), 0.0);
+            gb[b] = g[b];
+            fd_x[b * nd + i] =
+                (weighted_divergence(*field, rp, gb) - weighted_divergence(*field, rm, gb)) /
+                (2 * kFdStep);
+        }
+    }
+    EXPECT_ALL_CLOSE(dx, fd_x, kFdAtol, kFdRtol);
+}
+
+TEST(DivergenceBackward, Dw4SizeMatchesFiniteDifferences) {
+    check_divergence_backward(EgnnCase{"dw4", 4, 2, 8, 2}, 3, 1);
+}
+
+TEST(DivergenceBackward, Lj13SizeMatchesFiniteDifferences) {
+    check_divergence_backward(EgnnCase{"lj13", 13, 3, 4, 2}, 2, 7);
+}
+
+TEST(DivergenceBackward, WithoutAttentionOrTanhMatchesFiniteDifferences) {
+    EgnnCase c{"dw4", 4, 2, 6, 2};
+    c.attention = false;
+    c.tanh = false;
+    check_divergence_backward(c, 2, 3);
+}
+
+TEST(DivergenceBackward, DoesNotDependOnTheThreadCount) {
+    const EgnnCase c{"dw4", 4, 2, 8, 2};
+    const EgnnModel model = random_egnn_model(c, seed() + 21);
+    const int B = 40;  // three chunks of rows
+    const Rows r = random_rows(c, B, seed() + 22);
+    const std::vector<double> g(static_cast<size_t>(B), 0.25);
+    const int64_t P = egnn_parameter_count(model.config);
+    std::vector<std::vector<double>> dp(2, std::vector<double>(static_cast<size_t>(P), 0.0));
+    for (int k = 0; k < 2; ++k) {
+        std::unique_ptr<Field<double>> field = make_reference_field(model, k == 0 ? 1 : 3);
+        FieldWorkspace ws;
+        field->divergence_backward(TensorView<const double>(r.x.data(), Shape{B, c.n, c.d}),
+                                   TensorView<const double>(r.t.data(), Shape{B}),
+                                   TensorView<const double>(g.data(), Shape{B}),
+                                   TensorView<double>(dp[k].data(), Shape{P}), {},
+                                   ws.get(*field, FieldOp::divergence_backward, B));
+    }
+    EXPECT_TRUE(not_all_zero(dp[0]));
+    EXPECT_EQ(dp[0], dp[1]);
+}
+
+TEST(DivergenceBackward, FastFieldSaysItHasNone) {
+    const EgnnModel model = random_egnn_model(EgnnCase{"dw4", 4, 2, 8, 2}, 1);
+    std::unique_ptr<Field<float>> field = make_fast_field(model, 1);
+    EXPECT_FALSE(field->supports_divergence_backward());
+    const std::vector<float> x(8, 0.5f), t(1, 0.5f), g(1, 1.0f);
+    std::vector<float> dp(static_cast<size_t>(field->parameter_count()));
+    EXPECT_THROW(field->divergence_backward(
+                     TensorView<const float>(x.data(), Shape{1, 4, 2}),
+                     TensorView<const float>(t.data(), Shape{1}),
+                     TensorView<const float>(g.data(), Shape{1}),
+                     TensorView<float>(dp.data(), Shape{field->parameter_count()}), {}, {}),
+                 Error);
+}
+
+}  // namespace
+}  // namespace eqflow::test
