@@ -83,6 +83,15 @@ void ger_add(S* dW, int64_t ld, int rows, int cols, const S* y, const X* x) {
         for (int k = 0; k < cols; ++k) w[k] += yo * x[k];
     }
 }
+// The dual parameter gradient is only ever read for its tangent (egnn_divergence_backward_one),
+// so the outer products, the bulk of the reverse pass, skip the value part: (y x).d only.
+void ger_add(Dual* dW, int64_t ld, int rows, int cols, const Dual* y, const Dual* x) {
+    for (int o = 0; o < rows; ++o) {
+        Dual* w = dW + o * ld;
+        const Dual yo = y[o];
+        for (int k = 0; k < cols; ++k) w[k].d += yo.v * x[k].d + yo.d * x[k].v;
+    }
+}
 
 // y[o] = b[o] + sum_k xt[k][o] x[k] with the weight stored transposed, xt [cols][rows]: the
 // inner loop runs over o with unit stride, which compilers vectorise without reassociating
