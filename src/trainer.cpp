@@ -29,6 +29,7 @@
 #include "eqflow/flow_model.h"
 #include "eqflow/io.h"
 #include "eqflow/json.h"
+#include "eqflow/likelihood.h"
 #include "eqflow/model_io.h"
 #include "eqflow/optim.h"
 #include "eqflow/philox.h"
@@ -258,12 +259,37 @@ struct RunSetup {
     std::string ckpt_path, model_path, log_path;
 };
 
-// The loop: schedule, log, validation, checkpoints. The step itself is FlowMatchingStep<T>.
+// The step of the run's objective; the loop below is the same for both.
 template <class T>
+FlowMatchingStep<T> make_step(const TrainOptions& opt, RunSetup& rs, Field<T>& field,
+                              int64_t n_val_used, FlowMatchingStep<T>*) {
+    FlowMatchingStepOptions so;
+    so.objective = opt.objective;
+    so.reflections = opt.reflections;
+    so.atom_types = opt.atom_types;
+    so.sigma = opt.sigma;
+    so.batch = rs.B;
+    so.draw_seed = derive_seed(opt.seed, kPurposeDraws);
+    so.ema_decay = opt.ema_decay;
+    return FlowMatchingStep<T>(field, so, rs.train.data(), rs.n_train, rs.val.data(), n_val_used);
+}
+template <class T>
+LikelihoodStep<T> make_step(const TrainOptions& opt, RunSetup& rs, Field<T>& field,
+                            int64_t n_val_used, LikelihoodStep<T>*) {
+    LikelihoodStepOptions so;
+    so.ode_steps = opt.ode_steps;
+    so.batch = rs.B;
+    so.ema_decay = opt.ema_decay;
+    return LikelihoodStep<T>(field, so, rs.train.data(), rs.n_train, rs.val.data(), n_val_used);
+}
+
+// The loop: schedule, log, validation, checkpoints. The step itself is Step (FlowMatchingStep<T>
+// or LikelihoodStep<T>).
+template <class Step, class T>
 TrainResult run_training(const TrainOptions& opt, RunSetup& rs, Field<T>& field) {
     using clock = std::chrono::steady_clock;
     const auto start = clock::now();
-    const int64_t B = rs.B, spe = rs.spe, total = rs.total;
+    const int64_t spe = rs.spe, total = rs.total;
     FlowModel& model = rs.model;
     AdamState adam;
     std::vector<double> ema;
@@ -289,16 +315,8 @@ TrainResult run_training(const TrainOptions& opt, RunSetup& rs, Field<T>& field)
     }
     field.set_parameters(model.params);
 
-    FlowMatchingStepOptions so;
-    so.objective = opt.objective;
-    so.reflections = opt.reflections;
-    so.atom_types = opt.atom_types;
-    so.sigma = opt.sigma;
-    so.batch = B;
-    so.draw_seed = derive_seed(opt.seed, kPurposeDraws);
-    so.ema_decay = opt.ema_decay;
     const int64_t n_val_used = std::min(rs.n_val, opt.validation_max);
-    FlowMatchingStep<T> trainer(field, so, rs.train.data(), rs.n_train, rs.val.data(), n_val_used);
+    Step trainer = make_step(opt, rs, field, n_val_used, static_cast<Step*>(nullptr));
     trainer.upload_state(model.params, adam, ema, skipped);
 
     auto elapsed = [&] {
@@ -464,6 +482,11 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
                  "validation fraction must be in [0, 1), got " << opt.validation_fraction);
     EQFLOW_CHECK(opt.log_every > 0, "log interval must be positive, got " << opt.log_every);
     EQFLOW_CHECK(!opt.resume || !opt.out_dir.empty(), "--resume needs the run directory");
+    EQFLOW_CHECK(!opt.likelihood || opt.device == Device::cpu,
+                 "likelihood training on CUDA is not built (the CUDA field has no second "
+                 "derivatives): use --device cpu, which trains on the double CPU reference");
+    EQFLOW_CHECK(!opt.likelihood || opt.ode_steps >= 1,
+                 "ODE steps must be positive, got " << opt.ode_steps);
 
     RunSetup rs;
     std::unique_ptr<RunLock> lock;  // held until the run returns or throws
@@ -506,7 +529,7 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
 
     rs.fingerprint = {
         {"eqflow.system", opt.system},
-        {"eqflow.train.objective", objective_name(opt.objective)},
+        {"eqflow.train.objective", opt.likelihood ? "likelihood" : objective_name(opt.objective)},
         {"eqflow.train.epochs", std::to_string(opt.epochs)},
         {"eqflow.train.batch", std::to_string(opt.batch)},
         {"eqflow.train.lr", fmt(opt.lr)},
@@ -521,6 +544,8 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
         {"eqflow.train.data_checksum", std::to_string(data_checksum(x))},
         {"eqflow.train.length_scale", fmt(length_scale)},
     };
+    if (opt.likelihood)
+        rs.fingerprint.push_back({"eqflow.train.ode_steps", std::to_string(opt.ode_steps)});
     if (!opt.out_dir.empty()) {
         rs.ckpt_path = opt.out_dir + "/checkpoint.safetensors";
         rs.model_path = opt.out_dir + "/model.safetensors";
@@ -543,16 +568,20 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
         }
     }
 
+    if (opt.likelihood) {
+        std::unique_ptr<Field<double>> field = make_reference_field(rs.model, opt.threads);
+        return run_training<LikelihoodStep<double>>(opt, rs, *field);
+    }
     if (opt.device == Device::cuda) {
         std::unique_ptr<Field<float>> field = make_cuda_field(rs.model);
-        return run_training<float>(opt, rs, *field);
+        return run_training<FlowMatchingStep<float>>(opt, rs, *field);
     }
     if (opt.reference) {
         std::unique_ptr<Field<double>> field = make_reference_field(rs.model, opt.threads);
-        return run_training<double>(opt, rs, *field);
+        return run_training<FlowMatchingStep<double>>(opt, rs, *field);
     }
     std::unique_ptr<Field<float>> field = make_fast_field(rs.model, opt.threads);
-    return run_training<float>(opt, rs, *field);
+    return run_training<FlowMatchingStep<float>>(opt, rs, *field);
 }
 
 }  // namespace eqflow

@@ -156,5 +156,45 @@ TEST_F(CliTrain, CtrlCSavesACheckpoint) {
     EXPECT_NE(read_file(file("long.log")).find("--resume"), std::string::npos);
 }
 
+// --objective likelihood: trains on the double reference through --ode-steps RK4 steps, resumes
+// exactly (nothing is drawn), and its model is an ordinary model that eval scores. The options
+// that do not fit are usage errors.
+TEST_F(CliTrain, LikelihoodTrainResumeEval) {
+    const std::string lik = tiny_train("lik", "likelihood") + " --ode-steps 2";
+    Result r = run(lik);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("double CPU reference"), std::string::npos) << r.out;
+    const std::string log = read_file(file("lik/train_log.jsonl"));
+    EXPECT_NE(log.find("\"val_loss\""), std::string::npos) << log;
+
+    r = run(tiny_train("lik-parts", "likelihood") + " --ode-steps 2 --stop-after 3");
+    ASSERT_EQ(r.code, 0) << r.out;
+    r = run(tiny_train("lik-parts", "likelihood") + " --ode-steps 2 --resume");
+    ASSERT_EQ(r.code, 0) << r.out;
+    const EgnnModel a = load_model(file("lik/model.safetensors"));
+    const EgnnModel b = load_model(file("lik-parts/model.safetensors"));
+    ASSERT_EQ(a.params.size(), b.params.size());
+    for (size_t i = 0; i < a.params.size(); ++i) ASSERT_EQ(a.params[i], b.params[i]) << i;
+    // Another ODE step count is another run.
+    r = run(tiny_train("lik-parts", "likelihood") + " --ode-steps 3 --resume");
+    EXPECT_EQ(r.code, 1) << r.out;
+
+    r = run("eval --model " + file("lik/model.safetensors") + " --test " + file("test.npy") +
+            " --out " + file("lik-metrics.json") + " --samples 16 --test-max 10 --threads 1");
+    ASSERT_EQ(r.code, 0) << r.out;
+    const Json m = Json::parse(read_file(file("lik-metrics.json")));
+    EXPECT_TRUE(std::isfinite(m.at("nll").as_number()));
+    EXPECT_EQ(m.at("n_test").as_int(), 10);
+
+    r = run(tiny_train("lik-cuda", "likelihood") + " --device cuda");
+    EXPECT_EQ(r.code, 2) << r.out;
+    EXPECT_NE(r.out.find("not built"), std::string::npos) << r.out;
+    EXPECT_FALSE(exists(file("lik-cuda")));
+    r = run(tiny_train("lik-bad", "likelihood") + " --ode-steps 0");
+    EXPECT_EQ(r.code, 2) << r.out;
+    r = run(tiny_train("fm-bad", "fm") + " --ode-steps 4");
+    EXPECT_EQ(r.code, 2) << r.out;
+}
+
 }  // namespace
 }  // namespace eqflow

@@ -14,6 +14,10 @@
 // and resumed is bit-for-bit the run that never stopped. The batch gradient is summed over
 // fixed chunks of rows in a fixed order, so the result does not depend on the thread count.
 //
+// With `likelihood` the step is LikelihoodStep<double> (eqflow/likelihood.h) on the CPU reference
+// and the loss is the batch's mean NLL; everything else below (schedule, EMA, skipping,
+// checkpoints, resume, log, validation) is the same loop.
+//
 // The step itself is FlowMatchingStep<T> (eqflow/train_step.h) over the field interface: on
 // device == cpu the fast CPU field (float32, make_fast_field), or the double CPU reference with
 // `reference` set (the precision the tests compare to); the CUDA field (float32) for
@@ -65,6 +69,12 @@ EQFLOW_API bool coupling_available(CouplingKind kind);
 struct TrainOptions {
     std::string system = "dw4";  // for the model metadata
     CouplingKind objective = CouplingKind::eqot;
+    // Maximum likelihood instead of flow matching (`--objective likelihood`): LikelihoodStep
+    // (eqflow/likelihood.h) through `ode_steps` RK4 steps, on the double CPU reference field
+    // whatever `reference` says (the only backend with divergence_backward); device cuda throws.
+    // objective, sigma and reflections are then unused.
+    bool likelihood = false;
+    int ode_steps = 10;
     std::string out_dir;  // empty: write nothing (tests)
     int64_t epochs = 10;
     int64_t batch = 256;

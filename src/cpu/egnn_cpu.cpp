@@ -17,6 +17,7 @@
 // through one primal pass: every primal edge quantity is computed once and reused by all K.
 #include "cpu/egnn_cpu.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -30,54 +31,76 @@ namespace {
 // docs/design.md section 4: d_ij / (sqrt(r_ij + 1e-8) + 1).
 constexpr double kNormEps = 1e-8;
 
-double sigmoid(double z) {
-    return 1.0 / (1.0 + std::exp(-z));
+// The activation math is templated on the scalar type S of the activations (double, or Dual
+// for forward-over-reverse second derivatives); parameters are always double. With S = double
+// every expression is the one the untemplated code had, in the same order: results are
+// bit-identical. exp / tanh / sqrt are found by overload: std:: for double, cpu:: for Dual.
+using std::exp;
+using std::sqrt;
+using std::tanh;
+
+template <class S>
+S sigmoid(const S& z) {
+    return 1.0 / (1.0 + exp(-z));
 }
-double silu(double z) {
+template <class S>
+S silu(const S& z) {
     return z * sigmoid(z);
 }
-double dsilu(double z) {
-    const double s = sigmoid(z);
+template <class S>
+S dsilu(const S& z) {
+    const S s = sigmoid(z);
     return s * (1.0 + z * (1.0 - s));
 }
 
 // y[o] = b[o] + sum_k W[o*ld + k] x[k]  (o < rows, k < cols; b nullable)
-void gemv(const double* W, int64_t ld, int rows, int cols, const double* x, const double* b,
-          double* y) {
+template <class X, class Y>
+void gemv(const double* W, int64_t ld, int rows, int cols, const X* x, const double* b, Y* y) {
     for (int o = 0; o < rows; ++o) {
         const double* w = W + o * ld;
-        double acc = b ? b[o] : 0.0;
+        Y acc = b ? Y(b[o]) : Y(0.0);
         for (int k = 0; k < cols; ++k) acc += w[k] * x[k];
         y[o] = acc;
     }
 }
 
 // x[k] += sum_o W[o*ld + k] y[o]
-void gemv_t_add(const double* W, int64_t ld, int rows, int cols, const double* y, double* x) {
+template <class S>
+void gemv_t_add(const double* W, int64_t ld, int rows, int cols, const S* y, S* x) {
     for (int o = 0; o < rows; ++o) {
         const double* w = W + o * ld;
-        const double yo = y[o];
+        const S yo = y[o];
         for (int k = 0; k < cols; ++k) x[k] += w[k] * yo;
     }
 }
 
 // dW[o*ld + k] += y[o] x[k]
-void ger_add(double* dW, int64_t ld, int rows, int cols, const double* y, const double* x) {
+template <class S, class X>
+void ger_add(S* dW, int64_t ld, int rows, int cols, const S* y, const X* x) {
     for (int o = 0; o < rows; ++o) {
-        double* w = dW + o * ld;
-        const double yo = y[o];
+        S* w = dW + o * ld;
+        const S yo = y[o];
         for (int k = 0; k < cols; ++k) w[k] += yo * x[k];
+    }
+}
+// The dual parameter gradient is only ever read for its tangent (egnn_divergence_backward_one),
+// so the outer products, the bulk of the reverse pass, skip the value part: (y x).d only.
+void ger_add(Dual* dW, int64_t ld, int rows, int cols, const Dual* y, const Dual* x) {
+    for (int o = 0; o < rows; ++o) {
+        Dual* w = dW + o * ld;
+        const Dual yo = y[o];
+        for (int k = 0; k < cols; ++k) w[k].d += yo.v * x[k].d + yo.d * x[k].v;
     }
 }
 
 // y[o] = b[o] + sum_k xt[k][o] x[k] with the weight stored transposed, xt [cols][rows]: the
 // inner loop runs over o with unit stride, which compilers vectorise without reassociating
 // sums (unlike the dot products of gemv). Used for the per-edge H x H products.
-void gemv_transposed(const double* Wt, int rows, int cols, const double* x, const double* b,
-                     double* y) {
-    for (int o = 0; o < rows; ++o) y[o] = b ? b[o] : 0.0;
+template <class S>
+void gemv_transposed(const double* Wt, int rows, int cols, const S* x, const double* b, S* y) {
+    for (int o = 0; o < rows; ++o) y[o] = b ? S(b[o]) : S(0.0);
     for (int k = 0; k < cols; ++k) {
-        const double xk = x[k];
+        const S xk = x[k];
         const double* w = Wt + static_cast<int64_t>(k) * rows;
         for (int o = 0; o < rows; ++o) y[o] += xk * w[o];
     }
@@ -121,10 +144,11 @@ void embed(const Dims& D, const double* p, const EgnnOffsets& off, const double*
 }
 
 // The primal quantities of one edge (i, j).
+template <class S>
 struct Edge {
-    std::vector<double> z1, s1, z2, m, me, zc, sc;  // [H]
-    std::vector<double> dx, dx0;                    // [d]: x_i - x_j, x0_i - x0_j
-    double r = 0, a = 0, g = 1, c = 0, th = 0, phi = 0, nrm = 1;
+    std::vector<S> z1, s1, z2, m, me, zc, sc;  // [H]
+    std::vector<S> dx, dx0;                    // [d]: x_i - x_j, x0_i - x0_j
+    S r = 0, a = 0, g = 1, c = 0, th = 0, phi = 0, nrm = 1;
 
     explicit Edge(const Dims& D)
         : z1(D.H), s1(D.H), z2(D.H), m(D.H), me(D.H), zc(D.H), sc(D.H), dx(D.d), dx0(D.d) {}
@@ -137,9 +161,10 @@ struct EdgeWeights {
         : W2t(transpose(p + lo.edge_w2, D.H, D.H)), Wc1t(transpose(p + lo.coord_w0, D.H, D.H)) {}
 };
 
+template <class S>
 void edge_forward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, const EdgeWeights& ew,
-                  const double* Pi, const double* Qj, const double* xi, const double* xj,
-                  const double* x0i, const double* x0j, Edge& e) {
+                  const S* Pi, const S* Qj, const S* xi, const S* xj, const S* x0i, const S* x0j,
+                  Edge<S>& e) {
     const int H = D.H;
     const int64_t ld1 = 2 * H + 2;
     e.r = 0.0;
@@ -158,7 +183,7 @@ void edge_forward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, co
     gemv_transposed(ew.W2t.data(), H, H, e.s1.data(), p + lo.edge_b2, e.z2.data());
     for (int o = 0; o < H; ++o) e.m[o] = silu(e.z2[o]);
     if (D.attention) {
-        double za = p[lo.att_b0];
+        S za = p[lo.att_b0];
         for (int o = 0; o < H; ++o) za += p[lo.att_w0 + o] * e.m[o];
         e.g = sigmoid(za);
         for (int o = 0; o < H; ++o) e.me[o] = e.g * e.m[o];
@@ -173,17 +198,18 @@ void edge_forward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, co
         e.c += p[lo.coord_w2 + o] * e.sc[o];
     }
     if (D.tanh) {
-        e.th = std::tanh(e.c);
+        e.th = tanh(e.c);
         e.phi = D.cr * e.th;
     } else {
         e.phi = e.c;
     }
-    e.nrm = std::sqrt(e.r + kNormEps) + 1.0;
+    e.nrm = sqrt(e.r + kNormEps) + 1.0;
 }
 
 // P [n][H] = W1a h + b1, Q [n][H] = W1b h.
-void node_projections(const Dims& D, const double* p, const EgnnLayerOffsets& lo, const double* h,
-                      double* P, double* Q) {
+template <class S>
+void node_projections(const Dims& D, const double* p, const EgnnLayerOffsets& lo, const S* h, S* P,
+                      S* Q) {
     const int H = D.H;
     const int64_t ld1 = 2 * H + 2;
     for (int i = 0; i < D.n; ++i) {
@@ -193,26 +219,27 @@ void node_projections(const Dims& D, const double* p, const EgnnLayerOffsets& lo
 }
 
 // One layer forward. h, x [n][*] -> h_out, x_out; M [n][H] = sum_j me_ij.
-void layer_forward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, const double* h,
-                   const double* x, const double* x0, double* h_out, double* x_out, double* M) {
+template <class S>
+void layer_forward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, const S* h,
+                   const S* x, const S* x0, S* h_out, S* x_out, S* M) {
     const int n = D.n, d = D.d, H = D.H;
-    std::vector<double> P(static_cast<size_t>(n) * H), Q(static_cast<size_t>(n) * H);
+    std::vector<S> P(static_cast<size_t>(n) * H), Q(static_cast<size_t>(n) * H);
     node_projections(D, p, lo, h, P.data(), Q.data());
-    std::memcpy(x_out, x, sizeof(double) * n * d);
-    std::fill(M, M + static_cast<size_t>(n) * H, 0.0);
+    std::copy(x, x + static_cast<size_t>(n) * d, x_out);
+    std::fill(M, M + static_cast<size_t>(n) * H, S(0.0));
     const EdgeWeights ew(D, p, lo);
-    Edge e(D);
+    Edge<S> e(D);
     for (int i = 0; i < n; ++i) {
         for (int j = 0; j < n; ++j) {
             if (j == i) continue;
             edge_forward(D, p, lo, ew, &P[i * H], &Q[j * H], x + i * d, x + j * d, x0 + i * d,
                          x0 + j * d, e);
-            const double s = e.phi / e.nrm;
+            const S s = e.phi / e.nrm;
             for (int k = 0; k < d; ++k) x_out[i * d + k] += e.dx[k] * s;
             for (int o = 0; o < H; ++o) M[i * H + o] += e.me[o];
         }
     }
-    std::vector<double> u(2 * H), zn(H), sn(H), y(H);
+    std::vector<S> u(2 * H), zn(H), sn(H), y(H);
     for (int i = 0; i < n; ++i) {
         for (int k = 0; k < H; ++k) {
             u[k] = h[i * H + k];
@@ -226,31 +253,36 @@ void layer_forward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, c
 }
 
 // Per-layer states for the backward pass.
+template <class S>
 struct Tape {
-    std::vector<double> h;  // [L+1][n][H]
-    std::vector<double> x;  // [L+1][n][d]
-    std::vector<double> M;  // [L][n][H]
+    std::vector<S> h;  // [L+1][n][H]
+    std::vector<S> x;  // [L+1][n][d]
+    std::vector<S> M;  // [L][n][H]
 };
 
 // v [n][d] (nullable) = mean-free (x^L - x^0); fills the tape.
+template <class S>
 void forward_with_tape(const Dims& D, const EgnnConfig& c, const EgnnOffsets& off, const double* p,
-                       const double* x, double t, Tape& tape, double* v) {
+                       const S* x, double t, Tape<S>& tape, S* v) {
     const int n = D.n, d = D.d, H = D.H, L = D.L;
     const size_t nH = static_cast<size_t>(n) * H, nd = static_cast<size_t>(n) * d;
-    tape.h.assign((L + 1) * nH, 0.0);
-    tape.x.assign((L + 1) * nd, 0.0);
-    tape.M.assign(L * nH, 0.0);
+    tape.h.assign((L + 1) * nH, S(0.0));
+    tape.x.assign((L + 1) * nd, S(0.0));
+    tape.M.assign(L * nH, S(0.0));
+    // h0 depends on t only: computed in double (as always), then widened to S.
     const std::vector<double> f = node_features(c, t);
-    embed(D, p, off, f.data(), tape.h.data());
-    std::memcpy(tape.x.data(), x, sizeof(double) * nd);
+    std::vector<double> h0(nH);
+    embed(D, p, off, f.data(), h0.data());
+    std::copy(h0.begin(), h0.end(), tape.h.begin());
+    std::copy(x, x + nd, tape.x.begin());
     for (int l = 0; l < L; ++l) {
         layer_forward(D, p, off.layers[l], &tape.h[l * nH], &tape.x[l * nd], x,
                       &tape.h[(l + 1) * nH], &tape.x[(l + 1) * nd], &tape.M[l * nH]);
     }
     if (v) {
-        const double* xL = &tape.x[L * nd];
+        const S* xL = &tape.x[L * nd];
         for (int k = 0; k < d; ++k) {
-            double mean = 0.0;
+            S mean = 0.0;
             for (int i = 0; i < n; ++i) mean += xL[i * d + k] - x[i * d + k];
             mean /= n;
             for (int i = 0; i < n; ++i) v[i * d + k] = xL[i * d + k] - x[i * d + k] - mean;
@@ -260,20 +292,21 @@ void forward_with_tape(const Dims& D, const EgnnConfig& c, const EgnnOffsets& of
 
 // One layer backward. Inputs: the layer's h, x, M (from the tape), gh_out, gx_out (dL/d outputs).
 // Outputs: gh_in, gx_in (overwritten); gx0 [n][d] += dL/dx0 through a_ij; dp += parameter grads.
-void layer_backward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, const double* h,
-                    const double* x, const double* x0, const double* M, const double* gh_out,
-                    const double* gx_out, double* gh_in, double* gx_in, double* gx0, double* dp) {
+template <class S>
+void layer_backward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, const S* h,
+                    const S* x, const S* x0, const S* M, const S* gh_out, const S* gx_out, S* gh_in,
+                    S* gx_in, S* gx0, S* dp) {
     const int n = D.n, d = D.d, H = D.H;
     const int64_t ld1 = 2 * H + 2;
-    std::memcpy(gh_in, gh_out, sizeof(double) * n * H);
-    std::memcpy(gx_in, gx_out, sizeof(double) * n * d);
+    std::copy(gh_out, gh_out + static_cast<size_t>(n) * H, gh_in);
+    std::copy(gx_out, gx_out + static_cast<size_t>(n) * d, gx_in);
 
     // Node update: h_out = h + Wn2 SiLU(Wn1 [h, M] + bn1) + bn2.
-    std::vector<double> gM(static_cast<size_t>(n) * H, 0.0);
+    std::vector<S> gM(static_cast<size_t>(n) * H, S(0.0));
     {
-        std::vector<double> u(2 * H), zn(H), sn(H), g_sn(H), g_u(2 * H);
+        std::vector<S> u(2 * H), zn(H), sn(H), g_sn(H), g_u(2 * H);
         for (int i = 0; i < n; ++i) {
-            const double* gho = gh_out + i * H;
+            const S* gho = gh_out + i * H;
             for (int k = 0; k < H; ++k) {
                 u[k] = h[i * H + k];
                 u[H + k] = M[i * H + k];
@@ -282,12 +315,12 @@ void layer_backward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, 
             for (int k = 0; k < H; ++k) sn[k] = silu(zn[k]);
             for (int k = 0; k < H; ++k) dp[lo.node_b2 + k] += gho[k];
             ger_add(dp + lo.node_w2, H, H, H, gho, sn.data());
-            std::fill(g_sn.begin(), g_sn.end(), 0.0);
+            std::fill(g_sn.begin(), g_sn.end(), S(0.0));
             gemv_t_add(p + lo.node_w2, H, H, H, gho, g_sn.data());
             for (int k = 0; k < H; ++k) g_sn[k] *= dsilu(zn[k]);  // now dL/dzn
             for (int k = 0; k < H; ++k) dp[lo.node_b0 + k] += g_sn[k];
             ger_add(dp + lo.node_w0, 2 * H, H, 2 * H, g_sn.data(), u.data());
-            std::fill(g_u.begin(), g_u.end(), 0.0);
+            std::fill(g_u.begin(), g_u.end(), S(0.0));
             gemv_t_add(p + lo.node_w0, 2 * H, H, 2 * H, g_sn.data(), g_u.data());
             for (int k = 0; k < H; ++k) {
                 gh_in[i * H + k] += g_u[k];
@@ -297,28 +330,28 @@ void layer_backward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, 
     }
 
     // Edges.
-    std::vector<double> P(static_cast<size_t>(n) * H), Q(static_cast<size_t>(n) * H);
+    std::vector<S> P(static_cast<size_t>(n) * H), Q(static_cast<size_t>(n) * H);
     node_projections(D, p, lo, h, P.data(), Q.data());
-    std::vector<double> gP(static_cast<size_t>(n) * H, 0.0), gQ(static_cast<size_t>(n) * H, 0.0);
-    std::vector<double> g_zc(H), g_me(H), g_m(H), g_z2(H), g_s1(H), g_z1(H), g_dx(d);
+    std::vector<S> gP(static_cast<size_t>(n) * H, S(0.0)), gQ(static_cast<size_t>(n) * H, S(0.0));
+    std::vector<S> g_zc(H), g_me(H), g_m(H), g_z2(H), g_s1(H), g_z1(H), g_dx(d);
     const double* W1 = p + lo.edge_w0;
-    double* dW1 = dp + lo.edge_w0;
+    S* dW1 = dp + lo.edge_w0;
     const EdgeWeights ew(D, p, lo);
-    Edge e(D);
+    Edge<S> e(D);
     for (int i = 0; i < n; ++i) {
-        const double* gxi = gx_out + i * d;
+        const S* gxi = gx_out + i * d;
         for (int j = 0; j < n; ++j) {
             if (j == i) continue;
             edge_forward(D, p, lo, ew, &P[i * H], &Q[j * H], x + i * d, x + j * d, x0 + i * d,
                          x0 + j * d, e);
             // x_i += dx phi / nrm
-            double dot = 0.0;
+            S dot = 0.0;
             for (int k = 0; k < d; ++k) dot += gxi[k] * e.dx[k];
-            const double g_phi = dot / e.nrm;
+            const S g_phi = dot / e.nrm;
             for (int k = 0; k < d; ++k) g_dx[k] = gxi[k] * e.phi / e.nrm;
-            const double g_nrm = -dot * e.phi / (e.nrm * e.nrm);
-            double g_r = g_nrm * 0.5 / (e.nrm - 1.0);  // nrm - 1 = sqrt(r + eps)
-            const double g_c = D.tanh ? g_phi * D.cr * (1.0 - e.th * e.th) : g_phi;
+            const S g_nrm = -dot * e.phi / (e.nrm * e.nrm);
+            S g_r = g_nrm * 0.5 / (e.nrm - 1.0);  // nrm - 1 = sqrt(r + eps)
+            const S g_c = D.tanh ? S(g_phi * D.cr * (1.0 - e.th * e.th)) : g_phi;
             // c = wc2 . SiLU(zc), zc = Wc1 me + bc1
             for (int k = 0; k < H; ++k) {
                 dp[lo.coord_w2 + k] += g_c * e.sc[k];
@@ -330,9 +363,9 @@ void layer_backward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, 
             gemv_t_add(p + lo.coord_w0, H, H, H, g_zc.data(), g_me.data());
             // me = g m, g = sigmoid(wa . m + ba)
             if (D.attention) {
-                double g_g = 0.0;
+                S g_g = 0.0;
                 for (int k = 0; k < H; ++k) g_g += g_me[k] * e.m[k];
-                const double g_za = g_g * e.g * (1.0 - e.g);
+                const S g_za = g_g * e.g * (1.0 - e.g);
                 dp[lo.att_b0] += g_za;
                 for (int k = 0; k < H; ++k) {
                     dp[lo.att_w0 + k] += g_za * e.m[k];
@@ -347,10 +380,10 @@ void layer_backward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, 
                 dp[lo.edge_b2 + k] += g_z2[k];
             }
             ger_add(dp + lo.edge_w2, H, H, H, g_z2.data(), e.s1.data());
-            std::fill(g_s1.begin(), g_s1.end(), 0.0);
+            std::fill(g_s1.begin(), g_s1.end(), S(0.0));
             gemv_t_add(p + lo.edge_w2, H, H, H, g_z2.data(), g_s1.data());
             // s1 = SiLU(z1), z1 = P_i + Q_j + w1r r + w1a a
-            double g_a = 0.0;
+            S g_a = 0.0;
             for (int o = 0; o < H; ++o) {
                 g_z1[o] = g_s1[o] * dsilu(e.z1[o]);
                 gP[i * H + o] += g_z1[o];
@@ -361,10 +394,10 @@ void layer_backward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, 
                 g_a += g_z1[o] * W1[o * ld1 + 2 * H + 1];
             }
             for (int k = 0; k < d; ++k) {
-                const double g = g_dx[k] + 2.0 * e.dx[k] * g_r;
+                const S g = g_dx[k] + 2.0 * e.dx[k] * g_r;
                 gx_in[i * d + k] += g;
                 gx_in[j * d + k] -= g;
-                const double g0 = 2.0 * e.dx0[k] * g_a;
+                const S g0 = 2.0 * e.dx0[k] * g_a;
                 gx0[i * d + k] += g0;
                 gx0[j * d + k] -= g0;
             }
@@ -409,7 +442,7 @@ void layer_jvp(const Dims& D, const double* p, const EgnnLayerOffsets& lo, int K
     const double* W1 = p + lo.edge_w0;
     const EdgeWeights ew(D, p, lo);
     std::vector<double> ds1(H), dm(H), dsc(H), s1d(H), z2d(H), med(H), zcd(H), dd(d);
-    Edge e(D);
+    Edge<double> e(D);
     for (int i = 0; i < n; ++i) {
         for (int j = 0; j < n; ++j) {
             if (j == i) continue;
@@ -498,28 +531,22 @@ void layer_jvp(const Dims& D, const double* p, const EgnnLayerOffsets& lo, int K
     }
 }
 
-}  // namespace
-
-void egnn_forward_one(const EgnnConfig& config, const EgnnOffsets& off, const double* params,
-                      const double* x, double t, double* v) {
-    Tape tape;
-    forward_with_tape(dims_of(config), config, off, params, x, t, tape, v);
-}
-
-void egnn_backward_one(const EgnnConfig& config, const EgnnOffsets& off, const double* params,
-                       const double* x, double t, const double* dL_dv, double* dL_dparams,
-                       double* dL_dx) {
+// Reverse mode of one sample in the scalar type S (double: the backward pass; Dual: forward
+// over reverse). dL_dparams [P] += dL/dparams; dL_dx [n][d] = dL/dx (nullable).
+template <class S>
+void backward_one(const EgnnConfig& config, const EgnnOffsets& off, const double* params,
+                  const S* x, double t, const S* dL_dv, S* dL_dparams, S* dL_dx) {
     const Dims D = dims_of(config);
     const int n = D.n, d = D.d, H = D.H, L = D.L;
     const size_t nH = static_cast<size_t>(n) * H, nd = static_cast<size_t>(n) * d;
-    Tape tape;
-    forward_with_tape(D, config, off, params, x, t, tape, nullptr);
+    Tape<S> tape;
+    forward_with_tape(D, config, off, params, x, t, tape, static_cast<S*>(nullptr));
 
     // v = C (x^L - x^0) with C the (symmetric) mean removal: dL/dx^L = C dL_dv, and x^0 enters
     // directly with -C dL_dv.
-    std::vector<double> gx(nd), gx0(nd), gh(nH, 0.0), gx_in(nd), gh_in(nH);
+    std::vector<S> gx(nd), gx0(nd), gh(nH, S(0.0)), gx_in(nd), gh_in(nH);
     for (int k = 0; k < d; ++k) {
-        double mean = 0.0;
+        S mean = 0.0;
         for (int i = 0; i < n; ++i) mean += dL_dv[i * d + k];
         mean /= n;
         for (int i = 0; i < n; ++i) {
@@ -542,6 +569,47 @@ void egnn_backward_one(const EgnnConfig& config, const EgnnOffsets& off, const d
     }
     if (dL_dx) {
         for (size_t k = 0; k < nd; ++k) dL_dx[k] = gx[k] + gx0[k];
+    }
+}
+
+}  // namespace
+
+void egnn_forward_one(const EgnnConfig& config, const EgnnOffsets& off, const double* params,
+                      const double* x, double t, double* v) {
+    Tape<double> tape;
+    forward_with_tape(dims_of(config), config, off, params, x, t, tape, v);
+}
+
+void egnn_backward_one(const EgnnConfig& config, const EgnnOffsets& off, const double* params,
+                       const double* x, double t, const double* dL_dv, double* dL_dparams,
+                       double* dL_dx) {
+    backward_one<double>(config, off, params, x, t, dL_dv, dL_dparams, dL_dx);
+}
+
+// Forward over reverse. div v = sum_q e_q^T J e_q. For direction q, the reverse pass of
+// L_q = g e_q^T v (dL_dv = g e_q, no tangent) run on duals whose x carries the tangent e_q
+// returns, in the tangent parts, d/de [grad L_q](x + e e_q) = g grad_{params, x}(e_q^T J e_q):
+// the mixed second derivative along the one direction, by the chain rule through every
+// operation of the reverse pass. Summing over the n*d directions gives g grad div. Each
+// direction is one dual reverse pass (primal recomputed): memory stays that of one backward
+// (O(L n H)), and the cost is about n*d dual backward passes, each ~3x a plain one.
+void egnn_divergence_backward_one(const EgnnConfig& config, const EgnnOffsets& off,
+                                  const double* params, const double* x, double t, double g,
+                                  Dual* dp, double* dL_dx) {
+    const int nd = config.n_particles * config.dim;
+    std::vector<Dual> xs(static_cast<size_t>(nd)), dv(static_cast<size_t>(nd)),
+        gx(static_cast<size_t>(nd));
+    for (int k = 0; k < nd; ++k) xs[k] = Dual(x[k], 0.0);
+    if (dL_dx) std::fill(dL_dx, dL_dx + nd, 0.0);
+    for (int q = 0; q < nd; ++q) {
+        xs[q].d = 1.0;
+        dv[q] = Dual(g, 0.0);
+        backward_one<Dual>(config, off, params, xs.data(), t, dv.data(), dp,
+                           dL_dx ? gx.data() : nullptr);
+        if (dL_dx)
+            for (int k = 0; k < nd; ++k) dL_dx[k] += gx[k].d;
+        xs[q].d = 0.0;
+        dv[q] = Dual(0.0, 0.0);
     }
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/egnn_offsets.h"
+#include "cpu/dual.h"
 #include "eqflow/egnn.h"
 
 namespace eqflow::cpu {
@@ -36,5 +37,12 @@ std::vector<double> egnn_unit_tangents(int nd);
 // `eye` (egnn_unit_tangents) with their images in vdot [nd][nd] (scratch); v [n][d] nullable.
 double egnn_divergence_one(const EgnnConfig& config, const EgnnOffsets& off, const double* params,
                            const double* x, double t, const double* eye, double* vdot, double* v);
+
+// Reverse mode of the exact divergence of one sample (forward over reverse, see the .cpp): the
+// tangent parts of dp [P] (duals, scratch that accumulates across calls) += g d div / dparams;
+// dL_dx [n][d] = g d div / dx (nullable). The caller reads the tangents of dp when done.
+void egnn_divergence_backward_one(const EgnnConfig& config, const EgnnOffsets& off,
+                                  const double* params, const double* x, double t, double g,
+                                  Dual* dp, double* dL_dx);
 
 }  // namespace eqflow::cpu

@@ -9,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "cpu/dual.h"
 #include "cpu/egnn_cpu.h"
 #include "eqflow/egnn.h"
 #include "eqflow/field.h"
@@ -34,6 +35,8 @@ class ReferenceEgnnField final : public Field<double> {
           params_(model.params),
           threads_(threads) {}
 
+    bool supports_divergence_backward() const override { return true; }
+
   protected:
     TensorView<double> do_parameters() override {
         return TensorView<double>(params_.data(), Shape{parameter_count()}, Device::cpu);
@@ -50,8 +53,9 @@ class ReferenceEgnnField final : public Field<double> {
                 return static_cast<size_t>(chunk_count(B) * nd * nd) * sizeof(double);
             case FieldOp::jvp_trace:
                 return static_cast<size_t>(B * K * nd) * sizeof(double);
+            case FieldOp::divergence_backward:  // a dual gradient slot [P] per chunk
+                return static_cast<size_t>(chunk_count(B) * parameter_count()) * sizeof(cpu::Dual);
             case FieldOp::forward:
-            case FieldOp::divergence_backward:
                 break;
         }
         return 0;
@@ -115,6 +119,27 @@ class ReferenceEgnnField final : public Field<double> {
                 trace.data[b] = sum / K;
             }
         });
+    }
+
+    // Forward over reverse (cpu::egnn_divergence_backward_one): each chunk accumulates into its
+    // own slot of duals, whose tangents are then added to dL_dparams in chunk order, like
+    // do_backward, so the result does not depend on the thread count.
+    void do_divergence_backward(TensorView<const double> x, TensorView<const double> t,
+                                TensorView<const double> dL_ddiv, TensorView<double> dL_dparams,
+                                TensorView<double> dL_dx, TensorView<unsigned char> ws,
+                                Stream) override {
+        const int64_t nd = row_size(), P = parameter_count(), B = x.size(0);
+        cpu::Dual* slots = reinterpret_cast<cpu::Dual*>(ws.data);
+        for_chunks(B, [&](int64_t b0, int64_t m, int64_t chunk) {
+            cpu::Dual* g = slots + chunk * P;
+            std::fill(g, g + P, cpu::Dual(0.0, 0.0));
+            for (int64_t b = b0; b < b0 + m; ++b)
+                cpu::egnn_divergence_backward_one(config_, offsets_, params_.data(),
+                                                  x.data + b * nd, t.data[b], dL_ddiv.data[b], g,
+                                                  dL_dx.defined() ? dL_dx.data + b * nd : nullptr);
+        });
+        for (int64_t chunk = 0; chunk < chunk_count(B); ++chunk)
+            for (int64_t i = 0; i < P; ++i) dL_dparams.data[i] += slots[chunk * P + i].d;
     }
 
   private:

@@ -1,0 +1,349 @@
+// LikelihoodStep: maximum-likelihood training through a fixed-step RK4 solve, with the exact
+// gradient of the discrete loss by reverse mode through the solver (see eqflow/likelihood.h).
+//
+// Forward, per row, from y = x1 at t = 1 to t = 0 in N steps of h = -1/N (ode_integrate's
+// fixed-step arithmetic, src/common/ode_step.h):
+//     X_s = y, y + h/2 k_1, y + h/2 k_2, y + h k_3       (stage inputs, s = 1..4)
+//     k_s = v(X_s, t_s),  d_s = div v(X_s, t_s)
+//     y  += h/6 (k_1 + 2 k_2 + 2 k_3 + k_4),   I += h/6 (d_1 + 2 d_2 + 2 d_3 + d_4)
+// loss = mean_b [ 1/2 |y_N|^2 - I_N ]  (I_N = int_1^0 div dt = -int_0^1 div dt).
+//
+// Reverse sweep, per step from the last: with ybar the cotangent of the step's output and
+// Ibar = -1/B (constant: I only accumulates), kbar_s = w_s h/6 ybar and dbar_s = w_s h/6 Ibar
+// (w = 1, 2, 2, 1); stages from 4 down to 1: Xbar_s = J_s^T kbar_s + dbar_s grad div_s (the
+// field's backward and divergence_backward, which also accumulate the parameter gradient), then
+// the stage input's dependence on the previous stage: kbar_3 += h Xbar_4, kbar_2 += h/2 Xbar_3,
+// kbar_1 += h/2 Xbar_2; and ybar (of the step's input) = ybar + sum_s Xbar_s.
+#include "eqflow/likelihood.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+#include "common/train_math.h"
+#include "eqflow/error.h"
+#include "train_ops.h"
+
+namespace eqflow {
+
+template <class T>
+struct LikelihoodStep<T>::Impl {
+    Field<T>& field;
+    LikelihoodStepOptions opt;
+    int n = 0, d = 0, N = 0;
+    int64_t nd = 0, B = 0, count = 0, val_count = 0, P = 0;
+    std::vector<double> data, val;         // [count][nd], [val_count][nd]
+    std::vector<int64_t> order;            // [count]
+    std::vector<double> x1;                // [B][nd]: the gathered batch
+    std::vector<T> stage_x;                // [N][4][B][nd]: every stage input the field saw
+    std::vector<double> y, k;              // [B][nd], [4][B][nd]
+    std::vector<double> dk;                // [4][B]: the stages' divergences
+    std::vector<double> integral;          // [B]
+    std::vector<T> tf, vf, divf;           // [B], [B][nd], [B]: one field call
+    std::vector<T> kbar, dbar, gx1, gx2;   // [B][nd], [B], [B][nd], [B][nd]
+    std::vector<double> ybar, yacc, kacc;  // [B][nd], [B][nd], [4][B][nd]
+    std::vector<T> grad, m, vmom;          // [P]
+    std::vector<double> ema;               // [P] when EMA is on
+    FieldWorkspace ws;
+    train_math::TrainScalars scalars;
+    bool have_order = false, have_step = false;
+
+    Impl(Field<T>& f, const LikelihoodStepOptions& o) : field(f), opt(o) {}
+
+    Shape xshape(int64_t rows) const { return Shape{rows, n, d}; }
+
+    // Stage times of step `step` (from t = 1 to 0): ode_host's fixed(), from the step index.
+    void stage_times(int step, double times[4]) const {
+        const double t0 = 1.0, t1 = 0.0, h = (t1 - t0) / N;
+        const double t = t0 + (t1 - t0) * step / N;
+        const double t_end = t0 + (t1 - t0) * (step + 1) / N;
+        times[0] = t;
+        times[1] = t + 0.5 * h;
+        times[2] = t + 0.5 * h;
+        times[3] = t_end;
+    }
+
+    // Loss of the batch x1 [rows][nd]; with `with_grad`, grad = its exact gradient.
+    double loss(const double* x1_rows, int64_t rows, bool with_grad) {
+        const double h = -1.0 / N;
+        const size_t rn = static_cast<size_t>(rows * nd);
+        std::copy(x1_rows, x1_rows + rn, y.begin());
+        std::fill(integral.begin(), integral.begin() + rows, 0.0);
+        const TensorView<const T> tv(tf.data(), Shape{rows}, Device::cpu);
+        for (int step = 0; step < N; ++step) {
+            double times[4];
+            stage_times(step, times);
+            for (int s = 0; s < 4; ++s) {
+                T* xs = &stage_x[(static_cast<size_t>(step) * 4 + s) * B * nd];
+                const double* kp = s > 0 ? &k[static_cast<size_t>(s - 1) * B * nd] : nullptr;
+                for (size_t i = 0; i < rn; ++i) {
+                    double value = y[i];
+                    if (s == 1 || s == 2) value = y[i] + 0.5 * h * kp[i];
+                    if (s == 3) value = y[i] + h * kp[i];
+                    xs[i] = static_cast<T>(value);
+                }
+                std::fill(tf.begin(), tf.begin() + rows, static_cast<T>(times[s]));
+                field.divergence(TensorView<const T>(xs, xshape(rows), Device::cpu), tv,
+                                 TensorView<T>(vf.data(), xshape(rows), Device::cpu),
+                                 TensorView<T>(divf.data(), Shape{rows}, Device::cpu),
+                                 ws.get(field, FieldOp::divergence, rows));
+                double* ks = &k[static_cast<size_t>(s) * B * nd];
+                for (size_t i = 0; i < rn; ++i) ks[i] = static_cast<double>(vf[i]);
+                for (int64_t b = 0; b < rows; ++b)
+                    dk[static_cast<size_t>(s) * B + b] = static_cast<double>(divf[b]);
+            }
+            const double* k1 = &k[0];
+            const double* k2 = &k[static_cast<size_t>(B * nd)];
+            const double* k3 = &k[static_cast<size_t>(2 * B * nd)];
+            const double* k4 = &k[static_cast<size_t>(3 * B * nd)];
+            for (size_t i = 0; i < rn; ++i)
+                y[i] += h / 6.0 * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i]);
+            for (int64_t b = 0; b < rows; ++b)
+                integral[b] +=
+                    h / 6.0 * (dk[b] + 2.0 * dk[B + b] + 2.0 * dk[2 * B + b] + dk[3 * B + b]);
+        }
+        double sum = 0.0;
+        for (int64_t b = 0; b < rows; ++b) {
+            double sq = 0.0;
+            for (int64_t i = 0; i < nd; ++i) sq += y[b * nd + i] * y[b * nd + i];
+            sum += 0.5 * sq - integral[b];
+        }
+        const double loss = sum / static_cast<double>(rows);
+        if (!with_grad) return loss;
+
+        std::fill(grad.begin(), grad.end(), T(0));
+        if (!std::isfinite(loss)) return loss;  // the step is skipped: no gradient needed
+        const double inv = 1.0 / static_cast<double>(rows);
+        for (size_t i = 0; i < rn; ++i) ybar[i] = y[i] * inv;  // d(1/2 |x0|^2 / B) / dx0
+        const double Ibar = -inv;
+        const double w[4] = {1.0, 2.0, 2.0, 1.0};
+        const TensorView<T> gv(grad.data(), Shape{P}, Device::cpu);
+        for (int step = N - 1; step >= 0; --step) {
+            double times[4];
+            stage_times(step, times);
+            // kacc [4][B][nd]: the stages' cotangents, completed from stage 4 down.
+            for (int s = 0; s < 4; ++s)
+                for (size_t i = 0; i < rn; ++i)
+                    kacc[static_cast<size_t>(s) * B * nd + i] = w[s] * h / 6.0 * ybar[i];
+            std::copy(ybar.begin(), ybar.begin() + rn, yacc.begin());
+            for (int s = 3; s >= 0; --s) {
+                const T* xs = &stage_x[(static_cast<size_t>(step) * 4 + s) * B * nd];
+                const TensorView<const T> xv(xs, xshape(rows), Device::cpu);
+                std::fill(tf.begin(), tf.begin() + rows, static_cast<T>(times[s]));
+                const double* ks = &kacc[static_cast<size_t>(s) * B * nd];
+                for (size_t i = 0; i < rn; ++i) kbar[i] = static_cast<T>(ks[i]);
+                std::fill(dbar.begin(), dbar.begin() + rows, static_cast<T>(w[s] * h / 6.0 * Ibar));
+                field.backward(xv, tv, TensorView<const T>(kbar.data(), xshape(rows), Device::cpu),
+                               gv, TensorView<T>(gx1.data(), xshape(rows), Device::cpu),
+                               ws.get(field, FieldOp::backward, rows));
+                field.divergence_backward(
+                    xv, tv, TensorView<const T>(dbar.data(), Shape{rows}, Device::cpu), gv,
+                    TensorView<T>(gx2.data(), xshape(rows), Device::cpu),
+                    ws.get(field, FieldOp::divergence_backward, rows));
+                // Xbar_s = gx1 + gx2 flows into y directly and into the previous stage's k.
+                const double c = s == 3 ? h : 0.5 * h;
+                double* kprev = s > 0 ? &kacc[static_cast<size_t>(s - 1) * B * nd] : nullptr;
+                for (size_t i = 0; i < rn; ++i) {
+                    const double xbar = static_cast<double>(gx1[i]) + static_cast<double>(gx2[i]);
+                    yacc[i] += xbar;
+                    if (kprev) kprev[i] += c * xbar;
+                }
+            }
+            std::copy(yacc.begin(), yacc.begin() + rn, ybar.begin());
+        }
+        return loss;
+    }
+};
+
+template <class T>
+LikelihoodStep<T>::LikelihoodStep(Field<T>& field, const LikelihoodStepOptions& o,
+                                  const double* train, int64_t count, const double* validation,
+                                  int64_t val_count) {
+    EQFLOW_CHECK(field.device() == Device::cpu,
+                 "likelihood training runs on the host: CUDA likelihood training is not built "
+                 "(use --device cpu)");
+    EQFLOW_CHECK(field.supports_divergence_backward(),
+                 "likelihood training needs the reverse mode of the divergence, which this field "
+                 "does not have (the double CPU reference has it)");
+    EQFLOW_CHECK(count >= 1 && train != nullptr, "likelihood step: no training data");
+    EQFLOW_CHECK(o.batch >= 1 && o.batch <= count,
+                 "likelihood step: batch " << o.batch << " must be in 1.." << count);
+    EQFLOW_CHECK(o.ode_steps >= 1 && o.ode_steps <= 100000,
+                 "likelihood step: ODE steps must be in 1..100000, got " << o.ode_steps);
+    EQFLOW_CHECK(val_count >= 0 && (val_count == 0 || validation != nullptr),
+                 "likelihood step: no validation data");
+    EQFLOW_CHECK(o.ema_decay >= 0 && o.ema_decay < 1,
+                 "likelihood step: EMA decay must be in [0, 1), got " << o.ema_decay);
+    impl_ = std::make_unique<Impl>(field, o);
+    Impl& im = *impl_;
+    im.n = field.n_particles();
+    im.d = field.dim();
+    im.N = o.ode_steps;
+    im.nd = static_cast<int64_t>(im.n) * im.d;
+    im.B = o.batch;
+    im.count = count;
+    im.val_count = val_count;
+    im.P = field.parameter_count();
+    const auto B = static_cast<size_t>(im.B), nd = static_cast<size_t>(im.nd),
+               P = static_cast<size_t>(im.P);
+    im.data.assign(train, train + count * im.nd);
+    if (val_count > 0) im.val.assign(validation, validation + val_count * im.nd);
+    im.order.resize(static_cast<size_t>(count));
+    im.x1.resize(B * nd);
+    im.stage_x.resize(static_cast<size_t>(im.N) * 4 * B * nd);
+    for (auto* v : {&im.y, &im.ybar, &im.yacc}) v->resize(B * nd);
+    im.k.resize(4 * B * nd);
+    im.kacc.resize(4 * B * nd);
+    im.integral.resize(B);
+    im.dk.resize(4 * B);
+    for (auto* v : {&im.vf, &im.kbar, &im.gx1, &im.gx2}) v->resize(B * nd);
+    for (auto* v : {&im.tf, &im.divf, &im.dbar}) v->resize(B);
+    for (auto* v : {&im.grad, &im.m, &im.vmom}) v->assign(P, T(0));
+    if (o.ema_decay > 0) im.ema.resize(P);
+    // One workspace for the three field operations, sized for the batch now.
+    im.ws.get_bytes(std::max({field.workspace_bytes(FieldOp::divergence, im.B),
+                              field.workspace_bytes(FieldOp::backward, im.B),
+                              field.workspace_bytes(FieldOp::divergence_backward, im.B)}),
+                    Device::cpu);
+    upload_state(field.parameters_to_host(), AdamState{}, {}, 0);
+}
+
+template <class T>
+LikelihoodStep<T>::~LikelihoodStep() = default;
+template <class T>
+LikelihoodStep<T>::LikelihoodStep(LikelihoodStep&&) noexcept = default;
+template <class T>
+LikelihoodStep<T>& LikelihoodStep<T>::operator=(LikelihoodStep&&) noexcept = default;
+
+template <class T>
+void LikelihoodStep<T>::set_order(const std::vector<int64_t>& order) {
+    Impl& im = *impl_;
+    EQFLOW_CHECK(static_cast<int64_t>(order.size()) == im.count,
+                 "likelihood step: the order has " << order.size() << " entries, the training set "
+                                                   << im.count);
+    for (int64_t r : order)
+        EQFLOW_CHECK(r >= 0 && r < im.count,
+                     "likelihood step: order entry " << r << " out of range");
+    im.order = order;
+    im.have_order = true;
+}
+
+template <class T>
+void LikelihoodStep<T>::step(int64_t step, int64_t j, double lr) {
+    Impl& im = *impl_;
+    EQFLOW_CHECK(step >= 0, "likelihood step: negative step " << step);
+    EQFLOW_CHECK(j >= 0 && (j + 1) * im.B <= im.count,
+                 "likelihood step: batch " << j << " of " << im.B << " rows is past the "
+                                           << im.count << " training rows");
+    EQFLOW_CHECK(lr > 0 && std::isfinite(lr), "likelihood step: bad learning rate " << lr);
+    EQFLOW_CHECK(im.have_order, "likelihood step: set_order before the first step");
+    for (int64_t b = 0; b < im.B; ++b) {
+        const double* src = &im.data[static_cast<size_t>(im.order[j * im.B + b] * im.nd)];
+        std::copy(src, src + im.nd, &im.x1[static_cast<size_t>(b * im.nd)]);
+    }
+    const double loss = im.loss(im.x1.data(), im.B, true);
+    im.scalars.loss = loss;
+    im.scalars.bad = std::isfinite(loss) ? 0 : 1;
+    const Device cpu = Device::cpu;
+    train_ops::check_finite<T>(cpu, im.grad.data(), im.P, &im.scalars, nullptr);
+    const AdamOptions ao;
+    train_ops::adam_update<T>(cpu, im.P, im.field.parameters().data, im.grad.data(), im.m.data(),
+                              im.vmom.data(), im.opt.ema_decay > 0 ? im.ema.data() : nullptr,
+                              im.opt.ema_decay, lr, ao.beta1, ao.beta2, ao.eps, &im.scalars,
+                              nullptr);
+    train_ops::finish_step(cpu, &im.scalars, nullptr);
+    im.have_step = true;
+}
+
+template <class T>
+double LikelihoodStep<T>::evaluate(const double* x1, int64_t rows, double* grad) {
+    Impl& im = *impl_;
+    EQFLOW_CHECK(rows >= 1 && rows <= im.B && x1 != nullptr,
+                 "likelihood step: evaluate takes 1.." << im.B << " rows, got " << rows);
+    const double loss = im.loss(x1, rows, grad != nullptr);
+    if (grad) std::copy(im.grad.begin(), im.grad.end(), grad);
+    return loss;
+}
+
+template <class T>
+double LikelihoodStep<T>::validation_loss(uint64_t, int64_t rows) {
+    Impl& im = *impl_;
+    EQFLOW_CHECK(rows >= 0 && rows <= im.val_count,
+                 "validation loss: " << rows << " rows of " << im.val_count);
+    if (rows == 0) return std::numeric_limits<double>::quiet_NaN();
+    double sum = 0.0;
+    for (int64_t s0 = 0; s0 < rows; s0 += im.B) {
+        const int64_t m = std::min(im.B, rows - s0);
+        sum += im.loss(&im.val[static_cast<size_t>(s0 * im.nd)], m, false) * static_cast<double>(m);
+    }
+    return sum / static_cast<double>(rows);
+}
+
+template <class T>
+double LikelihoodStep<T>::last_loss() {
+    EQFLOW_CHECK(impl_->have_step, "likelihood step: no step yet");
+    return impl_->scalars.loss;
+}
+
+template <class T>
+typename LikelihoodStep<T>::Counters LikelihoodStep<T>::counters() {
+    const train_math::TrainScalars& s = impl_->scalars;
+    Counters c;
+    c.adam_step = s.adam_step;
+    c.skipped = s.skipped;
+    c.window_loss = s.window_loss;
+    c.window_count = s.window_count;
+    return c;
+}
+
+template <class T>
+void LikelihoodStep<T>::reset_window() {
+    train_ops::reset_window(Device::cpu, &impl_->scalars, nullptr);
+}
+
+template <class T>
+void LikelihoodStep<T>::download_state(std::vector<double>& params, AdamState& adam,
+                                       std::vector<double>* ema, int64_t* skipped) {
+    Impl& im = *impl_;
+    params = im.field.parameters_to_host();
+    adam.m.assign(im.m.begin(), im.m.end());
+    adam.v.assign(im.vmom.begin(), im.vmom.end());
+    adam.step = im.scalars.adam_step;
+    if (skipped != nullptr) *skipped = im.scalars.skipped;
+    if (ema != nullptr && im.opt.ema_decay > 0) *ema = im.ema;
+}
+
+template <class T>
+void LikelihoodStep<T>::upload_state(const std::vector<double>& params, const AdamState& adam,
+                                     const std::vector<double>& ema, int64_t skipped) {
+    Impl& im = *impl_;
+    const auto P = static_cast<size_t>(im.P);
+    EQFLOW_CHECK(params.size() == P,
+                 "likelihood step: " << params.size() << " parameters, the model has " << P);
+    EQFLOW_CHECK(adam.m.size() == adam.v.size() && (adam.m.empty() || adam.m.size() == P),
+                 "likelihood step: Adam moments do not match the " << P << " parameters");
+    EQFLOW_CHECK(ema.empty() || ema.size() == P,
+                 "likelihood step: the EMA does not match the model");
+    EQFLOW_CHECK(adam.step >= 0 && skipped >= 0, "likelihood step: negative step counters");
+    im.field.set_parameters(params);
+    if (adam.m.empty()) {
+        std::fill(im.m.begin(), im.m.end(), T(0));
+        std::fill(im.vmom.begin(), im.vmom.end(), T(0));
+    } else {
+        std::transform(adam.m.begin(), adam.m.end(), im.m.begin(),
+                       [](double x) { return static_cast<T>(x); });
+        std::transform(adam.v.begin(), adam.v.end(), im.vmom.begin(),
+                       [](double x) { return static_cast<T>(x); });
+    }
+    if (im.opt.ema_decay > 0) im.ema = ema.empty() ? params : ema;
+    im.scalars = train_math::TrainScalars{};
+    im.scalars.adam_step = adam.step;
+    im.scalars.skipped = skipped;
+}
+
+// Only the double CPU reference differentiates its divergence today; a float field that does
+// (a future fast backend) needs only `template class LikelihoodStep<float>;` here.
+template class LikelihoodStep<double>;
+
+}  // namespace eqflow
