@@ -158,6 +158,21 @@ T shfl_xor(unsigned mask, T v, int lane_mask, int width) {
     return out;
 }
 
+// __shfl_sync: lane src_lane of the caller's segment of `width` lanes, as on the device.
+template <class T>
+T shfl_idx(unsigned mask, T v, int src_lane, int width) {
+    static_assert(sizeof(T) <= sizeof(uint64_t), "shuffle of a type wider than 8 bytes");
+    const int lane = lane_id();
+    uint64_t* slots = exchange_slots();
+    std::memcpy(&slots[lane], &v, sizeof(T));
+    sync_warp(mask);
+    const int src = (lane & ~(width - 1)) | (src_lane & (width - 1));
+    T out;
+    std::memcpy(&out, &slots[src], sizeof(T));
+    end_exchange();
+    return out;
+}
+
 // __any_sync (all = false) and __all_sync (all = true).
 inline int warp_vote(unsigned mask, int predicate, bool all) {
     const int lane = lane_id();
@@ -189,6 +204,11 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
 template <class T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
     return emu::shfl_xor(mask, v, lane_mask, width);
+}
+
+template <class T>
+T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
+    return emu::shfl_idx(mask, v, src_lane, width);
 }
 
 inline int __any_sync(unsigned mask, int predicate) {

@@ -77,28 +77,6 @@ __host__ __device__ inline PrimalLayout primal_layout(int n, int d, int H) {
     return primal_layout(n, d, H, 2 * H);
 }
 
-// Extra shared memory of the divergence kernel: tangent coordinates (current, next, input) and
-// per-warp tangent scratch.
-struct TangentLayout {
-    int dx, dxn, dx0, scratch, total;
-};
-
-__host__ __device__ inline TangentLayout tangent_layout(int base, int n, int d, int H) {
-    TangentLayout s{};
-    int off = base;
-    auto take = [&](int count) {
-        const int at = off;
-        off += (count + 3) / 4 * 4;
-        return at;
-    };
-    s.dx = take(kTangents * n * d);
-    s.dxn = take(kTangents * n * d);
-    s.dx0 = take(kTangents * n * d);  // the input tangents: they move x0 too, and enter the trace
-    s.scratch = take(kWarps * 2 * kTangents * H);
-    s.total = off;
-    return s;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Pieces shared by both kernels. All threads of the block call them (they synchronise).
 // ---------------------------------------------------------------------------------------------
@@ -620,11 +598,13 @@ __device__ __forceinline__ void for_node_tiles(int n, int warp, int lane, Body b
 }
 
 // P = W1a h + b1 and Q = W1b h as [n][Hp], then W2^T and Wc1^T as [Hp][Hp] for the edge phase
-// (all zero past H). W1a^T and W1b^T pass through the W2^T and Wc1^T slots. Block-wide; the
-// caller synchronises after.
-template <int Hp>
+// (all zero past H). W1a^T and W1b^T pass through the W2^T and Wc1^T slots; with_w1() runs
+// block-wide while they are staged (the divergence's tangent products). Block-wide; the caller
+// synchronises after.
+template <int Hp, class WithW1>
 __device__ inline void prepare_layer_tiled(const EgnnNet& net, const EgnnLayerPtrs& p, float* sm,
-                                           const PrimalLayout& L, int warp, int lane) {
+                                           const PrimalLayout& L, int warp, int lane,
+                                           WithW1 with_w1) {
     const int n = net.n, H = net.hidden, W1 = 2 * H + 2;
     const int k0 = kTileU * (lane % EdgeTile<Hp>::kUnitLanes);
     stage_transposed<Hp>(sm + L.w2t, p.w1, W1, 0, H);
@@ -643,17 +623,28 @@ __device__ inline void prepare_layer_tiled(const EgnnNet& net, const EgnnLayerPt
         for (int e = 0; e < kTileE; ++e)
             if (valid[e]) st4(sm + L.Q + rows[e] * Hp + k0, acc[e]);
     });
+    with_w1();
     __syncthreads();
     stage_transposed<Hp>(sm + L.w2t, p.w2, H, 0, H);
     stage_transposed<Hp>(sm + L.wc1t, p.wc1, H, 0, H);
 }
 
+template <int Hp>
+__device__ inline void prepare_layer_tiled(const EgnnNet& net, const EgnnLayerPtrs& p, float* sm,
+                                           const PrimalLayout& L, int warp, int lane) {
+    prepare_layer_tiled<Hp>(net, p, sm, L, warp, lane, [] {});
+}
+
 // h_i += Wn2 SiLU(Wn1 [h_i, M_i] + bn1) + bn2 for every node: Wn1^T (its h and M halves) through
 // the W2^T and Wc1^T slots, the hidden layer through P, then Wn2^T through the W2^T slot.
+// keep_pre: the pre-activations Wn1 [h_i, M_i] + bn1 go to Q as well. with_wn1() runs
+// block-wide while Wn1^T is staged (after the hidden layer is stored, before a barrier),
+// with_wn2() while Wn2^T is (after the update of h): the divergence's tangent products.
 // Block-wide; the caller synchronises before (M complete) and after.
-template <int Hp>
+template <int Hp, class WithWn1, class WithWn2>
 __device__ inline void node_layer_tiled(const EgnnNet& net, const EgnnLayerPtrs& p, float* sm,
-                                        const PrimalLayout& L, int warp, int lane) {
+                                        const PrimalLayout& L, int warp, int lane, bool keep_pre,
+                                        WithWn1 with_wn1, WithWn2 with_wn2) {
     const int n = net.n, H = net.hidden;
     const int k0 = kTileU * (lane % EdgeTile<Hp>::kUnitLanes);
     stage_transposed<Hp>(sm + L.w2t, p.wn1, 2 * H, 0, H);
@@ -666,11 +657,13 @@ __device__ inline void node_layer_tiled(const EgnnNet& net, const EgnnLayerPtrs&
         rows_product<Hp>(sm + L.wc1t, sm + L.M, rows, k0, acc);
 #pragma unroll
         for (int e = 0; e < kTileE; ++e) {
+            if (keep_pre && valid[e]) st4(sm + L.Q + rows[e] * Hp + k0, acc[e]);
 #pragma unroll
             for (int u = 0; u < kTileU; ++u) acc[e][u] = silu(acc[e][u]);
             if (valid[e]) st4(sm + L.P + rows[e] * Hp + k0, acc[e]);
         }
     });
+    with_wn1();
     __syncthreads();
     stage_transposed<Hp>(sm + L.w2t, p.wn2, H, 0, H);
     __syncthreads();
@@ -688,6 +681,14 @@ __device__ inline void node_layer_tiled(const EgnnNet& net, const EgnnLayerPtrs&
             st4(sm + L.h + rows[e] * Hp + k0, h);
         }
     });
+    with_wn2();
+}
+
+template <int Hp>
+__device__ inline void node_layer_tiled(const EgnnNet& net, const EgnnLayerPtrs& p, float* sm,
+                                        const PrimalLayout& L, int warp, int lane) {
+    node_layer_tiled<Hp>(
+        net, p, sm, L, warp, lane, false, [] {}, [] {});
 }
 
 }  // namespace eqflow::cuda::egnn_detail

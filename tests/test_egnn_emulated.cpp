@@ -171,7 +171,7 @@ TEST_P(EgnnEmulated, ForwardMatchesCpuUnderEverySchedule) {
     check_forward(c);
 }
 
-TEST_P(EgnnEmulated, DivergenceMatchesCpuUnderEverySchedule) {
+void check_divergence(const Case& c) {
     const EgnnModel model = test::random_egnn_model(c, 8);
     const HostNet h(model);
     // One sample when it has several chunks of tangent directions (the emulation of the
@@ -197,6 +197,10 @@ TEST_P(EgnnEmulated, DivergenceMatchesCpuUnderEverySchedule) {
             << "schedule " << static_cast<int>(s);
         EXPECT_EQ(v, v0) << "schedule " << static_cast<int>(s);
     }
+}
+
+TEST_P(EgnnEmulated, DivergenceMatchesCpuUnderEverySchedule) {
+    check_divergence(c);
 }
 
 // Hutchinson's estimator: the same kernel with K given directions per sample (here 11
@@ -281,6 +285,26 @@ TEST_P(EgnnEmulatedForward, MatchesCpuUnderEverySchedule) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, EgnnEmulatedForward, ::testing::ValuesIn(kForwardCases),
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                             return std::string(info.param.name);
+                         });
+
+// The divergence kernel is compiled per Hp and d as well: the tile widths and dimensions
+// kCases leaves out (Hp = 128, d = 1, and d = 2 at Hp = 64 and 128).
+const Case kDivergenceCases[] = {
+    {"n6_h128", 6, 3, 128, 2, true, true, false},
+    {"n7_h20_d1", 7, 1, 20, 2, true, true, false},
+    {"n5_h100_d2_plain", 5, 2, 100, 2, false, false, true},
+    {"n6_h64_d2", 6, 2, 64, 2, true, true, false},
+};
+
+class EgnnEmulatedDivergence : public ::testing::TestWithParam<Case> {};
+
+TEST_P(EgnnEmulatedDivergence, MatchesCpuUnderEverySchedule) {
+    check_divergence(GetParam());
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, EgnnEmulatedDivergence, ::testing::ValuesIn(kDivergenceCases),
                          [](const ::testing::TestParamInfo<Case>& info) {
                              return std::string(info.param.name);
                          });
