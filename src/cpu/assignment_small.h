@@ -109,26 +109,31 @@ inline bool solve_assignment_small(const double* __restrict cost, int n, SmallAs
         while (sink < 0) {
             const double* __restrict row = cost + i * n;
             const double ui = u[i];
-            // The general solver's scan without branches: `first` is the first position at the
-            // running minimum, `last_free` the last free column at it (-1: none); the general
-            // solver ends on last_free when there is one, else on first.
+            // The general solver's scan in two passes. The first updates the path costs and takes
+            // their minimum with selects only: on random costs each comparison is a coin toss, and
+            // a branch on it would be mispredicted half the time. The second applies the general
+            // solver's tie rule (the last free column at the minimum, else the first column
+            // there); its test is almost always false, so its branch predicts well.
             double lowest = inf;
-            int first = -1, last_free = -1;
             for (int k = 0; k < num_remaining; ++k) {
                 const int j = remaining[k];
                 const double r = min_val + row[j] - ui - v[j];
-                const bool better = r < spc[j];
-                const double now = better ? r : spc[j];
+                const double old = spc[j];
+                const int better = r < old;
+                const double now = better ? r : old;
                 spc[j] = now;
-                path[j] = better ? i : path[j];
-                const bool is_free = row4col[j] < 0;
-                const bool lower = now < lowest;
-                const bool tie_free = now == lowest && lowest < inf && is_free;
-                last_free = lower ? (is_free ? k : -1) : (tie_free ? k : last_free);
-                first = lower ? k : first;
-                lowest = lower ? now : lowest;
+                path[j] = better * i + (1 - better) * path[j];
+                lowest = now < lowest ? now : lowest;
             }
-            if (first < 0 || !(lowest < inf)) return false;
+            if (!(lowest < inf)) return false;
+            int first = -1, last_free = -1;
+            for (int k = 0; k < num_remaining; ++k) {
+                const int j = remaining[k];
+                if (spc[j] == lowest) {
+                    if (first < 0) first = k;
+                    if (row4col[j] < 0) last_free = k;
+                }
+            }
             const int index = last_free >= 0 ? last_free : first;
             min_val = lowest;
             const int j = remaining[index];
