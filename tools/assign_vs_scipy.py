@@ -53,6 +53,7 @@ def main():
     ap.add_argument("--count", type=int, default=20000)
     ap.add_argument("--n", type=int, default=55)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--before", help="another eqflow program (e.g. an older build) to time too")
     ap.add_argument("--threads", type=int, default=0,
                     help="OMP_NUM_THREADS for eqflow (0: its default, the CPUs of the mask)")
     args = ap.parse_args()
@@ -69,7 +70,13 @@ def main():
     out_dir = tempfile.mkdtemp(prefix="eqflow_assign_")
     eq_out, sp_out = os.path.join(out_dir, "eq.npy"), os.path.join(out_dir, "sp.npy")
     best = {"eqflow": (1e9, 1e9), "scipy": (1e9, 1e9)}
+    if args.before:
+        best["before"] = (1e9, 1e9)
     for _ in range(args.repeats):
+        if args.before:
+            w, c, _ = timed([args.before, "assign", "--in", args.file, "--out", eq_out,
+                             "--device", "cpu"], eq_env)
+            best["before"] = min(best["before"], (w, c))
         w, c, _ = timed([args.eqflow, "assign", "--in", args.file, "--out", eq_out,
                          "--device", "cpu"], eq_env)
         best["eqflow"] = min(best["eqflow"], (w, c))
@@ -88,11 +95,14 @@ def main():
     print(f"{args.file}: {cost.shape[0]} problems of {cost.shape[1]}x{cost.shape[2]} "
           f"{cost.dtype}, {size_mb:.0f} MB; CPUs {cpus}; load average {os.getloadavg()[0]:.1f}; "
           f"scipy {scipy.__version__}, numpy {np.__version__}; best of {args.repeats}")
-    for side in ("eqflow", "scipy"):
+    for side in best:
         w, c = best[side]
         print(f"  {side:7} whole process: {w:6.2f} s wall, {c:6.2f} s CPU")
     print(f"  scipy/eqflow: {best['scipy'][0] / best['eqflow'][0]:.2f}x wall, "
           f"{best['scipy'][1] / best['eqflow'][1]:.2f}x CPU")
+    if args.before:
+        print(f"  before/eqflow: {best['before'][0] / best['eqflow'][0]:.2f}x wall, "
+              f"scipy/before: {best['scipy'][0] / best['before'][0]:.2f}x wall")
     print(f"  same permutation in {same * 100:.2f}% of the problems; worst relative total "
           f"difference {worst:.1e}")
     if worst > 1e-12:

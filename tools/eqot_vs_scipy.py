@@ -80,6 +80,7 @@ def main():
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3, help="best of this many, both sides")
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+    ap.add_argument("--before", help="another bench_assignment (e.g. an older build) to time too")
     ap.add_argument("--out", help="write the numbers as JSON here")
     args = ap.parse_args()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -99,6 +100,7 @@ def main():
         scipy_s[system] = best
         print(f"{system}: SciPy way {best:.3f} s", file=sys.stderr)
     eq = run_bench(args.bench, args.clock, args.repeats)
+    before = run_bench(args.before, args.clock, args.repeats) if args.before else {}
     import scipy
     print(f"\neqot coupling, B = {args.batch}; CPUs {cpus}; {args.clock} seconds, best of "
           f"{args.repeats}; load average {os.getloadavg()[0]:.1f}; scipy {scipy.__version__}")
@@ -107,9 +109,15 @@ def main():
     rows = []
     for system in SIZES:
         e, r, s = eq[("eqot", system)], eq[("eqot_reference", system)], scipy_s[system]
-        rows.append({"system": system, "eqot_s": e, "one_start_s": r, "scipy_s": s})
-        print(f"{system:6} {e * 1e3:10.1f}ms {r * 1e3:8.1f}ms {s * 1e3:8.0f}ms {s / e:10.1f}x "
-              f"{e / r:11.1f}x")
+        row = {"system": system, "eqot_s": e, "one_start_s": r, "scipy_s": s}
+        line = (f"{system:6} {e * 1e3:10.1f}ms {r * 1e3:8.1f}ms {s * 1e3:8.0f}ms {s / e:10.1f}x "
+                f"{e / r:11.1f}x")
+        if ("eqot", system) in before:
+            b = before[("eqot", system)]
+            row["before_eqot_s"] = b
+            line += f"   before: {b * 1e3:.1f}ms ({b / e:.1f}x slower, SciPy/before {s / b:.1f}x)"
+        rows.append(row)
+        print(line)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"cpus": cpus, "clock": args.clock, "batch": args.batch, "rows": rows}, f,
