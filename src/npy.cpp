@@ -262,6 +262,7 @@ T load_item(const unsigned char* p, bool big_endian) {
 // decided once per call, not per value, so each case is a plain loop.
 void convert_items(const unsigned char* p, size_t count, const Descr& d, double* out,
                    const std::string& path) {
+    if (count == 0) return;  // out may be null (an empty vector's data())
     const bool be = d.big_endian;
     switch (d.dtype) {
         case NpyDtype::f64:
