@@ -48,9 +48,11 @@ inline double small_min(const double* __restrict x, int n) {
 // The general solver's argmin scans pick, among equal values, by rules that depend on the scan
 // order: the row reduction the first free column at the row minimum, else the first column there;
 // the search the last free column at the minimum in `remaining` order, else the first. Both are
-// kept exactly, written without data-dependent branches: the row reduction takes the minimum
-// first (exact, so order-free; only comparisons decide, which do not see the sign of a zero) and
-// then the first column at it; the search carries (first, last free) along its one pass.
+// kept exactly, each scan in two passes: first the minimum (exact, so order-free; only
+// comparisons decide, which do not see the sign of a zero), with the search's path-cost updates
+// as selects rather than branches on coin-toss comparisons; then a pass that applies the tie rule
+// to the columns at the minimum (its test is rarely true, so its branches predict well; making
+// them selects too measured slower).
 inline bool solve_assignment_small(const double* __restrict cost, int n, SmallAssignment& s) {
     constexpr int kN = kSmallAssignmentN;
     const double inf = std::numeric_limits<double>::infinity();
