@@ -1,10 +1,14 @@
 // Linear sum assignment: argument checks, then dispatch on where the costs live.
 #include "eqflow/assignment.h"
 
+#include <algorithm>
 #include <limits>
+#include <vector>
 
 #include "cpu/assignment_cpu.h"
+#include "cpu/assignment_small.h"
 #include "eqflow/error.h"
+#include "eqflow/parallel.h"
 
 #if defined(EQFLOW_HAVE_CUDA)
 #include "kernels/assignment.cuh"
@@ -63,15 +67,45 @@ void lsa_impl(TensorView<const T> cost, TensorView<int64_t> perm, TensorView<dou
     if (cost.device == Device::cpu) {
         first_invalid = cpu::first_invalid_problem(cost.data, P, n);
         if (first_invalid < 0) {
-            cpu::AssignmentScratch scratch;
-            for (int64_t p = 0; p < P; ++p) {
-                double t = 0.0;
-                const AssignmentStatus st =
-                    cpu::solve_assignment(cost.data + p * n * n, n, perm.data + p * n, &t, scratch);
-                if (total.defined()) total.data[p] = t;
-                if (status.defined()) status.data[p] = static_cast<int32_t>(st);
-                if (st != AssignmentStatus::ok && first_infeasible < 0) first_infeasible = p;
-            }
+            // Problems are independent: chunks of them go to the pool's threads, each with its own
+            // scratch; every output is per problem, so nothing depends on the thread count. Small
+            // problems take the fixed-size copy of the solver (bit-identical results).
+            constexpr int64_t kChunk = 64;
+            std::vector<unsigned char> ok(static_cast<size_t>(P));
+            parallel_for((P + kChunk - 1) / kChunk, [&](int64_t chunk) {
+                cpu::AssignmentScratch scratch;
+                cpu::SmallAssignment small;
+                double local[cpu::kSmallAssignmentN * cpu::kSmallAssignmentN];
+                const int64_t end = std::min(P, (chunk + 1) * kChunk);
+                for (int64_t p = chunk * kChunk; p < end; ++p) {
+                    const T* c = cost.data + p * n * n;
+                    int64_t* pp = perm.data + p * n;
+                    double t = 0.0;
+                    AssignmentStatus st;
+                    if (n <= cpu::kSmallAssignmentN) {
+                        for (int64_t k = 0; k < n * n; ++k) local[k] = static_cast<double>(c[k]);
+                        const int ni = static_cast<int>(n);
+                        if (n > 0 && !cpu::solve_assignment_small(local, ni, small)) {
+                            for (int64_t r = 0; r < n; ++r) pp[r] = -1;
+                            t = std::numeric_limits<double>::infinity();
+                            st = AssignmentStatus::infeasible;
+                        } else {
+                            for (int r = 0; r < ni; ++r) {
+                                pp[r] = small.col4row[r];
+                                t += local[r * ni + small.col4row[r]];
+                            }
+                            st = AssignmentStatus::ok;
+                        }
+                    } else {
+                        st = cpu::solve_assignment(c, n, pp, &t, scratch);
+                    }
+                    if (total.defined()) total.data[p] = t;
+                    if (status.defined()) status.data[p] = static_cast<int32_t>(st);
+                    ok[p] = st == AssignmentStatus::ok;
+                }
+            });
+            for (int64_t p = 0; p < P && first_infeasible < 0; ++p)
+                if (!ok[p]) first_infeasible = p;
         }
     } else {
 #if defined(EQFLOW_HAVE_CUDA)

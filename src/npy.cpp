@@ -1,8 +1,15 @@
 #include "eqflow/npy.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "eqflow/error.h"
 #include "eqflow/io.h"
@@ -180,95 +187,190 @@ void append_le(std::string& out, T v) {
     out.append(reinterpret_cast<const char*>(b), sizeof(T));
 }
 
-}  // namespace
+// Where the header dict of a .npy file starts and how long it is, from its first bytes: the
+// magic, the version and the header length, checked against the file size.
+struct Preamble {
+    size_t header_offset = 0, header_len = 0;
+};
 
-NpyArray read_npy(const std::string& path) {
-    return parse_npy(read_file(path), path);
+Preamble read_preamble(const unsigned char* p, size_t avail, size_t file_size,
+                       const std::string& path) {
+    EQFLOW_CHECK(avail >= kMagicLen + 4 && std::memcmp(p, kMagic, kMagicLen) == 0,
+                 path << ": not a .npy file (wrong magic bytes)");
+    const unsigned major = p[6];
+    EQFLOW_CHECK(major >= 1 && major <= 3, path << ": unsupported .npy format version " << major);
+    Preamble pre;
+    if (major == 1) {
+        pre.header_len = p[8] | (p[9] << 8);
+        pre.header_offset = 10;
+    } else {
+        EQFLOW_CHECK(avail >= 12, path << ": truncated .npy header");
+        for (int i = 3; i >= 0; --i) pre.header_len = (pre.header_len << 8) | p[8 + i];
+        pre.header_offset = 12;
+    }
+    EQFLOW_CHECK(pre.header_len <= file_size - pre.header_offset,
+                 path << ": truncated .npy header");
+    return pre;
 }
 
-NpyArray parse_npy(const std::string& bytes, const std::string& path) {
-    EQFLOW_CHECK(bytes.size() >= kMagicLen + 4 && std::memcmp(bytes.data(), kMagic, kMagicLen) == 0,
-                 path << ": not a .npy file (wrong magic bytes)");
-    const unsigned major = static_cast<unsigned char>(bytes[6]);
-    EQFLOW_CHECK(major >= 1 && major <= 3, path << ": unsupported .npy format version " << major);
-    size_t header_len = 0;
-    size_t offset = 0;
-    if (major == 1) {
-        header_len =
-            static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8);
-        offset = 10;
-    } else {
-        EQFLOW_CHECK(bytes.size() >= 12, path << ": truncated .npy header");
-        header_len = 0;
-        for (int i = 3; i >= 0; --i)
-            header_len = (header_len << 8) | static_cast<unsigned char>(bytes[8 + i]);
-        offset = 12;
-    }
-    EQFLOW_CHECK(header_len <= bytes.size() - offset, path << ": truncated .npy header");
-    const std::string header = bytes.substr(offset, header_len);
-    offset += header_len;
+// The array a header describes: shape, dtype, element count, and where the data starts; checks
+// that the file holds exactly that many bytes after the header.
+struct Layout {
+    Shape shape;
+    Descr descr;
+    size_t count = 0, data_offset = 0;
+};
+
+Layout parse_layout(const std::string& header, size_t data_offset, size_t file_size,
+                    const std::string& path) {
     const HeaderDict dict = parse_header_dict(header, path);
-    const Descr descr = parse_descr(dict.descr, path);
+    Layout l{Shape{}, parse_descr(dict.descr, path), 1, data_offset};
     const std::string& fortran = dict.fortran_order;
     EQFLOW_CHECK(fortran == "False" || fortran == "True",
                  path << ": not a valid .npy file (fortran_order " << fortran << ")");
     EQFLOW_CHECK(fortran == "False",
                  path << ": Fortran-ordered arrays are not supported (save with C order)");
-    NpyArray arr;
-    arr.shape = parse_shape(dict.shape, path);
-    arr.dtype = descr.dtype;
-
+    l.shape = parse_shape(dict.shape, path);
     // Guard the element count against overflow before multiplying by the item size.
-    size_t count = 1;
-    for (int64_t s : arr.shape) {
-        EQFLOW_CHECK(s >= 0 && (s == 0 || count <= (size_t{1} << 40) / static_cast<size_t>(s)),
-                     path << ": shape " << shape_string(arr.shape) << " is too large");
-        count *= static_cast<size_t>(s);
+    for (int64_t s : l.shape) {
+        EQFLOW_CHECK(s >= 0 && (s == 0 || l.count <= (size_t{1} << 40) / static_cast<size_t>(s)),
+                     path << ": shape " << shape_string(l.shape) << " is too large");
+        l.count *= static_cast<size_t>(s);
     }
-    const size_t need = count * descr.item;
-    EQFLOW_CHECK(bytes.size() - offset >= need,
-                 path << ": truncated data (shape " << shape_string(arr.shape) << " needs " << need
-                      << " bytes, file has " << bytes.size() - offset << ")");
+    const size_t need = l.count * l.descr.item;
+    const size_t have = file_size - data_offset;
+    EQFLOW_CHECK(have >= need, path << ": truncated data (shape " << shape_string(l.shape)
+                                    << " needs " << need << " bytes, file has " << have << ")");
     // Bytes after the array mean that the header length or the shape is not what was written.
-    EQFLOW_CHECK(bytes.size() - offset == need, path << ": " << bytes.size() - offset - need
-                                                     << " bytes after the data (shape "
-                                                     << shape_string(arr.shape) << " needs " << need
-                                                     << "): corrupted header length or shape");
-    arr.values.resize(count);
-    const unsigned char* p = reinterpret_cast<const unsigned char*>(bytes.data()) + offset;
-    unsigned char tmp[8];
-    for (size_t i = 0; i < count; ++i, p += descr.item) {
-        std::memcpy(tmp, p, descr.item);
-        if (descr.big_endian) byteswap(tmp, descr.item);
-        switch (descr.dtype) {
-            case NpyDtype::f64: {
-                double v;
-                std::memcpy(&v, tmp, 8);
-                arr.values[i] = v;
-                break;
+    EQFLOW_CHECK(have == need, path << ": " << have - need << " bytes after the data (shape "
+                                    << shape_string(l.shape) << " needs " << need
+                                    << "): corrupted header length or shape");
+    return l;
+}
+
+template <class T>
+T load_item(const unsigned char* p, bool big_endian) {
+    unsigned char tmp[sizeof(T)];
+    std::memcpy(tmp, p, sizeof(T));
+    if (big_endian) byteswap(tmp, sizeof(T));
+    T v;
+    std::memcpy(&v, tmp, sizeof(T));
+    return v;
+}
+
+// count items at p (the layout's dtype and byte order) -> out[0..count) as double. The dtype is
+// decided once per call, not per value, so each case is a plain loop.
+void convert_items(const unsigned char* p, size_t count, const Descr& d, double* out,
+                   const std::string& path) {
+    if (count == 0) return;  // out may be null (an empty vector's data())
+    const bool be = d.big_endian;
+    switch (d.dtype) {
+        case NpyDtype::f64:
+            if (!be) {
+                std::memcpy(out, p, count * 8);  // the hosts eqflow supports are little-endian
+            } else {
+                for (size_t i = 0; i < count; ++i) out[i] = load_item<double>(p + 8 * i, true);
             }
-            case NpyDtype::f32: {
-                float v;
-                std::memcpy(&v, tmp, 4);
-                arr.values[i] = v;
-                break;
-            }
-            case NpyDtype::i32: {
-                int32_t v;
-                std::memcpy(&v, tmp, 4);
-                arr.values[i] = v;
-                break;
-            }
-            case NpyDtype::i64: {
-                int64_t v;
-                std::memcpy(&v, tmp, 8);
+            break;
+        case NpyDtype::f32:
+            for (size_t i = 0; i < count; ++i) out[i] = load_item<float>(p + 4 * i, be);
+            break;
+        case NpyDtype::i32:
+            for (size_t i = 0; i < count; ++i) out[i] = load_item<int32_t>(p + 4 * i, be);
+            break;
+        case NpyDtype::i64:
+            for (size_t i = 0; i < count; ++i) {
+                const int64_t v = load_item<int64_t>(p + 8 * i, be);
                 EQFLOW_CHECK(v <= (int64_t{1} << 53) && v >= -(int64_t{1} << 53),
                              path << ": int64 value " << v << " does not fit a double exactly");
-                arr.values[i] = static_cast<double>(v);
-                break;
+                out[i] = static_cast<double>(v);
             }
-        }
+            break;
     }
+}
+
+// Closes a file descriptor on scope exit.
+struct Fd {
+    int fd;
+    ~Fd() {
+        if (fd >= 0) ::close(fd);
+    }
+};
+
+// Reads exactly n bytes at the current position (fewer only at the end of the file: returns the
+// count read).
+size_t read_fully(int fd, unsigned char* buf, size_t n, const std::string& path) {
+    size_t got = 0;
+    while (got < n) {
+        const ssize_t r = ::read(fd, buf + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        EQFLOW_CHECK(r >= 0, "cannot read " << path << ": " << std::strerror(errno));
+        if (r == 0) break;
+        got += static_cast<size_t>(r);
+    }
+    return got;
+}
+
+}  // namespace
+
+NpyArray read_npy(const std::string& path) {
+    // A regular file is streamed: the header first, then the data in 1 MiB blocks converted
+    // straight into the result, so the file's bytes are never held in memory as a whole (a
+    // 484 MB cost file would otherwise sit there twice). Anything else (a pipe, /dev/stdin) is
+    // read whole and parsed like a buffer.
+    struct stat st {};
+    EQFLOW_CHECK(::stat(path.c_str(), &st) == 0,
+                 "cannot read " << path << ": " << std::strerror(errno));
+    EQFLOW_CHECK(!S_ISDIR(st.st_mode), "cannot read " << path << ": it is a directory");
+    if (!S_ISREG(st.st_mode)) return parse_npy(read_file(path), path);
+    const Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+    EQFLOW_CHECK(f.fd >= 0, "cannot read " << path << ": " << std::strerror(errno));
+    EQFLOW_CHECK(::fstat(f.fd, &st) == 0, "cannot read " << path << ": " << std::strerror(errno));
+    const size_t file_size = static_cast<size_t>(st.st_size);
+
+    unsigned char first[12];
+    const size_t got = read_fully(f.fd, first, std::min<size_t>(sizeof first, file_size), path);
+    const Preamble pre = read_preamble(first, got, file_size, path);
+    // The header dict (it may start inside `first`), then the data from where it begins.
+    std::string header(pre.header_len, '\0');
+    const size_t in_first = std::min(pre.header_len, got - std::min(got, pre.header_offset));
+    if (in_first > 0) std::memcpy(&header[0], first + pre.header_offset, in_first);
+    const size_t rest = pre.header_len - in_first;
+    EQFLOW_CHECK(
+        read_fully(f.fd, reinterpret_cast<unsigned char*>(&header[in_first]), rest, path) == rest,
+        path << ": truncated .npy header");
+    const Layout l = parse_layout(header, pre.header_offset + pre.header_len, file_size, path);
+    NpyArray arr;
+    arr.shape = l.shape;
+    arr.dtype = l.descr.dtype;
+    arr.values.resize(l.count);
+    // The data after the header: in blocks of whole items (a file that shrinks while it is read
+    // is reported as truncated).
+    const size_t item = l.descr.item;
+    const size_t block_items = (size_t{1} << 20) / item;
+    std::vector<unsigned char> block(block_items * item);
+    EQFLOW_CHECK(::lseek(f.fd, static_cast<off_t>(l.data_offset), SEEK_SET) >= 0,
+                 "cannot read " << path << ": " << std::strerror(errno));
+    for (size_t done = 0; done < l.count;) {
+        const size_t items = std::min(block_items, l.count - done);
+        EQFLOW_CHECK(read_fully(f.fd, block.data(), items * item, path) == items * item,
+                     path << ": truncated data (the file shrank while it was read)");
+        convert_items(block.data(), items, l.descr, arr.values.data() + done, path);
+        done += items;
+    }
+    return arr;
+}
+
+NpyArray parse_npy(const std::string& bytes, const std::string& path) {
+    const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+    const Preamble pre = read_preamble(p, bytes.size(), bytes.size(), path);
+    const Layout l = parse_layout(bytes.substr(pre.header_offset, pre.header_len),
+                                  pre.header_offset + pre.header_len, bytes.size(), path);
+    NpyArray arr;
+    arr.shape = l.shape;
+    arr.dtype = l.descr.dtype;
+    arr.values.resize(l.count);
+    convert_items(p + l.data_offset, l.count, l.descr, arr.values.data(), path);
     return arr;
 }
 

@@ -258,6 +258,64 @@ TEST(Assignment, NanAndMinusInfAreErrors) {
     }
 }
 
+TEST(Assignment, SmallSolverMatchesGeneralBitForBit) {
+    // n <= 32 takes the fixed-size solver (src/cpu/assignment_small.h), larger n the general one.
+    // Embedding an n-problem C as the top-left block of a 40 x 40 one (+inf across the blocks; the
+    // extra block prefers its diagonal) hands the same problem to the general solver: its rows
+    // 0..n-1 see C's columns in the same order, so every step and every tie is decided the same
+    // way and the permutations and totals must be identical -- on random reals and on small
+    // integers, which tie constantly.
+    constexpr int kBig = 40;
+    auto gen = test::rng(470);
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    std::uniform_int_distribution<int> small_int(0, 3);
+    for (int n : {1, 2, 3, 4, 5, 8, 13, 16, 22, 31, 32}) {
+        for (int kind = 0; kind < 2; ++kind) {
+            const int P = 12;
+            std::vector<double> cost(static_cast<size_t>(P) * n * n);
+            for (auto& c : cost) c = kind == 0 ? u(gen) : small_int(gen);
+            if (kind == 1 && n >= 3) cost[1] = kInf;  // a forbidden pair in problem 0
+            std::vector<double> big(static_cast<size_t>(P) * kBig * kBig, kInf);
+            for (int p = 0; p < P; ++p) {
+                double* b = big.data() + static_cast<size_t>(p) * kBig * kBig;
+                for (int i = 0; i < n; ++i)
+                    for (int j = 0; j < n; ++j) b[i * kBig + j] = cost[(p * n + i) * n + j];
+                for (int i = n; i < kBig; ++i)
+                    for (int j = n; j < kBig; ++j) b[i * kBig + j] = i == j ? 0.0 : 1.0;
+            }
+            SCOPED_TRACE(::testing::Message() << "n=" << n << " kind=" << kind);
+            const Solved fast = solve(cost, P, n), general = solve(big, P, kBig);
+            expect_consistent(cost, fast, P, n);
+            for (int p = 0; p < P; ++p) {
+                EXPECT_EQ(fast.total[p], general.total[p]) << "problem " << p;
+                for (int i = 0; i < n; ++i)
+                    EXPECT_EQ(fast.perm[p * n + i], general.perm[p * kBig + i]) << "problem " << p;
+            }
+        }
+    }
+}
+
+TEST(Assignment, BatchedEqualsOneByOne) {
+    // Problems are spread over the pool's threads in chunks; each one's result is its own.
+    auto gen = test::rng(480);
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    for (int n : {5, 40}) {
+        const int P = 300;
+        std::vector<double> cost(static_cast<size_t>(P) * n * n);
+        for (auto& c : cost) c = u(gen);
+        const Solved all = solve(cost, P, n);
+        Solved one{std::vector<int64_t>(P * n), std::vector<double>(P), {}};
+        for (int p = 0; p < P; ++p) {
+            const std::vector<double> c(cost.begin() + p * n * n, cost.begin() + (p + 1) * n * n);
+            const Solved s = solve(c, 1, n);
+            std::copy(s.perm.begin(), s.perm.end(), one.perm.begin() + p * n);
+            one.total[p] = s.total[0];
+        }
+        EXPECT_EQ(all.perm, one.perm) << "n=" << n;
+        EXPECT_EQ(all.total, one.total) << "n=" << n;
+    }
+}
+
 TEST(Assignment, EdgeSizesAndShapes) {
     // Empty batch, n = 1, n = 2, and the single-matrix [n, n] form.
     EXPECT_NO_THROW(solve(std::vector<double>{}, 0, 5));

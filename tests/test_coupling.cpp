@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "eqflow/assignment.h"
 #include "eqflow/coupling.h"
 #include "eqflow/error.h"
 #include "eqflow/tensor.h"
@@ -273,6 +274,71 @@ TEST_P(Eqot, ReflectionsOnlyWhenAsked) {
 INSTANTIATE_TEST_SUITE_P(Systems, Eqot,
                          ::testing::Values(std::make_pair(4, 2), std::make_pair(13, 3)),
                          [](const auto& info) { return "n" + std::to_string(info.param.first); });
+
+// The aligned copy of x1 and its cost for one pair from eqot_align_pair (the reference), in the
+// arithmetic order of the coupling's output: out_a = R x1[perm[a]], cost = sum |x0 - out|^2.
+double reference_pair(const CouplingOptions& o, const double* x0, const double* x1, int n, int d,
+                      double* out) {
+    std::vector<int64_t> perm(n);
+    double r[9];
+    eqot_align_pair(o, x0, x1, n, d, perm.data(), r);
+    for (int a = 0; a < n; ++a)
+        for (int p = 0; p < d; ++p) {
+            double v = 0.0;
+            for (int q = 0; q < d; ++q) v += r[p * d + q] * x1[perm[a] * d + q];
+            out[a * d + p] = v;
+        }
+    return sq(x0, out, n * d);
+}
+
+TEST(Coupling, EqotSmallPathMatchesTheReferenceBitForBit) {
+    // couple() runs the fixed-size eqot search (src/cpu/coupling_small.cpp) for n <= 32 and
+    // eqot_align_pair (src/cpu/coupling_cpu.cpp) otherwise; the public eqot_align_pair is always
+    // the latter. Coupling each pair alone (B = 1) exposes the fast path's alignment of every pair:
+    // permutation and rotation must be the reference's exactly, so the outputs are bit-identical.
+    struct Case {
+        int n, d;
+        bool typed, reflections, identity_start;
+        int refine;
+    };
+    const Case cases[] = {{4, 2, false, false, false, 1},  {13, 3, false, false, false, 1},
+                          {2, 3, false, false, false, 1},  {7, 3, true, true, false, 3},
+                          {13, 3, false, false, true, 0},  {9, 2, false, true, false, 2},
+                          {32, 3, false, false, false, 1}, {22, 3, true, false, false, 1}};
+    auto gen = test::rng(670);
+    for (const Case& c : cases) {
+        SCOPED_TRACE(::testing::Message() << "n=" << c.n << " d=" << c.d);
+        const int B = 5, n = c.n, d = c.d, nd = n * d;
+        const std::vector<double> x0 = prior(B, n, d, gen), x1 = data(B, n, d, gen);
+        CouplingOptions o = opts(CouplingKind::eqot);
+        o.allow_reflection = c.reflections;
+        o.frame_starts = !c.identity_start;
+        o.refine_iterations = c.refine;
+        if (c.typed)
+            for (int a = 0; a < n; ++a) o.atom_types.push_back(a % 3);
+        std::vector<double> expected(nd);
+        for (int i = 0; i < B; ++i)
+            for (int j = 0; j < B; ++j) {
+                const std::vector<double> a(x0.begin() + i * nd, x0.begin() + (i + 1) * nd),
+                    b(x1.begin() + j * nd, x1.begin() + (j + 1) * nd);
+                const Coupled got = run(o, a, b, 1, n, d);
+                const double cost = reference_pair(o, a.data(), b.data(), n, d, expected.data());
+                EXPECT_EQ(got.cost[0], cost) << "pair " << i << ", " << j;
+                EXPECT_EQ(got.x1p, expected) << "pair " << i << ", " << j;
+            }
+        // The whole batch: the reference's pair costs give the same batch assignment.
+        std::vector<double> m(B * B);
+        for (int i = 0; i < B; ++i)
+            for (int j = 0; j < B; ++j)
+                m[i * B + j] = reference_pair(o, &x0[i * nd], &x1[j * nd], n, d, expected.data());
+        std::vector<int64_t> sigma(B);
+        linear_sum_assignment(TensorView<const double>(m.data(), Shape{B, B}),
+                              TensorView<int64_t>(sigma.data(), Shape{B}));
+        const Coupled all = run(o, x0, x1, B, n, d);
+        EXPECT_EQ(all.pairing, sigma);
+        for (int i = 0; i < B; ++i) EXPECT_EQ(all.cost[i], m[i * B + sigma[i]]) << "sample " << i;
+    }
+}
 
 TEST(Coupling, EqotDoesNotDependOnTheThreadCount) {
     const int B = 9, n = 6, d = 3;

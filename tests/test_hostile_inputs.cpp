@@ -167,6 +167,17 @@ TEST(HostileNpy, OneReadingOfAHeader) {
     }
     // Trailing bytes after the data.
     expect_fast_error([&] { parse_npy(npy_with_header(ok, 56), "long.npy"); }, "after the data");
+    // Empty arrays of every dtype (found by fuzz_npy: a zero-length copy into an empty vector's
+    // null data(), which UBSan reports in the asan and fuzz builds).
+    for (const char* descr : {"<f8", "=f8", ">f8", "<f4", "<i4", "<i8"}) {
+        const NpyArray e = parse_npy(npy_with_header(std::string("{'descr': '") + descr +
+                                                         "', 'fortran_order': False, 'shape': "
+                                                         "(0, 3), }",
+                                                     0),
+                                     "empty.npy");
+        EXPECT_EQ(e.shape, (Shape{0, 3})) << descr;
+        EXPECT_TRUE(e.values.empty()) << descr;
+    }
     // A newline inside a header value stays out of the one-line message.
     expect_fast_error(
         [&] {

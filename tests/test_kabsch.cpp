@@ -5,6 +5,7 @@
 #include <random>
 #include <vector>
 
+#include "common/kabsch_math.h"
 #include "eqflow/error.h"
 #include "eqflow/kabsch.h"
 #include "eqflow/tensor.h"
@@ -232,6 +233,86 @@ TEST_P(Kabsch, FloatMatchesDouble) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Dims, Kabsch, ::testing::Values(2, 3));
+
+// Horn's rotation the way it was always computed: cyclic Jacobi on the 4 x 4 matrix.
+void jacobi_rotation_3d(const double* h, double* r) {
+    double n[16] = {h[0] + h[4] + h[8],  h[7] - h[5], h[2] - h[6], h[3] - h[1], h[7] - h[5],
+                    h[0] - h[4] - h[8],  h[3] + h[1], h[2] + h[6], h[2] - h[6], h[3] + h[1],
+                    -h[0] + h[4] - h[8], h[7] + h[5], h[3] - h[1], h[2] + h[6], h[7] + h[5],
+                    -h[0] - h[4] + h[8]};
+    double v[16];
+    kabsch_math::jacobi_eigen<4>(n, v);
+    int best = 0;
+    for (int k = 1; k < 4; ++k)
+        if (n[k * 4 + k] > n[best * 4 + best]) best = k;
+    double q[4], norm = 0.0;
+    for (int i = 0; i < 4; ++i) norm += v[i * 4 + best] * v[i * 4 + best];
+    for (int i = 0; i < 4; ++i) q[i] = v[i * 4 + best] / std::sqrt(norm);
+    r[0] = q[0] * q[0] + q[1] * q[1] - q[2] * q[2] - q[3] * q[3];
+    r[1] = 2 * (q[1] * q[2] - q[0] * q[3]);
+    r[2] = 2 * (q[1] * q[3] + q[0] * q[2]);
+    r[3] = 2 * (q[1] * q[2] + q[0] * q[3]);
+    r[4] = q[0] * q[0] - q[1] * q[1] + q[2] * q[2] - q[3] * q[3];
+    r[5] = 2 * (q[2] * q[3] - q[0] * q[1]);
+    r[6] = 2 * (q[1] * q[3] - q[0] * q[2]);
+    r[7] = 2 * (q[2] * q[3] + q[0] * q[1]);
+    r[8] = q[0] * q[0] - q[1] * q[1] - q[2] * q[2] + q[3] * q[3];
+}
+
+TEST(KabschMath, FastHornPathAgreesWithJacobi) {
+    // best_rotation_3d finds Horn's top eigenvector by Newton on the characteristic quartic and
+    // the adjugate, and hands near-degenerate top eigenvalues to Jacobi. On H from random point
+    // sets (det H of either sign) the fast path must run and agree with Jacobi: both are accurate
+    // to ~eps / (relative eigen-gap), and the fast path is only taken for gaps above ~1e-3.
+    constexpr double kAgreeTol = 1e-11;
+    constexpr double kScoreRtol = 1e-14;
+    auto gen = test::rng(560);
+    std::normal_distribution<double> g(0.0, 1.0);
+    int fast = 0;
+    for (int trial = 0; trial < 2000; ++trial) {
+        const int n = 3 + trial % 11;
+        double h[9] = {0};
+        std::vector<double> x(n * 3), y(n * 3);
+        for (double& v : x) v = g(gen);
+        for (double& v : y) v = g(gen);
+        for (int i = 0; i < n; ++i)
+            for (int a = 0; a < 3; ++a)
+                for (int b = 0; b < 3; ++b) h[a * 3 + b] += y[i * 3 + a] * x[i * 3 + b];
+        double r[9], rj[9], q[4];
+        const double score = kabsch_math::best_rotation_3d(h, r);
+        jacobi_rotation_3d(h, rj);
+        double hh = 0, score_j = 0;
+        for (int k = 0; k < 9; ++k) {
+            hh += h[k] * h[k];
+            score_j += rj[k] * h[k];
+        }
+        double nm[16] = {h[0] + h[4] + h[8],  h[7] - h[5], h[2] - h[6], h[3] - h[1], h[7] - h[5],
+                         h[0] - h[4] - h[8],  h[3] + h[1], h[2] + h[6], h[2] - h[6], h[3] + h[1],
+                         -h[0] + h[4] - h[8], h[7] + h[5], h[3] - h[1], h[2] + h[6], h[7] + h[5],
+                         -h[0] - h[4] + h[8]};
+        fast += kabsch_math::horn_top_eigenvector_fast(nm, hh, det(h, 3), q);
+        expect_orthogonal(r, 3, 1.0);
+        EXPECT_GE(score, score_j - kScoreRtol * std::fabs(score_j)) << "trial " << trial;
+        for (int k = 0; k < 9; ++k) EXPECT_NEAR(r[k], rj[k], kAgreeTol) << "trial " << trial;
+    }
+    EXPECT_GT(fast, 1900);  // the fast path is the rule, Jacobi the exception
+    // Degenerate top eigenvalues go to Jacobi: H = 0, rank one (collinear inputs), and
+    // det H < 0 with sigma2 = sigma3 (two equally good rotations).
+    const double zero[9] = {0}, rank1[9] = {2, 4, 6, 1, 2, 3, -1, -2, -3},
+                 tie[9] = {3, 0, 0, 0, 1, 0, 0, 0, -1};
+    for (const double* h : {zero, rank1, tie}) {
+        double hh = 0, q[4];
+        for (int k = 0; k < 9; ++k) hh += h[k] * h[k];
+        double nm[16] = {h[0] + h[4] + h[8],  h[7] - h[5], h[2] - h[6], h[3] - h[1], h[7] - h[5],
+                         h[0] - h[4] - h[8],  h[3] + h[1], h[2] + h[6], h[2] - h[6], h[3] + h[1],
+                         -h[0] + h[4] - h[8], h[7] + h[5], h[3] - h[1], h[2] + h[6], h[7] + h[5],
+                         -h[0] - h[4] + h[8]};
+        EXPECT_FALSE(kabsch_math::horn_top_eigenvector_fast(nm, hh, det(h, 3), q));
+        double r[9];
+        kabsch_math::best_rotation_3d(h, r);
+        expect_orthogonal(r, 3, 1.0);
+    }
+}
 
 TEST(KabschArgs, ShapesAndEmpty) {
     std::vector<double> x(2 * 4 * 3), r(2 * 9);

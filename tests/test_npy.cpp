@@ -1,10 +1,14 @@
 // .npy reading and writing, including every kind of bad file.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <limits>
+#include <random>
 #include <string>
 
 #include "eqflow/error.h"
@@ -92,6 +96,55 @@ TEST_F(Npy, ReadsHandMadeFilesOfEveryVersionAndBigEndian) {
     EXPECT_EQ(read_npy(path_).values, (std::vector<double>{1.5}));
     write_raw(path_, npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (0, 8), }", ""));
     EXPECT_EQ(read_npy(path_).shape, (Shape{0, 8}));
+}
+
+TEST_F(Npy, StreamedFileReadMatchesTheBufferParser) {
+    // read_npy streams regular files in 1 MiB blocks; parse_npy converts a buffer at once. Both
+    // must give the same array for every dtype and byte order, across block boundaries (counts
+    // that are not a multiple of a block).
+    const size_t count = 3 * (size_t{1} << 17) + 7;
+    std::mt19937_64 gen(7);
+    for (const char* descr : {"<f8", ">f8", "<f4", ">f4", "<i4", ">i8", "<i8"}) {
+        const size_t item = descr[2] - '0';
+        std::string body(count * item, '\0');
+        for (size_t i = 0; i < count; ++i) {
+            unsigned char b[8];
+            const uint64_t r = gen();
+            if (descr[1] == 'f' && item == 8) {
+                const double v = static_cast<double>(r >> 11) * 1e-9 - 4e6;
+                std::memcpy(b, &v, 8);
+            } else if (descr[1] == 'f') {
+                const float v = static_cast<float>(r >> 40) * 1e-3f - 5e3f;
+                std::memcpy(b, &v, 4);
+            } else if (item == 8) {
+                const int64_t v = static_cast<int64_t>(r >> 12) - (int64_t{1} << 51);
+                std::memcpy(b, &v, 8);
+            } else {
+                const int32_t v = static_cast<int32_t>(r);
+                std::memcpy(b, &v, 4);
+            }
+            if (descr[0] == '>') std::reverse(b, b + item);
+            std::memcpy(&body[i * item], b, item);
+        }
+        const std::string bytes =
+            npy_bytes(std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': (" +
+                          std::to_string(count) + ",), }",
+                      body);
+        write_raw(path_, bytes);
+        const NpyArray a = read_npy(path_), b = parse_npy(bytes, path_);
+        EXPECT_EQ(a.shape, b.shape) << descr;
+        EXPECT_EQ(a.dtype, b.dtype) << descr;
+        EXPECT_EQ(a.values, b.values) << descr;
+        EXPECT_TRUE(test::not_all_zero(a.values)) << descr;
+    }
+    // A value that does not fit a double, in the third block: the same error either way.
+    std::string body(count * 8, '\0');
+    const int64_t big = (int64_t{1} << 53) + 1;
+    std::memcpy(&body[(count - 3) * 8], &big, 8);
+    write_raw(path_, npy_bytes("{'descr': '<i8', 'fortran_order': False, 'shape': (" +
+                                   std::to_string(count) + ",), }",
+                               body));
+    EXPECT_NE(error_of(path_).find("does not fit a double"), std::string::npos) << error_of(path_);
 }
 
 TEST_F(Npy, BadFilesGiveOneLineErrors) {

@@ -21,7 +21,9 @@
 //
 // Algorithm: shortest augmenting paths with dual potentials (Jonker-Volgenant family), one row
 // at a time, O(n^3) worst case, exact for any n. CPU: a plain sequential loop per problem, after
-// Jonker-Volgenant's column and row reductions have matched the rows they can (no search).
+// Jonker-Volgenant's column and row reductions have matched the rows they can (no search); the
+// problems are spread over the thread pool (OMP_NUM_THREADS / the affinity mask) in chunks, and
+// n <= 32 runs a fixed-size copy of the solver with the same steps and tie rules (same result).
 // CUDA: one warp per problem, all problems in one launch; the matrix is staged in shared memory
 // when it fits (n <= ~64 float / ~48 double at the default budget) and read through the cache
 // otherwise; the per-step column scan and argmin are spread over the warp's lanes. GPU n <= 1024.

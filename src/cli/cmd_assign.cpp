@@ -24,7 +24,8 @@ const char* const kAssignUsage =
     "float64 [P]. +inf marks a forbidden pair; a NaN cost or a problem whose every assignment "
     "uses\n"
     "a forbidden pair is an error. Outputs are written atomically. --device defaults to the GPU\n"
-    "when one is present (n <= 1024 there).\n";
+    "when one is present (n <= 1024 there). On the CPU the problems are solved on\n"
+    "OMP_NUM_THREADS threads (default: every CPU this process may use).\n";
 
 int cmd_assign(Args& args) {
     const std::string in = args.require("in");
@@ -40,12 +41,18 @@ int cmd_assign(Args& args) {
     const int64_t P = a.shape.size() == 3 ? a.shape[0] : 1;
     const int64_t n = a.shape.back();
     const auto start = std::chrono::steady_clock::now();
-    Tensor<double> cost = Tensor<double>::from_host(a.values, Shape{P, n, n}, device);
+    // On the CPU the solver reads the values read_npy converted (no further copy of the costs).
+    Tensor<double> cost_device;
+    TensorView<const double> cost(a.values.data(), Shape{P, n, n});
+    if (device != Device::cpu) {
+        cost_device = Tensor<double>::from_host(a.values, Shape{P, n, n}, device);
+        cost = cost_device.cview();
+    }
     Tensor<int64_t> perm(Shape{P, n}, device);
     Tensor<double> totals(Shape{P}, device);
     const std::size_t bytes = assignment_workspace_bytes(device, P, n);
     Buffer<unsigned char> workspace(bytes, device);
-    linear_sum_assignment(cost.cview(), perm.view(), totals.view(), {}, workspace.data(), bytes);
+    linear_sum_assignment(cost, perm.view(), totals.view(), {}, workspace.data(), bytes);
     const std::vector<int64_t> ph = perm.to_vector();
     const std::vector<double> th = totals.to_vector();
     const double ms =

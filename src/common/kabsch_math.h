@@ -6,9 +6,13 @@
 // maximises sum_ab R_ab H_ab = sum_i y_i . (R x_i), i.e. minimises sum_i |y_i - R x_i|^2.
 //   2D: closed form, R = rot(atan2(H10 - H01, H00 + H11)).
 //   3D: Horn's quaternion method: the unit eigenvector of the largest eigenvalue of a symmetric
-//       4 x 4 matrix built from H, by cyclic Jacobi. Always a proper rotation, also when the top
-//       eigenvalue is degenerate (collinear, planar-symmetric or coincident inputs: any top
-//       eigenvector is optimal; H = 0 gives the identity).
+//       4 x 4 matrix N built from H. Fast path (the idea of Theobald's QCP): the largest root of
+//       N's characteristic quartic by Newton from an upper bound, the eigenvector as the largest
+//       column of adj(N - lambda I). When the top eigenvalue is not well separated (the adjugate
+//       is small: near-collinear inputs, or det H < 0 with sigma2 ~ sigma3) the eigenvector would
+//       lose accuracy, and cyclic Jacobi on N decides instead, as it always did before. Always a
+//       proper rotation, also when the top eigenvalue is degenerate (collinear, planar-symmetric
+//       or coincident inputs: any top eigenvector is optimal; H = 0 gives the identity).
 // Reflections (on request): the best improper Q is R' S with S = diag(1, .., 1, -1) and R' the
 // best rotation for H S; it is taken only when strictly better than the best rotation.
 #pragma once
@@ -82,6 +86,90 @@ EQFLOW_HD inline double best_rotation_2d(const double* h, double* r) {
     return norm;
 }
 
+// The top eigenvector q [4] of Horn's matrix n [4][4] (traceless, symmetric) without iterating
+// rotations; returns false (q untouched) when the top eigenvalue is too close to the next one for
+// the adjugate to give q to near double precision, or on H = 0. hh = |H|_F^2, det_h = det H.
+EQFLOW_HD inline bool horn_top_eigenvector_fast(const double* n, double hh, double det_h,
+                                                double* q) {
+    // det(lambda I - N) = lambda^4 + c2 lambda^2 + c1 lambda + c0 (N traceless; Newton's identities
+    // with tr N^2 = 4 |H|^2 and tr N^3 = 24 det H).
+    const double c2 = -2.0 * hh, c1 = -8.0 * det_h;
+    // All 2 x 2 minors of rows (0, 1) and (2, 3) of a 4 x 4 matrix give its determinant and
+    // adjugate (Laplace expansion by complementary minors).
+    const auto minors = [](const double* a, double* s, double* c) {
+        s[0] = a[0] * a[5] - a[4] * a[1];
+        s[1] = a[0] * a[6] - a[4] * a[2];
+        s[2] = a[0] * a[7] - a[4] * a[3];
+        s[3] = a[1] * a[6] - a[5] * a[2];
+        s[4] = a[1] * a[7] - a[5] * a[3];
+        s[5] = a[2] * a[7] - a[6] * a[3];
+        c[0] = a[8] * a[13] - a[12] * a[9];
+        c[1] = a[8] * a[14] - a[12] * a[10];
+        c[2] = a[8] * a[15] - a[12] * a[11];
+        c[3] = a[9] * a[14] - a[13] * a[10];
+        c[4] = a[9] * a[15] - a[13] * a[11];
+        c[5] = a[10] * a[15] - a[14] * a[11];
+    };
+    double s[6], c[6];
+    minors(n, s, c);
+    const double c0 =
+        s[0] * c[5] - s[1] * c[4] + s[2] * c[3] + s[3] * c[2] - s[4] * c[1] + s[5] * c[0];
+    // Upper bound of the top eigenvalue sigma1 + sigma2 +- sigma3 <= sqrt(3 |H|^2); from above
+    // Newton on a real-rooted polynomial descends monotonically onto the largest root.
+    const double bound = ::sqrt(1.5 * -c2);
+    if (!(bound > 0.0)) return false;
+    double lambda = bound;
+    for (int it = 0; it < 60; ++it) {
+        const double l2 = lambda * lambda;
+        const double p = (l2 + c2) * l2 + c1 * lambda + c0;
+        const double dp = (4.0 * l2 + 2.0 * c2) * lambda + c1;
+        if (!(dp > 0.0)) break;
+        const double next = lambda - p / dp;
+        if (!(next < lambda)) break;  // converged: rounding no longer moves it down
+        lambda = next;
+    }
+    double a[16];
+    for (int k = 0; k < 16; ++k) a[k] = n[k];
+    for (int k = 0; k < 4; ++k) a[k * 5] -= lambda;
+    minors(a, s, c);
+    // Adjugate of a (symmetric, as a is): at a simple eigenvalue adj = prod_k (l_k - l) q q^T, so
+    // its largest column is q scaled by the product of the gaps to the other eigenvalues.
+    double adj[16];
+    adj[0] = a[5] * c[5] - a[6] * c[4] + a[7] * c[3];
+    adj[1] = -a[1] * c[5] + a[2] * c[4] - a[3] * c[3];
+    adj[2] = a[13] * s[5] - a[14] * s[4] + a[15] * s[3];
+    adj[3] = -a[9] * s[5] + a[10] * s[4] - a[11] * s[3];
+    adj[4] = -a[4] * c[5] + a[6] * c[2] - a[7] * c[1];
+    adj[5] = a[0] * c[5] - a[2] * c[2] + a[3] * c[1];
+    adj[6] = -a[12] * s[5] + a[14] * s[2] - a[15] * s[1];
+    adj[7] = a[8] * s[5] - a[10] * s[2] + a[11] * s[1];
+    adj[8] = a[4] * c[4] - a[5] * c[2] + a[7] * c[0];
+    adj[9] = -a[0] * c[4] + a[1] * c[2] - a[3] * c[0];
+    adj[10] = a[12] * s[4] - a[13] * s[2] + a[15] * s[0];
+    adj[11] = -a[8] * s[4] + a[9] * s[2] - a[11] * s[0];
+    adj[12] = -a[4] * c[3] + a[5] * c[1] - a[6] * c[0];
+    adj[13] = a[0] * c[3] - a[1] * c[1] + a[2] * c[0];
+    adj[14] = -a[12] * s[3] + a[13] * s[1] - a[14] * s[0];
+    adj[15] = a[8] * s[3] - a[9] * s[1] + a[10] * s[0];
+    int col = 0;
+    double best = -1.0;
+    for (int j = 0; j < 4; ++j) {
+        double m = 0.0;
+        for (int i = 0; i < 4; ++i) m += adj[i * 4 + j] * adj[i * 4 + j];
+        if (m > best) {
+            best = m;
+            col = j;
+        }
+    }
+    // The gaps' product, relative to bound^3, bounds how much rounding in N and lambda can turn
+    // q; below 1e-2 (a gap under ~1e-3 of the scale) Jacobi, which needs no separation, decides.
+    constexpr double kMinGapProduct = 1e-2;
+    const double b3 = bound * bound * bound;
+    if (!(best >= kMinGapProduct * kMinGapProduct * b3 * b3)) return false;
+    for (int i = 0; i < 4; ++i) q[i] = adj[i * 4 + col];
+    return true;
+}
+
 // Best proper rotation for H (3D, Horn); returns the score sum_ab R_ab H_ab.
 EQFLOW_HD inline double best_rotation_3d(const double* h, double* r) {
     // S_ab = sum_i x_ia y_ib = H_ba.
@@ -92,12 +180,28 @@ EQFLOW_HD inline double best_rotation_3d(const double* h, double* r) {
                     syz - szy,       sxx - syy - szz, sxy + syx,        szx + sxz,
                     szx - sxz,       sxy + syx,       -sxx + syy - szz, syz + szy,
                     sxy - syx,       szx + sxz,       syz + szy,        -sxx - syy + szz};
-    double v[16];
-    jacobi_eigen<4>(n, v);
-    int best = 0;
-    for (int k = 1; k < 4; ++k)
-        if (n[k * 4 + k] > n[best * 4 + best]) best = k;
-    double q0 = v[0 * 4 + best], q1 = v[1 * 4 + best], q2 = v[2 * 4 + best], q3 = v[3 * 4 + best];
+    double hh = 0.0;
+    for (int k = 0; k < 9; ++k) hh += h[k] * h[k];
+    const double det_h = h[0] * (h[4] * h[8] - h[5] * h[7]) - h[1] * (h[3] * h[8] - h[5] * h[6]) +
+                         h[2] * (h[3] * h[7] - h[4] * h[6]);
+    double q0, q1, q2, q3;
+    double qf[4];
+    if (horn_top_eigenvector_fast(n, hh, det_h, qf)) {
+        q0 = qf[0];
+        q1 = qf[1];
+        q2 = qf[2];
+        q3 = qf[3];
+    } else {
+        double v[16];
+        jacobi_eigen<4>(n, v);
+        int best = 0;
+        for (int k = 1; k < 4; ++k)
+            if (n[k * 4 + k] > n[best * 4 + best]) best = k;
+        q0 = v[0 * 4 + best];
+        q1 = v[1 * 4 + best];
+        q2 = v[2 * 4 + best];
+        q3 = v[3 * 4 + best];
+    }
     const double qn = ::sqrt(q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3);
     q0 /= qn;
     q1 /= qn;

@@ -136,6 +136,14 @@ void couple(const CouplingOptions& o, const double* x0, const double* x1, int64_
             double* x1_paired, int64_t* pairing, double* cost) {
     const int64_t nd = static_cast<int64_t>(n) * d;
     std::vector<int64_t> sigma(B);
+    // Small systems (every system eqflow ships but LJ55): eqot_align_pair_small gives the same
+    // alignments bit for bit, with each sample's principal frame computed once, not per pair.
+    const bool small = n <= kSmallAssignmentN && (d == 2 || d == 3);
+    std::vector<double> f0, f1;  // [B][d][d] principal frames of x0, x1 (small eqot)
+    if (small && o.kind == CouplingKind::eqot) {
+        f0.resize(B * d * d);
+        f1.resize(B * d * d);
+    }
     const int* types = o.atom_types.empty() ? nullptr : o.atom_types.data();
     if (o.kind == CouplingKind::fm) {
         for (int64_t i = 0; i < B; ++i) sigma[i] = i;
@@ -151,6 +159,24 @@ void couple(const CouplingOptions& o, const double* x0, const double* x1, int64_
                 c[i * B + j] = s;
             }
         assign_batch(c, B, sigma.data());
+    } else if (small) {
+        if (o.frame_starts)
+            for (int64_t b = 0; b < B; ++b) {
+                principal_frame_of(x0 + b * nd, n, d, &f0[b * d * d]);
+                principal_frame_of(x1 + b * nd, n, d, &f1[b * d * d]);
+            }
+        std::vector<double> m(B * B);  // [B][B] aligned costs
+        parallel_for(
+            B,
+            [&](int64_t i) {
+                int64_t perm[kSmallAssignmentN];
+                double r[9];
+                for (int64_t j = 0; j < B; ++j)
+                    m[i * B + j] = eqot_align_pair_small(o, x0 + i * nd, x1 + j * nd, n, d, types,
+                                                         &f0[i * d * d], &f1[j * d * d], perm, r);
+            },
+            o.threads);
+        assign_batch(m, B, sigma.data());
     } else {
         std::vector<double> m(B * B);  // [B][B] aligned costs
         // The B^2 alignments are independent: rows of M are dealt out to the pool's threads
@@ -177,7 +203,11 @@ void couple(const CouplingOptions& o, const double* x0, const double* x1, int64_
         double* out = x1_paired + i * nd;
         if (o.kind == CouplingKind::eqot) {
             double r[9];
-            eqot_align_pair(o, x0 + i * nd, x1 + j * nd, n, d, types, perm.data(), r, scratch);
+            if (small)
+                eqot_align_pair_small(o, x0 + i * nd, x1 + j * nd, n, d, types, &f0[i * d * d],
+                                      &f1[j * d * d], perm.data(), r);
+            else
+                eqot_align_pair(o, x0 + i * nd, x1 + j * nd, n, d, types, perm.data(), r, scratch);
             for (int a = 0; a < n; ++a)
                 for (int p = 0; p < d; ++p) {
                     double v = 0.0;

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "cpu/assignment_cpu.h"
+#include "cpu/assignment_small.h"
 #include "eqflow/coupling.h"
 
 namespace eqflow::cpu {
@@ -20,6 +21,17 @@ struct EqotScratch {
 // One pair: x0, x1 [n][d], types [n] or nullptr -> perm [n], rotation [d][d]; returns the cost.
 double eqot_align_pair(const CouplingOptions& o, const double* x0, const double* x1, int n, int d,
                        const int* types, int64_t* perm, double* rotation, EqotScratch& s);
+
+// The principal axes of x [n][d] (eigenvectors of sum_i x_i x_i^T by decreasing eigenvalue, as
+// the columns of f [d][d]): what eqot_align_pair computes for each of its two inputs.
+void principal_frame_of(const double* x, int n, int d, double* f);
+
+// eqot_align_pair for n <= kSmallAssignmentN (src/cpu/assignment_small.h) and d = 2 or 3, with
+// the principal frames f0, f1 of x0, x1 given (read only when o.frame_starts): the same result,
+// bit for bit, without allocation (src/cpu/coupling_small.cpp).
+double eqot_align_pair_small(const CouplingOptions& o, const double* x0, const double* x1, int n,
+                             int d, const int* types, const double* f0, const double* f1,
+                             int64_t* perm, double* rotation);
 
 // Batched: x0, x1 [B][n][d] -> x1_paired [B][n][d], pairing [B] and cost [B] (both nullable).
 void couple(const CouplingOptions& o, const double* x0, const double* x1, int64_t B, int n, int d,

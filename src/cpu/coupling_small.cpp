@@ -1,0 +1,127 @@
+// The eqot pair alignment for small systems (n <= kSmallAssignmentN, d = 2 or 3): what the CPU
+// coupling runs for its B^2 pairs. It is eqot_align_pair (src/cpu/coupling_cpu.cpp) with the same
+// starts, rounds, stopping rule and arithmetic in the same order, so it returns the same cost,
+// permutation and rotation bit for bit (tests/test_coupling.cpp checks this), but
+//   - the principal frames come from the caller, computed once per sample instead of twice per
+//     pair (2B instead of 2B^2 eigen-decompositions);
+//   - d is a compile-time constant and all state lives in fixed arrays on the stack;
+//   - the particle assignments go to solve_assignment_small (src/cpu/assignment_small.h).
+//
+// Shapes: x0, x1 [n][D]; f0, f1 [D][D] principal axes as columns; perm [n]; rotation [D][D].
+#include <limits>
+
+#include "common/kabsch_math.h"
+#include "cpu/assignment_small.h"
+#include "cpu/coupling_cpu.h"
+#include "eqflow/error.h"
+
+namespace eqflow::cpu {
+
+namespace {
+
+template <int D>
+double align_small(const CouplingOptions& o, const double* x0, const double* x1, int n,
+                   const int* types, const double* f0, const double* f1, int64_t* perm,
+                   double* rotation) {
+    constexpr int kN = kSmallAssignmentN;
+    constexpr int kDD = D * D;
+    const double inf = std::numeric_limits<double>::infinity();
+    double cost[kN * kN];  // [n][n], dense
+    double y[D * kN];      // [D][n] the rotated x1
+    int cand[kN], prev[kN];
+    SmallAssignment lsa;
+    double best = inf;
+
+    const auto search = [&](const double* start) {
+        double r[kDD];
+        for (int k = 0; k < kDD; ++k) r[k] = start[k];
+        for (int round = 0; round <= o.refine_iterations; ++round) {
+            // y = R x1, stored [D][n] so that the cost rows below vectorise over b.
+            for (int b = 0; b < n; ++b)
+                for (int a = 0; a < D; ++a) {
+                    double v = 0.0;
+                    for (int c = 0; c < D; ++c) v += r[a * D + c] * x1[b * D + c];
+                    y[a * kN + b] = v;
+                }
+            for (int a = 0; a < n; ++a) {
+                double* __restrict row = cost + a * n;
+                for (int b = 0; b < n; ++b) {
+                    double c2 = 0.0;
+                    for (int k = 0; k < D; ++k) {
+                        const double diff = x0[a * D + k] - y[k * kN + b];
+                        c2 += diff * diff;
+                    }
+                    row[b] = c2;
+                }
+                if (types)
+                    for (int b = 0; b < n; ++b)
+                        if (types[a] != types[b]) row[b] = inf;
+            }
+            EQFLOW_CHECK(solve_assignment_small(cost, n, lsa),
+                         "eqot: particle assignment failed (non-finite input?)");
+            bool same = round > 0;
+            for (int a = 0; a < n; ++a) {
+                cand[a] = lsa.col4row[a];
+                same = same && cand[a] == prev[a];
+            }
+            if (same) break;  // Kabsch would return the same rotation
+            double h[kDD];
+            for (int k = 0; k < kDD; ++k) h[k] = 0.0;
+            for (int a = 0; a < n; ++a)
+                for (int p = 0; p < D; ++p)
+                    for (int q = 0; q < D; ++q) h[p * D + q] += x0[a * D + p] * x1[cand[a] * D + q];
+            kabsch_math::best_orthogonal(h, D, o.allow_reflection, r);
+            double c = 0.0;
+            for (int a = 0; a < n; ++a)
+                for (int p = 0; p < D; ++p) {
+                    double v = 0.0;
+                    for (int q = 0; q < D; ++q) v += r[p * D + q] * x1[cand[a] * D + q];
+                    const double diff = x0[a * D + p] - v;
+                    c += diff * diff;
+                }
+            if (c < best) {
+                best = c;
+                for (int a = 0; a < n; ++a) perm[a] = cand[a];
+                for (int k = 0; k < kDD; ++k) rotation[k] = r[k];
+            }
+            for (int a = 0; a < n; ++a) prev[a] = cand[a];
+        }
+    };
+
+    double identity[kDD];
+    for (int a = 0; a < D; ++a)
+        for (int b = 0; b < D; ++b) identity[a * D + b] = a == b ? 1.0 : 0.0;
+    if (!o.frame_starts) {
+        search(identity);
+        return best;
+    }
+    for (int mask = 0; mask < (1 << D); ++mask) {
+        double r0[kDD];
+        const double det = kabsch_math::frame_start(f0, f1, D, mask, r0);
+        if (det > 0.0 || o.allow_reflection) search(r0);
+    }
+    double plain = 0.0;
+    for (int k = 0; k < n * D; ++k) plain += (x0[k] - x1[k]) * (x0[k] - x1[k]);
+    if (!(best <= plain)) search(identity);  // the safety net of eqot_align_pair
+    return best;
+}
+
+}  // namespace
+
+void principal_frame_of(const double* x, int n, int d, double* f) {
+    double cov[9];
+    for (int k = 0; k < d * d; ++k) cov[k] = 0.0;
+    for (int i = 0; i < n; ++i)
+        for (int a = 0; a < d; ++a)
+            for (int b = 0; b < d; ++b) cov[a * d + b] += x[i * d + a] * x[i * d + b];
+    kabsch_math::principal_frame(cov, d, f);
+}
+
+double eqot_align_pair_small(const CouplingOptions& o, const double* x0, const double* x1, int n,
+                             int d, const int* types, const double* f0, const double* f1,
+                             int64_t* perm, double* rotation) {
+    if (d == 2) return align_small<2>(o, x0, x1, n, types, f0, f1, perm, rotation);
+    return align_small<3>(o, x0, x1, n, types, f0, f1, perm, rotation);
+}
+
+}  // namespace eqflow::cpu
