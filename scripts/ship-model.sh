@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Ships one trained Table 1 cell from scripts/reproduce.sh into models/:
 #
-#   scripts/ship-model.sh SYSTEM OBJECTIVE        e.g. scripts/ship-model.sh dw4 eqot
+#   scripts/ship-model.sh CELL [NAME]     e.g. scripts/ship-model.sh dw4-eqot
+#                                                scripts/ship-model.sh dw4-likelihood-kernel dw4-likelihood
 #
-# Reads $EQFLOW_RUNS/SYSTEM-OBJECTIVE/ (default runs/) and writes
-#   models/SYSTEM-OBJECTIVE.safetensors   the model (self-contained: needs nothing under ../shared)
-#   models/SYSTEM-OBJECTIVE.json          the metrics on the paper's held-out data and on eqflow's
-#                                         own equilibrium data, the training budget (steps, wall
-#                                         time, device, threads), the exact commands, and a short
-#                                         `check`: an eval whose numbers tests/test_models reruns
-#   models/SYSTEM-OBJECTIVE.command.txt   the exact commands that trained and evaluated it
+# Reads the cell $EQFLOW_RUNS/CELL/ of scripts/reproduce.sh (default runs/) and writes, under
+# NAME (default CELL),
+#   models/NAME.safetensors   the model (self-contained: needs nothing under ../shared)
+#   models/NAME.json          the metrics on the paper's held-out data and on eqflow's own
+#                             equilibrium data, the training budget (steps, epochs, wall time),
+#                             the exact commands, and a short `check`: an eval whose numbers
+#                             tests/test_models reruns
+#   models/NAME.command.txt   the exact commands that trained and evaluated it
 # The check is small (200 samples, 200 test configurations, fixed seed) so that CI can rerun it
 # and compare; the full evaluation (10^4 / 2000 samples) is what the metrics report.
 set -euo pipefail
@@ -17,12 +19,12 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 BIN=${EQFLOW_BIN:-$ROOT/build/default/eqflow}
 RUNS=${EQFLOW_RUNS:-$ROOT/runs}
-[ $# -eq 2 ] || { echo "usage: scripts/ship-model.sh SYSTEM OBJECTIVE"; exit 2; }
-name=$1-$2
-dir=$RUNS/$name
+[ $# -ge 1 ] && [ $# -le 2 ] || { echo "usage: scripts/ship-model.sh CELL [NAME]"; exit 2; }
+name=${2:-$1}
+dir=$RUNS/$1
 [ -f "$dir/trained" ] || { echo "ship-model: $dir has no finished training run"; exit 2; }
 for f in metrics_paper_test.json metrics_eqflow_test.json; do
-    [ -f "$dir/$f" ] || { echo "ship-model: $dir/$f missing (run scripts/reproduce.sh $1 $2)"; exit 2; }
+    [ -f "$dir/$f" ] || { echo "ship-model: $dir/$f missing (run scripts/reproduce.sh first)"; exit 2; }
 done
 mkdir -p models
 cp "$dir/run/model.safetensors" "models/$name.safetensors.tmp"
@@ -37,7 +39,9 @@ check_args=(eval --model "models/$name.safetensors" --test "models/$name.check_t
 run_args=("${check_args[@]/#CHECK.json/$dir/check.json}")
 "$BIN" "${run_args[@]}" --figure "$dir/check.svg" > /dev/null
 
-sed "s|$ROOT/||g; s|$RUNS/|runs/|g" "$dir/command.txt" > "models/$name.command.txt"
+# Paths of this machine out: the program is `eqflow`, cells are under runs/.
+sed -E "s|^[^ ]*/eqflow(-run)? |eqflow |; s|$RUNS/|runs/|g; s|$ROOT/||g" "$dir/command.txt" \
+    > "models/$name.command.txt"
 python3 - "$dir" "$name" "$(uname -m), $(nproc) cores" "${check_args[@]}" <<'PY'
 import json, os, sys
 d, name, machine, check_args = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
