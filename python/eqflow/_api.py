@@ -353,26 +353,38 @@ def data(system_, samples, *, seed=0, replicas=8, t_max=0.0, burn_in=2000, thin=
                         int(burn_in), int(thin), int(chains), int(threads))
 
 
-def train(system_, data_, *, objective="eqot", out_dir=None, epochs=10, batch=256, lr=5e-4,
-          hidden=0, layers=0, sigma=0.01, seed=0, device="auto", resume=False, overwrite=False,
+def train(system_, data_, *, objective="eqot", field="egnn", out_dir=None, epochs=10, batch=256,
+          lr=5e-4, hidden=0, layers=0, radial_basis=0, r_max=0.0, time_basis=0, sigma=0.01,
+          seed=0, device="auto", reference=False, ode_steps=None, resume=False, overwrite=False,
           ema=0.0, val_fraction=0.1, threads=0, length_scale="auto", log_every=10, stop_after=0,
           progress=None):
-    """`eqflow train`: flow matching on configurations data_ [N, n, d] or [N, n*d] (centred on
-    load). Returns (model, info): the model to sample from (EMA weights with ema > 0) and a dict
-    (step, total_steps, loss, validation_loss, skipped, seconds, raw_model, ...). With out_dir,
-    writes RUN/model.safetensors, RUN/checkpoint.safetensors and RUN/train_log.jsonl as the
-    command does (resume=True continues from the checkpoint; a directory holding another run is
-    refused unless overwrite=True). progress(step, total, loss, lr)
-    is called after every step. Ctrl-C stops at the end of the step and raises
+    """`eqflow train`: trains a vector field on configurations data_ [N, n, d] or [N, n*d]
+    (centred on load), with the command's options and rules. Returns (model, info): the model to
+    sample from (EMA weights with ema > 0) and a dict (step, total_steps, loss, validation_loss,
+    skipped, seconds, raw_model, ...).
+
+    objective: "fm", "ot", "eqot" (flow matching with that coupling) or "likelihood" (maximum
+    likelihood through ode_steps fixed RK4 steps, default 10, with the exact divergence; always
+    on the double CPU reference field, so device="cuda" is refused; ode_steps with another
+    objective is an error). field: "egnn" (sized by hidden and layers; 0: the system's default)
+    or "kernel" (the kernel dynamics, sized by radial_basis centres on [0, r_max] and time_basis
+    centres; 0: the system's default; CPU only: device="auto" picks the CPU, "cuda" is an
+    error). reference: the double CPU reference field instead of the fast float32 one.
+
+    With out_dir, writes RUN/model.safetensors, RUN/checkpoint.safetensors and
+    RUN/train_log.jsonl as the command does (resume=True continues from the checkpoint; a
+    directory holding another run is refused unless overwrite=True). progress(step, total,
+    loss, lr) is called after every step. Ctrl-C stops at the end of the step and raises
     KeyboardInterrupt (with out_dir, after writing a checkpoint)."""
     sys_ = system(system_)
     x = np.ascontiguousarray(_to_numpy(data_, "data"))
     scale = 0.0 if length_scale == "auto" else float(length_scale)
     model, raw, info = _eqflow.train(
-        sys_, x, str(objective), "" if out_dir is None else str(out_dir), int(epochs),
-        int(batch), float(lr), int(hidden), int(layers), float(sigma), int(seed), str(device),
-        bool(resume), bool(overwrite), float(ema), float(val_fraction), int(threads), scale, int(log_every),
-        int(stop_after), progress)
+        sys_, x, str(objective), str(field), "" if out_dir is None else str(out_dir),
+        int(epochs), int(batch), float(lr), int(hidden), int(layers), int(radial_basis),
+        float(r_max), int(time_basis), float(sigma), int(seed), str(device), bool(reference),
+        -1 if ode_steps is None else int(ode_steps), bool(resume), bool(overwrite), float(ema),
+        float(val_fraction), int(threads), scale, int(log_every), int(stop_after), progress)
     info = dict(info)
     info["raw_model"] = Model(raw)
     return Model(model), info

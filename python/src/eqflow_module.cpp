@@ -884,13 +884,19 @@ NB_MODULE(_eqflow, m) {
     m.def(
         "train",
         [](const System& system, const InArray& data, const std::string& objective,
-           const std::string& out_dir, int64_t epochs, int64_t batch, double lr, int hidden,
-           int layers, double sigma, uint64_t seed, const std::string& device, bool resume,
-           bool overwrite, double ema, double val_fraction, int threads, double length_scale,
-           int64_t log_every, int64_t stop_after, nb::object progress) {
+           const std::string& field, const std::string& out_dir, int64_t epochs, int64_t batch,
+           double lr, int hidden, int layers, int radial_basis, double r_max, int time_basis,
+           double sigma, uint64_t seed, const std::string& device, bool reference,
+           int64_t ode_steps, bool resume, bool overwrite, double ema, double val_fraction,
+           int threads, double length_scale, int64_t log_every, int64_t stop_after,
+           nb::object progress) {
             TrainOptions o;
             o.system = system.name;
-            o.objective = parse_coupling(objective);
+            o.likelihood = objective == "likelihood";
+            EQFLOW_CHECK(
+                o.likelihood || objective == "fm" || objective == "ot" || objective == "eqot",
+                "unknown objective '" << objective << "' (choose fm, ot, eqot or likelihood)");
+            if (!o.likelihood) o.objective = parse_coupling(objective);
             o.out_dir = out_dir;
             o.epochs = epochs;
             o.batch = batch;
@@ -898,8 +904,11 @@ NB_MODULE(_eqflow, m) {
             o.hidden = hidden;
             o.layers = layers;
             o.sigma = sigma;
+            o.kernel_radial = radial_basis;
+            o.kernel_r_max = r_max;
+            o.kernel_time = time_basis;
             o.seed = seed;
-            o.device = python::resolve_device(device, FieldKind::egnn);
+            o.reference = reference;
             o.resume = resume;
             o.overwrite = overwrite;
             o.ema_decay = ema;
@@ -919,7 +928,35 @@ NB_MODULE(_eqflow, m) {
             }
             EQFLOW_CHECK(epochs > 0 && batch > 0 && log_every > 0 && lr > 0,
                          "epochs, batch, log_every and lr must be positive");
-            EQFLOW_CHECK(coupling_available(o.objective),
+            // The rules of `eqflow train` (src/cli/cmd_train.cpp) for the field, the likelihood
+            // objective and the device.
+            o.field = parse_field_kind(field);
+            EQFLOW_CHECK(o.field == FieldKind::kernel || (!radial_basis && !r_max && !time_basis),
+                         "radial_basis, r_max and time_basis size the kernel field: use them "
+                         "with field='kernel'");
+            EQFLOW_CHECK(o.field == FieldKind::egnn || (!hidden && !layers),
+                         "hidden and layers size the EGNN: the kernel field takes radial_basis, "
+                         "r_max and time_basis");
+            EQFLOW_CHECK(radial_basis >= 0 && time_basis >= 0 && r_max >= 0 && std::isfinite(r_max),
+                         "radial_basis, time_basis and r_max must be positive or 0 (the "
+                         "system's default)");
+            if (o.likelihood) {
+                EQFLOW_CHECK(device != "cuda" && device != "gpu",
+                             "objective likelihood: CUDA likelihood training is not built (the "
+                             "CUDA field has no second derivatives); use device='cpu' (the "
+                             "double CPU reference)");
+                EQFLOW_CHECK(ode_steps == -1 || (ode_steps >= 1 && ode_steps <= 100000),
+                             "ode_steps must be in 1..100000, got " << ode_steps);
+                if (ode_steps != -1) o.ode_steps = static_cast<int>(ode_steps);
+                o.reference = true;  // the only field with divergence_backward
+            } else {
+                EQFLOW_CHECK(ode_steps == -1, "ode_steps applies to objective='likelihood' only");
+            }
+            EQFLOW_CHECK(!o.reference || (device != "cuda" && device != "gpu"),
+                         "reference is the CPU reference field: use it with device='cpu'");
+            const Device resolved = python::resolve_device(device, o.field);
+            o.device = o.reference ? Device::cpu : resolved;
+            EQFLOW_CHECK(o.likelihood || coupling_available(o.objective),
                          "the " << objective << " coupling is not available in this build");
             int64_t count = 0;
             std::vector<double> x =
@@ -957,12 +994,13 @@ NB_MODULE(_eqflow, m) {
             return std::make_tuple(new python::Model(std::move(r.model)),
                                    new python::Model(std::move(r.raw_model)), info);
         },
-        nb::arg("system"), nb::arg("data"), nb::arg("objective"), nb::arg("out_dir"),
-        nb::arg("epochs"), nb::arg("batch"), nb::arg("lr"), nb::arg("hidden"), nb::arg("layers"),
-        nb::arg("sigma"), nb::arg("seed"), nb::arg("device"), nb::arg("resume"),
-        nb::arg("overwrite"), nb::arg("ema"), nb::arg("val_fraction"), nb::arg("threads"),
-        nb::arg("length_scale"), nb::arg("log_every"), nb::arg("stop_after"),
-        nb::arg("progress").none());
+        nb::arg("system"), nb::arg("data"), nb::arg("objective"), nb::arg("field"),
+        nb::arg("out_dir"), nb::arg("epochs"), nb::arg("batch"), nb::arg("lr"), nb::arg("hidden"),
+        nb::arg("layers"), nb::arg("radial_basis"), nb::arg("r_max"), nb::arg("time_basis"),
+        nb::arg("sigma"), nb::arg("seed"), nb::arg("device"), nb::arg("reference"),
+        nb::arg("ode_steps"), nb::arg("resume"), nb::arg("overwrite"), nb::arg("ema"),
+        nb::arg("val_fraction"), nb::arg("threads"), nb::arg("length_scale"), nb::arg("log_every"),
+        nb::arg("stop_after"), nb::arg("progress").none());
 
     m.def(
         "sample",
