@@ -1,9 +1,10 @@
-"""eqflow: equivariant flow matching with EGNN vector fields, as Boltzmann generators.
+"""eqflow: equivariant flow matching with EGNN or kernel-dynamics vector fields, as Boltzmann
+generators.
 
 The Python face of the C++ library (docs/design.md; README "Python"). Arrays in and out are NumPy
 arrays or torch tensors; a function given a torch tensor returns torch tensors on its device.
 
-    model = eqflow.load_model("run/model.safetensors")
+    model = eqflow.load_model("run/model.safetensors")   # model.field_type: 'egnn' | 'kernel'
     v = model.field(x, t)              # x [B, n, d] or [B, n*d]; t a number or [B]
     div = model.divergence(x, t)       # exact, [B]
     u = eqflow.energy("dw4", x)        # reduced energies [B]

@@ -137,18 +137,31 @@ def systems():
 # ---- models ---------------------------------------------------------------------------------
 
 class Model:
-    """An EGNN vector field v(x, t) (docs/design.md section 4) with its configuration.
+    """A trained flow's vector field v(x, t) with its configuration: the EGNN (docs/design.md
+    section 4) or the equivariant kernel dynamics (section 4b); field_type says which.
 
     field(x, t) and divergence(x, t) take x as [B, n, d] or [B, n*d] (NumPy or torch; float64 or
     float32 on the CPU, computed in double on the CPU reference; float32 CUDA tensors run the
-    fused GPU kernels) and t as a number or [B]; they return the caller's kind, dtype and shape,
-    in the system's units (the model's length_scale is applied as `eqflow field` does).
+    fused GPU kernels of the EGNN -- the kernel field has no CUDA backend, and CUDA input to it
+    raises eqflow.Error) and t as a number or [B]; they return the caller's kind, dtype and
+    shape, in the system's units (the model's length_scale is applied as `eqflow field` does).
+
+    config holds the keys of the model's own field type: hidden, layers, attention, ... for the
+    EGNN; radial_centres, radial_widths, time_centres, time_width for the kernel field (so
+    config["hidden"] of a kernel model is a KeyError). Everything else (parameters, layout,
+    state_dict, save, the field, eqflow.torch.Field, sample, log_likelihood, evaluate) works for
+    both.
     """
 
     def __init__(self, handle):
         self._m = handle
 
     # -- configuration
+    @property
+    def field_type(self):
+        """'egnn' or 'kernel' (the model file's eqflow.format)."""
+        return self._m.field_type
+
     @property
     def n_particles(self):
         return self._m.n_particles
@@ -159,8 +172,9 @@ class Model:
 
     @property
     def config(self):
-        """The configuration: system, n_particles, dim, hidden, layers, attention, tanh,
-        coords_range, atom_types, length_scale."""
+        """The configuration: field_type, system, n_particles, dim, length_scale and, for the
+        EGNN, hidden, layers, attention, tanh, coords_range, atom_types; for the kernel field,
+        radial_centres, radial_widths, time_centres, time_width."""
         return dict(self._m.config)
 
     @property
@@ -177,8 +191,13 @@ class Model:
 
     def __repr__(self):
         c = self.config
-        return (f"eqflow.Model(system={c['system']!r}, n_particles={c['n_particles']}, "
-                f"dim={c['dim']}, hidden={c['hidden']}, layers={c['layers']}, "
+        if self.field_type == "kernel":
+            size = (f"radial_basis={len(c['radial_centres'])}, "
+                    f"time_basis={len(c['time_centres'])}")
+        else:
+            size = f"hidden={c['hidden']}, layers={c['layers']}"
+        return (f"eqflow.Model(field_type={self.field_type!r}, system={c['system']!r}, "
+                f"n_particles={c['n_particles']}, dim={c['dim']}, {size}, "
                 f"parameters={self.parameter_count})")
 
     # -- parameters
@@ -194,7 +213,8 @@ class Model:
         return [(name, tuple(shape), offset) for name, shape, offset in self._m.layout()]
 
     def state_dict(self):
-        """{name: float64 array} with the PyTorch module's names and shapes (tools/egnn_torch.py)."""
+        """{name: float64 array} with the model file's tensor names and shapes (for the EGNN,
+        the PyTorch module's of tools/egnn_torch.py)."""
         p = self.parameters()
         out = {}
         for name, shape, offset in self.layout():
@@ -250,7 +270,8 @@ class Model:
 
 
 def load_model(path):
-    """Reads an eqflow model file (eqflow train's RUN/model.safetensors)."""
+    """Reads an eqflow model file (eqflow train's RUN/model.safetensors) of either field type,
+    as its eqflow.format says: the EGNN or the kernel dynamics."""
     return Model(_eqflow.load_model(str(path)))
 
 
@@ -332,26 +353,38 @@ def data(system_, samples, *, seed=0, replicas=8, t_max=0.0, burn_in=2000, thin=
                         int(burn_in), int(thin), int(chains), int(threads))
 
 
-def train(system_, data_, *, objective="eqot", out_dir=None, epochs=10, batch=256, lr=5e-4,
-          hidden=0, layers=0, sigma=0.01, seed=0, device="auto", resume=False, overwrite=False,
+def train(system_, data_, *, objective="eqot", field="egnn", out_dir=None, epochs=10, batch=256,
+          lr=5e-4, hidden=0, layers=0, radial_basis=0, r_max=0.0, time_basis=0, sigma=0.01,
+          seed=0, device="auto", reference=False, ode_steps=None, resume=False, overwrite=False,
           ema=0.0, val_fraction=0.1, threads=0, length_scale="auto", log_every=10, stop_after=0,
           progress=None):
-    """`eqflow train`: flow matching on configurations data_ [N, n, d] or [N, n*d] (centred on
-    load). Returns (model, info): the model to sample from (EMA weights with ema > 0) and a dict
-    (step, total_steps, loss, validation_loss, skipped, seconds, raw_model, ...). With out_dir,
-    writes RUN/model.safetensors, RUN/checkpoint.safetensors and RUN/train_log.jsonl as the
-    command does (resume=True continues from the checkpoint; a directory holding another run is
-    refused unless overwrite=True). progress(step, total, loss, lr)
-    is called after every step. Ctrl-C stops at the end of the step and raises
+    """`eqflow train`: trains a vector field on configurations data_ [N, n, d] or [N, n*d]
+    (centred on load), with the command's options and rules. Returns (model, info): the model to
+    sample from (EMA weights with ema > 0) and a dict (step, total_steps, loss, validation_loss,
+    skipped, seconds, raw_model, ...).
+
+    objective: "fm", "ot", "eqot" (flow matching with that coupling) or "likelihood" (maximum
+    likelihood through ode_steps fixed RK4 steps, default 10, with the exact divergence; always
+    on the double CPU reference field, so device="cuda" is refused; ode_steps with another
+    objective is an error). field: "egnn" (sized by hidden and layers; 0: the system's default)
+    or "kernel" (the kernel dynamics, sized by radial_basis centres on [0, r_max] and time_basis
+    centres; 0: the system's default; CPU only: device="auto" picks the CPU, "cuda" is an
+    error). reference: the double CPU reference field instead of the fast float32 one.
+
+    With out_dir, writes RUN/model.safetensors, RUN/checkpoint.safetensors and
+    RUN/train_log.jsonl as the command does (resume=True continues from the checkpoint; a
+    directory holding another run is refused unless overwrite=True). progress(step, total,
+    loss, lr) is called after every step. Ctrl-C stops at the end of the step and raises
     KeyboardInterrupt (with out_dir, after writing a checkpoint)."""
     sys_ = system(system_)
     x = np.ascontiguousarray(_to_numpy(data_, "data"))
     scale = 0.0 if length_scale == "auto" else float(length_scale)
     model, raw, info = _eqflow.train(
-        sys_, x, str(objective), "" if out_dir is None else str(out_dir), int(epochs),
-        int(batch), float(lr), int(hidden), int(layers), float(sigma), int(seed), str(device),
-        bool(resume), bool(overwrite), float(ema), float(val_fraction), int(threads), scale, int(log_every),
-        int(stop_after), progress)
+        sys_, x, str(objective), str(field), "" if out_dir is None else str(out_dir),
+        int(epochs), int(batch), float(lr), int(hidden), int(layers), int(radial_basis),
+        float(r_max), int(time_basis), float(sigma), int(seed), str(device), bool(reference),
+        -1 if ode_steps is None else int(ode_steps), bool(resume), bool(overwrite), float(ema),
+        float(val_fraction), int(threads), scale, int(log_every), int(stop_after), progress)
     info = dict(info)
     info["raw_model"] = Model(raw)
     return Model(model), info
@@ -366,6 +399,9 @@ def sample(model, samples, *, seed=0, system=None, solver="dopri5", atol=1e-4, r
            steps=20, batch=256, hutchinson=0, threads=0, device="auto"):
     """`eqflow sample`: samples of the flow with their exact log-density (Hutchinson's estimate
     with hutchinson=PROBES) and importance weights to the system's Boltzmann distribution.
+    device: "cpu", "cuda" or "auto" (the GPU when one is usable), as in the commands; the kernel
+    field runs on the CPU only (auto is the CPU for it, "cuda" an error), likewise in
+    log_likelihood and evaluate.
     Returns a dict: x [N, n, d], x0, log_q, u, log_w, path_length (NumPy) and ess,
     energy_mean_samples, energy_mean_reweighted, zero_weight_samples, failed_integrations, ..."""
     return dict(_eqflow.sample(model._m, int(samples), int(seed), system or "",

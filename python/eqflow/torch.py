@@ -8,7 +8,8 @@ forward(t, x) has torchdiffeq's signature (odeint(field, x0, ts)). Gradients wit
 to the parameters come from the library's own reverse mode (Field::backward); t gets none. On
 the CPU the reference field computes in float64 (x of another dtype is converted, the result
 converted back); CUDA tensors must be float32 and use the fused GPU kernels, with the parameters
-cast to float32.
+cast to float32. Either field type works (the EGNN and the kernel dynamics); the kernel field has
+no CUDA backend, so it runs on the CPU only.
 """
 import torch
 
@@ -36,14 +37,18 @@ class _FieldFunction(torch.autograd.Function):
 
 
 class Field(torch.nn.Module):
-    """The EGNN vector field of an eqflow.Model with its parameters as one torch Parameter
-    (`params`, flat, the model file's layout). Train it with any torch optimiser and write it
-    back with to_model().save(path)."""
+    """The vector field of an eqflow.Model (EGNN or kernel dynamics) with its parameters as one
+    torch Parameter (`params`, flat, the model file's layout). Train it with any torch optimiser
+    and write it back with to_model().save(path)."""
 
     def __init__(self, model, *, dtype=torch.float64, device=None):
         super().__init__()
         if not isinstance(model, _api.Model):
             raise Error(f"eqflow.torch.Field: expected an eqflow.Model, got {type(model).__name__}")
+        if (device is not None and torch.device(device).type == "cuda"
+                and not model._m.has_cuda_field):
+            raise Error(f"eqflow.torch.Field: the {model.field_type} field has no CUDA backend "
+                        "(it runs on the CPU only); keep it on the CPU")
         self.model = model
         self.params = torch.nn.Parameter(
             torch.as_tensor(model.parameters(), dtype=dtype, device=device).clone())

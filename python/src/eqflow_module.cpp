@@ -221,17 +221,18 @@ TensorView<T> view_of(const ArrayRef& a, Shape shape) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A model and its fields: the CPU reference (double) and CUDA (float32), made on first use.
-// A call may bring its own parameters (eqflow.torch.Field owns them as a torch Parameter); the
-// next call without them puts the model's back.
+// A model of either field type (EGNN or kernel dynamics) and its fields: the CPU reference
+// (double) and CUDA (float32, the EGNN only), made on first use. A call may bring its own
+// parameters (eqflow.torch.Field owns them as a torch Parameter); the next call without them
+// puts the model's back.
 // ---------------------------------------------------------------------------------------------
 class Model {
   public:
-    explicit Model(EgnnModel model) : model_(std::move(model)) {}
+    explicit Model(FlowModel model) : model_(std::move(model)) {}
 
-    const EgnnModel& model() const { return model_; }
-    int n() const { return model_.config.n_particles; }
-    int d() const { return model_.config.dim; }
+    const FlowModel& model() const { return model_; }
+    int n() const { return model_.n_particles(); }
+    int d() const { return model_.dim(); }
     int64_t parameter_count() const { return static_cast<int64_t>(model_.params.size()); }
 
     void set_parameters(std::vector<double> params) {
@@ -270,6 +271,7 @@ class Model {
             require_shape(*div, Shape{B}, "div");
         }
         check_params(params, x.device);
+        require_backend(x.device);
         const Shape shape3{B, n(), d()};
 
         if (x.device == Device::cpu) {
@@ -345,6 +347,7 @@ class Model {
             require_shape(*dx, x.shape, "dL_dx");
         }
         check_params(params, x.device);
+        require_backend(x.device);
         const Shape shape3{B, n(), d()};
 
         if (x.device == Device::cpu) {
@@ -407,6 +410,13 @@ class Model {
         require_device(*params, device, "parameters");
         require_shape(*params, Shape{parameter_count()}, "parameters");
     }
+    // CUDA arrays need a CUDA backend of the model's field type (the EGNN has one).
+    void require_backend(Device device) const {
+        EQFLOW_CHECK(device != Device::cuda || model_.has_cuda_field(),
+                     "the " << field_kind_name(model_.kind)
+                            << " field has no CUDA backend (it runs on the CPU only): pass CPU "
+                               "arrays or tensors");
+    }
     static void require_cpu_float(const ArrayRef& a) {
         require_dtype(a, {DType::f64, DType::f32}, "the array",
                       "CPU arrays must be float64 or float32");
@@ -443,7 +453,7 @@ class Model {
         return *cuda_;
     }
 
-    EgnnModel model_;
+    FlowModel model_;
     std::mutex mutex_;
     std::unique_ptr<Field<double>> cpu_;
     std::unique_ptr<Field<float>> cuda_;
@@ -451,8 +461,23 @@ class Model {
     bool cpu_foreign_ = false, cuda_foreign_ = false;
 };
 
-nb::dict config_dict(const EgnnConfig& c) {
+// The configuration of the model's own field type; "field_type" says which.
+nb::dict config_dict(const FlowModel& m) {
     nb::dict d;
+    d["field_type"] = field_kind_name(m.kind);
+    if (m.kind == FieldKind::kernel) {
+        const KernelConfig& c = m.kernel_config;
+        d["system"] = c.system;
+        d["n_particles"] = c.n_particles;
+        d["dim"] = c.dim;
+        d["radial_centres"] = c.radial_centres;
+        d["radial_widths"] = c.radial_widths;
+        d["time_centres"] = c.time_centres;
+        d["time_width"] = c.time_width;
+        d["length_scale"] = c.length_scale;
+        return d;
+    }
+    const EgnnConfig& c = m.egnn_config;
     d["system"] = c.system;
     d["n_particles"] = c.n_particles;
     d["dim"] = c.dim;
@@ -500,8 +525,23 @@ std::vector<double> host_configurations(const InArray& a_in, int n, int d, const
     return std::vector<double>(h.ptr, h.ptr + a.numel());
 }
 
+// device as the commands resolve --device (src/cli/flow_cli.cpp): cpu, cuda or auto (the GPU
+// when one is usable). The kernel-dynamics field has no CUDA backend: auto is the CPU for it and
+// cuda an Error.
+Device resolve_device(const std::string& device, FieldKind field) {
+    if (field == FieldKind::kernel) {
+        EQFLOW_CHECK(device != "cuda" && device != "gpu",
+                     "device " << device
+                               << ": the kernel-dynamics field has no CUDA backend (it runs on "
+                                  "the CPU only); use device='cpu'");
+        if (device == "auto" || device.empty()) return Device::cpu;
+    }
+    return parse_device(device);
+}
+
 FlowOptions flow_options(const std::string& solver, double atol, double rtol, int steps,
-                         int64_t batch, int hutchinson, int threads, const std::string& device) {
+                         int64_t batch, int hutchinson, int threads, const std::string& device,
+                         FieldKind field) {
     FlowOptions o;
     o.ode.method = parse_ode_method(solver);
     o.ode.atol = atol;
@@ -511,18 +551,18 @@ FlowOptions flow_options(const std::string& solver, double atol, double rtol, in
     o.hutchinson = hutchinson > 0;
     o.hutchinson_probes = hutchinson > 0 ? hutchinson : 1;
     o.threads = threads;
-    o.device = parse_device(device);
+    o.device = resolve_device(device, field);
     EQFLOW_CHECK(atol > 0 && rtol >= 0, "atol must be positive and rtol non-negative");
     EQFLOW_CHECK(steps > 0 && batch > 0, "steps and batch must be positive");
     return o;
 }
 
-System system_for(const EgnnModel& model, const std::string& name) {
-    System system = make_system(name.empty() ? model.config.system : name);
-    EQFLOW_CHECK(system.n == model.config.n_particles && system.d == model.config.dim,
-                 "the model has " << model.config.n_particles << " particles in "
-                                  << model.config.dim << " dimensions; " << system.name << " has "
-                                  << system.n << " in " << system.d);
+System system_for(const FlowModel& model, const std::string& name) {
+    System system = make_system(name.empty() ? model.system() : name);
+    EQFLOW_CHECK(system.n == model.n_particles() && system.d == model.dim(),
+                 "the model has " << model.n_particles() << " particles in " << model.dim()
+                                  << " dimensions; " << system.name << " has " << system.n << " in "
+                                  << system.d);
     return system;
 }
 
@@ -567,9 +607,12 @@ NB_MODULE(_eqflow, m) {
         .def_prop_ro("n_particles", &python::Model::n)
         .def_prop_ro("dim", &python::Model::d)
         .def_prop_ro("parameter_count", &python::Model::parameter_count)
-        .def_prop_ro(
-            "config",
-            [](const python::Model& self) { return python::config_dict(self.model().config); })
+        .def_prop_ro("config",
+                     [](const python::Model& self) { return python::config_dict(self.model()); })
+        .def_prop_ro("field_type",
+                     [](const python::Model& self) { return field_kind_name(self.model().kind); })
+        .def_prop_ro("has_cuda_field",
+                     [](const python::Model& self) { return self.model().has_cuda_field(); })
         .def("parameters",
              [](const python::Model& self) {
                  return python::to_numpy(self.model().params, Shape{self.parameter_count()});
@@ -581,7 +624,7 @@ NB_MODULE(_eqflow, m) {
         .def("layout",
              [](const python::Model& self) {
                  std::vector<std::tuple<std::string, std::vector<int64_t>, int64_t>> out;
-                 for (const ParamEntry& e : egnn_parameter_layout(self.model().config))
+                 for (const ParamEntry& e : self.model().parameter_layout())
                      out.emplace_back(e.name, e.shape, e.offset);
                  return out;
              })
@@ -598,7 +641,8 @@ NB_MODULE(_eqflow, m) {
              nb::arg("stream") = 0);
 
     m.def(
-        "load_model", [](const std::string& path) { return new python::Model(load_model(path)); },
+        "load_model",
+        [](const std::string& path) { return new python::Model(load_flow_model(path)); },
         nb::arg("path"));
 
     m.def(
@@ -632,7 +676,7 @@ NB_MODULE(_eqflow, m) {
     m.def(
         "model_from_tensors",
         [](const python::Model& like, const nb::dict& tensors, const std::string& what) {
-            SafetensorsFile file = egnn_model_to_safetensors(like.model());
+            SafetensorsFile file = flow_model_to_safetensors(like.model());
             file.tensors.clear();
             for (auto [key, value] : tensors) {
                 const std::string name = nb::cast<std::string>(key);
@@ -641,7 +685,7 @@ NB_MODULE(_eqflow, m) {
                 std::vector<double> values = python::host_vector(arr, name.c_str());
                 file.tensors.push_back(SafeTensor::f64(name, a.shape, std::move(values)));
             }
-            return new python::Model(egnn_model_from_safetensors(file, what));
+            return new python::Model(flow_model_from_safetensors(file, what));
         },
         nb::arg("like"), nb::arg("tensors"), nb::arg("what"));
 
@@ -840,13 +884,19 @@ NB_MODULE(_eqflow, m) {
     m.def(
         "train",
         [](const System& system, const InArray& data, const std::string& objective,
-           const std::string& out_dir, int64_t epochs, int64_t batch, double lr, int hidden,
-           int layers, double sigma, uint64_t seed, const std::string& device, bool resume,
-           bool overwrite, double ema, double val_fraction, int threads, double length_scale,
-           int64_t log_every, int64_t stop_after, nb::object progress) {
+           const std::string& field, const std::string& out_dir, int64_t epochs, int64_t batch,
+           double lr, int hidden, int layers, int radial_basis, double r_max, int time_basis,
+           double sigma, uint64_t seed, const std::string& device, bool reference,
+           int64_t ode_steps, bool resume, bool overwrite, double ema, double val_fraction,
+           int threads, double length_scale, int64_t log_every, int64_t stop_after,
+           nb::object progress) {
             TrainOptions o;
             o.system = system.name;
-            o.objective = parse_coupling(objective);
+            o.likelihood = objective == "likelihood";
+            EQFLOW_CHECK(
+                o.likelihood || objective == "fm" || objective == "ot" || objective == "eqot",
+                "unknown objective '" << objective << "' (choose fm, ot, eqot or likelihood)");
+            if (!o.likelihood) o.objective = parse_coupling(objective);
             o.out_dir = out_dir;
             o.epochs = epochs;
             o.batch = batch;
@@ -854,8 +904,11 @@ NB_MODULE(_eqflow, m) {
             o.hidden = hidden;
             o.layers = layers;
             o.sigma = sigma;
+            o.kernel_radial = radial_basis;
+            o.kernel_r_max = r_max;
+            o.kernel_time = time_basis;
             o.seed = seed;
-            o.device = parse_device(device);
+            o.reference = reference;
             o.resume = resume;
             o.overwrite = overwrite;
             o.ema_decay = ema;
@@ -875,7 +928,35 @@ NB_MODULE(_eqflow, m) {
             }
             EQFLOW_CHECK(epochs > 0 && batch > 0 && log_every > 0 && lr > 0,
                          "epochs, batch, log_every and lr must be positive");
-            EQFLOW_CHECK(coupling_available(o.objective),
+            // The rules of `eqflow train` (src/cli/cmd_train.cpp) for the field, the likelihood
+            // objective and the device.
+            o.field = parse_field_kind(field);
+            EQFLOW_CHECK(o.field == FieldKind::kernel || (!radial_basis && !r_max && !time_basis),
+                         "radial_basis, r_max and time_basis size the kernel field: use them "
+                         "with field='kernel'");
+            EQFLOW_CHECK(o.field == FieldKind::egnn || (!hidden && !layers),
+                         "hidden and layers size the EGNN: the kernel field takes radial_basis, "
+                         "r_max and time_basis");
+            EQFLOW_CHECK(radial_basis >= 0 && time_basis >= 0 && r_max >= 0 && std::isfinite(r_max),
+                         "radial_basis, time_basis and r_max must be positive or 0 (the "
+                         "system's default)");
+            if (o.likelihood) {
+                EQFLOW_CHECK(device != "cuda" && device != "gpu",
+                             "objective likelihood: CUDA likelihood training is not built (the "
+                             "CUDA field has no second derivatives); use device='cpu' (the "
+                             "double CPU reference)");
+                EQFLOW_CHECK(ode_steps == -1 || (ode_steps >= 1 && ode_steps <= 100000),
+                             "ode_steps must be in 1..100000, got " << ode_steps);
+                if (ode_steps != -1) o.ode_steps = static_cast<int>(ode_steps);
+                o.reference = true;  // the only field with divergence_backward
+            } else {
+                EQFLOW_CHECK(ode_steps == -1, "ode_steps applies to objective='likelihood' only");
+            }
+            EQFLOW_CHECK(!o.reference || (device != "cuda" && device != "gpu"),
+                         "reference is the CPU reference field: use it with device='cpu'");
+            const Device resolved = python::resolve_device(device, o.field);
+            o.device = o.reference ? Device::cpu : resolved;
+            EQFLOW_CHECK(o.likelihood || coupling_available(o.objective),
                          "the " << objective << " coupling is not available in this build");
             int64_t count = 0;
             std::vector<double> x =
@@ -910,16 +991,16 @@ NB_MODULE(_eqflow, m) {
             info["validation_loss"] = r.validation_loss;
             info["interrupted"] = r.interrupted;
             info["seconds"] = r.seconds;
-            // The Python train() trains the EGNN (the default field type).
-            return std::make_tuple(new python::Model(r.model.egnn_model()),
-                                   new python::Model(r.raw_model.egnn_model()), info);
+            return std::make_tuple(new python::Model(std::move(r.model)),
+                                   new python::Model(std::move(r.raw_model)), info);
         },
-        nb::arg("system"), nb::arg("data"), nb::arg("objective"), nb::arg("out_dir"),
-        nb::arg("epochs"), nb::arg("batch"), nb::arg("lr"), nb::arg("hidden"), nb::arg("layers"),
-        nb::arg("sigma"), nb::arg("seed"), nb::arg("device"), nb::arg("resume"),
-        nb::arg("overwrite"), nb::arg("ema"), nb::arg("val_fraction"), nb::arg("threads"),
-        nb::arg("length_scale"), nb::arg("log_every"), nb::arg("stop_after"),
-        nb::arg("progress").none());
+        nb::arg("system"), nb::arg("data"), nb::arg("objective"), nb::arg("field"),
+        nb::arg("out_dir"), nb::arg("epochs"), nb::arg("batch"), nb::arg("lr"), nb::arg("hidden"),
+        nb::arg("layers"), nb::arg("radial_basis"), nb::arg("r_max"), nb::arg("time_basis"),
+        nb::arg("sigma"), nb::arg("seed"), nb::arg("device"), nb::arg("reference"),
+        nb::arg("ode_steps"), nb::arg("resume"), nb::arg("overwrite"), nb::arg("ema"),
+        nb::arg("val_fraction"), nb::arg("threads"), nb::arg("length_scale"), nb::arg("log_every"),
+        nb::arg("stop_after"), nb::arg("progress").none());
 
     m.def(
         "sample",
@@ -927,9 +1008,9 @@ NB_MODULE(_eqflow, m) {
            const std::string& solver, double atol, double rtol, int steps, int64_t batch,
            int hutchinson, int threads, const std::string& device) {
             EQFLOW_CHECK(count > 0, "samples must be positive, got " << count);
-            const EgnnModel& model = self.model();
-            const FlowOptions fo =
-                python::flow_options(solver, atol, rtol, steps, batch, hutchinson, threads, device);
+            const FlowModel& model = self.model();
+            const FlowOptions fo = python::flow_options(solver, atol, rtol, steps, batch,
+                                                        hutchinson, threads, device, model.kind);
             const System system = python::system_for(model, system_name);
             FlowSamples s;
             std::vector<double> u;
@@ -959,7 +1040,7 @@ NB_MODULE(_eqflow, m) {
             out["energy_mean_samples"] = w.energy_mean;
             out["energy_mean_reweighted"] = w.energy_mean_reweighted;
             out["function_evals"] = s.ode.row_evals;
-            out["length_scale"] = model.config.length_scale;
+            out["length_scale"] = model.length_scale();
             if (folds_chirality(system)) out["mirrored_samples"] = mirrored;
             return out;
         },
@@ -972,22 +1053,22 @@ NB_MODULE(_eqflow, m) {
         [](const python::Model& self, const InArray& x_in, const std::string& solver, double atol,
            double rtol, int steps, int64_t batch, int hutchinson, int threads,
            const std::string& device) {
-            const EgnnModel& model = self.model();
-            const FlowOptions fo =
-                python::flow_options(solver, atol, rtol, steps, batch, hutchinson, threads, device);
+            const FlowModel& model = self.model();
+            const FlowOptions fo = python::flow_options(solver, atol, rtol, steps, batch,
+                                                        hutchinson, threads, device, model.kind);
             int64_t count = 0;
-            std::vector<double> x = python::host_configurations(x_in, model.config.n_particles,
-                                                                model.config.dim, "x", &count);
+            std::vector<double> x =
+                python::host_configurations(x_in, model.n_particles(), model.dim(), "x", &count);
             FlowLikelihood l;
             {
                 nb::gil_scoped_release release;
-                remove_mean(count, model.config.n_particles, model.config.dim, x.data());
+                remove_mean(count, model.n_particles(), model.dim(), x.data());
                 l = model_log_likelihood(model, x.data(), count, fo);
             }
             nb::dict out;
             out["log_q"] = python::to_numpy(std::move(l.log_q), Shape{count});
-            out["x0"] = python::to_numpy(std::move(l.x0),
-                                         Shape{count, model.config.n_particles, model.config.dim});
+            out["x0"] =
+                python::to_numpy(std::move(l.x0), Shape{count, model.n_particles(), model.dim()});
             out["path_length"] = python::to_numpy(std::move(l.path_length), Shape{count});
             out["failed"] = l.failed;
             out["approximate"] = fo.hutchinson;
@@ -1004,9 +1085,9 @@ NB_MODULE(_eqflow, m) {
            double atol, double rtol, int steps, int64_t batch, int hutchinson, int threads,
            const std::string& device) {
             EQFLOW_CHECK(n_samples > 0, "samples must be positive, got " << n_samples);
-            const EgnnModel& model = self.model();
-            const FlowOptions fo =
-                python::flow_options(solver, atol, rtol, steps, batch, hutchinson, threads, device);
+            const FlowModel& model = self.model();
+            const FlowOptions fo = python::flow_options(solver, atol, rtol, steps, batch,
+                                                        hutchinson, threads, device, model.kind);
             const System system = python::system_for(model, system_name);
             int64_t n_test = 0;
             std::vector<double> test =
