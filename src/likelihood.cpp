@@ -219,12 +219,7 @@ LikelihoodStep<T>& LikelihoodStep<T>::operator=(LikelihoodStep&&) noexcept = def
 template <class T>
 void LikelihoodStep<T>::set_order(const std::vector<int64_t>& order) {
     Impl& im = *impl_;
-    EQFLOW_CHECK(static_cast<int64_t>(order.size()) == im.count,
-                 "likelihood step: the order has " << order.size() << " entries, the training set "
-                                                   << im.count);
-    for (int64_t r : order)
-        EQFLOW_CHECK(r >= 0 && r < im.count,
-                     "likelihood step: order entry " << r << " out of range");
+    train_ops::check_order(order, im.count, "likelihood step");
     im.order = order;
     im.have_order = true;
 }
@@ -318,14 +313,7 @@ template <class T>
 void LikelihoodStep<T>::upload_state(const std::vector<double>& params, const AdamState& adam,
                                      const std::vector<double>& ema, int64_t skipped) {
     Impl& im = *impl_;
-    const auto P = static_cast<size_t>(im.P);
-    EQFLOW_CHECK(params.size() == P,
-                 "likelihood step: " << params.size() << " parameters, the model has " << P);
-    EQFLOW_CHECK(adam.m.size() == adam.v.size() && (adam.m.empty() || adam.m.size() == P),
-                 "likelihood step: Adam moments do not match the " << P << " parameters");
-    EQFLOW_CHECK(ema.empty() || ema.size() == P,
-                 "likelihood step: the EMA does not match the model");
-    EQFLOW_CHECK(adam.step >= 0 && skipped >= 0, "likelihood step: negative step counters");
+    train_ops::check_state(im.P, params, adam, ema, skipped, "likelihood step");
     im.field.set_parameters(params);
     if (adam.m.empty()) {
         std::fill(im.m.begin(), im.m.end(), T(0));

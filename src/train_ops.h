@@ -10,12 +10,25 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "common/train_math.h"
 #include "eqflow/device.h"
 #include "eqflow/export.h"
 
+namespace eqflow {
+struct AdamState;
+}
+
 namespace eqflow::train_ops {
+
+// The argument checks both steps (FlowMatchingStep, LikelihoodStep) make, `what` naming the step
+// in the message: an epoch order is a sequence of count row indices in [0, count); a state to
+// upload has P parameters, matching Adam moments (or none), an EMA of P values (or none) and
+// non-negative counters.
+void check_order(const std::vector<int64_t>& order, int64_t count, const char* what);
+void check_state(int64_t P, const std::vector<double>& params, const AdamState& adam,
+                 const std::vector<double>& ema, int64_t skipped, const char* what);
 
 using train_math::TrainScalars;
 

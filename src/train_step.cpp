@@ -144,11 +144,7 @@ FlowMatchingStep<T>& FlowMatchingStep<T>::operator=(FlowMatchingStep&&) noexcept
 template <class T>
 void FlowMatchingStep<T>::set_order(const std::vector<int64_t>& order) {
     Impl& im = *impl_;
-    EQFLOW_CHECK(static_cast<int64_t>(order.size()) == im.count,
-                 "training step: the order has " << order.size() << " entries, the training set "
-                                                 << im.count);
-    for (int64_t r : order)
-        EQFLOW_CHECK(r >= 0 && r < im.count, "training step: order entry " << r << " out of range");
+    train_ops::check_order(order, im.count, "training step");
     im.order.copy_from_host(order.data(), order.size(), im.stream);
     im.have_order = true;
 }
@@ -255,13 +251,8 @@ template <class T>
 void FlowMatchingStep<T>::upload_state(const std::vector<double>& params, const AdamState& adam,
                                        const std::vector<double>& ema, int64_t skipped) {
     Impl& im = *impl_;
+    train_ops::check_state(im.P, params, adam, ema, skipped, "training step");
     const auto P = static_cast<size_t>(im.P);
-    EQFLOW_CHECK(params.size() == P,
-                 "training step: " << params.size() << " parameters, the model has " << P);
-    EQFLOW_CHECK(adam.m.size() == adam.v.size() && (adam.m.empty() || adam.m.size() == P),
-                 "training step: Adam moments do not match the " << P << " parameters");
-    EQFLOW_CHECK(ema.empty() || ema.size() == P, "training step: the EMA does not match the model");
-    EQFLOW_CHECK(adam.step >= 0 && skipped >= 0, "training step: negative step counters");
     im.field.set_parameters(params);
     if (adam.m.empty()) {
         im.m.zero(im.stream);

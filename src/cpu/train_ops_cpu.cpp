@@ -3,8 +3,10 @@
 // ones of kernels/train_step.cu. The arithmetic is the one the kernels run, expression for
 // expression, with the shared pieces in src/common/train_math.h.
 #include <cmath>
+#include <vector>
 
 #include "eqflow/error.h"
+#include "eqflow/optim.h"
 #include "train_ops.h"
 
 #if defined(EQFLOW_HAVE_CUDA)
@@ -166,5 +168,24 @@ void reset_window(Device device, TrainScalars* s, Stream stream) {
 EQFLOW_INSTANTIATE(float)
 EQFLOW_INSTANTIATE(double)
 #undef EQFLOW_INSTANTIATE
+
+void check_order(const std::vector<int64_t>& order, int64_t count, const char* what) {
+    EQFLOW_CHECK(
+        static_cast<int64_t>(order.size()) == count,
+        what << ": the order has " << order.size() << " entries, the training set " << count);
+    for (int64_t r : order)
+        EQFLOW_CHECK(r >= 0 && r < count, what << ": order entry " << r << " out of range");
+}
+
+void check_state(int64_t P, const std::vector<double>& params, const AdamState& adam,
+                 const std::vector<double>& ema, int64_t skipped, const char* what) {
+    const auto p = static_cast<size_t>(P);
+    EQFLOW_CHECK(params.size() == p,
+                 what << ": " << params.size() << " parameters, the model has " << P);
+    EQFLOW_CHECK(adam.m.size() == adam.v.size() && (adam.m.empty() || adam.m.size() == p),
+                 what << ": Adam moments do not match the " << P << " parameters");
+    EQFLOW_CHECK(ema.empty() || ema.size() == p, what << ": the EMA does not match the model");
+    EQFLOW_CHECK(adam.step >= 0 && skipped >= 0, what << ": negative step counters");
+}
 
 }  // namespace eqflow::train_ops
