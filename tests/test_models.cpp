@@ -2,8 +2,8 @@
 // reproduces the check recorded beside it (models/NAME.json "check": the arguments of a small
 // deterministic evaluation, 200 samples on 200 test rows shipped with it, and its numbers).
 // The full metrics in the same file come from the long evaluation of scripts/reproduce.sh.
-#include <gtest/gtest.h>
 #include <dirent.h>
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
@@ -53,8 +53,10 @@ TEST_F(Models, EvalReproducesTheRecordedCheck) {
         std::string args;
         for (const Json& a : check.at("args").as_array()) {
             std::string s = a.as_string();
-            if (s == "CHECK.json") s = file("check.json");
-            else if (s.rfind("models/", 0) == 0) s = std::string(EQFLOW_MODELS_DIR) + s.substr(6);
+            if (s == "CHECK.json")
+                s = file("check.json");
+            else if (s.rfind("models/", 0) == 0)
+                s = std::string(EQFLOW_MODELS_DIR) + s.substr(6);
             args += " '" + s + "'";
         }
         const test::Result r = run(args + " --figure " + file("check.svg"));
