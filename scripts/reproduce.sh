@@ -24,8 +24,8 @@
 # build/default/eqflow), EQFLOW_SAMPLES (ESS samples, default 10000 for dw4, 2000 for lj13),
 # EQFLOW_FIELD=kernel for the equivariant kernel dynamics of Koehler et al. 2020 instead of the
 # EGNN (docs/design.md section 4b; its default bases; the cell goes to SYSTEM-OBJECTIVE-kernel/).
-# The kernel field's likelihood training is cheap (closed-form divergence and its gradient: about
-# 0.3 s of CPU per DW4 step at batch 256 and 40 RK4 steps), so it uses all the training rows,
+# The kernel field's likelihood training is cheap (closed-form divergence and its gradient, on the
+# fast float32 CPU field: about 0.15 s of CPU per DW4 step at batch 256 and 40 RK4 steps), so it uses all the training rows,
 # batch 256, lr 5e-3, 6 epochs (2106 steps, ~10 min of CPU) and EQFLOW_ODE_STEPS (default 40)
 # RK4 steps: with 10 steps the field learned to exploit the coarse solver (training NLL -1.0,
 # below the Boltzmann bound of 1.63, against 6.1 by dopri5); with 40 the two agree (trial: 30

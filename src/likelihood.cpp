@@ -165,7 +165,7 @@ LikelihoodStep<T>::LikelihoodStep(Field<T>& field, const LikelihoodStepOptions& 
                  "(use --device cpu)");
     EQFLOW_CHECK(field.supports_divergence_backward(),
                  "likelihood training needs the reverse mode of the divergence, which this field "
-                 "does not have (the double CPU reference has it)");
+                 "does not have (the double CPU references and the fast kernel field have it)");
     EQFLOW_CHECK(count >= 1 && train != nullptr, "likelihood step: no training data");
     EQFLOW_CHECK(o.batch >= 1 && o.batch <= count,
                  "likelihood step: batch " << o.batch << " must be in 1.." << count);
@@ -330,8 +330,11 @@ void LikelihoodStep<T>::upload_state(const std::vector<double>& params, const Ad
     im.scalars.skipped = skipped;
 }
 
-// Only the double CPU reference differentiates its divergence today; a float field that does
-// (a future fast backend) needs only `template class LikelihoodStep<float>;` here.
+// double: the CPU references (EGNN and kernel field); float: the fast kernel field, the one float
+// backend with divergence_backward (the fast EGNN has none; the constructor says so). In float
+// the stage inputs, the field's outputs and the parameter gradient are float, everything the
+// solver accumulates (y, the stages' k, the divergence integral, the cotangents) is double.
 template class LikelihoodStep<double>;
+template class LikelihoodStep<float>;
 
 }  // namespace eqflow

@@ -484,7 +484,7 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
     EQFLOW_CHECK(!opt.resume || !opt.out_dir.empty(), "--resume needs the run directory");
     EQFLOW_CHECK(!opt.likelihood || opt.device == Device::cpu,
                  "likelihood training on CUDA is not built (the CUDA field has no second "
-                 "derivatives): use --device cpu, which trains on the double CPU reference");
+                 "derivatives): use --device cpu");
     EQFLOW_CHECK(!opt.likelihood || opt.ode_steps >= 1,
                  "ODE steps must be positive, got " << opt.ode_steps);
 
@@ -569,8 +569,13 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
     }
 
     if (opt.likelihood) {
-        std::unique_ptr<Field<double>> field = make_reference_field(rs.model, opt.threads);
-        return run_training<LikelihoodStep<double>>(opt, rs, *field);
+        // The fast float EGNN has no divergence_backward: EGNN likelihood runs on the reference.
+        if (opt.reference || rs.model.kind != FieldKind::kernel) {
+            std::unique_ptr<Field<double>> field = make_reference_field(rs.model, opt.threads);
+            return run_training<LikelihoodStep<double>>(opt, rs, *field);
+        }
+        std::unique_ptr<Field<float>> field = make_fast_field(rs.model, opt.threads);
+        return run_training<LikelihoodStep<float>>(opt, rs, *field);
     }
     if (opt.device == Device::cuda) {
         std::unique_ptr<Field<float>> field = make_cuda_field(rs.model);

@@ -159,6 +159,24 @@ TEST_F(CliKernel, OtAndEqotCouplingsTrain) {
     }
 }
 
+// Likelihood training of the kernel field runs the fast float32 field (it has the closed-form
+// divergence_backward), --reference the double one; the progress line says which, and both
+// lower the loss from the first step's.
+TEST_F(CliKernel, LikelihoodTrainsOnTheFastFieldOrTheReference) {
+    for (const char* reference : {"", " --reference"}) {
+        SCOPED_TRACE(reference);
+        const std::string dir = std::string("lik") + (*reference ? "-ref" : "");
+        const Result r = run(train(dir, "likelihood", 2) + " --ode-steps 4" + reference);
+        ASSERT_EQ(r.code, 0) << r.out;
+        EXPECT_NE(r.out.find(*reference ? "double CPU reference" : "fast float32 CPU field"),
+                  std::string::npos)
+            << r.out;
+        const std::vector<double> losses = logged_losses(file(dir + "/train_log.jsonl"));
+        ASSERT_EQ(losses.size(), 18u);
+        EXPECT_LT(mean(losses, 12, 18), losses.front() - 1.0);
+    }
+}
+
 TEST_F(CliKernel, CpuOnlyAndOptionErrors) {
     // A kernel model for the commands that read one.
     ASSERT_EQ(run(train("tiny", "fm", 1)).code, 0);

@@ -13,6 +13,7 @@
 #include "eqflow/field.h"
 #include "eqflow/flow.h"
 #include "eqflow/flow_model.h"
+#include "eqflow/kernel_dynamics.h"
 #include "eqflow/likelihood.h"
 #include "eqflow/trainer.h"
 #include "test_util.h"
@@ -294,6 +295,83 @@ TEST(LikelihoodTraining, TinyDw4RunLowersTheNll) {
     // the prior's, and 24 Adam steps at lr 5e-3 fit the DW4 radial shell by well over 0.1 nats.
     EXPECT_LT(after, before - 0.1);
     EXPECT_LT(val_losses.back(), val_losses.front());
+}
+
+// The fast kernel field (float32) is the float backend with divergence_backward, so
+// LikelihoodStep<float> runs on it; its loss and gradient follow the double reference's to float
+// accuracy. The field's outputs are float (each relative to its scale within 2e-5, see
+// test_kernel_dynamics.cpp); the solver sums y, k, the divergence integral and the cotangents in
+// double, so the loss carries the field's error summed over 4 N stages, not the float rounding of
+// N steps of y. A formula difference (a missing term) would be O(1).
+TEST(LikelihoodStep, FastKernelFieldFollowsTheReference) {
+    KernelModel m;
+    m.config = default_kernel_config("dw4", 4, 2);
+    auto gen = rng(seed() + 51);
+    // Weights of a trained field's size (0.3 gives a field whose 5-step RK4 solve is chaotic:
+    // gradients of 3e4 whose float and double values differ in sign).
+    m.params = random_normal(static_cast<size_t>(kernel_parameter_count(m.config)), gen, 0.05);
+    const int B = 16;
+    const std::vector<double> data = dw4_data(B, 3);
+    std::unique_ptr<Field<double>> ref = make_reference_field(m, 2);
+    std::unique_ptr<Field<float>> fast = make_fast_field(m, 2);
+    LikelihoodStepOptions so;
+    so.ode_steps = 5;
+    so.batch = B;
+    LikelihoodStep<double> sr(*ref, so, data.data(), B);
+    LikelihoodStep<float> sf(*fast, so, data.data(), B);
+    const size_t P = static_cast<size_t>(ref->parameter_count());
+    std::vector<double> gr(P), gf(P);
+    const double lr = sr.evaluate(data.data(), B, gr.data());
+    const double lf = sf.evaluate(data.data(), B, gf.data());
+    ASSERT_TRUE(std::isfinite(lr));
+    EXPECT_TRUE(not_all_zero(gr));
+    double scale = 0.0;
+    for (double g : gr) scale = std::max(scale, std::fabs(g));
+    std::printf("kernel likelihood, float vs double: loss %.8f vs %.8f, gradient scale %.3g\n", lf,
+                lr, scale);
+    EXPECT_NEAR(lf, lr, 1e-5 * (1.0 + std::fabs(lr)));
+    EXPECT_ALL_CLOSE(gf, gr, 1e-4 * scale, 1e-4);
+}
+
+// Through the trainer: --objective likelihood with the kernel field runs the fast float field
+// unless `reference` is set, and its run follows the reference run: same first loss to float
+// accuracy, the same fall of the validation NLL within a few percent of the change.
+TEST(LikelihoodTraining, FastKernelRunFollowsTheReferenceRun) {
+    const std::vector<double> data = dw4_data(64, 3);
+    TrainOptions o;
+    o.likelihood = true;
+    o.field = FieldKind::kernel;
+    o.ode_steps = 4;
+    o.epochs = 3;
+    o.batch = 16;
+    o.lr = 5e-3;
+    o.seed = 5;
+    o.validation_fraction = 0.25;  // 48 train / 16 validation -> 3 steps per epoch
+    o.threads = 2;
+    o.log_every = 1;
+    auto run = [&](bool reference, std::vector<double>& losses, std::vector<double>& val) {
+        TrainOptions a = o;
+        a.reference = reference;
+        a.progress = [&](int64_t, int64_t, double loss, double) { losses.push_back(loss); };
+        a.on_epoch = [&](int64_t, double vl) { val.push_back(vl); };
+        return train_flow_matching(a, data, 64, 4, 2);
+    };
+    std::vector<double> lf, lr, vf, vr;
+    const TrainResult fast = run(false, lf, vf);
+    const TrainResult ref = run(true, lr, vr);
+    ASSERT_EQ(lf.size(), 9u);
+    ASSERT_EQ(lr.size(), 9u);
+    ASSERT_EQ(vf.size(), 3u);
+    ASSERT_EQ(vr.size(), 3u);
+    EXPECT_EQ(fast.skipped, 0);
+    std::printf(
+        "kernel likelihood run, float vs double: first loss %.9f vs %.9f, last %.9f vs "
+        "%.9f, validation %.9f -> %.9f vs %.9f -> %.9f\n",
+        lf.front(), lr.front(), lf.back(), lr.back(), vf.front(), vf.back(), vr.front(), vr.back());
+    EXPECT_NEAR(lf.front(), lr.front(), 1e-5 * (1.0 + std::fabs(lr.front())));
+    EXPECT_LT(vr.back(), lr.front() - 1.0);
+    EXPECT_LT(vf.back(), lf.front() - 1.0);
+    EXPECT_NEAR(vf.back(), vr.back(), 0.02 * std::fabs(lr.front() - vr.back()));
 }
 
 TEST(LikelihoodTraining, CudaIsRefusedWithAClearError) {

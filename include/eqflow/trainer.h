@@ -14,9 +14,10 @@
 // and resumed is bit-for-bit the run that never stopped. The batch gradient is summed over
 // fixed chunks of rows in a fixed order, so the result does not depend on the thread count.
 //
-// With `likelihood` the step is LikelihoodStep<double> (eqflow/likelihood.h) on the CPU reference
-// and the loss is the batch's mean NLL; everything else below (schedule, EMA, skipping,
-// checkpoints, resume, log, validation) is the same loop.
+// With `likelihood` the step is LikelihoodStep (eqflow/likelihood.h): LikelihoodStep<double> on the
+// CPU reference for the EGNN (or with `reference`), LikelihoodStep<float> on the fast field for the
+// kernel dynamics; the loss is the batch's mean NLL; everything else below (schedule, EMA,
+// skipping, checkpoints, resume, log, validation) is the same loop.
 //
 // The step itself is FlowMatchingStep<T> (eqflow/train_step.h) over the field interface: on
 // device == cpu the fast CPU field (float32, make_fast_field), or the double CPU reference with
@@ -70,8 +71,9 @@ struct TrainOptions {
     std::string system = "dw4";  // for the model metadata
     CouplingKind objective = CouplingKind::eqot;
     // Maximum likelihood instead of flow matching (`--objective likelihood`): LikelihoodStep
-    // (eqflow/likelihood.h) through `ode_steps` RK4 steps, on the double CPU reference field
-    // whatever `reference` says (the only backend with divergence_backward); device cuda throws.
+    // (eqflow/likelihood.h) through `ode_steps` RK4 steps on the CPU: the EGNN on the double
+    // reference whatever `reference` says (the fast EGNN has no divergence_backward), the kernel
+    // field on the fast float field unless `reference`; device cuda throws.
     // objective, sigma and reflections are then unused.
     bool likelihood = false;
     int ode_steps = 10;

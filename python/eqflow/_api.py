@@ -364,9 +364,9 @@ def train(system_, data_, *, objective="eqot", field="egnn", out_dir=None, epoch
     skipped, seconds, raw_model, ...).
 
     objective: "fm", "ot", "eqot" (flow matching with that coupling) or "likelihood" (maximum
-    likelihood through ode_steps fixed RK4 steps, default 10, with the exact divergence; always
-    on the double CPU reference field, so device="cuda" is refused; ode_steps with another
-    objective is an error). field: "egnn" (sized by hidden and layers; 0: the system's default)
+    likelihood through ode_steps fixed RK4 steps, default 10, with the exact divergence; on the
+    CPU, device="cuda" is refused: the EGNN on the double reference field, the kernel field on
+    the fast float32 one unless reference=True; ode_steps with another objective is an error). field: "egnn" (sized by hidden and layers; 0: the system's default)
     or "kernel" (the kernel dynamics, sized by radial_basis centres on [0, r_max] and time_basis
     centres; 0: the system's default; CPU only: device="auto" picks the CPU, "cuda" is an
     error). reference: the double CPU reference field instead of the fast float32 one.

@@ -943,12 +943,12 @@ NB_MODULE(_eqflow, m) {
             if (o.likelihood) {
                 EQFLOW_CHECK(device != "cuda" && device != "gpu",
                              "objective likelihood: CUDA likelihood training is not built (the "
-                             "CUDA field has no second derivatives); use device='cpu' (the "
-                             "double CPU reference)");
+                             "CUDA field has no second derivatives); use device='cpu'");
                 EQFLOW_CHECK(ode_steps == -1 || (ode_steps >= 1 && ode_steps <= 100000),
                              "ode_steps must be in 1..100000, got " << ode_steps);
                 if (ode_steps != -1) o.ode_steps = static_cast<int>(ode_steps);
-                o.reference = true;  // the only field with divergence_backward
+                // The fast EGNN has no divergence_backward; the fast kernel field has.
+                if (o.field != FieldKind::kernel) o.reference = true;
             } else {
                 EQFLOW_CHECK(ode_steps == -1, "ode_steps applies to objective='likelihood' only");
             }

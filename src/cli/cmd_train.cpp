@@ -58,9 +58,11 @@ const char* const kTrainUsage =
     "default 10) with the exact divergence; loss = mean NLL = 1/2 |x0|^2 + int_0^1 div v dt (the\n"
     "paper's convention, as `eval` reports nll); its exact gradient by reverse mode through the\n"
     "solver steps (second derivatives of the field); Adam, schedule, EMA and checkpoints as\n"
-    "above. It always runs on the double CPU reference field (the only backend with second\n"
-    "derivatives; --device cuda is refused) and costs about 3 (n d) backward passes per stage:\n"
-    "DW4 at batch 256 takes ~3 s of CPU per RK4 step per training step. --sigma does not apply.\n";
+    "above. --device cuda is refused. The EGNN always runs on the double CPU reference field\n"
+    "(the fast EGNN has no second derivatives) and costs about 3 (n d) backward passes per\n"
+    "stage: DW4 at batch 256 takes ~3 s of CPU per RK4 step per training step. The kernel field\n"
+    "runs on the fast float32 field (closed-form divergence gradient; --reference: the double\n"
+    "one). --sigma does not apply.\n";
 
 namespace {
 std::atomic<bool> g_stop{false};
@@ -129,7 +131,8 @@ int cmd_train(Args& args) {
         if (ode_steps != -1 && (ode_steps < 1 || ode_steps > 100000))
             throw UsageError{"--ode-steps must be in 1..100000"};
         if (ode_steps != -1) opt.ode_steps = static_cast<int>(ode_steps);
-        opt.reference = true;  // the only field with divergence_backward
+        // The fast EGNN has no divergence_backward; the fast kernel field has.
+        if (opt.field != FieldKind::kernel) opt.reference = true;
     } else if (ode_steps != -1) {
         throw UsageError{"--ode-steps applies to --objective likelihood only"};
     }
@@ -162,8 +165,10 @@ int cmd_train(Args& args) {
     if (opt.likelihood)
         std::fprintf(stderr,
                      "train: likelihood through %d RK4 steps with the exact divergence, on the "
-                     "double CPU reference field (the only backend with second derivatives)\n",
-                     opt.ode_steps);
+                     "%s\n",
+                     opt.ode_steps,
+                     opt.reference ? "double CPU reference field"
+                                   : "fast float32 CPU field (solver sums in double)");
 
     g_stop.store(false);
     g_signal.store(0);

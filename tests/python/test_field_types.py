@@ -218,7 +218,7 @@ def test_likelihood_training_matches_cli(cli, dw4_data, tmp_path):
                             field="kernel", radial_basis=8, time_basis=4, **args)
     cli_model = eqflow.load_model(tmp_path / "run" / "model.safetensors")
     assert cli_model.field_type == "kernel"
-    # Both on the double CPU reference, deterministic: the same weights.
+    # Both on the fast float kernel field with one thread, deterministic: the same weights.
     np.testing.assert_array_equal(model.parameters(), cli_model.parameters())
     # The EGNN trains by likelihood too (the default field).
     egnn, info = eqflow.train("dw4", dw4_data[:16], objective="likelihood", ode_steps=1,
