@@ -104,12 +104,10 @@ std::size_t assignment_workspace_bytes(int64_t, int64_t) {
 }
 
 template <class T>
-void linear_sum_assignment(const T* cost, int64_t P, int64_t n64, int64_t* perm, double* total,
-                           int32_t* status, void* workspace, std::size_t workspace_bytes,
-                           Stream stream, int64_t* first_invalid, int64_t* first_infeasible) {
-    *first_invalid = -1;
-    *first_infeasible = -1;
-    if (P == 0 || n64 == 0) return;
+const unsigned long long* linear_sum_assignment_async(const T* cost, int64_t P, int64_t n64,
+                                                      int64_t* perm, double* total, int32_t* status,
+                                                      void* workspace, std::size_t workspace_bytes,
+                                                      Stream stream) {
     EQFLOW_CHECK(n64 <= 1024, "GPU assignment supports n <= 1024, got " << n64);
     EQFLOW_CHECK(workspace != nullptr && workspace_bytes >= assignment_workspace_bytes(P, n64),
                  "GPU assignment needs " << assignment_workspace_bytes(P, n64)
@@ -118,6 +116,7 @@ void linear_sum_assignment(const T* cost, int64_t P, int64_t n64, int64_t* perm,
     auto* flags = static_cast<unsigned long long*>(workspace);
     EQFLOW_CUDA_CHECK(
         cudaMemsetAsync(flags, 0xff, 2 * sizeof(unsigned long long), EQFLOW_STREAM(stream)));
+    if (P == 0 || n64 == 0) return flags;
     const std::size_t state = warp_lsa_state_bytes(n);
     const std::size_t staged = (static_cast<std::size_t>(n) * n * sizeof(T) + 15) / 16 * 16 + state;
     if (staged <= kSmemBudget) {
@@ -129,6 +128,18 @@ void linear_sum_assignment(const T* cost, int64_t P, int64_t n64, int64_t* perm,
             static_cast<int>(std::min<std::size_t>(kWarpsPerBlock, kSmemBudget / state));
         launch<T, false>(cost, P, n, perm, total, status, flags, state, warps, stream);
     }
+    return flags;
+}
+
+template <class T>
+void linear_sum_assignment(const T* cost, int64_t P, int64_t n64, int64_t* perm, double* total,
+                           int32_t* status, void* workspace, std::size_t workspace_bytes,
+                           Stream stream, int64_t* first_invalid, int64_t* first_infeasible) {
+    *first_invalid = -1;
+    *first_infeasible = -1;
+    if (P == 0 || n64 == 0) return;
+    const unsigned long long* flags = linear_sum_assignment_async(
+        cost, P, n64, perm, total, status, workspace, workspace_bytes, stream);
     unsigned long long host_flags[2];
     EQFLOW_CUDA_CHECK(cudaMemcpyAsync(host_flags, flags, sizeof host_flags, cudaMemcpyDeviceToHost,
                                       EQFLOW_STREAM(stream)));
@@ -137,6 +148,14 @@ void linear_sum_assignment(const T* cost, int64_t P, int64_t n64, int64_t* perm,
     if (host_flags[1] != ~0ull) *first_infeasible = static_cast<int64_t>(host_flags[1]);
 }
 
+template const unsigned long long* linear_sum_assignment_async<float>(const float*, int64_t,
+                                                                      int64_t, int64_t*, double*,
+                                                                      int32_t*, void*, std::size_t,
+                                                                      Stream);
+template const unsigned long long* linear_sum_assignment_async<double>(const double*, int64_t,
+                                                                       int64_t, int64_t*, double*,
+                                                                       int32_t*, void*, std::size_t,
+                                                                       Stream);
 template void linear_sum_assignment<float>(const float*, int64_t, int64_t, int64_t*, double*,
                                            int32_t*, void*, std::size_t, Stream, int64_t*,
                                            int64_t*);

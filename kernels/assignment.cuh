@@ -19,4 +19,14 @@ void linear_sum_assignment(const T* cost, int64_t P, int64_t n, int64_t* perm, d
                            int32_t* status, void* workspace, std::size_t workspace_bytes,
                            Stream stream, int64_t* first_invalid, int64_t* first_infeasible);
 
+// The same, queued on `stream` without waiting for it: the two flags stay in the workspace
+// (device memory, returned), UINT64_MAX each when every problem was valid and feasible. For a
+// problem that was not, perm is unspecified (an infeasible problem's is -1; an invalid one's is
+// not written): a consumer must read the flags before trusting perm.
+template <class T>
+const unsigned long long* linear_sum_assignment_async(const T* cost, int64_t P, int64_t n,
+                                                      int64_t* perm, double* total, int32_t* status,
+                                                      void* workspace, std::size_t workspace_bytes,
+                                                      Stream stream);
+
 }  // namespace eqflow::cuda

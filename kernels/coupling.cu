@@ -165,7 +165,12 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, kEqotMinBlocksPerSm)
         xs0[k] = static_cast<double>(x0[i * nd + k]);
         xs1[k] = static_cast<double>(x1[j * nd + k]);
     }
-    for (int k = lane; k < n; k += 32) ts[k] = types ? types[k] : 0;
+    // best_perm starts as the identity: a pair whose search finds nothing finite (a NaN input)
+    // still reads a permutation in the final pass (its output is NaN and the batch poisoned).
+    for (int k = lane; k < n; k += 32) {
+        ts[k] = types ? types[k] : 0;
+        best_perm[k] = k;
+    }
     __syncwarp();
     const PairCost<D> pc{xs0, ys, types ? ts : nullptr};
 
@@ -312,14 +317,62 @@ Workspace carve(void* base, int64_t B, int64_t n, bool typed) {
     return w;
 }
 
-// sigma <- the B x B assignment on M (synchronises the stream).
-void assign_batch(const Workspace& w, int64_t B, Stream stream) {
+__device__ inline bool assignment_failed(const unsigned long long* flags) {
+    return flags[0] != ~0ull || flags[1] != ~0ull;
+}
+
+// Without synchronisation: a failed batch assignment (a NaN pair cost, from non-finite inputs)
+// leaves sigma unspecified, so before the gather every row takes sigma(i) = i (in range), ...
+__global__ void guard_sigma_kernel(int64_t* __restrict__ sigma, int B,
+                                   const unsigned long long* __restrict__ flags) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < B && assignment_failed(flags)) sigma[i] = i;
+}
+
+// ... and after it the whole batch is poisoned: x1_paired and cost NaN, so that the loss is not
+// finite and a training step skips the batch (eqflow/coupling.h, `synchronize`).
+template <class T>
+__global__ void poison_kernel(T* __restrict__ x1_paired, int64_t count, double* __restrict__ cost,
+                              int B, const unsigned long long* __restrict__ flags) {
+    if (!assignment_failed(flags)) return;
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < count;
+         k += stride) {
+        x1_paired[k] = static_cast<T>(__longlong_as_double(0x7ff8000000000000ll));
+        if (cost && k < B) cost[k] = __longlong_as_double(0x7ff8000000000000ll);
+    }
+}
+
+// sigma <- the B x B assignment on M. Synchronised: waits for the stream and throws on a failed
+// assignment; otherwise queues it with guard_sigma_kernel and returns the device flags, which
+// the caller hands to poison_kernel after the gather.
+const unsigned long long* assign_batch(const Workspace& w, int64_t B, bool synchronize,
+                                       Stream stream) {
+    if (!synchronize) {
+        const unsigned long long* flags = linear_sum_assignment_async<double>(
+            w.m, 1, B, w.sigma, nullptr, nullptr, w.lsa, w.lsa_bytes, stream);
+        EQFLOW_LAUNCH(guard_sigma_kernel, static_cast<unsigned>((B + 255) / 256), 256, 0,
+                      EQFLOW_STREAM(stream), w.sigma, static_cast<int>(B), flags);
+        EQFLOW_CUDA_CHECK_LAUNCH();
+        return flags;
+    }
     int64_t first_invalid = -1, first_infeasible = -1;
     linear_sum_assignment<double>(w.m, 1, B, w.sigma, nullptr, nullptr, w.lsa, w.lsa_bytes, stream,
                                   &first_invalid, &first_infeasible);
     EQFLOW_CHECK(first_invalid < 0, "coupling: a pair cost is NaN (non-finite input?)");
     EQFLOW_CHECK(first_infeasible < 0,
                  "coupling: the batch assignment is infeasible (non-finite input?)");
+    return nullptr;
+}
+
+template <class T>
+void poison_if_failed(const unsigned long long* flags, T* x1_paired, int64_t count, double* cost,
+                      int64_t B, Stream stream) {
+    if (!flags) return;
+    const int64_t blocks = std::min<int64_t>((count + 255) / 256, 1024);
+    EQFLOW_LAUNCH(poison_kernel<T>, static_cast<unsigned>(std::max<int64_t>(blocks, 1)), 256, 0,
+                  EQFLOW_STREAM(stream), x1_paired, count, cost, static_cast<int>(B), flags);
+    EQFLOW_CUDA_CHECK_LAUNCH();
 }
 
 unsigned grid(int64_t warps) {
@@ -353,11 +406,12 @@ void eqot(const CouplingOptions& o, const T* x0, const T* x1, int64_t B, int n, 
                   x0, x1, static_cast<int>(B), n, w.types, p, nullptr, w.m, nullptr, nullptr,
                   nullptr, warp_bytes);
     EQFLOW_CUDA_CHECK_LAUNCH();
-    assign_batch(w, B, stream);
+    const unsigned long long* flags = assign_batch(w, B, o.synchronize, stream);
     EQFLOW_LAUNCH((eqot_pair_kernel<T, D>), blocks(B), 32 * warps, smem, EQFLOW_STREAM(stream), x0,
                   x1, static_cast<int>(B), n, w.types, p, w.sigma, nullptr, x1_paired, cost,
                   pairing, warp_bytes);
     EQFLOW_CUDA_CHECK_LAUNCH();
+    poison_if_failed(flags, x1_paired, B * n * D, cost, B, stream);
 }
 }  // namespace
 
@@ -384,18 +438,19 @@ void couple(const CouplingOptions& o, const T* x0, const T* x1, int64_t B, int n
         EQFLOW_LAUNCH(gather_kernel<T>, grid(B), 32 * kWarpsPerBlock, 0, EQFLOW_STREAM(stream), x0,
                       x1, static_cast<int>(B), nd, nullptr, x1_paired, pairing, cost);
         EQFLOW_CUDA_CHECK_LAUNCH();
-        EQFLOW_CUDA_CHECK(cudaStreamSynchronize(EQFLOW_STREAM(stream)));
+        if (o.synchronize) EQFLOW_CUDA_CHECK(cudaStreamSynchronize(EQFLOW_STREAM(stream)));
         return;
     }
     if (o.kind == CouplingKind::ot) {
         EQFLOW_LAUNCH(pair_distance_kernel<T>, grid(B * B), 32 * kWarpsPerBlock, 0,
                       EQFLOW_STREAM(stream), x0, x1, static_cast<int>(B), nd, w.m);
         EQFLOW_CUDA_CHECK_LAUNCH();
-        assign_batch(w, B, stream);
+        const unsigned long long* flags = assign_batch(w, B, o.synchronize, stream);
         EQFLOW_LAUNCH(gather_kernel<T>, grid(B), 32 * kWarpsPerBlock, 0, EQFLOW_STREAM(stream), x0,
                       x1, static_cast<int>(B), nd, w.sigma, x1_paired, pairing, cost);
         EQFLOW_CUDA_CHECK_LAUNCH();
-        EQFLOW_CUDA_CHECK(cudaStreamSynchronize(EQFLOW_STREAM(stream)));
+        poison_if_failed(flags, x1_paired, B * nd, cost, B, stream);
+        if (o.synchronize) EQFLOW_CUDA_CHECK(cudaStreamSynchronize(EQFLOW_STREAM(stream)));
         return;
     }
     if (d == 2) {
@@ -403,7 +458,7 @@ void couple(const CouplingOptions& o, const T* x0, const T* x1, int64_t B, int n
     } else {
         eqot<T, 3>(o, x0, x1, B, n, x1_paired, pairing, cost, w, stream);
     }
-    EQFLOW_CUDA_CHECK(cudaStreamSynchronize(EQFLOW_STREAM(stream)));
+    if (o.synchronize) EQFLOW_CUDA_CHECK(cudaStreamSynchronize(EQFLOW_STREAM(stream)));
 }
 
 template void couple<float>(const CouplingOptions&, const float*, const float*, int64_t, int, int,

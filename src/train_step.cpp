@@ -101,6 +101,9 @@ FlowMatchingStep<T>::FlowMatchingStep(Field<T>& field, const FlowMatchingStepOpt
     im.coupling.kind = o.objective;
     im.coupling.allow_reflection = o.reflections;
     im.coupling.atom_types = o.atom_types;
+    // On CUDA the coupling only queues its kernels: no host round trip inside a step (a failed
+    // batch assignment poisons the batch, which the finite check then skips).
+    im.coupling.synchronize = false;
     const int64_t B = im.B, nd = im.nd, P = im.P;
     auto upload = [&](Buffer<T>& dst, const double* src, int64_t rows) {
         const std::vector<T> f(src, src + rows * nd);

@@ -111,5 +111,36 @@ TEST(CouplingGpuEdge, TypesReflectionsAndFloat) {
     EXPECT_NO_THROW(couple(o, e.cview(), e.cview(), eo.view()));
 }
 
+// synchronize = false (what the training step uses): the same coupling, only queued; a batch
+// whose assignment fails (a NaN coordinate makes a pair cost NaN) is poisoned instead of
+// throwing: x1_paired and cost NaN, pairing the identity.
+TEST(CouplingGpuEdge, WithoutSynchronisationSameResultAndFailuresPoisonTheBatch) {
+    auto gen = test::rng(960);
+    const int B = 16, n = 4, d = 2;
+    const std::vector<double> x0 = centred_normal(B, n, d, gen, 1.0),
+                              x1 = centred_normal(B, n, d, gen, 1.0);
+    std::vector<double> bad = x1;
+    bad[5 * n * d + 3] = std::nan("");
+    for (CouplingKind k : {CouplingKind::ot, CouplingKind::eqot}) {
+        SCOPED_TRACE(coupling_name(k));
+        CouplingOptions o;
+        o.kind = k;
+        const Out sync = run(o, x0, x1, B, n, d, Device::cuda);
+        EXPECT_THROW(run(o, x0, bad, B, n, d, Device::cuda), Error);
+        o.synchronize = false;
+        const Out async = run(o, x0, x1, B, n, d, Device::cuda);
+        EXPECT_EQ(async.pairing, sync.pairing);
+        EXPECT_EQ(async.cost, sync.cost);
+        EXPECT_EQ(async.x1p, sync.x1p);
+        Out poisoned;
+        ASSERT_NO_THROW(poisoned = run(o, x0, bad, B, n, d, Device::cuda));
+        for (double v : poisoned.x1p) ASSERT_TRUE(std::isnan(v));
+        for (double v : poisoned.cost) ASSERT_TRUE(std::isnan(v));
+        std::vector<int64_t> identity(B);
+        std::iota(identity.begin(), identity.end(), int64_t{0});
+        EXPECT_EQ(poisoned.pairing, identity);
+    }
+}
+
 }  // namespace
 }  // namespace eqflow

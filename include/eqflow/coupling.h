@@ -37,9 +37,13 @@
 // bit for bit) and need no workspace. CUDA views run all B^2 eqot pair problems in
 // one launch (one warp per pair, both samples in shared memory, the particle distances computed on
 // the fly), the B x B assignment on the GPU (B <= 1024), and need `coupling_workspace_bytes` bytes
-// of device workspace (nothing is allocated inside the call; the call synchronises the stream).
-// Non-finite coordinates are an Error on the CPU; on the GPU ot and eqot report them through the
-// batch assignment (an Error too), fm copies them through unchecked.
+// of device workspace (nothing is allocated inside the call). With `synchronize` (the default)
+// the call waits for the stream and non-finite coordinates are an Error, on the CPU and (ot,
+// eqot, through the batch assignment) on the GPU; fm copies them through unchecked. With
+// `synchronize` off, a CUDA call only queues its work on `stream` and never waits for the host
+// (what a training step, or a captured CUDA graph, needs); a batch assignment that fails there
+// (a NaN pair cost) poisons the whole batch instead of throwing: x1_paired and cost NaN, pairing
+// the identity, so a training step's finite check skips the batch. CPU calls ignore it.
 // x1_paired must not overlap x0 or x1.
 #pragma once
 
@@ -67,6 +71,7 @@ struct CouplingOptions {
     bool frame_starts = true;   // eqot: principal-axes starts (invariance); false: identity start
     int refine_iterations = 1;  // eqot: extra Hungarian + Kabsch rounds per start (>= 0)
     int threads = 0;            // eqot on the CPU: threads for the B^2 alignments; 0: all
+    bool synchronize = true;    // CUDA: wait for the stream, errors thrown (see above)
 };
 
 EQFLOW_API std::size_t coupling_workspace_bytes(Device device, const CouplingOptions& options,

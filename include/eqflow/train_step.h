@@ -14,8 +14,9 @@
 //   4. the field's backward into a zeroed gradient; a finite check of loss and gradient;
 //   5. Adam (eqflow/optim.h's rule) and the EMA, skipped when the step was not finite; then the
 //      counters.
-// The learning rate comes from the caller. On the GPU nothing returns to the host in a step (the
-// ot / eqot couplings synchronise inside, as they pick the assignment solver on the host);
+// The learning rate comes from the caller. On the GPU nothing returns to the host in a step and
+// the host never waits for the device inside one (the ot / eqot couplings run with
+// `synchronize` off: a failed batch assignment poisons the batch, which step 4 skips);
 // last_loss() and counters() are the reads. Nothing is allocated after the constructor.
 // The validation loss runs steps 1-3 on held-out rows with fixed draws, without the update.
 //
