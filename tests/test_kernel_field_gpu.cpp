@@ -17,8 +17,11 @@
 #include "eqflow/coupling.h"
 #include "eqflow/error.h"
 #include "eqflow/field.h"
+#include "eqflow/flow.h"
 #include "eqflow/flow_model.h"
 #include "eqflow/kernel_dynamics.h"
+#include "eqflow/ode.h"
+#include "eqflow/ode_gpu.h"
 #include "eqflow/tensor.h"
 #include "eqflow/trainer.h"
 #include "test_util.h"
@@ -315,6 +318,51 @@ TEST(KernelFieldGpuEquivariance, RotationsReflectionsTranslationsPermutations) {
             EXPECT_TRUE(all_close(widen(vy), expected, 2 * kFloatRtol * max_abs(v), 0.0));
             EXPECT_TRUE(all_close(div_y, div, 2 * kFloatRtol * max_abs(div), 0.0));
         }
+    }
+}
+
+// The device ODE integrator (what sample and eval run with --device cuda) on the kernel field
+// against the host solver over the same CUDA field: as OdeGpu in tests/test_ode_gpu.cpp for the
+// EGNN. Each row's field values depend on that row alone (one block per sample), so both solvers
+// see the same float32 field and agree to kSameFieldTol = 1e-6 (the device may differ from glibc
+// in the last bit of pow(), which sets step sizes); a wrong stage or sign is >= the solver's
+// tolerance, 1e-5.
+TEST(KernelFieldGpuOde, DeviceSolverMatchesTheHostSolverOnTheSameField) {
+    constexpr double kSameFieldTol = 1e-6;
+    struct OdeCase {
+        Case field;
+        OdeMethod method;
+        double t0, t1;
+    };
+    for (const OdeCase& oc : {OdeCase{kCases[0], OdeMethod::dopri5, 0.0, 1.0},
+                              OdeCase{kCases[1], OdeMethod::dopri5, 1.0, 0.0},
+                              OdeCase{kCases[1], OdeMethod::rk4, 0.0, 1.0}}) {
+        const Case& c = oc.field;
+        SCOPED_TRACE(c.name);
+        std::shared_ptr<Field<float>> gpu = make_cuda_field(random_kernel_model(c, 41));
+        const int64_t B = 7;
+        const std::vector<double> x0 = random_inputs(static_cast<int>(B), c.n, c.d, 42).x;
+        OdeOptions o;
+        o.method = oc.method;
+        o.steps = 8;
+        o.atol = o.rtol = 1e-5;
+        const int64_t D = static_cast<int64_t>(c.n) * c.d;
+        std::vector<double> xh = x0, Ih(B), Lh(B), xd = x0, Id(B), Ld(B);
+        OdeStats sh, sd;
+        ode_integrate(field_ode<float>(gpu), B, D, xh.data(), oc.t0, oc.t1, o, Ih.data(), Lh.data(),
+                      &sh);
+        ode_integrate_gpu(*gpu, B, xd.data(), oc.t0, oc.t1, o, Id.data(), Ld.data(), &sd);
+        ASSERT_EQ(sh.failed, 0);
+        EXPECT_EQ(sd.failed, 0);
+        EXPECT_TRUE(all_close(xd, xh, kSameFieldTol, kSameFieldTol));
+        EXPECT_TRUE(all_close(Id, Ih, kSameFieldTol, kSameFieldTol));
+        EXPECT_TRUE(all_close(Ld, Lh, kSameFieldTol, kSameFieldTol));
+        EXPECT_EQ(sd.accepted, sh.accepted);
+        EXPECT_EQ(sd.rejected, sh.rejected);
+        EXPECT_TRUE(test::not_all_zero(Id));
+        double moved = 0;
+        for (size_t k = 0; k < x0.size(); ++k) moved = std::max(moved, std::fabs(xd[k] - x0[k]));
+        EXPECT_GT(moved, 1e-2);
     }
 }
 
