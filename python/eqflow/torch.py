@@ -7,7 +7,7 @@
 forward(t, x) has torchdiffeq's signature (odeint(field, x0, ts)). Gradients with respect to x and
 to the parameters come from the library's own reverse mode (Field::backward); t gets none. On
 the CPU the reference field computes in float64 (x of another dtype is converted, the result
-converted back); CUDA tensors must be float32 and use the fused GPU kernels, with the parameters
+converted back); CUDA tensors must be float32 and use the GPU kernels, with the parameters
 cast to float32. Either field type works (the EGNN and the kernel dynamics), on either device
 (the kernel field's GPU kernels have run on the CPU emulator of the GPU only, not on a GPU yet).
 """
