@@ -67,9 +67,7 @@ std::unique_ptr<Field<float>> make_fast_field(const FlowModel& model, int thread
 }
 
 std::unique_ptr<Field<float>> make_cuda_field(const FlowModel& model) {
-    EQFLOW_CHECK(model.has_cuda_field(),
-                 "the kernel-dynamics field has no CUDA backend yet (it runs "
-                 "on the CPU only): use --device cpu");
+    if (model.kind == FieldKind::kernel) return make_cuda_field(model.kernel_model());
     return make_cuda_field(model.egnn_model());
 }
 

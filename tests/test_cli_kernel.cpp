@@ -1,6 +1,6 @@
 // The command line with the kernel-dynamics field: eqflow train --field kernel (fm, ot, eqot),
-// and sample / eval / field on the model file it writes, as on an EGNN's; the CPU-only rule and
-// the option errors.
+// and sample / eval / field on the model file it writes, as on an EGNN's; --device cuda and auto
+// for it (the CUDA field itself is tests/test_kernel_field_gpu.cpp's); the option errors.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
@@ -177,11 +177,13 @@ TEST_F(CliKernel, LikelihoodTrainsOnTheFastFieldOrTheReference) {
     }
 }
 
-TEST_F(CliKernel, CpuOnlyAndOptionErrors) {
+TEST_F(CliKernel, DevicesAndOptionErrors) {
     // A kernel model for the commands that read one.
     ASSERT_EQ(run(train("tiny", "fm", 1)).code, 0);
     const std::string model = file("tiny/model.safetensors");
-    // --device cuda: the kernel field has no CUDA backend, whether or not a GPU is present.
+    // --device cuda: the kernel field has a CUDA backend, so the commands run on a usable GPU and
+    // fail, saying why, without one (never a silent fallback to the CPU).
+    const bool gpu = cuda_available();
     for (const std::string& cmd :
          {train("cuda", "fm", 1) + " --device cuda",
           "sample --model " + model + " --samples 4 --device cuda --out-dir " + file("cuda_s"),
@@ -190,17 +192,27 @@ TEST_F(CliKernel, CpuOnlyAndOptionErrors) {
           "field --model " + model + " --in " + file("test.npy") + " --t 0.5 --device cuda --out " +
               file("cuda_v.npy")}) {
         const Result r = run(cmd);
-        EXPECT_EQ(r.code, 1) << cmd << "\n" << r.out;
-        EXPECT_NE(r.out.find("no CUDA backend"), std::string::npos) << r.out;
+        if (gpu) {
+            EXPECT_EQ(r.code, 0) << cmd << "\n" << r.out;
+        } else {
+            EXPECT_EQ(r.code, 1) << cmd << "\n" << r.out;
+            EXPECT_NE(r.out.find("--device cuda asked for"), std::string::npos) << r.out;
+        }
     }
-    EXPECT_FALSE(exists(file("cuda")));
-    EXPECT_FALSE(exists(file("cuda_s")));
-    EXPECT_FALSE(exists(file("cuda_v.npy")));
-    // auto picks the CPU for a kernel model.
+    EXPECT_EQ(exists(file("cuda/model.safetensors")), gpu);
+    EXPECT_EQ(exists(file("cuda_s")), gpu);
+    EXPECT_EQ(exists(file("cuda_v.npy")), gpu);
+    // auto picks the GPU when one is usable, as for an EGNN.
     const Result a = run("field --model " + model + " --in " + file("test.npy") +
                          " --t 0.5 --device auto --out " + file("auto_v.npy"));
     EXPECT_EQ(a.code, 0) << a.out;
-    EXPECT_NE(a.out.find("on cpu"), std::string::npos) << a.out;
+    EXPECT_NE(a.out.find(gpu ? "on cuda" : "on cpu"), std::string::npos) << a.out;
+    // Likelihood training stays on the CPU: auto picks it, cuda is refused.
+    test::expect_usage_error(train("lik_cuda", "likelihood", 1) + " --device cuda",
+                             "CUDA likelihood training is not built");
+    const Result l = run(train("lik_auto", "likelihood", 1) + " --ode-steps 2 --device auto");
+    EXPECT_EQ(l.code, 0) << l.out;
+    EXPECT_NE(l.out.find("device: cpu"), std::string::npos) << l.out;
 
     test::expect_usage_error("train --system dw4 --data " + file("train.npy") +
                                  " --objective fm --out " + file("bad") + " --field mlp",

@@ -820,13 +820,31 @@ TEST(KernelTraining, FlowMatchingLowersTheLossResumesExactlyAndSamples) {
     EXPECT_LT(trained.nll, before.nll - 1.0)
         << "trained " << trained.nll << ", untrained " << before.nll;
 
-    // The kernel field has no CUDA backend: a clear error, never a silent fallback.
+    // Flow matching on CUDA is tests/test_kernel_field_gpu.cpp's; without a usable GPU it is a
+    // clear error, never a silent fallback to the CPU.
     o.device = Device::cuda;
-    try {
-        train_flow_matching(o, data, 200, 4, 2);
-        ADD_FAILURE() << "a kernel field trained on CUDA";
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find("no CUDA backend"), std::string::npos) << e.what();
+    if (!cuda_available()) {
+        try {
+            train_flow_matching(o, data, 200, 4, 2);
+            ADD_FAILURE() << "a kernel field trained on CUDA without a GPU";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("GPU"), std::string::npos) << e.what();
+        }
+    }
+    // Likelihood training stays on the CPU (its step is host-loop code, src/likelihood.cpp):
+    // refused on CUDA whether or not a GPU is present.
+    {
+        TrainOptions lo = o;
+        lo.likelihood = true;
+        lo.epochs = 1;
+        try {
+            train_flow_matching(lo, data, 200, 4, 2);
+            ADD_FAILURE() << "likelihood training ran on CUDA";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("likelihood training on CUDA is not built"),
+                      std::string::npos)
+                << e.what();
+        }
     }
     // Nor atom types.
     o.device = Device::cpu;

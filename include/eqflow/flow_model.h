@@ -47,8 +47,6 @@ struct EQFLOW_API FlowModel {
     double length_scale() const;  // physical length per model unit
     const std::string& system() const;
     std::vector<ParamEntry> parameter_layout() const;
-    // Whether a CUDA backend exists for this field type (today: the EGNN only).
-    bool has_cuda_field() const { return kind == FieldKind::egnn; }
     // The model as its own type (copies); an Error when it is of the other type.
     EgnnModel egnn_model() const;
     KernelModel kernel_model() const;
@@ -58,8 +56,7 @@ struct EQFLOW_API FlowModel {
 EQFLOW_API void validate_flow_model(const FlowModel& model);
 
 // The backends for either field type (see make_reference_field / make_fast_field /
-// make_cuda_field of the two types). make_cuda_field of a kernel model throws an Error saying
-// that the kernel field runs on the CPU only.
+// make_cuda_field of the two types).
 EQFLOW_API std::unique_ptr<Field<double>> make_reference_field(const FlowModel& model,
                                                                int threads = 0);
 EQFLOW_API std::unique_ptr<Field<float>> make_fast_field(const FlowModel& model, int threads = 0);

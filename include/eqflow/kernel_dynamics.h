@@ -97,10 +97,14 @@ class Field;
 // (src/cpu/kernel_field_cpu.cpp), templated on the precision. The reference computes in double;
 // the fast one in float32 with its long sums (divergence, traces, parameter gradients) in double.
 // Both split the rows into fixed chunks of 16 over up to `threads` threads of the pool (0: all);
-// results do not depend on the thread count. Both implement divergence_backward. There is no
-// CUDA backend yet.
+// results do not depend on the thread count. Both implement divergence_backward.
 EQFLOW_API std::unique_ptr<Field<double>> make_reference_field(const KernelModel& model,
                                                                int threads = 0);
 EQFLOW_API std::unique_ptr<Field<float>> make_fast_field(const KernelModel& model, int threads = 0);
+// The CUDA backend (src/kernel_cuda_field.cpp, kernels/kernel_field.cu): float32 with the same
+// long sums in double as the fast CPU one, every operation including divergence_backward, and
+// deterministic results (no atomics; fixed-order sums). An Error without a usable GPU or in a
+// build without CUDA. Tested on the CPU emulator of the GPU (emu/) only, not yet on a GPU.
+EQFLOW_API std::unique_ptr<Field<float>> make_cuda_field(const KernelModel& model);
 
 }  // namespace eqflow

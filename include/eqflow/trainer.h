@@ -1,5 +1,5 @@
 // eqflow/trainer.h: flow-matching training of a vector field (docs/design.md section 5) -- the
-// EGNN or the kernel dynamics (`field`; the kernel field on the CPU only) -- with checkpoints
+// EGNN or the kernel dynamics (`field`; both on the CPU and on CUDA) -- with checkpoints
 // that resume bit-for-bit on the CPU (on the GPU path: see device == cuda below).
 //
 // Per step: x1 <- the next `batch` training samples of the epoch's shuffled order; x0 <- prior
@@ -84,7 +84,7 @@ struct TrainOptions {
     double lr_drop_fraction = 0.5;  // lr x lr_drop_factor from this fraction of the steps on
     double lr_drop_factor = 0.1;
     double sigma = 0.01;
-    // The vector field: the EGNN or the kernel dynamics (eqflow/kernel_dynamics.h, CPU only).
+    // The vector field: the EGNN or the kernel dynamics (eqflow/kernel_dynamics.h).
     FieldKind field = FieldKind::egnn;
     int hidden = 0;  // EGNN; 0: default_egnn_config's
     int layers = 0;

@@ -142,9 +142,9 @@ class Model:
 
     field(x, t) and divergence(x, t) take x as [B, n, d] or [B, n*d] (NumPy or torch; float64 or
     float32 on the CPU, computed in double on the CPU reference; float32 CUDA tensors run the
-    fused GPU kernels of the EGNN -- the kernel field has no CUDA backend, and CUDA input to it
-    raises eqflow.Error) and t as a number or [B]; they return the caller's kind, dtype and
-    shape, in the system's units (the model's length_scale is applied as `eqflow field` does).
+    GPU kernels of either field type) and t as a number or [B]; they return the caller's kind,
+    dtype and shape, in the system's units (the model's length_scale is applied as `eqflow
+    field` does).
 
     config holds the keys of the model's own field type: hidden, layers, attention, ... for the
     EGNN; radial_centres, radial_widths, time_centres, time_width for the kernel field (so
@@ -365,11 +365,12 @@ def train(system_, data_, *, objective="eqot", field="egnn", out_dir=None, epoch
 
     objective: "fm", "ot", "eqot" (flow matching with that coupling) or "likelihood" (maximum
     likelihood through ode_steps fixed RK4 steps, default 10, with the exact divergence; on the
-    CPU, device="cuda" is refused: the EGNN on the double reference field, the kernel field on
-    the fast float32 one unless reference=True; ode_steps with another objective is an error). field: "egnn" (sized by hidden and layers; 0: the system's default)
-    or "kernel" (the kernel dynamics, sized by radial_basis centres on [0, r_max] and time_basis
-    centres; 0: the system's default; CPU only: device="auto" picks the CPU, "cuda" is an
-    error). reference: the double CPU reference field instead of the fast float32 one.
+    CPU (device="auto" picks it, "cuda" is refused): the EGNN on the double reference field, the
+    kernel field on the fast float32 one unless reference=True; ode_steps with another objective
+    is an error). field: "egnn" (sized by hidden and layers; 0: the system's default) or "kernel"
+    (the kernel dynamics, sized by radial_basis centres on [0, r_max] and time_basis centres; 0:
+    the system's default; on the CPU or on CUDA like the EGNN). reference: the double CPU
+    reference field instead of the fast float32 one.
 
     With out_dir, writes RUN/model.safetensors, RUN/checkpoint.safetensors and
     RUN/train_log.jsonl as the command does (resume=True continues from the checkpoint; a
@@ -399,9 +400,8 @@ def sample(model, samples, *, seed=0, system=None, solver="dopri5", atol=1e-4, r
            steps=20, batch=256, hutchinson=0, threads=0, device="auto"):
     """`eqflow sample`: samples of the flow with their exact log-density (Hutchinson's estimate
     with hutchinson=PROBES) and importance weights to the system's Boltzmann distribution.
-    device: "cpu", "cuda" or "auto" (the GPU when one is usable), as in the commands; the kernel
-    field runs on the CPU only (auto is the CPU for it, "cuda" an error), likewise in
-    log_likelihood and evaluate.
+    device: "cpu", "cuda" or "auto" (the GPU when one is usable), as in the commands, for either
+    field type; likewise in log_likelihood and evaluate.
     Returns a dict: x [N, n, d], x0, log_q, u, log_w, path_length (NumPy) and ess,
     energy_mean_samples, energy_mean_reweighted, zero_weight_samples, failed_integrations, ..."""
     return dict(_eqflow.sample(model._m, int(samples), int(seed), system or "",

@@ -7,9 +7,9 @@
 forward(t, x) has torchdiffeq's signature (odeint(field, x0, ts)). Gradients with respect to x and
 to the parameters come from the library's own reverse mode (Field::backward); t gets none. On
 the CPU the reference field computes in float64 (x of another dtype is converted, the result
-converted back); CUDA tensors must be float32 and use the fused GPU kernels, with the parameters
-cast to float32. Either field type works (the EGNN and the kernel dynamics); the kernel field has
-no CUDA backend, so it runs on the CPU only.
+converted back); CUDA tensors must be float32 and use the GPU kernels, with the parameters
+cast to float32. Either field type works (the EGNN and the kernel dynamics), on either device
+(the kernel field's GPU kernels have run on the CPU emulator of the GPU only, not on a GPU yet).
 """
 import torch
 
@@ -45,10 +45,6 @@ class Field(torch.nn.Module):
         super().__init__()
         if not isinstance(model, _api.Model):
             raise Error(f"eqflow.torch.Field: expected an eqflow.Model, got {type(model).__name__}")
-        if (device is not None and torch.device(device).type == "cuda"
-                and not model._m.has_cuda_field):
-            raise Error(f"eqflow.torch.Field: the {model.field_type} field has no CUDA backend "
-                        "(it runs on the CPU only); keep it on the CPU")
         self.model = model
         self.params = torch.nn.Parameter(
             torch.as_tensor(model.parameters(), dtype=dtype, device=device).clone())

@@ -271,7 +271,6 @@ class Model {
             require_shape(*div, Shape{B}, "div");
         }
         check_params(params, x.device);
-        require_backend(x.device);
         const Shape shape3{B, n(), d()};
 
         if (x.device == Device::cpu) {
@@ -347,7 +346,6 @@ class Model {
             require_shape(*dx, x.shape, "dL_dx");
         }
         check_params(params, x.device);
-        require_backend(x.device);
         const Shape shape3{B, n(), d()};
 
         if (x.device == Device::cpu) {
@@ -409,13 +407,6 @@ class Model {
         if (!params) return;
         require_device(*params, device, "parameters");
         require_shape(*params, Shape{parameter_count()}, "parameters");
-    }
-    // CUDA arrays need a CUDA backend of the model's field type (the EGNN has one).
-    void require_backend(Device device) const {
-        EQFLOW_CHECK(device != Device::cuda || model_.has_cuda_field(),
-                     "the " << field_kind_name(model_.kind)
-                            << " field has no CUDA backend (it runs on the CPU only): pass CPU "
-                               "arrays or tensors");
     }
     static void require_cpu_float(const ArrayRef& a) {
         require_dtype(a, {DType::f64, DType::f32}, "the array",
@@ -526,22 +517,13 @@ std::vector<double> host_configurations(const InArray& a_in, int n, int d, const
 }
 
 // device as the commands resolve --device (src/cli/flow_cli.cpp): cpu, cuda or auto (the GPU
-// when one is usable). The kernel-dynamics field has no CUDA backend: auto is the CPU for it and
-// cuda an Error.
-Device resolve_device(const std::string& device, FieldKind field) {
-    if (field == FieldKind::kernel) {
-        EQFLOW_CHECK(device != "cuda" && device != "gpu",
-                     "device " << device
-                               << ": the kernel-dynamics field has no CUDA backend (it runs on "
-                                  "the CPU only); use device='cpu'");
-        if (device == "auto" || device.empty()) return Device::cpu;
-    }
+// when one is usable), for either field type.
+Device resolve_device(const std::string& device) {
     return parse_device(device);
 }
 
 FlowOptions flow_options(const std::string& solver, double atol, double rtol, int steps,
-                         int64_t batch, int hutchinson, int threads, const std::string& device,
-                         FieldKind field) {
+                         int64_t batch, int hutchinson, int threads, const std::string& device) {
     FlowOptions o;
     o.ode.method = parse_ode_method(solver);
     o.ode.atol = atol;
@@ -551,7 +533,7 @@ FlowOptions flow_options(const std::string& solver, double atol, double rtol, in
     o.hutchinson = hutchinson > 0;
     o.hutchinson_probes = hutchinson > 0 ? hutchinson : 1;
     o.threads = threads;
-    o.device = resolve_device(device, field);
+    o.device = resolve_device(device);
     EQFLOW_CHECK(atol > 0 && rtol >= 0, "atol must be positive and rtol non-negative");
     EQFLOW_CHECK(steps > 0 && batch > 0, "steps and batch must be positive");
     return o;
@@ -611,8 +593,6 @@ NB_MODULE(_eqflow, m) {
                      [](const python::Model& self) { return python::config_dict(self.model()); })
         .def_prop_ro("field_type",
                      [](const python::Model& self) { return field_kind_name(self.model().kind); })
-        .def_prop_ro("has_cuda_field",
-                     [](const python::Model& self) { return self.model().has_cuda_field(); })
         .def("parameters",
              [](const python::Model& self) {
                  return python::to_numpy(self.model().params, Shape{self.parameter_count()});
@@ -954,7 +934,9 @@ NB_MODULE(_eqflow, m) {
             }
             EQFLOW_CHECK(!o.reference || (device != "cuda" && device != "gpu"),
                          "reference is the CPU reference field: use it with device='cpu'");
-            const Device resolved = python::resolve_device(device, o.field);
+            // Likelihood training is host-loop code (src/likelihood.cpp): auto is the CPU for it.
+            const Device resolved = python::resolve_device(
+                o.likelihood && (device == "auto" || device.empty()) ? "cpu" : device);
             o.device = o.reference ? Device::cpu : resolved;
             EQFLOW_CHECK(o.likelihood || coupling_available(o.objective),
                          "the " << objective << " coupling is not available in this build");
@@ -1009,8 +991,8 @@ NB_MODULE(_eqflow, m) {
            int hutchinson, int threads, const std::string& device) {
             EQFLOW_CHECK(count > 0, "samples must be positive, got " << count);
             const FlowModel& model = self.model();
-            const FlowOptions fo = python::flow_options(solver, atol, rtol, steps, batch,
-                                                        hutchinson, threads, device, model.kind);
+            const FlowOptions fo =
+                python::flow_options(solver, atol, rtol, steps, batch, hutchinson, threads, device);
             const System system = python::system_for(model, system_name);
             FlowSamples s;
             std::vector<double> u;
@@ -1054,8 +1036,8 @@ NB_MODULE(_eqflow, m) {
            double rtol, int steps, int64_t batch, int hutchinson, int threads,
            const std::string& device) {
             const FlowModel& model = self.model();
-            const FlowOptions fo = python::flow_options(solver, atol, rtol, steps, batch,
-                                                        hutchinson, threads, device, model.kind);
+            const FlowOptions fo =
+                python::flow_options(solver, atol, rtol, steps, batch, hutchinson, threads, device);
             int64_t count = 0;
             std::vector<double> x =
                 python::host_configurations(x_in, model.n_particles(), model.dim(), "x", &count);
@@ -1086,8 +1068,8 @@ NB_MODULE(_eqflow, m) {
            const std::string& device) {
             EQFLOW_CHECK(n_samples > 0, "samples must be positive, got " << n_samples);
             const FlowModel& model = self.model();
-            const FlowOptions fo = python::flow_options(solver, atol, rtol, steps, batch,
-                                                        hutchinson, threads, device, model.kind);
+            const FlowOptions fo =
+                python::flow_options(solver, atol, rtol, steps, batch, hutchinson, threads, device);
             const System system = python::system_for(model, system_name);
             int64_t n_test = 0;
             std::vector<double> test =

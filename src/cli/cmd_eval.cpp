@@ -149,7 +149,7 @@ int cmd_eval(Args& args) {
     if (test_max < 0) throw UsageError{"--test-max must be non-negative"};
     // The model first: its field type decides which devices can run it.
     const FlowModel model = load_flow_model(model_path);
-    fo.device = resolve_device(device, "evaluation", fo.reference, model.kind);
+    fo.device = resolve_device(device, "evaluation", fo.reference);
     if (figure.empty()) figure = figure_path(out, "_energy.svg");
     if (rama_figure.empty()) rama_figure = figure_path(out, "_ramachandran.svg");
     // Create the output directories now, not after an hour of sampling.

@@ -34,7 +34,8 @@ const char* const kFieldUsage =
     "  --div-out div.npy  also the exact divergence div_x v, float64, shape [N] (EGNN: forward\n"
     "                     mode along all n*d directions, about n*d times the cost of v; kernel\n"
     "                     field: closed form, about the cost of v)\n"
-    "The kernel-dynamics field runs on the CPU only: --device cuda is an error for it.\n";
+    "Both field types have GPU kernels (the kernel-dynamics ones have run on the CPU emulator of\n"
+    "the GPU only, never on a GPU yet).\n";
 
 int cmd_field(Args& args) {
     const std::string model_path = args.require("model");
@@ -56,15 +57,8 @@ int cmd_field(Args& args) {
         throw UsageError{"--out and --div-out name the same file"};
 
     const FlowModel model = load_flow_model(model_path);
-    EQFLOW_CHECK(model.has_cuda_field() || device_name_arg != "cuda",
-                 "--device cuda: the kernel-dynamics field has no CUDA backend yet (it runs on the "
-                 "CPU only); use --device cpu");
-    // auto: the GPU when one is usable and the field type has a CUDA backend.
-    const Device device =
-        reference
-            ? Device::cpu
-            : parse_device(model.has_cuda_field() || device_name_arg != "auto" ? device_name_arg
-                                                                               : "cpu");
+    // auto: the GPU when one is usable.
+    const Device device = reference ? Device::cpu : parse_device(device_name_arg);
     const int n = model.n_particles(), d = model.dim();
     int64_t count = 0;
     const std::vector<double> x = load_configurations(in, n, d, &count, /*center=*/true);

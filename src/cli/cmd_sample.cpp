@@ -50,7 +50,7 @@ int cmd_sample(Args& args) {
         throw UsageError{"--format must be npy, pdb or dcd, got '" + format + "'"};
     // The model first: its field type decides which devices can run it.
     const FlowModel model = load_flow_model(model_path);
-    fo.device = resolve_device(device, "sampler", fo.reference, model.kind);
+    fo.device = resolve_device(device, "sampler", fo.reference);
     const System system = make_system(system_name.empty() ? model.system() : system_name);
     EQFLOW_CHECK(system.n == model.n_particles() && system.d == model.dim(),
                  "the model has " << model.n_particles() << " particles in " << model.dim()

@@ -42,7 +42,7 @@ const char* const kTrainUsage =
     "of the centred training data, so that data and prior have a similar spread. Recorded in the\n"
     "model; sample/eval/field convert back to the system's units.\n"
     "--device cuda (the default when a GPU is usable): the whole step runs on the device in\n"
-    "float32 (data uploaded once; draws, coupling, fused EGNN forward/backward, Adam, EMA);\n"
+    "float32 (data uploaded once; draws, coupling, the field's forward/backward, Adam, EMA);\n"
     "the host reads the loss back for the progress line and the state at checkpoints. A GPU\n"
     "run follows the CPU run to float32 accuracy; its --resume is not bit-for-bit.\n"
     "--device cpu runs the fast float32 CPU field; --reference the double-precision reference\n"
@@ -51,14 +51,16 @@ const char* const kTrainUsage =
     "equivariant kernel dynamics of Koehler et al. 2020, v_i = sum_j (x_i - x_j) f(r_ij, t) with\n"
     "f a sum of K Gaussians in r whose weights are a learned linear map of M Gaussians in t;\n"
     "--radial-basis K centres on [0, --r-max R], --time-basis M centres on [0, 1] (defaults per\n"
-    "system: dw4 K 32 on [0, 8], lj K 50 on [0, 6] or more, M 16). It runs on the CPU only\n"
-    "(--device cuda is an error, auto picks the CPU) and has no atom types (not for aldp).\n"
+    "system: dw4 K 32 on [0, 8], lj K 50 on [0, 6] or more, M 16). It has no atom types (not for\n"
+    "aldp). Its CUDA backend (flow matching, sample/eval/field) has run on the CPU emulator of\n"
+    "the GPU only, never on a GPU yet.\n"
     "--objective likelihood: maximum likelihood, the baseline of the paper's Table 1. Per step:\n"
     "a batch of data, integrated from t = 1 back to t = 0 by N fixed RK4 steps (--ode-steps,\n"
     "default 10) with the exact divergence; loss = mean NLL = 1/2 |x0|^2 + int_0^1 div v dt (the\n"
     "paper's convention, as `eval` reports nll); its exact gradient by reverse mode through the\n"
     "solver steps (second derivatives of the field); Adam, schedule, EMA and checkpoints as\n"
-    "above. --device cuda is refused. The EGNN always runs on the double CPU reference field\n"
+    "above. --device cuda is refused (auto picks the CPU). The EGNN always runs on the double CPU "
+    "reference field\n"
     "(the fast EGNN has no second derivatives) and costs about 3 (n d) backward passes per\n"
     "stage: DW4 at batch 256 takes ~3 s of CPU per RK4 step per training step. The kernel field\n"
     "runs on the fast float32 field (closed-form divergence gradient; --reference: the double\n"
@@ -136,7 +138,9 @@ int cmd_train(Args& args) {
     } else if (ode_steps != -1) {
         throw UsageError{"--ode-steps applies to --objective likelihood only"};
     }
-    opt.device = resolve_device(device, "trainer", opt.reference, opt.field);
+    // Likelihood training is host-loop code (src/likelihood.cpp): auto is the CPU for it.
+    opt.device = resolve_device(opt.likelihood && device == "auto" ? "cpu" : device, "trainer",
+                                opt.reference);
     if (scale == "auto") {
         opt.length_scale = system.kind == PotentialKind::molecule ? 0.0 : 1.0;
         opt.scale_to_data = system.kind == PotentialKind::molecule;

@@ -13,27 +13,15 @@ CouplingKind parse_objective(const std::string& name) {
     throw UsageError{"unknown objective '" + name + "' (choose fm, ot or eqot)"};
 }
 
-Device resolve_device(const std::string& device, const char* what, bool reference,
-                      FieldKind field) {
+Device resolve_device(const std::string& device, const char* what, bool reference) {
     if (device != "cpu" && device != "cuda" && device != "auto")
         throw UsageError{"--device must be cpu, cuda or auto, got '" + device + "'"};
     if (reference && device == "cuda")
         throw UsageError{"--reference is the CPU reference field: use it with --device cpu"};
-    if (field == FieldKind::kernel) {
-        // No CUDA backend for the kernel field: asking for one is an error, auto is the CPU.
-        EQFLOW_CHECK(device != "cuda",
-                     "--device cuda: the kernel-dynamics field has no CUDA "
-                     "backend yet (it runs on the CPU only); use --device cpu");
-        std::fprintf(stderr, "device: cpu (the %s runs the kernel-dynamics field on the CPU, %s)\n",
-                     what,
-                     reference ? "double-precision reference"
-                               : "float32; --reference: the double reference");
-        return Device::cpu;
-    }
     // "cuda" without a usable GPU: an Error saying why
     const Device dev = reference ? Device::cpu : parse_device(device);
     if (dev == Device::cuda) {
-        std::fprintf(stderr, "device: cuda, %s (the %s runs the fused GPU kernels in float32)\n",
+        std::fprintf(stderr, "device: cuda, %s (the %s runs the GPU kernels in float32)\n",
                      cuda_status().c_str(), what);
     } else {
         std::fprintf(stderr, "device: cpu (the %s runs %s%s)\n", what,

@@ -17,10 +17,9 @@ CouplingKind parse_objective(const std::string& name);
 // --device for the flow commands: cpu, cuda or auto (the GPU when one is usable). Says on stderr
 // which one runs `what`; "cuda" without a usable GPU is an Error that says why; anything else is
 // a UsageError. `reference` (--reference: the double-precision CPU reference field instead of
-// the fast float32 one) makes auto the CPU and is a UsageError with cuda. The kernel-dynamics
-// field (`field`) runs on the CPU only: auto picks the CPU for it, and cuda is an Error.
-Device resolve_device(const std::string& device, const char* what, bool reference = false,
-                      FieldKind field = FieldKind::egnn);
+// the fast float32 one) makes auto the CPU and is a UsageError with cuda. Both field types (the
+// EGNN and the kernel dynamics) have a CUDA backend.
+Device resolve_device(const std::string& device, const char* what, bool reference = false);
 
 // The integration options shared by sample / eval: --solver, --atol, --rtol, --steps, --batch,
 // --hutchinson PROBES, --threads, --reference.
