@@ -483,8 +483,8 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
     EQFLOW_CHECK(opt.log_every > 0, "log interval must be positive, got " << opt.log_every);
     EQFLOW_CHECK(!opt.resume || !opt.out_dir.empty(), "--resume needs the run directory");
     EQFLOW_CHECK(!opt.likelihood || opt.device == Device::cpu,
-                 "likelihood training on CUDA is not built (the CUDA field has no second "
-                 "derivatives): use --device cpu");
+                 "likelihood training on CUDA is not built (the likelihood step runs on the "
+                 "host): use --device cpu");
     EQFLOW_CHECK(!opt.likelihood || opt.ode_steps >= 1,
                  "ODE steps must be positive, got " << opt.ode_steps);
 

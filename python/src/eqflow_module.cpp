@@ -923,7 +923,7 @@ NB_MODULE(_eqflow, m) {
             if (o.likelihood) {
                 EQFLOW_CHECK(device != "cuda" && device != "gpu",
                              "objective likelihood: CUDA likelihood training is not built (the "
-                             "CUDA field has no second derivatives); use device='cpu'");
+                             "likelihood step runs on the host); use device='cpu'");
                 EQFLOW_CHECK(ode_steps == -1 || (ode_steps >= 1 && ode_steps <= 100000),
                              "ode_steps must be in 1..100000, got " << ode_steps);
                 if (ode_steps != -1) o.ode_steps = static_cast<int>(ode_steps);

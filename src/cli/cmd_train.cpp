@@ -128,8 +128,8 @@ int cmd_train(Args& args) {
     if (opt.likelihood) {
         if (device == "cuda")
             throw UsageError{
-                "--objective likelihood: CUDA likelihood training is not built (the CUDA field "
-                "has no second derivatives); use --device cpu (the double CPU reference)"};
+                "--objective likelihood: CUDA likelihood training is not built (the likelihood "
+                "step runs on the host); use --device cpu"};
         if (ode_steps != -1 && (ode_steps < 1 || ode_steps > 100000))
             throw UsageError{"--ode-steps must be in 1..100000"};
         if (ode_steps != -1) opt.ode_steps = static_cast<int>(ode_steps);
