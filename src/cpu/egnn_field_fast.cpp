@@ -21,12 +21,15 @@
 // each block's forward from the stored node states (h, x, M per layer, as the reference), or reads
 // it from a per-sample edge tape when that fits in about the L2 cache (kEdgeTapeBytes: LJ13 yes,
 // LJ55 no), and runs the transposed products (G_s1 = G_z2 W2, ...) and the weight-gradient products
-// (dW2^T += S1^T G_z2, ...) on the same block. Forward mode carries K tangents per sample in
-// node-major arrays [n][K][Hp]: per edge, the K tangent rows go through W2 as one [K][Hp] x
-// [Hp][Hp] product with the primal quantities computed once, and the tangent of c = wc2 . SiLU(Wc1
-// me + bc1) is (Wc1^T dsc) . me-tangent, one H x H product per edge rather than per direction; in
-// layer 0 (no tangent on h) an edge's tangent is linear in (dr, da) only, so two basis tangents per
-// edge replace the K.
+// (dW2^T += S1^T G_z2, ...) on the same block. A plain backward first repeats the sample's forward
+// (calls keep no state); forward_backward (the training step) runs each sample's forward with v,
+// the caller's dL/dv of that row, and the backward on the same tape, so the step pays for one
+// forward pass, not two, with the same bits as forward then backward. Forward mode carries K
+// tangents per sample in node-major arrays [n][K][Hp]: per edge, the K tangent rows go through W2
+// as one [K][Hp] x [Hp][Hp] product with the primal quantities computed once, and the tangent of c
+// = wc2 . SiLU(Wc1 me + bc1) is (Wc1^T dsc) . me-tangent, one H x H product per edge rather than
+// per direction; in layer 0 (no tangent on h) an edge's tangent is linear in (dr, da) only, so two
+// basis tangents per edge replace the K.
 //
 // Threads. Rows are cut into fixed chunks of kChunkRows; min(threads, chunks) workers take
 // chunks w, w + W, w + 2W, ... with their own scratch. Every row's v, dL_dx, div and trace is
@@ -680,13 +683,13 @@ void layer_backward(const Net& net, int l, const float* x0, const float* gh_out,
     simd::gemm(n, Hp, H, s.gQ, Hp, net.at(lp.w1b_n), Hp, nullptr, true, gh_in, Hp);
 }
 
-// Backward of one sample: G += dL/dparams (packed, float), dL_dx (nullable) = dL/dx.
-void sample_backward(const Net& net, const float* x, float t, const float* dL_dv, float* G,
-                     float* dL_dx, Scratch& s) {
+// Backward of one sample after sample_forward(x, t) has filled s's tape (node states, and the
+// edge tape when s has one): G += dL/dparams (packed, float), dL_dx (nullable) = dL/dx.
+void sample_backward_taped(const Net& net, const float* x, float t, const float* dL_dv, float* G,
+                           float* dL_dx, Scratch& s) {
     const Dims& D = net.D;
     const int n = D.n, d = D.d, Hp = D.Hp;
     const int64_t nH = static_cast<int64_t>(n) * Hp;
-    sample_forward(net, x, t, nullptr, s);
     // v = C (x^L - x^0), C the symmetric mean removal.
     float *gh = s.gh, *gh_in = s.gh2, *gx = s.gx, *gx_in = s.gx2;
     for (int k = 0; k < d; ++k) {
@@ -1013,32 +1016,33 @@ class FastEgnnField final : public Field<float> {
     void do_backward(TensorView<const float> x, TensorView<const float> t,
                      TensorView<const float> dL_dv, TensorView<float> dL_dparams,
                      TensorView<float> dL_dx, TensorView<unsigned char> ws, Stream) override {
-        const int64_t nd = row_size(), B = x.size(0), Pg = pack_.grad_size;
-        // Samples per flush of the float accumulator into the chunk's double slot.
-        const int64_t per_flush = std::max<int64_t>(1, kFlushEdges / std::max<int64_t>(D_.E, 1));
-        double* slots = reinterpret_cast<double*>(ws.data);
-        run(FieldOp::backward, B, 0, ws,
-            [&](const Net& net, Scratch& s, int64_t b0, int64_t m, int64_t chunk, double*) {
-                double* slot = slots + chunk * Pg;
-                std::fill(slot, slot + Pg, 0.0);
-                std::fill(s.G, s.G + Pg, 0.0f);
-                for (int64_t b = b0; b < b0 + m; ++b) {
-                    sample_backward(net, x.data + b * nd, t.data[b], dL_dv.data + b * nd, s.G,
-                                    dL_dx.defined() ? dL_dx.data + b * nd : nullptr, s);
-                    if ((b - b0 + 1) % per_flush == 0 || b + 1 == b0 + m) {
-                        for (int64_t k = 0; k < Pg; ++k) slot[k] += static_cast<double>(s.G[k]);
-                        std::fill(s.G, s.G + Pg, 0.0f);
-                    }
-                }
-            });
-        const int64_t chunks = chunk_count(B);
-        for (int64_t k = 0; k < Pg; ++k) {
-            const int64_t p = pack_.map[static_cast<size_t>(k)];
-            if (p < 0) continue;
-            double sum = 0.0;
-            for (int64_t c = 0; c < chunks; ++c) sum += slots[c * Pg + k];
-            dL_dparams.data[p] += static_cast<float>(sum);
-        }
+        const int64_t nd = row_size();
+        reverse(x.size(0), dL_dparams, ws, [&](const Net& net, Scratch& s, int64_t b, float* G) {
+            sample_forward(net, x.data + b * nd, t.data[b], nullptr, s);
+            sample_backward_taped(net, x.data + b * nd, t.data[b], dL_dv.data + b * nd, G,
+                                  dL_dx.defined() ? dL_dx.data + b * nd : nullptr, s);
+        });
+    }
+
+    // One forward per row: backward's own forward pass (node states, and the edge tape where it
+    // fits) also gives v, so a row runs forward (with v), the caller's gradient of that row, and
+    // the backward from the tape, while the tape is in cache. The same operations as forward and
+    // then backward, so the same bits.
+    void do_forward_backward(TensorView<const float> x, TensorView<const float> t,
+                             TensorView<float> v, const OutputGradient& grad,
+                             TensorView<float> dL_dv, TensorView<float> dL_dparams,
+                             TensorView<float> dL_dx, TensorView<unsigned char> ws,
+                             Stream) override {
+        const int64_t nd = row_size();
+        reverse(x.size(0), dL_dparams, ws, [&](const Net& net, Scratch& s, int64_t b, float* G) {
+            sample_forward(net, x.data + b * nd, t.data[b], v.data + b * nd, s);
+            grad(b, 1);
+            sample_backward_taped(net, x.data + b * nd, t.data[b], dL_dv.data + b * nd, G,
+                                  dL_dx.defined() ? dL_dx.data + b * nd : nullptr, s);
+        });
+    }
+    size_t do_forward_backward_workspace_bytes(int64_t B) const override {
+        return layout(FieldOp::backward, B, 0).total;
     }
 
     void do_divergence(TensorView<const float> x, TensorView<const float> t, TensorView<float> v,
@@ -1086,6 +1090,40 @@ class FastEgnnField final : public Field<float> {
 
   private:
     int64_t row_size() const { return static_cast<int64_t>(n_particles()) * dim(); }
+
+    // Reverse mode over the rows in backward's workspace layout: row(net, s, b, G) adds row b's
+    // parameter gradient to the float accumulator G (packed layout); G is flushed into the
+    // chunk's double slot every few rows, and the slots are summed in chunk order into
+    // dL_dparams.
+    template <class Row>
+    void reverse(int64_t B, TensorView<float> dL_dparams, TensorView<unsigned char> ws,
+                 const Row& row) const {
+        const int64_t Pg = pack_.grad_size;
+        // Samples per flush of the float accumulator into the chunk's double slot.
+        const int64_t per_flush = std::max<int64_t>(1, kFlushEdges / std::max<int64_t>(D_.E, 1));
+        double* slots = reinterpret_cast<double*>(ws.data);
+        run(FieldOp::backward, B, 0, ws,
+            [&](const Net& net, Scratch& s, int64_t b0, int64_t m, int64_t chunk, double*) {
+                double* slot = slots + chunk * Pg;
+                std::fill(slot, slot + Pg, 0.0);
+                std::fill(s.G, s.G + Pg, 0.0f);
+                for (int64_t b = b0; b < b0 + m; ++b) {
+                    row(net, s, b, s.G);
+                    if ((b - b0 + 1) % per_flush == 0 || b + 1 == b0 + m) {
+                        for (int64_t k = 0; k < Pg; ++k) slot[k] += static_cast<double>(s.G[k]);
+                        std::fill(s.G, s.G + Pg, 0.0f);
+                    }
+                }
+            });
+        const int64_t chunks = chunk_count(B);
+        for (int64_t k = 0; k < Pg; ++k) {
+            const int64_t p = pack_.map[static_cast<size_t>(k)];
+            if (p < 0) continue;
+            double sum = 0.0;
+            for (int64_t c = 0; c < chunks; ++c) sum += slots[c * Pg + k];
+            dL_dparams.data[p] += static_cast<float>(sum);
+        }
+    }
 
     // Packs the weights into the workspace, then fn(net, scratch, first row, rows, chunk, -) for
     // every chunk of kChunkRows rows; worker w runs chunks w, w + W, ... with scratch w.
