@@ -614,8 +614,9 @@ void layer_backward(const Net& net, int l, const float* x0, const float* gh_out,
     const float* w1r = net.at(lp.w1r);
     const float* w1a = net.at(lp.w1a);
     const EdgeSet es = layer_edges(net, l);
-    float
-        gx_pair[kMaxPairDim];  // pairs: gx_i - gx_j, the upstream gradient of the pair as one edge
+    // Pairs: gx_i - gx_j, the upstream gradient of the pair as one edge.
+    float gx_pair[kMaxPairDim];
+    alignas(64) float gzav[kEdgeBlock];  // the gate logits' gradients of a block
     for (int64_t e0 = 0; e0 < es.E; e0 += kEdgeBlock) {
         const int m = static_cast<int>(std::min<int64_t>(kEdgeBlock, es.E - e0));
         if (s.has_tape)
@@ -642,15 +643,24 @@ void layer_backward(const Net& net, int l, const float* x0, const float* gh_out,
             s.gc[e] = gc;
             const float* zc = s.Zc + static_cast<int64_t>(e) * Hp;
             const float* sgc = s.Gc + static_cast<int64_t>(e) * Hp;
-            const float* sc = s.Sc + static_cast<int64_t>(e) * Hp;
             float* ga = s.GA + static_cast<int64_t>(e) * Hp;
             for (int o = 0; o < Hp; o += kLanes) {
                 const vf gz = simd::load(wc2 + o) * gc *
                               simd::vdsilu_sig(simd::load(zc + o), simd::load(sgc + o));
                 simd::store(ga + o, gz);
-                simd::store(G + lp.wc2 + o, simd::load(G + lp.wc2 + o) + simd::load(sc + o) * gc);
-                simd::store(G + lp.bc1 + o, simd::load(G + lp.bc1 + o) + gz);
             }
+        }
+        // The block's vector-parameter gradients as column sums over its edges, in edge order
+        // (so the same sums as edge by edge), the accumulator in a register instead of a load,
+        // add and store of G per edge.
+        for (int o = 0; o < Hp; o += kLanes) {
+            vf gw = simd::load(G + lp.wc2 + o), gb = simd::load(G + lp.bc1 + o);
+            for (int e = 0; e < m; ++e) {
+                gw = gw + simd::load(s.Sc + static_cast<int64_t>(e) * Hp + o) * s.gc[e];
+                gb = gb + simd::load(s.GA + static_cast<int64_t>(e) * Hp + o);
+            }
+            simd::store(G + lp.wc2 + o, gw);
+            simd::store(G + lp.bc1 + o, gb);
         }
         // zc = Wc1 me + bc1
         simd::gemm_tn(m, Hp, Hp, s.Me, Hp, s.GA, Hp, G + lp.wc1T, Hp);
@@ -669,19 +679,26 @@ void layer_backward(const Net& net, int l, const float* x0, const float* gh_out,
                 const float g = s.g[e];
                 const float gza = simd::hsum(acc) * g * (1.0f - g);
                 G[lp.ba] += gza;
-                for (int o = 0; o < Hp; o += kLanes) {
-                    simd::store(G + lp.wa + o,
-                                simd::load(G + lp.wa + o) + simd::load(mm + o) * gza);
+                gzav[e] = gza;
+                for (int o = 0; o < Hp; o += kLanes)
                     simd::store(gb + o, simd::load(gb + o) * g + simd::load(wa + o) * gza);
-                }
             }
             // m = SiLU(z2)
             for (int o = 0; o < Hp; o += kLanes) {
                 const vf gz =
                     simd::load(gb + o) * simd::vdsilu_sig(simd::load(z2 + o), simd::load(sg2 + o));
                 simd::store(gb + o, gz);
-                simd::store(G + lp.b2 + o, simd::load(G + lp.b2 + o) + gz);
             }
+        }
+        for (int o = 0; o < Hp; o += kLanes) {
+            vf gw = simd::load(G + lp.wa + o), gb = simd::load(G + lp.b2 + o);
+            for (int e = 0; e < m; ++e) {
+                const int64_t row = static_cast<int64_t>(e) * Hp + o;
+                if (D.attention) gw = gw + simd::load(s.Mm + row) * gzav[e];
+                gb = gb + simd::load(s.GB + row);
+            }
+            simd::store(G + lp.wa + o, gw);
+            simd::store(G + lp.b2 + o, gb);
         }
         // z2 = W2 s1 + b2
         simd::gemm_tn(m, Hp, Hp, s.S1, Hp, s.GB, Hp, G + lp.w2T, Hp);
@@ -692,14 +709,11 @@ void layer_backward(const Net& net, int l, const float* x0, const float* gh_out,
             float* ga = s.GA + static_cast<int64_t>(e) * Hp;
             const float* z1 = s.Z1 + static_cast<int64_t>(e) * Hp;
             const float* sg1 = s.G1 + static_cast<int64_t>(e) * Hp;
-            const float r = s.r[e], a = s.a[e];
             vf accr = vf{}, acca = vf{};
             for (int o = 0; o < Hp; o += kLanes) {
                 const vf gz =
                     simd::load(ga + o) * simd::vdsilu_sig(simd::load(z1 + o), simd::load(sg1 + o));
                 simd::store(ga + o, gz);
-                simd::store(G + lp.w1r + o, simd::load(G + lp.w1r + o) + gz * r);
-                simd::store(G + lp.w1a + o, simd::load(G + lp.w1a + o) + gz * a);
                 accr += gz * simd::load(w1r + o);
                 acca += gz * simd::load(w1a + o);
             }
@@ -719,6 +733,16 @@ void layer_backward(const Net& net, int l, const float* x0, const float* gh_out,
                 gx0[i * d + k] += g0;
                 gx0[j * d + k] -= g0;
             }
+        }
+        for (int o = 0; o < Hp; o += kLanes) {
+            vf gr = simd::load(G + lp.w1r + o), ga = simd::load(G + lp.w1a + o);
+            for (int e = 0; e < m; ++e) {
+                const vf gz = simd::load(s.GA + static_cast<int64_t>(e) * Hp + o);
+                gr = gr + gz * s.r[e];
+                ga = ga + gz * s.a[e];
+            }
+            simd::store(G + lp.w1r + o, gr);
+            simd::store(G + lp.w1a + o, ga);
         }
     }
     // P_i = W1a h_i + b1, Q_i = W1b h_i
