@@ -275,6 +275,31 @@ TEST(EgnnFast, ResultsDoNotDependOnTheThreadCount) {
     }
 }
 
+// forward_backward checks its arguments once, like the other operations: a missing callback, a
+// short workspace and a wrongly shaped dL_dv are refused before any work.
+TEST(EgnnFast, ForwardBackwardChecksItsArguments) {
+    const Case c{"dw4", 4, 2, 32, 3, true, true, false};
+    auto field = make_fast_field(test::random_egnn_model(c, 21), 1);
+    const int64_t B = 3;
+    const Shape xs{B, c.n, c.d};
+    std::vector<float> x(static_cast<size_t>(B * c.n * c.d), 0.5f), t(B, 0.5f), v(x.size()),
+        dv(x.size()), gp(static_cast<size_t>(field->parameter_count()));
+    FieldWorkspace ws;
+    const auto call = [&](const OutputGradient& g, TensorView<unsigned char> w, Shape dvs) {
+        field->forward_backward(
+            TensorView<const float>(x.data(), xs), TensorView<const float>(t.data(), {B}),
+            TensorView<float>(v.data(), xs), g, TensorView<float>(dv.data(), dvs),
+            TensorView<float>(gp.data(), {field->parameter_count()}), {}, w);
+    };
+    const auto grad = [](int64_t, int64_t) {};
+    const auto w = ws.get(*field, FieldOp::forward_backward, B);
+    EXPECT_GE(static_cast<size_t>(w.numel()), field->workspace_bytes(FieldOp::backward, B));
+    EXPECT_THROW(call(OutputGradient{}, w, xs), Error);
+    EXPECT_THROW(call(grad, TensorView<unsigned char>(w.data, Shape{w.numel() - 1}), xs), Error);
+    EXPECT_THROW(call(grad, w, Shape{B, c.n, c.d + 1}), Error);
+    EXPECT_NO_THROW(call(grad, w, xs));
+}
+
 // A field that passes every operation to another one and so takes the interface's default
 // forward_backward: forward, the output gradient of all rows, backward.
 class PlainPath final : public Field<float> {
