@@ -1,8 +1,9 @@
 // The two CPU backends of the field interface side by side: the fast float32 backend
 // (make_fast_field) and the double reference (make_reference_field), one thread each, on the
 // operations of eqflow/field.h and the whole flow-matching training step (FlowMatchingStep, fm
-// objective: draws, interpolation, forward, loss, backward, Adam). Sizes as the paper's models:
-// DW4 and LJ13 (H 32, L 3) at B 256, LJ55 (H 64, L 7) at B 64.
+// objective: draws, interpolation, forward_backward, loss, Adam; `fm_plain`: the same step through
+// forward, then backward, as before the fast field's forward_backward). Sizes as the paper's
+// models: DW4 and LJ13 (H 32, L 3) at B 256, LJ55 (H 64, L 7) at B 64.
 //
 //   taskset -c 0 build/cpu/bench/bench_field_cpu --benchmark_format=json
 //
@@ -107,12 +108,53 @@ void BM_Field(benchmark::State& state, Size s, Op op, int64_t B) {
     report(state, B);
 }
 
-// One whole training step (fm) of FlowMatchingStep<T> on the field.
+// A field that passes every operation to another one, so the training step takes the
+// interface's default forward_backward (forward, then backward, which repeats the forward): the
+// step as it was before the fast field's forward_backward.
 template <class T>
-void BM_TrainStep(benchmark::State& state, Size s) {
+class PlainPath final : public Field<T> {
+  public:
+    explicit PlainPath(Field<T>& f)
+        : Field<T>(f.n_particles(), f.dim(), f.parameter_count(), f.device()), f_(f) {}
+
+  protected:
+    TensorView<T> do_parameters() override { return f_.parameters(); }
+    std::vector<double> do_parameters_to_host() const override { return f_.parameters_to_host(); }
+    void do_set_parameters(const std::vector<double>& p) override { f_.set_parameters(p); }
+    size_t do_workspace_bytes(FieldOp op, int64_t B, int K) const override {
+        return f_.workspace_bytes(op, B, K);
+    }
+    void do_forward(TensorView<const T> x, TensorView<const T> t, TensorView<T> v,
+                    TensorView<unsigned char> ws, Stream st) override {
+        f_.forward(x, t, v, ws, st);
+    }
+    void do_backward(TensorView<const T> x, TensorView<const T> t, TensorView<const T> g,
+                     TensorView<T> gp, TensorView<T> gx, TensorView<unsigned char> ws,
+                     Stream st) override {
+        f_.backward(x, t, g, gp, gx, ws, st);
+    }
+    void do_divergence(TensorView<const T> x, TensorView<const T> t, TensorView<T> v,
+                       TensorView<T> div, TensorView<unsigned char> ws, Stream st) override {
+        f_.divergence(x, t, v, div, ws, st);
+    }
+    void do_jvp_trace(TensorView<const T> x, TensorView<const T> t, TensorView<const T> dirs,
+                      TensorView<T> v, TensorView<T> tr, TensorView<unsigned char> ws,
+                      Stream st) override {
+        f_.jvp_trace(x, t, dirs, v, tr, ws, st);
+    }
+
+  private:
+    Field<T>& f_;
+};
+
+// One whole training step (fm) of FlowMatchingStep<T> on the field (plain: through PlainPath).
+template <class T>
+void BM_TrainStep(benchmark::State& state, Size s, bool plain = false) {
     const int64_t B = s.batch, count = 4 * B;
     const EgnnModel model = make_model(s);
-    auto field = make_field<T>(model);
+    auto inner = make_field<T>(model);
+    PlainPath<T> wrapped(*inner);
+    Field<T>* field = plain ? static_cast<Field<T>*>(&wrapped) : inner.get();
     const std::vector<double> data = random_rows(s, count, 9);
     FlowMatchingStepOptions o;
     o.objective = CouplingKind::fm;
@@ -136,8 +178,8 @@ void BM_Field_Fast(benchmark::State& state, Size s, Op op, int64_t B) {
 void BM_Field_Reference(benchmark::State& state, Size s, Op op, int64_t B) {
     BM_Field<double>(state, s, op, B);
 }
-void BM_TrainStep_Fast(benchmark::State& state, Size s) {
-    BM_TrainStep<float>(state, s);
+void BM_TrainStep_Fast(benchmark::State& state, Size s, bool plain) {
+    BM_TrainStep<float>(state, s, plain);
 }
 void BM_TrainStep_Reference(benchmark::State& state, Size s) {
     BM_TrainStep<double>(state, s);
@@ -145,23 +187,25 @@ void BM_TrainStep_Reference(benchmark::State& state, Size s) {
 
 }  // namespace
 
-#define EQFLOW_FIELD_BENCH(SIZE, NAME, B_FAST, B_REF)                                      \
-    BENCHMARK_CAPTURE(BM_Field_Fast, NAME##_forward, SIZE, Op::forward, SIZE.batch)        \
-        ->Unit(benchmark::kMillisecond);                                                   \
-    BENCHMARK_CAPTURE(BM_Field_Reference, NAME##_forward, SIZE, Op::forward, SIZE.batch)   \
-        ->Unit(benchmark::kMillisecond);                                                   \
-    BENCHMARK_CAPTURE(BM_Field_Fast, NAME##_backward, SIZE, Op::backward, SIZE.batch)      \
-        ->Unit(benchmark::kMillisecond);                                                   \
-    BENCHMARK_CAPTURE(BM_Field_Reference, NAME##_backward, SIZE, Op::backward, SIZE.batch) \
-        ->Unit(benchmark::kMillisecond);                                                   \
-    BENCHMARK_CAPTURE(BM_Field_Fast, NAME##_divergence, SIZE, Op::divergence, B_FAST)      \
-        ->Unit(benchmark::kMillisecond);                                                   \
-    BENCHMARK_CAPTURE(BM_Field_Reference, NAME##_divergence, SIZE, Op::divergence, B_REF)  \
-        ->Unit(benchmark::kMillisecond)                                                    \
-        ->Iterations(1);                                                                   \
-    BENCHMARK_CAPTURE(BM_TrainStep_Fast, NAME##_fm, SIZE)->Unit(benchmark::kMillisecond);  \
-    BENCHMARK_CAPTURE(BM_TrainStep_Reference, NAME##_fm, SIZE)                             \
-        ->Unit(benchmark::kMillisecond)                                                    \
+#define EQFLOW_FIELD_BENCH(SIZE, NAME, B_FAST, B_REF)                                            \
+    BENCHMARK_CAPTURE(BM_Field_Fast, NAME##_forward, SIZE, Op::forward, SIZE.batch)              \
+        ->Unit(benchmark::kMillisecond);                                                         \
+    BENCHMARK_CAPTURE(BM_Field_Reference, NAME##_forward, SIZE, Op::forward, SIZE.batch)         \
+        ->Unit(benchmark::kMillisecond);                                                         \
+    BENCHMARK_CAPTURE(BM_Field_Fast, NAME##_backward, SIZE, Op::backward, SIZE.batch)            \
+        ->Unit(benchmark::kMillisecond);                                                         \
+    BENCHMARK_CAPTURE(BM_Field_Reference, NAME##_backward, SIZE, Op::backward, SIZE.batch)       \
+        ->Unit(benchmark::kMillisecond);                                                         \
+    BENCHMARK_CAPTURE(BM_Field_Fast, NAME##_divergence, SIZE, Op::divergence, B_FAST)            \
+        ->Unit(benchmark::kMillisecond);                                                         \
+    BENCHMARK_CAPTURE(BM_Field_Reference, NAME##_divergence, SIZE, Op::divergence, B_REF)        \
+        ->Unit(benchmark::kMillisecond)                                                          \
+        ->Iterations(1);                                                                         \
+    BENCHMARK_CAPTURE(BM_TrainStep_Fast, NAME##_fm, SIZE, false)->Unit(benchmark::kMillisecond); \
+    BENCHMARK_CAPTURE(BM_TrainStep_Fast, NAME##_fm_plain, SIZE, true)                            \
+        ->Unit(benchmark::kMillisecond);                                                         \
+    BENCHMARK_CAPTURE(BM_TrainStep_Reference, NAME##_fm, SIZE)                                   \
+        ->Unit(benchmark::kMillisecond)                                                          \
         ->MinTime(2.0);
 
 EQFLOW_FIELD_BENCH(kDw4, dw4, 64, 16)

@@ -64,6 +64,7 @@ class CudaEgnnField final : public Field<float> {
             case FieldOp::jvp_trace:
                 return cuda::egnn_jvp_trace_workspace_bytes(net_, B, K);
             case FieldOp::forward:
+            case FieldOp::forward_backward:  // sized by Field (forward, then backward)
             case FieldOp::divergence_backward:
                 break;
         }

@@ -51,6 +51,12 @@ template <class T>
 EQFLOW_API void loss(Device device, int64_t B, int64_t nd, const T* v, const double* x0,
                      const double* x1, T* dL_dv, TrainScalars* s, Stream stream);
 
+// Rows [b0, b0 + rows) of loss's dL_dv for a batch of B rows, on the host: the values loss
+// writes there, bit for bit (the output gradient of Field::forward_backward on a host field).
+template <class T>
+EQFLOW_API void loss_gradient_rows(int64_t B, int64_t nd, int64_t b0, int64_t rows, const T* v,
+                                   const double* x0, const double* x1, T* dL_dv);
+
 // s->bad = 1 when any grad entry is not finite.
 template <class T>
 EQFLOW_API void check_finite(Device device, const T* grad, int64_t count, TrainScalars* s,

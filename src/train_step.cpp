@@ -31,7 +31,7 @@ struct FlowMatchingStep<T>::Impl {
     Buffer<T> grad, m, vmom;                   // [P]
     Buffer<double> ema;                        // [P] when EMA is on
     Buffer<unsigned char> coupling_ws;         // ot / eqot on the device
-    FieldWorkspace field_ws;                   // forward + backward, sized for B
+    FieldWorkspace field_ws;                   // forward_backward and forward, sized for B
     Buffer<train_math::TrainScalars> scalars;  // [1]
     bool have_order = false, have_step = false;
 
@@ -49,6 +49,43 @@ struct FlowMatchingStep<T>::Impl {
     // Steps 1-3 of a step on `rows` rows: draws, coupling, x_t, forward, loss and dL/dv.
     void forward_loss(const T* rows_data, const int64_t* rows_order, int64_t first, int64_t rows,
                       uint64_t seed, uint64_t first_stream) {
+        prepare(rows_data, rows_order, first, rows, seed, first_stream);
+        const Shape xs{rows, n, d};
+        field.forward(x_view(rows), t_view(rows), TensorView<T>(v.data(), xs, dev),
+                      field_ws.get(field, FieldOp::forward, rows), stream);
+        train_ops::loss<T>(dev, rows, nd, v.data(), x0.data(), paired(rows), dL_dv.data(),
+                           scalars.data(), stream);
+    }
+    // Steps 1-4 on the B rows of a training step: the field's forward_backward, with dL/dv of
+    // each row as soon as its v is there (so a host field runs each row's backward while its
+    // activations are in cache), then the batch loss; grad += dL/dparams.
+    void forward_loss_backward(int64_t first, uint64_t first_stream) {
+        prepare(data.data(), order.data(), first, B, opt.draw_seed, first_stream);
+        const Shape xs{B, n, d};
+        const double* x1_paired = paired(B);
+        bool whole = false;  // the field asked for all rows at once: loss() ran inside
+        const OutputGradient output_gradient = [&](int64_t b0, int64_t rows) {
+            if (b0 == 0 && rows == B) {
+                whole = true;
+                train_ops::loss<T>(dev, B, nd, v.data(), x0.data(), x1_paired, dL_dv.data(),
+                                   scalars.data(), stream);
+            } else {  // row ranges come only from host fields, from their worker threads
+                train_ops::loss_gradient_rows<T>(B, nd, b0, rows, v.data(), x0.data(), x1_paired,
+                                                 dL_dv.data());
+            }
+        };
+        field.forward_backward(x_view(B), t_view(B), TensorView<T>(v.data(), xs, dev),
+                               output_gradient, TensorView<T>(dL_dv.data(), xs, dev),
+                               TensorView<T>(grad.data(), Shape{P}, dev), {},
+                               field_ws.get(field, FieldOp::forward_backward, B), stream);
+        // The batch loss (and the same dL/dv again) in one pass over the rows, in order.
+        if (!whole)
+            train_ops::loss<T>(dev, B, nd, v.data(), x0.data(), x1_paired, dL_dv.data(),
+                               scalars.data(), stream);
+    }
+    // Steps 1-2 and x_t: draws, coupling, interpolation.
+    void prepare(const T* rows_data, const int64_t* rows_order, int64_t first, int64_t rows,
+                 uint64_t seed, uint64_t first_stream) {
         train_ops::prepare_batch<T>(dev, rows_data, rows_order, first, rows, n, d, seed,
                                     first_stream, x0.data(), x1.data(), t.data(), eps.data(),
                                     stream);
@@ -61,11 +98,6 @@ struct FlowMatchingStep<T>::Impl {
         }
         train_ops::interpolate<T>(dev, rows, nd, x0.data(), paired(rows), t.data(), eps.data(),
                                   opt.sigma, xt.data(), tf.data(), stream);
-        const Shape xs{rows, n, d};
-        field.forward(x_view(rows), t_view(rows), TensorView<T>(v.data(), xs, dev),
-                      field_ws.get(field, FieldOp::forward, rows), stream);
-        train_ops::loss<T>(dev, rows, nd, v.data(), x0.data(), paired(rows), dL_dv.data(),
-                           scalars.data(), stream);
     }
     TensorView<const T> x_view(int64_t rows) const {
         return TensorView<const T>(xt.data(), Shape{rows, n, d}, dev);
@@ -130,9 +162,9 @@ FlowMatchingStep<T>::FlowMatchingStep(Field<T>& field, const FlowMatchingStepOpt
         im.coupling_ws = Buffer<unsigned char>(bytes, dev);
     }
     im.scalars = Buffer<train_math::TrainScalars>(1, dev);
-    // One workspace for forward and backward, sized for the batch now.
+    // One workspace for the step's forward_backward and validation's forward, sized now.
     im.field_ws.get_bytes(std::max(field.workspace_bytes(FieldOp::forward, B),
-                                   field.workspace_bytes(FieldOp::backward, B)),
+                                   field.workspace_bytes(FieldOp::forward_backward, B)),
                           dev);
     upload_state(field.parameters_to_host(), AdamState{}, {}, 0);
 }
@@ -163,13 +195,8 @@ void FlowMatchingStep<T>::step(int64_t step, int64_t j, double lr) {
     EQFLOW_CHECK(im.have_order, "training step: set_order before the first step");
     const int64_t B = im.B, P = im.P;
     const Device dev = im.dev;
-    im.forward_loss(im.data.data(), im.order.data(), j * B, B, im.opt.draw_seed,
-                    static_cast<uint64_t>(step * B));
     im.grad.zero(im.stream);
-    const Shape xs{B, im.n, im.d};
-    im.field.backward(im.x_view(B), im.t_view(B), TensorView<const T>(im.dL_dv.data(), xs, dev),
-                      TensorView<T>(im.grad.data(), Shape{P}, dev), {},
-                      im.field_ws.get(im.field, FieldOp::backward, B), im.stream);
+    im.forward_loss_backward(j * B, static_cast<uint64_t>(step * B));
     train_ops::check_finite<T>(dev, im.grad.data(), P, im.scalars.data(), im.stream);
     const AdamOptions ao;
     train_ops::adam_update<T>(dev, P, im.field.parameters().data, im.grad.data(), im.m.data(),

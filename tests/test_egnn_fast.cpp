@@ -1,18 +1,21 @@
 // The fast CPU backend (float32, SIMD; src/cpu/egnn_field_fast.cpp) against the double CPU
 // reference through the field interface: forward, backward, exact divergence and jvp_trace at
-// the DW4, LJ13, LJ55 and alanine-dipeptide (typed) sizes plus odd ones, results independent of
-// the thread count, and a short training run that follows the reference run.
+// the DW4, LJ13, LJ55 and alanine-dipeptide (typed) sizes plus odd ones, forward_backward (the
+// training step's path) bit for bit as forward then backward, results independent of the thread
+// count, and a short training run that follows the reference run.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <tuple>
 #include <vector>
 
 #include "egnn_test_util.h"
 #include "eqflow/egnn.h"
 #include "eqflow/field.h"
 #include "eqflow/tensor.h"
+#include "eqflow/train_step.h"
 #include "eqflow/trainer.h"
 #include "test_util.h"
 
@@ -105,6 +108,41 @@ struct Ops {
         for (double& y : p) y -= 1.0;
         return {p, std::vector<double>(gx.begin(), gx.end())};
     }
+    // forward_backward with the output gradient dL/dv = w v + g (row by row, as the field asks);
+    // dL_dparams starts at ones. Returns (v, gradient, dL_dx).
+    struct Fb {
+        std::vector<double> v, gp, gx;
+    };
+    Fb forward_backward(const Batch& b, double w, const std::vector<double>& g) {
+        const std::vector<T> x = cast<T>(b.x), t = cast<T>(b.t), gv = cast<T>(g);
+        std::vector<T> v(x.size()), dv(x.size()), gx(x.size());
+        std::vector<T> gp(static_cast<size_t>(field->parameter_count()), T(1));
+        const int64_t nd = static_cast<int64_t>(n) * d;
+        field->forward_backward(
+            TensorView<const T>(x.data(), xs(b.B)), TensorView<const T>(t.data(), {b.B}),
+            TensorView<T>(v.data(), xs(b.B)),
+            [&](int64_t b0, int64_t rows) {
+                for (int64_t k = b0 * nd; k < (b0 + rows) * nd; ++k)
+                    dv[k] = static_cast<T>(w) * v[k] + gv[k];
+            },
+            TensorView<T>(dv.data(), xs(b.B)), TensorView<T>(gp.data(), {field->parameter_count()}),
+            TensorView<T>(gx.data(), xs(b.B)), ws.get(*field, FieldOp::forward_backward, b.B));
+        Fb r{std::vector<double>(v.begin(), v.end()), std::vector<double>(gp.begin(), gp.end()),
+             std::vector<double>(gx.begin(), gx.end())};
+        for (double& y : r.gp) y -= 1.0;
+        return r;
+    }
+    // The same through forward, the output gradient of all rows, backward.
+    Fb forward_then_backward(const Batch& b, double w, const std::vector<double>& g) {
+        Fb r;
+        r.v = forward(b);
+        std::vector<double> dv(r.v.size());
+        for (size_t k = 0; k < dv.size(); ++k)
+            dv[k] = static_cast<double>(static_cast<T>(w) * static_cast<T>(r.v[k]) +
+                                        static_cast<T>(g[k]));
+        std::tie(r.gp, r.gx) = backward(b, dv);
+        return r;
+    }
     std::pair<std::vector<double>, std::vector<double>> divergence(const Batch& b) {
         const std::vector<T> x = cast<T>(b.x), t = cast<T>(b.t);
         std::vector<T> v(x.size()), div(static_cast<size_t>(b.B));
@@ -179,6 +217,32 @@ TEST_P(EgnnFast_, DivergenceAndJvpTraceMatchReference) {
         << c.name;
 }
 
+// forward_backward runs each row's forward (with v), its output gradient and its backward from
+// the same tape: the same operations as forward, then backward (which repeats the forward), so
+// the same bits; and the interface's default (the reference) is forward then backward.
+TEST_P(EgnnFast_, ForwardBackwardIsForwardThenBackwardBitForBit) {
+    const Case c = GetParam();
+    const EgnnModel model = test::random_egnn_model(c, 17);
+    const Batch b = make_batch(c, c.n > 20 ? 3 : 21, 52);
+    auto gen = test::rng(53);
+    const std::vector<double> g = test::random_normal(b.x.size(), gen);
+    Ops<float> fast(make_fast_field(model, 1));
+    const auto fused = fast.forward_backward(b, 0.5, g);
+    const auto plain = fast.forward_then_backward(b, 0.5, g);
+    EXPECT_EQ(fused.v, plain.v) << c.name;
+    EXPECT_EQ(fused.gp, plain.gp) << c.name;
+    EXPECT_EQ(fused.gx, plain.gx) << c.name;
+    EXPECT_TRUE(test::not_all_zero(fused.gp));
+    if (c.n > 20) return;  // the reference takes long at LJ55 and aldp sizes
+    Ops<double> ref(make_reference_field(model, 1));
+    const auto rf = ref.forward_backward(b, 0.5, g);
+    const auto rp = ref.forward_then_backward(b, 0.5, g);
+    EXPECT_EQ(rf.v, rp.v) << c.name;
+    EXPECT_EQ(rf.gp, rp.gp) << c.name;
+    EXPECT_EQ(rf.gx, rp.gx) << c.name;
+    EXPECT_ALL_CLOSE(fused.gp, rf.gp, kGradTol * max_abs(rf.gp), kGradTol) << c.name;
+}
+
 INSTANTIATE_TEST_SUITE_P(Sizes, EgnnFast_, ::testing::ValuesIn(kCases),
                          [](const auto& info) { return std::string(info.param.name); });
 
@@ -194,6 +258,7 @@ TEST(EgnnFast, ResultsDoNotDependOnTheThreadCount) {
     const std::vector<double> v1 = one.forward(b);
     const auto [gp1, gx1] = one.backward(b, g);
     const auto [dv1, div1] = one.divergence(b);
+    const auto fb1 = one.forward_backward(b, 0.5, g);
     for (int threads : {2, 3}) {
         Ops<float> many(make_fast_field(model, threads));
         EXPECT_EQ(many.forward(b), v1) << threads << " threads";
@@ -203,7 +268,107 @@ TEST(EgnnFast, ResultsDoNotDependOnTheThreadCount) {
         const auto [dv, div] = many.divergence(b);
         EXPECT_EQ(div, div1) << threads << " threads";
         EXPECT_EQ(dv, dv1) << threads << " threads";
+        const auto fb = many.forward_backward(b, 0.5, g);
+        EXPECT_EQ(fb.v, fb1.v) << threads << " threads";
+        EXPECT_EQ(fb.gp, fb1.gp) << threads << " threads";
+        EXPECT_EQ(fb.gx, fb1.gx) << threads << " threads";
     }
+}
+
+// forward_backward checks its arguments once, like the other operations: a missing callback, a
+// short workspace and a wrongly shaped dL_dv are refused before any work.
+TEST(EgnnFast, ForwardBackwardChecksItsArguments) {
+    const Case c{"dw4", 4, 2, 32, 3, true, true, false};
+    auto field = make_fast_field(test::random_egnn_model(c, 21), 1);
+    const int64_t B = 3;
+    const Shape xs{B, c.n, c.d};
+    std::vector<float> x(static_cast<size_t>(B * c.n * c.d), 0.5f), t(B, 0.5f), v(x.size()),
+        dv(x.size()), gp(static_cast<size_t>(field->parameter_count()));
+    FieldWorkspace ws;
+    const auto call = [&](const OutputGradient& g, TensorView<unsigned char> w, Shape dvs) {
+        field->forward_backward(
+            TensorView<const float>(x.data(), xs), TensorView<const float>(t.data(), {B}),
+            TensorView<float>(v.data(), xs), g, TensorView<float>(dv.data(), dvs),
+            TensorView<float>(gp.data(), {field->parameter_count()}), {}, w);
+    };
+    const auto grad = [](int64_t, int64_t) {};
+    const auto w = ws.get(*field, FieldOp::forward_backward, B);
+    EXPECT_GE(static_cast<size_t>(w.numel()), field->workspace_bytes(FieldOp::backward, B));
+    EXPECT_THROW(call(OutputGradient{}, w, xs), Error);
+    EXPECT_THROW(call(grad, TensorView<unsigned char>(w.data, Shape{w.numel() - 1}), xs), Error);
+    EXPECT_THROW(call(grad, w, Shape{B, c.n, c.d + 1}), Error);
+    EXPECT_NO_THROW(call(grad, w, xs));
+}
+
+// A field that passes every operation to another one and so takes the interface's default
+// forward_backward: forward, the output gradient of all rows, backward.
+class PlainPath final : public Field<float> {
+  public:
+    explicit PlainPath(Field<float>& f)
+        : Field<float>(f.n_particles(), f.dim(), f.parameter_count(), f.device()), f_(f) {}
+
+  protected:
+    TensorView<float> do_parameters() override { return f_.parameters(); }
+    std::vector<double> do_parameters_to_host() const override { return f_.parameters_to_host(); }
+    void do_set_parameters(const std::vector<double>& p) override { f_.set_parameters(p); }
+    size_t do_workspace_bytes(FieldOp op, int64_t B, int K) const override {
+        return f_.workspace_bytes(op, B, K);
+    }
+    void do_forward(TensorView<const float> x, TensorView<const float> t, TensorView<float> v,
+                    TensorView<unsigned char> ws, Stream s) override {
+        f_.forward(x, t, v, ws, s);
+    }
+    void do_backward(TensorView<const float> x, TensorView<const float> t,
+                     TensorView<const float> g, TensorView<float> gp, TensorView<float> gx,
+                     TensorView<unsigned char> ws, Stream s) override {
+        f_.backward(x, t, g, gp, gx, ws, s);
+    }
+    void do_divergence(TensorView<const float> x, TensorView<const float> t, TensorView<float> v,
+                       TensorView<float> div, TensorView<unsigned char> ws, Stream s) override {
+        f_.divergence(x, t, v, div, ws, s);
+    }
+    void do_jvp_trace(TensorView<const float> x, TensorView<const float> t,
+                      TensorView<const float> dirs, TensorView<float> v, TensorView<float> tr,
+                      TensorView<unsigned char> ws, Stream s) override {
+        f_.jvp_trace(x, t, dirs, v, tr, ws, s);
+    }
+
+  private:
+    Field<float>& f_;
+};
+
+// The training step on the fast field (forward_backward, each row's backward from its forward's
+// tape) and on the same field through the default path (forward, then backward) give the same
+// losses, gradients and parameters, bit for bit, step after step (LJ13 sizes, 3 chunks of rows,
+// 2 threads).
+TEST(EgnnFast, TrainStepOnTheTapeIsTheForwardThenBackwardStep) {
+    const Case c{"lj13", 13, 3, 32, 3, true, true, false};
+    const EgnnModel model = test::random_egnn_model(c, 19);
+    const int64_t count = 80, B = 40;
+    const Batch data = make_batch(c, static_cast<int>(count), 54);
+    FlowMatchingStepOptions o;
+    o.objective = CouplingKind::fm;
+    o.batch = B;
+    o.draw_seed = 5;
+    o.ema_decay = 0.9;
+    auto fused_field = make_fast_field(model, 2), inner = make_fast_field(model, 2);
+    PlainPath plain_field(*inner);
+    FlowMatchingStep<float> fused(*fused_field, o, data.x.data(), count, data.x.data(), B);
+    FlowMatchingStep<float> plain(plain_field, o, data.x.data(), count, data.x.data(), B);
+    std::vector<int64_t> order(static_cast<size_t>(count));
+    for (int64_t k = 0; k < count; ++k) order[static_cast<size_t>(k)] = (k * 7) % count;
+    fused.set_order(order);
+    plain.set_order(order);
+    for (int64_t step = 0; step < 4; ++step) {
+        fused.step(step, step % 2, 1e-3);
+        plain.step(step, step % 2, 1e-3);
+        const auto a = fused.snapshot(), b = plain.snapshot();
+        EXPECT_EQ(a.loss, b.loss) << "step " << step;
+        EXPECT_EQ(a.grad, b.grad) << "step " << step;
+        EXPECT_TRUE(test::not_all_zero(a.grad));
+    }
+    EXPECT_EQ(fused_field->parameters_to_host(), inner->parameters_to_host());
+    EXPECT_EQ(fused.validation_loss(3, B), plain.validation_loss(3, B));
 }
 
 // The optimiser writes parameters() in place; the next call must use the new values.

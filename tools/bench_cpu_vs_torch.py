@@ -92,6 +92,11 @@ def main():
              eq[("reference", system, "backward")]["s"], None),
             ("training step, fm", eq[("fast", system, "fm")]["s"],
              eq[("reference", system, "fm")]["s"], t["fm_step_network_s"]),
+        ]
+        if ("fast", system, "fm_plain") in eq:  # the step through forward, then backward
+            entries.append(("  step, forward then backward", eq[("fast", system, "fm_plain")]["s"],
+                            eq[("reference", system, "fm")]["s"], t["fm_step_network_s"]))
+        entries += [
             ("exact divergence, per sample", eq[("fast", system, "divergence")]["per_sample_s"],
              eq[("reference", system, "divergence")]["per_sample_s"],
              t["divergence_per_sample_s"]),

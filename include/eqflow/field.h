@@ -6,6 +6,12 @@
 // (kernels/). Four operations:
 //   forward     v = v(x, t)
 //   backward    reverse mode: dL_dparams += dL/dparams, dL_dx = dL/dx (optional)
+//   forward_backward
+//               forward and backward of one loss in one call: v = v(x, t); for each range of
+//               rows whose v is final, the caller's callback writes those rows of dL_dv; then
+//               backward as above. A backend that keeps each row's activations between its
+//               forward and its backward (in cache) skips the backward's repeated forward; the
+//               default is forward, the callback once for all rows, backward.
 //   divergence  v (optional) and the exact divergence sum_{i,a} dv_ia/dx_ia, forward mode along
 //               all n*d unit directions sharing one primal pass
 //   jvp_trace   v (optional) and trace[b] = (1/K) sum_k dirs[b][k] . (J_v(x_b) dirs[b][k]) for K
@@ -30,6 +36,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "eqflow/buffer.h"
@@ -40,7 +47,21 @@
 
 namespace eqflow {
 
-enum class FieldOp { forward, backward, divergence, jvp_trace, divergence_backward };
+enum class FieldOp {
+    forward,
+    backward,
+    divergence,
+    jvp_trace,
+    divergence_backward,
+    forward_backward
+};
+
+// The output gradient of forward_backward: grad(b0, rows) is called once rows [b0, b0 + rows) of
+// v are final and must write the same rows of dL_dv (both in the field's memory; on a device,
+// enqueued on the call's stream). It may be called from any thread, concurrently for disjoint
+// ranges, in any order, and must read and write only those rows (a per-row loss such as flow
+// matching's). The default implementation calls grad(0, B) once.
+using OutputGradient = std::function<void(int64_t b0, int64_t rows)>;
 
 EQFLOW_API const char* field_op_name(FieldOp op);
 
@@ -71,7 +92,7 @@ class EQFLOW_API Field {
     // Bytes of scratch memory (in device()'s memory) that `op` needs for B rows and K directions.
     size_t workspace_bytes(FieldOp op, int64_t B, int K = 0) const {
         EQFLOW_CHECK(B >= 0 && K >= 0, "workspace_bytes: negative sizes " << B << ", " << K);
-        return do_workspace_bytes(op, B, K);
+        return need_bytes(op, B, K);
     }
 
     void forward(TensorView<const T> x, TensorView<const T> t, TensorView<T> v,
@@ -91,6 +112,25 @@ class EQFLOW_API Field {
         if (dL_dx.defined()) check_out(dL_dx, x.shape, "dL_dx");
         check_workspace(workspace, FieldOp::backward, x.size(0), 0);
         if (x.size(0) > 0) do_backward(x, t, dL_dv, dL_dparams, dL_dx, workspace, stream);
+    }
+
+    // forward, grad (see OutputGradient) and backward in one call: v = v(x, t) and dL_dv are
+    // outputs (dL_dv as the callback writes it), the rest as in backward. The workspace is sized
+    // by workspace_bytes(FieldOp::forward_backward, B). Same results as forward, grad(0, B),
+    // backward (the fast CPU backend: the same bits).
+    void forward_backward(TensorView<const T> x, TensorView<const T> t, TensorView<T> v,
+                          const OutputGradient& grad, TensorView<T> dL_dv, TensorView<T> dL_dparams,
+                          TensorView<T> dL_dx, TensorView<unsigned char> workspace,
+                          Stream stream = nullptr) {
+        check_batch(x, t, "forward_backward");
+        check_out(v, x.shape, "v");
+        EQFLOW_CHECK(static_cast<bool>(grad), "forward_backward: no output-gradient callback");
+        check_out(dL_dv, x.shape, "dL_dv");
+        check_out(dL_dparams, Shape{parameter_count_}, "dL_dparams");
+        if (dL_dx.defined()) check_out(dL_dx, x.shape, "dL_dx");
+        check_workspace(workspace, FieldOp::forward_backward, x.size(0), 0);
+        if (x.size(0) > 0)
+            do_forward_backward(x, t, v, grad, dL_dv, dL_dparams, dL_dx, workspace, stream);
     }
 
     void divergence(TensorView<const T> x, TensorView<const T> t, TensorView<T> v,
@@ -157,6 +197,21 @@ class EQFLOW_API Field {
     virtual void do_jvp_trace(TensorView<const T> x, TensorView<const T> t,
                               TensorView<const T> dirs, TensorView<T> v, TensorView<T> trace,
                               TensorView<unsigned char> ws, Stream stream) = 0;
+    // The combined forward and backward. Default: forward, grad(0, B), backward, in one workspace
+    // of do_forward_backward_workspace_bytes(B) bytes (the larger of the two). A backend that
+    // overrides it overrides the size too.
+    virtual void do_forward_backward(TensorView<const T> x, TensorView<const T> t, TensorView<T> v,
+                                     const OutputGradient& grad, TensorView<T> dL_dv,
+                                     TensorView<T> dL_dparams, TensorView<T> dL_dx,
+                                     TensorView<unsigned char> ws, Stream stream) {
+        do_forward(x, t, v, ws, stream);
+        grad(0, x.size(0));
+        do_backward(x, t, dL_dv, dL_dparams, dL_dx, ws, stream);
+    }
+    virtual size_t do_forward_backward_workspace_bytes(int64_t B) const {
+        return std::max(do_workspace_bytes(FieldOp::forward, B, 0),
+                        do_workspace_bytes(FieldOp::backward, B, 0));
+    }
     // Backends with second derivatives override this and supports_divergence_backward().
     virtual void do_divergence_backward(TensorView<const T>, TensorView<const T>,
                                         TensorView<const T>, TensorView<T>, TensorView<T>,
@@ -187,8 +242,12 @@ class EQFLOW_API Field {
         check_shape(a, shape, name);
         check_device(a, name);
     }
+    size_t need_bytes(FieldOp op, int64_t B, int K) const {
+        return op == FieldOp::forward_backward ? do_forward_backward_workspace_bytes(B)
+                                               : do_workspace_bytes(op, B, K);
+    }
     void check_workspace(const TensorView<unsigned char>& ws, FieldOp op, int64_t B, int K) const {
-        const size_t need = do_workspace_bytes(op, B, K);
+        const size_t need = need_bytes(op, B, K);
         if (need == 0) return;
         EQFLOW_CHECK(ws.data != nullptr && static_cast<size_t>(ws.numel()) >= need,
                      field_op_name(op) << ": the workspace holds " << ws.numel() << " bytes, "

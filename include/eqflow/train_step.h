@@ -10,8 +10,10 @@
 //      Philox(draw_seed, step*B + b) (src/common/train_math.h, double: the same bits on every
 //      device);
 //   2. couple them with the public couple() (eqflow/coupling.h; fm: as drawn);
-//   3. x_t = (1-t) x0 + t x1 + sigma eps in T; the field's forward; the loss and dL/dv;
-//   4. the field's backward into a zeroed gradient; a finite check of loss and gradient;
+//   3. x_t = (1-t) x0 + t x1 + sigma eps in T;
+//   4. the field's forward_backward into a zeroed gradient (forward, dL/dv of each row once its
+//      v is there, backward: a host field runs each row's backward while its activations are
+//      in cache), then the batch loss; a finite check of loss and gradient;
 //   5. Adam (eqflow/optim.h's rule) and the EMA, skipped when the step was not finite; then the
 //      counters.
 // The learning rate comes from the caller. On the GPU nothing returns to the host in a step and

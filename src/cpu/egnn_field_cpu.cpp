@@ -56,6 +56,7 @@ class ReferenceEgnnField final : public Field<double> {
             case FieldOp::divergence_backward:  // a dual gradient slot [P] per chunk
                 return static_cast<size_t>(chunk_count(B) * parameter_count()) * sizeof(cpu::Dual);
             case FieldOp::forward:
+            case FieldOp::forward_backward:  // sized by Field (forward, then backward)
                 break;
         }
         return 0;

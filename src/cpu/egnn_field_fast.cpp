@@ -17,16 +17,21 @@
 // Z2 = S1 W2^T + b2 and Zc = Me Wc1^T + bc1 as [rows][Hp] x [Hp][Hp] products, register-blocked
 // (tile_rows x Hp/lanes accumulators), attention and the coordinate weight per row (sigmoid(z)
 // of each SiLU kept, so SiLU' later needs no exp; a block's gate logits and coordinate weights go
-// through exp / tanh as vectors); then the node MLP as two [n][.] products. Backward recomputes
+// through exp / tanh as vectors); then the node MLP as two [n][.] products. In layer 0 of an
+// untyped model all nodes have the same h, so edges (i, j) and (j, i) are computed once, as the
+// pair i < j (layer_edges). Backward recomputes
 // each block's forward from the stored node states (h, x, M per layer, as the reference), or reads
 // it from a per-sample edge tape when that fits in about the L2 cache (kEdgeTapeBytes: LJ13 yes,
 // LJ55 no), and runs the transposed products (G_s1 = G_z2 W2, ...) and the weight-gradient products
-// (dW2^T += S1^T G_z2, ...) on the same block. Forward mode carries K tangents per sample in
-// node-major arrays [n][K][Hp]: per edge, the K tangent rows go through W2 as one [K][Hp] x
-// [Hp][Hp] product with the primal quantities computed once, and the tangent of c = wc2 . SiLU(Wc1
-// me + bc1) is (Wc1^T dsc) . me-tangent, one H x H product per edge rather than per direction; in
-// layer 0 (no tangent on h) an edge's tangent is linear in (dr, da) only, so two basis tangents per
-// edge replace the K.
+// (dW2^T += S1^T G_z2, ...) on the same block. A plain backward first repeats the sample's forward
+// (calls keep no state); forward_backward (the training step) runs each sample's forward with v,
+// the caller's dL/dv of that row, and the backward on the same tape, so the step pays for one
+// forward pass, not two, with the same bits as forward then backward. Forward mode carries K
+// tangents per sample in node-major arrays [n][K][Hp]: per edge, the K tangent rows go through W2
+// as one [K][Hp] x [Hp][Hp] product with the primal quantities computed once, and the tangent of c
+// = wc2 . SiLU(Wc1 me + bc1) is (Wc1^T dsc) . me-tangent, one H x H product per edge rather than
+// per direction; in layer 0 (no tangent on h) an edge's tangent is linear in (dr, da) only, so two
+// basis tangents per edge replace the K.
 //
 // Threads. Rows are cut into fixed chunks of kChunkRows; min(threads, chunks) workers take
 // chunks w, w + W, w + 2W, ... with their own scratch. Every row's v, dL_dx, div and trace is
@@ -70,6 +75,7 @@ using simd::vf;
 constexpr int64_t kChunkRows = 16;     // rows per chunk: fixes the gradient's summation order
 constexpr int kEdgeBlock = 32;         // edge rows per tile: 12 [32][Hp] arrays stay in L1/L2
 constexpr int64_t kFlushEdges = 1024;  // float gradient terms per weight before a double flush
+constexpr int kMaxPairDim = 8;         // layer 0 as pairs (layer_edges) up to this dimension
 constexpr float kNormEps = 1e-8f;      // docs/design.md section 4: sqrt(r_ij + 1e-8) + 1
 // Backward keeps every edge's forward quantities of a sample (10 [E][Hp] arrays a layer) when
 // they fit in this many bytes, about the L2 cache: LJ13 (0.6 MB) does, LJ55 (54 MB) would stream
@@ -336,10 +342,39 @@ struct Net {
     const int* ei;     // [E] source of each edge (i-major)
     const int* ej;     // [E] target
     const int* types;  // [n] or nullptr
+    const int* pi;     // [E/2] the pairs i < j (i-major)
+    const int* pj;
     const float* at(int64_t off) const { return W + off; }
 };
 
+// The edges one layer runs over. In general all n(n-1) ordered edges. In layer 0 of a model
+// without atom types every node has the same h (the embedding of t alone), so P_i + Q_j = P_j +
+// Q_i and z1_ij = z1_ji bit for bit (r and a are symmetric): the edge MLPs give edge (j, i)
+// exactly what they give (i, j), and dx_ji = -dx_ij. There the layer runs over the n(n-1)/2
+// pairs i < j, each scattering to both ends (x_i += dx s, x_j -= dx s, M_i and M_j += me), and
+// backward takes the pair as one edge whose upstream gradients are gx_i - gx_j and gM_i + gM_j:
+// half the edge work of that layer, a sixth of the edge work at L = 3.
+struct EdgeSet {
+    const int* ei;
+    const int* ej;
+    int64_t E;
+    bool pairs;
+};
+EdgeSet all_edges(const Net& net) {
+    return {net.ei, net.ej, net.D.E, false};
+}
+EdgeSet layer_edges(const Net& net, int l) {
+    if (l == 0 && net.D.T == 0 && net.D.d <= kMaxPairDim)
+        return {net.pi, net.pj, net.D.E / 2, true};
+    return all_edges(net);
+}
+
 // ---- primal ------------------------------------------------------------------------------
+
+inline void add_to(float* dst, const float* src, int Hp) {
+    for (int o = 0; o < Hp; o += kLanes)
+        simd::store(dst + o, simd::load(dst + o) + simd::load(src + o));
+}
 
 // h0 [n][Hp] = emb_w f_i + emb_b with f_i = [one_hot(type_i), t].
 void embed(const Net& net, float t, float* h0) {
@@ -365,14 +400,14 @@ void node_projections(const Net& net, const LayerPack& lp, const float* h, float
 }
 
 // The forward quantities of edges e0 .. e0+m of one sample into the block arrays of s.
-void edge_block_forward(const Net& net, const LayerPack& lp, int64_t e0, int m, const float* x,
-                        const float* x0, Scratch& s) {
+void edge_block_forward(const Net& net, const LayerPack& lp, const EdgeSet& es, int64_t e0, int m,
+                        const float* x, const float* x0, Scratch& s) {
     const Dims& D = net.D;
     const int Hp = D.Hp, d = D.d;
     const float* w1r = net.at(lp.w1r);
     const float* w1a = net.at(lp.w1a);
     for (int e = 0; e < m; ++e) {
-        const int i = net.ei[e0 + e], j = net.ej[e0 + e];
+        const int i = es.ei[e0 + e], j = es.ej[e0 + e];
         float r = 0.0f, a = 0.0f;
         for (int k = 0; k < d; ++k) {
             const float dx = x[i * d + k] - x[j * d + k];
@@ -441,18 +476,22 @@ void edge_block_forward(const Net& net, const LayerPack& lp, int64_t e0, int m, 
     }
 }
 
-// x_out[i] += dx phi / nrm and M[i] += me for the edges of a block.
-void edge_block_scatter(const Net& net, int64_t e0, int m, const Scratch& s, float* x_out,
-                        float* M) {
+// x_out[i] += dx phi / nrm and M[i] += me for the edges of a block (pairs: and x_out[j] -=
+// dx phi / nrm, M[j] += me).
+void edge_block_scatter(const Net& net, const EdgeSet& es, int64_t e0, int m, const Scratch& s,
+                        float* x_out, float* M) {
     const int Hp = net.D.Hp, d = net.D.d;
     for (int e = 0; e < m; ++e) {
-        const int i = net.ei[e0 + e];
+        const int i = es.ei[e0 + e];
         const float sc = s.phi[e] / s.nrm[e];
         for (int k = 0; k < d; ++k) x_out[i * d + k] += s.dx[e * d + k] * sc;
-        float* Mi = M + static_cast<int64_t>(i) * Hp;
         const float* me = s.Me + static_cast<int64_t>(e) * Hp;
-        for (int o = 0; o < Hp; o += kLanes)
-            simd::store(Mi + o, simd::load(Mi + o) + simd::load(me + o));
+        add_to(M + static_cast<int64_t>(i) * Hp, me, Hp);
+        if (es.pairs) {
+            const int j = es.ej[e0 + e];
+            for (int k = 0; k < d; ++k) x_out[j * d + k] -= s.dx[e * d + k] * sc;
+            add_to(M + static_cast<int64_t>(j) * Hp, me, Hp);
+        }
     }
 }
 
@@ -497,11 +536,12 @@ void sample_forward(const Net& net, const float* x, float t, float* v, Scratch& 
         node_projections(net, lp, h, s.P, s.Q);
         std::memcpy(x_out, xl, sizeof(float) * nd);
         std::fill(M, M + nH, 0.0f);
-        for (int64_t e0 = 0; e0 < D.E; e0 += kEdgeBlock) {
-            const int m = static_cast<int>(std::min<int64_t>(kEdgeBlock, D.E - e0));
+        const EdgeSet es = layer_edges(net, l);
+        for (int64_t e0 = 0; e0 < es.E; e0 += kEdgeBlock) {
+            const int m = static_cast<int>(std::min<int64_t>(kEdgeBlock, es.E - e0));
             if (s.has_tape) s.use(s.tape.at(l * D.E + e0, D.Hp, D.d));
-            edge_block_forward(net, lp, e0, m, xl, x, s);
-            edge_block_scatter(net, e0, m, s, x_out, M);
+            edge_block_forward(net, lp, es, e0, m, xl, x, s);
+            edge_block_scatter(net, es, e0, m, s, x_out, M);
         }
         // After the last layer the node update cannot change v.
         if (l + 1 < D.L) node_update(net, lp, h, M, s.th + (l + 1) * nH, s);
@@ -519,10 +559,6 @@ void sample_forward(const Net& net, const float* x, float t, float* v, Scratch& 
 
 // ---- reverse mode ------------------------------------------------------------------------
 
-inline void add_to(float* dst, const float* src, int Hp) {
-    for (int o = 0; o < Hp; o += kLanes)
-        simd::store(dst + o, simd::load(dst + o) + simd::load(src + o));
-}
 inline void add_scaled(float* dst, const float* src, float a, int Hp) {
     for (int o = 0; o < Hp; o += kLanes)
         simd::store(dst + o, simd::load(dst + o) + simd::load(src + o) * a);
@@ -577,16 +613,25 @@ void layer_backward(const Net& net, int l, const float* x0, const float* gh_out,
     const float* wa = net.at(lp.wa);
     const float* w1r = net.at(lp.w1r);
     const float* w1a = net.at(lp.w1a);
-    for (int64_t e0 = 0; e0 < D.E; e0 += kEdgeBlock) {
-        const int m = static_cast<int>(std::min<int64_t>(kEdgeBlock, D.E - e0));
+    const EdgeSet es = layer_edges(net, l);
+    // Pairs: gx_i - gx_j, the upstream gradient of the pair as one edge.
+    float gx_pair[kMaxPairDim];
+    alignas(64) float gzav[kEdgeBlock];  // the gate logits' gradients of a block
+    for (int64_t e0 = 0; e0 < es.E; e0 += kEdgeBlock) {
+        const int m = static_cast<int>(std::min<int64_t>(kEdgeBlock, es.E - e0));
         if (s.has_tape)
             s.use(s.tape.at(l * D.E + e0, Hp, d));
         else
-            edge_block_forward(net, lp, e0, m, s.tx + l * nd, x0, s);
+            edge_block_forward(net, lp, es, e0, m, s.tx + l * nd, x0, s);
         // x_i += dx phi / nrm; phi = cr tanh(c); c = wc2 . SiLU(zc)
         for (int e = 0; e < m; ++e) {
-            const int i = net.ei[e0 + e];
+            const int i = es.ei[e0 + e];
             const float* gxi = gx_out + i * d;
+            if (es.pairs) {
+                const float* gxj = gx_out + es.ej[e0 + e] * d;
+                for (int k = 0; k < d; ++k) gx_pair[k] = gxi[k] - gxj[k];
+                gxi = gx_pair;
+            }
             const float nrm = s.nrm[e], phi = s.phi[e];
             float dot = 0.0f;
             for (int k = 0; k < d; ++k) dot += gxi[k] * s.dx[e * d + k];
@@ -598,23 +643,33 @@ void layer_backward(const Net& net, int l, const float* x0, const float* gh_out,
             s.gc[e] = gc;
             const float* zc = s.Zc + static_cast<int64_t>(e) * Hp;
             const float* sgc = s.Gc + static_cast<int64_t>(e) * Hp;
-            const float* sc = s.Sc + static_cast<int64_t>(e) * Hp;
             float* ga = s.GA + static_cast<int64_t>(e) * Hp;
             for (int o = 0; o < Hp; o += kLanes) {
                 const vf gz = simd::load(wc2 + o) * gc *
                               simd::vdsilu_sig(simd::load(zc + o), simd::load(sgc + o));
                 simd::store(ga + o, gz);
-                simd::store(G + lp.wc2 + o, simd::load(G + lp.wc2 + o) + simd::load(sc + o) * gc);
-                simd::store(G + lp.bc1 + o, simd::load(G + lp.bc1 + o) + gz);
             }
+        }
+        // The block's vector-parameter gradients as column sums over its edges, in edge order
+        // (so the same sums as edge by edge), the accumulator in a register instead of a load,
+        // add and store of G per edge.
+        for (int o = 0; o < Hp; o += kLanes) {
+            vf gw = simd::load(G + lp.wc2 + o), gb = simd::load(G + lp.bc1 + o);
+            for (int e = 0; e < m; ++e) {
+                gw = gw + simd::load(s.Sc + static_cast<int64_t>(e) * Hp + o) * s.gc[e];
+                gb = gb + simd::load(s.GA + static_cast<int64_t>(e) * Hp + o);
+            }
+            simd::store(G + lp.wc2 + o, gw);
+            simd::store(G + lp.bc1 + o, gb);
         }
         // zc = Wc1 me + bc1
         simd::gemm_tn(m, Hp, Hp, s.Me, Hp, s.GA, Hp, G + lp.wc1T, Hp);
         simd::gemm(m, Hp, H, s.GA, Hp, net.at(lp.wc1_n), Hp, nullptr, false, s.GB, Hp);
         for (int e = 0; e < m; ++e) {
-            const int i = net.ei[e0 + e];
+            const int i = es.ei[e0 + e];
             float* gb = s.GB + static_cast<int64_t>(e) * Hp;
             add_to(gb, s.gM + static_cast<int64_t>(i) * Hp, Hp);  // M_i += me
+            if (es.pairs) add_to(gb, s.gM + static_cast<int64_t>(es.ej[e0 + e]) * Hp, Hp);
             const float* z2 = s.Z2 + static_cast<int64_t>(e) * Hp;
             const float* sg2 = s.G2 + static_cast<int64_t>(e) * Hp;
             if (D.attention) {  // me = g m, g = sigmoid(wa . m + ba)
@@ -624,40 +679,48 @@ void layer_backward(const Net& net, int l, const float* x0, const float* gh_out,
                 const float g = s.g[e];
                 const float gza = simd::hsum(acc) * g * (1.0f - g);
                 G[lp.ba] += gza;
-                for (int o = 0; o < Hp; o += kLanes) {
-                    simd::store(G + lp.wa + o,
-                                simd::load(G + lp.wa + o) + simd::load(mm + o) * gza);
+                gzav[e] = gza;
+                for (int o = 0; o < Hp; o += kLanes)
                     simd::store(gb + o, simd::load(gb + o) * g + simd::load(wa + o) * gza);
-                }
             }
             // m = SiLU(z2)
             for (int o = 0; o < Hp; o += kLanes) {
                 const vf gz =
                     simd::load(gb + o) * simd::vdsilu_sig(simd::load(z2 + o), simd::load(sg2 + o));
                 simd::store(gb + o, gz);
-                simd::store(G + lp.b2 + o, simd::load(G + lp.b2 + o) + gz);
             }
+        }
+        for (int o = 0; o < Hp; o += kLanes) {
+            vf gw = simd::load(G + lp.wa + o), gb = simd::load(G + lp.b2 + o);
+            for (int e = 0; e < m; ++e) {
+                const int64_t row = static_cast<int64_t>(e) * Hp + o;
+                if (D.attention) gw = gw + simd::load(s.Mm + row) * gzav[e];
+                gb = gb + simd::load(s.GB + row);
+            }
+            simd::store(G + lp.wa + o, gw);
+            simd::store(G + lp.b2 + o, gb);
         }
         // z2 = W2 s1 + b2
         simd::gemm_tn(m, Hp, Hp, s.S1, Hp, s.GB, Hp, G + lp.w2T, Hp);
         simd::gemm(m, Hp, H, s.GB, Hp, net.at(lp.w2_n), Hp, nullptr, false, s.GA, Hp);
         // s1 = SiLU(z1), z1 = P_i + Q_j + w1r r + w1a a
         for (int e = 0; e < m; ++e) {
-            const int i = net.ei[e0 + e], j = net.ej[e0 + e];
+            const int i = es.ei[e0 + e], j = es.ej[e0 + e];
             float* ga = s.GA + static_cast<int64_t>(e) * Hp;
             const float* z1 = s.Z1 + static_cast<int64_t>(e) * Hp;
             const float* sg1 = s.G1 + static_cast<int64_t>(e) * Hp;
-            const float r = s.r[e], a = s.a[e];
             vf accr = vf{}, acca = vf{};
             for (int o = 0; o < Hp; o += kLanes) {
                 const vf gz =
                     simd::load(ga + o) * simd::vdsilu_sig(simd::load(z1 + o), simd::load(sg1 + o));
                 simd::store(ga + o, gz);
-                simd::store(G + lp.w1r + o, simd::load(G + lp.w1r + o) + gz * r);
-                simd::store(G + lp.w1a + o, simd::load(G + lp.w1a + o) + gz * a);
                 accr += gz * simd::load(w1r + o);
                 acca += gz * simd::load(w1a + o);
             }
+            // Pairs: ga is gz_ij + gz_ji, of which P_i, Q_j get the first and P_j, Q_i the
+            // second; all h_i are equal there and only sums over the nodes of gP and gQ are used
+            // (the weights' gradients and the embedding's, the model having no types), so the
+            // sum goes to P_i and Q_j.
             add_to(s.gP + static_cast<int64_t>(i) * Hp, ga, Hp);
             add_to(s.gQ + static_cast<int64_t>(j) * Hp, ga, Hp);
             const float gr = s.gr[e] + simd::hsum(accr);
@@ -671,6 +734,16 @@ void layer_backward(const Net& net, int l, const float* x0, const float* gh_out,
                 gx0[j * d + k] -= g0;
             }
         }
+        for (int o = 0; o < Hp; o += kLanes) {
+            vf gr = simd::load(G + lp.w1r + o), ga = simd::load(G + lp.w1a + o);
+            for (int e = 0; e < m; ++e) {
+                const vf gz = simd::load(s.GA + static_cast<int64_t>(e) * Hp + o);
+                gr = gr + gz * s.r[e];
+                ga = ga + gz * s.a[e];
+            }
+            simd::store(G + lp.w1r + o, gr);
+            simd::store(G + lp.w1a + o, ga);
+        }
     }
     // P_i = W1a h_i + b1, Q_i = W1b h_i
     for (int i = 0; i < n; ++i) add_to(G + lp.b1, s.gP + static_cast<int64_t>(i) * Hp, Hp);
@@ -680,13 +753,13 @@ void layer_backward(const Net& net, int l, const float* x0, const float* gh_out,
     simd::gemm(n, Hp, H, s.gQ, Hp, net.at(lp.w1b_n), Hp, nullptr, true, gh_in, Hp);
 }
 
-// Backward of one sample: G += dL/dparams (packed, float), dL_dx (nullable) = dL/dx.
-void sample_backward(const Net& net, const float* x, float t, const float* dL_dv, float* G,
-                     float* dL_dx, Scratch& s) {
+// Backward of one sample after sample_forward(x, t) has filled s's tape (node states, and the
+// edge tape when s has one): G += dL/dparams (packed, float), dL_dx (nullable) = dL/dx.
+void sample_backward_taped(const Net& net, const float* x, float t, const float* dL_dv, float* G,
+                           float* dL_dx, Scratch& s) {
     const Dims& D = net.D;
     const int n = D.n, d = D.d, Hp = D.Hp;
     const int64_t nH = static_cast<int64_t>(n) * Hp;
-    sample_forward(net, x, t, nullptr, s);
     // v = C (x^L - x^0), C the symmetric mean removal.
     float *gh = s.gh, *gh_in = s.gh2, *gx = s.gx, *gx_in = s.gx2;
     for (int k = 0; k < d; ++k) {
@@ -758,10 +831,11 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
         const float* w1a = net.at(lp.w1a);
         const float* wa = net.at(lp.wa);
         const float* wc2 = net.at(lp.wc2);
+        const EdgeSet es = all_edges(net);  // (per-edge tangents below, i-major)
         for (int64_t e0 = 0; e0 < D.E; e0 += kEdgeBlock) {
             const int m = static_cast<int>(std::min<int64_t>(kEdgeBlock, D.E - e0));
-            edge_block_forward(net, lp, e0, m, xl, x, s);
-            edge_block_scatter(net, e0, m, s, x_out, M);
+            edge_block_forward(net, lp, es, e0, m, xl, x, s);
+            edge_block_scatter(net, es, e0, m, s, x_out, M);
             for (int e = 0; e < m; ++e) {
                 const int i = net.ei[e0 + e], j = net.ej[e0 + e];
                 const float* dx = s.dx + e * d;
@@ -960,6 +1034,10 @@ class FastEgnnField final : public Field<float> {
                 if (i != j) {
                     ei_.push_back(i);
                     ej_.push_back(j);
+                    if (i < j) {
+                        pi_.push_back(i);
+                        pj_.push_back(j);
+                    }
                 }
     }
 
@@ -1013,32 +1091,33 @@ class FastEgnnField final : public Field<float> {
     void do_backward(TensorView<const float> x, TensorView<const float> t,
                      TensorView<const float> dL_dv, TensorView<float> dL_dparams,
                      TensorView<float> dL_dx, TensorView<unsigned char> ws, Stream) override {
-        const int64_t nd = row_size(), B = x.size(0), Pg = pack_.grad_size;
-        // Samples per flush of the float accumulator into the chunk's double slot.
-        const int64_t per_flush = std::max<int64_t>(1, kFlushEdges / std::max<int64_t>(D_.E, 1));
-        double* slots = reinterpret_cast<double*>(ws.data);
-        run(FieldOp::backward, B, 0, ws,
-            [&](const Net& net, Scratch& s, int64_t b0, int64_t m, int64_t chunk, double*) {
-                double* slot = slots + chunk * Pg;
-                std::fill(slot, slot + Pg, 0.0);
-                std::fill(s.G, s.G + Pg, 0.0f);
-                for (int64_t b = b0; b < b0 + m; ++b) {
-                    sample_backward(net, x.data + b * nd, t.data[b], dL_dv.data + b * nd, s.G,
-                                    dL_dx.defined() ? dL_dx.data + b * nd : nullptr, s);
-                    if ((b - b0 + 1) % per_flush == 0 || b + 1 == b0 + m) {
-                        for (int64_t k = 0; k < Pg; ++k) slot[k] += static_cast<double>(s.G[k]);
-                        std::fill(s.G, s.G + Pg, 0.0f);
-                    }
-                }
-            });
-        const int64_t chunks = chunk_count(B);
-        for (int64_t k = 0; k < Pg; ++k) {
-            const int64_t p = pack_.map[static_cast<size_t>(k)];
-            if (p < 0) continue;
-            double sum = 0.0;
-            for (int64_t c = 0; c < chunks; ++c) sum += slots[c * Pg + k];
-            dL_dparams.data[p] += static_cast<float>(sum);
-        }
+        const int64_t nd = row_size();
+        reverse(x.size(0), dL_dparams, ws, [&](const Net& net, Scratch& s, int64_t b, float* G) {
+            sample_forward(net, x.data + b * nd, t.data[b], nullptr, s);
+            sample_backward_taped(net, x.data + b * nd, t.data[b], dL_dv.data + b * nd, G,
+                                  dL_dx.defined() ? dL_dx.data + b * nd : nullptr, s);
+        });
+    }
+
+    // One forward per row: backward's own forward pass (node states, and the edge tape where it
+    // fits) also gives v, so a row runs forward (with v), the caller's gradient of that row, and
+    // the backward from the tape, while the tape is in cache. The same operations as forward and
+    // then backward, so the same bits.
+    void do_forward_backward(TensorView<const float> x, TensorView<const float> t,
+                             TensorView<float> v, const OutputGradient& grad,
+                             TensorView<float> dL_dv, TensorView<float> dL_dparams,
+                             TensorView<float> dL_dx, TensorView<unsigned char> ws,
+                             Stream) override {
+        const int64_t nd = row_size();
+        reverse(x.size(0), dL_dparams, ws, [&](const Net& net, Scratch& s, int64_t b, float* G) {
+            sample_forward(net, x.data + b * nd, t.data[b], v.data + b * nd, s);
+            grad(b, 1);
+            sample_backward_taped(net, x.data + b * nd, t.data[b], dL_dv.data + b * nd, G,
+                                  dL_dx.defined() ? dL_dx.data + b * nd : nullptr, s);
+        });
+    }
+    size_t do_forward_backward_workspace_bytes(int64_t B) const override {
+        return layout(FieldOp::backward, B, 0).total;
     }
 
     void do_divergence(TensorView<const float> x, TensorView<const float> t, TensorView<float> v,
@@ -1087,6 +1166,40 @@ class FastEgnnField final : public Field<float> {
   private:
     int64_t row_size() const { return static_cast<int64_t>(n_particles()) * dim(); }
 
+    // Reverse mode over the rows in backward's workspace layout: row(net, s, b, G) adds row b's
+    // parameter gradient to the float accumulator G (packed layout); G is flushed into the
+    // chunk's double slot every few rows, and the slots are summed in chunk order into
+    // dL_dparams.
+    template <class Row>
+    void reverse(int64_t B, TensorView<float> dL_dparams, TensorView<unsigned char> ws,
+                 const Row& row) const {
+        const int64_t Pg = pack_.grad_size;
+        // Samples per flush of the float accumulator into the chunk's double slot.
+        const int64_t per_flush = std::max<int64_t>(1, kFlushEdges / std::max<int64_t>(D_.E, 1));
+        double* slots = reinterpret_cast<double*>(ws.data);
+        run(FieldOp::backward, B, 0, ws,
+            [&](const Net& net, Scratch& s, int64_t b0, int64_t m, int64_t chunk, double*) {
+                double* slot = slots + chunk * Pg;
+                std::fill(slot, slot + Pg, 0.0);
+                std::fill(s.G, s.G + Pg, 0.0f);
+                for (int64_t b = b0; b < b0 + m; ++b) {
+                    row(net, s, b, s.G);
+                    if ((b - b0 + 1) % per_flush == 0 || b + 1 == b0 + m) {
+                        for (int64_t k = 0; k < Pg; ++k) slot[k] += static_cast<double>(s.G[k]);
+                        std::fill(s.G, s.G + Pg, 0.0f);
+                    }
+                }
+            });
+        const int64_t chunks = chunk_count(B);
+        for (int64_t k = 0; k < Pg; ++k) {
+            const int64_t p = pack_.map[static_cast<size_t>(k)];
+            if (p < 0) continue;
+            double sum = 0.0;
+            for (int64_t c = 0; c < chunks; ++c) sum += slots[c * Pg + k];
+            dL_dparams.data[p] += static_cast<float>(sum);
+        }
+    }
+
     // Packs the weights into the workspace, then fn(net, scratch, first row, rows, chunk, -) for
     // every chunk of kChunkRows rows; worker w runs chunks w, w + W, ... with scratch w.
     template <class Fn>
@@ -1099,7 +1212,8 @@ class FastEgnnField final : public Field<float> {
         }
         Net net{D_,         &pack_,
                 W,          ei_.data(),
-                ej_.data(), config_.atom_types.empty() ? nullptr : config_.atom_types.data()};
+                ej_.data(), config_.atom_types.empty() ? nullptr : config_.atom_types.data(),
+                pi_.data(), pj_.data()};
         float* scratch = reinterpret_cast<float*>(ws.data + w.scratch_off);
         const int64_t chunks = chunk_count(B);
         parallel_for(
@@ -1119,7 +1233,7 @@ class FastEgnnField final : public Field<float> {
     Dims D_{};
     Pack pack_;
     std::vector<float> params_;
-    std::vector<int> ei_, ej_;
+    std::vector<int> ei_, ej_, pi_, pj_;
     int threads_;
 };
 

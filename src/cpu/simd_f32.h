@@ -41,15 +41,24 @@ inline void store(float* p, vf v) {
 inline vf splat(float s) {
     return vf{} + s;
 }
-// Pairwise (tree) sum of the lanes: log2(kLanes) dependent adds instead of a serial chain.
+// Pairwise (tree) sum of the lanes: log2(kLanes) dependent adds instead of a serial chain. Lane l
+// adds lane l + w for w = kLanes/2, ..., 1, as whole-vector shuffles and adds (a scalar
+// version of the same tree compiled to ~30 extracts and scalar adds, a per-edge cost).
 inline float hsum(vf v) {
-    float t[kLanes];
-    std::memcpy(t, &v, sizeof t);
-#pragma GCC unroll 8
-    for (int w = kLanes / 2; w >= 1; w /= 2)
-#pragma GCC unroll 8
-        for (int l = 0; l < w; ++l) t[l] += t[l + w];
-    return t[0];
+#if defined(__AVX512F__)
+    v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15);
+    v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7);
+    v += __builtin_shufflevector(v, v, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    v += __builtin_shufflevector(v, v, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1);
+#elif defined(__AVX__)
+    v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 4, 5, 6, 7);
+    v += __builtin_shufflevector(v, v, 2, 3, 2, 3, 2, 3, 2, 3);
+    v += __builtin_shufflevector(v, v, 1, 1, 1, 1, 1, 1, 1, 1);
+#else
+    v += __builtin_shufflevector(v, v, 2, 3, 2, 3);
+    v += __builtin_shufflevector(v, v, 1, 1, 1, 1);
+#endif
+    return v[0];
 }
 
 // exp(x) for float lanes, branch-free (Cephes' expf: range reduction by ln 2, degree-6

@@ -95,6 +95,16 @@ void loss(Device device, int64_t B, int64_t nd, const T* v, const double* x0, co
 }
 
 template <class T>
+void loss_gradient_rows(int64_t B, int64_t nd, int64_t b0, int64_t rows, const T* v,
+                        const double* x0, const double* x1, T* dL_dv) {
+    const double scale = 1.0 / static_cast<double>(B * nd);
+    for (int64_t i = b0 * nd; i < (b0 + rows) * nd; ++i) {
+        const double r = static_cast<double>(v[i]) - (x1[i] - x0[i]);
+        dL_dv[i] = static_cast<T>(2.0 * r * scale);
+    }
+}
+
+template <class T>
 void check_finite(Device device, const T* grad, int64_t count, TrainScalars* s, Stream stream) {
     if (device == Device::cuda) {
         require_device_float<T>("check_finite");
@@ -162,6 +172,8 @@ void reset_window(Device device, TrainScalars* s, Stream stream) {
                                  const double*, const double*, double, T*, T*, Stream);          \
     template void loss<T>(Device, int64_t, int64_t, const T*, const double*, const double*, T*,  \
                           TrainScalars*, Stream);                                                \
+    template void loss_gradient_rows<T>(int64_t, int64_t, int64_t, int64_t, const T*,            \
+                                        const double*, const double*, T*);                       \
     template void check_finite<T>(Device, const T*, int64_t, TrainScalars*, Stream);             \
     template void adam_update<T>(Device, int64_t, T*, const T*, T*, T*, double*, double, double, \
                                  double, double, double, const TrainScalars*, Stream);
