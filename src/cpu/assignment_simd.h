@@ -68,13 +68,39 @@ EQFLOW_AVX512 inline uint32_t simd_bits(const __mmask8* m) {
     return b;
 }
 
-// The minimum of the 8 lanes (exact, so the order does not matter), by full-width shuffles
-// (GCC 12's _mm512_reduce_min_pd draws -Wmaybe-uninitialized false positives).
-EQFLOW_AVX512 inline double simd_min(__m512d x) {
+// The minimum of the 8 lanes in every lane (exact, so the order does not matter): three rounds
+// of min with a lane permutation (halves, 128-bit pairs, neighbours).
+EQFLOW_AVX512 inline __m512d simd_min_all(__m512d x) {
     x = _mm512_min_pd(x, _mm512_shuffle_f64x2(x, x, 0x4e));
     x = _mm512_min_pd(x, _mm512_shuffle_f64x2(x, x, 0xb1));
-    x = _mm512_min_pd(x, _mm512_permute_pd(x, 0x55));
-    return _mm512_cvtsd_f64(x);
+    return _mm512_min_pd(x, _mm512_permute_pd(x, 0x55));
+}
+
+// The search's tie rule, for a minimum attained at more than one column (`at`, bits): the last
+// free column in `remaining` order, else the first. `remaining` is rebuilt from the columns taken
+// so far (picked[0..num_picked), in order), as solve_assignment_small's swaps left it; ties are
+// rare on real-valued costs, so the search does not keep it up to date.
+inline int simd_tie_pick(uint32_t at, int n, const int* picked, int num_picked,
+                         const int* row4col) {
+    int remaining[32], pos[32];
+    for (int j = 0; j < n; ++j) {
+        remaining[j] = n - 1 - j;
+        pos[n - 1 - j] = j;
+    }
+    for (int t = 0, last = n - 1; t < num_picked; ++t, --last) {
+        const int c = picked[t], index = pos[c], moved = remaining[last];
+        remaining[index] = moved;
+        pos[moved] = index;
+        remaining[last] = c;
+        pos[c] = last;
+    }
+    int first = -1, last_free = -1;
+    for (uint32_t b = at; b; b &= b - 1) {
+        const int c = __builtin_ctz(b);
+        if (first < 0 || pos[c] < pos[first]) first = c;
+        if (row4col[c] < 0 && (last_free < 0 || pos[c] > pos[last_free])) last_free = c;
+    }
+    return last_free >= 0 ? last_free : first;
 }
 
 // cost [n][8 NV] (finite or +inf, no NaN, no -inf; +inf at j >= n), 1 <= n <= 8 NV. Returns false
@@ -112,9 +138,9 @@ EQFLOW_AVX512 inline bool solve_assignment_simd(const double* __restrict cost, i
             red[k] = _mm512_sub_pd(_mm512_loadu_pd(cost + i * kW + 8 * k), v[k]);
         __m512d mv = red[0];
         for (int k = 1; k < NV; ++k) mv = _mm512_min_pd(mv, red[k]);
-        const double m = simd_min(mv);
+        const __m512d vm = simd_min_all(mv);
+        const double m = _mm512_cvtsd_f64(vm);
         if (!(m < inf)) return false;
-        const __m512d vm = _mm512_set1_pd(m);
         for (int k = 0; k < NV; ++k) m8[k] = _mm512_cmp_pd_mask(red[k], vm, _CMP_EQ_OQ);
         s.u[i] = m;
         const uint32_t f = simd_bits<NV>(m8) & real & free_cols;
@@ -134,18 +160,13 @@ EQFLOW_AVX512 inline bool solve_assignment_simd(const double* __restrict cost, i
             spc[k] = vinf;
             path[k] = _mm512_setzero_si512();
         }
-        // solve_assignment_small's `remaining` (positions 0..num_remaining-1) and its inverse.
-        int remaining[kW], pos[kW];
-        for (int j = 0; j < n; ++j) {
-            remaining[j] = n - 1 - j;
-            pos[n - 1 - j] = j;
-        }
-        int num_remaining = n;
-        uint32_t open = real;  // the columns still in `remaining`
+        int picked[kW], num_picked = 0;  // the columns taken from `remaining`, in order
+        uint32_t open = real;            // the columns still in `remaining`
         double min_val = 0.0;
+        __m512d mval = _mm512_setzero_pd();  // min_val in every lane
         int i = cur, sink = -1;
         while (sink < 0) {
-            const __m512d mval = _mm512_set1_pd(min_val), ui = _mm512_set1_pd(s.u[i]);
+            const __m512d ui = _mm512_set1_pd(s.u[i]);
             const __m512i vi = _mm512_set1_epi64(i);
             __m512d low = vinf;
             for (int k = 0; k < NV; ++k) {
@@ -159,40 +180,26 @@ EQFLOW_AVX512 inline bool solve_assignment_simd(const double* __restrict cost, i
                 path[k] = _mm512_mask_blend_epi64(better, path[k], vi);
                 low = _mm512_min_pd(low, _mm512_mask_blend_pd(o, vinf, spc[k]));
             }
-            const double lowest = simd_min(low);
+            const __m512d vl = simd_min_all(low);
+            const double lowest = _mm512_cvtsd_f64(vl);
             if (!(lowest < inf)) return false;
-            const __m512d vl = _mm512_set1_pd(lowest);
             for (int k = 0; k < NV; ++k)
                 m8[k] = _mm512_mask_cmp_pd_mask(static_cast<__mmask8>(open >> (8 * k)), spc[k], vl,
                                                 _CMP_EQ_OQ);
             const uint32_t at = simd_bits<NV>(m8);
             // The tie rule: the last free column at the minimum in `remaining` order, else the
             // first column there.
-            int j;
-            if ((at & (at - 1)) == 0) {
-                j = __builtin_ctz(at);
-            } else {
-                int first = -1, last_free = -1;
-                for (uint32_t b = at; b; b &= b - 1) {
-                    const int c = __builtin_ctz(b);
-                    if (first < 0 || pos[c] < pos[first]) first = c;
-                    if (s.row4col[c] < 0 && (last_free < 0 || pos[c] > pos[last_free]))
-                        last_free = c;
-                }
-                j = last_free >= 0 ? last_free : first;
-            }
+            const int j = (at & (at - 1)) == 0
+                              ? __builtin_ctz(at)
+                              : simd_tie_pick(at, n, picked, num_picked, s.row4col);
             min_val = lowest;
+            mval = vl;
             if (s.row4col[j] < 0) {
                 sink = j;
             } else {
                 i = s.row4col[j];
             }
-            const int index = pos[j], moved = remaining[num_remaining - 1];
-            remaining[index] = moved;
-            pos[moved] = index;
-            remaining[num_remaining - 1] = j;
-            pos[j] = num_remaining - 1;
-            --num_remaining;
+            picked[num_picked++] = j;
             open &= ~(1u << j);
         }
         s.u[cur] += min_val;
@@ -221,6 +228,7 @@ EQFLOW_AVX512 inline bool solve_assignment_simd(const double* __restrict cost, i
     }
     return true;
 }
+
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
