@@ -29,6 +29,8 @@
 #include <cstdlib>
 #include <limits>
 
+#include "cpu/assignment_small.h"
+
 namespace eqflow::cpu {
 
 // Whether this CPU runs the AVX-512 solver (checked once). Setting the environment variable
@@ -229,9 +231,42 @@ EQFLOW_AVX512 inline bool solve_assignment_simd(const double* __restrict cost, i
     return true;
 }
 
+// solve_assignment_simd on a dense [n][n] problem, results into a SmallAssignment: a drop-in for
+// solve_assignment_small (the same permutation and duals).
+template <int NV>
+EQFLOW_AVX512 inline bool solve_dense_simd(const double* __restrict dense, int n,
+                                           SmallAssignment& out) {
+    constexpr int kW = 8 * NV;
+    alignas(64) double cost[kW * kW];
+    for (int i = 0; i < n; ++i)
+        for (int j = 0; j < kW; ++j)
+            cost[i * kW + j] = j < n ? dense[i * n + j] : std::numeric_limits<double>::infinity();
+    SimdAssignment<NV> s;
+    if (!solve_assignment_simd<NV>(cost, n, s)) return false;
+    for (int i = 0; i < n; ++i) {
+        out.col4row[i] = s.col4row[i];
+        out.row4col[i] = s.row4col[i];
+        out.u[i] = s.u[i];
+        out.v[i] = s.v[i];
+    }
+    return true;
+}
+
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
 #endif  // EQFLOW_HAVE_SIMD_ASSIGNMENT
+
+// solve_assignment_small, on the AVX-512 copy where the CPU has it (same results bit for bit).
+inline bool solve_assignment_small_auto(const double* cost, int n, SmallAssignment& s) {
+#if EQFLOW_HAVE_SIMD_ASSIGNMENT
+    if (n >= 1 && simd_assignment_available()) {
+        if (n <= 8) return solve_dense_simd<1>(cost, n, s);
+        if (n <= 16) return solve_dense_simd<2>(cost, n, s);
+        return solve_dense_simd<4>(cost, n, s);
+    }
+#endif
+    return solve_assignment_small(cost, n, s);
+}
 
 }  // namespace eqflow::cpu
