@@ -8,7 +8,7 @@
 //   - the particle assignments go to solve_assignment_small (src/cpu/assignment_small.h), or,
 //     where the CPU has AVX-512, to solve_assignment_simd (src/cpu/assignment_simd.h; the same
 //     results bit for bit) inside align_simd, this search again with the cost rows padded to
-//     whole vectors (about 1.9x faster at LJ13, see bench/RESULTS.md).
+//     whole vectors (1.7x faster at LJ13 on one core, see bench/RESULTS.md).
 //
 // Shapes: x0, x1 [n][D]; f0, f1 [D][D] principal axes as columns; perm [n]; rotation [D][D].
 #include <limits>
