@@ -8,6 +8,8 @@
 #include <random>
 #include <vector>
 
+#include "cpu/assignment_simd.h"
+#include "cpu/assignment_small.h"
 #include "eqflow/assignment.h"
 #include "eqflow/error.h"
 #include "eqflow/tensor.h"
@@ -294,6 +296,51 @@ TEST(Assignment, SmallSolverMatchesGeneralBitForBit) {
         }
     }
 }
+
+#if EQFLOW_HAVE_SIMD_ASSIGNMENT
+// The AVX-512 copy of the fixed-size solver (src/cpu/assignment_simd.h, what the eqot coupling
+// runs on CPUs that have it) against solve_assignment_small on the same problems: the same
+// permutation and the same duals, bit for bit, on random reals, on small integers (ties in every
+// scan, so the `remaining`-order tie rules are exercised), with forbidden (+inf) pairs, and on
+// infeasible problems (both must fail).
+template <int NV>
+void simd_matches_small(int n, int kind, std::mt19937_64& gen) {
+    constexpr int kW = 8 * NV;
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    std::uniform_int_distribution<int> small_int(0, 3);
+    std::vector<double> dense(n * n), padded(n * kW, kInf);
+    for (int i = 0; i < n; ++i)
+        for (int j = 0; j < n; ++j) {
+            double c = kind == 0 ? u(gen) : small_int(gen);
+            if (kind == 2 && small_int(gen) == 0) c = kInf;
+            dense[i * n + j] = padded[i * kW + j] = c;
+        }
+    cpu::SmallAssignment a;
+    cpu::SimdAssignment<NV> b;
+    const bool ok_a = cpu::solve_assignment_small(dense.data(), n, a);
+    const bool ok_b = cpu::solve_assignment_simd<NV>(padded.data(), n, b);
+    ASSERT_EQ(ok_a, ok_b);
+    if (!ok_a) return;
+    for (int i = 0; i < n; ++i) {
+        EXPECT_EQ(a.col4row[i], b.col4row[i]) << "row " << i;
+        EXPECT_EQ(a.u[i], b.u[i]) << "row " << i;
+        EXPECT_EQ(a.v[i], b.v[i]) << "column " << i;
+    }
+}
+
+TEST(Assignment, SimdSolverMatchesSmallBitForBit) {
+    if (!cpu::simd_assignment_available()) GTEST_SKIP() << "no AVX-512 on this CPU";
+    auto gen = test::rng(475);
+    for (int rep = 0; rep < 200; ++rep)
+        for (int kind = 0; kind < 3; ++kind) {
+            SCOPED_TRACE(::testing::Message() << "rep=" << rep << " kind=" << kind);
+            for (int n : {1, 2, 3, 4, 7, 8}) simd_matches_small<1>(n, kind, gen);
+            for (int n : {9, 13, 16}) simd_matches_small<2>(n, kind, gen);
+            for (int n : {17, 22, 31, 32}) simd_matches_small<4>(n, kind, gen);
+            if (HasFailure()) return;
+        }
+}
+#endif
 
 TEST(Assignment, BatchedEqualsOneByOne) {
     // Problems are spread over the pool's threads in chunks; each one's result is its own.
