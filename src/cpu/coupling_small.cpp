@@ -23,6 +23,46 @@ namespace eqflow::cpu {
 
 namespace {
 
+// The rest of a search round once the particle assignment col4row is solved (both searches
+// below): stop (false) when it repeats the previous round's, as Kabsch would return the same
+// rotation; else Kabsch on it into r, its aligned cost, and the best so far updated. Inlined into
+// both callers (one of them an AVX-512 function), the same arithmetic in the same order.
+template <int D>
+__attribute__((always_inline)) inline bool kabsch_round(const CouplingOptions& o,
+                                                        const double* x0, const double* x1, int n,
+                                                        int round, const int* col4row, int* cand,
+                                                        int* prev, double* r, double& best,
+                                                        int64_t* perm, double* rotation) {
+    constexpr int kDD = D * D;
+    bool same = round > 0;
+    for (int a = 0; a < n; ++a) {
+        cand[a] = col4row[a];
+        same = same && cand[a] == prev[a];
+    }
+    if (same) return false;
+    double h[kDD];
+    for (int k = 0; k < kDD; ++k) h[k] = 0.0;
+    for (int a = 0; a < n; ++a)
+        for (int p = 0; p < D; ++p)
+            for (int q = 0; q < D; ++q) h[p * D + q] += x0[a * D + p] * x1[cand[a] * D + q];
+    kabsch_math::best_orthogonal(h, D, o.allow_reflection, r);
+    double c = 0.0;
+    for (int a = 0; a < n; ++a)
+        for (int p = 0; p < D; ++p) {
+            double v = 0.0;
+            for (int q = 0; q < D; ++q) v += r[p * D + q] * x1[cand[a] * D + q];
+            const double diff = x0[a * D + p] - v;
+            c += diff * diff;
+        }
+    if (c < best) {
+        best = c;
+        for (int a = 0; a < n; ++a) perm[a] = cand[a];
+        for (int k = 0; k < kDD; ++k) rotation[k] = r[k];
+    }
+    for (int a = 0; a < n; ++a) prev[a] = cand[a];
+    return true;
+}
+
 template <int D>
 double align_small(const CouplingOptions& o, const double* x0, const double* x1, int n,
                    const int* types, const double* f0, const double* f1, int64_t* perm,
@@ -63,32 +103,9 @@ double align_small(const CouplingOptions& o, const double* x0, const double* x1,
             }
             EQFLOW_CHECK(solve_assignment_small(cost, n, lsa),
                          "eqot: particle assignment failed (non-finite input?)");
-            bool same = round > 0;
-            for (int a = 0; a < n; ++a) {
-                cand[a] = lsa.col4row[a];
-                same = same && cand[a] == prev[a];
-            }
-            if (same) break;  // Kabsch would return the same rotation
-            double h[kDD];
-            for (int k = 0; k < kDD; ++k) h[k] = 0.0;
-            for (int a = 0; a < n; ++a)
-                for (int p = 0; p < D; ++p)
-                    for (int q = 0; q < D; ++q) h[p * D + q] += x0[a * D + p] * x1[cand[a] * D + q];
-            kabsch_math::best_orthogonal(h, D, o.allow_reflection, r);
-            double c = 0.0;
-            for (int a = 0; a < n; ++a)
-                for (int p = 0; p < D; ++p) {
-                    double v = 0.0;
-                    for (int q = 0; q < D; ++q) v += r[p * D + q] * x1[cand[a] * D + q];
-                    const double diff = x0[a * D + p] - v;
-                    c += diff * diff;
-                }
-            if (c < best) {
-                best = c;
-                for (int a = 0; a < n; ++a) perm[a] = cand[a];
-                for (int k = 0; k < kDD; ++k) rotation[k] = r[k];
-            }
-            for (int a = 0; a < n; ++a) prev[a] = cand[a];
+            if (!kabsch_round<D>(o, x0, x1, n, round, lsa.col4row, cand, prev, r, best, perm,
+                                 rotation))
+                break;
         }
     };
 
@@ -171,32 +188,9 @@ EQFLOW_AVX512 double align_simd(const CouplingOptions& o, const double* x0, cons
             }
             EQFLOW_CHECK(solve_assignment_simd<NV>(cost, n, lsa),
                          "eqot: particle assignment failed (non-finite input?)");
-            bool same = round > 0;
-            for (int a = 0; a < n; ++a) {
-                cand[a] = lsa.col4row[a];
-                same = same && cand[a] == prev[a];
-            }
-            if (same) break;  // Kabsch would return the same rotation
-            double h[kDD];
-            for (int k = 0; k < kDD; ++k) h[k] = 0.0;
-            for (int a = 0; a < n; ++a)
-                for (int p = 0; p < D; ++p)
-                    for (int q = 0; q < D; ++q) h[p * D + q] += x0[a * D + p] * x1[cand[a] * D + q];
-            kabsch_math::best_orthogonal(h, D, o.allow_reflection, r);
-            double c = 0.0;
-            for (int a = 0; a < n; ++a)
-                for (int p = 0; p < D; ++p) {
-                    double v = 0.0;
-                    for (int q = 0; q < D; ++q) v += r[p * D + q] * x1[cand[a] * D + q];
-                    const double diff = x0[a * D + p] - v;
-                    c += diff * diff;
-                }
-            if (c < best) {
-                best = c;
-                for (int a = 0; a < n; ++a) perm[a] = cand[a];
-                for (int k = 0; k < kDD; ++k) rotation[k] = r[k];
-            }
-            for (int a = 0; a < n; ++a) prev[a] = cand[a];
+            if (!kabsch_round<D>(o, x0, x1, n, round, lsa.col4row, cand, prev, r, best, perm,
+                                 rotation))
+                break;
         }
         if (st == num_starts - 1 && !net) {
             net = true;
