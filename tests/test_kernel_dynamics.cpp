@@ -21,6 +21,7 @@
 #include "eqflow/kernel_dynamics.h"
 #include "eqflow/model_io.h"
 #include "eqflow/trainer.h"
+#include "kernel_test_util.h"
 #include "test_util.h"
 #include "train_test_util.h"
 
@@ -43,13 +44,7 @@ constexpr double kFdRtol = 1e-7;
 // Observed up to 4e-13 relative to the gradient's scale.
 constexpr double kParamFdStep = 1e-3;
 constexpr double kParamFdRtol = 1e-10;
-// The float32 backend against the double one, relative to the largest |value| of the output:
-// each pair's radial sum of K <= 50 Gaussians and the n - 1 pair terms of v_i round at 2^-24 ~ 6e-8
-// relative to the largest term, and exp in float adds a few ulps; outputs (v_i, the divergence,
-// gradients) are sums of terms of both signs that cancel to well below their largest term, so
-// the error is measured against the output's scale. Observed up to 4e-6 (LJ13 input gradients of
-// the divergence); a field computed with a wrong formula is off by O(1).
-constexpr double kFloatRtol = 2e-5;
+// The float32 backend against the double one: test::kKernelFloatRtol (kernel_test_util.h).
 
 // ---- helpers ------------------------------------------------------------------------------------
 
@@ -69,22 +64,13 @@ struct Case {
 };
 const Case kCases[] = {{"dw4", 4, 2}, {"lj13", 13, 3}, {"small", 5, 3}, {"pair", 2, 1}};
 
-// Spread like the data and the prior: particles of a Gaussian cloud of width 1.5, at least 0.3
-// apart, at times spread over [0, 1].
-struct Inputs {
-    std::vector<double> x, t;
-};
+using Inputs = test::KernelInputs;
+using test::cast;
+using test::expect_float_close;
+using test::max_abs;
+using test::widen;
 Inputs random_inputs(int B, int n, int d, uint64_t salt) {
-    Inputs in;
-    auto gen = test::rng(salt);
-    in.x = test::random_configurations(B, n, d, 1.5, 0.3, gen);
-    for (int b = 0; b < B; ++b) in.t.push_back((b + 0.37) / B);
-    return in;
-}
-
-template <class T>
-std::vector<T> cast(const std::vector<double>& v) {
-    return std::vector<T>(v.begin(), v.end());
+    return test::random_kernel_inputs(B, n, d, salt);
 }
 
 // Thin host wrappers around the interface (each call gets a fresh workspace of the right size).
@@ -209,12 +195,6 @@ double pair_potential(const KernelModel& m, const std::vector<double>& x, double
             }
         }
     return U;
-}
-
-double max_abs(const std::vector<double>& v) {
-    double m = 0.0;
-    for (double x : v) m = std::max(m, std::fabs(x));
-    return m;
 }
 
 // ---- configuration ------------------------------------------------------------------------------
@@ -529,17 +509,6 @@ TEST(KernelField, DivergenceBackwardMatchesFiniteDifferences) {
 }
 
 // ---- the float32 backend ------------------------------------------------------------------------
-
-template <class T>
-std::vector<double> widen(const std::vector<T>& v) {
-    return std::vector<double>(v.begin(), v.end());
-}
-
-void expect_float_close(const std::vector<double>& actual, const std::vector<double>& expected,
-                        const char* what) {
-    EXPECT_TRUE(test::not_all_zero(expected)) << what;
-    EXPECT_TRUE(all_close(actual, expected, kFloatRtol * max_abs(expected), kFloatRtol)) << what;
-}
 
 TEST(KernelField, FastFloatBackendMatchesTheReference) {
     const Case cases[] = {{"dw4", 4, 2}, {"lj13", 13, 3}, {"lj55", 55, 3}};

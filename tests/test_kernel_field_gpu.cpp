@@ -24,6 +24,7 @@
 #include "eqflow/ode_gpu.h"
 #include "eqflow/tensor.h"
 #include "eqflow/trainer.h"
+#include "kernel_test_util.h"
 #include "test_util.h"
 #include "train_test_util.h"
 
@@ -41,7 +42,7 @@ using test::all_close;
 // The GPU adds in another order than the CPU (each ordered pair per particle; the divergence by
 // thread partial sums), which changes which float roundings happen, not their size. A wrong term
 // is off by O(1).
-constexpr double kFloatRtol = 2e-5;
+constexpr double kFloatRtol = test::kKernelFloatRtol;
 
 struct Case {
     const char* name;
@@ -71,37 +72,13 @@ KernelModel random_kernel_model(const Case& c, uint64_t salt) {
     return m;
 }
 
-struct Inputs {
-    std::vector<double> x, t;
-};
-// A Gaussian cloud of width 1.5 with particles at least 0.3 apart (pair distances over the
-// radial basis), times spread over [0, 1].
+using Inputs = test::KernelInputs;
+using test::cast;
+using test::expect_float_close;
+using test::max_abs;
+using test::widen;
 Inputs random_inputs(int B, int n, int d, uint64_t salt) {
-    Inputs in;
-    auto gen = test::rng(salt);
-    in.x = test::random_configurations(B, n, d, 1.5, 0.3, gen);
-    for (int b = 0; b < B; ++b) in.t.push_back((b + 0.37) / B);
-    return in;
-}
-
-template <class T>
-std::vector<T> cast(const std::vector<double>& v) {
-    return std::vector<T>(v.begin(), v.end());
-}
-template <class T>
-std::vector<double> widen(const std::vector<T>& v) {
-    return std::vector<double>(v.begin(), v.end());
-}
-double max_abs(const std::vector<double>& v) {
-    double m = 0.0;
-    for (double x : v) m = std::max(m, std::fabs(x));
-    return m;
-}
-
-void expect_float_close(const std::vector<double>& actual, const std::vector<double>& expected,
-                        const char* what) {
-    EXPECT_TRUE(test::not_all_zero(expected)) << what;
-    EXPECT_TRUE(all_close(actual, expected, kFloatRtol * max_abs(expected), kFloatRtol)) << what;
+    return test::random_kernel_inputs(B, n, d, salt);
 }
 
 // The interface on host vectors for either memory: the inputs are uploaded to the field's

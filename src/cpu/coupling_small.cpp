@@ -28,11 +28,11 @@ namespace {
 // rotation; else Kabsch on it into r, its aligned cost, and the best so far updated. Inlined into
 // both callers (one of them an AVX-512 function), the same arithmetic in the same order.
 template <int D>
-__attribute__((always_inline)) inline bool kabsch_round(const CouplingOptions& o,
-                                                        const double* x0, const double* x1, int n,
-                                                        int round, const int* col4row, int* cand,
-                                                        int* prev, double* r, double& best,
-                                                        int64_t* perm, double* rotation) {
+__attribute__((always_inline)) inline bool kabsch_round(const CouplingOptions& o, const double* x0,
+                                                        const double* x1, int n, int round,
+                                                        const int* col4row, int* cand, int* prev,
+                                                        double* r, double& best, int64_t* perm,
+                                                        double* rotation) {
     constexpr int kDD = D * D;
     bool same = round > 0;
     for (int a = 0; a < n; ++a) {
