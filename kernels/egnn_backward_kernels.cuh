@@ -68,7 +68,7 @@ static_assert(kBwdEscGr < kBwdEdgeScalars, "edge scalars");
 
 struct BackwardLayout {
     PrimalLayout L;  // w2t, wc1t: the staged weights; M doubles as gQ in the edge phase
-    int vec, slots, acc, esc, gx, gx0, gxacc, gh, total;
+    int sample, vec, slots, acc, esc, gx, gx0, gxacc, gh, total;
 };
 
 __host__ __device__ inline BackwardLayout backward_layout(int n, int d, int Hp) {
@@ -80,6 +80,7 @@ __host__ __device__ inline BackwardLayout backward_layout(int n, int d, int Hp) 
         return at;
     };
     s.L.hs = Hp;
+    s.sample = take(1);  // the block's current sample (an int)
     s.L.w2t = take(Hp * Hp);
     s.L.wc1t = take(Hp * Hp);
     s.vec = take(kBwdVecRows * Hp);
@@ -673,16 +674,22 @@ __global__ void __launch_bounds__(kThreads, 2)
     float* wacc = sm + Y.acc + warp * kBwdAccRows * Hp;
     float* wesc = sm + Y.esc + warp * kBwdMaxEdges * kBwdEdgeScalars;
 
-    // The sample counter is an int (the launcher checks B): a 64-bit one held through the
-    // sample costs a register pair, which the Hp = 128, d = 2 instance spilled.
-    for (int bi = static_cast<int>(blockIdx.x); bi < B; bi += static_cast<int>(gridDim.x)) {
-        const int64_t b = bi;
+    // The block's sample index lives in shared memory rather than in a register held through
+    // the whole sample (at the 128-register cap, the d = 3 and Hp = 128 instances spilled it to
+    // local memory); an int: the launcher checks B.
+    int* sample = reinterpret_cast<int*>(sm + Y.sample);
+    if (threadIdx.x == 0) *sample = static_cast<int>(blockIdx.x);
+    __syncthreads();
+    // Read where it is needed, not held (volatile: a fresh shared load each time).
+    auto sample_index = [&] { return static_cast<int64_t>(*static_cast<volatile int*>(sample)); };
+    while (*sample < B) {
         // ---- 1. forward (register-tiled), keeping h^l, x^l, M^l ----
-        load_sample(net, x + b * nd, t[b], sm, L);
-        int cur = L.x, nxt = L.xn;
+        load_sample(net, x + sample_index() * nd, t[sample_index()], sm, L);
         __syncthreads();
         for (int l = 0; l < Lyr; ++l) {
             const EgnnLayerPtrs& p = net.layer[l];
+            // x^l and x^{l+1} alternate between x and x_next (from l, not carried in registers).
+            const int cur = (l & 1) ? L.xn : L.x, nxt = (l & 1) ? L.x : L.xn;
             for (int k = threadIdx.x; k < nH; k += blockDim.x)
                 slot[S.hs + static_cast<size_t>(l) * nH + k] = sm[L.h + k];
             for (int k = threadIdx.x; k < nd; k += blockDim.x)
@@ -695,15 +702,12 @@ __global__ void __launch_bounds__(kThreads, 2)
             for (int k = threadIdx.x; k < nH; k += blockDim.x)
                 slot[S.Ms + static_cast<size_t>(l) * nH + k] = sm[L.M + k];
             if (l + 1 < Lyr) node_layer_tiled<Hp>(net, p, sm, L, warp, lane);
-            const int tmp = cur;
-            cur = nxt;
-            nxt = tmp;
             __syncthreads();
         }
 
         // ---- 2. seed: v = x^L - x^0 - mean  =>  dL/dx^L = g - mean(g), dL/dx^0 gets -(g -
         // mean(g)) ----
-        const float* g = dL_dv + b * nd;
+        const float* g = dL_dv + sample_index() * nd;
         for (int idx = threadIdx.x; idx < nd; idx += blockDim.x) {
             const int c = idx % D;
             float mean = 0.0f;
@@ -815,7 +819,7 @@ __global__ void __launch_bounds__(kThreads, 2)
             const int F = net.in_features;
             float* gemb_w = grad_of(grad, pbase, net.emb_w);
             float* gemb_b = grad_of(grad, pbase, net.emb_b);
-            const float tb = t[b];
+            const float tb = t[sample_index()];
             for (int e = threadIdx.x; e < H * F; e += blockDim.x) {
                 const int k = e / F, f = e % F;
                 float acc = 0.0f;
@@ -833,9 +837,11 @@ __global__ void __launch_bounds__(kThreads, 2)
             }
             if (dL_dx != nullptr)
                 for (int k = threadIdx.x; k < nd; k += blockDim.x)
-                    dL_dx[b * nd + k] = sm[Y.gx + k] + sm[Y.gx0 + k];
+                    dL_dx[sample_index() * nd + k] = sm[Y.gx + k] + sm[Y.gx0 + k];
         }
         __syncthreads();  // the next sample reuses shared memory
+        if (threadIdx.x == 0) *sample += static_cast<int>(gridDim.x);
+        __syncthreads();
     }
 }
 
