@@ -1,6 +1,7 @@
 // kernels/egnn_backward.cu: launcher of the fused EGNN reverse mode. The device code, with the
 // gradient contract and the work decomposition, is in kernels/egnn_backward_kernels.cuh.
 #include <algorithm>
+#include <limits>
 
 #include "eqflow/error.h"
 #include "kernels/cuda_check.cuh"
@@ -33,6 +34,9 @@ void egnn_backward(const EgnnNet& net, const float* params_base, int64_t param_c
                    float* dL_dx, void* workspace, size_t workspace_bytes, Stream stream) {
     if (B == 0) return;
     egnn_check_supported(net);
+    EQFLOW_CHECK(B <= std::numeric_limits<int>::max(), "GPU EGNN backward: at most "
+                                                           << std::numeric_limits<int>::max()
+                                                           << " samples per call, got " << B);
     const size_t smem = backward_smem_bytes(net);
     EQFLOW_CHECK(smem <= max_smem_bytes(),
                  "GPU EGNN backward: n = " << net.n << ", H = " << net.hidden << " needs " << smem
@@ -45,10 +49,11 @@ void egnn_backward(const EgnnNet& net, const float* params_base, int64_t param_c
     const SlotLayout S = slot_layout(net.n, net.d, net.hidden, net.layers, param_count);
     const cudaStream_t s = EQFLOW_STREAM(stream);
     EQFLOW_CUDA_CHECK(cudaMemsetAsync(workspace, 0, need, s));  // slot gradients start at zero
-    raise_smem_limit(reinterpret_cast<const void*>(egnn_backward_kernel), smem);
+    const BackwardKernel kernel = backward_kernel_for(net);
+    raise_smem_limit(reinterpret_cast<const void*>(kernel), smem);
     float* ws = static_cast<float*>(workspace);
-    EQFLOW_LAUNCH(egnn_backward_kernel, static_cast<unsigned>(slots), kThreads, smem, s, net,
-                  params_base, param_count, B, x, t, dL_dv, dL_dx, ws);
+    EQFLOW_LAUNCH(kernel, static_cast<unsigned>(slots), kThreads, smem, s, net, params_base,
+                  param_count, B, x, t, dL_dv, dL_dx, ws);
     EQFLOW_CUDA_CHECK_LAUNCH();
     const int64_t blocks = (param_count + kThreads - 1) / kThreads;
     EQFLOW_LAUNCH(reduce_slots_kernel, static_cast<unsigned>(blocks), kThreads, 0, s, ws, S.total,
