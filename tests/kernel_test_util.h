@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <numeric>
+#include <random>
 #include <vector>
 
 #include "test_util.h"
@@ -55,6 +57,31 @@ inline void expect_float_close(const std::vector<double>& actual,
     EXPECT_TRUE(not_all_zero(expected)) << what;
     EXPECT_TRUE(all_close(actual, expected, kKernelFloatRtol * max_abs(expected), kKernelFloatRtol))
         << what;
+}
+
+// An E(n) x permutation image of B rows x [n][d] and what an equivariant field must give there:
+// a random orthogonal R (a reflection when asked), shift and particle permutation perm, then
+// y_b[i] = R x_b[perm[i]] + shift and expected_b[i] = R v_b[perm[i]].
+struct TransformedRows {
+    std::vector<double> y, expected;
+};
+inline TransformedRows transform_rows(const std::vector<double>& x, const std::vector<double>& v,
+                                      int B, int n, int d, bool reflection, std::mt19937_64& gen) {
+    const int nd = n * d;
+    const std::vector<double> R = random_orthogonal(d, reflection, gen);
+    const std::vector<double> shift = random_normal(static_cast<size_t>(d), gen, 3.0);
+    std::vector<int> perm(static_cast<size_t>(n));
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), gen);
+    const std::vector<double> rx = rotate(x, R, d), rv = rotate(v, R, d);
+    TransformedRows out{std::vector<double>(x.size()), std::vector<double>(v.size())};
+    for (int b = 0; b < B; ++b)
+        for (int i = 0; i < n; ++i)
+            for (int a = 0; a < d; ++a) {
+                out.y[b * nd + i * d + a] = rx[b * nd + perm[i] * d + a] + shift[a];
+                out.expected[b * nd + i * d + a] = rv[b * nd + perm[i] * d + a];
+            }
+    return out;
 }
 
 }  // namespace eqflow::test

@@ -308,23 +308,11 @@ TEST(KernelField, EquivariantUnderRotationsReflectionsTranslationsAndPermutation
         const double scale = max_abs(v);
         auto gen = test::rng(5);
         for (bool reflection : {false, true}) {
-            const std::vector<double> R = test::random_orthogonal(d, reflection, gen);
-            const std::vector<double> shift = test::random_normal(static_cast<size_t>(d), gen, 3.0);
-            std::vector<int> perm(static_cast<size_t>(n));
-            std::iota(perm.begin(), perm.end(), 0);
-            std::shuffle(perm.begin(), perm.end(), gen);
-            // y_b[i] = R x_b[perm[i]] + shift; expected v_y[b][i] = R v[b][perm[i]].
-            const std::vector<double> rx = test::rotate(in.x, R, d), rv = test::rotate(v, R, d);
-            std::vector<double> y(in.x.size()), expected(v.size());
-            for (int b = 0; b < B; ++b)
-                for (int i = 0; i < n; ++i)
-                    for (int a = 0; a < d; ++a) {
-                        y[b * nd + i * d + a] = rx[b * nd + perm[i] * d + a] + shift[a];
-                        expected[b * nd + i * d + a] = rv[b * nd + perm[i] * d + a];
-                    }
+            const test::TransformedRows tr =
+                test::transform_rows(in.x, v, B, n, d, reflection, gen);
             std::vector<double> vy;
-            const std::vector<double> div_y = h.divergence(y, in.t, &vy);
-            EXPECT_TRUE(all_close(vy, expected, kExactRtol * scale, kExactRtol));
+            const std::vector<double> div_y = h.divergence(tr.y, in.t, &vy);
+            EXPECT_TRUE(all_close(vy, tr.expected, kExactRtol * scale, kExactRtol));
             EXPECT_TRUE(all_close(div_y, div, kExactRtol * max_abs(div), kExactRtol));
         }
         // Mean-free: the antisymmetric pair sum cancels in every dimension.

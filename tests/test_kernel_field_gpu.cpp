@@ -277,22 +277,11 @@ TEST(KernelFieldGpuEquivariance, RotationsReflectionsTranslationsPermutations) {
         const std::vector<double> v = widen(vf);
         auto gen = test::rng(5);
         for (bool reflection : {false, true}) {
-            const std::vector<double> R = test::random_orthogonal(d, reflection, gen);
-            const std::vector<double> shift = test::random_normal(static_cast<size_t>(d), gen, 3.0);
-            std::vector<int> perm(static_cast<size_t>(n));
-            std::iota(perm.begin(), perm.end(), 0);
-            std::shuffle(perm.begin(), perm.end(), gen);
-            const std::vector<double> rx = test::rotate(in.x, R, d), rv = test::rotate(v, R, d);
-            std::vector<double> y(in.x.size()), expected(v.size());
-            for (int b = 0; b < B; ++b)
-                for (int i = 0; i < n; ++i)
-                    for (int a = 0; a < d; ++a) {
-                        y[b * nd + i * d + a] = rx[b * nd + perm[i] * d + a] + shift[a];
-                        expected[b * nd + i * d + a] = rv[b * nd + perm[i] * d + a];
-                    }
+            const test::TransformedRows tr =
+                test::transform_rows(in.x, v, B, n, d, reflection, gen);
             std::vector<float> vy;
-            const std::vector<double> div_y = widen(h.divergence(cast<float>(y), tf, &vy));
-            EXPECT_TRUE(all_close(widen(vy), expected, 2 * kFloatRtol * max_abs(v), 0.0));
+            const std::vector<double> div_y = widen(h.divergence(cast<float>(tr.y), tf, &vy));
+            EXPECT_TRUE(all_close(widen(vy), tr.expected, 2 * kFloatRtol * max_abs(v), 0.0));
             EXPECT_TRUE(all_close(div_y, div, 2 * kFloatRtol * max_abs(div), 0.0));
         }
     }
