@@ -35,17 +35,17 @@
 // double (the B^2 eqot pair alignments spread over `threads` threads of the pool; the result does
 // not depend on their number; for n <= 32 a fixed-size copy of the search with the same result,
 // bit for bit, its particle assignments vectorised with AVX-512 where the CPU has it, and
-// EQFLOW_NO_AVX512 set in the environment keeps the scalar copy) and need no workspace. CUDA views run all B^2 eqot pair problems in
-// one launch (one warp per pair, both samples in shared memory, the particle distances computed on
-// the fly), the B x B assignment on the GPU (B <= 1024), and need `coupling_workspace_bytes` bytes
-// of device workspace (nothing is allocated inside the call). With `synchronize` (the default)
-// the call waits for the stream and non-finite coordinates are an Error, on the CPU and (ot,
-// eqot, through the batch assignment) on the GPU; fm copies them through unchecked. With
-// `synchronize` off, a CUDA call only queues its work on `stream` and never waits for the host
-// (what a training step, or a captured CUDA graph, needs); a batch assignment that fails there
-// (a NaN pair cost) poisons the whole batch instead of throwing: x1_paired and cost NaN, pairing
-// the identity, so a training step's finite check skips the batch. CPU calls ignore it.
-// x1_paired must not overlap x0 or x1.
+// EQFLOW_NO_AVX512 set in the environment keeps the scalar copy) and need no workspace. CUDA views
+// run all B^2 eqot pair problems in one launch (one warp per pair, both samples in shared memory,
+// the particle distances computed on the fly), the B x B assignment on the GPU (B <= 1024), and
+// need `coupling_workspace_bytes` bytes of device workspace (nothing is allocated inside the call).
+// With `synchronize` (the default) the call waits for the stream and non-finite coordinates are an
+// Error, on the CPU and (ot, eqot, through the batch assignment) on the GPU; fm copies them through
+// unchecked. With `synchronize` off, a CUDA call only queues its work on `stream` and never waits
+// for the host (what a training step, or a captured CUDA graph, needs); a batch assignment that
+// fails there (a NaN pair cost) poisons the whole batch instead of throwing: x1_paired and cost
+// NaN, pairing the identity, so a training step's finite check skips the batch. CPU calls ignore
+// it. x1_paired must not overlap x0 or x1.
 #pragma once
 
 #include <cstddef>
