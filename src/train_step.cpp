@@ -133,6 +133,7 @@ FlowMatchingStep<T>::FlowMatchingStep(Field<T>& field, const FlowMatchingStepOpt
     im.coupling.kind = o.objective;
     im.coupling.allow_reflection = o.reflections;
     im.coupling.atom_types = o.atom_types;
+    im.coupling.threads = o.threads;
     // On CUDA the coupling only queues its kernels: no host round trip inside a step (a failed
     // batch assignment poisons the batch, which the finite check then skips).
     im.coupling.synchronize = false;

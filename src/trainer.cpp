@@ -271,6 +271,7 @@ FlowMatchingStep<T> make_step(const TrainOptions& opt, RunSetup& rs, Field<T>& f
     so.batch = rs.B;
     so.draw_seed = derive_seed(opt.seed, kPurposeDraws);
     so.ema_decay = opt.ema_decay;
+    so.threads = opt.threads;
     return FlowMatchingStep<T>(field, so, rs.train.data(), rs.n_train, rs.val.data(), n_val_used);
 }
 template <class T>

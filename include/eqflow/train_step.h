@@ -46,6 +46,7 @@ struct FlowMatchingStepOptions {
     int64_t batch = 256;     // B: rows per step (<= the training set)
     uint64_t draw_seed = 0;  // row b of step s draws from Philox(draw_seed, s*B + b)
     double ema_decay = 0.0;  // 0: no EMA
+    int threads = 0;         // CPU eqot coupling: threads for its B^2 alignments; 0: all
 };
 
 template <class T>
