@@ -115,7 +115,8 @@ void BM_EgnnDivergence_CUDA(benchmark::State& s, const char* name) {
 }
 
 // One training step on the device; data: N(0, 1) configurations (the step's cost does not
-// depend on their distribution), 4 batches' worth.
+// depend on their distribution), 4 batches' worth. Second argument: 1 replays the step as a CUDA
+// graph (the default), 0 launches its kernels one by one; the label says which ran.
 void BM_TrainStep_CUDA(benchmark::State& state, const char* name, eqflow::CouplingKind kind) {
     if (eqflow::bench::skip_without_gpu(state)) return;
     const int64_t B = state.range(0);
@@ -130,6 +131,7 @@ void BM_TrainStep_CUDA(benchmark::State& state, const char* name, eqflow::Coupli
     eqflow::FlowMatchingStepOptions o;
     o.objective = kind;
     o.batch = B;
+    o.cuda_graph = state.range(1) != 0;
     eqflow::FlowMatchingStep<float> step(*field, o, data.data(), count);
     std::vector<int64_t> order(static_cast<size_t>(count));
     for (int64_t i = 0; i < count; ++i) order[static_cast<size_t>(i)] = i;
@@ -143,11 +145,12 @@ void BM_TrainStep_CUDA(benchmark::State& state, const char* name, eqflow::Coupli
         (void)step.counters();
     }
     state.SetItemsProcessed(state.iterations() * B);
+    state.SetLabel("graph " + step.cuda_graph_status().substr(0, 3));
 }
 
 }  // namespace
 
-// BM_TrainStep_CUDA/<system>_<coupling>/256/real_time, from a table.
+// BM_TrainStep_CUDA/<system>_<coupling>/256/<graph>/real_time, from a table.
 const bool kTrainStepBenchmarks = [] {
     struct Case {
         const char* name;
@@ -161,7 +164,8 @@ const bool kTrainStepBenchmarks = [] {
                           Case{"lj55_fm", "lj55", eqflow::CouplingKind::fm}})
         benchmark::RegisterBenchmark((std::string("BM_TrainStep_CUDA/") + c.name).c_str(),
                                      BM_TrainStep_CUDA, c.system, c.kind)
-            ->Arg(256)
+            ->Args({256, 1})
+            ->Args({256, 0})
             ->UseRealTime()
             ->Unit(benchmark::kMillisecond);
     return true;

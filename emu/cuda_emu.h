@@ -30,7 +30,8 @@
 //
 // What it does not model: the memory model within a barrier interval (a lost update from two
 // threads' read-modify-write of the same word, which real hardware can interleave), streams
-// running concurrently with the host, the device's own math library (its last-bit rounding),
+// running concurrently with the host or with each other (stream capture and graph replay are
+// modelled: emu/include/cuda_runtime_api.h), the device's own math library (its last-bit rounding),
 // timing, and anything about performance. It is a logic check, not a replacement for running
 // on a GPU and under compute-sanitizer.
 #pragma once
@@ -98,32 +99,43 @@ Schedule default_schedule();
 // last error set, when the launch is invalid (emu/runtime.cpp).
 bool check_launch(const void* kernel, long long grid, long long block, size_t dynamic_smem);
 
+// Work issued to `stream` (a cudaStream_t; nullptr is the legacy default stream): runs it at once,
+// or records it when the stream is capturing a graph, or refuses it (the runtime's last error set)
+// when capture forbids it (emu/runtime.cpp; the rules are in emu/include/cuda_runtime_api.h).
+// Returns the cudaError_t of the refusal, 0 when the work ran or was recorded.
+int enqueue(const void* stream, std::function<void()> work);
+
 // kernel<<<grid, block, smem, stream>>>(args...) as EQFLOW_LAUNCH(grid, block, smem, stream,
 // kernel)(args...): the arguments are converted to the kernel's parameter types once, and every
-// thread gets its own copy of them, as on the device. Runs at once (streams are synchronous).
+// thread gets its own copy of them, as on the device. Runs at once (streams are synchronous)
+// unless the stream is capturing: then the launch, with these arguments, joins the graph.
 template <class... Params>
 struct Launcher {
     void (*kernel)(Params...);
     long long grid, block;
     size_t smem;
+    const void* stream;
 
     template <class... Args>
     void operator()(Args&&... args) const {
         if (!check_launch(reinterpret_cast<const void*>(kernel), grid, block, smem)) return;
-        const std::tuple<Params...> params(static_cast<Params>(std::forward<Args>(args))...);
         LaunchConfig config;
         config.grid = static_cast<unsigned>(grid);
         config.block = static_cast<unsigned>(block);
         config.dynamic_smem = smem;
         config.schedule = default_schedule();
-        launch_body(config, [&] { std::apply(kernel, params); });
+        enqueue(stream,
+                [k = kernel, config,
+                 params = std::tuple<Params...>(static_cast<Params>(std::forward<Args>(args))...)] {
+                    launch_body(config, [&] { std::apply(k, params); });
+                });
     }
 };
 
 template <class... Params>
 Launcher<Params...> make_launcher(void (*kernel)(Params...), long long grid, long long block,
-                                  size_t smem) {
-    return Launcher<Params...>{kernel, grid, block, smem};
+                                  size_t smem, const void* stream) {
+    return Launcher<Params...>{kernel, grid, block, smem, stream};
 }
 
 // ---- Built-ins, valid only inside a launch ------------------------------------------------

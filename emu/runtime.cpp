@@ -9,6 +9,8 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "cublas_v2.h"
 #include "cuda_emu.h"
@@ -52,6 +54,16 @@ const ErrorText kErrorTexts[] = {
     {cudaErrorInvalidDevicePointer, "cudaErrorInvalidDevicePointer", "invalid device pointer"},
     {cudaErrorNoDevice, "cudaErrorNoDevice", "no CUDA-capable device is detected"},
     {cudaErrorLaunchFailure, "cudaErrorLaunchFailure", "unspecified launch failure"},
+    {cudaErrorIllegalState, "cudaErrorIllegalState",
+     "the operation cannot be performed in the present state"},
+    {cudaErrorStreamCaptureUnsupported, "cudaErrorStreamCaptureUnsupported",
+     "operation not permitted when stream is capturing"},
+    {cudaErrorStreamCaptureInvalidated, "cudaErrorStreamCaptureInvalidated",
+     "operation failed due to a previous error during capture"},
+    {cudaErrorStreamCaptureUnmatched, "cudaErrorStreamCaptureUnmatched",
+     "the capture was not initiated in this stream"},
+    {cudaErrorStreamCaptureImplicit, "cudaErrorStreamCaptureImplicit",
+     "operation would make the legacy stream depend on a capturing blocking stream"},
 };
 
 const ErrorText* find_error_text(cudaError_t error) {
@@ -82,9 +94,68 @@ cudaError_t check_copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind 
     return cudaSuccess;
 }
 
+// The open stream capture (at most one). Guarded by g_capture_mutex, which is never held while
+// work runs (a kernel's launch may itself issue runtime calls only through the launcher).
+struct Capture {
+    bool active = false;
+    bool invalidated = false;
+    cudaStream_t stream = nullptr;
+    std::vector<std::function<void()>> nodes;
+};
+std::mutex g_capture_mutex;
+Capture g_capture;
+
+bool capturing_stream(const void* stream) {
+    std::lock_guard<std::mutex> lock(g_capture_mutex);
+    return g_capture.active && static_cast<const void*>(g_capture.stream) == stream;
+}
+
+// A synchronous call, or one that is not stream-ordered, while a capture is open: refused, and
+// the capture is invalidated (the runtime's global capture mode).
+cudaError_t refuse_in_capture() {
+    {
+        std::lock_guard<std::mutex> lock(g_capture_mutex);
+        if (!g_capture.active) return cudaSuccess;
+        g_capture.invalidated = true;
+    }
+    return fail(cudaErrorStreamCaptureUnsupported);
+}
+
 }  // namespace
 
+struct CUstream_st {
+    unsigned flags = 0;
+};
+struct CUgraph_st {
+    std::vector<std::function<void()>> nodes;
+};
+struct CUgraphExec_st {
+    std::vector<std::function<void()>> nodes;
+};
+
 namespace emu {
+
+int enqueue(const void* stream, std::function<void()> work) {
+    cudaError_t refused = cudaSuccess;
+    {
+        std::lock_guard<std::mutex> lock(g_capture_mutex);
+        if (g_capture.active) {
+            if (static_cast<const void*>(g_capture.stream) == stream) {
+                if (!g_capture.invalidated) {
+                    g_capture.nodes.push_back(std::move(work));
+                    return cudaSuccess;
+                }
+                refused = cudaErrorStreamCaptureInvalidated;
+            } else if (stream == nullptr) {  // the legacy stream would wait on the capturing one
+                g_capture.invalidated = true;
+                refused = cudaErrorStreamCaptureImplicit;
+            }
+        }
+    }
+    if (refused != cudaSuccess) return fail(refused);
+    work();
+    return cudaSuccess;
+}
 
 cudaError_t set_max_dynamic_smem(const void* kernel, int bytes) {
     if (bytes < 0 || static_cast<size_t>(bytes) > kSmemOptin) return fail(cudaErrorInvalidValue);
@@ -168,6 +239,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 
 cudaError_t cudaMalloc(void** ptr, size_t bytes) {
     *ptr = nullptr;
+    if (const cudaError_t err = refuse_in_capture(); err != cudaSuccess) return err;
     if (bytes == 0) return cudaSuccess;
     // Exactly the size asked for, so that AddressSanitizer sees an access past it.
     void* p = nullptr;
@@ -183,6 +255,7 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
 
 cudaError_t cudaFree(void* ptr) {
     if (ptr == nullptr) return cudaSuccess;
+    if (const cudaError_t err = refuse_in_capture(); err != cudaSuccess) return err;
     {
         std::lock_guard<std::mutex> lock(g_mutex);
         auto it = g_allocations.find(ptr);
@@ -197,32 +270,116 @@ cudaError_t cudaFree(void* ptr) {
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+    if (const cudaError_t err = refuse_in_capture(); err != cudaSuccess) return err;
     if (const cudaError_t err = check_copy(dst, src, bytes, kind); err != cudaSuccess) return err;
     if (bytes > 0) std::memmove(dst, src, bytes);
     return cudaSuccess;
 }
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
-                            cudaStream_t) {
-    return cudaMemcpy(dst, src, bytes, kind);
+                            cudaStream_t stream) {
+    if (const cudaError_t err = check_copy(dst, src, bytes, kind); err != cudaSuccess) return err;
+    if (bytes == 0) return cudaSuccess;
+    if (kind != cudaMemcpyDeviceToDevice && capturing_stream(stream)) return refuse_in_capture();
+    return static_cast<cudaError_t>(emu::enqueue(stream, [=] { std::memmove(dst, src, bytes); }));
 }
 
 cudaError_t cudaMemset(void* ptr, int value, size_t bytes) {
+    if (const cudaError_t err = refuse_in_capture(); err != cudaSuccess) return err;
     if (bytes == 0) return cudaSuccess;
     if (!inside_allocation(ptr, bytes)) return fail(cudaErrorInvalidValue);
     std::memset(ptr, value, bytes);
     return cudaSuccess;
 }
 
-cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t) {
-    return cudaMemset(ptr, value, bytes);
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t stream) {
+    if (bytes == 0) return cudaSuccess;
+    if (!inside_allocation(ptr, bytes)) return fail(cudaErrorInvalidValue);
+    return static_cast<cudaError_t>(emu::enqueue(stream, [=] { std::memset(ptr, value, bytes); }));
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t) {
-    return cudaSuccess;
+    return refuse_in_capture();
 }
 
 cudaError_t cudaDeviceSynchronize() {
+    return refuse_in_capture();
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t* stream) {
+    return cudaStreamCreateWithFlags(stream, cudaStreamDefault);
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags) {
+    *stream = new CUstream_st{flags};
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+    if (stream == nullptr) return fail(cudaErrorInvalidValue);
+    if (capturing_stream(stream)) return fail(cudaErrorIllegalState);
+    delete stream;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
+    if (stream == nullptr) return fail(cudaErrorStreamCaptureUnsupported);  // the legacy stream
+    {
+        std::lock_guard<std::mutex> lock(g_capture_mutex);
+        if (!g_capture.active) {
+            g_capture = Capture{};
+            g_capture.active = true;
+            g_capture.stream = stream;
+            return cudaSuccess;
+        }
+    }
+    return fail(cudaErrorIllegalState);  // the emulator has one capture at a time
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
+    *graph = nullptr;
+    Capture done;
+    {
+        std::lock_guard<std::mutex> lock(g_capture_mutex);
+        if (!g_capture.active) return fail(cudaErrorIllegalState);
+        if (g_capture.stream != stream) return fail(cudaErrorStreamCaptureUnmatched);
+        done = std::move(g_capture);
+        g_capture = Capture{};
+    }
+    if (done.invalidated) return fail(cudaErrorStreamCaptureInvalidated);
+    *graph = new CUgraph_st{std::move(done.nodes)};
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status) {
+    std::lock_guard<std::mutex> lock(g_capture_mutex);
+    *status = !g_capture.active || g_capture.stream != stream ? cudaStreamCaptureStatusNone
+              : g_capture.invalidated                         ? cudaStreamCaptureStatusInvalidated
+                                                              : cudaStreamCaptureStatusActive;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+    *exec = nullptr;
+    if (graph == nullptr) return fail(cudaErrorInvalidValue);
+    *exec = new CUgraphExec_st{graph->nodes};
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+    if (exec == nullptr) return fail(cudaErrorInvalidValue);
+    return static_cast<cudaError_t>(emu::enqueue(stream, [exec] {
+        for (const std::function<void()>& node : exec->nodes) node();
+    }));
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+    delete exec;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+    delete graph;
     return cudaSuccess;
 }
 

@@ -16,10 +16,11 @@
 // kernel<<<grid, block, smem, stream>>>(args...) is written
 // EQFLOW_LAUNCH(kernel, grid, block, smem, stream, args...). A template kernel whose arguments
 // contain a comma goes in parentheses: EQFLOW_LAUNCH((k<T, D>), ...). The emulator runs the
-// launch at once; the stream is only a name there.
+// launch at once, or records it when the stream is capturing a graph.
 #if defined(EQFLOW_CUDA_EMULATION)
 #define EQFLOW_LAUNCH(kernel, grid, block, smem, stream, ...) \
-    (static_cast<void>(stream), ::emu::make_launcher(kernel, (grid), (block), (smem)))(__VA_ARGS__)
+    ::emu::make_launcher(kernel, (grid), (block), (smem),     \
+                         static_cast<const void*>(stream))(__VA_ARGS__)
 #else
 #define EQFLOW_LAUNCH(kernel, grid, block, smem, stream, ...) \
     kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)

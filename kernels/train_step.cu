@@ -30,18 +30,22 @@ unsigned blocks_for(int64_t count) {
     return static_cast<unsigned>((count + kThreads - 1) / kThreads);
 }
 
+__global__ void set_step_args_kernel(StepArgs* dst, StepArgs args) {
+    *dst = args;
+}
+
 __global__ void __launch_bounds__(kThreads)
     prepare_batch_kernel(const float* __restrict__ data, const int64_t* __restrict__ order,
-                         int64_t first, int64_t B, int n, int d, uint64_t seed,
-                         uint64_t first_stream, double* __restrict__ x0, double* __restrict__ x1,
-                         double* __restrict__ t, double* __restrict__ eps) {
+                         const StepArgs* __restrict__ args, int64_t B, int n, int d, uint64_t seed,
+                         double* __restrict__ x0, double* __restrict__ x1, double* __restrict__ t,
+                         double* __restrict__ eps) {
     const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (b >= B) return;
     const int64_t nd = static_cast<int64_t>(n) * d;
-    const int64_t src = order[first + b];
+    const int64_t src = order[args->first + b];
     for (int64_t k = 0; k < nd; ++k) x1[b * nd + k] = static_cast<double>(data[src * nd + k]);
-    train_math::draw_row(seed, first_stream + static_cast<uint64_t>(b), n, d, x0 + b * nd, t + b,
-                         eps + b * nd);
+    train_math::draw_row(seed, args->first_stream + static_cast<uint64_t>(b), n, d, x0 + b * nd,
+                         t + b, eps + b * nd);
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -91,10 +95,11 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kThreads)
     adam_kernel(int64_t count, float* __restrict__ params, const float* __restrict__ grad,
                 float* __restrict__ m, float* __restrict__ v, double* __restrict__ ema,
-                double ema_decay, double lr, double beta1, double beta2, double eps,
-                const TrainScalars* __restrict__ s, int64_t host_step) {
+                double ema_decay, double lr, const StepArgs* __restrict__ args, double beta1,
+                double beta2, double eps, const TrainScalars* __restrict__ s, int64_t host_step) {
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= count) return;
+    if (args != nullptr) lr = args->lr;
     int64_t step = host_step;
     if (s != nullptr) {
         if (s->bad) return;  // a skipped step changes nothing
@@ -121,12 +126,17 @@ __global__ void reset_window_kernel(TrainScalars* s) {
 }
 }  // namespace
 
-void fm_prepare_batch(const float* data, const int64_t* order, int64_t first, int64_t B, int n,
-                      int d, uint64_t seed, uint64_t first_stream, double* x0, double* x1,
-                      double* t, double* eps, Stream stream) {
+void fm_set_step_args(StepArgs* dst, const StepArgs& args, Stream stream) {
+    EQFLOW_LAUNCH(set_step_args_kernel, 1, 1, 0, EQFLOW_STREAM(stream), dst, args);
+    EQFLOW_CUDA_CHECK_LAUNCH();
+}
+
+void fm_prepare_batch(const float* data, const int64_t* order, const StepArgs* args, int64_t B,
+                      int n, int d, uint64_t seed, double* x0, double* x1, double* t, double* eps,
+                      Stream stream) {
     if (B == 0) return;
     EQFLOW_LAUNCH(prepare_batch_kernel, blocks_for(B), kThreads, 0, EQFLOW_STREAM(stream), data,
-                  order, first, B, n, d, seed, first_stream, x0, x1, t, eps);
+                  order, args, B, n, d, seed, x0, x1, t, eps);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 
@@ -155,11 +165,12 @@ void fm_check_finite(const float* grad, int64_t count, TrainScalars* s, Stream s
 }
 
 void fm_adam_update(int64_t count, float* params, const float* grad, float* m, float* v,
-                    double* ema, double ema_decay, double lr, double beta1, double beta2,
-                    double eps, const TrainScalars* s, int64_t host_step, Stream stream) {
+                    double* ema, double ema_decay, double lr, const StepArgs* args, double beta1,
+                    double beta2, double eps, const TrainScalars* s, int64_t host_step,
+                    Stream stream) {
     if (count == 0) return;
     EQFLOW_LAUNCH(adam_kernel, blocks_for(count), kThreads, 0, EQFLOW_STREAM(stream), count, params,
-                  grad, m, v, ema, ema_decay, lr, beta1, beta2, eps, s, host_step);
+                  grad, m, v, ema, ema_decay, lr, args, beta1, beta2, eps, s, host_step);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 

@@ -18,11 +18,16 @@ namespace eqflow::cuda {
 // The training loop's bookkeeping, shared with the host step (src/common/train_math.h).
 using train_math::TrainScalars;
 
-// Row b of the batch: x1[b] = data[order[first + b]] (widened to double) and x0[b], t[b],
-// eps[b] = train_math::draw_row(seed, first_stream + b) (src/common/train_math.h).
-void fm_prepare_batch(const float* data, const int64_t* order, int64_t first, int64_t B, int n,
-                      int d, uint64_t seed, uint64_t first_stream, double* x0, double* x1,
-                      double* t, double* eps, Stream stream);
+using train_math::StepArgs;
+
+// *dst = args: one thread, the arguments passed by value.
+void fm_set_step_args(StepArgs* dst, const StepArgs& args, Stream stream);
+
+// Row b of the batch, with a = *args: x1[b] = data[order[a.first + b]] (widened to double) and
+// x0[b], t[b], eps[b] = train_math::draw_row(seed, a.first_stream + b) (src/common/train_math.h).
+void fm_prepare_batch(const float* data, const int64_t* order, const StepArgs* args, int64_t B,
+                      int n, int d, uint64_t seed, double* x0, double* x1, double* t, double* eps,
+                      Stream stream);
 
 // xt = float((1 - t) x0 + t x1 + sigma eps), tf = float(t).
 void fm_interpolate(int64_t B, int64_t nd, const double* x0, const double* x1, const double* t,
@@ -38,10 +43,12 @@ void fm_check_finite(const float* grad, int64_t count, TrainScalars* s, Stream s
 
 // Adam (train_math::adam_element_f32) on every parameter, then, when ema is not null,
 // ema = decay ema + (1 - decay) params in double. With s: nothing happens when s->bad, and the
-// update number is s->adam_step + 1; without s: it is host_step + 1.
+// update number is s->adam_step + 1; without s: it is host_step + 1. The learning rate is
+// args->lr, or lr when args is null.
 void fm_adam_update(int64_t count, float* params, const float* grad, float* m, float* v,
-                    double* ema, double ema_decay, double lr, double beta1, double beta2,
-                    double eps, const TrainScalars* s, int64_t host_step, Stream stream);
+                    double* ema, double ema_decay, double lr, const StepArgs* args, double beta1,
+                    double beta2, double eps, const TrainScalars* s, int64_t host_step,
+                    Stream stream);
 
 // Bookkeeping after the update: skipped += bad, or adam_step += 1 and the loss joins the window.
 void fm_finish_step(TrainScalars* s, Stream stream);

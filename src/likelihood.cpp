@@ -245,8 +245,8 @@ void LikelihoodStep<T>::step(int64_t step, int64_t j, double lr) {
     const AdamOptions ao;
     train_ops::adam_update<T>(cpu, im.P, im.field.parameters().data, im.grad.data(), im.m.data(),
                               im.vmom.data(), im.opt.ema_decay > 0 ? im.ema.data() : nullptr,
-                              im.opt.ema_decay, lr, ao.beta1, ao.beta2, ao.eps, &im.scalars,
-                              nullptr);
+                              im.opt.ema_decay, lr, nullptr, ao.beta1, ao.beta2, ao.eps,
+                              &im.scalars, nullptr);
     train_ops::finish_step(cpu, &im.scalars, nullptr);
     im.have_step = true;
 }

@@ -30,13 +30,17 @@ void check_order(const std::vector<int64_t>& order, int64_t count, const char* w
 void check_state(int64_t P, const std::vector<double>& params, const AdamState& adam,
                  const std::vector<double>& ema, int64_t skipped, const char* what);
 
+using train_math::StepArgs;
 using train_math::TrainScalars;
 
-// x1[b] = data[order[first + b]] (widened to double); x0[b], t[b], eps[b] =
-// train_math::draw_row(seed, first_stream + b).
+// *dst = args (one tiny kernel on the device): the step's arguments, written before its work.
+EQFLOW_API void set_step_args(Device device, StepArgs* dst, const StepArgs& args, Stream stream);
+
+// With a = *args (device memory): x1[b] = data[order[a.first + b]] (widened to double); x0[b],
+// t[b], eps[b] = train_math::draw_row(seed, a.first_stream + b).
 template <class T>
-EQFLOW_API void prepare_batch(Device device, const T* data, const int64_t* order, int64_t first,
-                              int64_t B, int n, int d, uint64_t seed, uint64_t first_stream,
+EQFLOW_API void prepare_batch(Device device, const T* data, const int64_t* order,
+                              const StepArgs* args, int64_t B, int n, int d, uint64_t seed,
                               double* x0, double* x1, double* t, double* eps, Stream stream);
 
 // xt = T((1 - t) x0 + t x1 + sigma eps), tf = T(t).
@@ -62,12 +66,14 @@ template <class T>
 EQFLOW_API void check_finite(Device device, const T* grad, int64_t count, TrainScalars* s,
                              Stream stream);
 
-// Unless s->bad: Adam (train_math::adam_element, update number s->adam_step + 1), then, when ema
-// is not null, ema = decay ema + (1 - decay) params in double.
+// Unless s->bad: Adam (train_math::adam_element, update number s->adam_step + 1) with learning
+// rate args->lr (device memory), or lr when args is null; then, when ema is not null,
+// ema = decay ema + (1 - decay) params in double.
 template <class T>
 EQFLOW_API void adam_update(Device device, int64_t count, T* params, const T* grad, T* m, T* v,
-                            double* ema, double ema_decay, double lr, double beta1, double beta2,
-                            double eps, const TrainScalars* s, Stream stream);
+                            double* ema, double ema_decay, double lr, const StepArgs* args,
+                            double beta1, double beta2, double eps, const TrainScalars* s,
+                            Stream stream);
 
 // skipped += bad, or adam_step += 1 and the loss joins the window.
 EQFLOW_API void finish_step(Device device, TrainScalars* s, Stream stream);

@@ -5,10 +5,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <numeric>
+#include <string>
 #include <utility>
 
+#include "cuda_graph.h"
 #include "eqflow/buffer.h"
 #include "eqflow/error.h"
 #include "train_ops.h"
@@ -22,7 +25,11 @@ struct FlowMatchingStep<T>::Impl {
     Device dev;
     int n = 0, d = 0;
     int64_t nd = 0, B = 0, count = 0, val_count = 0, P = 0;
-    Stream stream = nullptr;  // the default stream: every operation below is ordered on it
+    detail::OwnedStream own_stream;  // on the GPU: the step's stream (capturable), else none
+    Stream stream = nullptr;         // every operation below is ordered on it
+    detail::CapturedWork graph;      // on the GPU: the step's work, captured at the second step
+    bool graph_wanted = false;       // capture at the next step (cleared when capture fails)
+    std::string graph_status;        // what cuda_graph_status() says
     CouplingOptions coupling;
     Buffer<T> data, val;                       // [count][nd], [val_count][nd]
     Buffer<int64_t> order, val_order;          // [count], [val_count] (identity)
@@ -33,6 +40,7 @@ struct FlowMatchingStep<T>::Impl {
     Buffer<unsigned char> coupling_ws;         // ot / eqot on the device
     FieldWorkspace field_ws;                   // forward_backward and forward, sized for B
     Buffer<train_math::TrainScalars> scalars;  // [1]
+    Buffer<train_math::StepArgs> args;         // [1]: this step's first row, draws and lr
     bool have_order = false, have_step = false;
 
     Impl(Field<T>& f, const FlowMatchingStepOptions& o) : field(f), opt(o), dev(f.device()) {}
@@ -46,10 +54,10 @@ struct FlowMatchingStep<T>::Impl {
         return s;
     }
 
-    // Steps 1-3 of a step on `rows` rows: draws, coupling, x_t, forward, loss and dL/dv.
-    void forward_loss(const T* rows_data, const int64_t* rows_order, int64_t first, int64_t rows,
-                      uint64_t seed, uint64_t first_stream) {
-        prepare(rows_data, rows_order, first, rows, seed, first_stream);
+    // Steps 1-3 of a step on `rows` rows (args: where they start): draws, coupling, x_t,
+    // forward, loss and dL/dv.
+    void forward_loss(const T* rows_data, const int64_t* rows_order, int64_t rows, uint64_t seed) {
+        prepare(rows_data, rows_order, rows, seed);
         const Shape xs{rows, n, d};
         field.forward(x_view(rows), t_view(rows), TensorView<T>(v.data(), xs, dev),
                       field_ws.get(field, FieldOp::forward, rows), stream);
@@ -59,8 +67,8 @@ struct FlowMatchingStep<T>::Impl {
     // Steps 1-4 on the B rows of a training step: the field's forward_backward, with dL/dv of
     // each row as soon as its v is there (so a host field runs each row's backward while its
     // activations are in cache), then the batch loss; grad += dL/dparams.
-    void forward_loss_backward(int64_t first, uint64_t first_stream) {
-        prepare(data.data(), order.data(), first, B, opt.draw_seed, first_stream);
+    void forward_loss_backward() {
+        prepare(data.data(), order.data(), B, opt.draw_seed);
         const Shape xs{B, n, d};
         const double* x1_paired = paired(B);
         bool whole = false;  // the field asked for all rows at once: loss() ran inside
@@ -84,11 +92,9 @@ struct FlowMatchingStep<T>::Impl {
                                scalars.data(), stream);
     }
     // Steps 1-2 and x_t: draws, coupling, interpolation.
-    void prepare(const T* rows_data, const int64_t* rows_order, int64_t first, int64_t rows,
-                 uint64_t seed, uint64_t first_stream) {
-        train_ops::prepare_batch<T>(dev, rows_data, rows_order, first, rows, n, d, seed,
-                                    first_stream, x0.data(), x1.data(), t.data(), eps.data(),
-                                    stream);
+    void prepare(const T* rows_data, const int64_t* rows_order, int64_t rows, uint64_t seed) {
+        train_ops::prepare_batch<T>(dev, rows_data, rows_order, args.data(), rows, n, d, seed,
+                                    x0.data(), x1.data(), t.data(), eps.data(), stream);
         if (coupled(rows)) {
             const Shape s{rows, n, d};
             couple(coupling, TensorView<const double>(x0.data(), s, dev),
@@ -98,6 +104,19 @@ struct FlowMatchingStep<T>::Impl {
         }
         train_ops::interpolate<T>(dev, rows, nd, x0.data(), paired(rows), t.data(), eps.data(),
                                   opt.sigma, xt.data(), tf.data(), stream);
+    }
+    // A training step's work after its StepArgs are written: the same launches with the same
+    // arguments every step (so that the GPU step can be one captured graph).
+    void step_work() {
+        grad.zero(stream);
+        forward_loss_backward();
+        train_ops::check_finite<T>(dev, grad.data(), P, scalars.data(), stream);
+        const AdamOptions ao;
+        train_ops::adam_update<T>(dev, P, field.parameters().data, grad.data(), m.data(),
+                                  vmom.data(), opt.ema_decay > 0 ? ema.data() : nullptr,
+                                  opt.ema_decay, 0.0, args.data(), ao.beta1, ao.beta2, ao.eps,
+                                  scalars.data(), stream);
+        train_ops::finish_step(dev, scalars.data(), stream);
     }
     TensorView<const T> x_view(int64_t rows) const {
         return TensorView<const T>(xt.data(), Shape{rows, n, d}, dev);
@@ -123,6 +142,25 @@ FlowMatchingStep<T>::FlowMatchingStep(Field<T>& field, const FlowMatchingStepOpt
     impl_ = std::make_unique<Impl>(field, o);
     Impl& im = *impl_;
     const Device dev = im.dev;
+    im.own_stream = detail::OwnedStream(dev);
+    im.stream = im.own_stream.get();
+    // The GPU step is captured as a graph at its second step (the first runs plainly, so that
+    // one-time work such as raising a kernel's shared-memory limit is not captured) and replayed
+    // from then on. Not for eqot with atom types: its coupling uploads the types from host
+    // memory every call, which capture refuses.
+    const char* no_graph = std::getenv("EQFLOW_NO_CUDA_GRAPH");
+    if (dev != Device::cuda) {
+        im.graph_status = "off: not a CUDA step";
+    } else if (!o.cuda_graph || (no_graph != nullptr && *no_graph != '\0' && *no_graph != '0')) {
+        im.graph_status =
+            "off: turned off (FlowMatchingStepOptions::cuda_graph or "
+            "EQFLOW_NO_CUDA_GRAPH)";
+    } else if (o.objective == CouplingKind::eqot && !o.atom_types.empty()) {
+        im.graph_status = "off: eqot with atom types uploads the types from host memory";
+    } else {
+        im.graph_wanted = true;
+        im.graph_status = "pending: captured at the second step";
+    }
     im.n = field.n_particles();
     im.d = field.dim();
     im.nd = static_cast<int64_t>(im.n) * im.d;
@@ -163,6 +201,7 @@ FlowMatchingStep<T>::FlowMatchingStep(Field<T>& field, const FlowMatchingStepOpt
         im.coupling_ws = Buffer<unsigned char>(bytes, dev);
     }
     im.scalars = Buffer<train_math::TrainScalars>(1, dev);
+    im.args = Buffer<train_math::StepArgs>(1, dev);
     // One workspace for the step's forward_backward and validation's forward, sized now.
     im.field_ws.get_bytes(std::max(field.workspace_bytes(FieldOp::forward, B),
                                    field.workspace_bytes(FieldOp::forward_backward, B)),
@@ -194,17 +233,25 @@ void FlowMatchingStep<T>::step(int64_t step, int64_t j, double lr) {
                                          << " training rows");
     EQFLOW_CHECK(lr > 0 && std::isfinite(lr), "training step: bad learning rate " << lr);
     EQFLOW_CHECK(im.have_order, "training step: set_order before the first step");
-    const int64_t B = im.B, P = im.P;
-    const Device dev = im.dev;
-    im.grad.zero(im.stream);
-    im.forward_loss_backward(j * B, static_cast<uint64_t>(step * B));
-    train_ops::check_finite<T>(dev, im.grad.data(), P, im.scalars.data(), im.stream);
-    const AdamOptions ao;
-    train_ops::adam_update<T>(dev, P, im.field.parameters().data, im.grad.data(), im.m.data(),
-                              im.vmom.data(), im.opt.ema_decay > 0 ? im.ema.data() : nullptr,
-                              im.opt.ema_decay, lr, ao.beta1, ao.beta2, ao.eps, im.scalars.data(),
-                              im.stream);
-    train_ops::finish_step(dev, im.scalars.data(), im.stream);
+    train_math::StepArgs a;
+    a.first = j * im.B;
+    a.first_stream = static_cast<uint64_t>(step * im.B);
+    a.lr = lr;
+    train_ops::set_step_args(im.dev, im.args.data(), a, im.stream);
+    if (!im.graph.ready() && im.graph_wanted && im.have_step) {
+        std::string why;
+        if (im.graph.capture(
+                im.stream, [&] { im.step_work(); }, &why)) {
+            im.graph_status = "on: the step is one CUDA graph, replayed";
+        } else {
+            im.graph_wanted = false;
+            im.graph_status = "off: capture failed (" + why + ")";
+        }
+    }
+    if (im.graph.ready())
+        im.graph.launch(im.stream);
+    else
+        im.step_work();
     im.have_step = true;
 }
 
@@ -219,11 +266,20 @@ double FlowMatchingStep<T>::validation_loss(uint64_t seed, int64_t rows) {
     double sum = 0.0;
     for (int64_t s0 = 0; s0 < rows; s0 += im.B) {
         const int64_t m = std::min(im.B, rows - s0);
-        im.forward_loss(im.val.data(), im.val_order.data(), s0, m, seed, static_cast<uint64_t>(s0));
+        train_math::StepArgs a;
+        a.first = s0;
+        a.first_stream = static_cast<uint64_t>(s0);
+        train_ops::set_step_args(im.dev, im.args.data(), a, im.stream);
+        im.forward_loss(im.val.data(), im.val_order.data(), m, seed);
         sum += im.read_scalars().loss * static_cast<double>(m);
     }
     im.scalars.copy_from_host(&saved, 1, im.stream);
     return sum / static_cast<double>(rows);
+}
+
+template <class T>
+std::string FlowMatchingStep<T>::cuda_graph_status() const {
+    return impl_->graph_status;
 }
 
 template <class T>

@@ -2,7 +2,9 @@
 // reference trainer (eqflow/trainer.h, eqflow/optim.h), label gpu:
 //   Adam kernel vs adam_update; device draws vs the trainer's draws (bit for bit); one whole
 //   step (fm, ot, eqot; DW4 and a typed LJ-like system) vs the CPU step on the same batch; a
-//   short DW4 training run's validation loss vs the CPU run's; no device allocation per step.
+//   short DW4 training run's validation loss vs the CPU run's; no device allocation per step;
+//   the step replayed as a CUDA graph vs the same step launched kernel by kernel (bit for bit),
+//   and capture refusing what it must.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -10,9 +12,11 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "cuda_graph.h"
 #include "eqflow/buffer.h"
 #include "eqflow/egnn.h"
 #include "eqflow/field.h"
@@ -60,8 +64,8 @@ TEST(TrainGpu, AdamKernelMatchesHostAdam) {
         Buffer<train_math::TrainScalars> sd(1, Device::cuda);
         sd.copy_from_host(&sc, 1);
         train_ops::adam_update<float>(Device::cuda, P, pdev.data(), gdev.data(), mdev.data(),
-                                      vdev.data(), nullptr, 0.0, lr, o.beta1, o.beta2, o.eps,
-                                      sd.data(), nullptr);
+                                      vdev.data(), nullptr, 0.0, lr, nullptr, o.beta1, o.beta2,
+                                      o.eps, sd.data(), nullptr);
         const std::vector<double> gd(g.begin(), g.end());
         adam_update(o, lr, P, pd.data(), gd.data(), st);
     }
@@ -397,6 +401,153 @@ TEST(TrainGpu, NoDeviceAllocationPerStep) {
         EXPECT_EQ(detail::device_allocation_count(), before)
             << "the validation loss allocated device memory";
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (f) The step as a CUDA graph. From its second step on, the device step is one captured graph
+// replayed with new StepArgs (rows, draws, learning rate) in device memory. Replay must give the
+// launched-one-by-one step's results bit for bit, over epoch changes (a new order), learning-rate
+// changes, validation losses and window resets in between; anything the capture baked in that
+// should change per step would show as a difference here.
+TEST(TrainGpu, GraphReplayIsBitIdenticalToTheLaunchedStep) {
+    for (CouplingKind kind : {CouplingKind::fm, CouplingKind::ot, CouplingKind::eqot}) {
+        const StepCase c{"dw4_like", 4, 2, 16, 2, false, kind};
+        auto gen = test::rng(91);
+        const int64_t count = 48, B = 8;
+        const std::vector<double> train = make_train(c, count, gen);
+        const EgnnModel model = make_model(c, 3);
+        const std::vector<std::vector<int64_t>> orders = {shuffled(count, gen),
+                                                          shuffled(count, gen)};
+        struct Run {
+            std::vector<double> losses, val, params, ema;
+            AdamState adam;
+            std::string status_after_first, status;
+        };
+        const auto run = [&](bool graph) {
+            FlowMatchingStepOptions o;
+            o.objective = kind;
+            o.batch = B;
+            o.ema_decay = 0.9;
+            o.draw_seed = 17;
+            o.cuda_graph = graph;
+            const std::unique_ptr<Field<float>> net = make_cuda_field(model);
+            FlowMatchingStep<float> st(*net, o, train.data(), count, train.data() + 8 * 8, 16);
+            Run r;
+            for (int64_t s = 0; s < 12; ++s) {
+                if (s % 6 == 0) st.set_order(orders[static_cast<size_t>(s / 6)]);
+                st.step(s, s % 6, s < 7 ? 2e-3 : 2e-4);
+                if (s == 0) r.status_after_first = st.cuda_graph_status();
+                r.losses.push_back(st.last_loss());
+                if (s % 5 == 4) {
+                    r.val.push_back(st.validation_loss(3, 12));
+                    (void)st.counters();
+                    st.reset_window();
+                }
+            }
+            int64_t skipped = -1;
+            st.download_state(r.params, r.adam, &r.ema, &skipped);
+            EXPECT_EQ(skipped, 0);
+            r.status = st.cuda_graph_status();
+            return r;
+        };
+        const Run plain = run(false), replayed = run(true);
+        const char* name = coupling_name(kind);
+        EXPECT_EQ(replayed.status_after_first.rfind("pending", 0), 0u) << name;
+        EXPECT_EQ(replayed.status.rfind("on", 0), 0u) << name << ": " << replayed.status;
+        EXPECT_EQ(plain.status.rfind("off", 0), 0u) << name << ": " << plain.status;
+        ASSERT_EQ(replayed.losses.size(), plain.losses.size());
+        for (size_t k = 0; k < plain.losses.size(); ++k) {
+            ASSERT_TRUE(std::isfinite(plain.losses[k])) << name << " step " << k;
+            EXPECT_EQ(replayed.losses[k], plain.losses[k]) << name << " step " << k;
+        }
+        EXPECT_EQ(replayed.val, plain.val) << name;
+        EXPECT_EQ(replayed.params, plain.params) << name;
+        EXPECT_EQ(replayed.adam.m, plain.adam.m) << name;
+        EXPECT_EQ(replayed.adam.v, plain.adam.v) << name;
+        EXPECT_EQ(replayed.adam.step, 12) << name;
+        EXPECT_EQ(replayed.ema, plain.ema) << name;
+        // The steps did something: the learning-rate change and the new order reached the graph
+        // (else the losses above would already differ from the plain run's).
+        EXPECT_NE(replayed.params, std::vector<double>(model.params.begin(), model.params.end()));
+    }
+}
+
+// eqot with atom types uploads the types from host memory in every coupling call, which capture
+// refuses: that step stays uncaptured, says why, and trains.
+TEST(TrainGpu, TypedEqotStepStaysUncapturedAndSaysWhy) {
+    const StepCase c{"lj7_typed", 7, 3, 16, 2, true, CouplingKind::eqot};
+    auto gen = test::rng(92);
+    const int64_t count = 16, B = 4;
+    const std::vector<double> train = make_train(c, count, gen);
+    const EgnnModel model = make_model(c, 4);
+    FlowMatchingStepOptions o;
+    o.objective = c.objective;
+    o.batch = B;
+    o.atom_types = model.config.atom_types;
+    const std::unique_ptr<Field<float>> net = make_cuda_field(model);
+    FlowMatchingStep<float> st(*net, o, train.data(), count);
+    st.set_order(shuffled(count, gen));
+    for (int64_t s = 0; s < 3; ++s) st.step(s, s, 1e-3);
+    EXPECT_TRUE(std::isfinite(st.last_loss()));
+    EXPECT_EQ(st.counters().adam_step, 3);
+    EXPECT_NE(st.cuda_graph_status().find("off: eqot with atom types"), std::string::npos)
+        << st.cuda_graph_status();
+}
+
+// Capture itself (src/cuda_graph.h), on the runtime's rules: work that synchronises the capturing
+// stream or throws is not captured, nothing of it runs, the runtime's error state is left clean;
+// captured work runs only when launched, every time it is launched.
+TEST(TrainGpu, CaptureRefusesSynchronisationAndReplaysWhatItCaptured) {
+    detail::OwnedStream stream(Device::cuda);
+    ASSERT_NE(stream.get(), nullptr);
+    Buffer<train_math::StepArgs> args(1, Device::cuda);
+    train_math::StepArgs a;
+    a.first = 5;
+    a.lr = 0.25;
+    train_ops::set_step_args(Device::cuda, args.data(), a, stream.get());
+    const auto read = [&] {
+        train_math::StepArgs h;
+        args.copy_to_host(&h, 1, stream.get());
+        return h;
+    };
+    {
+        detail::CapturedWork g;
+        std::string why;
+        train_math::StepArgs b = a;
+        b.first = 99;
+        EXPECT_FALSE(g.capture(
+            stream.get(),
+            [&] {
+                train_ops::set_step_args(Device::cuda, args.data(), b, stream.get());
+                synchronize(stream.get());  // a host wait: capture must refuse it
+            },
+            &why));
+        EXPECT_FALSE(g.ready());
+        EXPECT_FALSE(why.empty());
+        EXPECT_EQ(read().first, 5) << "work of a failed capture ran";
+    }
+    {
+        detail::CapturedWork g;
+        std::string why;
+        EXPECT_FALSE(g.capture(
+            stream.get(), [] { throw std::runtime_error("inside"); }, &why));
+        EXPECT_NE(why.find("inside"), std::string::npos) << why;
+    }
+    detail::CapturedWork g;
+    std::string why;
+    train_math::StepArgs b = a;
+    b.first = 7;
+    ASSERT_TRUE(g.capture(
+        stream.get(), [&] { train_ops::set_step_args(Device::cuda, args.data(), b, stream.get()); },
+        &why))
+        << why;
+    EXPECT_EQ(read().first, 5) << "capture ran the work";
+    g.launch(stream.get());
+    EXPECT_EQ(read().first, 7);
+    train_ops::set_step_args(Device::cuda, args.data(), a, stream.get());
+    EXPECT_EQ(read().first, 5);
+    g.launch(stream.get());
+    EXPECT_EQ(read().first, 7) << "a second launch did not replay";
 }
 
 }  // namespace

@@ -2,12 +2,12 @@
 // on the CPU by emu/runtime.cpp. Only the emulation build (-DEQFLOW_CUDA_EMULATION=ON) puts this
 // directory on the include path; see emu/cuda_emu.h for what the emulation is and is not.
 //
-// Semantics: one device. Every call is synchronous (a stream is only a name), so asynchronous
-// copies are complete when they return. Device memory is host memory from the heap, filled with
-// 0xff bytes when allocated (NaN as float or double, -1 as an integer), so a read of memory
-// nothing wrote shows. A kernel launch is checked as the runtime checks it (block size, grid
-// size, dynamic shared memory against the kernel's limit) and an invalid one sets the error
-// that cudaGetLastError returns, without running.
+// Semantics: one device. Every call is synchronous (work on a stream runs when it is issued), so
+// asynchronous copies are complete when they return; the exception is stream capture, below. Device
+// memory is host memory from the heap, filled with 0xff bytes when allocated (NaN as float or
+// double, -1 as an integer), so a read of memory nothing wrote shows. A kernel launch is checked as
+// the runtime checks it (block size, grid size, dynamic shared memory against the kernel's limit)
+// and an invalid one sets the error that cudaGetLastError returns, without running.
 #pragma once
 
 #include <cstddef>
@@ -21,10 +21,44 @@ enum cudaError_t {
     cudaErrorInvalidDevicePointer = 17,
     cudaErrorNoDevice = 100,
     cudaErrorLaunchFailure = 719,
+    cudaErrorStreamCaptureUnsupported = 900,
+    cudaErrorStreamCaptureInvalidated = 901,
+    cudaErrorStreamCaptureUnmatched = 903,
+    cudaErrorStreamCaptureImplicit = 906,
+    cudaErrorIllegalState = 401,
 };
 
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
+
+// Stream capture and graphs. Capture records the work issued to the capturing stream instead of
+// running it; cudaGraphLaunch runs the recorded work in order (kernels with the arguments they
+// were captured with). As in the runtime's global capture mode, while a capture is open these
+// fail with cudaErrorStreamCaptureUnsupported and invalidate it: cudaMalloc, cudaFree,
+// cudaMemcpy, cudaMemset, cudaStreamSynchronize, cudaDeviceSynchronize; work on the legacy
+// default stream fails with cudaErrorStreamCaptureImplicit and invalidates it. Stricter than the
+// runtime: an asynchronous copy between host and device memory on the capturing stream is refused
+// too (the runtime refuses it for pageable memory; the emulator cannot tell pinned memory apart,
+// and eqflow captures none). One capture at a time; work on other created streams runs at once.
+struct CUgraph_st;
+using cudaGraph_t = CUgraph_st*;
+struct CUgraphExec_st;
+using cudaGraphExec_t = CUgraphExec_st*;
+
+constexpr unsigned cudaStreamDefault = 0;
+constexpr unsigned cudaStreamNonBlocking = 1;
+
+enum cudaStreamCaptureMode {
+    cudaStreamCaptureModeGlobal = 0,
+    cudaStreamCaptureModeThreadLocal = 1,
+    cudaStreamCaptureModeRelaxed = 2,
+};
+
+enum cudaStreamCaptureStatus {
+    cudaStreamCaptureStatusNone = 0,
+    cudaStreamCaptureStatusActive = 1,
+    cudaStreamCaptureStatusInvalidated = 2,
+};
 
 enum cudaMemcpyKind {
     cudaMemcpyHostToHost = 0,
@@ -68,6 +102,17 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
 cudaError_t cudaMemset(void* ptr, int value, size_t bytes);
 cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t stream = nullptr);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+cudaError_t cudaStreamCreate(cudaStream_t* stream);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t stream);
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph);
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph,
+                                 unsigned long long flags = 0);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
 cudaError_t cudaDeviceSynchronize();
 cudaError_t cudaGetLastError();
 cudaError_t cudaPeekAtLastError();

@@ -23,6 +23,16 @@
 
 namespace eqflow::train_math {
 
+// What changes from one training step to the next, in the memory of the step's device, so that a
+// step's work is the same sequence of launches with the same arguments every time (the CUDA step
+// is captured once as a graph and replayed: src/train_step.cpp): the batch's first position in
+// the epoch order, its first Philox stream, and the learning rate.
+struct StepArgs {
+    int64_t first = 0;          // x1[b] = data[order[first + b]]
+    uint64_t first_stream = 0;  // row b draws from Philox stream first_stream + b
+    double lr = 0.0;            // Adam's learning rate of this step
+};
+
 // The training step's bookkeeping, one instance in the memory of the step's device (so that on
 // the GPU no step needs the host to decide anything): the update reads `bad` to skip a
 // non-finite step.

@@ -39,21 +39,30 @@ void require_device_float(const char* what) {
 #endif
 }  // namespace
 
+void set_step_args(Device device, StepArgs* dst, const StepArgs& args, Stream stream) {
+    if (device == Device::cuda) {
+        require_device_float<float>("set_step_args");
+        EQFLOW_DEVICE_CALL(float, fm_set_step_args(dst, args, stream))
+        return;
+    }
+    *dst = args;
+}
+
 template <class T>
-void prepare_batch(Device device, const T* data, const int64_t* order, int64_t first, int64_t B,
-                   int n, int d, uint64_t seed, uint64_t first_stream, double* x0, double* x1,
-                   double* t, double* eps, Stream stream) {
+void prepare_batch(Device device, const T* data, const int64_t* order, const StepArgs* args,
+                   int64_t B, int n, int d, uint64_t seed, double* x0, double* x1, double* t,
+                   double* eps, Stream stream) {
     if (device == Device::cuda) {
         require_device_float<T>("prepare_batch");
-        EQFLOW_DEVICE_CALL(T, fm_prepare_batch(data, order, first, B, n, d, seed, first_stream, x0,
-                                               x1, t, eps, stream))
+        EQFLOW_DEVICE_CALL(
+            T, fm_prepare_batch(data, order, args, B, n, d, seed, x0, x1, t, eps, stream))
         return;
     }
     const int64_t nd = static_cast<int64_t>(n) * d;
     for (int64_t b = 0; b < B; ++b) {
-        const T* src = data + order[first + b] * nd;
+        const T* src = data + order[args->first + b] * nd;
         for (int64_t k = 0; k < nd; ++k) x1[b * nd + k] = static_cast<double>(src[k]);
-        train_math::draw_row(seed, first_stream + static_cast<uint64_t>(b), n, d, x0 + b * nd,
+        train_math::draw_row(seed, args->first_stream + static_cast<uint64_t>(b), n, d, x0 + b * nd,
                              t + b, eps + b * nd);
     }
 }
@@ -120,15 +129,16 @@ void check_finite(Device device, const T* grad, int64_t count, TrainScalars* s, 
 
 template <class T>
 void adam_update(Device device, int64_t count, T* params, const T* grad, T* m, T* v, double* ema,
-                 double ema_decay, double lr, double beta1, double beta2, double eps,
-                 const TrainScalars* s, Stream stream) {
+                 double ema_decay, double lr, const StepArgs* args, double beta1, double beta2,
+                 double eps, const TrainScalars* s, Stream stream) {
     if (device == Device::cuda) {
         require_device_float<T>("adam_update");
-        EQFLOW_DEVICE_CALL(T, fm_adam_update(count, params, grad, m, v, ema, ema_decay, lr, beta1,
-                                             beta2, eps, s, 0, stream))
+        EQFLOW_DEVICE_CALL(T, fm_adam_update(count, params, grad, m, v, ema, ema_decay, lr, args,
+                                             beta1, beta2, eps, s, 0, stream))
         return;
     }
     if (s->bad) return;
+    if (args != nullptr) lr = args->lr;
     // The bias corrections of update k = adam_step + 1, as adam_update of eqflow/optim.h.
     const double k = static_cast<double>(s->adam_step + 1);
     const double c1 = 1.0 - std::pow(beta1, k);
@@ -165,8 +175,8 @@ void reset_window(Device device, TrainScalars* s, Stream stream) {
 }
 
 #define EQFLOW_INSTANTIATE(T)                                                                    \
-    template void prepare_batch<T>(Device, const T*, const int64_t*, int64_t, int64_t, int, int, \
-                                   uint64_t, uint64_t, double*, double*, double*, double*,       \
+    template void prepare_batch<T>(Device, const T*, const int64_t*, const StepArgs*, int64_t,   \
+                                   int, int, uint64_t, double*, double*, double*, double*,       \
                                    Stream);                                                      \
     template void interpolate<T>(Device, int64_t, int64_t, const double*, const double*,         \
                                  const double*, const double*, double, T*, T*, Stream);          \
@@ -176,7 +186,8 @@ void reset_window(Device device, TrainScalars* s, Stream stream) {
                                         const double*, const double*, T*);                       \
     template void check_finite<T>(Device, const T*, int64_t, TrainScalars*, Stream);             \
     template void adam_update<T>(Device, int64_t, T*, const T*, T*, T*, double*, double, double, \
-                                 double, double, double, const TrainScalars*, Stream);
+                                 const StepArgs*, double, double, double, const TrainScalars*,   \
+                                 Stream);
 EQFLOW_INSTANTIATE(float)
 EQFLOW_INSTANTIATE(double)
 #undef EQFLOW_INSTANTIATE

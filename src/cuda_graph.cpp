@@ -1,0 +1,112 @@
+// The stream and graph of src/cuda_graph.h.
+#include "cuda_graph.h"
+
+#include <exception>
+#include <utility>
+
+#include "eqflow/error.h"
+
+#if defined(EQFLOW_HAVE_CUDA)
+#include <cuda_runtime_api.h>
+
+#include "kernels/cuda_check.cuh"
+#endif
+
+namespace eqflow::detail {
+
+OwnedStream::OwnedStream(Device device) {
+#if defined(EQFLOW_HAVE_CUDA)
+    if (device != Device::cuda) return;
+    cudaStream_t s = nullptr;
+    EQFLOW_CUDA_CHECK(cudaStreamCreate(&s));
+    stream_ = s;
+#else
+    (void)device;
+#endif
+}
+
+OwnedStream::~OwnedStream() {
+#if defined(EQFLOW_HAVE_CUDA)
+    // Pending work still completes; the runtime releases the stream after it.
+    if (stream_ != nullptr) cudaStreamDestroy(EQFLOW_STREAM(stream_));
+#endif
+}
+
+OwnedStream::OwnedStream(OwnedStream&& other) noexcept
+    : stream_(std::exchange(other.stream_, nullptr)) {}
+
+OwnedStream& OwnedStream::operator=(OwnedStream&& other) noexcept {
+    if (this != &other) {
+        OwnedStream old(std::move(*this));
+        stream_ = std::exchange(other.stream_, nullptr);
+    }
+    return *this;
+}
+
+CapturedWork::~CapturedWork() {
+#if defined(EQFLOW_HAVE_CUDA)
+    if (exec_ != nullptr) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
+#endif
+}
+
+CapturedWork::CapturedWork(CapturedWork&& other) noexcept
+    : exec_(std::exchange(other.exec_, nullptr)) {}
+
+CapturedWork& CapturedWork::operator=(CapturedWork&& other) noexcept {
+    if (this != &other) {
+        CapturedWork old(std::move(*this));
+        exec_ = std::exchange(other.exec_, nullptr);
+    }
+    return *this;
+}
+
+bool CapturedWork::capture(Stream stream, const std::function<void()>& work, std::string* why) {
+    EQFLOW_CHECK(exec_ == nullptr, "CUDA graph: captured twice");
+#if defined(EQFLOW_HAVE_CUDA)
+    EQFLOW_CHECK(stream != nullptr, "CUDA graph: the legacy default stream cannot be captured");
+    const cudaStream_t s = EQFLOW_STREAM(stream);
+    const auto failed = [&](const std::string& reason) {
+        cudaGetLastError();  // the capture's errors are not the caller's
+        if (why != nullptr) *why = reason;
+        return false;
+    };
+    cudaError_t err = cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
+    if (err != cudaSuccess) return failed(std::string("begin capture: ") + cudaGetErrorString(err));
+    std::string thrown;
+    try {
+        work();
+    } catch (const std::exception& e) {
+        thrown = e.what();
+    }
+    cudaGraph_t graph = nullptr;
+    err = cudaStreamEndCapture(s, &graph);  // ends the capture whatever happened inside
+    if (!thrown.empty()) {
+        if (graph != nullptr) cudaGraphDestroy(graph);
+        return failed("the captured work failed: " + thrown);
+    }
+    if (err != cudaSuccess || graph == nullptr)
+        return failed(std::string("end capture: ") + cudaGetErrorString(err));
+    cudaGraphExec_t exec = nullptr;
+    err = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (err != cudaSuccess) return failed(std::string("instantiate: ") + cudaGetErrorString(err));
+    exec_ = exec;
+    return true;
+#else
+    (void)stream;
+    (void)work;
+    if (why != nullptr) *why = "eqflow was built without CUDA";
+    return false;
+#endif
+}
+
+void CapturedWork::launch(Stream stream) {
+    EQFLOW_CHECK(exec_ != nullptr, "CUDA graph: launched before capture");
+#if defined(EQFLOW_HAVE_CUDA)
+    EQFLOW_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), EQFLOW_STREAM(stream)));
+#else
+    (void)stream;
+#endif
+}
+
+}  // namespace eqflow::detail

@@ -1,0 +1,62 @@
+// src/cuda_graph.h: a stream of the library's own and one captured CUDA graph on it, for work
+// that is issued the same way many times (the flow-matching step: src/train_step.cpp). Internal
+// header, not installed. Without CUDA (or on the CPU) both are inert: no stream, no graph.
+//
+// Why a graph: a device training step is ~20-40 small launches (draws, coupling, network,
+// loss, Adam); at DW4 and LJ13 sizes each kernel runs for microseconds, so the host's launch
+// overhead (~2-5 us a launch) is a large part of the step. A captured graph replays the whole
+// sequence with one launch. Nothing in the captured work may depend on the host between steps:
+// what changes from step to step lives in device memory (train_math::StepArgs).
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "eqflow/device.h"
+#include "eqflow/export.h"
+
+namespace eqflow::detail {
+
+// A blocking stream (cudaStreamCreate): ordered with the legacy default stream both ways, so
+// work that other code issues on the default stream (parameter uploads and downloads) stays
+// ordered with the work on this one, while this one can be captured (the legacy stream cannot).
+class EQFLOW_API OwnedStream {
+  public:
+    OwnedStream() = default;
+    explicit OwnedStream(Device device);  // a stream on the GPU; nullptr on the CPU
+    ~OwnedStream();
+    OwnedStream(OwnedStream&& other) noexcept;
+    OwnedStream& operator=(OwnedStream&& other) noexcept;
+    OwnedStream(const OwnedStream&) = delete;
+    OwnedStream& operator=(const OwnedStream&) = delete;
+    Stream get() const { return stream_; }
+
+  private:
+    Stream stream_ = nullptr;
+};
+
+// One graph captured from `work` on a stream, replayed by launch().
+class EQFLOW_API CapturedWork {
+  public:
+    CapturedWork() = default;
+    ~CapturedWork();
+    CapturedWork(CapturedWork&& other) noexcept;
+    CapturedWork& operator=(CapturedWork&& other) noexcept;
+    CapturedWork(const CapturedWork&) = delete;
+    CapturedWork& operator=(const CapturedWork&) = delete;
+
+    // Captures what work() issues on `stream` (which must not be the legacy stream) and
+    // instantiates it. During capture nothing runs. True when the graph is ready; false when
+    // capture failed (work threw, or issued something capture forbids: a synchronisation, an
+    // allocation, a copy from host memory, work on the legacy stream), with the reason in *why;
+    // then no work ran, the runtime's error state is cleared, and the caller runs work() itself.
+    bool capture(Stream stream, const std::function<void()>& work, std::string* why);
+    bool ready() const { return exec_ != nullptr; }
+    // Queues the graph on `stream`.
+    void launch(Stream stream);
+
+  private:
+    void* exec_ = nullptr;  // cudaGraphExec_t
+};
+
+}  // namespace eqflow::detail
