@@ -1,16 +1,9 @@
-// kernels/assignment.cu: batched exact linear sum assignment, one warp per problem.
+// kernels/assignment.cu: batched exact linear sum assignment: the launchers (the kernels and
+// the layouts are in kernels/assignment_kernels.cuh).
 //
-// Layout: cost [P][n][n] row-major (T = float or double), perm [P][n] int64, total [P] double,
-// status [P] int32 (nullable). Workspace: two uint64 flags, the smallest index of a problem with a
-// NaN / -inf cost and of an infeasible problem (UINT64_MAX = none), set with atomicMin.
-//
-// Each warp owns one problem: it copies the matrix into its slice of shared memory (coalesced,
-// checking for NaN / -inf on the way), then runs warp_solve_assignment (kernels/
-// assignment_device.cuh) and writes the permutation; lane 0 sums the total in row order in
-// double, like the CPU reference, so equal permutations give bit-equal totals.
-// Shared memory per warp: n*n*sizeof(T) (when staged) + ~37 n bytes of solver state; the launcher
-// fits up to kWarpsPerBlock warps into the 48 KiB default budget and, when one staged matrix does
-// not fit, reads the matrix from global memory (L1/L2-cached rows) instead.
+// Each warp owns one problem (assignment_kernel), up to kWarpsPerBlock warps per block within the
+// 48 KiB default budget; when one staged matrix does not fit, the warps read the matrix from
+// global memory (L1/L2-cached rows) instead.
 // Work per problem: O(n^3) worst case, O(n^2)-ish search steps on random costs, each step n/32
 // column updates per lane plus 5 shuffle rounds.
 #include <algorithm>
@@ -18,73 +11,17 @@
 
 #include "kernels/assignment.cuh"
 #include "kernels/assignment_device.cuh"
+#include "kernels/assignment_kernels.cuh"
 #include "kernels/cuda_check.cuh"
 #include "kernels/device_compat.cuh"
 
 namespace eqflow::cuda {
 
 namespace {
-constexpr int kWarpsPerBlock = 4;
+using assignment_detail::assignment_kernel;
+using assignment_detail::kWarpsPerBlock;
+
 constexpr std::size_t kSmemBudget = 48 * 1024;
-
-template <class T>
-__device__ inline bool invalid_cost(T c) {
-    const double x = static_cast<double>(c);
-    return x != x || x == -__longlong_as_double(0x7ff0000000000000ll);
-}
-
-template <class T, bool kStaged>
-__global__ void __launch_bounds__(32 * kWarpsPerBlock)
-    assignment_kernel(const T* __restrict__ cost, int64_t P, int n, int64_t* __restrict__ perm,
-                      double* __restrict__ total, int32_t* __restrict__ status,
-                      unsigned long long* __restrict__ flags, std::size_t warp_bytes) {
-    EQFLOW_DYNAMIC_SHARED(unsigned char, smem_raw);
-    const int warp = threadIdx.x >> 5;
-    const int lane = threadIdx.x & 31;
-    const int64_t p = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
-    if (p >= P) return;  // warp-uniform
-    unsigned char* base = smem_raw + warp * warp_bytes;
-    const int64_t nn = static_cast<int64_t>(n) * n;
-    const T* src = cost + p * nn;
-    const T* c = src;
-    bool bad = false;
-    if (kStaged) {
-        T* cs = reinterpret_cast<T*>(base);
-        for (int64_t k = lane; k < nn; k += 32) {
-            const T x = src[k];
-            bad |= invalid_cost(x);
-            cs[k] = x;
-        }
-        c = cs;
-        base += (nn * sizeof(T) + 15) / 16 * 16;
-    } else {
-        for (int64_t k = lane; k < nn; k += 32) bad |= invalid_cost(src[k]);
-    }
-    if (__any_sync(0xffffffffu, bad)) {
-        if (lane == 0) atomicMin(&flags[0], static_cast<unsigned long long>(p));
-        return;
-    }
-    __syncwarp();
-    const WarpLsaState s = warp_lsa_state(base, n);
-    const bool ok = warp_solve_assignment(MatrixCost<T>{c, n}, n, s);
-    if (!ok) {
-        for (int i = lane; i < n; i += 32) perm[p * n + i] = -1;
-        if (lane == 0) {
-            atomicMin(&flags[1], static_cast<unsigned long long>(p));
-            if (total) total[p] = __longlong_as_double(0x7ff0000000000000ll);
-            if (status) status[p] = 1;
-        }
-        return;
-    }
-    for (int i = lane; i < n; i += 32) perm[p * n + i] = s.col4row[i];
-    if (lane == 0) {
-        double sum = 0.0;
-        for (int i = 0; i < n; ++i)
-            sum += static_cast<double>(c[static_cast<int64_t>(i) * n + s.col4row[i]]);
-        if (total) total[p] = sum;
-        if (status) status[p] = 0;
-    }
-}
 
 template <class T, bool kStaged>
 void launch(const T* cost, int64_t P, int n, int64_t* perm, double* total, int32_t* status,

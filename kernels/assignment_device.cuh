@@ -57,6 +57,25 @@ struct MatrixCost {
     }
 };
 
+// (value, key) <- the smaller of it and (ov, ok) in the order (value, key): a total order, since
+// values are never NaN and keys are distinct, so any reduction tree finds the same minimum.
+__device__ inline void lsa_take_min(double& value, int& key, double ov, int ok) {
+    if (ov < value || (ov == value && ok < key)) {
+        value = ov;
+        key = ok;
+    }
+}
+
+// The minimum of (value, key) over the warp, in every lane.
+__device__ inline void warp_argmin(double& value, int& key) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        const double ov = __shfl_xor_sync(0xffffffffu, value, off);
+        const int ok = __shfl_xor_sync(0xffffffffu, key, off);
+        lsa_take_min(value, key, ov, ok);
+    }
+}
+
 // Solves one n x n problem with the whole warp (all 32 lanes must call it). cost(i, j) returns
 // the price of giving column j to row i as a double, never NaN / -inf (+inf = forbidden); it may
 // read a stored matrix (MatrixCost) or compute the price on the fly. Returns true when a finite
@@ -85,21 +104,9 @@ __device__ bool warp_solve_assignment(const CostFn& cost, int n, WarpLsaState s)
         int best_key = 0x7fffffff;
         for (int j = lane; j < n; j += 32) {
             const double r = cost(i, j) - s.v[j];
-            const int key = ((s.row4col[j] >= 0) << 30) | j;
-            if (r < best || (r == best && key < best_key)) {
-                best = r;
-                best_key = key;
-            }
+            lsa_take_min(best, best_key, r, ((s.row4col[j] >= 0) << 30) | j);
         }
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) {
-            const double ob = __shfl_xor_sync(0xffffffffu, best, off);
-            const int ok = __shfl_xor_sync(0xffffffffu, best_key, off);
-            if (ob < best || (ob == best && ok < best_key)) {
-                best = ob;
-                best_key = ok;
-            }
-        }
+        warp_argmin(best, best_key);
         if (!(best < inf)) return false;  // warp-uniform
         const int j = best_key & ((1 << 30) - 1);
         if (lane == 0) {
@@ -133,21 +140,9 @@ __device__ bool warp_solve_assignment(const CostFn& cost, int n, WarpLsaState s)
                     s.spc[j] = r;
                     sj = r;
                 }
-                const int key = ((s.row4col[j] >= 0) << 30) | j;
-                if (sj < best || (sj == best && key < best_key)) {
-                    best = sj;
-                    best_key = key;
-                }
+                lsa_take_min(best, best_key, sj, ((s.row4col[j] >= 0) << 30) | j);
             }
-#pragma unroll
-            for (int off = 16; off > 0; off >>= 1) {
-                const double ob = __shfl_xor_sync(0xffffffffu, best, off);
-                const int ok = __shfl_xor_sync(0xffffffffu, best_key, off);
-                if (ob < best || (ob == best && ok < best_key)) {
-                    best = ob;
-                    best_key = ok;
-                }
-            }
+            warp_argmin(best, best_key);
             if (!(best < inf)) return false;  // warp-uniform: no finite augmenting path
             min_val = best;
             const int j = best_key & ((1 << 30) - 1);
