@@ -1,11 +1,19 @@
 // kernels/assignment.cu: batched exact linear sum assignment: the launchers (the kernels and
 // the layouts are in kernels/assignment_kernels.cuh).
 //
-// Each warp owns one problem (assignment_kernel), up to kWarpsPerBlock warps per block within the
+// Which solver: few large problems (n >= kBlockMinN and P <= the number of SMs, read once per
+// device by current_device_info) go to assignment_block_kernel, one block of 256 threads per
+// problem; the coupling's single B x B problem is the case it is for. Everything else goes to
+// assignment_kernel, one warp per problem, up to kWarpsPerBlock warps per block within the
 // 48 KiB default budget; when one staged matrix does not fit, the warps read the matrix from
-// global memory (L1/L2-cached rows) instead.
-// Work per problem: O(n^3) worst case, O(n^2)-ish search steps on random costs, each step n/32
-// column updates per lane plus 5 shuffle rounds.
+// global memory (L1/L2-cached rows) instead. Both give the same outputs bit for bit. The rule
+// keeps the warp solver wherever it already fills the GPU with problems: with more problems than
+// SMs, blocks per problem would queue behind each other. Below n = 128 a lane of the warp solver
+// walks at most 4 columns per search step, little to split, while the block adds a barrier per
+// step. (Neither solver has run on a GPU yet: the rule is reasoned, not measured.)
+// Work per problem: O(n^3) worst case, O(n^2)-ish search steps on random costs; a step costs
+// n/32 column updates per lane plus 5 shuffle rounds on the warp solver, n/256 column updates
+// per thread, 5 shuffle rounds, one barrier and 8 shared reads on the block solver.
 #include <algorithm>
 #include <cstdint>
 
@@ -18,10 +26,12 @@
 namespace eqflow::cuda {
 
 namespace {
+using assignment_detail::assignment_block_kernel;
 using assignment_detail::assignment_kernel;
 using assignment_detail::kWarpsPerBlock;
 
 constexpr std::size_t kSmemBudget = 48 * 1024;
+constexpr int kBlockMinN = 128;
 
 template <class T, bool kStaged>
 void launch(const T* cost, int64_t P, int n, int64_t* perm, double* total, int32_t* status,
@@ -32,6 +42,15 @@ void launch(const T* cost, int64_t P, int n, int64_t* perm, double* total, int32
     EQFLOW_LAUNCH((assignment_kernel<T, kStaged>), static_cast<unsigned>(blocks), 32 * warps,
                   warps * warp_bytes, EQFLOW_STREAM(stream), cost, P, n, perm, total, status, flags,
                   warp_bytes);
+    EQFLOW_CUDA_CHECK_LAUNCH();
+}
+
+template <class T, int kCols>
+void launch_block(const T* cost, int64_t P, int n, int64_t* perm, double* total, int32_t* status,
+                  unsigned long long* flags, Stream stream) {
+    EQFLOW_LAUNCH((assignment_block_kernel<T, kCols>), static_cast<unsigned>(P), kBlockLsaThreads,
+                  block_lsa_state_bytes(n), EQFLOW_STREAM(stream), cost, n, perm, total, status,
+                  flags);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 }  // namespace
@@ -54,6 +73,20 @@ const unsigned long long* linear_sum_assignment_async(const T* cost, int64_t P, 
     EQFLOW_CUDA_CHECK(
         cudaMemsetAsync(flags, 0xff, 2 * sizeof(unsigned long long), EQFLOW_STREAM(stream)));
     if (P == 0 || n64 == 0) return flags;
+    if (n >= kBlockMinN && P <= current_device_info().sms) {
+        switch (assignment_detail::block_columns(n)) {
+            case 1:
+                launch_block<T, 1>(cost, P, n, perm, total, status, flags, stream);
+                break;
+            case 2:
+                launch_block<T, 2>(cost, P, n, perm, total, status, flags, stream);
+                break;
+            default:
+                launch_block<T, 4>(cost, P, n, perm, total, status, flags, stream);
+                break;
+        }
+        return flags;
+    }
     const std::size_t state = warp_lsa_state_bytes(n);
     const std::size_t staged = (static_cast<std::size_t>(n) * n * sizeof(T) + 15) / 16 * 16 + state;
     if (staged <= kSmemBudget) {
