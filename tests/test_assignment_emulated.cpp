@@ -136,7 +136,9 @@ struct Case {
 
 // n 1 and 33: the edges of one column per thread; 128 and 256: one column per thread, half and
 // all of the threads busy; 300 (not a multiple of the block): two; 1024: four, the largest n.
-const Case kCases[] = {{1, 3}, {33, 2}, {128, 2}, {256, 1}, {300, 1}, {1024, 1}};
+// Sizes and cases are capped for the emulator's speed: the whole file takes ~16 s in the emu
+// build (ASan) on the shared 2-core development machine, 9 s of it at n = 1024.
+const Case kCases[] = {{1, 3}, {33, 2}, {128, 1}, {256, 1}, {300, 1}, {1024, 1}};
 
 class AssignmentEmulated : public ::testing::TestWithParam<Case> {};
 
@@ -155,7 +157,9 @@ TEST_P(AssignmentEmulated, RandomCostsMatchWarpSolverAndCpuExactly) {
     EXPECT_EQ(d.status, dc.status);
     EXPECT_EQ(d.flags, (std::vector<unsigned long long>{~0ull, ~0ull}));
     EXPECT_TRUE(test::not_all_zero(d.total));
-    if (n > 300) return;  // float at n = 1024 would double the test's slowest case
+    // Float only where the double case is cheap: the kernels differ only in the load's
+    // conversion, and at n = 1024 a float case would double the test's slowest one.
+    if (n == 256 || n > 300) return;
     std::vector<float> cf(cd.size());
     for (auto& c : cf) c = static_cast<float>(u(gen) * 100.0);
     const Out f = block_matches_warp_under_every_schedule(cf, P, n);
