@@ -1,90 +1,37 @@
-// kernels/assignment.cu: batched exact linear sum assignment, one warp per problem.
+// kernels/assignment.cu: batched exact linear sum assignment: the launchers (the kernels and
+// the layouts are in kernels/assignment_kernels.cuh).
 //
-// Layout: cost [P][n][n] row-major (T = float or double), perm [P][n] int64, total [P] double,
-// status [P] int32 (nullable). Workspace: two uint64 flags, the smallest index of a problem with a
-// NaN / -inf cost and of an infeasible problem (UINT64_MAX = none), set with atomicMin.
-//
-// Each warp owns one problem: it copies the matrix into its slice of shared memory (coalesced,
-// checking for NaN / -inf on the way), then runs warp_solve_assignment (kernels/
-// assignment_device.cuh) and writes the permutation; lane 0 sums the total in row order in
-// double, like the CPU reference, so equal permutations give bit-equal totals.
-// Shared memory per warp: n*n*sizeof(T) (when staged) + ~37 n bytes of solver state; the launcher
-// fits up to kWarpsPerBlock warps into the 48 KiB default budget and, when one staged matrix does
-// not fit, reads the matrix from global memory (L1/L2-cached rows) instead.
-// Work per problem: O(n^3) worst case, O(n^2)-ish search steps on random costs, each step n/32
-// column updates per lane plus 5 shuffle rounds.
+// Which solver: few large problems (n >= kBlockMinN and P <= the number of SMs, read once per
+// device by current_device_info) go to assignment_block_kernel, one block of 256 threads per
+// problem; the coupling's single B x B problem is the case it is for. Everything else goes to
+// assignment_kernel, one warp per problem, up to kWarpsPerBlock warps per block within the
+// 48 KiB default budget; when one staged matrix does not fit, the warps read the matrix from
+// global memory (L1/L2-cached rows) instead. Both give the same outputs bit for bit. The rule
+// keeps the warp solver wherever it already fills the GPU with problems: with more problems than
+// SMs, blocks per problem would queue behind each other. Below n = 128 a lane of the warp solver
+// walks at most 4 columns per search step, little to split, while the block adds a barrier per
+// step. (Neither solver has run on a GPU yet: the rule is reasoned, not measured.)
+// Work per problem: O(n^3) worst case, O(n^2)-ish search steps on random costs; a step costs
+// n/32 column updates per lane plus 5 shuffle rounds on the warp solver, n/256 column updates
+// per thread, 5 shuffle rounds, one barrier and 8 shared reads on the block solver.
 #include <algorithm>
 #include <cstdint>
 
 #include "kernels/assignment.cuh"
 #include "kernels/assignment_device.cuh"
+#include "kernels/assignment_kernels.cuh"
 #include "kernels/cuda_check.cuh"
 #include "kernels/device_compat.cuh"
 
 namespace eqflow::cuda {
 
 namespace {
-constexpr int kWarpsPerBlock = 4;
+using assignment_detail::assignment_block_kernel;
+using assignment_detail::assignment_kernel;
+using assignment_detail::kWarpsPerBlock;
+
 constexpr std::size_t kSmemBudget = 48 * 1024;
-
-template <class T>
-__device__ inline bool invalid_cost(T c) {
-    const double x = static_cast<double>(c);
-    return x != x || x == -__longlong_as_double(0x7ff0000000000000ll);
-}
-
-template <class T, bool kStaged>
-__global__ void __launch_bounds__(32 * kWarpsPerBlock)
-    assignment_kernel(const T* __restrict__ cost, int64_t P, int n, int64_t* __restrict__ perm,
-                      double* __restrict__ total, int32_t* __restrict__ status,
-                      unsigned long long* __restrict__ flags, std::size_t warp_bytes) {
-    EQFLOW_DYNAMIC_SHARED(unsigned char, smem_raw);
-    const int warp = threadIdx.x >> 5;
-    const int lane = threadIdx.x & 31;
-    const int64_t p = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
-    if (p >= P) return;  // warp-uniform
-    unsigned char* base = smem_raw + warp * warp_bytes;
-    const int64_t nn = static_cast<int64_t>(n) * n;
-    const T* src = cost + p * nn;
-    const T* c = src;
-    bool bad = false;
-    if (kStaged) {
-        T* cs = reinterpret_cast<T*>(base);
-        for (int64_t k = lane; k < nn; k += 32) {
-            const T x = src[k];
-            bad |= invalid_cost(x);
-            cs[k] = x;
-        }
-        c = cs;
-        base += (nn * sizeof(T) + 15) / 16 * 16;
-    } else {
-        for (int64_t k = lane; k < nn; k += 32) bad |= invalid_cost(src[k]);
-    }
-    if (__any_sync(0xffffffffu, bad)) {
-        if (lane == 0) atomicMin(&flags[0], static_cast<unsigned long long>(p));
-        return;
-    }
-    __syncwarp();
-    const WarpLsaState s = warp_lsa_state(base, n);
-    const bool ok = warp_solve_assignment(MatrixCost<T>{c, n}, n, s);
-    if (!ok) {
-        for (int i = lane; i < n; i += 32) perm[p * n + i] = -1;
-        if (lane == 0) {
-            atomicMin(&flags[1], static_cast<unsigned long long>(p));
-            if (total) total[p] = __longlong_as_double(0x7ff0000000000000ll);
-            if (status) status[p] = 1;
-        }
-        return;
-    }
-    for (int i = lane; i < n; i += 32) perm[p * n + i] = s.col4row[i];
-    if (lane == 0) {
-        double sum = 0.0;
-        for (int i = 0; i < n; ++i)
-            sum += static_cast<double>(c[static_cast<int64_t>(i) * n + s.col4row[i]]);
-        if (total) total[p] = sum;
-        if (status) status[p] = 0;
-    }
-}
+constexpr int kBlockMinN = 128;
 
 template <class T, bool kStaged>
 void launch(const T* cost, int64_t P, int n, int64_t* perm, double* total, int32_t* status,
@@ -95,6 +42,15 @@ void launch(const T* cost, int64_t P, int n, int64_t* perm, double* total, int32
     EQFLOW_LAUNCH((assignment_kernel<T, kStaged>), static_cast<unsigned>(blocks), 32 * warps,
                   warps * warp_bytes, EQFLOW_STREAM(stream), cost, P, n, perm, total, status, flags,
                   warp_bytes);
+    EQFLOW_CUDA_CHECK_LAUNCH();
+}
+
+template <class T, int kCols>
+void launch_block(const T* cost, int64_t P, int n, int64_t* perm, double* total, int32_t* status,
+                  unsigned long long* flags, Stream stream) {
+    EQFLOW_LAUNCH((assignment_block_kernel<T, kCols>), static_cast<unsigned>(P), kBlockLsaThreads,
+                  block_lsa_state_bytes(n), EQFLOW_STREAM(stream), cost, n, perm, total, status,
+                  flags);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 }  // namespace
@@ -117,6 +73,20 @@ const unsigned long long* linear_sum_assignment_async(const T* cost, int64_t P, 
     EQFLOW_CUDA_CHECK(
         cudaMemsetAsync(flags, 0xff, 2 * sizeof(unsigned long long), EQFLOW_STREAM(stream)));
     if (P == 0 || n64 == 0) return flags;
+    if (n >= kBlockMinN && P <= current_device_info().sms) {
+        switch (assignment_detail::block_columns(n)) {
+            case 1:
+                launch_block<T, 1>(cost, P, n, perm, total, status, flags, stream);
+                break;
+            case 2:
+                launch_block<T, 2>(cost, P, n, perm, total, status, flags, stream);
+                break;
+            default:
+                launch_block<T, 4>(cost, P, n, perm, total, status, flags, stream);
+                break;
+        }
+        return flags;
+    }
     const std::size_t state = warp_lsa_state_bytes(n);
     const std::size_t staged = (static_cast<std::size_t>(n) * n * sizeof(T) + 15) / 16 * 16 + state;
     if (staged <= kSmemBudget) {

@@ -6,7 +6,8 @@
 // costs), sigma [B] int64, the assignment flags, types [n] int32 (when typed).
 //
 //   ot    pair_distance_kernel: one warp per pair (i, j), lanes over the n*D coordinates,
-//         M_ij = |x0_i - x1_j|^2 (double); then the B x B assignment (kernels/assignment.cu);
+//         M_ij = |x0_i - x1_j|^2 (double); then the B x B assignment (kernels/assignment.cu:
+//         one block of 256 threads for B >= 128, one warp below);
 //         then gather_kernel (one warp per i) writes x1_paired[i] = x1[sigma(i)] and cost[i].
 //   fm    gather_kernel with sigma = identity.
 //   eqot  eqot_pair_kernel over all B^2 pairs: one warp per pair. The warp stages x0_i and x1_j

@@ -125,6 +125,24 @@ TEST(AssignmentGpuEdge, ScalesForbiddenInfeasibleNan) {
     }
 }
 
+TEST(AssignmentGpuEdge, OneLargeProblemMatchesCpuExactly) {
+    // The coupling's shape: one n x n problem, which the launcher gives a block of threads
+    // (n >= 128, no more problems than SMs). Random reals have no ties, so the GPU takes the CPU
+    // reference's steps with the same double arithmetic: the same permutation, the same total
+    // to the bit. n = 1024 is the largest the GPU accepts.
+    for (const int n : {256, 1024}) {
+        auto gen = test::rng(730 + n);
+        std::uniform_real_distribution<double> u(0.0, 1.0);
+        std::vector<double> cost(static_cast<size_t>(n) * n);
+        for (auto& c : cost) c = u(gen);
+        const Result cpu = solve(cost, 1, n, Device::cpu);
+        const Result gpu = solve(cost, 1, n, Device::cuda);
+        EXPECT_EQ(gpu.perm, cpu.perm) << "n " << n;
+        EXPECT_EQ(gpu.total, cpu.total) << "n " << n;
+        EXPECT_EQ(gpu.status, cpu.status) << "n " << n;
+    }
+}
+
 TEST(AssignmentGpuEdge, WorkspaceAndEmpty) {
     Tensor<double> c = Tensor<double>::zeros(Shape{3, 4, 4}, Device::cuda);
     Tensor<int64_t> perm(Shape{3, 4}, Device::cuda);

@@ -142,5 +142,36 @@ TEST(CouplingGpuEdge, WithoutSynchronisationSameResultAndFailuresPoisonTheBatch)
     }
 }
 
+// B >= 128: the B x B assignment runs on a block of 256 threads instead of one warp
+// (kernels/assignment.cu). The same pairing as the CPU, synchronised or not, and a NaN pair cost
+// still poisons the batch (the block solver's flags feed the same guard and poison kernels).
+TEST(CouplingGpuEdge, LargeBatchOtOnTheBlockSolver) {
+    auto gen = test::rng(970);
+    const int B = 256, n = 4, d = 2;
+    const std::vector<double> x0 = centred_normal(B, n, d, gen, 1.0),
+                              x1 = centred_normal(B, n, d, gen, 1.0);
+    CouplingOptions o;
+    o.kind = CouplingKind::ot;
+    const Out cpu = run(o, x0, x1, B, n, d, Device::cpu);
+    const Out gpu = run(o, x0, x1, B, n, d, Device::cuda);
+    EXPECT_EQ(gpu.pairing, cpu.pairing);
+    EXPECT_ALL_CLOSE(gpu.cost, cpu.cost, 0.0, kCostRtol);
+    EXPECT_ALL_CLOSE(gpu.x1p, cpu.x1p, kCoordTol, 0.0);
+    std::vector<int64_t> identity(B);
+    std::iota(identity.begin(), identity.end(), int64_t{0});
+    EXPECT_NE(gpu.pairing, identity);  // the assignment did something
+    std::vector<double> bad = x1;
+    bad[200 * n * d + 1] = std::nan("");
+    EXPECT_THROW(run(o, x0, bad, B, n, d, Device::cuda), Error);
+    o.synchronize = false;
+    const Out async = run(o, x0, x1, B, n, d, Device::cuda);
+    EXPECT_EQ(async.pairing, gpu.pairing);
+    EXPECT_EQ(async.cost, gpu.cost);
+    Out poisoned;
+    ASSERT_NO_THROW(poisoned = run(o, x0, bad, B, n, d, Device::cuda));
+    for (double v : poisoned.cost) ASSERT_TRUE(std::isnan(v));
+    EXPECT_EQ(poisoned.pairing, identity);
+}
+
 }  // namespace
 }  // namespace eqflow

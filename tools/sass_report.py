@@ -18,21 +18,26 @@ import sys
 
 # FMAs per thread of one warp-wide HMMA, by shape (m*n*k / 32 threads).
 HMMA_FMAS = {"16816": 16 * 8 * 16 // 32, "1688": 16 * 8 * 8 // 32, "884": 8 * 8 * 4 // 32}
+# Mangled template arguments that are not integers.
+TYPE_ARGS = {"d": "double", "f": "float", "Lb0E": "false", "Lb1E": "true"}
 
 
 def short(name):
     """The kernel's own identifier out of an Itanium-mangled name (a length-prefixed part that
-    ends in 'kernel'), with its integer template arguments (egnn_forward_kernel<64,3>), else the
-    name cut to 60 characters."""
+    ends in 'kernel'), with its template arguments when they are integers, bools or float /
+    double (egnn_forward_kernel<64,3>, assignment_block_kernel<double,4>), else the name cut to
+    60 characters."""
     for m in re.finditer(r"\d+", name):
         digits, start = m.group(0), m.end()
         for k in range(len(digits)):  # a hash may run into the length: try every suffix
             length = int(digits[k:])
             ident = name[start:start + length]
             if len(ident) == length and ident.endswith("kernel"):
-                targs = re.match(r"I((?:Li-?\d+E)+)E", name[start + length:])
+                targs = re.match(r"I((?:Li-?\d+E|Lb[01]E|[df])+)E", name[start + length:])
                 if targs:
-                    ident += "<" + ",".join(re.findall(r"Li(-?\d+)E", targs.group(1))) + ">"
+                    args = [TYPE_ARGS.get(a, a[2:-1]) for a in
+                            re.findall(r"Li-?\d+E|Lb[01]E|[df]", targs.group(1))]
+                    ident += "<" + ",".join(args) + ">"
                 return ident
     return name[:60]
 

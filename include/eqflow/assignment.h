@@ -26,7 +26,9 @@
 // n <= 32 runs a fixed-size copy of the solver with the same steps and tie rules (same result).
 // CUDA: one warp per problem, all problems in one launch; the matrix is staged in shared memory
 // when it fits (n <= ~64 float / ~48 double at the default budget) and read through the cache
-// otherwise; the per-step column scan and argmin are spread over the warp's lanes. GPU n <= 1024.
+// otherwise; the per-step column scan and argmin are spread over the warp's lanes. A few large
+// problems (n >= 128, no more problems than the GPU has SMs) get a block of 256 threads each
+// instead, with the same result bit for bit. GPU n <= 1024.
 //
 // Workspace (CUDA path only): the caller passes `assignment_workspace_bytes(Device::cuda, P, n)`
 // bytes of device memory; nothing is allocated inside the call. The CPU path needs none (pass
