@@ -64,6 +64,21 @@ struct MatrixCost {
     }
 };
 
+// The augmentation of both solvers, on one thread: flip the matching along the shortest path
+// that ends at the free column `sink` and starts at the unmatched row `cur`.
+__device__ inline void augment_along_path(const int* path, int* row4col, int* col4row, int sink,
+                                          int cur) {
+    int j = sink;
+    for (;;) {
+        const int r = path[j];
+        row4col[j] = r;
+        const int prev = col4row[r];
+        col4row[r] = j;
+        j = prev;
+        if (r == cur) break;
+    }
+}
+
 // (value, key) <- the smaller of it and (ov, ok) in the order (value, key): a total order, since
 // values are never NaN and keys are distinct, so any reduction tree finds the same minimum.
 __device__ inline void lsa_take_min(double& value, int& key, double ov, int ok) {
@@ -171,17 +186,7 @@ __device__ bool warp_solve_assignment(const CostFn& cost, int n, WarpLsaState s)
         }
         if (lane == 0) s.u[cur] += min_val;
         __syncwarp();
-        if (lane == 0) {
-            int j = sink;
-            for (;;) {
-                const int r = s.path[j];
-                s.row4col[j] = r;
-                const int prev = s.col4row[r];
-                s.col4row[r] = j;
-                j = prev;
-                if (r == cur) break;
-            }
-        }
+        if (lane == 0) augment_along_path(s.path, s.row4col, s.col4row, sink, cur);
         __syncwarp();
     }
     return true;
@@ -395,17 +400,7 @@ __device__ bool block_solve_assignment(const CostFn& cost, int n, BlockLsaState&
         // Every thread has read row4col[sink] (the last step) before the flip rewrites it, and
         // the path entries of all steps are visible to the thread that walks them.
         __syncthreads();
-        if (tid == 0) {
-            int j = sink;
-            for (;;) {
-                const int r = s.path[j];
-                s.row4col[j] = r;
-                const int prev = s.col4row[r];
-                s.col4row[r] = j;
-                j = prev;
-                if (r == cur) break;
-            }
-        }
+        if (tid == 0) augment_along_path(s.path, s.row4col, s.col4row, sink, cur);
         __syncthreads();  // the flip, before the refresh and the next cur's col4row read
 #pragma unroll
         for (int k = 0; k < kCols; ++k) {
