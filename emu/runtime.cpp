@@ -9,6 +9,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -100,6 +101,8 @@ struct Capture {
     bool active = false;
     bool invalidated = false;
     cudaStream_t stream = nullptr;
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
+    std::thread::id thread;  // the one that began it
     std::vector<std::function<void()>> nodes;
 };
 std::mutex g_capture_mutex;
@@ -112,10 +115,18 @@ bool capturing_stream(const void* stream) {
 
 // A synchronous call, or one that is not stream-ordered, while a capture is open: refused, and
 // the capture is invalidated (the runtime's global capture mode).
+// Which threads the open capture restricts: all (global mode), the capturing one (thread-local),
+// none (relaxed).
+bool restricts_this_thread(const Capture& c) {
+    return c.active &&
+           (c.mode == cudaStreamCaptureModeGlobal ||
+            (c.mode == cudaStreamCaptureModeThreadLocal && c.thread == std::this_thread::get_id()));
+}
+
 cudaError_t refuse_in_capture() {
     {
         std::lock_guard<std::mutex> lock(g_capture_mutex);
-        if (!g_capture.active) return cudaSuccess;
+        if (!restricts_this_thread(g_capture)) return cudaSuccess;
         g_capture.invalidated = true;
     }
     return fail(cudaErrorStreamCaptureUnsupported);
@@ -146,7 +157,11 @@ int enqueue(const void* stream, std::function<void()> work) {
                     return cudaSuccess;
                 }
                 refused = cudaErrorStreamCaptureInvalidated;
-            } else if (stream == nullptr) {  // the legacy stream would wait on the capturing one
+            } else if (stream == nullptr && (g_capture.stream->flags == cudaStreamDefault ||
+                                             g_capture.thread == std::this_thread::get_id())) {
+                // The legacy stream would wait on a capturing blocking stream (the runtime's
+                // error); stricter than the runtime, the capturing thread may not use the legacy
+                // stream at all (work it issues there is outside the graph it is building).
                 g_capture.invalidated = true;
                 refused = cudaErrorStreamCaptureImplicit;
             }
@@ -322,7 +337,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
     return cudaSuccess;
 }
 
-cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode) {
     if (stream == nullptr) return fail(cudaErrorStreamCaptureUnsupported);  // the legacy stream
     {
         std::lock_guard<std::mutex> lock(g_capture_mutex);
@@ -330,6 +345,8 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
             g_capture = Capture{};
             g_capture.active = true;
             g_capture.stream = stream;
+            g_capture.mode = mode;
+            g_capture.thread = std::this_thread::get_id();
             return cudaSuccess;
         }
     }

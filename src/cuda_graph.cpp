@@ -10,18 +10,33 @@
 #include <cuda_runtime_api.h>
 
 #include "kernels/cuda_check.cuh"
+
+// The library orders its own streams with work on stream nullptr through the legacy default
+// stream's implicit synchronisation; with per-thread default streams that ordering is gone.
+#if defined(CUDA_API_PER_THREAD_DEFAULT_STREAM)
+#error "eqflow relies on the legacy default stream: build without per-thread default streams"
+#endif
 #endif
 
 namespace eqflow::detail {
 
-OwnedStream::OwnedStream(Device device) {
+OwnedStream::OwnedStream(Device device, bool non_blocking) {
 #if defined(EQFLOW_HAVE_CUDA)
     if (device != Device::cuda) return;
     cudaStream_t s = nullptr;
-    EQFLOW_CUDA_CHECK(cudaStreamCreate(&s));
+    EQFLOW_CUDA_CHECK(
+        cudaStreamCreateWithFlags(&s, non_blocking ? cudaStreamNonBlocking : cudaStreamDefault));
     stream_ = s;
 #else
     (void)device;
+    (void)non_blocking;
+#endif
+}
+
+void OwnedStream::wait() const noexcept {
+#if defined(EQFLOW_HAVE_CUDA)
+    if (stream_ != nullptr && cudaStreamSynchronize(EQFLOW_STREAM(stream_)) != cudaSuccess)
+        cudaGetLastError();
 #endif
 }
 
@@ -70,13 +85,15 @@ bool CapturedWork::capture(Stream stream, const std::function<void()>& work, std
         if (why != nullptr) *why = reason;
         return false;
     };
-    cudaError_t err = cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
+    cudaError_t err = cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);
     if (err != cudaSuccess) return failed(std::string("begin capture: ") + cudaGetErrorString(err));
     std::string thrown;
     try {
         work();
     } catch (const std::exception& e) {
         thrown = e.what();
+    } catch (...) {
+        thrown = "an exception that is not a std::exception";
     }
     cudaGraph_t graph = nullptr;
     err = cudaStreamEndCapture(s, &graph);  // ends the capture whatever happened inside

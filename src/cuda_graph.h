@@ -17,19 +17,24 @@
 
 namespace eqflow::detail {
 
-// A blocking stream (cudaStreamCreate): ordered with the legacy default stream both ways, so
-// work that other code issues on the default stream (parameter uploads and downloads) stays
-// ordered with the work on this one, while this one can be captured (the legacy stream cannot).
+// A stream of the library's own on the GPU (nullptr on the CPU). Blocking (the default): ordered
+// with the legacy default stream both ways, so work that other code issues on the default stream
+// (parameter uploads and downloads) stays ordered with the work on this one. This relies on
+// nullptr meaning the legacy stream: a build with per-thread default streams is refused
+// (src/cuda_graph.cpp). Non-blocking: independent of the legacy stream, which is what a capture
+// needs, so that other threads' work on the legacy stream neither joins nor breaks it.
 class EQFLOW_API OwnedStream {
   public:
     OwnedStream() = default;
-    explicit OwnedStream(Device device);  // a stream on the GPU; nullptr on the CPU
+    explicit OwnedStream(Device device, bool non_blocking = false);
     ~OwnedStream();
     OwnedStream(OwnedStream&& other) noexcept;
     OwnedStream& operator=(OwnedStream&& other) noexcept;
     OwnedStream(const OwnedStream&) = delete;
     OwnedStream& operator=(const OwnedStream&) = delete;
     Stream get() const { return stream_; }
+    // Waits for the stream's work; errors are ignored (for destructors).
+    void wait() const noexcept;
 
   private:
     Stream stream_ = nullptr;
@@ -45,14 +50,16 @@ class EQFLOW_API CapturedWork {
     CapturedWork(const CapturedWork&) = delete;
     CapturedWork& operator=(const CapturedWork&) = delete;
 
-    // Captures what work() issues on `stream` (which must not be the legacy stream) and
-    // instantiates it. During capture nothing runs. True when the graph is ready; false when
-    // capture failed (work threw, or issued something capture forbids: a synchronisation, an
-    // allocation, a copy from host memory, work on the legacy stream), with the reason in *why;
-    // then no work ran, the runtime's error state is cleared, and the caller runs work() itself.
+    // Captures what work() issues on `stream` (a non-blocking OwnedStream) and instantiates it,
+    // in thread-local capture mode: this thread may not synchronise, allocate or copy from host
+    // memory meanwhile, other threads are not affected. During capture nothing runs. True when
+    // the graph is ready; false when capture failed (work threw, or issued something capture
+    // forbids), with the reason in *why; then no work ran, the runtime's error state is cleared,
+    // and the caller runs work() itself.
     bool capture(Stream stream, const std::function<void()>& work, std::string* why);
     bool ready() const { return exec_ != nullptr; }
-    // Queues the graph on `stream`.
+    // Queues the graph on `stream` (any stream: the graph does not belong to the one it was
+    // captured on).
     void launch(Stream stream);
 
   private:

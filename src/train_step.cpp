@@ -25,11 +25,12 @@ struct FlowMatchingStep<T>::Impl {
     Device dev;
     int n = 0, d = 0;
     int64_t nd = 0, B = 0, count = 0, val_count = 0, P = 0;
-    detail::OwnedStream own_stream;  // on the GPU: the step's stream (capturable), else none
-    Stream stream = nullptr;         // every operation below is ordered on it
-    detail::CapturedWork graph;      // on the GPU: the step's work, captured at the second step
-    bool graph_wanted = false;       // capture at the next step (cleared when capture fails)
-    std::string graph_status;        // what cuda_graph_status() says
+    detail::OwnedStream own_stream;      // on the GPU: the step's stream (blocking), else none
+    Stream stream = nullptr;             // every operation below is ordered on it
+    detail::OwnedStream capture_stream;  // on the GPU: non-blocking, where the step is captured
+    detail::CapturedWork graph;          // on the GPU: the step's work, captured at step 2
+    bool graph_wanted = false;           // capture at the next step (cleared when capture fails)
+    std::string graph_status;            // what cuda_graph_status() says
     CouplingOptions coupling;
     Buffer<T> data, val;                       // [count][nd], [val_count][nd]
     Buffer<int64_t> order, val_order;          // [count], [val_count] (identity)
@@ -44,6 +45,11 @@ struct FlowMatchingStep<T>::Impl {
     bool have_order = false, have_step = false;
 
     Impl(Field<T>& f, const FlowMatchingStepOptions& o) : field(f), opt(o), dev(f.device()) {}
+    // The members are destroyed after this body, the buffers before the stream: a replay still
+    // running must end first (cudaFree is not promised to wait for it).
+    ~Impl() { own_stream.wait(); }
+    Impl(const Impl&) = delete;
+    Impl& operator=(const Impl&) = delete;
 
     bool coupled(int64_t rows) const { return opt.objective != CouplingKind::fm && rows > 1; }
     double* paired(int64_t rows) { return coupled(rows) ? x1p.data() : x1.data(); }
@@ -146,8 +152,11 @@ FlowMatchingStep<T>::FlowMatchingStep(Field<T>& field, const FlowMatchingStepOpt
     im.stream = im.own_stream.get();
     // The GPU step is captured as a graph at its second step (the first runs plainly, so that
     // one-time work such as raising a kernel's shared-memory limit is not captured) and replayed
-    // from then on. Not for eqot with atom types: its coupling uploads the types from host
-    // memory every call, which capture refuses.
+    // on the step's stream from then on. It is captured on a non-blocking stream of its own in
+    // thread-local mode, so that other threads' CUDA work during the capture (the Python module
+    // releases the GIL while it trains) cannot break it nor be refused because of it. Not for eqot
+    // with atom types: its coupling uploads the types from host memory every call, which capture
+    // refuses.
     const char* no_graph = std::getenv("EQFLOW_NO_CUDA_GRAPH");
     if (dev != Device::cuda) {
         im.graph_status = "off: not a CUDA step";
@@ -160,6 +169,7 @@ FlowMatchingStep<T>::FlowMatchingStep(Field<T>& field, const FlowMatchingStepOpt
     } else {
         im.graph_wanted = true;
         im.graph_status = "pending: captured at the second step";
+        im.capture_stream = detail::OwnedStream(dev, true);
     }
     im.n = field.n_particles();
     im.d = field.dim();
@@ -240,8 +250,18 @@ void FlowMatchingStep<T>::step(int64_t step, int64_t j, double lr) {
     train_ops::set_step_args(im.dev, im.args.data(), a, im.stream);
     if (!im.graph.ready() && im.graph_wanted && im.have_step) {
         std::string why;
-        if (im.graph.capture(
-                im.stream, [&] { im.step_work(); }, &why)) {
+        // The step's work is issued on the capture stream (im.stream is what every operation of
+        // the step uses), and im.stream restored whatever happens.
+        struct Restore {
+            Stream& target;
+            Stream saved;
+            ~Restore() { target = saved; }
+        } restore{im.stream, im.stream};
+        im.stream = im.capture_stream.get();
+        const bool captured = im.graph.capture(
+            im.stream, [&] { im.step_work(); }, &why);
+        im.stream = restore.saved;
+        if (captured) {
             im.graph_status = "on: the step is one CUDA graph, replayed";
         } else {
             im.graph_wanted = false;

@@ -9,11 +9,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda_graph.h"
@@ -21,6 +24,7 @@
 #include "eqflow/egnn.h"
 #include "eqflow/field.h"
 #include "eqflow/flow.h"
+#include "eqflow/kernel_dynamics.h"
 #include "eqflow/mcmc.h"
 #include "eqflow/optim.h"
 #include "eqflow/systems.h"
@@ -409,7 +413,74 @@ TEST(TrainGpu, NoDeviceAllocationPerStep) {
 // launched-one-by-one step's results bit for bit, over epoch changes (a new order), learning-rate
 // changes, validation losses and window resets in between; anything the capture baked in that
 // should change per step would show as a difference here.
+struct GraphRun {
+    std::vector<double> losses, val, params, ema;
+    AdamState adam;
+    std::string status_after_first, status;
+};
+
+// `steps` steps of batch B on the rows of train (count of them; a new epoch order every count / B
+// steps), the graph on or off.
+GraphRun run_steps(const std::function<std::unique_ptr<Field<float>>()>& make_field,
+                   CouplingKind kind, const std::vector<double>& train, int64_t count, int64_t B,
+                   int64_t steps, const std::vector<std::vector<int64_t>>& orders, bool graph) {
+    FlowMatchingStepOptions o;
+    o.objective = kind;
+    o.batch = B;
+    o.ema_decay = 0.9;
+    o.draw_seed = 17;
+    o.cuda_graph = graph;
+    const std::unique_ptr<Field<float>> net = make_field();
+    const int64_t per_epoch = count / B, val_rows = std::min<int64_t>(count, B + B / 2);
+    FlowMatchingStep<float> st(*net, o, train.data(), count, train.data(), val_rows);
+    GraphRun r;
+    for (int64_t s = 0; s < steps; ++s) {
+        if (s % per_epoch == 0) st.set_order(orders[static_cast<size_t>(s / per_epoch)]);
+        st.step(s, s % per_epoch, s < steps / 2 + 1 ? 2e-3 : 2e-4);
+        if (s == 0) r.status_after_first = st.cuda_graph_status();
+        r.losses.push_back(st.last_loss());
+        if (s % 5 == 4 || s == steps - 1) {
+            r.val.push_back(st.validation_loss(3, val_rows));
+            (void)st.counters();
+            st.reset_window();
+        }
+    }
+    int64_t skipped = -1;
+    st.download_state(r.params, r.adam, &r.ema, &skipped);
+    EXPECT_EQ(skipped, 0);
+    EXPECT_EQ(r.adam.step, steps);
+    r.status = st.cuda_graph_status();
+    return r;
+}
+
+void expect_same_run(const GraphRun& replayed, const GraphRun& plain,
+                     const std::vector<double>& initial, const std::string& name) {
+    EXPECT_EQ(replayed.status_after_first.rfind("pending", 0), 0u) << name;
+    EXPECT_EQ(replayed.status.rfind("on", 0), 0u) << name << ": " << replayed.status;
+    EXPECT_EQ(plain.status.rfind("off", 0), 0u) << name << ": " << plain.status;
+    ASSERT_EQ(replayed.losses.size(), plain.losses.size()) << name;
+    for (size_t k = 0; k < plain.losses.size(); ++k) {
+        ASSERT_TRUE(std::isfinite(plain.losses[k])) << name << " step " << k;
+        EXPECT_EQ(replayed.losses[k], plain.losses[k]) << name << " step " << k;
+    }
+    EXPECT_EQ(replayed.val, plain.val) << name;
+    EXPECT_EQ(replayed.params, plain.params) << name;
+    EXPECT_EQ(replayed.adam.m, plain.adam.m) << name;
+    EXPECT_EQ(replayed.adam.v, plain.adam.v) << name;
+    EXPECT_EQ(replayed.ema, plain.ema) << name;
+    // The steps did something (a graph that replayed nothing would leave the start).
+    std::vector<double> start(initial.size());
+    for (size_t k = 0; k < initial.size(); ++k) start[k] = static_cast<float>(initial[k]);
+    EXPECT_NE(replayed.params, start) << name;
+}
+
+bool graph_turned_off_by_environment() {
+    const char* v = std::getenv("EQFLOW_NO_CUDA_GRAPH");
+    return v != nullptr && *v != '\0' && *v != '0';
+}
+
 TEST(TrainGpu, GraphReplayIsBitIdenticalToTheLaunchedStep) {
+    if (graph_turned_off_by_environment()) GTEST_SKIP() << "EQFLOW_NO_CUDA_GRAPH is set";
     for (CouplingKind kind : {CouplingKind::fm, CouplingKind::ot, CouplingKind::eqot}) {
         const StepCase c{"dw4_like", 4, 2, 16, 2, false, kind};
         auto gen = test::rng(91);
@@ -418,57 +489,35 @@ TEST(TrainGpu, GraphReplayIsBitIdenticalToTheLaunchedStep) {
         const EgnnModel model = make_model(c, 3);
         const std::vector<std::vector<int64_t>> orders = {shuffled(count, gen),
                                                           shuffled(count, gen)};
-        struct Run {
-            std::vector<double> losses, val, params, ema;
-            AdamState adam;
-            std::string status_after_first, status;
-        };
-        const auto run = [&](bool graph) {
-            FlowMatchingStepOptions o;
-            o.objective = kind;
-            o.batch = B;
-            o.ema_decay = 0.9;
-            o.draw_seed = 17;
-            o.cuda_graph = graph;
-            const std::unique_ptr<Field<float>> net = make_cuda_field(model);
-            FlowMatchingStep<float> st(*net, o, train.data(), count, train.data() + 8 * 8, 16);
-            Run r;
-            for (int64_t s = 0; s < 12; ++s) {
-                if (s % 6 == 0) st.set_order(orders[static_cast<size_t>(s / 6)]);
-                st.step(s, s % 6, s < 7 ? 2e-3 : 2e-4);
-                if (s == 0) r.status_after_first = st.cuda_graph_status();
-                r.losses.push_back(st.last_loss());
-                if (s % 5 == 4) {
-                    r.val.push_back(st.validation_loss(3, 12));
-                    (void)st.counters();
-                    st.reset_window();
-                }
-            }
-            int64_t skipped = -1;
-            st.download_state(r.params, r.adam, &r.ema, &skipped);
-            EXPECT_EQ(skipped, 0);
-            r.status = st.cuda_graph_status();
-            return r;
-        };
-        const Run plain = run(false), replayed = run(true);
-        const char* name = coupling_name(kind);
-        EXPECT_EQ(replayed.status_after_first.rfind("pending", 0), 0u) << name;
-        EXPECT_EQ(replayed.status.rfind("on", 0), 0u) << name << ": " << replayed.status;
-        EXPECT_EQ(plain.status.rfind("off", 0), 0u) << name << ": " << plain.status;
-        ASSERT_EQ(replayed.losses.size(), plain.losses.size());
-        for (size_t k = 0; k < plain.losses.size(); ++k) {
-            ASSERT_TRUE(std::isfinite(plain.losses[k])) << name << " step " << k;
-            EXPECT_EQ(replayed.losses[k], plain.losses[k]) << name << " step " << k;
-        }
-        EXPECT_EQ(replayed.val, plain.val) << name;
-        EXPECT_EQ(replayed.params, plain.params) << name;
-        EXPECT_EQ(replayed.adam.m, plain.adam.m) << name;
-        EXPECT_EQ(replayed.adam.v, plain.adam.v) << name;
-        EXPECT_EQ(replayed.adam.step, 12) << name;
-        EXPECT_EQ(replayed.ema, plain.ema) << name;
-        // The steps did something: the learning-rate change and the new order reached the graph
-        // (else the losses above would already differ from the plain run's).
-        EXPECT_NE(replayed.params, std::vector<double>(model.params.begin(), model.params.end()));
+        const auto field = [&] { return make_cuda_field(model); };
+        const GraphRun plain = run_steps(field, kind, train, count, B, 12, orders, false);
+        const GraphRun replayed = run_steps(field, kind, train, count, B, 12, orders, true);
+        expect_same_run(replayed, plain, model.params, coupling_name(kind));
+    }
+}
+
+// The same with the kernel-dynamics field on CUDA, and at B = 128 for ot, where the coupling's
+// B x B assignment runs on the block solver (n >= 128): both launch paths inside the graph.
+TEST(TrainGpu, GraphReplayOfTheKernelFieldAndTheBlockAssignment) {
+    if (graph_turned_off_by_environment()) GTEST_SKIP() << "EQFLOW_NO_CUDA_GRAPH is set";
+    const StepCase c{"dw4_like", 4, 2, 16, 2, false, CouplingKind::ot};
+    KernelModel model;
+    model.config = default_kernel_config("dw4", c.n, c.d);
+    model.params = kernel_init_parameters(model.config, 5);
+    for (double& p : model.params) p = static_cast<float>(p * 300.0);  // O(1) field
+    const auto field = [&] { return make_cuda_field(model); };
+    for (const auto& [kind, B] :
+         {std::pair{CouplingKind::fm, int64_t{8}}, std::pair{CouplingKind::ot, int64_t{128}}}) {
+        auto gen = test::rng(93);
+        const int64_t count = 2 * B;
+        const std::vector<double> train = make_train(c, count, gen);
+        const std::vector<std::vector<int64_t>> orders = {shuffled(count, gen),
+                                                          shuffled(count, gen)};
+        const GraphRun plain = run_steps(field, kind, train, count, B, 4, orders, false);
+        const GraphRun replayed = run_steps(field, kind, train, count, B, 4, orders, true);
+        expect_same_run(
+            replayed, plain, model.params,
+            std::string("kernel field, ") + coupling_name(kind) + ", B " + std::to_string(B));
     }
 }
 

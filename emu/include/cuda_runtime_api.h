@@ -33,13 +33,15 @@ using cudaStream_t = CUstream_st*;
 
 // Stream capture and graphs. Capture records the work issued to the capturing stream instead of
 // running it; cudaGraphLaunch runs the recorded work in order (kernels with the arguments they
-// were captured with). As in the runtime's global capture mode, while a capture is open these
-// fail with cudaErrorStreamCaptureUnsupported and invalidate it: cudaMalloc, cudaFree,
-// cudaMemcpy, cudaMemset, cudaStreamSynchronize, cudaDeviceSynchronize; work on the legacy
-// default stream fails with cudaErrorStreamCaptureImplicit and invalidates it. Stricter than the
-// runtime: an asynchronous copy between host and device memory on the capturing stream is refused
-// too (the runtime refuses it for pageable memory; the emulator cannot tell pinned memory apart,
-// and eqflow captures none). One capture at a time; work on other created streams runs at once.
+// were captured with). As in the runtime, while a capture is open these fail with
+// cudaErrorStreamCaptureUnsupported and invalidate it, on every thread (global mode) or on the
+// capturing thread (thread-local mode; relaxed: never): cudaMalloc, cudaFree, cudaMemcpy,
+// cudaMemset, cudaStreamSynchronize, cudaDeviceSynchronize. Work on the legacy default stream
+// fails with cudaErrorStreamCaptureImplicit and invalidates the capture when the capturing stream
+// is blocking. Stricter than the runtime: the capturing thread may not use the legacy stream at
+// all, and an asynchronous copy between host and device memory on the capturing stream is
+// refused (the runtime refuses it for pageable memory; the emulator cannot tell pinned memory
+// apart, and eqflow captures none). One capture at a time; work on other streams runs at once.
 struct CUgraph_st;
 using cudaGraph_t = CUgraph_st*;
 struct CUgraphExec_st;
