@@ -132,6 +132,16 @@ cudaError_t refuse_in_capture() {
     return fail(cudaErrorStreamCaptureUnsupported);
 }
 
+// Work on the capturing stream itself that capture cannot record, from any thread: refused, and
+// the capture invalidated.
+cudaError_t refuse_on_capturing_stream() {
+    {
+        std::lock_guard<std::mutex> lock(g_capture_mutex);
+        g_capture.invalidated = true;
+    }
+    return fail(cudaErrorStreamCaptureUnsupported);
+}
+
 }  // namespace
 
 struct CUstream_st {
@@ -295,7 +305,8 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
                             cudaStream_t stream) {
     if (const cudaError_t err = check_copy(dst, src, bytes, kind); err != cudaSuccess) return err;
     if (bytes == 0) return cudaSuccess;
-    if (kind != cudaMemcpyDeviceToDevice && capturing_stream(stream)) return refuse_in_capture();
+    if (kind != cudaMemcpyDeviceToDevice && capturing_stream(stream))
+        return refuse_on_capturing_stream();
     return static_cast<cudaError_t>(emu::enqueue(stream, [=] { std::memmove(dst, src, bytes); }));
 }
 

@@ -260,7 +260,6 @@ void FlowMatchingStep<T>::step(int64_t step, int64_t j, double lr) {
         im.stream = im.capture_stream.get();
         const bool captured = im.graph.capture(
             im.stream, [&] { im.step_work(); }, &why);
-        im.stream = restore.saved;
         if (captured) {
             im.graph_status = "on: the step is one CUDA graph, replayed";
         } else {
