@@ -9,8 +9,10 @@
 // LJ55 size runs B = 64 (4,096 pair alignments, seconds); B = 256 costs 16 times as much; it
 // uses all cores, hence real time. EqotReference: docs/design.md's one-start recipe (identity
 // start, one Hungarian + Kabsch per pair), for comparison: eqot / EqotReference is what the
-// rotation-invariant starts cost. tools/eqot_vs_scipy.py runs the DW4 and LJ13 cases side by side
-// with the reference implementation's SciPy way.
+// rotation-invariant starts cost (at LJ13; at DW4 eqot is exhaustive). EqotSearch (DW4): the frame
+// starts' search that the exhaustive 2D alignment (CouplingOptions::exhaustive) replaces at n <= 5.
+// tools/eqot_vs_scipy.py runs the DW4 and LJ13 cases side by side with the reference
+// implementation's SciPy way.
 #include <benchmark/benchmark.h>
 
 #include <random>
@@ -94,17 +96,22 @@ void kabsch_bench(benchmark::State& state, Device device) {
                             static_cast<int64_t>(sizeof(T)));
 }
 
+// The eqot per-pair alignment: what CouplingOptions gives by default (exhaustive in 2D for n <= 5,
+// the frame starts' search otherwise), the search everywhere, or docs/design.md's one-start recipe.
+enum class Search { standard, frames, recipe };
+
 template <class T>
 void coupling(benchmark::State& state, eqflow::CouplingKind kind, Device device, int n, int d,
-              bool reference = false) {
+              Search search = Search::standard) {
     if (skip_without_gpu(state, device)) return;
     const int64_t B = state.range(0);
     eqflow::CouplingOptions o;
     o.kind = kind;
-    if (reference) {  // docs/design.md's recipe: identity start, one Hungarian + Kabsch per pair
-        o.frame_starts = false;
+    if (search == Search::recipe) {  // docs/design.md's recipe: identity start, one Hungarian +
+        o.frame_starts = false;      // Kabsch per pair
         o.refine_iterations = 0;
     }
+    if (search != Search::standard) o.exhaustive = false;
     const std::vector<double> a = centred_normal(B, n, d, 1.0, 4),
                               b = centred_normal(B, n, d, 0.7, 5);
     auto x0 = eqflow::Tensor<T>::from_host(std::vector<T>(a.begin(), a.end()), {B, n, d}, device);
@@ -136,7 +143,7 @@ struct System {
 
 // BM_Coupling_<kind>_<Backend>/<system>/B. CUDA and CPU eqot use real time; the CPU eqot runs
 // once, at B = 64 for LJ55 (see the top of the file).
-void register_coupling(const char* kind_name, eqflow::CouplingKind kind, bool reference,
+void register_coupling(const char* kind_name, eqflow::CouplingKind kind, Search search,
                        Device device, const System& s) {
     const bool cpu = device == Device::cpu, eqot = kind == eqflow::CouplingKind::eqot;
     const std::string name =
@@ -144,9 +151,9 @@ void register_coupling(const char* kind_name, eqflow::CouplingKind kind, bool re
     benchmark::internal::Benchmark* b =
         benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
             if (cpu)
-                coupling<double>(state, kind, device, s.n, s.d, reference);
+                coupling<double>(state, kind, device, s.n, s.d, search);
             else
-                coupling<float>(state, kind, device, s.n, s.d, reference);
+                coupling<float>(state, kind, device, s.n, s.d, search);
         });
     b->Arg(cpu && eqot && s.n == 55 ? 64 : 256);
     if (cpu && eqot) b->Iterations(1);
@@ -167,14 +174,19 @@ void register_benchmarks() {
                    {{13, 65536}, {55, 65536}});
     const System lj55{"lj55", 55, 3};
     for (Device device : devices)
-        register_coupling("Ot", eqflow::CouplingKind::ot, false, device, lj55);
+        register_coupling("Ot", eqflow::CouplingKind::ot, Search::standard, device, lj55);
     for (Device device : devices)
         for (const System& s : {System{"dw4", 4, 2}, System{"lj13", 13, 3}, lj55})
-            register_coupling("Eqot", eqflow::CouplingKind::eqot, false, device, s);
+            register_coupling("Eqot", eqflow::CouplingKind::eqot, Search::standard, device, s);
+    // DW4 without the exhaustive 2D alignment: the frame starts' search it replaces.
+    for (Device device : devices)
+        register_coupling("EqotSearch", eqflow::CouplingKind::eqot, Search::frames, device,
+                          System{"dw4", 4, 2});
     // The one-start recipe at every size: eqot / EqotReference is what the starts cost.
     for (Device device : devices)
         for (const System& s : {System{"dw4", 4, 2}, System{"lj13", 13, 3}, lj55})
-            register_coupling("EqotReference", eqflow::CouplingKind::eqot, true, device, s);
+            register_coupling("EqotReference", eqflow::CouplingKind::eqot, Search::recipe, device,
+                              s);
 }
 
 }  // namespace

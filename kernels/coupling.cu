@@ -19,6 +19,9 @@
 //         B x B assignment on M, the same kernel runs once more for the B chosen pairs and writes
 //         the aligned x1_paired[i] = R P x1[sigma(i)], cost[i] and pairing[i] (the same code on the
 //         same inputs, hence the alignment M was built from).
+//         D = 2 with n <= 5 (DW4) and CouplingOptions::exhaustive: no search; every lane walks all
+//         permutations with their closed-form rotations (src/common/eqot_exhaustive.h, shared with
+//         the CPU, every operation rounded once, so M_ij is the CPU's bit for bit).
 // Shared memory per warp (eqot): 3 n D doubles (x0, x1, rotated x1) + 3 n ints (types, best and
 // previous assignment) + ~37 n bytes of solver state: ~6.7 KiB at n = 55, D = 3; up to 4 warps
 // per block within the 48 KiB default budget.
@@ -26,6 +29,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common/eqot_exhaustive.h"
 #include "common/kabsch_math.h"
 #include "kernels/assignment.cuh"
 #include "kernels/assignment_device.cuh"
@@ -105,6 +109,7 @@ struct EqotParams {
     int allow_reflection;
     int frame_starts;
     int refine_iterations;
+    int exhaustive;
 };
 
 // Squared distance between particle a of x0 and particle b of the rotated x1, +inf across types.
@@ -236,10 +241,30 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, kEqotMinBlocksPerSm)
         }
     };
 
+    bool exact = false;
+    if constexpr (D == 2) {
+        if (p.exhaustive && eqot_exhaustive::applies(n, D)) {
+            // Few particles in 2D: every permutation, exactly (src/common/eqot_exhaustive.h,
+            // the CPU's arithmetic, so the same M_ij bit for bit). Every lane walks all of them
+            // (at most 120) and holds the same result; no search below.
+            int perm[eqot_exhaustive::kMaxN];
+            best =
+                eqot_exhaustive::align_2d(xs0, xs1, n, types ? ts : nullptr,
+                                          p.allow_reflection != 0, perm, sigma ? best_r : nullptr);
+            if (sigma) {
+                if (lane == 0)
+                    for (int a = 0; a < n; ++a) best_perm[a] = perm[a];
+                __syncwarp();
+            }
+            exact = true;
+        }
+    }
     double identity[9];
     for (int a = 0; a < D; ++a)
         for (int b = 0; b < D; ++b) identity[a * D + b] = a == b ? 1.0 : 0.0;
-    if (p.frame_starts) {
+    if (exact) {
+        // done above
+    } else if (p.frame_starts) {
         double c0[D * D], c1[D * D];
 #pragma unroll
         for (int k = 0; k < D * D; ++k) c0[k] = c1[k] = 0.0;
@@ -401,7 +426,8 @@ void eqot(const CouplingOptions& o, const T* x0, const T* x1, int64_t B, int n, 
     if (w.types)
         EQFLOW_CUDA_CHECK(cudaMemcpyAsync(w.types, o.atom_types.data(), n * sizeof(int),
                                           cudaMemcpyHostToDevice, EQFLOW_STREAM(stream)));
-    const EqotParams p{o.allow_reflection ? 1 : 0, o.frame_starts ? 1 : 0, o.refine_iterations};
+    const EqotParams p{o.allow_reflection ? 1 : 0, o.frame_starts ? 1 : 0, o.refine_iterations,
+                       o.exhaustive ? 1 : 0};
     const std::size_t smem = warps * warp_bytes;
     EQFLOW_LAUNCH((eqot_pair_kernel<T, D>), blocks(B * B), 32 * warps, smem, EQFLOW_STREAM(stream),
                   x0, x1, static_cast<int>(B), n, w.types, p, nullptr, w.m, nullptr, nullptr,

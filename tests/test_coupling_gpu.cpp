@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -54,15 +55,38 @@ TEST_P(CouplingGpu, MatchesCpu) {
     auto gen = test::rng(900 + c.n);
     const std::vector<double> x0 = centred_normal(c.B, c.n, c.d, gen, 1.0),
                               x1 = centred_normal(c.B, c.n, c.d, gen, 0.7);
-    for (CouplingKind k : {CouplingKind::fm, CouplingKind::ot, CouplingKind::eqot}) {
+    for (CouplingKind k : {CouplingKind::fm, CouplingKind::ot, CouplingKind::eqot})
+        // eqot in 2D with n <= 5 is exhaustive by default; the search runs there too without it.
+        for (const bool exhaustive : {true, false}) {
+            if (!exhaustive && k != CouplingKind::eqot) continue;
+            CouplingOptions o;
+            o.kind = k;
+            o.exhaustive = exhaustive;
+            const Out cpu = run(o, x0, x1, c.B, c.n, c.d, Device::cpu);
+            const Out gpu = run(o, x0, x1, c.B, c.n, c.d, Device::cuda);
+            EXPECT_EQ(gpu.pairing, cpu.pairing) << coupling_name(k) << " " << exhaustive;
+            EXPECT_ALL_CLOSE(gpu.cost, cpu.cost, 0.0, kCostRtol) << coupling_name(k);
+            EXPECT_ALL_CLOSE(gpu.x1p, cpu.x1p, kCoordTol, 0.0) << coupling_name(k);
+            EXPECT_TRUE(test::not_all_zero(gpu.x1p));
+        }
+}
+
+TEST(CouplingGpuEdge, ExhaustiveEqotWithTypesAndReflections) {
+    // d = 2, n = 5: the exhaustive alignment (every permutation within the types) on the GPU
+    // picks the CPU's pairs, with and without reflections.
+    auto gen = test::rng(940);
+    const int B = 16, n = 5, d = 2;
+    const std::vector<double> x0 = centred_normal(B, n, d, gen, 1.0),
+                              x1 = centred_normal(B, n, d, gen, 0.8);
+    for (const bool reflections : {false, true}) {
         CouplingOptions o;
-        o.kind = k;
-        const Out cpu = run(o, x0, x1, c.B, c.n, c.d, Device::cpu);
-        const Out gpu = run(o, x0, x1, c.B, c.n, c.d, Device::cuda);
-        EXPECT_EQ(gpu.pairing, cpu.pairing) << coupling_name(k);
-        EXPECT_ALL_CLOSE(gpu.cost, cpu.cost, 0.0, kCostRtol) << coupling_name(k);
-        EXPECT_ALL_CLOSE(gpu.x1p, cpu.x1p, kCoordTol, 0.0) << coupling_name(k);
-        EXPECT_TRUE(test::not_all_zero(gpu.x1p));
+        o.atom_types = {0, 1, 0, 1, 0};
+        o.allow_reflection = reflections;
+        const Out cpu = run(o, x0, x1, B, n, d, Device::cpu),
+                  gpu = run(o, x0, x1, B, n, d, Device::cuda);
+        EXPECT_EQ(gpu.pairing, cpu.pairing) << reflections;
+        EXPECT_ALL_CLOSE(gpu.cost, cpu.cost, 0.0, kCostRtol) << reflections;
+        EXPECT_ALL_CLOSE(gpu.x1p, cpu.x1p, kCoordTol, 0.0) << reflections;
     }
 }
 
@@ -119,27 +143,29 @@ TEST(CouplingGpuEdge, WithoutSynchronisationSameResultAndFailuresPoisonTheBatch)
     const int B = 16, n = 4, d = 2;
     const std::vector<double> x0 = centred_normal(B, n, d, gen, 1.0),
                               x1 = centred_normal(B, n, d, gen, 1.0);
-    std::vector<double> bad = x1;
-    bad[5 * n * d + 3] = std::nan("");
-    for (CouplingKind k : {CouplingKind::ot, CouplingKind::eqot}) {
-        SCOPED_TRACE(coupling_name(k));
-        CouplingOptions o;
-        o.kind = k;
-        const Out sync = run(o, x0, x1, B, n, d, Device::cuda);
-        EXPECT_THROW(run(o, x0, bad, B, n, d, Device::cuda), Error);
-        o.synchronize = false;
-        const Out async = run(o, x0, x1, B, n, d, Device::cuda);
-        EXPECT_EQ(async.pairing, sync.pairing);
-        EXPECT_EQ(async.cost, sync.cost);
-        EXPECT_EQ(async.x1p, sync.x1p);
-        Out poisoned;
-        ASSERT_NO_THROW(poisoned = run(o, x0, bad, B, n, d, Device::cuda));
-        for (double v : poisoned.x1p) ASSERT_TRUE(std::isnan(v));
-        for (double v : poisoned.cost) ASSERT_TRUE(std::isnan(v));
-        std::vector<int64_t> identity(B);
-        std::iota(identity.begin(), identity.end(), int64_t{0});
-        EXPECT_EQ(poisoned.pairing, identity);
-    }
+    // NaN, and +inf (which the exhaustive 2D eqot alignment must not turn into inf - inf = 0).
+    for (const double value : {std::nan(""), std::numeric_limits<double>::infinity()})
+        for (CouplingKind k : {CouplingKind::ot, CouplingKind::eqot}) {
+            SCOPED_TRACE(::testing::Message() << coupling_name(k) << " " << value);
+            std::vector<double> bad = x1;
+            bad[5 * n * d + 3] = value;
+            CouplingOptions o;
+            o.kind = k;
+            const Out sync = run(o, x0, x1, B, n, d, Device::cuda);
+            EXPECT_THROW(run(o, x0, bad, B, n, d, Device::cuda), Error);
+            o.synchronize = false;
+            const Out async = run(o, x0, x1, B, n, d, Device::cuda);
+            EXPECT_EQ(async.pairing, sync.pairing);
+            EXPECT_EQ(async.cost, sync.cost);
+            EXPECT_EQ(async.x1p, sync.x1p);
+            Out poisoned;
+            ASSERT_NO_THROW(poisoned = run(o, x0, bad, B, n, d, Device::cuda));
+            for (double v : poisoned.x1p) ASSERT_TRUE(std::isnan(v));
+            for (double v : poisoned.cost) ASSERT_TRUE(std::isnan(v));
+            std::vector<int64_t> identity(B);
+            std::iota(identity.begin(), identity.end(), int64_t{0});
+            EXPECT_EQ(poisoned.pairing, identity);
+        }
 }
 
 // B >= 128: the B x B assignment runs on a block of 256 threads instead of one warp

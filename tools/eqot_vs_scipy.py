@@ -13,7 +13,9 @@ CPU seconds on both sides by default (steadier on a shared machine); --clock wal
 eqflow's eqot (principal-axes starts and a refinement round per start, eqflow/coupling.h) does
 more work per pair than the one-start recipe SciPy's side runs; EqotReference is eqflow on that
 same recipe (identity start, one Hungarian + Kabsch per pair), so eqot / EqotReference is what
-the rotation-invariant starts cost. Needs numpy and scipy; never needed to build eqflow.
+the rotation-invariant starts cost. DW4 (2D, 4 particles) runs the exhaustive alignment by
+default (every permutation, closed-form rotation: the exact minimum); EqotSearch is DW4 on the
+start-and-refine search it replaced. Needs numpy and scipy; never needed to build eqflow.
 """
 import argparse
 import json
@@ -55,7 +57,7 @@ def scipy_eqot(x0, x1):
 def run_bench(binary, clock, repetitions):
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         path = f.name
-    cmd = [binary, "--benchmark_filter=BM_Coupling_Eqot(Reference)?_CPU/(dw4|lj13)/",
+    cmd = [binary, "--benchmark_filter=BM_Coupling_Eqot(Reference|Search)?_CPU/(dw4|lj13)/",
            f"--benchmark_out={path}", "--benchmark_out_format=json",
            f"--benchmark_repetitions={repetitions}"]
     subprocess.run(cmd, check=True, stdout=sys.stderr)
@@ -67,7 +69,9 @@ def run_bench(binary, clock, repetitions):
     for b in data["benchmarks"]:
         if b.get("run_type") == "aggregate":
             continue
-        kind = "eqot" if b["name"].startswith("BM_Coupling_Eqot_") else "eqot_reference"
+        kind = ("eqot" if b["name"].startswith("BM_Coupling_Eqot_") else
+                "eqot_search" if b["name"].startswith("BM_Coupling_EqotSearch_") else
+                "eqot_reference")
         system = b["name"].split("/")[1]
         t = (b["cpu_time"] if clock == "cpu" else b["real_time"]) * scale[b["time_unit"]]
         out[(kind, system)] = min(out.get((kind, system), 1e9), t)
@@ -112,6 +116,9 @@ def main():
         row = {"system": system, "eqot_s": e, "one_start_s": r, "scipy_s": s}
         line = (f"{system:6} {e * 1e3:10.1f}ms {r * 1e3:8.1f}ms {s * 1e3:8.0f}ms {s / e:10.1f}x "
                 f"{e / r:11.1f}x")
+        if ("eqot_search", system) in eq:  # DW4: the search the exhaustive alignment replaced
+            row["search_s"] = eq[("eqot_search", system)]
+            line += f"   search: {row['search_s'] * 1e3:.1f}ms"
         if ("eqot", system) in before:
             b = before[("eqot", system)]
             row["before_eqot_s"] = b

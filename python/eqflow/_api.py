@@ -325,10 +325,12 @@ def assign(cost, *, return_total=False):
 
 
 def couple(x0, x1, kind="eqot", *, atom_types=(), allow_reflection=False, frame_starts=True,
-           refine_iterations=1, threads=0):
+           refine_iterations=1, exhaustive=True, threads=0):
     """The flow-matching coupling (docs/design.md section 5): pairs each prior sample x0[i]
     with a data sample. x0, x1 [B, n, d]. Returns (x1_paired, pairing [B] int64, cost [B]
-    float64): x1_paired[i] is x1[pairing[i]] (permuted and rotated onto x0[i] for eqot)."""
+    float64): x1_paired[i] is x1[pairing[i]] (permuted and rotated onto x0[i] for eqot).
+    eqot in 2D with n <= 5 tries every permutation (the exact minimum) unless exhaustive=False,
+    which keeps the principal-axes search (frame_starts, refine_iterations) there too."""
     x0 = _as_array(x0, "x0")
     x1 = _as_array(x1, "x1")
     batch = _batch(x0, "x0")
@@ -339,7 +341,7 @@ def couple(x0, x1, kind="eqot", *, atom_types=(), allow_reflection=False, frame_
     cost = _empty(x0, (batch,), dtype=_float64(x0))
     _eqflow._couple(str(kind), _export(x0), _export(x1), out, pairing, cost,
                     bool(allow_reflection), [int(a) for a in atom_types], bool(frame_starts),
-                    int(refine_iterations), int(threads), _stream(x0))
+                    int(refine_iterations), bool(exhaustive), int(threads), _stream(x0))
     return out, pairing, cost
 
 

@@ -777,13 +777,14 @@ NB_MODULE(_eqflow, m) {
         [](const std::string& kind, const InArray& x0_in, const InArray& x1_in,
            const OutArray& out_in, const OutArray& pairing_in, const OutArray& cost_in,
            bool allow_reflection, std::vector<int> atom_types, bool frame_starts,
-           int refine_iterations, int threads, uintptr_t stream) {
+           int refine_iterations, bool exhaustive, int threads, uintptr_t stream) {
             CouplingOptions o;
             o.kind = parse_coupling(kind);
             o.allow_reflection = allow_reflection;
             o.atom_types = std::move(atom_types);
             o.frame_starts = frame_starts;
             o.refine_iterations = refine_iterations;
+            o.exhaustive = exhaustive;
             o.threads = threads;
             const ArrayRef x0 = python::inspect(x0_in, "x0"), x1 = python::inspect(x1_in, "x1"),
                            out = python::inspect(out_in, "x1_paired"),
@@ -827,8 +828,8 @@ NB_MODULE(_eqflow, m) {
         },
         nb::arg("kind"), nb::arg("x0"), nb::arg("x1"), nb::arg("x1_paired"), nb::arg("pairing"),
         nb::arg("cost"), nb::arg("allow_reflection"), nb::arg("atom_types"),
-        nb::arg("frame_starts"), nb::arg("refine_iterations"), nb::arg("threads"),
-        nb::arg("stream") = 0);
+        nb::arg("frame_starts"), nb::arg("refine_iterations"), nb::arg("exhaustive"),
+        nb::arg("threads"), nb::arg("stream") = 0);
 
     // ---- the commands: data, train, sample, log-likelihood, eval -------------------------------
     m.def(

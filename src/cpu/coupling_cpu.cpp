@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "common/eqot_exhaustive.h"
 #include "cpu/kabsch_cpu.h"
 #include "eqflow/error.h"
 #include "eqflow/parallel.h"
@@ -37,8 +38,21 @@ void assign_batch(const std::vector<double>& cost, int64_t B, int64_t* sigma) {
 }
 }  // namespace
 
+bool use_exhaustive(const CouplingOptions& o, int n, int d) {
+    return o.exhaustive && eqot_exhaustive::applies(n, d);
+}
+
+double align_exhaustive(const CouplingOptions& o, const double* x0, const double* x1, int n,
+                        const int* types, int64_t* perm, double* rotation) {
+    int p[eqot_exhaustive::kMaxN];
+    const double c = eqot_exhaustive::align_2d(x0, x1, n, types, o.allow_reflection, p, rotation);
+    for (int a = 0; a < n; ++a) perm[a] = p[a];
+    return c;
+}
+
 double eqot_align_pair(const CouplingOptions& o, const double* x0, const double* x1, int n, int d,
                        const int* types, int64_t* perm, double* rotation, EqotScratch& s) {
+    if (use_exhaustive(o, n, d)) return align_exhaustive(o, x0, x1, n, types, perm, rotation);
     const int dd = d * d;
     s.cost.resize(static_cast<size_t>(n) * n);
     s.y.resize(static_cast<size_t>(n) * d);
@@ -138,7 +152,7 @@ void couple(const CouplingOptions& o, const double* x0, const double* x1, int64_
     std::vector<int64_t> sigma(B);
     // Small systems (every system eqflow ships but LJ55): eqot_align_pair_small gives the same
     // alignments bit for bit, with each sample's principal frame computed once, not per pair.
-    const bool small = n <= kSmallAssignmentN && (d == 2 || d == 3);
+    const bool small = n <= kSmallAssignmentN && (d == 2 || d == 3) && !use_exhaustive(o, n, d);
     std::vector<double> f0, f1;  // [B][d][d] principal frames of x0, x1 (small eqot)
     if (small && o.kind == CouplingKind::eqot) {
         f0.resize(B * d * d);
@@ -159,6 +173,19 @@ void couple(const CouplingOptions& o, const double* x0, const double* x1, int64_
                 c[i * B + j] = s;
             }
         assign_batch(c, B, sigma.data());
+    } else if (use_exhaustive(o, n, d)) {
+        // Every permutation (eqot_exhaustive.h); M needs only the cost, not the rotation.
+        std::vector<double> m(B * B);  // [B][B] aligned costs
+        parallel_for(
+            B,
+            [&](int64_t i) {
+                int perm[eqot_exhaustive::kMaxN];
+                for (int64_t j = 0; j < B; ++j)
+                    m[i * B + j] = eqot_exhaustive::align_2d(x0 + i * nd, x1 + j * nd, n, types,
+                                                             o.allow_reflection, perm);
+            },
+            o.threads);
+        assign_batch(m, B, sigma.data());
     } else if (small) {
         if (o.frame_starts)
             for (int64_t b = 0; b < B; ++b) {

@@ -22,6 +22,12 @@ struct EqotScratch {
 double eqot_align_pair(const CouplingOptions& o, const double* x0, const double* x1, int n, int d,
                        const int* types, int64_t* perm, double* rotation, EqotScratch& s);
 
+// eqot_align_pair when o.exhaustive and eqot_exhaustive::applies(n, d): every permutation within
+// the types (src/common/eqot_exhaustive.h); returns the exact minimum, its perm and rotation.
+bool use_exhaustive(const CouplingOptions& o, int n, int d);
+double align_exhaustive(const CouplingOptions& o, const double* x0, const double* x1, int n,
+                        const int* types, int64_t* perm, double* rotation);
+
 // The principal axes of x [n][d] (eigenvectors of sum_i x_i x_i^T by decreasing eigenvalue, as
 // the columns of f [d][d]): what eqot_align_pair computes for each of its two inputs.
 void principal_frame_of(const double* x, int n, int d, double* f);

@@ -222,6 +222,7 @@ void principal_frame_of(const double* x, int n, int d, double* f) {
 double eqot_align_pair_small(const CouplingOptions& o, const double* x0, const double* x1, int n,
                              int d, const int* types, const double* f0, const double* f1,
                              int64_t* perm, double* rotation) {
+    if (use_exhaustive(o, n, d)) return align_exhaustive(o, x0, x1, n, types, perm, rotation);
 #if EQFLOW_HAVE_SIMD_ASSIGNMENT
     if (simd_assignment_available()) {
         if (n <= 8)

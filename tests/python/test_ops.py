@@ -69,6 +69,10 @@ def test_couplings(rng):
     paired_eq, p_eq, c_eq = eqflow.couple(x0, x1, "eqot")
     assert c_eq.sum() <= c_ot.sum() + TOL
     np.testing.assert_allclose(c_eq, ((x0 - paired_eq) ** 2).sum(axis=(1, 2)), rtol=1e-9)
+    # 2D, n = 4: the exhaustive alignment (default) is the exact minimum per pair, so its batch
+    # total is never above the principal-axes search's.
+    _, _, c_search = eqflow.couple(x0, x1, "eqot", exhaustive=False)
+    assert c_eq.sum() <= c_search.sum() + TOL
     # eqot pairs each x0 with a rotated and permuted copy of its partner: same distances.
     for i in range(8):
         d_a = np.sort(np.linalg.norm(paired_eq[i][:, None] - paired_eq[i][None], axis=-1).ravel())
