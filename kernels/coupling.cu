@@ -246,11 +246,12 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, kEqotMinBlocksPerSm)
         if (p.exhaustive && eqot_exhaustive::applies(n, D)) {
             // Few particles in 2D: every permutation, exactly (src/common/eqot_exhaustive.h,
             // the CPU's arithmetic, so the same M_ij bit for bit). Every lane walks all of them
-            // (at most 120) and holds the same result; no search below.
+            // (at most 120) and holds the same result; no search below. Always typed here (ts
+            // holds zeros without types: the same permutations), which halves the fixed-size
+            // copies compiled into this kernel.
             int perm[eqot_exhaustive::kMaxN];
-            best =
-                eqot_exhaustive::align_2d(xs0, xs1, n, types ? ts : nullptr,
-                                          p.allow_reflection != 0, perm, sigma ? best_r : nullptr);
+            best = eqot_exhaustive::align_2d(xs0, xs1, n, ts, p.allow_reflection != 0, perm,
+                                             sigma ? best_r : nullptr);
             if (sigma) {
                 if (lane == 0)
                     for (int a = 0; a < n; ++a) best_perm[a] = perm[a];

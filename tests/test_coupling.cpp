@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "common/eqot_exhaustive.h"
 #include "eqflow/assignment.h"
 #include "eqflow/coupling.h"
 #include "eqflow/error.h"
@@ -280,6 +281,32 @@ TEST(Coupling, ExhaustiveEqotFindsEveryPermutationAndBreaksTiesInOrder) {
         EXPECT_EQ(r[0], 1.0);
         EXPECT_EQ(r[1], 0.0);
     }
+}
+
+TEST(Coupling, ExhaustiveEqotRowsMatchTheTrackedAlignmentBitForBit) {
+    // couple() fills M a row at a time without tracking the permutation (row_costs_2d); the
+    // values must be align_2d's exactly, for every fixed-size copy (n, types, reflections).
+    auto gen = test::rng(607);
+    for (int n = 1; n <= 5; ++n)
+        for (const bool typed : {false, true})
+            for (const bool reflections : {false, true}) {
+                SCOPED_TRACE(::testing::Message()
+                             << "n=" << n << " typed=" << typed << " reflections=" << reflections);
+                const int B = 9, nd = n * 2;
+                const std::vector<double> x0 = prior(B, n, 2, gen), x1 = data(B, n, 2, gen);
+                std::vector<int> types;
+                for (int a = 0; a < n && typed; ++a) types.push_back(a % 2);
+                const int* t = typed ? types.data() : nullptr;
+                std::vector<double> row(B);
+                int perm[eqot_exhaustive::kMaxN];
+                for (int i = 0; i < B; ++i) {
+                    eqot_exhaustive::row_costs_2d(&x0[i * nd], x1.data(), B, n, t, reflections,
+                                                  row.data());
+                    for (int j = 0; j < B; ++j)
+                        EXPECT_EQ(row[j], eqot_exhaustive::align_2d(&x0[i * nd], &x1[j * nd], n, t,
+                                                                    reflections, perm));
+                }
+            }
 }
 
 TEST(Coupling, ExhaustiveEqotRejectsNonFiniteInput) {

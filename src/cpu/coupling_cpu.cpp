@@ -174,15 +174,14 @@ void couple(const CouplingOptions& o, const double* x0, const double* x1, int64_
             }
         assign_batch(c, B, sigma.data());
     } else if (use_exhaustive(o, n, d)) {
-        // Every permutation (eqot_exhaustive.h); M needs only the cost, not the rotation.
+        // Every permutation (eqot_exhaustive.h); M needs only the cost, not the permutation or
+        // the rotation, so a row at a time without tracking them (the same values bit for bit).
         std::vector<double> m(B * B);  // [B][B] aligned costs
         parallel_for(
             B,
             [&](int64_t i) {
-                int perm[eqot_exhaustive::kMaxN];
-                for (int64_t j = 0; j < B; ++j)
-                    m[i * B + j] = eqot_exhaustive::align_2d(x0 + i * nd, x1 + j * nd, n, types,
-                                                             o.allow_reflection, perm);
+                eqot_exhaustive::row_costs_2d(x0 + i * nd, x1, B, n, types, o.allow_reflection,
+                                              &m[i * B]);
             },
             o.threads);
         assign_batch(m, B, sigma.data());
