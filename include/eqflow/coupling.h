@@ -37,10 +37,10 @@
 // lexicographically first permutation among ties; src/common/eqot_exhaustive.h). M_ij is then
 // the closed-form |x0|^2 + |x1|^2 - 2 sqrt(score), equal to the directly evaluated aligned cost
 // up to rounding (~eps |x|^2), so "never above the search's cost" and M_ij <= C_ij hold to that
-// rounding; it is invariant by construction. At n = 4 the pair alignments cost ~3.5x less than
-// the two frame starts' search (the DW4 coupling of 256: 36.5 -> 14.6 ms on one core, ~5.5 ms of
-// which is the B x B assignment). exhaustive = false keeps the search (frame_starts and
-// refine_iterations apply).
+// rounding; it is invariant by construction. At n = 4 the pair alignments cost ~10x less than
+// the two frame starts' search (~32 ns a pair on one core); the DW4 coupling of 256 is now mostly
+// its B x B assignment (~5.5 ms; bench/RESULTS.md). exhaustive = false keeps the search
+// (frame_starts and refine_iterations apply).
 //
 // Backends: CPU views (host memory, e.g. the trainer's double arrays) run the plain reference in
 // double (the B^2 eqot pair alignments spread over `threads` threads of the pool; the result does
