@@ -22,7 +22,8 @@
 # EGNN H 32, L 3, batch 256, Adam lr 5e-4 with x0.1 at half the steps, sigma 0.01, 1000 epochs
 # (EQFLOW_EPOCHS overrides, e.g. for a smoke run). Environment: EQFLOW_BIN (default
 # build/default/eqflow), EQFLOW_SAMPLES (ESS samples, default 10000 for dw4, 2000 for lj13),
-# EQFLOW_FIELD=kernel for the equivariant kernel dynamics of Koehler et al. 2020 instead of the
+# EQFLOW_EMA (an EMA decay such as 0.999: model.safetensors then holds the averaged weights;
+# default off), EQFLOW_FIELD=kernel for the equivariant kernel dynamics of Koehler et al. 2020 instead of the
 # EGNN (docs/design.md section 4b; its default bases; the cell goes to SYSTEM-OBJECTIVE-kernel/).
 # The kernel field's likelihood training is cheap (closed-form divergence and its gradient, on the
 # fast float32 CPU field: about 0.15 s of CPU per DW4 step at batch 256 and 40 RK4 steps), so it uses all the training rows,
@@ -119,6 +120,7 @@ run_cell() {
                      --out "$dir/run" --epochs "$epochs" --batch "$batch" --lr "$lr" --sigma 0.01
                      --seed 0 "${extra[@]}")
     if [ "$field" = kernel ]; then train_cmd+=(--field kernel); else train_cmd+=(--hidden 32 --layers 3); fi
+    [ -n "${EQFLOW_EMA:-}" ] && train_cmd+=(--ema "$EQFLOW_EMA")
     # Likelihood training runs on the CPU reference whatever the device (CUDA is not built).
     [ "$objective" = likelihood ] || train_cmd+=("${dev[@]}")
     if [ -f "$dir/run/checkpoint.safetensors" ]; then train_cmd+=(--resume); fi
