@@ -165,7 +165,7 @@ void register_benchmarks() {
     const Device devices[] = {Device::cpu, Device::cuda};
     // CPU: a smaller P at larger n, the same per-problem rate.
     register_sized("BM_Assignment_CPU", assignment<double>, Device::cpu, "P",
-                   {{4, 65536}, {13, 16384}, {22, 8192}, {55, 2048}});
+                   {{4, 65536}, {13, 16384}, {22, 8192}, {55, 2048}, {256, 32}});
     register_sized("BM_Assignment_CUDA", assignment<float>, Device::cuda, "P",
                    {{4, 65536}, {13, 65536}, {22, 65536}, {55, 65536}, {128, 4096}});
     register_sized("BM_Kabsch_CPU", kabsch_bench<double>, Device::cpu, "B",

@@ -13,6 +13,8 @@
 // scanned ones collected at the back in scan order).
 #include "cpu/assignment_cpu.h"
 
+#include "cpu/assignment_simd.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -34,8 +36,16 @@ int64_t first_invalid_problem(const T* cost, int64_t P, int64_t n) {
 }
 
 template <class T>
-AssignmentStatus solve_assignment(const T* cost, int64_t n64, int64_t* perm, double* total,
+AssignmentStatus solve_assignment(const T* cost, int64_t n, int64_t* perm, double* total,
                                   AssignmentScratch& s) {
+    if (n > kSmallAssignmentN && simd_assignment_available())
+        return solve_assignment_wide(cost, n, perm, total, s);
+    return solve_assignment_scalar(cost, n, perm, total, s);
+}
+
+template <class T>
+AssignmentStatus solve_assignment_scalar(const T* cost, int64_t n64, int64_t* perm, double* total,
+                                         AssignmentScratch& s) {
     const int n = static_cast<int>(n64);
     const double inf = std::numeric_limits<double>::infinity();
     s.u.assign(n, 0.0);
@@ -156,6 +166,10 @@ template int64_t first_invalid_problem<float>(const float*, int64_t, int64_t);
 template int64_t first_invalid_problem<double>(const double*, int64_t, int64_t);
 template AssignmentStatus solve_assignment<float>(const float*, int64_t, int64_t*, double*,
                                                   AssignmentScratch&);
+template AssignmentStatus solve_assignment_scalar<float>(const float*, int64_t, int64_t*, double*,
+                                                         AssignmentScratch&);
+template AssignmentStatus solve_assignment_scalar<double>(const double*, int64_t, int64_t*, double*,
+                                                          AssignmentScratch&);
 template AssignmentStatus solve_assignment<double>(const double*, int64_t, int64_t*, double*,
                                                    AssignmentScratch&);
 
