@@ -474,10 +474,12 @@ double reference_pair(const CouplingOptions& o, const double* x0, const double* 
 }
 
 TEST(Coupling, EqotSmallPathMatchesTheReferenceBitForBit) {
-    // couple() runs the fixed-size eqot search (src/cpu/coupling_small.cpp) for n <= 32 and
-    // eqot_align_pair (src/cpu/coupling_cpu.cpp) otherwise; the public eqot_align_pair is always
-    // the latter. Coupling each pair alone (B = 1) exposes the fast path's alignment of every pair:
-    // permutation and rotation must be the reference's exactly, so the outputs are bit-identical.
+    // couple() runs the fixed-size eqot search (src/cpu/coupling_small.cpp) for n <= 32, its
+    // copy on the AVX-512 general assignment (eqot_align_pair_wide) for larger n where the CPU
+    // has it, and eqot_align_pair (src/cpu/coupling_cpu.cpp) otherwise; the public
+    // eqot_align_pair is always the latter. Coupling each pair alone (B = 1) exposes the fast
+    // path's alignment of every pair: permutation and rotation must be the reference's exactly, so
+    // the outputs are bit-identical.
     struct Case {
         int n, d;
         bool typed, reflections, identity_start;
@@ -490,7 +492,9 @@ TEST(Coupling, EqotSmallPathMatchesTheReferenceBitForBit) {
         {13, 3, false, false, true, 0},        {9, 2, false, true, false, 2},
         {32, 3, false, false, false, 1},       {22, 3, true, false, false, 1},
         {4, 2, false, false, false, 1, false}, {5, 2, true, true, false, 2, false},
-        {5, 2, true, true, false, 1}};
+        {5, 2, true, true, false, 1},          {33, 3, false, false, false, 1},
+        {55, 3, false, false, false, 1},       {40, 3, true, true, false, 2},
+        {40, 2, false, false, false, 1},       {55, 3, false, false, true, 0}};
     auto gen = test::rng(670);
     for (const Case& c : cases) {
         SCOPED_TRACE(::testing::Message() << "n=" << c.n << " d=" << c.d);

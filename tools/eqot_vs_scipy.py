@@ -28,7 +28,8 @@ import time
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-SIZES = {"dw4": (4, 2), "lj13": (13, 3)}
+# system: (n, d, batch or None for --batch). LJ55 at B = 64, as bench_assignment runs it.
+SIZES = {"dw4": (4, 2, None), "lj13": (13, 3, None), "lj55": (55, 3, 64)}
 
 
 def kabsch(p, q):
@@ -57,7 +58,7 @@ def scipy_eqot(x0, x1):
 def run_bench(binary, clock, repetitions):
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         path = f.name
-    cmd = [binary, "--benchmark_filter=BM_Coupling_Eqot(Reference|Search)?_CPU/(dw4|lj13)/",
+    cmd = [binary, "--benchmark_filter=BM_Coupling_Eqot(Reference|Search)?_CPU/(dw4|lj13|lj55)/",
            f"--benchmark_out={path}", "--benchmark_out_format=json",
            f"--benchmark_repetitions={repetitions}"]
     subprocess.run(cmd, check=True, stdout=sys.stderr)
@@ -91,9 +92,10 @@ def main():
     cpus = sorted(os.sched_getaffinity(0))
     rng = np.random.default_rng(4)
     scipy_s = {}
-    for system, (n, d) in SIZES.items():
-        x0 = rng.normal(size=(args.batch, n, d))
-        x1 = 0.7 * rng.normal(size=(args.batch, n, d))
+    for system, (n, d, batch) in SIZES.items():
+        batch = batch or args.batch
+        x0 = rng.normal(size=(batch, n, d))
+        x1 = 0.7 * rng.normal(size=(batch, n, d))
         x0 -= x0.mean(axis=1, keepdims=True)
         x1 -= x1.mean(axis=1, keepdims=True)
         best = float("inf")
@@ -106,7 +108,7 @@ def main():
     eq = run_bench(args.bench, args.clock, args.repeats)
     before = run_bench(args.before, args.clock, args.repeats) if args.before else {}
     import scipy
-    print(f"\neqot coupling, B = {args.batch}; CPUs {cpus}; {args.clock} seconds, best of "
+    print(f"\neqot coupling, B = {args.batch} (LJ55: 64); CPUs {cpus}; {args.clock} seconds, best of "
           f"{args.repeats}; load average {os.getloadavg()[0]:.1f}; scipy {scipy.__version__}")
     print(f"{'system':6} {'eqflow eqot':>12} {'one-start':>10} {'SciPy way':>10} "
           f"{'SciPy/eqot':>11} {'starts cost':>12}")

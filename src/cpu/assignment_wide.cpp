@@ -45,20 +45,27 @@ EQFLOW_AVX512 inline __m512d load8(const float* p, __mmask8 m) {
 
 // The scalar search's pick among the columns at the minimum (at[0..count), ascending): the last
 // free one in `remaining` order, else the first. `remaining` starts as n-1, ..., 0 and each
-// column taken (picked[0..num_picked), in order) is swapped with the last open entry.
+// column taken (picked[0..num_picked), in order) is swapped with the last open entry; the order
+// (remaining, and pos, each column's index in it) is brought up to date here, lazily: *synced is
+// how many picks it reflects (-1: not built in this search yet), so a search without ties never
+// builds it and one with several applies each pick once.
 int tie_pick(const int* at, int count, int n, const int* picked, int num_picked, const int* row4col,
-             int* remaining, int* pos) {
-    for (int j = 0; j < n; ++j) {
-        remaining[j] = n - 1 - j;
-        pos[n - 1 - j] = j;
+             int* remaining, int* pos, int* synced) {
+    if (*synced < 0) {
+        for (int j = 0; j < n; ++j) {
+            remaining[j] = n - 1 - j;
+            pos[n - 1 - j] = j;
+        }
+        *synced = 0;
     }
-    for (int t = 0, last = n - 1; t < num_picked; ++t, --last) {
-        const int c = picked[t], index = pos[c], moved = remaining[last];
+    for (int t = *synced; t < num_picked; ++t) {
+        const int last = n - 1 - t, c = picked[t], index = pos[c], moved = remaining[last];
         remaining[index] = moved;
         pos[moved] = index;
         remaining[last] = c;
         pos[c] = last;
     }
+    *synced = num_picked;
     int first = -1, last_free = -1;
     for (int q = 0; q < count; ++q) {
         const int c = at[q];
@@ -150,7 +157,7 @@ EQFLOW_AVX512 AssignmentStatus solve_wide(const T* cost, int n, int64_t* perm, d
             _mm512_storeu_pd(spc + 8 * k, vinf);
             open[k] = lanes(k);
         }
-        int num_picked = 0;
+        int num_picked = 0, synced = -1;
         double min_val = 0.0;
         __m512d mval = _mm512_setzero_pd();
         int i = cur, sink = -1;
@@ -195,7 +202,7 @@ EQFLOW_AVX512 AssignmentStatus solve_wide(const T* cost, int n, int64_t* perm, d
                          at; at &= at - 1)
                         s.ties.push_back(8 * k + __builtin_ctz(at));
                 j = tie_pick(s.ties.data(), count, n, picked, num_picked, row4col,
-                             s.remaining.data(), s.pos.data());
+                             s.remaining.data(), s.pos.data(), &synced);
             }
             min_val = lowest;
             mval = vl;

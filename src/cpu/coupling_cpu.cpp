@@ -152,9 +152,11 @@ void couple(const CouplingOptions& o, const double* x0, const double* x1, int64_
     std::vector<int64_t> sigma(B);
     // Small systems (every system eqflow ships but LJ55): eqot_align_pair_small gives the same
     // alignments bit for bit, with each sample's principal frame computed once, not per pair.
+    // Larger ones (LJ55) on a CPU with AVX-512: eqot_align_pair_wide, the same again.
     const bool small = n <= kSmallAssignmentN && (d == 2 || d == 3) && !use_exhaustive(o, n, d);
-    std::vector<double> f0, f1;  // [B][d][d] principal frames of x0, x1 (small eqot)
-    if (small && o.kind == CouplingKind::eqot) {
+    const bool wide = o.kind == CouplingKind::eqot && use_eqot_wide(o, n, d);
+    std::vector<double> f0, f1;  // [B][d][d] principal frames of x0, x1 (small and wide eqot)
+    if ((small || wide) && o.kind == CouplingKind::eqot) {
         f0.resize(B * d * d);
         f1.resize(B * d * d);
     }
@@ -185,7 +187,7 @@ void couple(const CouplingOptions& o, const double* x0, const double* x1, int64_
             },
             o.threads);
         assign_batch(m, B, sigma.data());
-    } else if (small) {
+    } else if (small || wide) {
         if (o.frame_starts)
             for (int64_t b = 0; b < B; ++b) {
                 principal_frame_of(x0 + b * nd, n, d, &f0[b * d * d]);
@@ -195,11 +197,17 @@ void couple(const CouplingOptions& o, const double* x0, const double* x1, int64_
         parallel_for(
             B,
             [&](int64_t i) {
-                int64_t perm[kSmallAssignmentN];
+                std::vector<int64_t> perm(n);
                 double r[9];
+                EqotWideScratch scratch;
                 for (int64_t j = 0; j < B; ++j)
-                    m[i * B + j] = eqot_align_pair_small(o, x0 + i * nd, x1 + j * nd, n, d, types,
-                                                         &f0[i * d * d], &f1[j * d * d], perm, r);
+                    m[i * B + j] =
+                        wide
+                            ? eqot_align_pair_wide(o, x0 + i * nd, x1 + j * nd, n, d, types,
+                                                   &f0[i * d * d], &f1[j * d * d], perm.data(), r,
+                                                   scratch)
+                            : eqot_align_pair_small(o, x0 + i * nd, x1 + j * nd, n, d, types,
+                                                    &f0[i * d * d], &f1[j * d * d], perm.data(), r);
             },
             o.threads);
         assign_batch(m, B, sigma.data());
@@ -224,12 +232,16 @@ void couple(const CouplingOptions& o, const double* x0, const double* x1, int64_
     // is the alignment that M was built from) rather than storing B^2 permutations.
     std::vector<int64_t> perm(n);
     EqotScratch scratch;
+    EqotWideScratch wide_scratch;
     for (int64_t i = 0; i < B; ++i) {
         const int64_t j = sigma[i];
         double* out = x1_paired + i * nd;
         if (o.kind == CouplingKind::eqot) {
             double r[9];
-            if (small)
+            if (wide)
+                eqot_align_pair_wide(o, x0 + i * nd, x1 + j * nd, n, d, types, &f0[i * d * d],
+                                     &f1[j * d * d], perm.data(), r, wide_scratch);
+            else if (small)
                 eqot_align_pair_small(o, x0 + i * nd, x1 + j * nd, n, d, types, &f0[i * d * d],
                                       &f1[j * d * d], perm.data(), r);
             else

@@ -39,6 +39,25 @@ double eqot_align_pair_small(const CouplingOptions& o, const double* x0, const d
                              int d, const int* types, const double* f0, const double* f1,
                              int64_t* perm, double* rotation);
 
+// Scratch of eqot_align_pair_wide, reused across the pairs of a thread.
+struct EqotWideScratch {
+    std::vector<double> cost, y;   // [n][n] squared particle distances, [d][n] rotated x1
+    std::vector<int> cand, prev;   // [n] candidate / previous particle assignment
+    std::vector<int64_t> col4row;  // [n] the assignment's answer
+    AssignmentScratch lsa;
+};
+
+// Whether couple() aligns eqot pairs with eqot_align_pair_wide: n > kSmallAssignmentN (LJ55),
+// d = 2 or 3, no exhaustive alignment, and a CPU with AVX-512.
+bool use_eqot_wide(const CouplingOptions& o, int n, int d);
+
+// eqot_align_pair_small for n > kSmallAssignmentN (where use_eqot_wide): the same result as
+// eqot_align_pair, bit for bit, with frames given, the particle assignments on
+// solve_assignment_wide and the state in `scratch` (src/cpu/coupling_small.cpp).
+double eqot_align_pair_wide(const CouplingOptions& o, const double* x0, const double* x1, int n,
+                            int d, const int* types, const double* f0, const double* f1,
+                            int64_t* perm, double* rotation, EqotWideScratch& scratch);
+
 // Batched: x0, x1 [B][n][d] -> x1_paired [B][n][d], pairing [B] and cost [B] (both nullable).
 void couple(const CouplingOptions& o, const double* x0, const double* x1, int64_t B, int n, int d,
             double* x1_paired, int64_t* pairing, double* cost);

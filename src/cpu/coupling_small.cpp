@@ -9,6 +9,9 @@
 //     where the CPU has AVX-512, to solve_assignment_simd (src/cpu/assignment_simd.h; the same
 //     results bit for bit) inside align_simd, this search again with the cost rows padded to
 //     whole vectors (1.7x faster at LJ13 on one core, see bench/RESULTS.md).
+// Larger systems (LJ55) on AVX-512 CPUs take align_wide: the same search with its state in a
+// per-thread scratch and the particle assignments on solve_assignment_wide
+// (src/cpu/assignment_wide.cpp).
 //
 // Shapes: x0, x1 [n][D]; f0, f1 [D][D] principal axes as columns; perm [n]; rotation [D][D].
 #include <limits>
@@ -208,6 +211,79 @@ EQFLOW_AVX512 double align_simd(const CouplingOptions& o, const double* x0, cons
 }
 #endif  // EQFLOW_HAVE_SIMD_ASSIGNMENT
 
+#if EQFLOW_HAVE_SIMD_ASSIGNMENT
+// align_small for n > kSmallAssignmentN (LJ55): the same starts, rounds, stopping rule and
+// arithmetic, with the state in the caller's scratch and the particle assignments on
+// solve_assignment_wide (src/cpu/assignment_wide.cpp, the general solver's results bit for bit).
+template <int D>
+double align_wide(const CouplingOptions& o, const double* x0, const double* x1, int n,
+                  const int* types, const double* f0, const double* f1, int64_t* perm,
+                  double* rotation, EqotWideScratch& w) {
+    constexpr int kDD = D * D;
+    const double inf = std::numeric_limits<double>::infinity();
+    w.cost.resize(static_cast<size_t>(n) * n);
+    w.y.resize(static_cast<size_t>(D) * n);
+    w.cand.resize(n);
+    w.prev.resize(n);
+    w.col4row.resize(n);
+    double* __restrict cost = w.cost.data();
+    double* __restrict y = w.y.data();  // [D][n] the rotated x1
+    double best = inf;
+
+    const auto search = [&](const double* start) {
+        double r[kDD];
+        for (int k = 0; k < kDD; ++k) r[k] = start[k];
+        for (int round = 0; round <= o.refine_iterations; ++round) {
+            for (int b = 0; b < n; ++b)
+                for (int a = 0; a < D; ++a) {
+                    double v = 0.0;
+                    for (int c = 0; c < D; ++c) v += r[a * D + c] * x1[b * D + c];
+                    y[a * n + b] = v;
+                }
+            for (int a = 0; a < n; ++a) {
+                double* __restrict row = cost + static_cast<size_t>(a) * n;
+                for (int b = 0; b < n; ++b) {
+                    double c2 = 0.0;
+                    for (int k = 0; k < D; ++k) {
+                        const double diff = x0[a * D + k] - y[k * n + b];
+                        c2 += diff * diff;
+                    }
+                    row[b] = c2;
+                }
+                if (types)
+                    for (int b = 0; b < n; ++b)
+                        if (types[a] != types[b]) row[b] = inf;
+            }
+            double total = 0.0;
+            EQFLOW_CHECK(solve_assignment_wide(cost, n, w.col4row.data(), &total, w.lsa) ==
+                             AssignmentStatus::ok,
+                         "eqot: particle assignment failed (non-finite input?)");
+            for (int a = 0; a < n; ++a) w.cand[a] = static_cast<int>(w.col4row[a]);
+            if (!kabsch_round<D>(o, x0, x1, n, round, w.cand.data(), w.cand.data(), w.prev.data(),
+                                 r, best, perm, rotation))
+                break;
+        }
+    };
+
+    double identity[kDD];
+    for (int a = 0; a < D; ++a)
+        for (int b = 0; b < D; ++b) identity[a * D + b] = a == b ? 1.0 : 0.0;
+    if (!o.frame_starts) {
+        search(identity);
+        return best;
+    }
+    for (int mask = 0; mask < (1 << D); ++mask) {
+        double r0[kDD];
+        const double det = kabsch_math::frame_start(f0, f1, D, mask, r0);
+        if (det > 0.0 || o.allow_reflection) search(r0);
+    }
+    double plain = 0.0;
+    for (int k = 0; k < n * D; ++k) plain += (x0[k] - x1[k]) * (x0[k] - x1[k]);
+    if (!(best <= plain)) search(identity);  // the safety net of eqot_align_pair
+    return best;
+}
+#endif  // EQFLOW_HAVE_SIMD_ASSIGNMENT
+
 }  // namespace
 
 void principal_frame_of(const double* x, int n, int d, double* f) {
@@ -237,6 +313,31 @@ double eqot_align_pair_small(const CouplingOptions& o, const double* x0, const d
 #endif
     if (d == 2) return align_small<2>(o, x0, x1, n, types, f0, f1, perm, rotation);
     return align_small<3>(o, x0, x1, n, types, f0, f1, perm, rotation);
+}
+
+bool use_eqot_wide(const CouplingOptions& o, int n, int d) {
+#if EQFLOW_HAVE_SIMD_ASSIGNMENT
+    return n > kSmallAssignmentN && (d == 2 || d == 3) && !use_exhaustive(o, n, d) &&
+           simd_assignment_available();
+#else
+    (void)o;
+    (void)n;
+    (void)d;
+    return false;
+#endif
+}
+
+double eqot_align_pair_wide(const CouplingOptions& o, const double* x0, const double* x1, int n,
+                            int d, const int* types, const double* f0, const double* f1,
+                            int64_t* perm, double* rotation, EqotWideScratch& scratch) {
+#if EQFLOW_HAVE_SIMD_ASSIGNMENT
+    if (d == 2) return align_wide<2>(o, x0, x1, n, types, f0, f1, perm, rotation, scratch);
+    return align_wide<3>(o, x0, x1, n, types, f0, f1, perm, rotation, scratch);
+#else
+    (void)o, (void)x0, (void)x1, (void)n, (void)d, (void)types, (void)f0, (void)f1, (void)perm,
+        (void)rotation, (void)scratch;
+    EQFLOW_THROW("eqot: this build has no AVX-512 assignment");
+#endif
 }
 
 }  // namespace eqflow::cpu
