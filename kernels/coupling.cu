@@ -19,9 +19,10 @@
 //         B x B assignment on M, the same kernel runs once more for the B chosen pairs and writes
 //         the aligned x1_paired[i] = R P x1[sigma(i)], cost[i] and pairing[i] (the same code on the
 //         same inputs, hence the alignment M was built from).
-//         D = 2 with n <= 5 (DW4) and CouplingOptions::exhaustive: no search; every lane walks all
-//         permutations with their closed-form rotations (src/common/eqot_exhaustive.h, shared with
-//         the CPU, every operation rounded once, so M_ij is the CPU's bit for bit).
+//         D = 2 with n <= 5 (DW4) and CouplingOptions::exhaustive: no search;
+//         eqot_exhaustive_kernel, one thread per pair, walks all permutations with their
+//         closed-form rotations (src/common/eqot_exhaustive.h, shared with the CPU, every
+//         operation rounded once, so M_ij is the CPU's bit for bit), in the same two passes.
 // Shared memory per warp (eqot): 3 n D doubles (x0, x1, rotated x1) + 3 n ints (types, best and
 // previous assignment) + ~37 n bytes of solver state: ~6.7 KiB at n = 55, D = 3; up to 4 warps
 // per block within the 48 KiB default budget.
@@ -47,6 +48,7 @@ constexpr std::size_t kAlign = 256;
 // (8 warps per SM); capping them (64 per thread at 8 blocks of 4 warps) keeps the latency-bound
 // solver loop at full occupancy and moves the rarely run eigen-solver into local memory.
 constexpr int kEqotMinBlocksPerSm = 8;
+constexpr int kExhaustiveThreads = 128;  // eqot_exhaustive_kernel: one thread per pair
 
 std::size_t align_up(std::size_t b) {
     return (b + kAlign - 1) / kAlign * kAlign;
@@ -109,7 +111,6 @@ struct EqotParams {
     int allow_reflection;
     int frame_starts;
     int refine_iterations;
-    int exhaustive;
 };
 
 // Squared distance between particle a of x0 and particle b of the rotated x1, +inf across types.
@@ -241,31 +242,10 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, kEqotMinBlocksPerSm)
         }
     };
 
-    bool exact = false;
-    if constexpr (D == 2) {
-        if (p.exhaustive && eqot_exhaustive::applies(n, D)) {
-            // Few particles in 2D: every permutation, exactly (src/common/eqot_exhaustive.h,
-            // the CPU's arithmetic, so the same M_ij bit for bit). Every lane walks all of them
-            // (at most 120) and holds the same result; no search below. Always typed here (ts
-            // holds zeros without types: the same permutations), which halves the fixed-size
-            // copies compiled into this kernel.
-            int perm[eqot_exhaustive::kMaxN];
-            best = eqot_exhaustive::align_2d(xs0, xs1, n, ts, p.allow_reflection != 0, perm,
-                                             sigma ? best_r : nullptr);
-            if (sigma) {
-                if (lane == 0)
-                    for (int a = 0; a < n; ++a) best_perm[a] = perm[a];
-                __syncwarp();
-            }
-            exact = true;
-        }
-    }
     double identity[9];
     for (int a = 0; a < D; ++a)
         for (int b = 0; b < D; ++b) identity[a * D + b] = a == b ? 1.0 : 0.0;
-    if (exact) {
-        // done above
-    } else if (p.frame_starts) {
+    if (p.frame_starts) {
         double c0[D * D], c1[D * D];
 #pragma unroll
         for (int k = 0; k < D * D; ++k) c0[k] = c1[k] = 0.0;
@@ -319,6 +299,56 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, kEqotMinBlocksPerSm)
         if (cost) cost[i] = c;
         if (pairing) pairing[i] = j;
     }
+}
+
+// D = 2, n <= eqot_exhaustive::kMaxN (DW4) with CouplingOptions::exhaustive: every permutation
+// with its closed-form rotation (src/common/eqot_exhaustive.h, the CPU's arithmetic rounded
+// once per operation, so M_ij is the CPU's bit for bit), one thread per pair: the walk is
+// sequential and tiny (at most 120 leaves over <= 10 coordinates per sample), so a warp per pair
+// would repeat it in every lane. Always typed (ts holds zeros without types: the same
+// permutations), which halves the fixed-size copies compiled in. sigma == nullptr: all B^2 pairs
+// (i = q / B, j = q % B), writes m[q]; otherwise pairs (i, sigma[i]), writes x1_paired[i],
+// cost[i], pairing[i] (the same code on the same inputs, hence the alignment M was built from).
+template <class T>
+__global__ void __launch_bounds__(kExhaustiveThreads)
+    eqot_exhaustive_kernel(const T* __restrict__ x0, const T* __restrict__ x1, int B, int n,
+                           const int* __restrict__ types, int allow_reflection,
+                           const int64_t* __restrict__ sigma, double* __restrict__ m,
+                           T* __restrict__ x1_paired, double* __restrict__ cost,
+                           int64_t* __restrict__ pairing) {
+    constexpr int kN = eqot_exhaustive::kMaxN;
+    const int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (q >= (sigma ? static_cast<int64_t>(B) : static_cast<int64_t>(B) * B)) return;
+    const int64_t i = sigma ? q : q / B;
+    const int64_t j = sigma ? sigma[q] : q % B;
+    const int nd = 2 * n;
+    double xs0[2 * kN], xs1[2 * kN];
+    int ts[kN], perm[kN];
+    for (int k = 0; k < nd; ++k) {
+        xs0[k] = static_cast<double>(x0[i * nd + k]);
+        xs1[k] = static_cast<double>(x1[j * nd + k]);
+    }
+    for (int a = 0; a < n; ++a) ts[a] = types ? types[a] : 0;
+    double r[4];
+    const double best = eqot_exhaustive::align_2d(xs0, xs1, n, ts, allow_reflection != 0, perm,
+                                                  sigma ? r : nullptr);
+    if (!sigma) {
+        m[q] = best;
+        return;
+    }
+    double c = 0.0;
+    for (int a = 0; a < n; ++a) {
+        const int b = perm[a];
+        for (int u = 0; u < 2; ++u) {
+            double v = 0.0;  // as eqot_pair_kernel's output pass
+            for (int w = 0; w < 2; ++w) v += r[u * 2 + w] * xs1[b * 2 + w];
+            x1_paired[(i * n + a) * 2 + u] = static_cast<T>(v);
+            const double diff = xs0[a * 2 + u] - v;
+            c += diff * diff;
+        }
+    }
+    if (cost) cost[i] = c;
+    if (pairing) pairing[i] = j;
 }
 
 struct Workspace {
@@ -427,8 +457,27 @@ void eqot(const CouplingOptions& o, const T* x0, const T* x1, int64_t B, int n, 
     if (w.types)
         EQFLOW_CUDA_CHECK(cudaMemcpyAsync(w.types, o.atom_types.data(), n * sizeof(int),
                                           cudaMemcpyHostToDevice, EQFLOW_STREAM(stream)));
-    const EqotParams p{o.allow_reflection ? 1 : 0, o.frame_starts ? 1 : 0, o.refine_iterations,
-                       o.exhaustive ? 1 : 0};
+    if (D == 2 && o.exhaustive && eqot_exhaustive::applies(n, D)) {
+        const auto threads = [&](int64_t pairs) {
+            const int64_t b = (pairs + kExhaustiveThreads - 1) / kExhaustiveThreads;
+            EQFLOW_CHECK(b <= 0x7fffffff,
+                         "GPU eqot: " << pairs << " pairs are too many for one launch");
+            return static_cast<unsigned>(b);
+        };
+        const int reflect = o.allow_reflection ? 1 : 0;
+        EQFLOW_LAUNCH((eqot_exhaustive_kernel<T>), threads(B * B), kExhaustiveThreads, 0,
+                      EQFLOW_STREAM(stream), x0, x1, static_cast<int>(B), n, w.types, reflect,
+                      nullptr, w.m, nullptr, nullptr, nullptr);
+        EQFLOW_CUDA_CHECK_LAUNCH();
+        const unsigned long long* flags = assign_batch(w, B, o.synchronize, stream);
+        EQFLOW_LAUNCH((eqot_exhaustive_kernel<T>), threads(B), kExhaustiveThreads, 0,
+                      EQFLOW_STREAM(stream), x0, x1, static_cast<int>(B), n, w.types, reflect,
+                      w.sigma, nullptr, x1_paired, cost, pairing);
+        EQFLOW_CUDA_CHECK_LAUNCH();
+        poison_if_failed(flags, x1_paired, B * n * D, cost, B, stream);
+        return;
+    }
+    const EqotParams p{o.allow_reflection ? 1 : 0, o.frame_starts ? 1 : 0, o.refine_iterations};
     const std::size_t smem = warps * warp_bytes;
     EQFLOW_LAUNCH((eqot_pair_kernel<T, D>), blocks(B * B), 32 * warps, smem, EQFLOW_STREAM(stream),
                   x0, x1, static_cast<int>(B), n, w.types, p, nullptr, w.m, nullptr, nullptr,

@@ -40,7 +40,7 @@ EQFLOW_API AssignmentStatus solve_assignment_scalar(const T* cost, int64_t n, in
 // solve_assignment_scalar step for step with AVX-512 (src/cpu/assignment_wide.cpp): each scan of
 // the Dijkstra search is a pass over whole vectors of 8 columns, masked by the open columns,
 // instead of a loop over `remaining`; the tie rules, which depend on the `remaining` order, are
-// applied exactly from that order rebuilt when a minimum is attained more than once. The same
+// applied exactly from that order, kept up to date once a minimum is attained twice. The same
 // permutation, total and status on every input (tests/test_assignment.cpp, hence exported). Call
 // only where simd_assignment_available() (src/cpu/assignment_simd.h); it throws when built without
 // it.

@@ -10,8 +10,10 @@
 // vector (relax every open column, take the elementwise minimum), then a pass that finds the
 // columns at the minimum. Only when the minimum is attained at more than one column does the
 // order matter (the last free one in `remaining` order wins, else the first): the order is then
-// rebuilt from the columns taken so far, as the scalar search's swaps left it. Real-valued costs
-// practically never tie; integer costs tie in every scan, and the tests use both.
+// brought up to date from the columns taken so far, as the scalar search's swaps left it (built
+// at a search's first tie, then each later pick applied once). Uniform random costs rarely tie;
+// the couplings' matrices do (exact zero reduced costs), integer costs in every scan, and the
+// tests use all three.
 //
 // Shapes: cost [n][n] row-major (T = float or double, read as double; no padding: the last
 // vector of a row is a masked load, +inf beyond n), perm [n]. Scratch vectors of 8 NV entries.
