@@ -66,6 +66,63 @@ __attribute__((always_inline)) inline bool kabsch_round(const CouplingOptions& o
     return true;
 }
 
+// The round's squared distances: y = R x1 stored [D][ys] (so that the rows vectorise over b),
+// then cost[a][b] = |x0_a - y_b|^2 in rows of stride cs, +inf across types. Columns >= n are not
+// written. Inlined into every search below (one of them an AVX-512 function).
+template <int D>
+__attribute__((always_inline)) inline void rotated_costs(const double* r, const double* x0,
+                                                         const double* x1, int n, const int* types,
+                                                         double* __restrict y, int ys,
+                                                         double* __restrict cost, int cs) {
+    const double inf = std::numeric_limits<double>::infinity();
+    for (int b = 0; b < n; ++b)
+        for (int a = 0; a < D; ++a) {
+            double v = 0.0;
+            for (int c = 0; c < D; ++c) v += r[a * D + c] * x1[b * D + c];
+            y[a * ys + b] = v;
+        }
+    for (int a = 0; a < n; ++a) {
+        double* __restrict row = cost + static_cast<size_t>(a) * cs;
+        for (int b = 0; b < n; ++b) {
+            double c2 = 0.0;
+            for (int k = 0; k < D; ++k) {
+                const double diff = x0[a * D + k] - y[k * ys + b];
+                c2 += diff * diff;
+            }
+            row[b] = c2;
+        }
+        if (types)
+            for (int b = 0; b < n; ++b)
+                if (types[a] != types[b]) row[b] = inf;
+    }
+}
+
+// The starts of eqot_align_pair, each handed to search(start): the identity alone without frame
+// starts; otherwise the principal-axes starts (the proper ones, all with reflections) and then,
+// when the best cost is still above the unaligned distance, the identity (the safety net).
+template <int D, class Search>
+__attribute__((always_inline)) inline void for_each_start(const CouplingOptions& o,
+                                                          const double* x0, const double* x1, int n,
+                                                          const double* f0, const double* f1,
+                                                          const double& best,
+                                                          const Search& search) {
+    double identity[D * D];
+    for (int a = 0; a < D; ++a)
+        for (int b = 0; b < D; ++b) identity[a * D + b] = a == b ? 1.0 : 0.0;
+    if (!o.frame_starts) {
+        search(identity);
+        return;
+    }
+    for (int mask = 0; mask < (1 << D); ++mask) {
+        double r0[D * D];
+        const double det = kabsch_math::frame_start(f0, f1, D, mask, r0);
+        if (det > 0.0 || o.allow_reflection) search(r0);
+    }
+    double plain = 0.0;
+    for (int k = 0; k < n * D; ++k) plain += (x0[k] - x1[k]) * (x0[k] - x1[k]);
+    if (!(best <= plain)) search(identity);  // the safety net of eqot_align_pair
+}
+
 template <int D>
 double align_small(const CouplingOptions& o, const double* x0, const double* x1, int n,
                    const int* types, const double* f0, const double* f1, int64_t* perm,
@@ -83,27 +140,7 @@ double align_small(const CouplingOptions& o, const double* x0, const double* x1,
         double r[kDD];
         for (int k = 0; k < kDD; ++k) r[k] = start[k];
         for (int round = 0; round <= o.refine_iterations; ++round) {
-            // y = R x1, stored [D][n] so that the cost rows below vectorise over b.
-            for (int b = 0; b < n; ++b)
-                for (int a = 0; a < D; ++a) {
-                    double v = 0.0;
-                    for (int c = 0; c < D; ++c) v += r[a * D + c] * x1[b * D + c];
-                    y[a * kN + b] = v;
-                }
-            for (int a = 0; a < n; ++a) {
-                double* __restrict row = cost + a * n;
-                for (int b = 0; b < n; ++b) {
-                    double c2 = 0.0;
-                    for (int k = 0; k < D; ++k) {
-                        const double diff = x0[a * D + k] - y[k * kN + b];
-                        c2 += diff * diff;
-                    }
-                    row[b] = c2;
-                }
-                if (types)
-                    for (int b = 0; b < n; ++b)
-                        if (types[a] != types[b]) row[b] = inf;
-            }
+            rotated_costs<D>(r, x0, x1, n, types, y, kN, cost, n);
             EQFLOW_CHECK(solve_assignment_small(cost, n, lsa),
                          "eqot: particle assignment failed (non-finite input?)");
             if (!kabsch_round<D>(o, x0, x1, n, round, lsa.col4row, cand, prev, r, best, perm,
@@ -112,21 +149,7 @@ double align_small(const CouplingOptions& o, const double* x0, const double* x1,
         }
     };
 
-    double identity[kDD];
-    for (int a = 0; a < D; ++a)
-        for (int b = 0; b < D; ++b) identity[a * D + b] = a == b ? 1.0 : 0.0;
-    if (!o.frame_starts) {
-        search(identity);
-        return best;
-    }
-    for (int mask = 0; mask < (1 << D); ++mask) {
-        double r0[kDD];
-        const double det = kabsch_math::frame_start(f0, f1, D, mask, r0);
-        if (det > 0.0 || o.allow_reflection) search(r0);
-    }
-    double plain = 0.0;
-    for (int k = 0; k < n * D; ++k) plain += (x0[k] - x1[k]) * (x0[k] - x1[k]);
-    if (!(best <= plain)) search(identity);  // the safety net of eqot_align_pair
+    for_each_start<D>(o, x0, x1, n, f0, f1, best, search);
     return best;
 }
 
@@ -169,26 +192,7 @@ EQFLOW_AVX512 double align_simd(const CouplingOptions& o, const double* x0, cons
         double r[kDD];
         for (int k = 0; k < kDD; ++k) r[k] = starts[st][k];
         for (int round = 0; round <= o.refine_iterations; ++round) {
-            for (int b = 0; b < n; ++b)
-                for (int a = 0; a < D; ++a) {
-                    double v = 0.0;
-                    for (int c = 0; c < D; ++c) v += r[a * D + c] * x1[b * D + c];
-                    y[a * kW + b] = v;
-                }
-            for (int a = 0; a < n; ++a) {
-                double* __restrict row = cost + a * kW;
-                for (int b = 0; b < n; ++b) {
-                    double c2 = 0.0;
-                    for (int k = 0; k < D; ++k) {
-                        const double diff = x0[a * D + k] - y[k * kW + b];
-                        c2 += diff * diff;
-                    }
-                    row[b] = c2;
-                }
-                if (types)
-                    for (int b = 0; b < n; ++b)
-                        if (types[a] != types[b]) row[b] = inf;
-            }
+            rotated_costs<D>(r, x0, x1, n, types, y, kW, cost, kW);
             EQFLOW_CHECK(solve_assignment_simd<NV>(cost, n, lsa),
                          "eqot: particle assignment failed (non-finite input?)");
             if (!kabsch_round<D>(o, x0, x1, n, round, lsa.col4row, cand, prev, r, best, perm,
@@ -234,26 +238,7 @@ double align_wide(const CouplingOptions& o, const double* x0, const double* x1, 
         double r[kDD];
         for (int k = 0; k < kDD; ++k) r[k] = start[k];
         for (int round = 0; round <= o.refine_iterations; ++round) {
-            for (int b = 0; b < n; ++b)
-                for (int a = 0; a < D; ++a) {
-                    double v = 0.0;
-                    for (int c = 0; c < D; ++c) v += r[a * D + c] * x1[b * D + c];
-                    y[a * n + b] = v;
-                }
-            for (int a = 0; a < n; ++a) {
-                double* __restrict row = cost + static_cast<size_t>(a) * n;
-                for (int b = 0; b < n; ++b) {
-                    double c2 = 0.0;
-                    for (int k = 0; k < D; ++k) {
-                        const double diff = x0[a * D + k] - y[k * n + b];
-                        c2 += diff * diff;
-                    }
-                    row[b] = c2;
-                }
-                if (types)
-                    for (int b = 0; b < n; ++b)
-                        if (types[a] != types[b]) row[b] = inf;
-            }
+            rotated_costs<D>(r, x0, x1, n, types, y, n, cost, n);
             double total = 0.0;
             EQFLOW_CHECK(solve_assignment_wide(cost, n, w.col4row.data(), &total, w.lsa) ==
                              AssignmentStatus::ok,
@@ -265,21 +250,7 @@ double align_wide(const CouplingOptions& o, const double* x0, const double* x1, 
         }
     };
 
-    double identity[kDD];
-    for (int a = 0; a < D; ++a)
-        for (int b = 0; b < D; ++b) identity[a * D + b] = a == b ? 1.0 : 0.0;
-    if (!o.frame_starts) {
-        search(identity);
-        return best;
-    }
-    for (int mask = 0; mask < (1 << D); ++mask) {
-        double r0[kDD];
-        const double det = kabsch_math::frame_start(f0, f1, D, mask, r0);
-        if (det > 0.0 || o.allow_reflection) search(r0);
-    }
-    double plain = 0.0;
-    for (int k = 0; k < n * D; ++k) plain += (x0[k] - x1[k]) * (x0[k] - x1[k]);
-    if (!(best <= plain)) search(identity);  // the safety net of eqot_align_pair
+    for_each_start<D>(o, x0, x1, n, f0, f1, best, search);
     return best;
 }
 #endif  // EQFLOW_HAVE_SIMD_ASSIGNMENT
