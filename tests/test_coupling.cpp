@@ -474,12 +474,12 @@ double reference_pair(const CouplingOptions& o, const double* x0, const double* 
 }
 
 TEST(Coupling, EqotSmallPathMatchesTheReferenceBitForBit) {
-    // couple() runs the fixed-size eqot search (src/cpu/coupling_small.cpp) for n <= 32, its
-    // copy on the AVX-512 general assignment (eqot_align_pair_wide) for larger n where the CPU
-    // has it, and eqot_align_pair (src/cpu/coupling_cpu.cpp) otherwise; the public
-    // eqot_align_pair is always the latter. Coupling each pair alone (B = 1) exposes the fast
-    // path's alignment of every pair: permutation and rotation must be the reference's exactly, so
-    // the outputs are bit-identical.
+    // couple() runs the fixed-size eqot search (src/cpu/coupling_small.cpp) for n <= 32, for
+    // larger n where the CPU has AVX-512 eqot_align_pair_wide (the fixed-size AVX-512 search up
+    // to n = 64, beyond that its copy on the wide general assignment), and eqot_align_pair
+    // (src/cpu/coupling_cpu.cpp) otherwise; the public eqot_align_pair is always the latter.
+    // Coupling each pair alone (B = 1) exposes the fast path's alignment of every pair: permutation
+    // and rotation must be the reference's exactly, so the outputs are bit-identical.
     struct Case {
         int n, d;
         bool typed, reflections, identity_start;
@@ -494,7 +494,9 @@ TEST(Coupling, EqotSmallPathMatchesTheReferenceBitForBit) {
         {4, 2, false, false, false, 1, false}, {5, 2, true, true, false, 2, false},
         {5, 2, true, true, false, 1},          {33, 3, false, false, false, 1},
         {55, 3, false, false, false, 1},       {40, 3, true, true, false, 2},
-        {40, 2, false, false, false, 1},       {55, 3, false, false, true, 0}};
+        {40, 2, false, false, false, 1},       {55, 3, false, false, true, 0},
+        {64, 3, true, false, false, 1},        {70, 3, false, false, false, 1},
+        {66, 2, true, true, false, 2}};
     auto gen = test::rng(670);
     for (const Case& c : cases) {
         SCOPED_TRACE(::testing::Message() << "n=" << c.n << " d=" << c.d);
@@ -534,11 +536,11 @@ TEST(Coupling, EqotSmallPathMatchesTheReferenceBitForBit) {
 TEST(Coupling, EqotSafetyNetOnSymmetricLattices) {
     // A cubic lattice has a degenerate second moment, so its principal frames are arbitrary and
     // the frame starts can end far from a slightly perturbed copy of it; the identity start then
-    // joins the search (eqflow/coupling.h), so M_ij <= |x0 - x1|^2. 27 particles take the
-    // fixed-size path, 64 the wide one; both must also equal the reference bit for bit.
+    // joins the search (eqflow/coupling.h), so M_ij <= |x0 - x1|^2. 27 and 64 particles take
+    // the fixed-size paths, 125 the wide one; all must also equal the reference bit for bit.
     auto gen = test::rng(671);
     std::normal_distribution<double> noise(0.0, 1e-3);
-    for (const int side : {3, 4}) {
+    for (const int side : {3, 4, 5}) {
         const int n = side * side * side, d = 3, nd = n * d;
         SCOPED_TRACE(::testing::Message() << "n=" << n);
         for (int rep = 0; rep < 10; ++rep) {

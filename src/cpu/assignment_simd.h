@@ -1,5 +1,6 @@
 // src/cpu/assignment_simd.h: solve_assignment_small (src/cpu/assignment_small.h) with AVX-512, for
-// the eqot coupling's B^2 x (starts x rounds) particle assignments of n <= 32.
+// the eqot coupling's B^2 x (starts x rounds) particle assignments of n <= 64 (NV <= 8 vectors;
+// beyond 32, where solve_assignment_small stops, it is the general solver's twin, as that one is).
 //
 // It is solve_assignment_small step for step -- the same reductions, the same Dijkstra search with
 // the same `remaining` order and tie rules, the same arithmetic in the same order, the same dual
@@ -56,6 +57,7 @@ inline bool simd_assignment_available() {
 
 template <int NV>
 struct SimdAssignment {
+    static_assert(NV >= 1 && NV <= 8, "columns as one 64-bit mask");
     static constexpr int kW = 8 * NV;
     alignas(64) double u[kW];
     alignas(64) double v[kW];
@@ -64,9 +66,9 @@ struct SimdAssignment {
 
 // The lanes of mask-producing compares, NV vectors, as one bit mask (bit j: column j).
 template <int NV>
-EQFLOW_AVX512 inline uint32_t simd_bits(const __mmask8* m) {
-    uint32_t b = 0;
-    for (int k = 0; k < NV; ++k) b |= static_cast<uint32_t>(m[k]) << (8 * k);
+EQFLOW_AVX512 inline uint64_t simd_bits(const __mmask8* m) {
+    uint64_t b = 0;
+    for (int k = 0; k < NV; ++k) b |= static_cast<uint64_t>(m[k]) << (8 * k);
     return b;
 }
 
@@ -82,9 +84,9 @@ EQFLOW_AVX512 inline __m512d simd_min_all(__m512d x) {
 // free column in `remaining` order, else the first. `remaining` is rebuilt from the columns taken
 // so far (picked[0..num_picked), in order), as solve_assignment_small's swaps left it; ties are
 // rare on real-valued costs, so the search does not keep it up to date.
-inline int simd_tie_pick(uint32_t at, int n, const int* picked, int num_picked,
+inline int simd_tie_pick(uint64_t at, int n, const int* picked, int num_picked,
                          const int* row4col) {
-    int remaining[32], pos[32];
+    int remaining[64], pos[64];
     for (int j = 0; j < n; ++j) {
         remaining[j] = n - 1 - j;
         pos[n - 1 - j] = j;
@@ -97,8 +99,8 @@ inline int simd_tie_pick(uint32_t at, int n, const int* picked, int num_picked,
         pos[c] = last;
     }
     int first = -1, last_free = -1;
-    for (uint32_t b = at; b; b &= b - 1) {
-        const int c = __builtin_ctz(b);
+    for (uint64_t b = at; b; b &= b - 1) {
+        const int c = __builtin_ctzll(b);
         if (first < 0 || pos[c] < pos[first]) first = c;
         if (row4col[c] < 0 && (last_free < 0 || pos[c] > pos[last_free])) last_free = c;
     }
@@ -114,7 +116,7 @@ EQFLOW_AVX512 inline bool solve_assignment_simd(const double* __restrict cost, i
     constexpr int kW = 8 * NV;
     const double inf = std::numeric_limits<double>::infinity();
     const __m512d vinf = _mm512_set1_pd(inf);
-    const uint32_t real = n >= 32 ? 0xffffffffu : (1u << n) - 1;
+    const uint64_t real = n >= 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1;
     // Column reduction: v[j] = min_i cost[i][j] (exact, so the order does not matter).
     __m512d v[NV];
     for (int k = 0; k < NV; ++k) v[k] = vinf;
@@ -133,7 +135,7 @@ EQFLOW_AVX512 inline bool solve_assignment_simd(const double* __restrict cost, i
     for (int j = 0; j < kW; ++j) s.row4col[j] = s.col4row[j] = -1;
     // Row reduction and the partial matching: the first free column at the row minimum (when the
     // first column there is taken, solve_assignment_small matches nothing either).
-    uint32_t free_cols = real;
+    uint64_t free_cols = real;
     for (int i = 0; i < n; ++i) {
         __m512d red[NV];
         for (int k = 0; k < NV; ++k)
@@ -145,12 +147,12 @@ EQFLOW_AVX512 inline bool solve_assignment_simd(const double* __restrict cost, i
         if (!(m < inf)) return false;
         for (int k = 0; k < NV; ++k) m8[k] = _mm512_cmp_pd_mask(red[k], vm, _CMP_EQ_OQ);
         s.u[i] = m;
-        const uint32_t f = simd_bits<NV>(m8) & real & free_cols;
+        const uint64_t f = simd_bits<NV>(m8) & real & free_cols;
         if (f) {
-            const int j = __builtin_ctz(f);
+            const int j = __builtin_ctzll(f);
             s.row4col[j] = i;
             s.col4row[i] = j;
-            free_cols &= ~(1u << j);
+            free_cols &= ~(uint64_t{1} << j);
         }
     }
     // One Dijkstra search per row left free.
@@ -163,7 +165,7 @@ EQFLOW_AVX512 inline bool solve_assignment_simd(const double* __restrict cost, i
             path[k] = _mm512_setzero_si512();
         }
         int picked[kW], num_picked = 0;  // the columns taken from `remaining`, in order
-        uint32_t open = real;            // the columns still in `remaining`
+        uint64_t open = real;            // the columns still in `remaining`
         double min_val = 0.0;
         __m512d mval = _mm512_setzero_pd();  // min_val in every lane
         int i = cur, sink = -1;
@@ -188,11 +190,11 @@ EQFLOW_AVX512 inline bool solve_assignment_simd(const double* __restrict cost, i
             for (int k = 0; k < NV; ++k)
                 m8[k] = _mm512_mask_cmp_pd_mask(static_cast<__mmask8>(open >> (8 * k)), spc[k], vl,
                                                 _CMP_EQ_OQ);
-            const uint32_t at = simd_bits<NV>(m8);
+            const uint64_t at = simd_bits<NV>(m8);
             // The tie rule: the last free column at the minimum in `remaining` order, else the
             // first column there.
             const int j = (at & (at - 1)) == 0
-                              ? __builtin_ctz(at)
+                              ? __builtin_ctzll(at)
                               : simd_tie_pick(at, n, picked, num_picked, s.row4col);
             min_val = lowest;
             mval = vl;
@@ -202,7 +204,7 @@ EQFLOW_AVX512 inline bool solve_assignment_simd(const double* __restrict cost, i
                 i = s.row4col[j];
             }
             picked[num_picked++] = j;
-            open &= ~(1u << j);
+            open &= ~(uint64_t{1} << j);
         }
         s.u[cur] += min_val;
         alignas(64) double spc_s[kW];
@@ -211,8 +213,8 @@ EQFLOW_AVX512 inline bool solve_assignment_simd(const double* __restrict cost, i
             _mm512_store_pd(spc_s + 8 * k, spc[k]);
             _mm512_store_si512(reinterpret_cast<__m512i*>(path_s + 8 * k), path[k]);
         }
-        for (uint32_t b = real & ~open; b; b &= b - 1) {
-            const int c = __builtin_ctz(b);
+        for (uint64_t b = real & ~open; b; b &= b - 1) {
+            const int c = __builtin_ctzll(b);
             const double delta = min_val - spc_s[c];
             s.v[c] -= delta;
             if (c != sink) s.u[s.row4col[c]] += delta;

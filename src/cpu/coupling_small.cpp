@@ -302,6 +302,9 @@ double eqot_align_pair_wide(const CouplingOptions& o, const double* x0, const do
                             int d, const int* types, const double* f0, const double* f1,
                             int64_t* perm, double* rotation, EqotWideScratch& scratch) {
 #if EQFLOW_HAVE_SIMD_ASSIGNMENT
+    if (n <= 64)  // LJ55: the fixed-size search with all 8 vectors of a row in registers
+        return d == 2 ? align_simd<2, 8>(o, x0, x1, n, types, f0, f1, perm, rotation)
+                      : align_simd<3, 8>(o, x0, x1, n, types, f0, f1, perm, rotation);
     if (d == 2) return align_wide<2>(o, x0, x1, n, types, f0, f1, perm, rotation, scratch);
     return align_wide<3>(o, x0, x1, n, types, f0, f1, perm, rotation, scratch);
 #else
