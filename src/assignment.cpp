@@ -35,6 +35,36 @@ namespace {
     return cpu::solve_assignment_small_auto(cost, n, s);
 }
 
+// 32 < n <= 64 on an AVX-512 CPU: cost [n][n] copied into rows of 64 (+inf padding) for
+// solve_assignment_simd<8>, which returns the general solver's assignment bit for bit; the total
+// is summed in row order as that solver does. Out of line, like solve_small.
+template <class T>
+[[gnu::noinline]] AssignmentStatus solve_padded64(const T* cost, int n, int64_t* perm,
+                                                  double* total, std::vector<double>& padded) {
+#if EQFLOW_HAVE_SIMD_ASSIGNMENT
+    padded.assign(static_cast<size_t>(n) * 64, std::numeric_limits<double>::infinity());
+    for (int i = 0; i < n; ++i)
+        for (int j = 0; j < n; ++j) padded[i * 64 + j] = static_cast<double>(cost[i * n + j]);
+    cpu::SimdAssignment<8> s;
+    if (!cpu::solve_assignment_simd<8>(padded.data(), n, s)) {
+        for (int r = 0; r < n; ++r) perm[r] = -1;
+        *total = std::numeric_limits<double>::infinity();
+        return AssignmentStatus::infeasible;
+    }
+    double sum = 0.0;
+    for (int r = 0; r < n; ++r) {
+        perm[r] = s.col4row[r];
+        sum += static_cast<double>(cost[r * n + s.col4row[r]]);
+    }
+    *total = sum;
+    return AssignmentStatus::ok;
+#else
+    (void)padded;
+    cpu::AssignmentScratch scratch;
+    return cpu::solve_assignment(cost, n, perm, total, scratch);
+#endif
+}
+
 template <class T>
 void lsa_impl(TensorView<const T> cost, TensorView<int64_t> perm, TensorView<double> total,
               TensorView<int32_t> status, void* workspace, std::size_t workspace_bytes,
@@ -83,6 +113,7 @@ void lsa_impl(TensorView<const T> cost, TensorView<int64_t> perm, TensorView<dou
             parallel_for((P + kChunk - 1) / kChunk, [&](int64_t chunk) {
                 cpu::AssignmentScratch scratch;
                 cpu::SmallAssignment small;
+                std::vector<double> padded;  // [n][64] for 32 < n <= 64
                 double local[cpu::kSmallAssignmentN * cpu::kSmallAssignmentN];
                 const int64_t end = std::min(P, (chunk + 1) * kChunk);
                 for (int64_t p = chunk * kChunk; p < end; ++p) {
@@ -104,6 +135,10 @@ void lsa_impl(TensorView<const T> cost, TensorView<int64_t> perm, TensorView<dou
                             }
                             st = AssignmentStatus::ok;
                         }
+                    } else if (n <= 64 && cpu::simd_assignment_available()) {
+                        // 33..64 (LJ55): the fixed-size AVX-512 solver with 8 vectors a row
+                        // (the general solver's results bit for bit), rows padded with +inf.
+                        st = solve_padded64(c, static_cast<int>(n), pp, &t, padded);
                     } else {
                         st = cpu::solve_assignment(c, n, pp, &t, scratch);
                     }
