@@ -9,9 +9,9 @@
 //     where the CPU has AVX-512, to solve_assignment_simd (src/cpu/assignment_simd.h; the same
 //     results bit for bit) inside align_simd, this search again with the cost rows padded to
 //     whole vectors (1.7x faster at LJ13 on one core, see bench/RESULTS.md).
-// Larger systems (LJ55) on AVX-512 CPUs take align_wide: the same search with its state in a
-// per-thread scratch and the particle assignments on solve_assignment_wide
-// (src/cpu/assignment_wide.cpp).
+// Larger systems on AVX-512 CPUs (eqot_align_pair_wide): align_simd with 8 vectors a row up to
+// n = 64 (LJ55), beyond that align_wide, the same search with its state in a per-thread scratch
+// and the particle assignments on solve_assignment_wide (src/cpu/assignment_wide.cpp).
 //
 // Shapes: x0, x1 [n][D]; f0, f1 [D][D] principal axes as columns; perm [n]; rotation [D][D].
 #include <limits>
@@ -216,9 +216,9 @@ EQFLOW_AVX512 double align_simd(const CouplingOptions& o, const double* x0, cons
 #endif  // EQFLOW_HAVE_SIMD_ASSIGNMENT
 
 #if EQFLOW_HAVE_SIMD_ASSIGNMENT
-// align_small for n > kSmallAssignmentN (LJ55): the same starts, rounds, stopping rule and
-// arithmetic, with the state in the caller's scratch and the particle assignments on
-// solve_assignment_wide (src/cpu/assignment_wide.cpp, the general solver's results bit for bit).
+// align_small for n > 64: the same starts, rounds, stopping rule and arithmetic, with the state
+// in the caller's scratch and the particle assignments on solve_assignment_wide
+// (src/cpu/assignment_wide.cpp, the general solver's results bit for bit).
 template <int D>
 double align_wide(const CouplingOptions& o, const double* x0, const double* x1, int n,
                   const int* types, const double* f0, const double* f1, int64_t* perm,
