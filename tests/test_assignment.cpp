@@ -304,18 +304,28 @@ TEST(Assignment, SmallSolverMatchesGeneralBitForBit) {
 // permutation and the same duals, bit for bit, on random reals, on small integers (ties in every
 // scan, so the `remaining`-order tie rules are exercised), with forbidden (+inf) pairs, and on
 // infeasible problems (both must fail).
-template <int NV>
-void simd_matches_small(int n, int kind, std::mt19937_64& gen) {
-    constexpr int kW = 8 * NV;
+// One problem for the AVX-512 solver tests, dense [n][n] and padded [n][kW] (+inf beyond n):
+// kind 0 random reals, 1 small integers (ties in every scan, so the `remaining`-order tie rules
+// are exercised), 2 small integers with forbidden (+inf) pairs (some problems infeasible).
+void simd_problem(int n, int kW, int kind, std::mt19937_64& gen, std::vector<double>& dense,
+                  std::vector<double>& padded) {
     std::uniform_real_distribution<double> u(0.0, 1.0);
     std::uniform_int_distribution<int> small_int(0, 3);
-    std::vector<double> dense(n * n), padded(n * kW, kInf);
+    dense.assign(n * n, 0.0);
+    padded.assign(n * kW, kInf);
     for (int i = 0; i < n; ++i)
         for (int j = 0; j < n; ++j) {
             double c = kind == 0 ? u(gen) : small_int(gen);
             if (kind == 2 && small_int(gen) == 0) c = kInf;
             dense[i * n + j] = padded[i * kW + j] = c;
         }
+}
+
+template <int NV>
+void simd_matches_small(int n, int kind, std::mt19937_64& gen) {
+    constexpr int kW = 8 * NV;
+    std::vector<double> dense, padded;
+    simd_problem(n, kW, kind, gen, dense, padded);
     cpu::SmallAssignment a;
     cpu::SimdAssignment<NV> b;
     const bool ok_a = cpu::solve_assignment_small(dense.data(), n, a);
@@ -334,15 +344,8 @@ void simd_matches_small(int n, int kind, std::mt19937_64& gen) {
 template <int NV>
 void simd_matches_scalar(int n, int kind, std::mt19937_64& gen) {
     constexpr int kW = 8 * NV;
-    std::uniform_real_distribution<double> u(0.0, 1.0);
-    std::uniform_int_distribution<int> small_int(0, 3);
-    std::vector<double> dense(n * n), padded(n * kW, kInf);
-    for (int i = 0; i < n; ++i)
-        for (int j = 0; j < n; ++j) {
-            double c = kind == 0 ? u(gen) : small_int(gen);
-            if (kind == 2 && small_int(gen) == 0) c = kInf;
-            dense[i * n + j] = padded[i * kW + j] = c;
-        }
+    std::vector<double> dense, padded;
+    simd_problem(n, kW, kind, gen, dense, padded);
     std::vector<int64_t> perm(n);
     double total = 0.0;
     cpu::AssignmentScratch a;
