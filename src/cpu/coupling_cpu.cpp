@@ -156,7 +156,7 @@ void couple(const CouplingOptions& o, const double* x0, const double* x1, int64_
     const bool small = n <= kSmallAssignmentN && (d == 2 || d == 3) && !use_exhaustive(o, n, d);
     const bool wide = o.kind == CouplingKind::eqot && use_eqot_wide(o, n, d);
     std::vector<double> f0, f1;  // [B][d][d] principal frames of x0, x1 (small and wide eqot)
-    if ((small || wide) && o.kind == CouplingKind::eqot) {
+    if ((small && o.kind == CouplingKind::eqot) || wide) {
         f0.resize(B * d * d);
         f1.resize(B * d * d);
     }
@@ -197,17 +197,18 @@ void couple(const CouplingOptions& o, const double* x0, const double* x1, int64_
         parallel_for(
             B,
             [&](int64_t i) {
-                std::vector<int64_t> perm(n);
+                int64_t perm_small[kSmallAssignmentN];
+                std::vector<int64_t> perm_wide(wide ? n : 0);  // no allocation on the small path
+                int64_t* perm = wide ? perm_wide.data() : perm_small;
                 double r[9];
                 EqotWideScratch scratch;
                 for (int64_t j = 0; j < B; ++j)
                     m[i * B + j] =
                         wide
                             ? eqot_align_pair_wide(o, x0 + i * nd, x1 + j * nd, n, d, types,
-                                                   &f0[i * d * d], &f1[j * d * d], perm.data(), r,
-                                                   scratch)
+                                                   &f0[i * d * d], &f1[j * d * d], perm, r, scratch)
                             : eqot_align_pair_small(o, x0 + i * nd, x1 + j * nd, n, d, types,
-                                                    &f0[i * d * d], &f1[j * d * d], perm.data(), r);
+                                                    &f0[i * d * d], &f1[j * d * d], perm, r);
             },
             o.threads);
         assign_batch(m, B, sigma.data());
