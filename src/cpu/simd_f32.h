@@ -141,10 +141,25 @@ inline void product_tile(int K, const float* A, int64_t a_rs, int64_t a_ks, cons
         for (int v = 0; v < NV; ++v) store(C + r * ldc + v * kLanes, acc[r][v]);
 }
 
-// Rows per register tile: about 16 accumulators (of 32 vector registers with AVX-512).
+// The vector register file: 32 with AVX-512 (zmm0-31) and on AArch64 (v0-31), 16 with AVX/AVX2
+// (ymm0-15) and SSE2 on x86-64.
+#if defined(__AVX512F__) || defined(__aarch64__)
+constexpr int kVectorRegisters = 32;
+#else
+constexpr int kVectorRegisters = 16;
+#endif
+
+// Rows per register tile. With 32 registers: about 16 accumulators. With 16: the R x NV
+// accumulators, the NV vectors of a Bt row and the broadcast must fit in 16 (R NV + NV + 1 <= 16),
+// or the tile spills accumulators to the stack on every k and the loads of Bt fold into the FMAs,
+// one load per FMA: on AVX2, NV 4 (H 32) as 4 x 4 spilled three accumulators per k.
 template <int NV>
 constexpr int tile_rows() {
-    return NV >= 8 ? 2 : NV >= 4 ? 4 : NV == 3 ? 5 : 8;
+    if constexpr (kVectorRegisters >= 32) {
+        return NV >= 8 ? 2 : NV >= 4 ? 4 : NV == 3 ? 5 : 8;
+    } else {
+        return NV >= 6 ? 1 : NV >= 4 ? 2 : NV == 3 ? 4 : NV == 2 ? 6 : 8;
+    }
 }
 
 template <int NV>
