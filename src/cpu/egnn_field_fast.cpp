@@ -31,7 +31,8 @@
 // as one [K][Hp] x [Hp][Hp] product with the primal quantities computed once, and the tangent of c
 // = wc2 . SiLU(Wc1 me + bc1) is (Wc1^T dsc) . me-tangent, one H x H product per edge rather than
 // per direction; in layer 0 (no tangent on h) an edge's tangent is linear in (dr, da) only, so two
-// basis tangents per edge replace the K.
+// basis tangents per edge replace the K. The exact divergence wants only the Jacobian's diagonal,
+// so its last layer carries each edge's d own directions instead of the K (sample_jvp).
 //
 // Threads. Rows are cut into fixed chunks of kChunkRows; min(threads, chunks) workers take
 // chunks w, w + W, w + 2W, ... with their own scratch. Every row's v, dL_dx, div and trace is
@@ -289,9 +290,11 @@ struct Scratch {
     // forward mode with K tangents
     float *hd, *hd2, *Pd, *Qd, *Md;  // [n][K][Hp]
     float *xd, *xd2, *x0d;           // [n][K][d]
-    float *S1d, *Z2d, *Med;          // [K][Hp]
+    float *S1d, *Z2d;                // [K][Hp]
+    float* Med;                      // [2][Hp]
     float *rd, *ad, *cd, *dd;        // [K], dd [K][d]
     float *ds1, *dm, *dsc, *weff;    // [Hp]
+    float *u_a, *u_c;                // [Hp]
 
     // Returns the floats used; with mem == nullptr only counts.
     static size_t carve(Scratch& s, float* mem, const Dims& D, FieldOp op, int K,
@@ -325,10 +328,11 @@ struct Scratch {
             const int64_t nK = n * K;
             for (float** p : {&s.hd, &s.hd2, &s.Pd, &s.Qd, &s.Md}) *p = c.take(nK * Hp);
             for (float** p : {&s.xd, &s.xd2, &s.x0d}) *p = c.take(nK * d);
-            for (float** p : {&s.S1d, &s.Z2d, &s.Med}) *p = c.take(int64_t{K} * Hp);
+            for (float** p : {&s.S1d, &s.Z2d}) *p = c.take(int64_t{K} * Hp);
+            s.Med = c.take(2 * int64_t{Hp});  // layer 0's two basis rows
             for (float** p : {&s.rd, &s.ad, &s.cd}) *p = c.take(K);
             s.dd = c.take(int64_t{K} * d);
-            for (float** p : {&s.ds1, &s.dm, &s.dsc, &s.weff}) *p = c.take(Hp);
+            for (float** p : {&s.ds1, &s.dm, &s.dsc, &s.weff, &s.u_a, &s.u_c}) *p = c.take(Hp);
         }
         return c.used;
     }
@@ -793,9 +797,19 @@ void sample_backward_taped(const Net& net, const float* x, float t, const float*
 
 // K tangents of one sample: dirs [K][n][d] -> v [n][d] (nullable) and vdot = J_v dirs, returned
 // through `reduce(q, i, k, vdot_qik)` for every direction q, particle i, coordinate k.
+//
+// `diagonal` (the exact divergence): dirs are the n*d unit vectors, q = i*d + k, and only the
+// diagonal entries q = i*d + k of J_v are wanted. Then the last layer carries d tangent rows per
+// edge instead of K: x_i^L depends on the inputs through x_i^{L-1}, x_j^{L-1} and the edges' h, so
+// the diagonal needs the tangents of edge (i, j) along particle i's own d directions only. The
+// particle-mean removal C adds nothing to the trace: the field is translation equivariant
+// (x^L(x + c) = x^L(x) + c for a shift c of every particle), so sum_j d x^L_{i,a} / d x_{j,a} = 1
+// and the mean's share of the trace, (1/n) sum_a sum_{i,j} (d x^L_{i,a} / d x_{j,a} - delta_ij),
+// is exactly zero; `reduce` gets (J x^L - I) on the diagonal. The double reference keeps the
+// removal and every direction; the fast divergence is tested against it.
 template <class Reduce>
-void sample_jvp(const Net& net, const float* x, float t, int K, const float* dirs, float* v,
-                Scratch& s, const Reduce& reduce) {
+void sample_jvp(const Net& net, const float* x, float t, int K, const float* dirs, bool diagonal,
+                float* v, Scratch& s, const Reduce& reduce) {
     const Dims& D = net.D;
     const int n = D.n, d = D.d, Hp = D.Hp, H = D.H;
     const int64_t nH = static_cast<int64_t>(n) * Hp, nd = static_cast<int64_t>(n) * d;
@@ -819,14 +833,24 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
         float* x_out = s.tx + (l + 1) * nd;
         float* M = s.tM + l * nH;
         node_projections(net, lp, h, s.P, s.Q);
-        if (!first) {  // tangents of P and Q (zero in layer 0: h^0 depends on t only)
-            simd::gemm(n * K, Hp, H, hd, Hp, net.at(lp.w1aT), Hp, nullptr, false, s.Pd, Hp);
+        // The last layer of a diagonal sweep: edge (i, j) carries particle i's d directions.
+        const bool own_rows = diagonal && last && !first;
+        if (!first) {        // tangents of P and Q (zero in layer 0: h^0 depends on t only)
+            if (own_rows) {  // P_i along particle i's own directions only
+                for (int i = 0; i < n; ++i) {
+                    const int64_t off = i * KHp + static_cast<int64_t>(i) * d * Hp;
+                    simd::gemm(d, Hp, H, hd + off, Hp, net.at(lp.w1aT), Hp, nullptr, false,
+                               s.Pd + off, Hp);
+                }
+            } else {
+                simd::gemm(n * K, Hp, H, hd, Hp, net.at(lp.w1aT), Hp, nullptr, false, s.Pd, Hp);
+            }
             simd::gemm(n * K, Hp, H, hd, Hp, net.at(lp.w1bT), Hp, nullptr, false, s.Qd, Hp);
         }
         std::memcpy(x_out, xl, sizeof(float) * nd);
         std::fill(M, M + nH, 0.0f);
         std::memcpy(xd_next, xd, sizeof(float) * n * Kd);
-        std::fill(s.Md, s.Md + nKH, 0.0f);
+        if (!last) std::fill(s.Md, s.Md + nKH, 0.0f);  // M's tangent feeds the node update only
         const float* w1r = net.at(lp.w1r);
         const float* w1a = net.at(lp.w1a);
         const float* wa = net.at(lp.wa);
@@ -860,63 +884,77 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                 const float dphi_dc = D.tanh ? D.cr * (1.0f - s.th_c[e] * s.th_c[e]) : 1.0f;
                 const float dnrm_dr = 0.5f / (nrm - 1.0f);
                 const float gate_slope = g * (1.0f - g);
+                // This edge's directions q0 .. q0 + rows - 1 (row r = q - q0 of the temporaries).
+                const int q0 = own_rows ? i * d : 0;
+                const int rows = own_rows ? d : K;
                 // Per direction: the tangents of x_i - x_j (dd), of r and of a.
-                const float* xdi = xd + i * Kd;
-                const float* xdj = xd + j * Kd;
-                const float* x0di = s.x0d + i * Kd;
-                const float* x0dj = s.x0d + j * Kd;
-                for (int q = 0; q < K; ++q) {
+                const float* xdi = xd + i * Kd + q0 * d;
+                const float* xdj = xd + j * Kd + q0 * d;
+                const float* x0di = s.x0d + i * Kd + q0 * d;
+                const float* x0dj = s.x0d + j * Kd + q0 * d;
+                for (int r = 0; r < rows; ++r) {
                     float rd = 0.0f, ad = 0.0f;
                     for (int k = 0; k < d; ++k) {
-                        const float ddk = xdi[q * d + k] - xdj[q * d + k];
-                        s.dd[q * d + k] = ddk;
+                        const float ddk = xdi[r * d + k] - xdj[r * d + k];
+                        s.dd[r * d + k] = ddk;
                         rd += 2.0f * dx[k] * ddk;
-                        ad += 2.0f * dx0[k] * (x0di[q * d + k] - x0dj[q * d + k]);
+                        ad += 2.0f * dx0[k] * (x0di[r * d + k] - x0dj[r * d + k]);
                     }
-                    s.rd[q] = rd;
-                    s.ad[q] = ad;
+                    s.rd[r] = rd;
+                    s.ad[r] = ad;
                 }
-                // The edge's tangent map from z1-tangent rows to (me-tangent rows, c-tangent):
-                // rows [rows][Hp] of S1d in, Med and cd out.
-                auto edge_tangents = [&](int rows) {
-                    simd::gemm(rows, Hp, H, s.S1d, Hp, net.at(lp.w2T), Hp, nullptr, false, s.Z2d,
-                               Hp);
-                    for (int q = 0; q < rows; ++q) {
-                        float* md = s.Z2d + q * Hp;
-                        vf za = vf{};
-                        for (int o = 0; o < Hp; o += kLanes) {
-                            const vf mdv = simd::load(md + o) * simd::load(s.dm + o);
-                            simd::store(md + o, mdv);
-                            za += mdv * simd::load(wa + o);
-                        }
-                        float* med = s.Med + q * Hp;
-                        if (D.attention) {
-                            const float gd = gate_slope * simd::hsum(za);
-                            for (int o = 0; o < Hp; o += kLanes)
-                                simd::store(med + o,
-                                            simd::load(md + o) * g + simd::load(mm + o) * gd);
-                        } else {
-                            std::memcpy(med, md, sizeof(float) * Hp);
-                        }
+                // The edge's tangent map from z1-tangent rows [rows][Hp] of S1d to c-tangents cd
+                // and me-tangents. With z2d = S1d-row W2^T and md = dm z2d: za = md . wa, gd =
+                // g (1 - g) za, me-tangent = g md + gd mm, and cd = me-tangent . weff = g (z2d .
+                // (dm weff)) + gd (mm . weff). So one pass over z2d with two accumulators gives za
+                // and cd; the me-tangent rows, when wanted, go straight to `med` (stored, or added
+                // when `accumulate`): the node update's M tangent, none in the last layer.
+                float* u_a = s.u_a;  // dm wa
+                float* u_c = s.u_c;  // dm weff
+                float mm_c = 0.0f;   // mm . weff
+                {
+                    vf acc = vf{};
+                    for (int o = 0; o < Hp; o += kLanes) {
+                        const vf dmv = simd::load(s.dm + o), wv = simd::load(s.weff + o);
+                        simd::store(u_a + o, dmv * simd::load(wa + o));
+                        simd::store(u_c + o, dmv * wv);
+                        acc += simd::load(mm + o) * wv;
                     }
-                    // c-tangent = dsc . (Wc1 med) = (Wc1^T dsc) . med: one H x H product per edge
-                    // (weff) instead of one per direction.
-                    for (int q = 0; q < rows; ++q) {
-                        vf c = vf{};
-                        const float* med = s.Med + q * Hp;
-                        for (int o = 0; o < Hp; o += kLanes)
-                            c += simd::load(med + o) * simd::load(s.weff + o);
-                        s.cd[q] = simd::hsum(c);
+                    mm_c = simd::hsum(acc);
+                }
+                auto edge_tangents = [&](int count, float* med, bool accumulate) {
+                    simd::gemm(count, Hp, H, s.S1d, Hp, net.at(lp.w2T), Hp, nullptr, false, s.Z2d,
+                               Hp);
+                    for (int q = 0; q < count; ++q) {
+                        const float* z2d = s.Z2d + q * Hp;
+                        vf za = vf{}, cz = vf{};
+                        for (int o = 0; o < Hp; o += kLanes) {
+                            const vf zv = simd::load(z2d + o);
+                            za += zv * simd::load(u_a + o);
+                            cz += zv * simd::load(u_c + o);
+                        }
+                        const float gd = D.attention ? gate_slope * simd::hsum(za) : 0.0f;
+                        const float gm = D.attention ? g : 1.0f;
+                        s.cd[q] = gm * simd::hsum(cz) + gd * mm_c;
+                        if (med == nullptr) continue;
+                        float* mq = med + q * Hp;
+                        const vf gv = simd::splat(gm), gdv = simd::splat(gd);
+                        for (int o = 0; o < Hp; o += kLanes) {
+                            vf mv = simd::load(z2d + o) * simd::load(s.dm + o) * gv;
+                            if (D.attention) mv += simd::load(mm + o) * gdv;
+                            if (accumulate) mv += simd::load(mq + o);
+                            simd::store(mq + o, mv);
+                        }
                     }
                 };
-                float* Mdi = s.Md + i * KHp;
-                float* xdo = xd_next + i * Kd;
-                auto finish = [&](int q, float cd) {
-                    const float phid = dphi_dc * cd;
-                    const float nrmd = dnrm_dr * s.rd[q];
-                    const float coef = phid / nrm - phi * nrmd / (nrm * nrm);
+                float* Mdi = s.Md + i * KHp + static_cast<int64_t>(q0) * Hp;
+                float* xdo = xd_next + i * Kd + q0 * d;
+                // x_i += (dd sc + dx coef) per direction, coef = phid / nrm - phi nrmd / nrm^2.
+                const float coef_c = dphi_dc / nrm, coef_r = phi * dnrm_dr / (nrm * nrm);
+                auto finish = [&](int r, float cd) {
+                    const float coef = coef_c * cd - coef_r * s.rd[r];
                     for (int k = 0; k < d; ++k)
-                        xdo[q * d + k] += s.dd[q * d + k] * sc + dx[k] * coef;
+                        xdo[r * d + k] += s.dd[r * d + k] * sc + dx[k] * coef;
                 };
                 if (first) {
                     // Layer 0: z1-tangent = ds1 (w1r rd + w1a ad): two basis rows, then each
@@ -925,7 +963,7 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                         simd::store(s.S1d + o, simd::load(s.ds1 + o) * simd::load(w1r + o));
                         simd::store(s.S1d + Hp + o, simd::load(s.ds1 + o) * simd::load(w1a + o));
                     }
-                    edge_tangents(2);
+                    edge_tangents(2, last ? nullptr : s.Med, false);
                     const float cr_ = s.cd[0], ca_ = s.cd[1];
                     const float* medr = s.Med;
                     const float* meda = s.Med + Hp;
@@ -934,30 +972,30 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                         bool moves = rd != 0.0f || ad != 0.0f;
                         for (int k = 0; k < d; ++k) moves = moves || s.dd[q * d + k] != 0.0f;
                         if (!moves) continue;  // most unit directions in layer 0
-                        float* mdq = Mdi + q * Hp;
-                        for (int o = 0; o < Hp; o += kLanes)
-                            simd::store(mdq + o, simd::load(mdq + o) + simd::load(medr + o) * rd +
-                                                     simd::load(meda + o) * ad);
+                        if (!last) {
+                            float* mdq = Mdi + q * Hp;
+                            for (int o = 0; o < Hp; o += kLanes)
+                                simd::store(mdq + o, simd::load(mdq + o) +
+                                                         simd::load(medr + o) * rd +
+                                                         simd::load(meda + o) * ad);
+                        }
                         finish(q, cr_ * rd + ca_ * ad);
                     }
                 } else {
-                    const float* Pdi = s.Pd + i * KHp;
-                    const float* Qdj = s.Qd + j * KHp;
-                    for (int q = 0; q < K; ++q) {
-                        const float rd = s.rd[q], ad = s.ad[q];
-                        float* s1d = s.S1d + q * Hp;
+                    const float* Pdi = s.Pd + i * KHp + static_cast<int64_t>(q0) * Hp;
+                    const float* Qdj = s.Qd + j * KHp + static_cast<int64_t>(q0) * Hp;
+                    for (int r = 0; r < rows; ++r) {
+                        const float rd = s.rd[r], ad = s.ad[r];
+                        float* s1d = s.S1d + r * Hp;
                         for (int o = 0; o < Hp; o += kLanes)
                             simd::store(
                                 s1d + o,
                                 simd::load(s.ds1 + o) *
-                                    (simd::load(Pdi + q * Hp + o) + simd::load(Qdj + q * Hp + o) +
+                                    (simd::load(Pdi + r * Hp + o) + simd::load(Qdj + r * Hp + o) +
                                      simd::load(w1r + o) * rd + simd::load(w1a + o) * ad));
                     }
-                    edge_tangents(K);
-                    for (int q = 0; q < K; ++q) {
-                        add_to(Mdi + q * Hp, s.Med + q * Hp, Hp);
-                        finish(q, s.cd[q]);
-                    }
+                    edge_tangents(rows, last ? nullptr : Mdi, true);
+                    for (int r = 0; r < rows; ++r) finish(r, s.cd[r]);
                 }
             }
         }
@@ -987,7 +1025,7 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
         }
         std::swap(xd, xd_next);
     }
-    // v = C (x^L - x^0), vdot = C (xd^L - dirs)
+    // v = C (x^L - x^0), vdot = C (xd^L - dirs); a diagonal sweep: (xd^L - dirs) on the diagonal
     const float* xL = s.tx + D.L * nd;
     for (int k = 0; k < d; ++k) {
         if (v) {
@@ -995,6 +1033,13 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
             for (int i = 0; i < n; ++i) mean += xL[i * d + k] - x[i * d + k];
             mean /= static_cast<float>(n);
             for (int i = 0; i < n; ++i) v[i * d + k] = xL[i * d + k] - x[i * d + k] - mean;
+        }
+        if (diagonal) {
+            for (int i = 0; i < n; ++i) {
+                const int q = i * d + k;
+                reduce(q, i, k, xd[i * Kd + q * d + k] - s.x0d[i * Kd + q * d + k]);
+            }
+            continue;
         }
         for (int q = 0; q < K; ++q) {
             float mean = 0.0f;
@@ -1132,7 +1177,7 @@ class FastEgnnField final : public Field<float> {
             [&](const Net& net, Scratch& s, int64_t b0, int64_t m, int64_t, double*) {
                 for (int64_t b = b0; b < b0 + m; ++b) {
                     double tr = 0.0;
-                    sample_jvp(net, x.data + b * nd, t.data[b], K, eye.data(),
+                    sample_jvp(net, x.data + b * nd, t.data[b], K, eye.data(), true,
                                v.defined() ? v.data + b * nd : nullptr, s,
                                [&](int q, int i, int k, float vdot) {
                                    if (q == i * d + k) tr += vdot;
@@ -1153,7 +1198,7 @@ class FastEgnnField final : public Field<float> {
                 for (int64_t b = b0; b < b0 + m; ++b) {
                     const float* e = dirs.data + b * K * nd;
                     double sum = 0.0;
-                    sample_jvp(net, x.data + b * nd, t.data[b], K, e,
+                    sample_jvp(net, x.data + b * nd, t.data[b], K, e, false,
                                v.defined() ? v.data + b * nd : nullptr, s,
                                [&](int q, int i, int k, float vdot) {
                                    sum += static_cast<double>(e[q * nd + i * d + k]) * vdot;
