@@ -35,8 +35,8 @@ namespace {
     return cpu::solve_assignment_small_auto(cost, n, s);
 }
 
-// 32 < n <= 64 on an AVX-512 CPU: cost [n][n] copied into rows of 64 (+inf padding) for
-// solve_assignment_simd<8>, which returns the general solver's assignment bit for bit; the total
+// 32 < n <= 64 on an AVX-512 or AVX2 CPU: cost [n][n] copied into rows of 64 (+inf padding) for
+// solve_assignment_padded<8>, which returns the general solver's assignment bit for bit; the total
 // is summed in row order as that solver does. Out of line, like solve_small.
 template <class T>
 [[gnu::noinline]] AssignmentStatus solve_padded64(const T* cost, int n, int64_t* perm,
@@ -46,7 +46,7 @@ template <class T>
     for (int i = 0; i < n; ++i)
         for (int j = 0; j < n; ++j) padded[i * 64 + j] = static_cast<double>(cost[i * n + j]);
     cpu::SimdAssignment<8> s;
-    if (!cpu::solve_assignment_simd<8>(padded.data(), n, s)) {
+    if (!cpu::solve_assignment_padded<8>(padded.data(), n, s)) {
         for (int r = 0; r < n; ++r) perm[r] = -1;
         *total = std::numeric_limits<double>::infinity();
         return AssignmentStatus::infeasible;
@@ -135,9 +135,10 @@ void lsa_impl(TensorView<const T> cost, TensorView<int64_t> perm, TensorView<dou
                             }
                             st = AssignmentStatus::ok;
                         }
-                    } else if (n <= 64 && cpu::simd_assignment_available()) {
-                        // 33..64 (LJ55): the fixed-size AVX-512 solver with 8 vectors a row
-                        // (the general solver's results bit for bit), rows padded with +inf.
+                    } else if (n <= 64 && cpu::padded_assignment_available()) {
+                        // 33..64 (LJ55): the fixed-size AVX-512 or AVX2 solver with 8 vectors
+                        // a row (the general solver's results bit for bit), rows padded with
+                        // +inf.
                         st = solve_padded64(c, static_cast<int>(n), pp, &t, padded);
                     } else {
                         st = cpu::solve_assignment(c, n, pp, &t, scratch);

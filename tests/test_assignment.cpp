@@ -321,15 +321,22 @@ void simd_problem(int n, int kW, int kind, std::mt19937_64& gen, std::vector<dou
         }
 }
 
+// The padded solver under test: the AVX-512 copy, or its AVX2 twin.
 template <int NV>
-void simd_matches_small(int n, int kind, std::mt19937_64& gen) {
+bool solve_padded_with(bool avx2, const double* cost, int n, cpu::SimdAssignment<NV>& s) {
+    return avx2 ? cpu::solve_assignment_avx2<NV>(cost, n, s)
+                : cpu::solve_assignment_simd<NV>(cost, n, s);
+}
+
+template <int NV>
+void simd_matches_small(bool avx2, int n, int kind, std::mt19937_64& gen) {
     constexpr int kW = 8 * NV;
     std::vector<double> dense, padded;
     simd_problem(n, kW, kind, gen, dense, padded);
     cpu::SmallAssignment a;
     cpu::SimdAssignment<NV> b;
     const bool ok_a = cpu::solve_assignment_small(dense.data(), n, a);
-    const bool ok_b = cpu::solve_assignment_simd<NV>(padded.data(), n, b);
+    const bool ok_b = solve_padded_with<NV>(avx2, padded.data(), n, b);
     ASSERT_EQ(ok_a, ok_b);
     if (!ok_a) return;
     for (int i = 0; i < n; ++i) {
@@ -342,7 +349,7 @@ void simd_matches_small(int n, int kind, std::mt19937_64& gen) {
 // Beyond 32 columns (NV up to 8, LJ55's particle assignments) the fixed-size AVX-512 solver has
 // no fixed-size scalar twin; it must match the general plain-loop solver instead.
 template <int NV>
-void simd_matches_scalar(int n, int kind, std::mt19937_64& gen) {
+void simd_matches_scalar(bool avx2, int n, int kind, std::mt19937_64& gen) {
     constexpr int kW = 8 * NV;
     std::vector<double> dense, padded;
     simd_problem(n, kW, kind, gen, dense, padded);
@@ -352,7 +359,7 @@ void simd_matches_scalar(int n, int kind, std::mt19937_64& gen) {
     cpu::SimdAssignment<NV> b;
     const bool ok_a = cpu::solve_assignment_scalar(dense.data(), n, perm.data(), &total, a) ==
                       AssignmentStatus::ok;
-    const bool ok_b = cpu::solve_assignment_simd<NV>(padded.data(), n, b);
+    const bool ok_b = solve_padded_with<NV>(avx2, padded.data(), n, b);
     ASSERT_EQ(ok_a, ok_b);
     if (!ok_a) return;
     for (int i = 0; i < n; ++i) {
@@ -362,18 +369,28 @@ void simd_matches_scalar(int n, int kind, std::mt19937_64& gen) {
     }
 }
 
-TEST(Assignment, SimdSolverMatchesSmallBitForBit) {
-    if (!cpu::simd_assignment_available()) GTEST_SKIP() << "no AVX-512 on this CPU";
+void padded_solver_matches(bool avx2) {
     auto gen = test::rng(475);
     for (int rep = 0; rep < 200; ++rep)
         for (int kind = 0; kind < 3; ++kind) {
             SCOPED_TRACE(::testing::Message() << "rep=" << rep << " kind=" << kind);
-            for (int n : {1, 2, 3, 4, 7, 8}) simd_matches_small<1>(n, kind, gen);
-            for (int n : {9, 13, 16}) simd_matches_small<2>(n, kind, gen);
-            for (int n : {17, 22, 31, 32}) simd_matches_small<4>(n, kind, gen);
-            for (int n : {1, 9, 33, 40, 55, 63, 64}) simd_matches_scalar<8>(n, kind, gen);
-            if (HasFailure()) return;
+            for (int n : {1, 2, 3, 4, 7, 8}) simd_matches_small<1>(avx2, n, kind, gen);
+            for (int n : {9, 13, 16}) simd_matches_small<2>(avx2, n, kind, gen);
+            for (int n : {17, 22, 31, 32}) simd_matches_small<4>(avx2, n, kind, gen);
+            for (int n : {1, 9, 33, 40, 55, 63, 64}) simd_matches_scalar<8>(avx2, n, kind, gen);
+            if (::testing::Test::HasFailure()) return;
         }
+}
+
+TEST(Assignment, SimdSolverMatchesSmallBitForBit) {
+    if (!cpu::simd_assignment_available()) GTEST_SKIP() << "no AVX-512 on this CPU";
+    padded_solver_matches(false);
+}
+
+// The AVX2 twin (what CPUs without AVX-512 run), on the same problems.
+TEST(Assignment, Avx2SolverMatchesSmallBitForBit) {
+    if (!cpu::avx2_assignment_available()) GTEST_SKIP() << "no AVX2 on this CPU";
+    padded_solver_matches(true);
 }
 #endif
 

@@ -475,9 +475,10 @@ double reference_pair(const CouplingOptions& o, const double* x0, const double* 
 
 TEST(Coupling, EqotSmallPathMatchesTheReferenceBitForBit) {
     // couple() runs the fixed-size eqot search (src/cpu/coupling_small.cpp) for n <= 32, for
-    // larger n where the CPU has AVX-512 eqot_align_pair_wide (the fixed-size AVX-512 search up
-    // to n = 64, beyond that its copy on the wide general assignment), and eqot_align_pair
-    // (src/cpu/coupling_cpu.cpp) otherwise; the public eqot_align_pair is always the latter.
+    // larger n eqot_align_pair_wide where the CPU has AVX-512 (the fixed-size AVX-512 search up
+    // to n = 64, beyond that its copy on the wide general assignment) or AVX2 (the fixed-size
+    // AVX2 search up to n = 64), and eqot_align_pair (src/cpu/coupling_cpu.cpp) otherwise; the
+    // public eqot_align_pair is always the latter.
     // Coupling each pair alone (B = 1) exposes the fast path's alignment of every pair: permutation
     // and rotation must be the reference's exactly, so the outputs are bit-identical.
     struct Case {

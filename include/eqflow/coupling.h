@@ -45,8 +45,9 @@
 // Backends: CPU views (host memory, e.g. the trainer's double arrays) run the plain reference in
 // double (the B^2 eqot pair alignments spread over `threads` threads of the pool; the result does
 // not depend on their number; for n <= 32 a fixed-size copy of the search with the same result,
-// bit for bit, its particle assignments vectorised with AVX-512 where the CPU has it, and
-// EQFLOW_NO_AVX512 set in the environment keeps the scalar copy) and need no workspace. CUDA views
+// bit for bit, its particle assignments vectorised with AVX-512 or else AVX2 where the CPU has
+// them; EQFLOW_NO_AVX512 and EQFLOW_NO_AVX2 set in the environment keep the scalar copy) and need
+// no workspace. CUDA views
 // run all B^2 eqot pair problems in one launch (one warp per pair, both samples in shared memory,
 // the particle distances computed on the fly), the B x B assignment on the GPU (B <= 1024), and
 // need `coupling_workspace_bytes` bytes of device workspace (nothing is allocated inside the call).

@@ -152,7 +152,8 @@ void couple(const CouplingOptions& o, const double* x0, const double* x1, int64_
     std::vector<int64_t> sigma(B);
     // Small systems (every system eqflow ships but LJ55): eqot_align_pair_small gives the same
     // alignments bit for bit, with each sample's principal frame computed once, not per pair.
-    // Larger ones (LJ55) on a CPU with AVX-512: eqot_align_pair_wide, the same again.
+    // Larger ones (LJ55) on a CPU with AVX-512 (or AVX2, n <= 64): eqot_align_pair_wide, the same
+    // again.
     const bool small = n <= kSmallAssignmentN && (d == 2 || d == 3) && !use_exhaustive(o, n, d);
     const bool wide = o.kind == CouplingKind::eqot && use_eqot_wide(o, n, d);
     std::vector<double> f0, f1;  // [B][d][d] principal frames of x0, x1 (small and wide eqot)

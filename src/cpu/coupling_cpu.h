@@ -48,7 +48,7 @@ struct EqotWideScratch {
 };
 
 // Whether couple() aligns eqot pairs with eqot_align_pair_wide: n > kSmallAssignmentN (LJ55),
-// d = 2 or 3, no exhaustive alignment, and a CPU with AVX-512.
+// d = 2 or 3, no exhaustive alignment, and a CPU with AVX-512, or with AVX2 and n <= 64.
 bool use_eqot_wide(const CouplingOptions& o, int n, int d);
 
 // eqot_align_pair_small for n > kSmallAssignmentN (where use_eqot_wide): the same result as

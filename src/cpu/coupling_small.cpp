@@ -8,10 +8,12 @@
 //   - the particle assignments go to solve_assignment_small (src/cpu/assignment_small.h), or,
 //     where the CPU has AVX-512, to solve_assignment_simd (src/cpu/assignment_simd.h; the same
 //     results bit for bit) inside align_simd, this search again with the cost rows padded to
-//     whole vectors (1.7x faster at LJ13 on one core, see bench/RESULTS.md).
-// Larger systems on AVX-512 CPUs (eqot_align_pair_wide): align_simd with 8 vectors a row up to
-// n = 64 (LJ55), beyond that align_wide, the same search with its state in a per-thread scratch
-// and the particle assignments on solve_assignment_wide (src/cpu/assignment_wide.cpp).
+//     whole vectors (1.7x faster at LJ13 on one core, see bench/RESULTS.md); where it has AVX2
+//     only, the same search on solve_assignment_avx2 (align_avx2).
+// Larger systems (eqot_align_pair_wide): the padded search with 8 vectors a row up to n = 64
+// (LJ55) on AVX-512 or AVX2, beyond that, on AVX-512, align_wide, the same search with its state
+// in a per-thread scratch and the particle assignments on solve_assignment_wide
+// (src/cpu/assignment_wide.cpp).
 //
 // Shapes: x0, x1 [n][D]; f0, f1 [D][D] principal axes as columns; perm [n]; rotation [D][D].
 #include <limits>
@@ -154,14 +156,17 @@ double align_small(const CouplingOptions& o, const double* x0, const double* x1,
 }
 
 #if EQFLOW_HAVE_SIMD_ASSIGNMENT
-// align_small with the AVX-512 solver: the same starts in the same order, the same rounds and
-// stopping rule, the same arithmetic; only the cost matrix is [n][8 NV] (+inf in the padding) and
-// the starts are a list rather than calls of a lambda (a lambda would not inherit the target
-// attribute, and the loops here should vectorise with AVX-512 too).
-template <int D, int NV>
-EQFLOW_AVX512 double align_simd(const CouplingOptions& o, const double* x0, const double* x1, int n,
-                                const int* types, const double* f0, const double* f1, int64_t* perm,
-                                double* rotation) {
+// align_small with a padded fixed-size solver (Solve: solve_assignment_simd or _avx2): the same
+// starts in the same order, the same rounds and stopping rule, the same arithmetic; only the cost
+// matrix is [n][8 NV] (+inf in the padding) and the starts are a list rather than calls of a
+// lambda (a lambda would not inherit the target attribute, and the loops here should vectorise
+// with the caller's vectors too). Inlined into align_simd (AVX-512) and align_avx2.
+template <int D, int NV, bool (*Solve)(const double*, int, SimdAssignment<NV>&)>
+__attribute__((always_inline)) inline double align_padded(const CouplingOptions& o,
+                                                          const double* x0, const double* x1, int n,
+                                                          const int* types, const double* f0,
+                                                          const double* f1, int64_t* perm,
+                                                          double* rotation) {
     constexpr int kW = 8 * NV;
     constexpr int kDD = D * D;
     const double inf = std::numeric_limits<double>::infinity();
@@ -193,7 +198,7 @@ EQFLOW_AVX512 double align_simd(const CouplingOptions& o, const double* x0, cons
         for (int k = 0; k < kDD; ++k) r[k] = starts[st][k];
         for (int round = 0; round <= o.refine_iterations; ++round) {
             rotated_costs<D>(r, x0, x1, n, types, y, kW, cost, kW);
-            EQFLOW_CHECK(solve_assignment_simd<NV>(cost, n, lsa),
+            EQFLOW_CHECK(Solve(cost, n, lsa),
                          "eqot: particle assignment failed (non-finite input?)");
             if (!kabsch_round<D>(o, x0, x1, n, round, lsa.col4row, cand, prev, r, best, perm,
                                  rotation))
@@ -212,6 +217,32 @@ EQFLOW_AVX512 double align_simd(const CouplingOptions& o, const double* x0, cons
         }
     }
     return best;
+}
+
+template <int D, int NV>
+EQFLOW_AVX512 double align_simd(const CouplingOptions& o, const double* x0, const double* x1, int n,
+                                const int* types, const double* f0, const double* f1, int64_t* perm,
+                                double* rotation) {
+    return align_padded<D, NV, solve_assignment_simd<NV>>(o, x0, x1, n, types, f0, f1, perm,
+                                                          rotation);
+}
+
+template <int D, int NV>
+EQFLOW_AVX2 double align_avx2(const CouplingOptions& o, const double* x0, const double* x1, int n,
+                              const int* types, const double* f0, const double* f1, int64_t* perm,
+                              double* rotation) {
+    return align_padded<D, NV, solve_assignment_avx2<NV>>(o, x0, x1, n, types, f0, f1, perm,
+                                                          rotation);
+}
+
+// The padded search for n <= 8 NV on this CPU's widest vectors (padded_assignment_available()).
+template <int D, int NV>
+double align_padded_auto(const CouplingOptions& o, const double* x0, const double* x1, int n,
+                         const int* types, const double* f0, const double* f1, int64_t* perm,
+                         double* rotation) {
+    if (simd_assignment_available())
+        return align_simd<D, NV>(o, x0, x1, n, types, f0, f1, perm, rotation);
+    return align_avx2<D, NV>(o, x0, x1, n, types, f0, f1, perm, rotation);
 }
 #endif  // EQFLOW_HAVE_SIMD_ASSIGNMENT
 
@@ -271,15 +302,15 @@ double eqot_align_pair_small(const CouplingOptions& o, const double* x0, const d
                              int64_t* perm, double* rotation) {
     if (use_exhaustive(o, n, d)) return align_exhaustive(o, x0, x1, n, types, perm, rotation);
 #if EQFLOW_HAVE_SIMD_ASSIGNMENT
-    if (simd_assignment_available()) {
+    if (padded_assignment_available()) {
         if (n <= 8)
-            return d == 2 ? align_simd<2, 1>(o, x0, x1, n, types, f0, f1, perm, rotation)
-                          : align_simd<3, 1>(o, x0, x1, n, types, f0, f1, perm, rotation);
+            return d == 2 ? align_padded_auto<2, 1>(o, x0, x1, n, types, f0, f1, perm, rotation)
+                          : align_padded_auto<3, 1>(o, x0, x1, n, types, f0, f1, perm, rotation);
         if (n <= 16)
-            return d == 2 ? align_simd<2, 2>(o, x0, x1, n, types, f0, f1, perm, rotation)
-                          : align_simd<3, 2>(o, x0, x1, n, types, f0, f1, perm, rotation);
-        return d == 2 ? align_simd<2, 4>(o, x0, x1, n, types, f0, f1, perm, rotation)
-                      : align_simd<3, 4>(o, x0, x1, n, types, f0, f1, perm, rotation);
+            return d == 2 ? align_padded_auto<2, 2>(o, x0, x1, n, types, f0, f1, perm, rotation)
+                          : align_padded_auto<3, 2>(o, x0, x1, n, types, f0, f1, perm, rotation);
+        return d == 2 ? align_padded_auto<2, 4>(o, x0, x1, n, types, f0, f1, perm, rotation)
+                      : align_padded_auto<3, 4>(o, x0, x1, n, types, f0, f1, perm, rotation);
     }
 #endif
     if (d == 2) return align_small<2>(o, x0, x1, n, types, f0, f1, perm, rotation);
@@ -288,8 +319,9 @@ double eqot_align_pair_small(const CouplingOptions& o, const double* x0, const d
 
 bool use_eqot_wide(const CouplingOptions& o, int n, int d) {
 #if EQFLOW_HAVE_SIMD_ASSIGNMENT
+    // Up to 64 particles on AVX-512 or AVX2 (the padded search), beyond that on AVX-512 only.
     return n > kSmallAssignmentN && (d == 2 || d == 3) && !use_exhaustive(o, n, d) &&
-           simd_assignment_available();
+           (simd_assignment_available() || (n <= 64 && avx2_assignment_available()));
 #else
     (void)o;
     (void)n;
@@ -302,9 +334,9 @@ double eqot_align_pair_wide(const CouplingOptions& o, const double* x0, const do
                             int d, const int* types, const double* f0, const double* f1,
                             int64_t* perm, double* rotation, EqotWideScratch& scratch) {
 #if EQFLOW_HAVE_SIMD_ASSIGNMENT
-    if (n <= 64)  // LJ55: the fixed-size search with all 8 vectors of a row in registers
-        return d == 2 ? align_simd<2, 8>(o, x0, x1, n, types, f0, f1, perm, rotation)
-                      : align_simd<3, 8>(o, x0, x1, n, types, f0, f1, perm, rotation);
+    if (n <= 64)  // LJ55: the fixed-size search (on AVX-512, all 8 vectors of a row in registers)
+        return d == 2 ? align_padded_auto<2, 8>(o, x0, x1, n, types, f0, f1, perm, rotation)
+                      : align_padded_auto<3, 8>(o, x0, x1, n, types, f0, f1, perm, rotation);
     if (d == 2) return align_wide<2>(o, x0, x1, n, types, f0, f1, perm, rotation, scratch);
     return align_wide<3>(o, x0, x1, n, types, f0, f1, perm, rotation, scratch);
 #else
