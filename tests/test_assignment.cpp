@@ -401,7 +401,7 @@ TEST(Assignment, Avx2SolverMatchesSmallBitForBit) {
 // +inf entries (forbidden pairs, some problems infeasible); integers with whole +inf rows or
 // columns; float input. Sizes around the vector width and the sizes the couplings use.
 template <class T>
-void wide_matches_scalar(int n, int kind, std::mt19937_64& gen) {
+void wide_matches_scalar(bool avx2, int n, int kind, std::mt19937_64& gen) {
     std::uniform_real_distribution<double> u(0.0, 1.0);
     std::uniform_int_distribution<int> small_int(0, 3), pick(0, n - 1);
     std::vector<T> cost(static_cast<size_t>(n) * n);
@@ -419,25 +419,37 @@ void wide_matches_scalar(int n, int kind, std::mt19937_64& gen) {
     double ta = -1.0, tb = -2.0;
     cpu::AssignmentScratch sa, sb;
     const AssignmentStatus a = cpu::solve_assignment_scalar(cost.data(), n, pa.data(), &ta, sa);
-    const AssignmentStatus b = cpu::solve_assignment_wide(cost.data(), n, pb.data(), &tb, sb);
+    const AssignmentStatus b =
+        avx2 ? cpu::solve_assignment_wide_avx2(cost.data(), n, pb.data(), &tb, sb)
+             : cpu::solve_assignment_wide(cost.data(), n, pb.data(), &tb, sb);
     ASSERT_EQ(a, b);
     EXPECT_EQ(ta, tb);
     EXPECT_EQ(pa, pb);
 }
 
-TEST(Assignment, WideSolverMatchesScalarBitForBit) {
-    if (!cpu::simd_assignment_available()) GTEST_SKIP() << "no AVX-512 on this CPU";
+void wide_solver_matches(bool avx2) {
     auto gen = test::rng(476);
     for (int kind = 0; kind < 4; ++kind)
         for (int n : {1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 40, 63, 64, 65, 100, 128, 129, 256}) {
             SCOPED_TRACE(::testing::Message() << "n=" << n << " kind=" << kind);
             const int reps = n <= 64 ? 40 : 6;
             for (int rep = 0; rep < reps; ++rep) {
-                wide_matches_scalar<double>(n, kind, gen);
-                if (rep % 4 == 0) wide_matches_scalar<float>(n, kind, gen);
+                wide_matches_scalar<double>(avx2, n, kind, gen);
+                if (rep % 4 == 0) wide_matches_scalar<float>(avx2, n, kind, gen);
             }
-            if (HasFailure()) return;
+            if (::testing::Test::HasFailure()) return;
         }
+}
+
+TEST(Assignment, WideSolverMatchesScalarBitForBit) {
+    if (!cpu::simd_assignment_available()) GTEST_SKIP() << "no AVX-512 on this CPU";
+    wide_solver_matches(false);
+}
+
+// Its AVX2 twin (CPUs without AVX-512), on the same problems.
+TEST(Assignment, WideAvx2SolverMatchesScalarBitForBit) {
+    if (!cpu::avx2_assignment_available()) GTEST_SKIP() << "no AVX2 on this CPU";
+    wide_solver_matches(true);
 }
 
 TEST(Assignment, BatchedEqualsOneByOne) {

@@ -38,7 +38,7 @@ int64_t first_invalid_problem(const T* cost, int64_t P, int64_t n) {
 template <class T>
 AssignmentStatus solve_assignment(const T* cost, int64_t n, int64_t* perm, double* total,
                                   AssignmentScratch& s) {
-    if (n > kSmallAssignmentN && simd_assignment_available())
+    if (n > kSmallAssignmentN && padded_assignment_available())
         return solve_assignment_wide(cost, n, perm, total, s);
     return solve_assignment_scalar(cost, n, perm, total, s);
 }

@@ -1,5 +1,6 @@
-// solve_assignment_wide: src/cpu/assignment_cpu.cpp's shortest-augmenting-path solver with AVX-512,
-// for the problems too large for the fixed-size copies (n > kSmallAssignmentN): the B x B batch
+// solve_assignment_wide: src/cpu/assignment_cpu.cpp's shortest-augmenting-path solver with AVX-512
+// (solve_wide) or, on CPUs without it, AVX2 (solve_wide_avx2), for the problems too large for the
+// fixed-size copies (n > kSmallAssignmentN): the B x B batch
 // assignment of the ot and eqot couplings (B 128-256) and `eqflow assign` on larger matrices.
 //
 // Step for step the scalar solver: the same reductions, the same Dijkstra searches with the same
@@ -20,6 +21,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "cpu/assignment_cpu.h"
 #include "cpu/assignment_simd.h"
@@ -84,18 +86,12 @@ EQFLOW_AVX512 inline __m512d min_all(__m512d x) {
     return _mm512_min_pd(x, _mm512_permute_pd(x, 0x55));
 }
 
-template <class T>
-EQFLOW_AVX512 AssignmentStatus solve_wide(const T* cost, int n, int64_t* perm, double* total,
-                                          AssignmentScratch& s) {
-    const double inf = std::numeric_limits<double>::infinity();
-    const __m512d vinf = _mm512_set1_pd(inf);
-    const int NV = (n + 7) / 8, W = 8 * NV;
-    const __mmask8 tail =
-        static_cast<__mmask8>(n - 8 * (NV - 1) == 8 ? 0xff : (1u << (n - 8 * (NV - 1))) - 1);
-    const auto lanes = [&](int k) { return k == NV - 1 ? tail : static_cast<__mmask8>(0xff); };
+// The scratch of one solve of n columns in NV vectors of 8 (both copies below).
+inline void prepare_wide(AssignmentScratch& s, int n, int NV) {
+    const int W = 8 * NV;
     s.u.assign(n, 0.0);
     s.v.assign(W, 0.0);
-    s.spc.assign(W, inf);
+    s.spc.assign(W, std::numeric_limits<double>::infinity());
     s.path64.assign(W, 0);
     s.row4col.assign(W, -1);
     s.col4row.assign(n, -1);
@@ -103,6 +99,65 @@ EQFLOW_AVX512 AssignmentStatus solve_wide(const T* cost, int n, int64_t* perm, d
     s.picked.resize(n);
     s.remaining.resize(n);
     s.pos.resize(n);
+}
+
+// The end of one Dijkstra search from row `cur` (both copies): the dual update over the scanned
+// columns (each touches its own v and its own row's u, so the order does not matter), then the
+// matching flipped along the path to `sink`.
+__attribute__((always_inline)) inline void finish_search(AssignmentScratch& s, int cur, int sink,
+                                                         int num_picked, double min_val) {
+    double* __restrict u = s.u.data();
+    double* __restrict v = s.v.data();
+    const double* __restrict spc = s.spc.data();
+    const int64_t* __restrict path = s.path64.data();
+    int* __restrict row4col = s.row4col.data();
+    int* __restrict col4row = s.col4row.data();
+    const int* __restrict picked = s.picked.data();
+    u[cur] += min_val;
+    for (int t = 0; t < num_picked; ++t) {
+        const int c = picked[t];
+        const double delta = min_val - spc[c];
+        v[c] -= delta;
+        if (c != sink) u[row4col[c]] += delta;
+    }
+    int j = sink;
+    for (;;) {
+        const int r = static_cast<int>(path[j]);
+        row4col[j] = r;
+        std::swap(col4row[r], j);
+        if (r == cur) break;
+    }
+}
+
+// perm and the total, summed in row order as the scalar solver does (both copies).
+template <class T>
+AssignmentStatus finish_wide(const T* cost, int n, const AssignmentScratch& s, int64_t* perm,
+                             double* total) {
+    double sum = 0.0;
+    for (int r = 0; r < n; ++r) {
+        perm[r] = s.col4row[r];
+        sum += static_cast<double>(cost[static_cast<int64_t>(r) * n + s.col4row[r]]);
+    }
+    *total = sum;
+    return AssignmentStatus::ok;
+}
+
+AssignmentStatus infeasible_wide(int n, int64_t* perm, double* total) {
+    for (int r = 0; r < n; ++r) perm[r] = -1;
+    *total = std::numeric_limits<double>::infinity();
+    return AssignmentStatus::infeasible;
+}
+
+template <class T>
+EQFLOW_AVX512 AssignmentStatus solve_wide(const T* cost, int n, int64_t* perm, double* total,
+                                          AssignmentScratch& s) {
+    const double inf = std::numeric_limits<double>::infinity();
+    const __m512d vinf = _mm512_set1_pd(inf);
+    const int NV = (n + 7) / 8;
+    const __mmask8 tail =
+        static_cast<__mmask8>(n - 8 * (NV - 1) == 8 ? 0xff : (1u << (n - 8 * (NV - 1))) - 1);
+    const auto lanes = [&](int k) { return k == NV - 1 ? tail : static_cast<__mmask8>(0xff); };
+    prepare_wide(s, n, NV);
     double* __restrict u = s.u.data();
     double* __restrict v = s.v.data();
     double* __restrict spc = s.spc.data();
@@ -111,11 +166,7 @@ EQFLOW_AVX512 AssignmentStatus solve_wide(const T* cost, int n, int64_t* perm, d
     int* __restrict col4row = s.col4row.data();
     int* __restrict picked = s.picked.data();
     unsigned char* __restrict open = s.open.data();
-    const auto infeasible = [&] {
-        for (int r = 0; r < n; ++r) perm[r] = -1;
-        *total = inf;
-        return AssignmentStatus::infeasible;
-    };
+    const auto infeasible = [&] { return infeasible_wide(n, perm, total); };
     const auto row_of = [&](int i) { return cost + static_cast<int64_t>(i) * n; };
 
     // Column reduction: v[j] = min_i cost[i][j]; 0 in the padding.
@@ -216,30 +267,177 @@ EQFLOW_AVX512 AssignmentStatus solve_wide(const T* cost, int n, int64_t* perm, d
             picked[num_picked++] = j;
             open[j >> 3] = static_cast<unsigned char>(open[j >> 3] & ~(1u << (j & 7)));
         }
-        // Dual update over the scanned columns (each touches its own v and its own row's u, so
-        // the order does not matter); then flip the matching along the path.
-        u[cur] += min_val;
-        for (int t = 0; t < num_picked; ++t) {
-            const int c = picked[t];
-            const double delta = min_val - spc[c];
-            v[c] -= delta;
-            if (c != sink) u[row4col[c]] += delta;
-        }
-        int j = sink;
-        for (;;) {
-            const int r = static_cast<int>(path[j]);
-            row4col[j] = r;
-            std::swap(col4row[r], j);
-            if (r == cur) break;
+        finish_search(s, cur, sink, num_picked, min_val);
+    }
+    return finish_wide(cost, n, s, perm, total);
+}
+
+// ---- the AVX2 twin ---------------------------------------------------------------------------
+// solve_wide with each vector of 8 columns as two 4-wide vectors (Avx2Lanes8,
+// src/cpu/assignment_simd.h) and the masks as vector masks turned into the same bit masks: the
+// same passes, arithmetic, order and tie rule, so the same results. The last vector of a row is
+// read through a padded copy (+inf beyond n) instead of a masked load.
+
+// Columns 8k .. 8k+7 of a row as doubles: all 8 (count 8) or the first `count`, +inf beyond.
+template <class T>
+EQFLOW_AVX2 inline Avx2Lanes8 avx2_row8(const T* p, int count) {
+    if (count == 8) {
+        if constexpr (std::is_same_v<T, double>) {
+            return avx2_load8(p);
+        } else {
+            return {_mm256_cvtps_pd(_mm_loadu_ps(p)), _mm256_cvtps_pd(_mm_loadu_ps(p + 4))};
         }
     }
-    double sum = 0.0;
-    for (int r = 0; r < n; ++r) {
-        perm[r] = col4row[r];
-        sum += static_cast<double>(row_of(r)[col4row[r]]);
+    alignas(32) double buf[8];
+    for (int l = 0; l < 8; ++l)
+        buf[l] = l < count ? static_cast<double>(p[l]) : std::numeric_limits<double>::infinity();
+    return avx2_load8(buf);
+}
+
+// The open columns of a vector of 8 whose path cost equals the minimum vl.
+EQFLOW_AVX2 inline unsigned avx2_at_min(const double* spc8, __m256d vl, unsigned open8) {
+    const Avx2Lanes8 sp = avx2_load8(spc8);
+    return static_cast<unsigned>(avx2_bits8({avx2_eq(sp.lo, vl), avx2_eq(sp.hi, vl)})) & open8;
+}
+
+template <class T>
+EQFLOW_AVX2 AssignmentStatus solve_wide_avx2(const T* cost, int n, int64_t* perm, double* total,
+                                             AssignmentScratch& s) {
+    const double inf = std::numeric_limits<double>::infinity();
+    const Avx2Lanes8 vinf = avx2_set8(inf);
+    const int NV = (n + 7) / 8;
+    const int tail_count = n - 8 * (NV - 1);
+    const unsigned tail = tail_count == 8 ? 0xffu : (1u << tail_count) - 1;
+    const auto lanes = [&](int k) { return k == NV - 1 ? tail : 0xffu; };
+    const auto count = [&](int k) { return k == NV - 1 ? tail_count : 8; };
+    prepare_wide(s, n, NV);
+    double* __restrict u = s.u.data();
+    double* __restrict v = s.v.data();
+    double* __restrict spc = s.spc.data();
+    int64_t* __restrict path = s.path64.data();
+    int* __restrict row4col = s.row4col.data();
+    int* __restrict col4row = s.col4row.data();
+    int* __restrict picked = s.picked.data();
+    unsigned char* __restrict open = s.open.data();
+    const auto row_of = [&](int i) { return cost + static_cast<int64_t>(i) * n; };
+
+    // Column reduction: v[j] = min_i cost[i][j]; 0 in the padding.
+    for (int k = 0; k < NV; ++k) {
+        Avx2Lanes8 m = vinf;
+        for (int i = 0; i < n; ++i) {
+            const Avx2Lanes8 r = avx2_row8(row_of(i) + 8 * k, count(k));
+            m = {_mm256_min_pd(r.lo, m.lo), _mm256_min_pd(r.hi, m.hi)};
+        }
+        if (avx2_bits8({avx2_lt(m.lo, vinf.lo), avx2_lt(m.hi, vinf.hi)}) != lanes(k))
+            return infeasible_wide(n, perm, total);
+        const Avx2Lanes8 keep = avx2_mask8(lanes(k));
+        _mm256_storeu_pd(v + 8 * k, _mm256_and_pd(m.lo, keep.lo));
+        _mm256_storeu_pd(v + 8 * k + 4, _mm256_and_pd(m.hi, keep.hi));
     }
-    *total = sum;
-    return AssignmentStatus::ok;
+    // Row reduction and the partial matching: the first free column at the row minimum.
+    for (int i = 0; i < n; ++i) {
+        const T* row = row_of(i);
+        Avx2Lanes8 low = vinf;
+        for (int k = 0; k < NV; ++k) {
+            const Avx2Lanes8 r = avx2_row8(row + 8 * k, count(k)), vk = avx2_load8(v + 8 * k);
+            low = {_mm256_min_pd(low.lo, _mm256_sub_pd(r.lo, vk.lo)),
+                   _mm256_min_pd(low.hi, _mm256_sub_pd(r.hi, vk.hi))};
+        }
+        const __m256d vm = avx2_min_all(low);
+        const double m = _mm256_cvtsd_f64(vm);
+        if (!(m < inf)) return infeasible_wide(n, perm, total);
+        u[i] = m;
+        bool matched = false;
+        for (int k = 0; k < NV && !matched; ++k) {
+            const Avx2Lanes8 r = avx2_row8(row + 8 * k, count(k)), vk = avx2_load8(v + 8 * k);
+            const Avx2Lanes8 red = {_mm256_sub_pd(r.lo, vk.lo), _mm256_sub_pd(r.hi, vk.hi)};
+            for (unsigned at =
+                     static_cast<unsigned>(avx2_bits8({avx2_eq(red.lo, vm), avx2_eq(red.hi, vm)})) &
+                     lanes(k);
+                 at; at &= at - 1) {
+                const int j = 8 * k + __builtin_ctz(at);
+                if (row4col[j] < 0) {
+                    row4col[j] = i;
+                    col4row[i] = j;
+                    matched = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    for (int cur = 0; cur < n; ++cur) {
+        if (col4row[cur] >= 0) continue;
+        for (int k = 0; k < NV; ++k) {
+            _mm256_storeu_pd(spc + 8 * k, vinf.lo);
+            _mm256_storeu_pd(spc + 8 * k + 4, vinf.hi);
+            open[k] = static_cast<unsigned char>(lanes(k));
+        }
+        int num_picked = 0, synced = -1;
+        double min_val = 0.0;
+        __m256d mval = _mm256_setzero_pd();
+        int i = cur, sink = -1;
+        while (sink < 0) {
+            const T* row = row_of(i);
+            const __m256d ui = _mm256_set1_pd(u[i]);
+            const __m256d vi = _mm256_castsi256_pd(_mm256_set1_epi64x(i));
+            Avx2Lanes8 low = vinf;
+            for (int k = 0; k < NV; ++k) {
+                if (!open[k]) continue;
+                const Avx2Lanes8 o = avx2_mask8(open[k]);
+                const Avx2Lanes8 c = avx2_row8(row + 8 * k, count(k)), vk = avx2_load8(v + 8 * k);
+                // min_val + row[j] - ui - v[j], left to right as in the scalar solver.
+                const Avx2Lanes8 r = {
+                    _mm256_sub_pd(_mm256_sub_pd(_mm256_add_pd(mval, c.lo), ui), vk.lo),
+                    _mm256_sub_pd(_mm256_sub_pd(_mm256_add_pd(mval, c.hi), ui), vk.hi)};
+                Avx2Lanes8 sp = avx2_load8(spc + 8 * k);
+                const Avx2Lanes8 better = {_mm256_and_pd(o.lo, avx2_lt(r.lo, sp.lo)),
+                                           _mm256_and_pd(o.hi, avx2_lt(r.hi, sp.hi))};
+                sp = avx2_blend8(better, sp, r);
+                _mm256_storeu_pd(spc + 8 * k, sp.lo);
+                _mm256_storeu_pd(spc + 8 * k + 4, sp.hi);
+                double* pk = reinterpret_cast<double*>(path + 8 * k);
+                _mm256_storeu_pd(pk, _mm256_blendv_pd(_mm256_loadu_pd(pk), vi, better.lo));
+                _mm256_storeu_pd(pk + 4, _mm256_blendv_pd(_mm256_loadu_pd(pk + 4), vi, better.hi));
+                const Avx2Lanes8 open_sp = avx2_blend8(o, vinf, sp);
+                low = {_mm256_min_pd(low.lo, open_sp.lo), _mm256_min_pd(low.hi, open_sp.hi)};
+            }
+            const __m256d vl = avx2_min_all(low);
+            const double lowest = _mm256_cvtsd_f64(vl);
+            // No finite alternating path from `cur`: no finite perfect matching (Hall).
+            if (!(lowest < inf)) return infeasible_wide(n, perm, total);
+            // The columns at the minimum: almost always one; on ties, the scalar rule.
+            int j = -1, count_at = 0;
+            for (int k = 0; k < NV; ++k) {
+                if (!open[k]) continue;
+                const unsigned at = avx2_at_min(spc + 8 * k, vl, open[k]);
+                if (at) {
+                    if (count_at == 0) j = 8 * k + __builtin_ctz(at);
+                    count_at += __builtin_popcount(at);
+                }
+            }
+            if (count_at > 1) {
+                s.ties.clear();
+                for (int k = 0; k < NV; ++k)
+                    for (unsigned at = open[k] ? avx2_at_min(spc + 8 * k, vl, open[k]) : 0u; at;
+                         at &= at - 1)
+                        s.ties.push_back(8 * k + __builtin_ctz(at));
+                j = tie_pick(s.ties.data(), count_at, n, picked, num_picked, row4col,
+                             s.remaining.data(), s.pos.data(), &synced);
+            }
+            min_val = lowest;
+            mval = vl;
+            if (row4col[j] < 0) {
+                sink = j;
+            } else {
+                i = row4col[j];
+            }
+            picked[num_picked++] = j;
+            open[j >> 3] = static_cast<unsigned char>(open[j >> 3] & ~(1u << (j & 7)));
+        }
+        finish_search(s, cur, sink, num_picked, min_val);
+    }
+    return finish_wide(cost, n, s, perm, total);
 }
 
 }  // namespace
@@ -253,9 +451,12 @@ template <class T>
 AssignmentStatus solve_assignment_wide(const T* cost, int64_t n, int64_t* perm, double* total,
                                        AssignmentScratch& scratch) {
 #if EQFLOW_HAVE_SIMD_ASSIGNMENT
-    EQFLOW_CHECK(simd_assignment_available(), "assignment: the AVX-512 solver needs AVX-512");
+    EQFLOW_CHECK(padded_assignment_available(),
+                 "assignment: the wide solver needs AVX-512 or AVX2");
     EQFLOW_CHECK(n >= 1 && n <= (int64_t{1} << 30), "assignment: n out of range");
-    return solve_wide(cost, static_cast<int>(n), perm, total, scratch);
+    if (simd_assignment_available())
+        return solve_wide(cost, static_cast<int>(n), perm, total, scratch);
+    return solve_wide_avx2(cost, static_cast<int>(n), perm, total, scratch);
 #else
     (void)cost;
     (void)n;
@@ -266,9 +467,30 @@ AssignmentStatus solve_assignment_wide(const T* cost, int64_t n, int64_t* perm, 
 #endif
 }
 
+template <class T>
+AssignmentStatus solve_assignment_wide_avx2(const T* cost, int64_t n, int64_t* perm, double* total,
+                                            AssignmentScratch& scratch) {
+#if EQFLOW_HAVE_SIMD_ASSIGNMENT
+    EQFLOW_CHECK(avx2_assignment_available(), "assignment: the AVX2 solver needs AVX2");
+    EQFLOW_CHECK(n >= 1 && n <= (int64_t{1} << 30), "assignment: n out of range");
+    return solve_wide_avx2(cost, static_cast<int>(n), perm, total, scratch);
+#else
+    (void)cost;
+    (void)n;
+    (void)perm;
+    (void)total;
+    (void)scratch;
+    EQFLOW_THROW("assignment: this build has no AVX2 solver");
+#endif
+}
+
 template AssignmentStatus solve_assignment_wide<float>(const float*, int64_t, int64_t*, double*,
                                                        AssignmentScratch&);
 template AssignmentStatus solve_assignment_wide<double>(const double*, int64_t, int64_t*, double*,
                                                         AssignmentScratch&);
+template AssignmentStatus solve_assignment_wide_avx2<float>(const float*, int64_t, int64_t*,
+                                                            double*, AssignmentScratch&);
+template AssignmentStatus solve_assignment_wide_avx2<double>(const double*, int64_t, int64_t*,
+                                                             double*, AssignmentScratch&);
 
 }  // namespace eqflow::cpu
