@@ -129,6 +129,49 @@ inline int simd_tie_pick(uint64_t at, int n, const int* picked, int num_picked,
     return last_free >= 0 ? last_free : first;
 }
 
+// A column taken by the search (both copies below), among the open columns at the minimum (`at`,
+// bits): the tie rule -- the last free column in `remaining` order, else the first -- then the
+// search moves to its row, or ends there (sink) when it is free; it leaves `open`.
+__attribute__((always_inline)) inline void simd_take(uint64_t at, int n, const int* row4col,
+                                                     int* picked, int& num_picked, uint64_t& open,
+                                                     int& i, int& sink) {
+    const int j = (at & (at - 1)) == 0 ? __builtin_ctzll(at)
+                                       : simd_tie_pick(at, n, picked, num_picked, row4col);
+    if (row4col[j] < 0) {
+        sink = j;
+    } else {
+        i = row4col[j];
+    }
+    picked[num_picked++] = j;
+    open &= ~(uint64_t{1} << j);
+}
+
+// The end of the search from row `cur` (both copies), its path costs and predecessors stored in
+// spc_s, path_s: the dual update over the scanned columns, then the matching flipped along the
+// path to `sink`.
+template <int NV>
+__attribute__((always_inline)) inline void simd_finish_search(SimdAssignment<NV>& s, int cur,
+                                                              int sink, double min_val,
+                                                              uint64_t scanned, const double* spc_s,
+                                                              const int64_t* path_s) {
+    s.u[cur] += min_val;
+    for (uint64_t b = scanned; b; b &= b - 1) {
+        const int c = __builtin_ctzll(b);
+        const double delta = min_val - spc_s[c];
+        s.v[c] -= delta;
+        if (c != sink) s.u[s.row4col[c]] += delta;
+    }
+    int j = sink;
+    for (;;) {
+        const int r = static_cast<int>(path_s[j]);
+        s.row4col[j] = r;
+        const int t = s.col4row[r];
+        s.col4row[r] = j;
+        j = t;
+        if (r == cur) break;
+    }
+}
+
 // cost [n][8 NV] (finite or +inf, no NaN, no -inf; +inf at j >= n), 1 <= n <= 8 NV. Returns false
 // when no finite perfect matching exists; otherwise s.col4row[r] is the column of row r, and s.u,
 // s.v hold solve_assignment_small's duals.
@@ -212,45 +255,18 @@ EQFLOW_AVX512 inline bool solve_assignment_simd(const double* __restrict cost, i
             for (int k = 0; k < NV; ++k)
                 m8[k] = _mm512_mask_cmp_pd_mask(static_cast<__mmask8>(open >> (8 * k)), spc[k], vl,
                                                 _CMP_EQ_OQ);
-            const uint64_t at = simd_bits<NV>(m8);
-            // The tie rule: the last free column at the minimum in `remaining` order, else the
-            // first column there.
-            const int j = (at & (at - 1)) == 0
-                              ? __builtin_ctzll(at)
-                              : simd_tie_pick(at, n, picked, num_picked, s.row4col);
             min_val = lowest;
             mval = vl;
-            if (s.row4col[j] < 0) {
-                sink = j;
-            } else {
-                i = s.row4col[j];
-            }
-            picked[num_picked++] = j;
-            open &= ~(uint64_t{1} << j);
+            simd_take(simd_bits<NV>(m8), n, s.row4col, picked, num_picked, open, i, sink);
         }
-        s.u[cur] += min_val;
         alignas(64) double spc_s[kW];
         alignas(64) int64_t path_s[kW];
         for (int k = 0; k < NV; ++k) {
             _mm512_store_pd(spc_s + 8 * k, spc[k]);
             _mm512_store_si512(reinterpret_cast<__m512i*>(path_s + 8 * k), path[k]);
         }
-        for (uint64_t b = real & ~open; b; b &= b - 1) {
-            const int c = __builtin_ctzll(b);
-            const double delta = min_val - spc_s[c];
-            s.v[c] -= delta;
-            if (c != sink) s.u[s.row4col[c]] += delta;
-        }
+        simd_finish_search(s, cur, sink, min_val, real & ~open, spc_s, path_s);
         for (int k = 0; k < NV; ++k) v[k] = _mm512_load_pd(s.v + 8 * k);
-        int j = sink;
-        for (;;) {
-            const int r = static_cast<int>(path_s[j]);
-            s.row4col[j] = r;
-            const int t = s.col4row[r];
-            s.col4row[r] = j;
-            j = t;
-            if (r == cur) break;
-        }
     }
     return true;
 }
@@ -398,23 +414,10 @@ EQFLOW_AVX2 inline bool solve_assignment_avx2(const double* __restrict cost, int
             uint64_t at = 0;
             for (int k = 0; k < NV; ++k)
                 at |= avx2_bits8({avx2_eq(spc[k].lo, vl), avx2_eq(spc[k].hi, vl)}) << (8 * k);
-            at &= open;
-            // The tie rule: the last free column at the minimum in `remaining` order, else the
-            // first column there.
-            const int j = (at & (at - 1)) == 0
-                              ? __builtin_ctzll(at)
-                              : simd_tie_pick(at, n, picked, num_picked, s.row4col);
             min_val = lowest;
             mval = vl;
-            if (s.row4col[j] < 0) {
-                sink = j;
-            } else {
-                i = s.row4col[j];
-            }
-            picked[num_picked++] = j;
-            open &= ~(uint64_t{1} << j);
+            simd_take(at & open, n, s.row4col, picked, num_picked, open, i, sink);
         }
-        s.u[cur] += min_val;
         alignas(64) double spc_s[kW];
         alignas(64) int64_t path_s[kW];
         for (int k = 0; k < NV; ++k) {
@@ -423,23 +426,9 @@ EQFLOW_AVX2 inline bool solve_assignment_avx2(const double* __restrict cost, int
             _mm256_store_si256(reinterpret_cast<__m256i*>(path_s + 8 * k), path[k].lo);
             _mm256_store_si256(reinterpret_cast<__m256i*>(path_s + 8 * k + 4), path[k].hi);
         }
-        for (uint64_t b = real & ~open; b; b &= b - 1) {
-            const int c = __builtin_ctzll(b);
-            const double delta = min_val - spc_s[c];
-            s.v[c] -= delta;
-            if (c != sink) s.u[s.row4col[c]] += delta;
-        }
+        simd_finish_search(s, cur, sink, min_val, real & ~open, spc_s, path_s);
         for (int k = 0; k < NV; ++k)
             v[k] = {_mm256_load_pd(s.v + 8 * k), _mm256_load_pd(s.v + 8 * k + 4)};
-        int j = sink;
-        for (;;) {
-            const int r = static_cast<int>(path_s[j]);
-            s.row4col[j] = r;
-            const int t = s.col4row[r];
-            s.col4row[r] = j;
-            j = t;
-            if (r == cur) break;
-        }
     }
     return true;
 }

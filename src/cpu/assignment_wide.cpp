@@ -1,7 +1,7 @@
 // solve_assignment_wide: src/cpu/assignment_cpu.cpp's shortest-augmenting-path solver with AVX-512
 // (solve_wide) or, on CPUs without it, AVX2 (solve_wide_avx2), for the problems too large for the
-// fixed-size copies (n > kSmallAssignmentN): the B x B batch
-// assignment of the ot and eqot couplings (B 128-256) and `eqflow assign` on larger matrices.
+// fixed-size copies (n > kSmallAssignmentN): the B x B batch assignment of the ot and eqot
+// couplings (B 128-256) and `eqflow assign` on larger matrices.
 //
 // Step for step the scalar solver: the same reductions, the same Dijkstra searches with the same
 // arithmetic in the same order, the same tie rules, the same dual updates, so the same
