@@ -101,6 +101,35 @@ inline void prepare_wide(AssignmentScratch& s, int n, int NV) {
     s.pos.resize(n);
 }
 
+// The row reduction's partial matching (both copies): row i takes the first free column among
+// the columns at its minimum in vector k (`at`, bits); whether it did.
+__attribute__((always_inline)) inline bool match_first_free(unsigned at, int k, int i, int* row4col,
+                                                            int* col4row) {
+    for (; at; at &= at - 1) {
+        const int j = 8 * k + __builtin_ctz(at);
+        if (row4col[j] < 0) {
+            row4col[j] = i;
+            col4row[i] = j;
+            return true;
+        }
+    }
+    return false;
+}
+
+// Column j taken by the search (both copies): it moves to j's row, or ends there (sink) when j is
+// free; j leaves the open columns.
+__attribute__((always_inline)) inline void wide_take(int j, const int* row4col, int* picked,
+                                                     int& num_picked, unsigned char* open, int& i,
+                                                     int& sink) {
+    if (row4col[j] < 0) {
+        sink = j;
+    } else {
+        i = row4col[j];
+    }
+    picked[num_picked++] = j;
+    open[j >> 3] = static_cast<unsigned char>(open[j >> 3] & ~(1u << (j & 7)));
+}
+
 // The end of one Dijkstra search from row `cur` (both copies): the dual update over the scanned
 // columns (each touches its own v and its own row's u, so the order does not matter), then the
 // matching flipped along the path to `sink`.
@@ -191,16 +220,8 @@ EQFLOW_AVX512 AssignmentStatus solve_wide(const T* cost, int n, int64_t* perm, d
         for (int k = 0; k < NV && !matched; ++k) {
             const __m512d red =
                 _mm512_sub_pd(load8(row + 8 * k, lanes(k)), _mm512_loadu_pd(v + 8 * k));
-            for (unsigned at = _mm512_mask_cmp_pd_mask(lanes(k), red, vm, _CMP_EQ_OQ); at;
-                 at &= at - 1) {
-                const int j = 8 * k + __builtin_ctz(at);
-                if (row4col[j] < 0) {
-                    row4col[j] = i;
-                    col4row[i] = j;
-                    matched = true;
-                    break;
-                }
-            }
+            matched = match_first_free(_mm512_mask_cmp_pd_mask(lanes(k), red, vm, _CMP_EQ_OQ), k, i,
+                                       row4col, col4row);
         }
     }
 
@@ -259,13 +280,7 @@ EQFLOW_AVX512 AssignmentStatus solve_wide(const T* cost, int n, int64_t* perm, d
             }
             min_val = lowest;
             mval = vl;
-            if (row4col[j] < 0) {
-                sink = j;
-            } else {
-                i = row4col[j];
-            }
-            picked[num_picked++] = j;
-            open[j >> 3] = static_cast<unsigned char>(open[j >> 3] & ~(1u << (j & 7)));
+            wide_take(j, row4col, picked, num_picked, open, i, sink);
         }
         finish_search(s, cur, sink, num_picked, min_val);
     }
@@ -351,18 +366,10 @@ EQFLOW_AVX2 AssignmentStatus solve_wide_avx2(const T* cost, int n, int64_t* perm
         for (int k = 0; k < NV && !matched; ++k) {
             const Avx2Lanes8 r = avx2_row8(row + 8 * k, count(k)), vk = avx2_load8(v + 8 * k);
             const Avx2Lanes8 red = {_mm256_sub_pd(r.lo, vk.lo), _mm256_sub_pd(r.hi, vk.hi)};
-            for (unsigned at =
-                     static_cast<unsigned>(avx2_bits8({avx2_eq(red.lo, vm), avx2_eq(red.hi, vm)})) &
-                     lanes(k);
-                 at; at &= at - 1) {
-                const int j = 8 * k + __builtin_ctz(at);
-                if (row4col[j] < 0) {
-                    row4col[j] = i;
-                    col4row[i] = j;
-                    matched = true;
-                    break;
-                }
-            }
+            matched = match_first_free(
+                static_cast<unsigned>(avx2_bits8({avx2_eq(red.lo, vm), avx2_eq(red.hi, vm)})) &
+                    lanes(k),
+                k, i, row4col, col4row);
         }
     }
 
@@ -427,13 +434,7 @@ EQFLOW_AVX2 AssignmentStatus solve_wide_avx2(const T* cost, int n, int64_t* perm
             }
             min_val = lowest;
             mval = vl;
-            if (row4col[j] < 0) {
-                sink = j;
-            } else {
-                i = row4col[j];
-            }
-            picked[num_picked++] = j;
-            open[j >> 3] = static_cast<unsigned char>(open[j >> 3] & ~(1u << (j & 7)));
+            wide_take(j, row4col, picked, num_picked, open, i, sink);
         }
         finish_search(s, cur, sink, num_picked, min_val);
     }
