@@ -207,14 +207,17 @@ TEST_P(EgnnFast_, DivergenceAndJvpTraceMatchReference) {
     EXPECT_ALL_CLOSE(div, div_ref, kDivTol * (1 + dscale), kDivTol) << c.name;
     EXPECT_TRUE(test::not_all_zero(div));
 
-    // Hutchinson-style traces with 3 random (Gaussian, so no sign symmetry hides a bug) directions.
-    const int K = 3;
-    const Batch bj = make_batch(c, c.n > 20 ? 2 : 6, 46);
-    auto gen = test::rng(47);
-    const std::vector<double> dirs = test::random_normal(bj.x.size() * K, gen);
-    const std::vector<double> tr_ref = ref.jvp_trace(bj, K, dirs);
-    EXPECT_ALL_CLOSE(fast.jvp_trace(bj, K, dirs), tr_ref, kDivTol * (1 + max_abs(tr_ref)), kDivTol)
-        << c.name;
+    // Hutchinson-style traces with 1 (the default probe count; fewer rows than layer 0's two
+    // basis tangents) and 3 random (Gaussian, so no sign symmetry hides a bug) directions.
+    for (const int K : {1, 3}) {
+        const Batch bj = make_batch(c, c.n > 20 ? 2 : 6, 46);
+        auto gen = test::rng(47);
+        const std::vector<double> dirs = test::random_normal(bj.x.size() * K, gen);
+        const std::vector<double> tr_ref = ref.jvp_trace(bj, K, dirs);
+        EXPECT_ALL_CLOSE(fast.jvp_trace(bj, K, dirs), tr_ref, kDivTol * (1 + max_abs(tr_ref)),
+                         kDivTol)
+            << c.name << ", K " << K;
+    }
 }
 
 // forward_backward runs each row's forward (with v), its output gradient and its backward from

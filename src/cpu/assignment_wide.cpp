@@ -132,16 +132,17 @@ __attribute__((always_inline)) inline void wide_take(int j, const int* row4col, 
 
 // The end of one Dijkstra search from row `cur` (both copies): the dual update over the scanned
 // columns (each touches its own v and its own row's u, so the order does not matter), then the
-// matching flipped along the path to `sink`.
+// matching flipped along the path to `sink`. Plain pointers: the caller's __restrict ones to the
+// same arrays are still live.
 __attribute__((always_inline)) inline void finish_search(AssignmentScratch& s, int cur, int sink,
                                                          int num_picked, double min_val) {
-    double* __restrict u = s.u.data();
-    double* __restrict v = s.v.data();
-    const double* __restrict spc = s.spc.data();
-    const int64_t* __restrict path = s.path64.data();
-    int* __restrict row4col = s.row4col.data();
-    int* __restrict col4row = s.col4row.data();
-    const int* __restrict picked = s.picked.data();
+    double* u = s.u.data();
+    double* v = s.v.data();
+    const double* spc = s.spc.data();
+    const int64_t* path = s.path64.data();
+    int* row4col = s.row4col.data();
+    int* col4row = s.col4row.data();
+    const int* picked = s.picked.data();
     u[cur] += min_val;
     for (int t = 0; t < num_picked; ++t) {
         const int c = picked[t];

@@ -290,7 +290,7 @@ struct Scratch {
     // forward mode with K tangents
     float *hd, *hd2, *Pd, *Qd, *Md;  // [n][K][Hp]
     float *xd, *xd2, *x0d;           // [n][K][d]
-    float *S1d, *Z2d;                // [K][Hp]
+    float *S1d, *Z2d;                // [max(K, 2)][Hp]
     float* Med;                      // [2][Hp]
     float *rd, *ad, *cd, *dd;        // [K], dd [K][d]
     float *ds1, *dm, *dsc, *weff;    // [Hp]
@@ -328,7 +328,8 @@ struct Scratch {
             const int64_t nK = n * K;
             for (float** p : {&s.hd, &s.hd2, &s.Pd, &s.Qd, &s.Md}) *p = c.take(nK * Hp);
             for (float** p : {&s.xd, &s.xd2, &s.x0d}) *p = c.take(nK * d);
-            for (float** p : {&s.S1d, &s.Z2d}) *p = c.take(int64_t{K} * Hp);
+            // K rows, and at least layer 0's two basis rows (K = 1: one Hutchinson probe).
+            for (float** p : {&s.S1d, &s.Z2d}) *p = c.take(std::max<int64_t>(K, 2) * Hp);
             s.Med = c.take(2 * int64_t{Hp});  // layer 0's two basis rows
             for (float** p : {&s.rd, &s.ad, &s.cd}) *p = c.take(K);
             s.dd = c.take(int64_t{K} * d);
