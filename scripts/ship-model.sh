@@ -29,37 +29,37 @@ ROOT=$PWD
 BIN=${EQFLOW_BIN:-$ROOT/build/default/eqflow}
 RUNS=${EQFLOW_RUNS:-$ROOT/runs}
 
-# record_check NAME: runs the check on models/NAME.* and writes its arguments and numbers into
-# models/NAME.json ("check").
+# record_check NAME META_IN META_OUT: runs the check on models/NAME.* and writes META_IN with
+# the check's arguments and numbers ("check") to META_OUT (replaced only once the check ran).
 record_check() {
-    local name=$1 tmp
+    local name=$1 meta_in=$2 meta_out=$3 tmp
     tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"; trap - RETURN' RETURN
     local check_args=(eval --model "models/$name.safetensors" --test "models/$name.check_test.npy"
                       --out CHECK.json --samples 200 --seed 7 --solver rk4 --steps 20
                       --device cpu)
     "$BIN" "${check_args[@]/#CHECK.json/$tmp/check.json}" --figure "$tmp/check.svg" > /dev/null
-    python3 - "$tmp/check.json" "models/$name.json" "${check_args[@]}" <<'PY'
+    python3 - "$tmp/check.json" "$meta_in" "$meta_out" "${check_args[@]}" <<'PY'
 import json, os, sys
-check, meta_path, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+check, meta_in, meta_out, args = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 with open(check) as h:
     got = json.load(h)
-with open(meta_path) as h:
+with open(meta_in) as h:
     meta = json.load(h)
 meta["check"] = {"args": args,
                  "metrics": {k: got[k] for k in ("nll", "ess", "path_length")}}
-with open(meta_path + ".tmp", "w") as h:
+with open(meta_out + ".tmp", "w") as h:
     json.dump(meta, h, indent=2)
     h.write("\n")
-os.replace(meta_path + ".tmp", meta_path)
+os.replace(meta_out + ".tmp", meta_out)
 print(json.dumps(meta["check"], indent=2))
 PY
-    rm -rf "$tmp"
 }
 
 if [ "${1:-}" = "--check" ]; then
     [ $# -eq 2 ] || { echo "usage: scripts/ship-model.sh --check NAME"; exit 2; }
     [ -f "models/$2.json" ] || { echo "ship-model: models/$2.json not found"; exit 2; }
-    record_check "$2"
+    record_check "$2" "models/$2.json" "models/$2.json"
     exit 0
 fi
 [ $# -ge 1 ] && [ $# -le 2 ] || { echo "usage: scripts/ship-model.sh CELL [NAME]"; exit 2; }
@@ -101,10 +101,11 @@ out["training"] = {"steps": steps[-1]["step"], "epochs": steps[-1]["epoch"] + 1,
 if vals:
     out["training"]["val_loss"] = vals[-1]["val_loss"]
 out["commands"] = [l.strip() for l in open("models/%s.command.txt" % name) if l.strip()]
-with open("models/%s.json.tmp" % name, "w") as h:
+with open("models/%s.json.new" % name, "w") as h:
     json.dump(out, h, indent=2)
     h.write("\n")
-os.replace("models/%s.json.tmp" % name, "models/%s.json" % name)
 print(json.dumps(out, indent=2))
 PY
-record_check "$name"
+# models/NAME.json is replaced only with the check in it.
+record_check "$name" "models/$name.json.new" "models/$name.json"
+rm -f "models/$name.json.new"
