@@ -444,7 +444,7 @@ inline bool solve_assignment_padded(const double* cost, int n, SimdAssignment<NV
 // solve_assignment_padded on a dense [n][n] problem, results into a SmallAssignment: a drop-in for
 // solve_assignment_small (the same permutation and duals).
 template <int NV>
-inline bool solve_dense_simd(const double* __restrict dense, int n, SmallAssignment& out) {
+inline bool solve_dense_padded(const double* __restrict dense, int n, SmallAssignment& out) {
     constexpr int kW = 8 * NV;
     alignas(64) double cost[kW * kW];
     for (int i = 0; i < n; ++i)
@@ -471,9 +471,9 @@ inline bool solve_dense_simd(const double* __restrict dense, int n, SmallAssignm
 inline bool solve_assignment_small_auto(const double* cost, int n, SmallAssignment& s) {
 #if EQFLOW_HAVE_SIMD_ASSIGNMENT
     if (n >= 1 && padded_assignment_available()) {
-        if (n <= 8) return solve_dense_simd<1>(cost, n, s);
-        if (n <= 16) return solve_dense_simd<2>(cost, n, s);
-        return solve_dense_simd<4>(cost, n, s);
+        if (n <= 8) return solve_dense_padded<1>(cost, n, s);
+        if (n <= 16) return solve_dense_padded<2>(cost, n, s);
+        return solve_dense_padded<4>(cost, n, s);
     }
 #endif
     return solve_assignment_small(cost, n, s);

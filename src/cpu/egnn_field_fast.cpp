@@ -910,15 +910,13 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                 // (dm weff)) + gd (mm . weff). So one pass over z2d with two accumulators gives za
                 // and cd; the me-tangent rows, when wanted, go straight to `med` (stored, or added
                 // when `accumulate`): the node update's M tangent, none in the last layer.
-                float* u_a = s.u_a;  // dm wa
-                float* u_c = s.u_c;  // dm weff
-                float mm_c = 0.0f;   // mm . weff
+                float mm_c = 0.0f;  // mm . weff; s.u_a = dm wa, s.u_c = dm weff
                 {
                     vf acc = vf{};
                     for (int o = 0; o < Hp; o += kLanes) {
                         const vf dmv = simd::load(s.dm + o), wv = simd::load(s.weff + o);
-                        simd::store(u_a + o, dmv * simd::load(wa + o));
-                        simd::store(u_c + o, dmv * wv);
+                        simd::store(s.u_a + o, dmv * simd::load(wa + o));
+                        simd::store(s.u_c + o, dmv * wv);
                         acc += simd::load(mm + o) * wv;
                     }
                     mm_c = simd::hsum(acc);
@@ -931,8 +929,8 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                         vf za = vf{}, cz = vf{};
                         for (int o = 0; o < Hp; o += kLanes) {
                             const vf zv = simd::load(z2d + o);
-                            za += zv * simd::load(u_a + o);
-                            cz += zv * simd::load(u_c + o);
+                            za += zv * simd::load(s.u_a + o);
+                            cz += zv * simd::load(s.u_c + o);
                         }
                         const float gd = D.attention ? gate_slope * simd::hsum(za) : 0.0f;
                         const float gm = D.attention ? g : 1.0f;
