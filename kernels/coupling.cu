@@ -351,6 +351,21 @@ __global__ void __launch_bounds__(kExhaustiveThreads)
     if (pairing) pairing[i] = j;
 }
 
+// The atom types as a kernel argument: launching write_types_kernel with them by value puts the
+// types in the workspace without a copy from host memory, which stream capture refuses (a copy
+// from pageable memory) -- so a training step with typed eqot is captured as a CUDA graph too,
+// its launch recording the types. Molecules of more than kTypesByValue atoms fall back to a copy.
+constexpr int kTypesByValue = 512;  // 2 KiB of kernel arguments
+struct TypesArg {
+    int n;
+    int t[kTypesByValue];
+};
+
+__global__ void write_types_kernel(int* __restrict__ dst, TypesArg types) {
+    for (int a = static_cast<int>(threadIdx.x); a < types.n; a += static_cast<int>(blockDim.x))
+        dst[a] = types.t[a];
+}
+
 struct Workspace {
     double* m;
     int64_t* sigma;
@@ -454,9 +469,16 @@ void eqot(const CouplingOptions& o, const T* x0, const T* x1, int64_t B, int n, 
                      "GPU eqot: " << pairs << " pairs are too many for one launch");
         return static_cast<unsigned>(b);
     };
-    if (w.types)
+    if (w.types && n <= kTypesByValue) {
+        TypesArg arg{};
+        arg.n = n;
+        std::copy(o.atom_types.begin(), o.atom_types.begin() + n, arg.t);
+        EQFLOW_LAUNCH(write_types_kernel, 1, 128, 0, EQFLOW_STREAM(stream), w.types, arg);
+        EQFLOW_CUDA_CHECK_LAUNCH();
+    } else if (w.types) {
         EQFLOW_CUDA_CHECK(cudaMemcpyAsync(w.types, o.atom_types.data(), n * sizeof(int),
                                           cudaMemcpyHostToDevice, EQFLOW_STREAM(stream)));
+    }
     if (D == 2 && o.exhaustive && eqot_exhaustive::applies(n, D)) {
         const auto threads = [&](int64_t pairs) {
             const int64_t b = (pairs + kExhaustiveThreads - 1) / kExhaustiveThreads;

@@ -154,9 +154,10 @@ FlowMatchingStep<T>::FlowMatchingStep(Field<T>& field, const FlowMatchingStepOpt
     // one-time work such as raising a kernel's shared-memory limit is not captured) and replayed
     // on the step's stream from then on. It is captured on a non-blocking stream of its own in
     // thread-local mode, so that other threads' CUDA work during the capture (the Python module
-    // releases the GIL while it trains) cannot break it nor be refused because of it. Not for eqot
-    // with atom types: its coupling uploads the types from host memory every call, which capture
-    // refuses.
+    // releases the GIL while it trains) cannot break it nor be refused because of it. eqot with
+    // atom types is captured too: its coupling writes the types with a kernel that takes them as
+    // an argument (up to 512 atoms; a larger molecule's copy from host memory makes the capture
+    // fail, and the step then says so and launches kernel by kernel).
     const char* no_graph = std::getenv("EQFLOW_NO_CUDA_GRAPH");
     if (dev != Device::cuda) {
         im.graph_status = "off: not a CUDA step";
@@ -164,8 +165,6 @@ FlowMatchingStep<T>::FlowMatchingStep(Field<T>& field, const FlowMatchingStepOpt
         im.graph_status =
             "off: turned off (FlowMatchingStepOptions::cuda_graph or "
             "EQFLOW_NO_CUDA_GRAPH)";
-    } else if (o.objective == CouplingKind::eqot && !o.atom_types.empty()) {
-        im.graph_status = "off: eqot with atom types uploads the types from host memory";
     } else {
         im.graph_wanted = true;
         im.graph_status = "pending: captured at the second step";

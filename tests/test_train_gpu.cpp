@@ -423,9 +423,11 @@ struct GraphRun {
 // steps), the graph on or off.
 GraphRun run_steps(const std::function<std::unique_ptr<Field<float>>()>& make_field,
                    CouplingKind kind, const std::vector<double>& train, int64_t count, int64_t B,
-                   int64_t steps, const std::vector<std::vector<int64_t>>& orders, bool graph) {
+                   int64_t steps, const std::vector<std::vector<int64_t>>& orders, bool graph,
+                   const std::vector<int>& atom_types = {}) {
     FlowMatchingStepOptions o;
     o.objective = kind;
+    o.atom_types = atom_types;
     o.batch = B;
     o.ema_decay = 0.9;
     o.draw_seed = 17;
@@ -521,26 +523,24 @@ TEST(TrainGpu, GraphReplayOfTheKernelFieldAndTheBlockAssignment) {
     }
 }
 
-// eqot with atom types uploads the types from host memory in every coupling call, which capture
-// refuses: that step stays uncaptured, says why, and trains.
-TEST(TrainGpu, TypedEqotStepStaysUncapturedAndSaysWhy) {
+// eqot with atom types: its coupling writes the types with a kernel that takes them as an
+// argument (no copy from host memory, which capture refuses), so the typed step is captured and
+// replays the launched step bit for bit, like the untyped ones.
+TEST(TrainGpu, GraphReplayOfTypedEqot) {
+    if (graph_turned_off_by_environment()) GTEST_SKIP() << "EQFLOW_NO_CUDA_GRAPH is set";
     const StepCase c{"lj7_typed", 7, 3, 16, 2, true, CouplingKind::eqot};
     auto gen = test::rng(92);
     const int64_t count = 16, B = 4;
     const std::vector<double> train = make_train(c, count, gen);
     const EgnnModel model = make_model(c, 4);
-    FlowMatchingStepOptions o;
-    o.objective = c.objective;
-    o.batch = B;
-    o.atom_types = model.config.atom_types;
-    const std::unique_ptr<Field<float>> net = make_cuda_field(model);
-    FlowMatchingStep<float> st(*net, o, train.data(), count);
-    st.set_order(shuffled(count, gen));
-    for (int64_t s = 0; s < 3; ++s) st.step(s, s, 1e-3);
-    EXPECT_TRUE(std::isfinite(st.last_loss()));
-    EXPECT_EQ(st.counters().adam_step, 3);
-    EXPECT_NE(st.cuda_graph_status().find("off: eqot with atom types"), std::string::npos)
-        << st.cuda_graph_status();
+    ASSERT_FALSE(model.config.atom_types.empty());
+    const std::vector<std::vector<int64_t>> orders = {shuffled(count, gen), shuffled(count, gen)};
+    const auto field = [&] { return make_cuda_field(model); };
+    const GraphRun plain =
+        run_steps(field, c.objective, train, count, B, 8, orders, false, model.config.atom_types);
+    const GraphRun replayed =
+        run_steps(field, c.objective, train, count, B, 8, orders, true, model.config.atom_types);
+    expect_same_run(replayed, plain, model.params, "typed eqot");
 }
 
 // Capture itself (src/cuda_graph.h), on the runtime's rules: work that synchronises the capturing
