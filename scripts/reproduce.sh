@@ -34,9 +34,9 @@
 #
 # likelihood (the maximum-likelihood baseline): the same EGNN and Adam, but every step
 # integrates the batch through EQFLOW_ODE_STEPS fixed RK4 steps with the exact divergence and
-# differentiates through them with second derivatives, on the double CPU reference (CUDA
-# likelihood training is not built; the training runs on the CPU whatever DEVICE says, eval
-# uses DEVICE). Measured cost (one thread, this repository's reference): DW4 at batch 256 about
+# differentiates through them with second derivatives, on the double CPU reference (EGNN
+# likelihood training on CUDA is not built: the EGNN trains on the CPU whatever DEVICE says, eval
+# uses DEVICE; the kernel field trains on DEVICE). Measured cost (one thread, this repository's reference): DW4 at batch 256 about
 # 2.85 s of CPU per RK4 step per training step; LJ13 (13 particles, 39 directions, 156 edges)
 # at batch 32 about 15 s (~40x DW4 per sample). So the budget is a subset of the data and fewer epochs, sized for
 # a 2-core machine (EQFLOW_* override every number):
@@ -121,8 +121,9 @@ run_cell() {
                      --seed 0 "${extra[@]}")
     if [ "$field" = kernel ]; then train_cmd+=(--field kernel); else train_cmd+=(--hidden 32 --layers 3); fi
     [ -n "${EQFLOW_EMA:-}" ] && train_cmd+=(--ema "$EQFLOW_EMA")
-    # Likelihood training runs on the CPU reference whatever the device (CUDA is not built).
-    [ "$objective" = likelihood ] || train_cmd+=("${dev[@]}")
+    # EGNN likelihood training runs on the CPU reference whatever the device (its CUDA backend
+    # has no reverse mode of the divergence); the kernel field's runs on DEVICE.
+    if [ "$objective" != likelihood ] || [ "$field" = kernel ]; then train_cmd+=("${dev[@]}"); fi
     if [ -f "$dir/run/checkpoint.safetensors" ]; then train_cmd+=(--resume); fi
     if [ ! -f "$dir/trained" ]; then
         printf '%q ' "${train_cmd[@]}" > "$dir/command.txt"

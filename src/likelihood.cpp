@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "common/train_math.h"
+#include "eqflow/buffer.h"
 #include "eqflow/error.h"
 #include "train_ops.h"
 
@@ -46,12 +47,78 @@ struct LikelihoodStep<T>::Impl {
     std::vector<T> grad, m, vmom;          // [P]
     std::vector<double> ema;               // [P] when EMA is on
     FieldWorkspace ws;
-    train_math::TrainScalars scalars;
+    train_math::TrainScalars scalars;  // the truth; on CUDA copied to and from dev_scalars
     bool have_order = false, have_step = false;
+    // A CUDA field: the solver and its state stay on the host (the vectors above); each field
+    // call copies its inputs into these device buffers and its outputs back. The parameter
+    // gradient, Adam's moments and the EMA live on the device beside the parameters.
+    Device dev = Device::cpu;
+    Buffer<T> dev_x, dev_t, dev_v, dev_div, dev_kbar, dev_dbar, dev_gx1, dev_gx2;  // one call
+    Buffer<T> dev_grad, dev_m, dev_vmom;                                           // [P]
+    Buffer<double> dev_ema;                                                        // [P]
+    Buffer<train_math::TrainScalars> dev_scalars;                                  // [1]
 
-    Impl(Field<T>& f, const LikelihoodStepOptions& o) : field(f), opt(o) {}
+    Impl(Field<T>& f, const LikelihoodStepOptions& o) : field(f), opt(o), dev(f.device()) {}
 
     Shape xshape(int64_t rows) const { return Shape{rows, n, d}; }
+    bool on_device() const { return dev != Device::cpu; }
+    // Where the field accumulates the parameter gradient.
+    T* grad_target() { return on_device() ? dev_grad.data() : grad.data(); }
+
+    // k = v(xs, tf), div = div v(xs, tf) into vf, divf (host), for `rows` rows.
+    void field_divergence(const T* xs, int64_t rows) {
+        const size_t rn = static_cast<size_t>(rows * nd), r = static_cast<size_t>(rows);
+        if (!on_device()) {
+            field.divergence(TensorView<const T>(xs, xshape(rows), dev),
+                             TensorView<const T>(tf.data(), Shape{rows}, dev),
+                             TensorView<T>(vf.data(), xshape(rows), dev),
+                             TensorView<T>(divf.data(), Shape{rows}, dev),
+                             ws.get(field, FieldOp::divergence, rows));
+            return;
+        }
+        dev_x.copy_from_host(xs, rn);
+        dev_t.copy_from_host(tf.data(), r);
+        field.divergence(TensorView<const T>(dev_x.data(), xshape(rows), dev),
+                         TensorView<const T>(dev_t.data(), Shape{rows}, dev),
+                         TensorView<T>(dev_v.data(), xshape(rows), dev),
+                         TensorView<T>(dev_div.data(), Shape{rows}, dev),
+                         ws.get(field, FieldOp::divergence, rows));
+        dev_v.copy_to_host(vf.data(), rn);
+        dev_div.copy_to_host(divf.data(), r);
+    }
+
+    // The stage's reverse step: gx1 = J^T kbar, gx2 = dbar grad div (host), both adding their
+    // parameter gradients to grad_target().
+    void field_backward(const T* xs, int64_t rows) {
+        const size_t rn = static_cast<size_t>(rows * nd), r = static_cast<size_t>(rows);
+        const TensorView<T> gv(grad_target(), Shape{P}, dev);
+        const T* x = xs;
+        const T *t = tf.data(), *kb = kbar.data(), *db = dbar.data();
+        T *g1 = gx1.data(), *g2 = gx2.data();
+        if (on_device()) {
+            dev_x.copy_from_host(xs, rn);
+            dev_t.copy_from_host(tf.data(), r);
+            dev_kbar.copy_from_host(kbar.data(), rn);
+            dev_dbar.copy_from_host(dbar.data(), r);
+            x = dev_x.data();
+            t = dev_t.data();
+            kb = dev_kbar.data();
+            db = dev_dbar.data();
+            g1 = dev_gx1.data();
+            g2 = dev_gx2.data();
+        }
+        const TensorView<const T> xv(x, xshape(rows), dev), tv(t, Shape{rows}, dev);
+        field.backward(xv, tv, TensorView<const T>(kb, xshape(rows), dev), gv,
+                       TensorView<T>(g1, xshape(rows), dev),
+                       ws.get(field, FieldOp::backward, rows));
+        field.divergence_backward(xv, tv, TensorView<const T>(db, Shape{rows}, dev), gv,
+                                  TensorView<T>(g2, xshape(rows), dev),
+                                  ws.get(field, FieldOp::divergence_backward, rows));
+        if (on_device()) {
+            dev_gx1.copy_to_host(gx1.data(), rn);
+            dev_gx2.copy_to_host(gx2.data(), rn);
+        }
+    }
 
     // Stage times of step `step` (from t = 1 to 0): ode_host's fixed(), from the step index.
     void stage_times(int step, double times[4]) const {
@@ -70,7 +137,6 @@ struct LikelihoodStep<T>::Impl {
         const size_t rn = static_cast<size_t>(rows * nd);
         std::copy(x1_rows, x1_rows + rn, y.begin());
         std::fill(integral.begin(), integral.begin() + rows, 0.0);
-        const TensorView<const T> tv(tf.data(), Shape{rows}, Device::cpu);
         for (int step = 0; step < N; ++step) {
             double times[4];
             stage_times(step, times);
@@ -84,10 +150,7 @@ struct LikelihoodStep<T>::Impl {
                     xs[i] = static_cast<T>(value);
                 }
                 std::fill(tf.begin(), tf.begin() + rows, static_cast<T>(times[s]));
-                field.divergence(TensorView<const T>(xs, xshape(rows), Device::cpu), tv,
-                                 TensorView<T>(vf.data(), xshape(rows), Device::cpu),
-                                 TensorView<T>(divf.data(), Shape{rows}, Device::cpu),
-                                 ws.get(field, FieldOp::divergence, rows));
+                field_divergence(xs, rows);
                 double* ks = &k[static_cast<size_t>(s) * B * nd];
                 for (size_t i = 0; i < rn; ++i) ks[i] = static_cast<double>(vf[i]);
                 for (int64_t b = 0; b < rows; ++b)
@@ -113,12 +176,12 @@ struct LikelihoodStep<T>::Impl {
         if (!with_grad) return loss;
 
         std::fill(grad.begin(), grad.end(), T(0));
+        if (on_device()) dev_grad.zero();
         if (!std::isfinite(loss)) return loss;  // the step is skipped: no gradient needed
         const double inv = 1.0 / static_cast<double>(rows);
         for (size_t i = 0; i < rn; ++i) ybar[i] = y[i] * inv;  // d(1/2 |x0|^2 / B) / dx0
         const double Ibar = -inv;
         const double w[4] = {1.0, 2.0, 2.0, 1.0};
-        const TensorView<T> gv(grad.data(), Shape{P}, Device::cpu);
         for (int step = N - 1; step >= 0; --step) {
             double times[4];
             stage_times(step, times);
@@ -129,18 +192,11 @@ struct LikelihoodStep<T>::Impl {
             std::copy(ybar.begin(), ybar.begin() + rn, yacc.begin());
             for (int s = 3; s >= 0; --s) {
                 const T* xs = &stage_x[(static_cast<size_t>(step) * 4 + s) * B * nd];
-                const TensorView<const T> xv(xs, xshape(rows), Device::cpu);
                 std::fill(tf.begin(), tf.begin() + rows, static_cast<T>(times[s]));
                 const double* ks = &kacc[static_cast<size_t>(s) * B * nd];
                 for (size_t i = 0; i < rn; ++i) kbar[i] = static_cast<T>(ks[i]);
                 std::fill(dbar.begin(), dbar.begin() + rows, static_cast<T>(w[s] * h / 6.0 * Ibar));
-                field.backward(xv, tv, TensorView<const T>(kbar.data(), xshape(rows), Device::cpu),
-                               gv, TensorView<T>(gx1.data(), xshape(rows), Device::cpu),
-                               ws.get(field, FieldOp::backward, rows));
-                field.divergence_backward(
-                    xv, tv, TensorView<const T>(dbar.data(), Shape{rows}, Device::cpu), gv,
-                    TensorView<T>(gx2.data(), xshape(rows), Device::cpu),
-                    ws.get(field, FieldOp::divergence_backward, rows));
+                field_backward(xs, rows);
                 // Xbar_s = gx1 + gx2 flows into y directly and into the previous stage's k.
                 const double c = s == 3 ? h : 0.5 * h;
                 double* kprev = s > 0 ? &kacc[static_cast<size_t>(s - 1) * B * nd] : nullptr;
@@ -160,12 +216,10 @@ template <class T>
 LikelihoodStep<T>::LikelihoodStep(Field<T>& field, const LikelihoodStepOptions& o,
                                   const double* train, int64_t count, const double* validation,
                                   int64_t val_count) {
-    EQFLOW_CHECK(field.device() == Device::cpu,
-                 "likelihood training runs on the host: CUDA likelihood training is not built "
-                 "(use --device cpu)");
     EQFLOW_CHECK(field.supports_divergence_backward(),
                  "likelihood training needs the reverse mode of the divergence, which this field "
-                 "does not have (the double CPU references and the fast kernel field have it)");
+                 "does not have (the double CPU references and the fast and CUDA kernel fields "
+                 "have it; the fast and CUDA EGNN do not)");
     EQFLOW_CHECK(count >= 1 && train != nullptr, "likelihood step: no training data");
     EQFLOW_CHECK(o.batch >= 1 && o.batch <= count,
                  "likelihood step: batch " << o.batch << " must be in 1.." << count);
@@ -201,11 +255,19 @@ LikelihoodStep<T>::LikelihoodStep(Field<T>& field, const LikelihoodStepOptions& 
     for (auto* v : {&im.tf, &im.divf, &im.dbar}) v->resize(B);
     for (auto* v : {&im.grad, &im.m, &im.vmom}) v->assign(P, T(0));
     if (o.ema_decay > 0) im.ema.resize(P);
+    if (im.on_device()) {
+        for (Buffer<T>* b : {&im.dev_x, &im.dev_v, &im.dev_kbar, &im.dev_gx1, &im.dev_gx2})
+            *b = Buffer<T>(B * nd, im.dev);
+        for (Buffer<T>* b : {&im.dev_t, &im.dev_div, &im.dev_dbar}) *b = Buffer<T>(B, im.dev);
+        for (Buffer<T>* b : {&im.dev_grad, &im.dev_m, &im.dev_vmom}) *b = Buffer<T>(P, im.dev);
+        if (o.ema_decay > 0) im.dev_ema = Buffer<double>(P, im.dev);
+        im.dev_scalars = Buffer<train_math::TrainScalars>(1, im.dev);
+    }
     // One workspace for the three field operations, sized for the batch now.
     im.ws.get_bytes(std::max({field.workspace_bytes(FieldOp::divergence, im.B),
                               field.workspace_bytes(FieldOp::backward, im.B),
                               field.workspace_bytes(FieldOp::divergence_backward, im.B)}),
-                    Device::cpu);
+                    im.dev);
     upload_state(field.parameters_to_host(), AdamState{}, {}, 0);
 }
 
@@ -240,14 +302,29 @@ void LikelihoodStep<T>::step(int64_t step, int64_t j, double lr) {
     const double loss = im.loss(im.x1.data(), im.B, true);
     im.scalars.loss = loss;
     im.scalars.bad = std::isfinite(loss) ? 0 : 1;
-    const Device cpu = Device::cpu;
-    train_ops::check_finite<T>(cpu, im.grad.data(), im.P, &im.scalars, nullptr);
     const AdamOptions ao;
-    train_ops::adam_update<T>(cpu, im.P, im.field.parameters().data, im.grad.data(), im.m.data(),
-                              im.vmom.data(), im.opt.ema_decay > 0 ? im.ema.data() : nullptr,
-                              im.opt.ema_decay, lr, nullptr, ao.beta1, ao.beta2, ao.eps,
-                              &im.scalars, nullptr);
-    train_ops::finish_step(cpu, &im.scalars, nullptr);
+    const bool ema = im.opt.ema_decay > 0;
+    if (im.on_device()) {
+        // The same operations on the device, where the parameters and the gradient are; the
+        // host's scalars go there and come back (the step waits for the host anyway).
+        im.dev_scalars.copy_from_host(&im.scalars, 1);
+        train_ops::check_finite<T>(im.dev, im.dev_grad.data(), im.P, im.dev_scalars.data(),
+                                   nullptr);
+        train_ops::adam_update<T>(im.dev, im.P, im.field.parameters().data, im.dev_grad.data(),
+                                  im.dev_m.data(), im.dev_vmom.data(),
+                                  ema ? im.dev_ema.data() : nullptr, im.opt.ema_decay, lr, nullptr,
+                                  ao.beta1, ao.beta2, ao.eps, im.dev_scalars.data(), nullptr);
+        train_ops::finish_step(im.dev, im.dev_scalars.data(), nullptr);
+        im.dev_scalars.copy_to_host(&im.scalars, 1);
+    } else {
+        const Device cpu = Device::cpu;
+        train_ops::check_finite<T>(cpu, im.grad.data(), im.P, &im.scalars, nullptr);
+        train_ops::adam_update<T>(cpu, im.P, im.field.parameters().data, im.grad.data(),
+                                  im.m.data(), im.vmom.data(), ema ? im.ema.data() : nullptr,
+                                  im.opt.ema_decay, lr, nullptr, ao.beta1, ao.beta2, ao.eps,
+                                  &im.scalars, nullptr);
+        train_ops::finish_step(cpu, &im.scalars, nullptr);
+    }
     im.have_step = true;
 }
 
@@ -257,6 +334,7 @@ double LikelihoodStep<T>::evaluate(const double* x1, int64_t rows, double* grad)
     EQFLOW_CHECK(rows >= 1 && rows <= im.B && x1 != nullptr,
                  "likelihood step: evaluate takes 1.." << im.B << " rows, got " << rows);
     const double loss = im.loss(x1, rows, grad != nullptr);
+    if (grad && im.on_device()) im.dev_grad.copy_to_host(im.grad.data(), im.grad.size());
     if (grad) std::copy(im.grad.begin(), im.grad.end(), grad);
     return loss;
 }
@@ -302,6 +380,11 @@ void LikelihoodStep<T>::download_state(std::vector<double>& params, AdamState& a
                                        std::vector<double>* ema, int64_t* skipped) {
     Impl& im = *impl_;
     params = im.field.parameters_to_host();
+    if (im.on_device()) {
+        im.dev_m.copy_to_host(im.m.data(), im.m.size());
+        im.dev_vmom.copy_to_host(im.vmom.data(), im.vmom.size());
+        if (im.opt.ema_decay > 0) im.dev_ema.copy_to_host(im.ema.data(), im.ema.size());
+    }
     adam.m.assign(im.m.begin(), im.m.end());
     adam.v.assign(im.vmom.begin(), im.vmom.end());
     adam.step = im.scalars.adam_step;
@@ -325,13 +408,19 @@ void LikelihoodStep<T>::upload_state(const std::vector<double>& params, const Ad
                        [](double x) { return static_cast<T>(x); });
     }
     if (im.opt.ema_decay > 0) im.ema = ema.empty() ? params : ema;
+    if (im.on_device()) {
+        im.dev_m.copy_from_host(im.m.data(), im.m.size());
+        im.dev_vmom.copy_from_host(im.vmom.data(), im.vmom.size());
+        if (im.opt.ema_decay > 0) im.dev_ema.copy_from_host(im.ema.data(), im.ema.size());
+    }
     im.scalars = train_math::TrainScalars{};
     im.scalars.adam_step = adam.step;
     im.scalars.skipped = skipped;
 }
 
-// double: the CPU references (EGNN and kernel field); float: the fast kernel field, the one float
-// backend with divergence_backward (the fast EGNN has none; the constructor says so). In float
+// double: the CPU references (EGNN and kernel field); float: the fast and the CUDA kernel fields,
+// the float backends with divergence_backward (the fast and CUDA EGNN have none; the constructor
+// says so). In float
 // the stage inputs, the field's outputs and the parameter gradient are float, everything the
 // solver accumulates (y, the stages' k, the divergence integral, the cotangents) is double.
 template class LikelihoodStep<double>;

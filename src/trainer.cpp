@@ -483,9 +483,9 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
                  "validation fraction must be in [0, 1), got " << opt.validation_fraction);
     EQFLOW_CHECK(opt.log_every > 0, "log interval must be positive, got " << opt.log_every);
     EQFLOW_CHECK(!opt.resume || !opt.out_dir.empty(), "--resume needs the run directory");
-    EQFLOW_CHECK(!opt.likelihood || opt.device == Device::cpu,
-                 "likelihood training on CUDA is not built (the likelihood step runs on the "
-                 "host): use --device cpu");
+    EQFLOW_CHECK(!opt.likelihood || opt.device == Device::cpu || opt.field == FieldKind::kernel,
+                 "EGNN likelihood training on CUDA is not built (the CUDA EGNN has no reverse "
+                 "mode of its divergence): use --device cpu, or --field kernel");
     EQFLOW_CHECK(!opt.likelihood || opt.ode_steps >= 1,
                  "ODE steps must be positive, got " << opt.ode_steps);
 
@@ -571,6 +571,11 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
 
     if (opt.likelihood) {
         // The fast float EGNN has no divergence_backward: EGNN likelihood runs on the reference.
+        // The kernel field on CUDA: the field's work on the GPU, the RK4 bookkeeping on the host.
+        if (opt.device == Device::cuda && rs.model.kind == FieldKind::kernel) {
+            std::unique_ptr<Field<float>> field = make_cuda_field(rs.model);
+            return run_training<LikelihoodStep<float>>(opt, rs, *field);
+        }
         if (opt.reference || rs.model.kind != FieldKind::kernel) {
             std::unique_ptr<Field<double>> field = make_reference_field(rs.model, opt.threads);
             return run_training<LikelihoodStep<double>>(opt, rs, *field);

@@ -186,6 +186,7 @@ TEST_F(CliKernel, DevicesAndOptionErrors) {
     const bool gpu = cuda_available();
     for (const std::string& cmd :
          {train("cuda", "fm", 1) + " --device cuda",
+          train("lik_cuda", "likelihood", 1) + " --ode-steps 2 --device cuda",
           "sample --model " + model + " --samples 4 --device cuda --out-dir " + file("cuda_s"),
           "eval --model " + model + " --test " + file("test.npy") +
               " --samples 4 --device cuda --out " + file("cuda_e.json"),
@@ -207,9 +208,13 @@ TEST_F(CliKernel, DevicesAndOptionErrors) {
                          " --t 0.5 --device auto --out " + file("auto_v.npy"));
     EXPECT_EQ(a.code, 0) << a.out;
     EXPECT_NE(a.out.find(gpu ? "on cuda" : "on cpu"), std::string::npos) << a.out;
-    // Likelihood training stays on the CPU: auto picks it, cuda is refused.
-    test::expect_usage_error(train("lik_cuda", "likelihood", 1) + " --device cuda",
-                             "CUDA likelihood training is not built");
+    // Likelihood training: auto picks the CPU (the step is host code); cuda runs the kernel
+    // field's work on the GPU (above), while the EGNN's is refused (no CUDA reverse mode of its
+    // divergence).
+    test::expect_usage_error("train --system dw4 --data " + file("train.npy") +
+                                 " --objective likelihood --out " + file("lik_egnn") +
+                                 " --epochs 1 --device cuda",
+                             "EGNN likelihood training on CUDA is not built");
     const Result l = run(train("lik_auto", "likelihood", 1) + " --ode-steps 2 --device auto");
     EXPECT_EQ(l.code, 0) << l.out;
     EXPECT_NE(l.out.find("device: cpu"), std::string::npos) << l.out;

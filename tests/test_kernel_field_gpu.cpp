@@ -20,6 +20,7 @@
 #include "eqflow/flow.h"
 #include "eqflow/flow_model.h"
 #include "eqflow/kernel_dynamics.h"
+#include "eqflow/likelihood.h"
 #include "eqflow/ode.h"
 #include "eqflow/ode_gpu.h"
 #include "eqflow/tensor.h"
@@ -384,6 +385,71 @@ TEST(KernelFieldGpuTraining, ShortFlowMatchingRunFollowsTheCpuRun) {
         EXPECT_LT(val_gpu.back(), 0.8 * loss_gpu.front()) << name;
         for (double p : gpu.raw_model.params) ASSERT_TRUE(std::isfinite(p)) << name;
     }
+}
+
+// Likelihood training on the CUDA kernel field (eqflow/likelihood.h: the field's calls on the
+// device, the RK4 bookkeeping on the host, gradient, Adam and EMA on the device): the loss and
+// its exact gradient at the same parameters are the fast CPU field's up to float rounding, and
+// a short run follows the CPU run and raises the likelihood. The same tolerance argument as the
+// flow-matching run above (float field, double solver state; a wrong gradient, a stale device
+// buffer or a missed copy moves the losses by O(1)).
+TEST(KernelFieldGpuTraining, LikelihoodStepAndShortRunFollowTheCpu) {
+    constexpr double kRunRtol = 1e-3;
+    const std::vector<double> data = test::dw4_data(72, 3);
+    KernelModel m = random_kernel_model(kCases[0], 45);
+    for (double& p : m.params) p *= 0.3;  // a gentle field: the RK4 solve stays accurate
+    const std::unique_ptr<Field<float>> cpu_field = make_fast_field(m, 1);
+    const std::unique_ptr<Field<float>> gpu_field = make_cuda_field(m);
+    LikelihoodStepOptions lo;
+    lo.ode_steps = 4;
+    lo.batch = 8;
+    LikelihoodStep<float> cpu_step(*cpu_field, lo, data.data(), 72);
+    LikelihoodStep<float> gpu_step(*gpu_field, lo, data.data(), 72);
+    const size_t P = static_cast<size_t>(cpu_field->parameter_count());
+    std::vector<double> g_cpu(P), g_gpu(P);
+    const double l_cpu = cpu_step.evaluate(data.data(), 8, g_cpu.data());
+    const double l_gpu = gpu_step.evaluate(data.data(), 8, g_gpu.data());
+    std::printf("likelihood loss gpu %.9g cpu %.9g\n", l_gpu, l_cpu);
+    EXPECT_NEAR(l_gpu, l_cpu, 1e-5 * (std::abs(l_cpu) + 1.0));
+    const double gscale = max_abs(g_cpu);
+    ASSERT_GT(gscale, 0.0);
+    for (size_t k = 0; k < P; ++k) EXPECT_NEAR(g_gpu[k], g_cpu[k], 1e-4 * gscale) << "entry " << k;
+    // A loss-only call after a gradient call: the gradient buffers are not reused as state.
+    EXPECT_NEAR(gpu_step.evaluate(data.data(), 8, nullptr), l_gpu, 1e-12 * (std::abs(l_gpu) + 1));
+
+    TrainOptions o;
+    o.field = FieldKind::kernel;
+    o.likelihood = true;
+    o.ode_steps = 4;
+    o.epochs = 3;
+    o.batch = 8;
+    o.lr = 5e-3;
+    o.seed = 4;
+    o.threads = 1;
+    o.ema_decay = 0.9;
+    std::vector<double> val_cpu, val_gpu;
+    o.device = Device::cpu;
+    o.on_epoch = [&](int64_t, double vl) { val_cpu.push_back(vl); };
+    const TrainResult cpu = train_flow_matching(o, data, 72, 4, 2);
+    o.device = Device::cuda;
+    o.on_epoch = [&](int64_t, double vl) { val_gpu.push_back(vl); };
+    const TrainResult gpu = train_flow_matching(o, data, 72, 4, 2);
+    for (size_t e = 0; e < val_gpu.size(); ++e)
+        std::printf("likelihood epoch %zu: validation loss gpu %.9g cpu %.9g\n", e, val_gpu[e],
+                    val_cpu[e]);
+    ASSERT_EQ(gpu.step, cpu.step);
+    EXPECT_EQ(gpu.skipped, 0);
+    ASSERT_EQ(val_gpu.size(), 3u);
+    ASSERT_EQ(val_cpu.size(), 3u);
+    for (size_t e = 0; e < val_gpu.size(); ++e)
+        EXPECT_NEAR(val_gpu[e], val_cpu[e], kRunRtol * (std::abs(val_cpu[e]) + 1.0))
+            << "epoch " << e;
+    EXPECT_NEAR(gpu.last_loss, cpu.last_loss, kRunRtol * (std::abs(cpu.last_loss) + 1.0));
+    EXPECT_LT(val_gpu[2], val_gpu[0]);  // it learned: the held-out NLL fell
+    ASSERT_EQ(gpu.model.params.size(), cpu.model.params.size());
+    const double pscale = max_abs(cpu.model.params);
+    for (size_t k = 0; k < gpu.model.params.size(); ++k)
+        EXPECT_NEAR(gpu.model.params[k], cpu.model.params[k], kRunRtol * pscale) << "param " << k;
 }
 
 }  // namespace

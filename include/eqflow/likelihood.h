@@ -19,12 +19,16 @@
 // (4 N B n d values: DW4, N = 10, B = 256 is 80k doubles). Each stage input the field saw is
 // kept, so the reverse sweep needs no recomputation of the forward; per stage it calls the
 // field's backward (cotangent of v) and divergence_backward (cotangent of div). The field must
-// support divergence_backward (the CPU reference does; the fast CPU and CUDA fields do not).
+// support divergence_backward (the CPU references and the fast and CUDA kernel fields do; the
+// fast and CUDA EGNN do not).
 //
 // One step: gather the rows order[j*B .. j*B+B), the loss and gradient above, a finite check,
 // Adam and the EMA (skipped when not finite), exactly as FlowMatchingStep (train_ops, the same
 // TrainScalars bookkeeping). Nothing is random: the validation loss is the same loss on the
-// held-out rows. The field computes on the host (the step's buffers are host memory).
+// held-out rows. The solver's state lives on the host. A CUDA field computes on the device:
+// each field call copies its inputs there and its outputs back (B n d + B values each way), and
+// the parameter gradient, Adam and the EMA stay on the device with the parameters, so a CUDA
+// step gives the CPU step's arithmetic up to the field's own rounding.
 #pragma once
 
 #include <cstdint>
@@ -48,7 +52,7 @@ class EQFLOW_API LikelihoodStep {
   public:
     // train [count][n][d] and validation [val_count][n][d] (host, model units, centred) are
     // copied. Adam moments start at zero and the EMA at the field's parameters. Throws when the
-    // field cannot differentiate its divergence or does not compute on the host.
+    // field cannot differentiate its divergence.
     LikelihoodStep(Field<T>& field, const LikelihoodStepOptions& options, const double* train,
                    int64_t count, const double* validation = nullptr, int64_t val_count = 0);
     ~LikelihoodStep();

@@ -71,9 +71,10 @@ struct TrainOptions {
     std::string system = "dw4";  // for the model metadata
     CouplingKind objective = CouplingKind::eqot;
     // Maximum likelihood instead of flow matching (`--objective likelihood`): LikelihoodStep
-    // (eqflow/likelihood.h) through `ode_steps` RK4 steps on the CPU: the EGNN on the double
-    // reference whatever `reference` says (the fast EGNN has no divergence_backward), the kernel
-    // field on the fast float field unless `reference`; device cuda throws.
+    // (eqflow/likelihood.h) through `ode_steps` RK4 steps: the EGNN on the double CPU reference
+    // whatever `reference` says (the fast and CUDA EGNN have no divergence_backward; device cuda
+    // throws), the kernel field on the fast float field unless `reference`, or on the CUDA field
+    // with device cuda (the RK4 bookkeeping stays on the host).
     // objective, sigma and reflections are then unused.
     bool likelihood = false;
     int ode_steps = 10;

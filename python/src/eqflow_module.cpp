@@ -922,9 +922,10 @@ NB_MODULE(_eqflow, m) {
                          "radial_basis, time_basis and r_max must be positive or 0 (the "
                          "system's default)");
             if (o.likelihood) {
-                EQFLOW_CHECK(device != "cuda" && device != "gpu",
-                             "objective likelihood: CUDA likelihood training is not built (the "
-                             "likelihood step runs on the host); use device='cpu'");
+                EQFLOW_CHECK(o.field == FieldKind::kernel || (device != "cuda" && device != "gpu"),
+                             "objective likelihood: EGNN likelihood training on CUDA is not built "
+                             "(the CUDA EGNN has no reverse mode of its divergence); use "
+                             "device='cpu', or field='kernel'");
                 EQFLOW_CHECK(ode_steps == -1 || (ode_steps >= 1 && ode_steps <= 100000),
                              "ode_steps must be in 1..100000, got " << ode_steps);
                 if (ode_steps != -1) o.ode_steps = static_cast<int>(ode_steps);

@@ -126,10 +126,11 @@ int cmd_train(Args& args) {
         !std::isfinite(opt.kernel_r_max))
         throw UsageError{"--radial-basis, --time-basis and --r-max must be positive"};
     if (opt.likelihood) {
-        if (device == "cuda")
+        if (device == "cuda" && opt.field != FieldKind::kernel)
             throw UsageError{
-                "--objective likelihood: CUDA likelihood training is not built (the likelihood "
-                "step runs on the host); use --device cpu"};
+                "--objective likelihood: EGNN likelihood training on CUDA is not built (the CUDA "
+                "EGNN has no reverse mode of its divergence); use --device cpu, or --field "
+                "kernel"};
         if (ode_steps != -1 && (ode_steps < 1 || ode_steps > 100000))
             throw UsageError{"--ode-steps must be in 1..100000"};
         if (ode_steps != -1) opt.ode_steps = static_cast<int>(ode_steps);
