@@ -354,7 +354,8 @@ __global__ void __launch_bounds__(kExhaustiveThreads)
 // The atom types as a kernel argument: launching write_types_kernel with them by value puts the
 // types in the workspace without a copy from host memory, which stream capture refuses (a copy
 // from pageable memory) -- so a training step with typed eqot is captured as a CUDA graph too,
-// its launch recording the types. Molecules of more than kTypesByValue atoms fall back to a copy.
+// its launch recording the types. kTypesByValue is above what eqot_pair_kernel's per-warp shared
+// memory admits (about 400 particles in 3D, 500 in 2D), so it never limits a coupling.
 constexpr int kTypesByValue = 512;  // 2 KiB of kernel arguments
 struct TypesArg {
     int n;
@@ -469,15 +470,14 @@ void eqot(const CouplingOptions& o, const T* x0, const T* x1, int64_t B, int n, 
                      "GPU eqot: " << pairs << " pairs are too many for one launch");
         return static_cast<unsigned>(b);
     };
-    if (w.types && n <= kTypesByValue) {
+    if (w.types) {
+        EQFLOW_CHECK(n <= kTypesByValue,
+                     "GPU eqot: " << n << " typed particles, at most " << kTypesByValue);
         TypesArg arg{};
         arg.n = n;
         std::copy(o.atom_types.begin(), o.atom_types.begin() + n, arg.t);
         EQFLOW_LAUNCH(write_types_kernel, 1, 128, 0, EQFLOW_STREAM(stream), w.types, arg);
         EQFLOW_CUDA_CHECK_LAUNCH();
-    } else if (w.types) {
-        EQFLOW_CUDA_CHECK(cudaMemcpyAsync(w.types, o.atom_types.data(), n * sizeof(int),
-                                          cudaMemcpyHostToDevice, EQFLOW_STREAM(stream)));
     }
     if (D == 2 && o.exhaustive && eqot_exhaustive::applies(n, D)) {
         const auto threads = [&](int64_t pairs) {

@@ -156,8 +156,7 @@ FlowMatchingStep<T>::FlowMatchingStep(Field<T>& field, const FlowMatchingStepOpt
     // thread-local mode, so that other threads' CUDA work during the capture (the Python module
     // releases the GIL while it trains) cannot break it nor be refused because of it. eqot with
     // atom types is captured too: its coupling writes the types with a kernel that takes them as
-    // an argument (up to 512 atoms; a larger molecule's copy from host memory makes the capture
-    // fail, and the step then says so and launches kernel by kernel).
+    // an argument, not by a copy from host memory.
     const char* no_graph = std::getenv("EQFLOW_NO_CUDA_GRAPH");
     if (dev != Device::cuda) {
         im.graph_status = "off: not a CUDA step";

@@ -788,17 +788,27 @@ TEST(KernelTraining, FlowMatchingLowersTheLossResumesExactlyAndSamples) {
             EXPECT_NE(std::string(e.what()).find("GPU"), std::string::npos) << e.what();
         }
     }
-    // Likelihood training stays on the CPU (its step is host-loop code, src/likelihood.cpp):
-    // refused on CUDA whether or not a GPU is present.
+    // Likelihood training on CUDA: the kernel field's runs there (tests/test_kernel_field_gpu.cpp)
+    // and, without a usable GPU, fails saying so; the EGNN's is refused whether or not a GPU is
+    // present (its CUDA backend has no reverse mode of the divergence).
     {
         TrainOptions lo = o;
         lo.likelihood = true;
         lo.epochs = 1;
+        if (!cuda_available()) {
+            try {
+                train_flow_matching(lo, data, 200, 4, 2);
+                ADD_FAILURE() << "kernel likelihood training ran on CUDA without a GPU";
+            } catch (const Error& e) {
+                EXPECT_NE(std::string(e.what()).find("GPU"), std::string::npos) << e.what();
+            }
+        }
+        lo.field = FieldKind::egnn;
         try {
             train_flow_matching(lo, data, 200, 4, 2);
-            ADD_FAILURE() << "likelihood training ran on CUDA";
+            ADD_FAILURE() << "EGNN likelihood training ran on CUDA";
         } catch (const Error& e) {
-            EXPECT_NE(std::string(e.what()).find("likelihood training on CUDA is not built"),
+            EXPECT_NE(std::string(e.what()).find("EGNN likelihood training on CUDA is not built"),
                       std::string::npos)
                 << e.what();
         }

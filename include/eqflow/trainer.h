@@ -16,8 +16,10 @@
 //
 // With `likelihood` the step is LikelihoodStep (eqflow/likelihood.h): LikelihoodStep<double> on the
 // CPU reference for the EGNN (or with `reference`), LikelihoodStep<float> on the fast field for the
-// kernel dynamics; the loss is the batch's mean NLL; everything else below (schedule, EMA,
-// skipping, checkpoints, resume, log, validation) is the same loop.
+// kernel dynamics, or on its CUDA field with device cuda (which, as for flow matching, takes
+// precedence over `reference`; the command line refuses the two together); the loss is the
+// batch's mean NLL; everything else below (schedule, EMA, skipping, checkpoints, resume, log,
+// validation) is the same loop.
 //
 // The step itself is FlowMatchingStep<T> (eqflow/train_step.h) over the field interface: on
 // device == cpu the fast CPU field (float32, make_fast_field), or the double CPU reference with

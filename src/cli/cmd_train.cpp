@@ -52,16 +52,17 @@ const char* const kTrainUsage =
     "f a sum of K Gaussians in r whose weights are a learned linear map of M Gaussians in t;\n"
     "--radial-basis K centres on [0, --r-max R], --time-basis M centres on [0, 1] (defaults per\n"
     "system: dw4 K 32 on [0, 8], lj K 50 on [0, 6] or more, M 16). It has no atom types (not for\n"
-    "aldp). Its CUDA backend (flow matching, sample/eval/field) has run on the CPU emulator of\n"
-    "the GPU only, never on a GPU yet.\n"
+    "aldp). Its CUDA backend (flow and likelihood training, sample/eval/field) has run on the CPU\n"
+    "emulator of the GPU only, never on a GPU yet.\n"
     "--objective likelihood: maximum likelihood, the baseline of the paper's Table 1. Per step:\n"
     "a batch of data, integrated from t = 1 back to t = 0 by N fixed RK4 steps (--ode-steps,\n"
     "default 10) with the exact divergence; loss = mean NLL = 1/2 |x0|^2 + int_0^1 div v dt (the\n"
     "paper's convention, as `eval` reports nll); its exact gradient by reverse mode through the\n"
     "solver steps (second derivatives of the field); Adam, schedule, EMA and checkpoints as\n"
-    "above. --device cuda is refused (auto picks the CPU). The EGNN always runs on the double CPU "
-    "reference field\n"
-    "(the fast EGNN has no second derivatives) and costs about 3 (n d) backward passes per\n"
+    "above. auto picks the CPU; --device cuda runs the kernel field on the GPU (the RK4 steps "
+    "stay\n"
+    "host loops) and is refused for the EGNN. The EGNN always runs on the double CPU reference\n"
+    "field (the fast EGNN has no second derivatives) and costs about 3 (n d) backward passes per\n"
     "stage: DW4 at batch 256 takes ~3 s of CPU per RK4 step per training step. The kernel field\n"
     "runs on the fast float32 field (closed-form divergence gradient; --reference: the double\n"
     "one). --sigma does not apply.\n";
@@ -172,8 +173,9 @@ int cmd_train(Args& args) {
                      "train: likelihood through %d RK4 steps with the exact divergence, on the "
                      "%s\n",
                      opt.ode_steps,
-                     opt.reference ? "double CPU reference field"
-                                   : "fast float32 CPU field (solver sums in double)");
+                     opt.device == Device::cuda ? "CUDA field (the RK4 steps on the host)"
+                     : opt.reference            ? "double CPU reference field"
+                                                : "fast float32 CPU field (solver sums in double)");
 
     g_stop.store(false);
     g_signal.store(0);
