@@ -13,6 +13,8 @@
 //                          writers store the same value, so the race is benign).
 //   adam_kernel            one thread per parameter (train_math::adam_element_f32).
 //   finish_kernel          one thread: the step's bookkeeping in TrainScalars.
+//   lik_*_kernel           LikelihoodStep's RK4 loops with its state on the device (the host
+//                          loops' arithmetic), one thread per element or per row.
 #include <cmath>
 
 #include "common/train_math.h"
@@ -181,6 +183,148 @@ void fm_finish_step(TrainScalars* s, Stream stream) {
 
 void fm_reset_window(TrainScalars* s, Stream stream) {
     EQFLOW_LAUNCH(reset_window_kernel, 1, 1, 0, EQFLOW_STREAM(stream), s);
+    EQFLOW_CUDA_CHECK_LAUNCH();
+}
+
+// ---- LikelihoodStep's RK4 loops (src/train_ops.h, lik_*): the host loops' arithmetic, one
+// thread per element (lik_row_losses: one thread per row, summing the row in order).
+namespace {
+__device__ inline int64_t element() {
+    return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+
+__global__ void __launch_bounds__(kThreads)
+    lik_stage_input_kernel(int64_t count, const double* __restrict__ y,
+                           const double* __restrict__ kprev, double c, float* __restrict__ xs) {
+    const int64_t i = element();
+    if (i >= count) return;
+    double value = y[i];
+    if (kprev) value = y[i] + c * kprev[i];
+    xs[i] = static_cast<float>(value);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    lik_fill_kernel(int64_t count, double value, float* __restrict__ out) {
+    const int64_t i = element();
+    if (i < count) out[i] = static_cast<float>(value);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    lik_store_stage_kernel(int64_t count, int64_t rows, const float* __restrict__ v,
+                           const float* __restrict__ div, double* __restrict__ k,
+                           double* __restrict__ dk) {
+    const int64_t i = element();
+    if (i < count) k[i] = static_cast<double>(v[i]);
+    if (i < rows) dk[i] = static_cast<double>(div[i]);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    lik_rk4_update_kernel(int64_t rows, int64_t nd, int64_t B, double h,
+                          const double* __restrict__ k, const double* __restrict__ dk,
+                          double* __restrict__ y, double* __restrict__ integral) {
+    const int64_t i = element();
+    const int64_t s = B * nd;
+    if (i < rows * nd)
+        y[i] += h / 6.0 * (k[i] + 2.0 * k[s + i] + 2.0 * k[2 * s + i] + k[3 * s + i]);
+    if (i < rows)
+        integral[i] += h / 6.0 * (dk[i] + 2.0 * dk[B + i] + 2.0 * dk[2 * B + i] + dk[3 * B + i]);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    lik_row_losses_kernel(int64_t rows, int64_t nd, const double* __restrict__ y,
+                          const double* __restrict__ integral, double* __restrict__ out) {
+    const int64_t b = element();
+    if (b >= rows) return;
+    double sq = 0.0;
+    for (int64_t i = 0; i < nd; ++i) sq += y[b * nd + i] * y[b * nd + i];
+    out[b] = 0.5 * sq - integral[b];
+}
+
+__global__ void __launch_bounds__(kThreads)
+    lik_scale_kernel(int64_t count, double a, const double* __restrict__ x,
+                     double* __restrict__ out) {
+    const int64_t i = element();
+    if (i < count) out[i] = a * x[i];
+}
+
+__global__ void __launch_bounds__(kThreads)
+    lik_to_field_kernel(int64_t count, const double* __restrict__ src, float* __restrict__ dst) {
+    const int64_t i = element();
+    if (i < count) dst[i] = static_cast<float>(src[i]);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    lik_accumulate_kernel(int64_t count, const float* __restrict__ gx1,
+                          const float* __restrict__ gx2, double c, double* __restrict__ yacc,
+                          double* __restrict__ kprev) {
+    const int64_t i = element();
+    if (i >= count) return;
+    const double xbar = static_cast<double>(gx1[i]) + static_cast<double>(gx2[i]);
+    yacc[i] += xbar;
+    if (kprev) kprev[i] += c * xbar;
+}
+}  // namespace
+
+void lik_stage_input(int64_t count, const double* y, const double* kprev, double c, float* xs,
+                     Stream stream) {
+    if (count == 0) return;
+    EQFLOW_LAUNCH(lik_stage_input_kernel, blocks_for(count), kThreads, 0, EQFLOW_STREAM(stream),
+                  count, y, kprev, c, xs);
+    EQFLOW_CUDA_CHECK_LAUNCH();
+}
+
+void lik_fill(int64_t count, double value, float* out, Stream stream) {
+    if (count == 0) return;
+    EQFLOW_LAUNCH(lik_fill_kernel, blocks_for(count), kThreads, 0, EQFLOW_STREAM(stream), count,
+                  value, out);
+    EQFLOW_CUDA_CHECK_LAUNCH();
+}
+
+void lik_store_stage(int64_t count, int64_t rows, const float* v, const float* div, double* k,
+                     double* dk, Stream stream) {
+    const int64_t n = count > rows ? count : rows;
+    if (n == 0) return;
+    EQFLOW_LAUNCH(lik_store_stage_kernel, blocks_for(n), kThreads, 0, EQFLOW_STREAM(stream), count,
+                  rows, v, div, k, dk);
+    EQFLOW_CUDA_CHECK_LAUNCH();
+}
+
+void lik_rk4_update(int64_t rows, int64_t nd, int64_t B, double h, const double* k,
+                    const double* dk, double* y, double* integral, Stream stream) {
+    const int64_t n = rows * nd > rows ? rows * nd : rows;
+    if (n == 0) return;
+    EQFLOW_LAUNCH(lik_rk4_update_kernel, blocks_for(n), kThreads, 0, EQFLOW_STREAM(stream), rows,
+                  nd, B, h, k, dk, y, integral);
+    EQFLOW_CUDA_CHECK_LAUNCH();
+}
+
+void lik_row_losses(int64_t rows, int64_t nd, const double* y, const double* integral, double* out,
+                    Stream stream) {
+    if (rows == 0) return;
+    EQFLOW_LAUNCH(lik_row_losses_kernel, blocks_for(rows), kThreads, 0, EQFLOW_STREAM(stream), rows,
+                  nd, y, integral, out);
+    EQFLOW_CUDA_CHECK_LAUNCH();
+}
+
+void lik_scale(int64_t count, double a, const double* x, double* out, Stream stream) {
+    if (count == 0) return;
+    EQFLOW_LAUNCH(lik_scale_kernel, blocks_for(count), kThreads, 0, EQFLOW_STREAM(stream), count, a,
+                  x, out);
+    EQFLOW_CUDA_CHECK_LAUNCH();
+}
+
+void lik_to_field(int64_t count, const double* src, float* dst, Stream stream) {
+    if (count == 0) return;
+    EQFLOW_LAUNCH(lik_to_field_kernel, blocks_for(count), kThreads, 0, EQFLOW_STREAM(stream), count,
+                  src, dst);
+    EQFLOW_CUDA_CHECK_LAUNCH();
+}
+
+void lik_accumulate(int64_t count, const float* gx1, const float* gx2, double c, double* yacc,
+                    double* kprev, Stream stream) {
+    if (count == 0) return;
+    EQFLOW_LAUNCH(lik_accumulate_kernel, blocks_for(count), kThreads, 0, EQFLOW_STREAM(stream),
+                  count, gx1, gx2, c, yacc, kprev);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 

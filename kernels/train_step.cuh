@@ -56,4 +56,19 @@ void fm_finish_step(TrainScalars* s, Stream stream);
 // window_loss = 0, window_count = 0.
 void fm_reset_window(TrainScalars* s, Stream stream);
 
+// LikelihoodStep's RK4 loops on the device (src/train_ops.h, lik_*), one thread per element.
+void lik_stage_input(int64_t count, const double* y, const double* kprev, double c, float* xs,
+                     Stream stream);
+void lik_fill(int64_t count, double value, float* out, Stream stream);
+void lik_store_stage(int64_t count, int64_t rows, const float* v, const float* div, double* k,
+                     double* dk, Stream stream);
+void lik_rk4_update(int64_t rows, int64_t nd, int64_t B, double h, const double* k,
+                    const double* dk, double* y, double* integral, Stream stream);
+void lik_row_losses(int64_t rows, int64_t nd, const double* y, const double* integral, double* out,
+                    Stream stream);
+void lik_scale(int64_t count, double a, const double* x, double* out, Stream stream);
+void lik_to_field(int64_t count, const double* src, float* dst, Stream stream);
+void lik_accumulate(int64_t count, const float* gx1, const float* gx2, double c, double* yacc,
+                    double* kprev, Stream stream);
+
 }  // namespace eqflow::cuda

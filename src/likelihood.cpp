@@ -34,91 +34,35 @@ struct LikelihoodStep<T>::Impl {
     LikelihoodStepOptions opt;
     int n = 0, d = 0, N = 0;
     int64_t nd = 0, B = 0, count = 0, val_count = 0, P = 0;
-    std::vector<double> data, val;         // [count][nd], [val_count][nd]
-    std::vector<int64_t> order;            // [count]
-    std::vector<double> x1;                // [B][nd]: the gathered batch
-    std::vector<T> stage_x;                // [N][4][B][nd]: every stage input the field saw
-    std::vector<double> y, k;              // [B][nd], [4][B][nd]
-    std::vector<double> dk;                // [4][B]: the stages' divergences
-    std::vector<double> integral;          // [B]
-    std::vector<T> tf, vf, divf;           // [B], [B][nd], [B]: one field call
-    std::vector<T> kbar, dbar, gx1, gx2;   // [B][nd], [B], [B][nd], [B][nd]
-    std::vector<double> ybar, yacc, kacc;  // [B][nd], [B][nd], [4][B][nd]
-    std::vector<T> grad, m, vmom;          // [P]
-    std::vector<double> ema;               // [P] when EMA is on
+    std::vector<double> data, val;  // [count][nd], [val_count][nd] (host)
+    std::vector<int64_t> order;     // [count]
+    std::vector<double> x1;         // [B][nd]: the gathered batch (host)
+    // The solver's state, where the field computes (dev: host memory for a CPU field, device
+    // memory for a CUDA one), so that a CUDA step copies only the batch in and B row losses out.
+    Device dev = Device::cpu;
+    Buffer<T> stage_x;                // [N][4][B][nd]: every stage input the field saw
+    Buffer<double> y, k;              // [B][nd], [4][B][nd]
+    Buffer<double> dk;                // [4][B]: the stages' divergences
+    Buffer<double> integral, terms;   // [B], [B]: the rows' losses
+    Buffer<T> tf, vf, divf;           // [B], [B][nd], [B]: one field call
+    Buffer<T> kbar, dbar, gx1, gx2;   // [B][nd], [B], [B][nd], [B][nd]
+    Buffer<double> ybar, yacc, kacc;  // [B][nd], [B][nd], [4][B][nd]
+    Buffer<T> grad, m, vmom;          // [P], beside the parameters
+    Buffer<double> ema;               // [P] when EMA is on
+    std::vector<double> row_losses;   // [B] (host)
+    std::vector<T> host_grad;         // [P] (host): evaluate's and the state's staging copies
+    std::vector<T> host_m, host_vmom;
+    std::vector<double> host_ema;
     FieldWorkspace ws;
     train_math::TrainScalars scalars;  // the truth; on CUDA copied to and from dev_scalars
+    Buffer<train_math::TrainScalars> dev_scalars;  // [1] on CUDA
     bool have_order = false, have_step = false;
-    // A CUDA field: the solver and its state stay on the host (the vectors above); each field
-    // call copies its inputs into these device buffers and its outputs back. The parameter
-    // gradient, Adam's moments and the EMA live on the device beside the parameters.
-    Device dev = Device::cpu;
-    Buffer<T> dev_x, dev_t, dev_v, dev_div, dev_kbar, dev_dbar, dev_gx1, dev_gx2;  // one call
-    Buffer<T> dev_grad, dev_m, dev_vmom;                                           // [P]
-    Buffer<double> dev_ema;                                                        // [P]
-    Buffer<train_math::TrainScalars> dev_scalars;                                  // [1]
 
     Impl(Field<T>& f, const LikelihoodStepOptions& o) : field(f), opt(o), dev(f.device()) {}
 
     Shape xshape(int64_t rows) const { return Shape{rows, n, d}; }
     bool on_device() const { return dev != Device::cpu; }
-    // Where the field accumulates the parameter gradient.
-    T* grad_target() { return on_device() ? dev_grad.data() : grad.data(); }
-
-    // k = v(xs, tf), div = div v(xs, tf) into vf, divf (host), for `rows` rows.
-    void field_divergence(const T* xs, int64_t rows) {
-        const size_t rn = static_cast<size_t>(rows * nd), r = static_cast<size_t>(rows);
-        if (!on_device()) {
-            field.divergence(TensorView<const T>(xs, xshape(rows), dev),
-                             TensorView<const T>(tf.data(), Shape{rows}, dev),
-                             TensorView<T>(vf.data(), xshape(rows), dev),
-                             TensorView<T>(divf.data(), Shape{rows}, dev),
-                             ws.get(field, FieldOp::divergence, rows));
-            return;
-        }
-        dev_x.copy_from_host(xs, rn);
-        dev_t.copy_from_host(tf.data(), r);
-        field.divergence(TensorView<const T>(dev_x.data(), xshape(rows), dev),
-                         TensorView<const T>(dev_t.data(), Shape{rows}, dev),
-                         TensorView<T>(dev_v.data(), xshape(rows), dev),
-                         TensorView<T>(dev_div.data(), Shape{rows}, dev),
-                         ws.get(field, FieldOp::divergence, rows));
-        dev_v.copy_to_host(vf.data(), rn);
-        dev_div.copy_to_host(divf.data(), r);
-    }
-
-    // The stage's reverse step: gx1 = J^T kbar, gx2 = dbar grad div (host), both adding their
-    // parameter gradients to grad_target().
-    void field_backward(const T* xs, int64_t rows) {
-        const size_t rn = static_cast<size_t>(rows * nd), r = static_cast<size_t>(rows);
-        const TensorView<T> gv(grad_target(), Shape{P}, dev);
-        const T* x = xs;
-        const T *t = tf.data(), *kb = kbar.data(), *db = dbar.data();
-        T *g1 = gx1.data(), *g2 = gx2.data();
-        if (on_device()) {
-            dev_x.copy_from_host(xs, rn);
-            dev_t.copy_from_host(tf.data(), r);
-            dev_kbar.copy_from_host(kbar.data(), rn);
-            dev_dbar.copy_from_host(dbar.data(), r);
-            x = dev_x.data();
-            t = dev_t.data();
-            kb = dev_kbar.data();
-            db = dev_dbar.data();
-            g1 = dev_gx1.data();
-            g2 = dev_gx2.data();
-        }
-        const TensorView<const T> xv(x, xshape(rows), dev), tv(t, Shape{rows}, dev);
-        field.backward(xv, tv, TensorView<const T>(kb, xshape(rows), dev), gv,
-                       TensorView<T>(g1, xshape(rows), dev),
-                       ws.get(field, FieldOp::backward, rows));
-        field.divergence_backward(xv, tv, TensorView<const T>(db, Shape{rows}, dev), gv,
-                                  TensorView<T>(g2, xshape(rows), dev),
-                                  ws.get(field, FieldOp::divergence_backward, rows));
-        if (on_device()) {
-            dev_gx1.copy_to_host(gx1.data(), rn);
-            dev_gx2.copy_to_host(gx2.data(), rn);
-        }
-    }
+    size_t at(int64_t stage) const { return static_cast<size_t>(stage * B * nd); }
 
     // Stage times of step `step` (from t = 1 to 0): ode_host's fixed(), from the step index.
     void stage_times(int step, double times[4]) const {
@@ -131,82 +75,77 @@ struct LikelihoodStep<T>::Impl {
         times[3] = t_end;
     }
 
-    // Loss of the batch x1 [rows][nd]; with `with_grad`, grad = its exact gradient.
+    // Loss of the batch x1 [rows][nd] (host); with `with_grad`, grad = its exact gradient.
     double loss(const double* x1_rows, int64_t rows, bool with_grad) {
+        using namespace train_ops;
         const double h = -1.0 / N;
-        const size_t rn = static_cast<size_t>(rows * nd);
-        std::copy(x1_rows, x1_rows + rn, y.begin());
-        std::fill(integral.begin(), integral.begin() + rows, 0.0);
+        const int64_t rn = rows * nd;
+        detail::copy_bytes(y.data(), dev, x1_rows, Device::cpu,
+                           static_cast<size_t>(rn) * sizeof(double), nullptr);
+        integral.zero();
         for (int step = 0; step < N; ++step) {
             double times[4];
             stage_times(step, times);
             for (int s = 0; s < 4; ++s) {
-                T* xs = &stage_x[(static_cast<size_t>(step) * 4 + s) * B * nd];
-                const double* kp = s > 0 ? &k[static_cast<size_t>(s - 1) * B * nd] : nullptr;
-                for (size_t i = 0; i < rn; ++i) {
-                    double value = y[i];
-                    if (s == 1 || s == 2) value = y[i] + 0.5 * h * kp[i];
-                    if (s == 3) value = y[i] + h * kp[i];
-                    xs[i] = static_cast<T>(value);
-                }
-                std::fill(tf.begin(), tf.begin() + rows, static_cast<T>(times[s]));
-                field_divergence(xs, rows);
-                double* ks = &k[static_cast<size_t>(s) * B * nd];
-                for (size_t i = 0; i < rn; ++i) ks[i] = static_cast<double>(vf[i]);
-                for (int64_t b = 0; b < rows; ++b)
-                    dk[static_cast<size_t>(s) * B + b] = static_cast<double>(divf[b]);
+                T* xs = stage_x.data() + (static_cast<size_t>(step) * 4 + s) * B * nd;
+                const double c = s == 3 ? h : 0.5 * h;
+                lik_stage_input<T>(dev, rn, y.data(), s > 0 ? k.data() + at(s - 1) : nullptr, c, xs,
+                                   nullptr);
+                lik_fill<T>(dev, rows, times[s], tf.data(), nullptr);
+                field.divergence(TensorView<const T>(xs, xshape(rows), dev),
+                                 TensorView<const T>(tf.data(), Shape{rows}, dev),
+                                 TensorView<T>(vf.data(), xshape(rows), dev),
+                                 TensorView<T>(divf.data(), Shape{rows}, dev),
+                                 ws.get(field, FieldOp::divergence, rows));
+                lik_store_stage<T>(dev, rn, rows, vf.data(), divf.data(), k.data() + at(s),
+                                   dk.data() + s * B, nullptr);
             }
-            const double* k1 = &k[0];
-            const double* k2 = &k[static_cast<size_t>(B * nd)];
-            const double* k3 = &k[static_cast<size_t>(2 * B * nd)];
-            const double* k4 = &k[static_cast<size_t>(3 * B * nd)];
-            for (size_t i = 0; i < rn; ++i)
-                y[i] += h / 6.0 * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i]);
-            for (int64_t b = 0; b < rows; ++b)
-                integral[b] +=
-                    h / 6.0 * (dk[b] + 2.0 * dk[B + b] + 2.0 * dk[2 * B + b] + dk[3 * B + b]);
+            lik_rk4_update(dev, rows, nd, B, h, k.data(), dk.data(), y.data(), integral.data(),
+                           nullptr);
         }
+        lik_row_losses(dev, rows, nd, y.data(), integral.data(), terms.data(), nullptr);
+        detail::copy_bytes(row_losses.data(), Device::cpu, terms.data(), dev,
+                           static_cast<size_t>(rows) * sizeof(double), nullptr);
         double sum = 0.0;
-        for (int64_t b = 0; b < rows; ++b) {
-            double sq = 0.0;
-            for (int64_t i = 0; i < nd; ++i) sq += y[b * nd + i] * y[b * nd + i];
-            sum += 0.5 * sq - integral[b];
-        }
+        for (int64_t b = 0; b < rows; ++b) sum += row_losses[static_cast<size_t>(b)];
         const double loss = sum / static_cast<double>(rows);
         if (!with_grad) return loss;
 
-        std::fill(grad.begin(), grad.end(), T(0));
-        if (on_device()) dev_grad.zero();
+        grad.zero();
         if (!std::isfinite(loss)) return loss;  // the step is skipped: no gradient needed
         const double inv = 1.0 / static_cast<double>(rows);
-        for (size_t i = 0; i < rn; ++i) ybar[i] = y[i] * inv;  // d(1/2 |x0|^2 / B) / dx0
+        lik_scale(dev, rn, inv, y.data(), ybar.data(), nullptr);  // d(1/2 |x0|^2 / B) / dx0
         const double Ibar = -inv;
         const double w[4] = {1.0, 2.0, 2.0, 1.0};
+        const TensorView<T> gv(grad.data(), Shape{P}, dev);
         for (int step = N - 1; step >= 0; --step) {
             double times[4];
             stage_times(step, times);
             // kacc [4][B][nd]: the stages' cotangents, completed from stage 4 down.
             for (int s = 0; s < 4; ++s)
-                for (size_t i = 0; i < rn; ++i)
-                    kacc[static_cast<size_t>(s) * B * nd + i] = w[s] * h / 6.0 * ybar[i];
-            std::copy(ybar.begin(), ybar.begin() + rn, yacc.begin());
+                lik_scale(dev, rn, w[s] * h / 6.0, ybar.data(), kacc.data() + at(s), nullptr);
+            detail::copy_bytes(yacc.data(), dev, ybar.data(), dev,
+                               static_cast<size_t>(rn) * sizeof(double), nullptr);
             for (int s = 3; s >= 0; --s) {
-                const T* xs = &stage_x[(static_cast<size_t>(step) * 4 + s) * B * nd];
-                std::fill(tf.begin(), tf.begin() + rows, static_cast<T>(times[s]));
-                const double* ks = &kacc[static_cast<size_t>(s) * B * nd];
-                for (size_t i = 0; i < rn; ++i) kbar[i] = static_cast<T>(ks[i]);
-                std::fill(dbar.begin(), dbar.begin() + rows, static_cast<T>(w[s] * h / 6.0 * Ibar));
-                field_backward(xs, rows);
+                const T* xs = stage_x.data() + (static_cast<size_t>(step) * 4 + s) * B * nd;
+                const TensorView<const T> xv(xs, xshape(rows), dev);
+                const TensorView<const T> tv(tf.data(), Shape{rows}, dev);
+                lik_fill<T>(dev, rows, times[s], tf.data(), nullptr);
+                lik_to_field<T>(dev, rn, kacc.data() + at(s), kbar.data(), nullptr);
+                lik_fill<T>(dev, rows, w[s] * h / 6.0 * Ibar, dbar.data(), nullptr);
+                field.backward(xv, tv, TensorView<const T>(kbar.data(), xshape(rows), dev), gv,
+                               TensorView<T>(gx1.data(), xshape(rows), dev),
+                               ws.get(field, FieldOp::backward, rows));
+                field.divergence_backward(xv, tv,
+                                          TensorView<const T>(dbar.data(), Shape{rows}, dev), gv,
+                                          TensorView<T>(gx2.data(), xshape(rows), dev),
+                                          ws.get(field, FieldOp::divergence_backward, rows));
                 // Xbar_s = gx1 + gx2 flows into y directly and into the previous stage's k.
-                const double c = s == 3 ? h : 0.5 * h;
-                double* kprev = s > 0 ? &kacc[static_cast<size_t>(s - 1) * B * nd] : nullptr;
-                for (size_t i = 0; i < rn; ++i) {
-                    const double xbar = static_cast<double>(gx1[i]) + static_cast<double>(gx2[i]);
-                    yacc[i] += xbar;
-                    if (kprev) kprev[i] += c * xbar;
-                }
+                lik_accumulate<T>(dev, rn, gx1.data(), gx2.data(), s == 3 ? h : 0.5 * h,
+                                  yacc.data(), s > 0 ? kacc.data() + at(s - 1) : nullptr, nullptr);
             }
-            std::copy(yacc.begin(), yacc.begin() + rn, ybar.begin());
+            detail::copy_bytes(ybar.data(), dev, yacc.data(), dev,
+                               static_cast<size_t>(rn) * sizeof(double), nullptr);
         }
         return loss;
     }
@@ -244,25 +183,22 @@ LikelihoodStep<T>::LikelihoodStep(Field<T>& field, const LikelihoodStepOptions& 
     im.data.assign(train, train + count * im.nd);
     if (val_count > 0) im.val.assign(validation, validation + val_count * im.nd);
     im.order.resize(static_cast<size_t>(count));
+    const Device dev = im.dev;
     im.x1.resize(B * nd);
-    im.stage_x.resize(static_cast<size_t>(im.N) * 4 * B * nd);
-    for (auto* v : {&im.y, &im.ybar, &im.yacc}) v->resize(B * nd);
-    im.k.resize(4 * B * nd);
-    im.kacc.resize(4 * B * nd);
-    im.integral.resize(B);
-    im.dk.resize(4 * B);
-    for (auto* v : {&im.vf, &im.kbar, &im.gx1, &im.gx2}) v->resize(B * nd);
-    for (auto* v : {&im.tf, &im.divf, &im.dbar}) v->resize(B);
-    for (auto* v : {&im.grad, &im.m, &im.vmom}) v->assign(P, T(0));
-    if (o.ema_decay > 0) im.ema.resize(P);
-    if (im.on_device()) {
-        for (Buffer<T>* b : {&im.dev_x, &im.dev_v, &im.dev_kbar, &im.dev_gx1, &im.dev_gx2})
-            *b = Buffer<T>(B * nd, im.dev);
-        for (Buffer<T>* b : {&im.dev_t, &im.dev_div, &im.dev_dbar}) *b = Buffer<T>(B, im.dev);
-        for (Buffer<T>* b : {&im.dev_grad, &im.dev_m, &im.dev_vmom}) *b = Buffer<T>(P, im.dev);
-        if (o.ema_decay > 0) im.dev_ema = Buffer<double>(P, im.dev);
-        im.dev_scalars = Buffer<train_math::TrainScalars>(1, im.dev);
-    }
+    im.stage_x = Buffer<T>(static_cast<size_t>(im.N) * 4 * B * nd, dev);
+    for (Buffer<double>* b : {&im.y, &im.ybar, &im.yacc}) *b = Buffer<double>(B * nd, dev);
+    for (Buffer<double>* b : {&im.k, &im.kacc}) *b = Buffer<double>(4 * B * nd, dev);
+    for (Buffer<double>* b : {&im.integral, &im.terms}) *b = Buffer<double>(B, dev);
+    im.dk = Buffer<double>(4 * B, dev);
+    for (Buffer<T>* b : {&im.vf, &im.kbar, &im.gx1, &im.gx2}) *b = Buffer<T>(B * nd, dev);
+    for (Buffer<T>* b : {&im.tf, &im.divf, &im.dbar}) *b = Buffer<T>(B, dev);
+    for (Buffer<T>* b : {&im.grad, &im.m, &im.vmom}) *b = Buffer<T>(P, dev);
+    im.grad.zero();
+    if (o.ema_decay > 0) im.ema = Buffer<double>(P, dev);
+    im.row_losses.resize(B);
+    for (std::vector<T>* v : {&im.host_grad, &im.host_m, &im.host_vmom}) v->resize(P);
+    if (o.ema_decay > 0) im.host_ema.resize(P);
+    if (im.on_device()) im.dev_scalars = Buffer<train_math::TrainScalars>(1, dev);
     // One workspace for the three field operations, sized for the batch now.
     im.ws.get_bytes(std::max({field.workspace_bytes(FieldOp::divergence, im.B),
                               field.workspace_bytes(FieldOp::backward, im.B),
@@ -304,27 +240,19 @@ void LikelihoodStep<T>::step(int64_t step, int64_t j, double lr) {
     im.scalars.bad = std::isfinite(loss) ? 0 : 1;
     const AdamOptions ao;
     const bool ema = im.opt.ema_decay > 0;
+    // The update runs where the parameters and the gradient are; on CUDA the host's scalars go
+    // there and come back (the step has waited for the host's loss anyway).
+    train_math::TrainScalars* sc = &im.scalars;
     if (im.on_device()) {
-        // The same operations on the device, where the parameters and the gradient are; the
-        // host's scalars go there and come back (the step waits for the host anyway).
         im.dev_scalars.copy_from_host(&im.scalars, 1);
-        train_ops::check_finite<T>(im.dev, im.dev_grad.data(), im.P, im.dev_scalars.data(),
-                                   nullptr);
-        train_ops::adam_update<T>(im.dev, im.P, im.field.parameters().data, im.dev_grad.data(),
-                                  im.dev_m.data(), im.dev_vmom.data(),
-                                  ema ? im.dev_ema.data() : nullptr, im.opt.ema_decay, lr, nullptr,
-                                  ao.beta1, ao.beta2, ao.eps, im.dev_scalars.data(), nullptr);
-        train_ops::finish_step(im.dev, im.dev_scalars.data(), nullptr);
-        im.dev_scalars.copy_to_host(&im.scalars, 1);
-    } else {
-        const Device cpu = Device::cpu;
-        train_ops::check_finite<T>(cpu, im.grad.data(), im.P, &im.scalars, nullptr);
-        train_ops::adam_update<T>(cpu, im.P, im.field.parameters().data, im.grad.data(),
-                                  im.m.data(), im.vmom.data(), ema ? im.ema.data() : nullptr,
-                                  im.opt.ema_decay, lr, nullptr, ao.beta1, ao.beta2, ao.eps,
-                                  &im.scalars, nullptr);
-        train_ops::finish_step(cpu, &im.scalars, nullptr);
+        sc = im.dev_scalars.data();
     }
+    train_ops::check_finite<T>(im.dev, im.grad.data(), im.P, sc, nullptr);
+    train_ops::adam_update<T>(im.dev, im.P, im.field.parameters().data, im.grad.data(), im.m.data(),
+                              im.vmom.data(), ema ? im.ema.data() : nullptr, im.opt.ema_decay, lr,
+                              nullptr, ao.beta1, ao.beta2, ao.eps, sc, nullptr);
+    train_ops::finish_step(im.dev, sc, nullptr);
+    if (im.on_device()) im.dev_scalars.copy_to_host(&im.scalars, 1);
     im.have_step = true;
 }
 
@@ -334,8 +262,10 @@ double LikelihoodStep<T>::evaluate(const double* x1, int64_t rows, double* grad)
     EQFLOW_CHECK(rows >= 1 && rows <= im.B && x1 != nullptr,
                  "likelihood step: evaluate takes 1.." << im.B << " rows, got " << rows);
     const double loss = im.loss(x1, rows, grad != nullptr);
-    if (grad && im.on_device()) im.dev_grad.copy_to_host(im.grad.data(), im.grad.size());
-    if (grad) std::copy(im.grad.begin(), im.grad.end(), grad);
+    if (grad) {
+        im.grad.copy_to_host(im.host_grad.data(), im.host_grad.size());
+        std::copy(im.host_grad.begin(), im.host_grad.end(), grad);
+    }
     return loss;
 }
 
@@ -380,16 +310,16 @@ void LikelihoodStep<T>::download_state(std::vector<double>& params, AdamState& a
                                        std::vector<double>* ema, int64_t* skipped) {
     Impl& im = *impl_;
     params = im.field.parameters_to_host();
-    if (im.on_device()) {
-        im.dev_m.copy_to_host(im.m.data(), im.m.size());
-        im.dev_vmom.copy_to_host(im.vmom.data(), im.vmom.size());
-        if (im.opt.ema_decay > 0) im.dev_ema.copy_to_host(im.ema.data(), im.ema.size());
-    }
-    adam.m.assign(im.m.begin(), im.m.end());
-    adam.v.assign(im.vmom.begin(), im.vmom.end());
+    im.m.copy_to_host(im.host_m.data(), im.host_m.size());
+    im.vmom.copy_to_host(im.host_vmom.data(), im.host_vmom.size());
+    adam.m.assign(im.host_m.begin(), im.host_m.end());
+    adam.v.assign(im.host_vmom.begin(), im.host_vmom.end());
     adam.step = im.scalars.adam_step;
     if (skipped != nullptr) *skipped = im.scalars.skipped;
-    if (ema != nullptr && im.opt.ema_decay > 0) *ema = im.ema;
+    if (ema != nullptr && im.opt.ema_decay > 0) {
+        im.ema.copy_to_host(im.host_ema.data(), im.host_ema.size());
+        *ema = im.host_ema;
+    }
 }
 
 template <class T>
@@ -399,19 +329,19 @@ void LikelihoodStep<T>::upload_state(const std::vector<double>& params, const Ad
     train_ops::check_state(im.P, params, adam, ema, skipped, "likelihood step");
     im.field.set_parameters(params);
     if (adam.m.empty()) {
-        std::fill(im.m.begin(), im.m.end(), T(0));
-        std::fill(im.vmom.begin(), im.vmom.end(), T(0));
+        std::fill(im.host_m.begin(), im.host_m.end(), T(0));
+        std::fill(im.host_vmom.begin(), im.host_vmom.end(), T(0));
     } else {
-        std::transform(adam.m.begin(), adam.m.end(), im.m.begin(),
+        std::transform(adam.m.begin(), adam.m.end(), im.host_m.begin(),
                        [](double x) { return static_cast<T>(x); });
-        std::transform(adam.v.begin(), adam.v.end(), im.vmom.begin(),
+        std::transform(adam.v.begin(), adam.v.end(), im.host_vmom.begin(),
                        [](double x) { return static_cast<T>(x); });
     }
-    if (im.opt.ema_decay > 0) im.ema = ema.empty() ? params : ema;
-    if (im.on_device()) {
-        im.dev_m.copy_from_host(im.m.data(), im.m.size());
-        im.dev_vmom.copy_from_host(im.vmom.data(), im.vmom.size());
-        if (im.opt.ema_decay > 0) im.dev_ema.copy_from_host(im.ema.data(), im.ema.size());
+    im.m.copy_from_host(im.host_m.data(), im.host_m.size());
+    im.vmom.copy_from_host(im.host_vmom.data(), im.host_vmom.size());
+    if (im.opt.ema_decay > 0) {
+        im.host_ema = ema.empty() ? params : ema;
+        im.ema.copy_from_host(im.host_ema.data(), im.host_ema.size());
     }
     im.scalars = train_math::TrainScalars{};
     im.scalars.adam_step = adam.step;
@@ -420,9 +350,9 @@ void LikelihoodStep<T>::upload_state(const std::vector<double>& params, const Ad
 
 // double: the CPU references (EGNN and kernel field); float: the fast and the CUDA kernel fields,
 // the float backends with divergence_backward (the fast and CUDA EGNN have none; the constructor
-// says so). In float
-// the stage inputs, the field's outputs and the parameter gradient are float, everything the
-// solver accumulates (y, the stages' k, the divergence integral, the cotangents) is double.
+// says so). In float the stage inputs, the field's outputs and the parameter gradient are float,
+// everything the solver accumulates (y, the stages' k, the divergence integral, the cotangents)
+// is double.
 template class LikelihoodStep<double>;
 template class LikelihoodStep<float>;
 

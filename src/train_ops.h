@@ -81,4 +81,38 @@ EQFLOW_API void finish_step(Device device, TrainScalars* s, Stream stream);
 // window_loss = 0, window_count = 0.
 EQFLOW_API void reset_window(Device device, TrainScalars* s, Stream stream);
 
+// The loops of LikelihoodStep's RK4 solve (src/likelihood.cpp), so that its state can live where
+// the field computes: each is the host loop it replaced (the same operations in the same order)
+// or its device twin. Layouts: y, ybar, yacc [rows][nd]; k, kacc [4][B][nd] and dk [4][B] by
+// stage; integral [rows]; the field's inputs and outputs in T.
+// xs = T(y + c kprev), or T(y) when kprev is null.
+template <class T>
+EQFLOW_API void lik_stage_input(Device device, int64_t count, const double* y, const double* kprev,
+                                double c, T* xs, Stream stream);
+// out[i] = T(value), i < count.
+template <class T>
+EQFLOW_API void lik_fill(Device device, int64_t count, double value, T* out, Stream stream);
+// k = double(v) (count values), dk = double(div) (rows values).
+template <class T>
+EQFLOW_API void lik_store_stage(Device device, int64_t count, int64_t rows, const T* v,
+                                const T* div, double* k, double* dk, Stream stream);
+// y += h/6 (k1 + 2 k2 + 2 k3 + k4), integral += h/6 (dk1 + 2 dk2 + 2 dk3 + dk4) (stage stride B).
+EQFLOW_API void lik_rk4_update(Device device, int64_t rows, int64_t nd, int64_t B, double h,
+                               const double* k, const double* dk, double* y, double* integral,
+                               Stream stream);
+// out[b] = 1/2 |y_b|^2 - integral[b] (the sum over the row in order).
+EQFLOW_API void lik_row_losses(Device device, int64_t rows, int64_t nd, const double* y,
+                               const double* integral, double* out, Stream stream);
+// out = a x (count values).
+EQFLOW_API void lik_scale(Device device, int64_t count, double a, const double* x, double* out,
+                          Stream stream);
+// dst = T(src).
+template <class T>
+EQFLOW_API void lik_to_field(Device device, int64_t count, const double* src, T* dst,
+                             Stream stream);
+// xbar = double(gx1) + double(gx2); yacc += xbar; kprev += c xbar when kprev is not null.
+template <class T>
+EQFLOW_API void lik_accumulate(Device device, int64_t count, const T* gx1, const T* gx2, double c,
+                               double* yacc, double* kprev, Stream stream);
+
 }  // namespace eqflow::train_ops

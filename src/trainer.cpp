@@ -571,7 +571,7 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
 
     if (opt.likelihood) {
         // The fast float EGNN has no divergence_backward: EGNN likelihood runs on the reference.
-        // The kernel field on CUDA: the field's work on the GPU, the RK4 bookkeeping on the host.
+        // The kernel field on CUDA: the field, the solver's state and Adam on the device.
         if (opt.device == Device::cuda && rs.model.kind == FieldKind::kernel) {
             std::unique_ptr<Field<float>> field = make_cuda_field(rs.model);
             return run_training<LikelihoodStep<float>>(opt, rs, *field);

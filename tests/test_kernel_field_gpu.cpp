@@ -388,7 +388,7 @@ TEST(KernelFieldGpuTraining, ShortFlowMatchingRunFollowsTheCpuRun) {
 }
 
 // Likelihood training on the CUDA kernel field (eqflow/likelihood.h: the field's calls on the
-// device, the RK4 bookkeeping on the host, gradient, Adam and EMA on the device): the loss and
+// device, and so are the solver's state and loops, the gradient, Adam and the EMA): the loss and
 // its exact gradient at the same parameters are the fast CPU field's up to float rounding, and
 // a short run follows the CPU run and raises the likelihood. The same tolerance argument as the
 // flow-matching run above (float field, double solver state; a wrong gradient, a stale device

@@ -25,10 +25,12 @@
 // One step: gather the rows order[j*B .. j*B+B), the loss and gradient above, a finite check,
 // Adam and the EMA (skipped when not finite), exactly as FlowMatchingStep (train_ops, the same
 // TrainScalars bookkeeping). Nothing is random: the validation loss is the same loss on the
-// held-out rows. The solver's state lives on the host. A CUDA field computes on the device:
-// each field call copies its inputs there and its outputs back (B n d + B values each way), and
-// the parameter gradient, Adam and the EMA stay on the device with the parameters, so a CUDA
-// step gives the CPU step's arithmetic up to the field's own rounding.
+// held-out rows. The solver's state (stage inputs, the stages' k, the divergence integral, the
+// cotangents) lives where the field computes, with the solver's loops as host loops or as their
+// device twins (src/train_ops.h, lik_*): a CUDA step copies only the batch in and the B row
+// losses out, and the parameter gradient, Adam and the EMA stay on the device with the
+// parameters, so it gives the CPU step's arithmetic up to the field's own rounding (and the
+// device's fused multiply-adds).
 #pragma once
 
 #include <cstdint>

@@ -76,7 +76,7 @@ struct TrainOptions {
     // (eqflow/likelihood.h) through `ode_steps` RK4 steps: the EGNN on the double CPU reference
     // whatever `reference` says (the fast and CUDA EGNN have no divergence_backward; device cuda
     // throws), the kernel field on the fast float field unless `reference`, or on the CUDA field
-    // with device cuda (the RK4 bookkeeping stays on the host).
+    // with device cuda (the solver's state on the device as well).
     // objective, sigma and reflections are then unused.
     bool likelihood = false;
     int ode_steps = 10;

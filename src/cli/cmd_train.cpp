@@ -59,9 +59,8 @@ const char* const kTrainUsage =
     "default 10) with the exact divergence; loss = mean NLL = 1/2 |x0|^2 + int_0^1 div v dt (the\n"
     "paper's convention, as `eval` reports nll); its exact gradient by reverse mode through the\n"
     "solver steps (second derivatives of the field); Adam, schedule, EMA and checkpoints as\n"
-    "above. auto picks the CPU; --device cuda runs the kernel field on the GPU (the RK4 steps "
-    "stay\n"
-    "host loops) and is refused for the EGNN. The EGNN always runs on the double CPU reference\n"
+    "above. auto picks the CPU; --device cuda runs the kernel field's training on the GPU and is\n"
+    "refused for the EGNN. The EGNN always runs on the double CPU reference\n"
     "field (the fast EGNN has no second derivatives) and costs about 3 (n d) backward passes per\n"
     "stage: DW4 at batch 256 takes ~3 s of CPU per RK4 step per training step. The kernel field\n"
     "runs on the fast float32 field (closed-form divergence gradient; --reference: the double\n"
@@ -173,7 +172,7 @@ int cmd_train(Args& args) {
                      "train: likelihood through %d RK4 steps with the exact divergence, on the "
                      "%s\n",
                      opt.ode_steps,
-                     opt.device == Device::cuda ? "CUDA field (the RK4 steps on the host)"
+                     opt.device == Device::cuda ? "CUDA field"
                      : opt.reference            ? "double CPU reference field"
                                                 : "fast float32 CPU field (solver sums in double)");
 

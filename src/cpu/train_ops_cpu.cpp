@@ -2,6 +2,7 @@
 // reference, float for a float32 host backend), and the dispatch between them and the device
 // ones of kernels/train_step.cu. The arithmetic is the one the kernels run, expression for
 // expression, with the shared pieces in src/common/train_math.h.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -174,20 +175,131 @@ void reset_window(Device device, TrainScalars* s, Stream stream) {
     s->window_count = 0;
 }
 
-#define EQFLOW_INSTANTIATE(T)                                                                    \
-    template void prepare_batch<T>(Device, const T*, const int64_t*, const StepArgs*, int64_t,   \
-                                   int, int, uint64_t, double*, double*, double*, double*,       \
-                                   Stream);                                                      \
-    template void interpolate<T>(Device, int64_t, int64_t, const double*, const double*,         \
-                                 const double*, const double*, double, T*, T*, Stream);          \
-    template void loss<T>(Device, int64_t, int64_t, const T*, const double*, const double*, T*,  \
-                          TrainScalars*, Stream);                                                \
-    template void loss_gradient_rows<T>(int64_t, int64_t, int64_t, int64_t, const T*,            \
-                                        const double*, const double*, T*);                       \
-    template void check_finite<T>(Device, const T*, int64_t, TrainScalars*, Stream);             \
-    template void adam_update<T>(Device, int64_t, T*, const T*, T*, T*, double*, double, double, \
-                                 const StepArgs*, double, double, double, const TrainScalars*,   \
-                                 Stream);
+template <class T>
+void lik_stage_input(Device device, int64_t count, const double* y, const double* kprev, double c,
+                     T* xs, Stream stream) {
+    if (device == Device::cuda) {
+        require_device_float<T>("lik_stage_input");
+        EQFLOW_DEVICE_CALL(T, lik_stage_input(count, y, kprev, c, xs, stream))
+        return;
+    }
+    for (int64_t i = 0; i < count; ++i) {
+        double value = y[i];
+        if (kprev) value = y[i] + c * kprev[i];
+        xs[i] = static_cast<T>(value);
+    }
+}
+
+template <class T>
+void lik_fill(Device device, int64_t count, double value, T* out, Stream stream) {
+    if (device == Device::cuda) {
+        require_device_float<T>("lik_fill");
+        EQFLOW_DEVICE_CALL(T, lik_fill(count, value, out, stream))
+        return;
+    }
+    std::fill(out, out + count, static_cast<T>(value));
+}
+
+template <class T>
+void lik_store_stage(Device device, int64_t count, int64_t rows, const T* v, const T* div,
+                     double* k, double* dk, Stream stream) {
+    if (device == Device::cuda) {
+        require_device_float<T>("lik_store_stage");
+        EQFLOW_DEVICE_CALL(T, lik_store_stage(count, rows, v, div, k, dk, stream))
+        return;
+    }
+    for (int64_t i = 0; i < count; ++i) k[i] = static_cast<double>(v[i]);
+    for (int64_t b = 0; b < rows; ++b) dk[b] = static_cast<double>(div[b]);
+}
+
+void lik_rk4_update(Device device, int64_t rows, int64_t nd, int64_t B, double h, const double* k,
+                    const double* dk, double* y, double* integral, Stream stream) {
+    if (device == Device::cuda) {
+        require_device_float<float>("lik_rk4_update");
+        EQFLOW_DEVICE_CALL(float, lik_rk4_update(rows, nd, B, h, k, dk, y, integral, stream))
+        return;
+    }
+    const double* k1 = k;
+    const double* k2 = k + B * nd;
+    const double* k3 = k + 2 * B * nd;
+    const double* k4 = k + 3 * B * nd;
+    for (int64_t i = 0; i < rows * nd; ++i)
+        y[i] += h / 6.0 * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i]);
+    for (int64_t b = 0; b < rows; ++b)
+        integral[b] += h / 6.0 * (dk[b] + 2.0 * dk[B + b] + 2.0 * dk[2 * B + b] + dk[3 * B + b]);
+}
+
+void lik_row_losses(Device device, int64_t rows, int64_t nd, const double* y,
+                    const double* integral, double* out, Stream stream) {
+    if (device == Device::cuda) {
+        require_device_float<float>("lik_row_losses");
+        EQFLOW_DEVICE_CALL(float, lik_row_losses(rows, nd, y, integral, out, stream))
+        return;
+    }
+    for (int64_t b = 0; b < rows; ++b) {
+        double sq = 0.0;
+        for (int64_t i = 0; i < nd; ++i) sq += y[b * nd + i] * y[b * nd + i];
+        out[b] = 0.5 * sq - integral[b];
+    }
+}
+
+void lik_scale(Device device, int64_t count, double a, const double* x, double* out,
+               Stream stream) {
+    if (device == Device::cuda) {
+        require_device_float<float>("lik_scale");
+        EQFLOW_DEVICE_CALL(float, lik_scale(count, a, x, out, stream))
+        return;
+    }
+    for (int64_t i = 0; i < count; ++i) out[i] = a * x[i];
+}
+
+template <class T>
+void lik_to_field(Device device, int64_t count, const double* src, T* dst, Stream stream) {
+    if (device == Device::cuda) {
+        require_device_float<T>("lik_to_field");
+        EQFLOW_DEVICE_CALL(T, lik_to_field(count, src, dst, stream))
+        return;
+    }
+    for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<T>(src[i]);
+}
+
+template <class T>
+void lik_accumulate(Device device, int64_t count, const T* gx1, const T* gx2, double c,
+                    double* yacc, double* kprev, Stream stream) {
+    if (device == Device::cuda) {
+        require_device_float<T>("lik_accumulate");
+        EQFLOW_DEVICE_CALL(T, lik_accumulate(count, gx1, gx2, c, yacc, kprev, stream))
+        return;
+    }
+    for (int64_t i = 0; i < count; ++i) {
+        const double xbar = static_cast<double>(gx1[i]) + static_cast<double>(gx2[i]);
+        yacc[i] += xbar;
+        if (kprev) kprev[i] += c * xbar;
+    }
+}
+
+#define EQFLOW_INSTANTIATE(T)                                                                      \
+    template void prepare_batch<T>(Device, const T*, const int64_t*, const StepArgs*, int64_t,     \
+                                   int, int, uint64_t, double*, double*, double*, double*,         \
+                                   Stream);                                                        \
+    template void interpolate<T>(Device, int64_t, int64_t, const double*, const double*,           \
+                                 const double*, const double*, double, T*, T*, Stream);            \
+    template void loss<T>(Device, int64_t, int64_t, const T*, const double*, const double*, T*,    \
+                          TrainScalars*, Stream);                                                  \
+    template void loss_gradient_rows<T>(int64_t, int64_t, int64_t, int64_t, const T*,              \
+                                        const double*, const double*, T*);                         \
+    template void check_finite<T>(Device, const T*, int64_t, TrainScalars*, Stream);               \
+    template void adam_update<T>(Device, int64_t, T*, const T*, T*, T*, double*, double, double,   \
+                                 const StepArgs*, double, double, double, const TrainScalars*,     \
+                                 Stream);                                                          \
+    template void lik_stage_input<T>(Device, int64_t, const double*, const double*, double, T*,    \
+                                     Stream);                                                      \
+    template void lik_fill<T>(Device, int64_t, double, T*, Stream);                                \
+    template void lik_store_stage<T>(Device, int64_t, int64_t, const T*, const T*, double*,        \
+                                     double*, Stream);                                             \
+    template void lik_to_field<T>(Device, int64_t, const double*, T*, Stream);                     \
+    template void lik_accumulate<T>(Device, int64_t, const T*, const T*, double, double*, double*, \
+                                    Stream);
 EQFLOW_INSTANTIATE(float)
 EQFLOW_INSTANTIATE(double)
 #undef EQFLOW_INSTANTIATE
