@@ -186,8 +186,9 @@ void fm_reset_window(TrainScalars* s, Stream stream) {
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 
-// ---- LikelihoodStep's RK4 loops (src/train_ops.h, lik_*): the host loops' arithmetic, one
-// thread per element (lik_row_losses: one thread per row, summing the row in order).
+// ---- LikelihoodStep's RK4 loops (src/train_ops.h, lik_*): the host loops' operations (which
+// nvcc may contract into fused multiply-adds), one thread per element (lik_row_losses: one
+// thread per row, summing the row in order).
 namespace {
 __device__ inline int64_t element() {
     return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;

@@ -56,7 +56,8 @@ void fm_finish_step(TrainScalars* s, Stream stream);
 // window_loss = 0, window_count = 0.
 void fm_reset_window(TrainScalars* s, Stream stream);
 
-// LikelihoodStep's RK4 loops on the device (src/train_ops.h, lik_*), one thread per element.
+// LikelihoodStep's RK4 loops on the device (src/train_ops.h, lik_*), one thread per element
+// (lik_row_losses: per row).
 void lik_stage_input(int64_t count, const double* y, const double* kprev, double c, float* xs,
                      Stream stream);
 void lik_fill(int64_t count, double value, float* out, Stream stream);

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <utility>
 
 #include "common/train_math.h"
@@ -159,6 +160,9 @@ LikelihoodStep<T>::LikelihoodStep(Field<T>& field, const LikelihoodStepOptions& 
                  "likelihood training needs the reverse mode of the divergence, which this field "
                  "does not have (the double CPU references and the fast and CUDA kernel fields "
                  "have it; the fast and CUDA EGNN do not)");
+    constexpr bool kFloat = std::is_same_v<T, float>;
+    EQFLOW_CHECK(field.device() == Device::cpu || kFloat,
+                 "likelihood step: a device field computes in float32");
     EQFLOW_CHECK(count >= 1 && train != nullptr, "likelihood step: no training data");
     EQFLOW_CHECK(o.batch >= 1 && o.batch <= count,
                  "likelihood step: batch " << o.batch << " must be in 1.." << count);

@@ -83,9 +83,10 @@ EQFLOW_API void reset_window(Device device, TrainScalars* s, Stream stream);
 
 // The loops of LikelihoodStep's RK4 solve (src/likelihood.cpp), so that its state can live where
 // the field computes: each is the host loop it replaced (the same operations in the same order)
-// or its device twin. Layouts: y, ybar, yacc [rows][nd]; k, kacc [4][B][nd] and dk [4][B] by
-// stage; integral [rows]; the field's inputs and outputs in T.
-// xs = T(y + c kprev), or T(y) when kprev is null.
+// or its device twin (the same operations, which nvcc may contract into fused multiply-adds, so
+// the device rounds slightly differently). Layouts: y, ybar, yacc [rows][nd]; k, kacc [4][B][nd]
+// and dk [4][B] by stage; integral [rows]; the field's inputs and outputs in T. xs = T(y + c
+// kprev), or T(y) when kprev is null.
 template <class T>
 EQFLOW_API void lik_stage_input(Device device, int64_t count, const double* y, const double* kprev,
                                 double c, T* xs, Stream stream);
