@@ -777,17 +777,20 @@ TEST(KernelTraining, FlowMatchingLowersTheLossResumesExactlyAndSamples) {
     EXPECT_LT(trained.nll, before.nll - 1.0)
         << "trained " << trained.nll << ", untrained " << before.nll;
 
+    // A run that must throw, with `expected` in its message.
+    const auto expect_refused = [&](const TrainOptions& opts, const char* expected,
+                                    const char* what) {
+        try {
+            train_flow_matching(opts, data, 200, 4, 2);
+            ADD_FAILURE() << what;
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+        }
+    };
     // Flow matching on CUDA is tests/test_kernel_field_gpu.cpp's; without a usable GPU it is a
     // clear error, never a silent fallback to the CPU.
     o.device = Device::cuda;
-    if (!cuda_available()) {
-        try {
-            train_flow_matching(o, data, 200, 4, 2);
-            ADD_FAILURE() << "a kernel field trained on CUDA without a GPU";
-        } catch (const Error& e) {
-            EXPECT_NE(std::string(e.what()).find("GPU"), std::string::npos) << e.what();
-        }
-    }
+    if (!cuda_available()) expect_refused(o, "GPU", "a kernel field trained on CUDA without a GPU");
     // Likelihood training on CUDA: the kernel field's runs there (tests/test_kernel_field_gpu.cpp)
     // and, without a usable GPU, fails saying so; the EGNN's is refused whether or not a GPU is
     // present (its CUDA backend has no reverse mode of the divergence).
@@ -795,23 +798,11 @@ TEST(KernelTraining, FlowMatchingLowersTheLossResumesExactlyAndSamples) {
         TrainOptions lo = o;
         lo.likelihood = true;
         lo.epochs = 1;
-        if (!cuda_available()) {
-            try {
-                train_flow_matching(lo, data, 200, 4, 2);
-                ADD_FAILURE() << "kernel likelihood training ran on CUDA without a GPU";
-            } catch (const Error& e) {
-                EXPECT_NE(std::string(e.what()).find("GPU"), std::string::npos) << e.what();
-            }
-        }
+        if (!cuda_available())
+            expect_refused(lo, "GPU", "kernel likelihood training ran on CUDA without a GPU");
         lo.field = FieldKind::egnn;
-        try {
-            train_flow_matching(lo, data, 200, 4, 2);
-            ADD_FAILURE() << "EGNN likelihood training ran on CUDA";
-        } catch (const Error& e) {
-            EXPECT_NE(std::string(e.what()).find("EGNN likelihood training on CUDA is not built"),
-                      std::string::npos)
-                << e.what();
-        }
+        expect_refused(lo, "EGNN likelihood training on CUDA is not built",
+                       "EGNN likelihood training ran on CUDA");
     }
     // Nor atom types.
     o.device = Device::cpu;
