@@ -188,7 +188,7 @@ void fm_reset_window(TrainScalars* s, Stream stream) {
 
 // ---- LikelihoodStep's RK4 loops (src/train_ops.h, lik_*): the host loops' operations (which
 // nvcc may contract into fused multiply-adds), one thread per element (lik_row_losses: one
-// thread per row, summing the row in order).
+// thread per row, summing the row in order; lik_batch_loss: one thread).
 namespace {
 __device__ inline int64_t element() {
     return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -239,6 +239,25 @@ __global__ void __launch_bounds__(kThreads)
     double sq = 0.0;
     for (int64_t i = 0; i < nd; ++i) sq += y[b * nd + i] * y[b * nd + i];
     out[b] = 0.5 * sq - integral[b];
+}
+
+__global__ void __launch_bounds__(kThreads)
+    lik_gather_kernel(const double* __restrict__ data, const int64_t* __restrict__ order,
+                      const StepArgs* __restrict__ args, int64_t rows, int64_t nd,
+                      double* __restrict__ y) {
+    const int64_t i = element();
+    if (i >= rows * nd) return;
+    const int64_t b = i / nd;
+    y[i] = data[order[args->first + b] * nd + (i - b * nd)];
+}
+
+// One thread: the rows' losses summed in order, as the host loop (the same double additions).
+__global__ void lik_batch_loss_kernel(int64_t rows, const double* __restrict__ terms,
+                                      TrainScalars* s) {
+    double sum = 0.0;
+    for (int64_t b = 0; b < rows; ++b) sum += terms[b];
+    s->loss = sum / static_cast<double>(rows);
+    s->bad = isfinite(s->loss) ? 0 : 1;
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -304,6 +323,20 @@ void lik_row_losses(int64_t rows, int64_t nd, const double* y, const double* int
     if (rows == 0) return;
     EQFLOW_LAUNCH(lik_row_losses_kernel, blocks_for(rows), kThreads, 0, EQFLOW_STREAM(stream), rows,
                   nd, y, integral, out);
+    EQFLOW_CUDA_CHECK_LAUNCH();
+}
+
+void lik_gather(const double* data, const int64_t* order, const StepArgs* args, int64_t rows,
+                int64_t nd, double* y, Stream stream) {
+    if (rows * nd == 0) return;
+    EQFLOW_LAUNCH(lik_gather_kernel, blocks_for(rows * nd), kThreads, 0, EQFLOW_STREAM(stream),
+                  data, order, args, rows, nd, y);
+    EQFLOW_CUDA_CHECK_LAUNCH();
+}
+
+void lik_batch_loss(int64_t rows, const double* terms, TrainScalars* s, Stream stream) {
+    if (rows == 0) return;
+    EQFLOW_LAUNCH(lik_batch_loss_kernel, 1, 1, 0, EQFLOW_STREAM(stream), rows, terms, s);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 

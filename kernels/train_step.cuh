@@ -67,6 +67,9 @@ void lik_rk4_update(int64_t rows, int64_t nd, int64_t B, double h, const double*
                     const double* dk, double* y, double* integral, Stream stream);
 void lik_row_losses(int64_t rows, int64_t nd, const double* y, const double* integral, double* out,
                     Stream stream);
+void lik_gather(const double* data, const int64_t* order, const StepArgs* args, int64_t rows,
+                int64_t nd, double* y, Stream stream);
+void lik_batch_loss(int64_t rows, const double* terms, TrainScalars* s, Stream stream);
 void lik_scale(int64_t count, double a, const double* x, double* out, Stream stream);
 void lik_to_field(int64_t count, const double* src, float* dst, Stream stream);
 void lik_accumulate(int64_t count, const float* gx1, const float* gx2, double c, double* yacc,

@@ -18,11 +18,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <type_traits>
 #include <utility>
 
 #include "common/train_math.h"
+#include "cuda_graph.h"
 #include "eqflow/buffer.h"
 #include "eqflow/error.h"
 #include "train_ops.h"
@@ -33,37 +36,55 @@ template <class T>
 struct LikelihoodStep<T>::Impl {
     Field<T>& field;
     LikelihoodStepOptions opt;
+    // Declared first so that they are destroyed last: the buffers go before the stream, and a
+    // replay still running ends first (~Impl waits for it).
+    detail::OwnedStream own_stream;      // on the GPU: the step's stream (blocking), else none
+    Stream stream = nullptr;             // every operation below is ordered on it
+    detail::OwnedStream capture_stream;  // on the GPU: non-blocking, where the step is captured
+    detail::CapturedWork graph;          // on the GPU: the step's work, captured at step 2
+    bool graph_wanted = false;           // capture at the next step (cleared when capture fails)
+    std::string graph_status;            // what cuda_graph_status() says
     int n = 0, d = 0, N = 0;
     int64_t nd = 0, B = 0, count = 0, val_count = 0, P = 0;
-    std::vector<double> data, val;  // [count][nd], [val_count][nd] (host)
-    std::vector<int64_t> order;     // [count]
-    std::vector<double> x1;         // [B][nd]: the gathered batch (host)
-    // The solver's state, where the field computes (dev: host memory for a CPU field, device
-    // memory for a CUDA one), so that a CUDA step copies only the batch in and B row losses out.
+    std::vector<double> val;  // [val_count][nd] (host)
+    // Everything below lives where the field computes (dev: host memory for a CPU field, device
+    // memory for a CUDA one), so that a CUDA step reads nothing from the host: it is the same
+    // launches every step, captured once as a CUDA graph and replayed.
     Device dev = Device::cpu;
-    Buffer<T> stage_x;                // [N][4][B][nd]: every stage input the field saw
-    Buffer<double> y, k;              // [B][nd], [4][B][nd]
-    Buffer<double> dk;                // [4][B]: the stages' divergences
-    Buffer<double> integral, terms;   // [B], [B]: the rows' losses
-    Buffer<T> tf, vf, divf;           // [B], [B][nd], [B]: one field call
-    Buffer<T> kbar, dbar, gx1, gx2;   // [B][nd], [B], [B][nd], [B][nd]
-    Buffer<double> ybar, yacc, kacc;  // [B][nd], [B][nd], [4][B][nd]
-    Buffer<T> grad, m, vmom;          // [P], beside the parameters
-    Buffer<double> ema;               // [P] when EMA is on
-    std::vector<double> row_losses;   // [B] (host)
-    std::vector<T> host_grad;         // [P] (host): evaluate's and the state's staging copies
+    Buffer<double> data;                       // [count][nd]: the training rows
+    Buffer<int64_t> order;                     // [count]: the epoch's permutation
+    Buffer<train_math::StepArgs> args;         // [1]: this step's first row and learning rate
+    Buffer<train_math::TrainScalars> scalars;  // [1]: loss, skip flag, counters
+    Buffer<T> stage_x;                         // [N][4][B][nd]: every stage input the field saw
+    Buffer<double> y, k;                       // [B][nd], [4][B][nd]
+    Buffer<double> dk;                         // [4][B]: the stages' divergences
+    Buffer<double> integral, terms;            // [B], [B]: the rows' losses
+    Buffer<T> tf, vf, divf;                    // [B], [B][nd], [B]: one field call
+    Buffer<T> kbar, dbar, gx1, gx2;            // [B][nd], [B], [B][nd], [B][nd]
+    Buffer<double> ybar, yacc, kacc;           // [B][nd], [B][nd], [4][B][nd]
+    Buffer<T> grad, m, vmom;                   // [P], beside the parameters
+    Buffer<double> ema;                        // [P] when EMA is on
+    std::vector<double> row_losses;            // [B] (host)
+    std::vector<T> host_grad;  // [P] (host): evaluate's and the state's staging copies
     std::vector<T> host_m, host_vmom;
     std::vector<double> host_ema;
     FieldWorkspace ws;
-    train_math::TrainScalars scalars;  // the truth; on CUDA copied to and from dev_scalars
-    Buffer<train_math::TrainScalars> dev_scalars;  // [1] on CUDA
     bool have_order = false, have_step = false;
 
     Impl(Field<T>& f, const LikelihoodStepOptions& o) : field(f), opt(o), dev(f.device()) {}
+    ~Impl() { own_stream.wait(); }
+    Impl(const Impl&) = delete;
+    Impl& operator=(const Impl&) = delete;
 
     Shape xshape(int64_t rows) const { return Shape{rows, n, d}; }
     bool on_device() const { return dev != Device::cpu; }
     size_t at(int64_t stage) const { return static_cast<size_t>(stage * B * nd); }
+
+    train_math::TrainScalars read_scalars() const {
+        train_math::TrainScalars s;
+        scalars.copy_to_host(&s, 1, stream);  // synchronises on the GPU
+        return s;
+    }
 
     // Stage times of step `step` (from t = 1 to 0): ode_host's fixed(), from the step index.
     void stage_times(int step, double times[4]) const {
@@ -76,14 +97,13 @@ struct LikelihoodStep<T>::Impl {
         times[3] = t_end;
     }
 
-    // Loss of the batch x1 [rows][nd] (host); with `with_grad`, grad = its exact gradient.
-    double loss(const double* x1_rows, int64_t rows, bool with_grad) {
+    // The forward solve of the `rows` rows in y: every stage input kept, the rows' losses in
+    // terms.
+    void solve(int64_t rows) {
         using namespace train_ops;
         const double h = -1.0 / N;
         const int64_t rn = rows * nd;
-        detail::copy_bytes(y.data(), dev, x1_rows, Device::cpu,
-                           static_cast<size_t>(rn) * sizeof(double), nullptr);
-        integral.zero();
+        integral.zero(stream);
         for (int step = 0; step < N; ++step) {
             double times[4];
             stage_times(step, times);
@@ -91,31 +111,30 @@ struct LikelihoodStep<T>::Impl {
                 T* xs = stage_x.data() + (static_cast<size_t>(step) * 4 + s) * B * nd;
                 const double c = s == 3 ? h : 0.5 * h;
                 lik_stage_input<T>(dev, rn, y.data(), s > 0 ? k.data() + at(s - 1) : nullptr, c, xs,
-                                   nullptr);
-                lik_fill<T>(dev, rows, times[s], tf.data(), nullptr);
+                                   stream);
+                lik_fill<T>(dev, rows, times[s], tf.data(), stream);
                 field.divergence(TensorView<const T>(xs, xshape(rows), dev),
                                  TensorView<const T>(tf.data(), Shape{rows}, dev),
                                  TensorView<T>(vf.data(), xshape(rows), dev),
                                  TensorView<T>(divf.data(), Shape{rows}, dev),
-                                 ws.get(field, FieldOp::divergence, rows));
+                                 ws.get(field, FieldOp::divergence, rows), stream);
                 lik_store_stage<T>(dev, rn, rows, vf.data(), divf.data(), k.data() + at(s),
-                                   dk.data() + s * B, nullptr);
+                                   dk.data() + s * B, stream);
             }
             lik_rk4_update(dev, rows, nd, B, h, k.data(), dk.data(), y.data(), integral.data(),
-                           nullptr);
+                           stream);
         }
-        lik_row_losses(dev, rows, nd, y.data(), integral.data(), terms.data(), nullptr);
-        detail::copy_bytes(row_losses.data(), Device::cpu, terms.data(), dev,
-                           static_cast<size_t>(rows) * sizeof(double), nullptr);
-        double sum = 0.0;
-        for (int64_t b = 0; b < rows; ++b) sum += row_losses[static_cast<size_t>(b)];
-        const double loss = sum / static_cast<double>(rows);
-        if (!with_grad) return loss;
+        lik_row_losses(dev, rows, nd, y.data(), integral.data(), terms.data(), stream);
+    }
 
-        grad.zero();
-        if (!std::isfinite(loss)) return loss;  // the step is skipped: no gradient needed
+    // The reverse sweep through solve's steps: grad += d(mean loss over the rows)/d(params)
+    // (y holds the solve's end point).
+    void reverse(int64_t rows) {
+        using namespace train_ops;
+        const double h = -1.0 / N;
+        const int64_t rn = rows * nd;
         const double inv = 1.0 / static_cast<double>(rows);
-        lik_scale(dev, rn, inv, y.data(), ybar.data(), nullptr);  // d(1/2 |x0|^2 / B) / dx0
+        lik_scale(dev, rn, inv, y.data(), ybar.data(), stream);  // d(1/2 |x0|^2 / B) / dx0
         const double Ibar = -inv;
         const double w[4] = {1.0, 2.0, 2.0, 1.0};
         const TensorView<T> gv(grad.data(), Shape{P}, dev);
@@ -124,31 +143,68 @@ struct LikelihoodStep<T>::Impl {
             stage_times(step, times);
             // kacc [4][B][nd]: the stages' cotangents, completed from stage 4 down.
             for (int s = 0; s < 4; ++s)
-                lik_scale(dev, rn, w[s] * h / 6.0, ybar.data(), kacc.data() + at(s), nullptr);
+                lik_scale(dev, rn, w[s] * h / 6.0, ybar.data(), kacc.data() + at(s), stream);
             detail::copy_bytes(yacc.data(), dev, ybar.data(), dev,
-                               static_cast<size_t>(rn) * sizeof(double), nullptr);
+                               static_cast<size_t>(rn) * sizeof(double), stream);
             for (int s = 3; s >= 0; --s) {
                 const T* xs = stage_x.data() + (static_cast<size_t>(step) * 4 + s) * B * nd;
                 const TensorView<const T> xv(xs, xshape(rows), dev);
                 const TensorView<const T> tv(tf.data(), Shape{rows}, dev);
-                lik_fill<T>(dev, rows, times[s], tf.data(), nullptr);
-                lik_to_field<T>(dev, rn, kacc.data() + at(s), kbar.data(), nullptr);
-                lik_fill<T>(dev, rows, w[s] * h / 6.0 * Ibar, dbar.data(), nullptr);
+                lik_fill<T>(dev, rows, times[s], tf.data(), stream);
+                lik_to_field<T>(dev, rn, kacc.data() + at(s), kbar.data(), stream);
+                lik_fill<T>(dev, rows, w[s] * h / 6.0 * Ibar, dbar.data(), stream);
                 field.backward(xv, tv, TensorView<const T>(kbar.data(), xshape(rows), dev), gv,
                                TensorView<T>(gx1.data(), xshape(rows), dev),
-                               ws.get(field, FieldOp::backward, rows));
-                field.divergence_backward(xv, tv,
-                                          TensorView<const T>(dbar.data(), Shape{rows}, dev), gv,
-                                          TensorView<T>(gx2.data(), xshape(rows), dev),
-                                          ws.get(field, FieldOp::divergence_backward, rows));
+                               ws.get(field, FieldOp::backward, rows), stream);
+                field.divergence_backward(
+                    xv, tv, TensorView<const T>(dbar.data(), Shape{rows}, dev), gv,
+                    TensorView<T>(gx2.data(), xshape(rows), dev),
+                    ws.get(field, FieldOp::divergence_backward, rows), stream);
                 // Xbar_s = gx1 + gx2 flows into y directly and into the previous stage's k.
                 lik_accumulate<T>(dev, rn, gx1.data(), gx2.data(), s == 3 ? h : 0.5 * h,
-                                  yacc.data(), s > 0 ? kacc.data() + at(s - 1) : nullptr, nullptr);
+                                  yacc.data(), s > 0 ? kacc.data() + at(s - 1) : nullptr, stream);
             }
             detail::copy_bytes(ybar.data(), dev, yacc.data(), dev,
-                               static_cast<size_t>(rn) * sizeof(double), nullptr);
+                               static_cast<size_t>(rn) * sizeof(double), stream);
         }
+    }
+
+    // Loss of the batch x1 [rows][nd] (host); with `with_grad`, grad = its exact gradient.
+    double loss(const double* x1_rows, int64_t rows, bool with_grad) {
+        detail::copy_bytes(y.data(), dev, x1_rows, Device::cpu,
+                           static_cast<size_t>(rows * nd) * sizeof(double), stream);
+        solve(rows);
+        detail::copy_bytes(row_losses.data(), Device::cpu, terms.data(), dev,
+                           static_cast<size_t>(rows) * sizeof(double), stream);
+        double sum = 0.0;
+        for (int64_t b = 0; b < rows; ++b) sum += row_losses[static_cast<size_t>(b)];
+        const double loss = sum / static_cast<double>(rows);
+        if (!with_grad) return loss;
+        grad.zero(stream);
+        if (std::isfinite(loss)) reverse(rows);  // else the step is skipped: no gradient needed
         return loss;
+    }
+
+    // A training step's work after its StepArgs are written: the same launches with the same
+    // arguments every step, so that the GPU step can be one captured graph. The batch is
+    // gathered where the solver runs and its loss stays there (train_ops::lik_batch_loss sums the
+    // row losses as loss() does). A non-finite loss skips the step: on the host the reverse
+    // sweep is then left out; on the device it runs (deciding would need the host) and its
+    // gradient is discarded by the same skip.
+    void step_work() {
+        using namespace train_ops;
+        lik_gather(dev, data.data(), order.data(), args.data(), B, nd, y.data(), stream);
+        solve(B);
+        lik_batch_loss(dev, B, terms.data(), scalars.data(), stream);
+        grad.zero(stream);
+        if (on_device() || std::isfinite(scalars.data()->loss)) reverse(B);
+        const AdamOptions ao;
+        const bool with_ema = opt.ema_decay > 0;
+        check_finite<T>(dev, grad.data(), P, scalars.data(), stream);
+        adam_update<T>(dev, P, field.parameters().data, grad.data(), m.data(), vmom.data(),
+                       with_ema ? ema.data() : nullptr, opt.ema_decay, 0.0, args.data(), ao.beta1,
+                       ao.beta2, ao.eps, scalars.data(), stream);
+        finish_step(dev, scalars.data(), stream);
     }
 };
 
@@ -174,6 +230,23 @@ LikelihoodStep<T>::LikelihoodStep(Field<T>& field, const LikelihoodStepOptions& 
                  "likelihood step: EMA decay must be in [0, 1), got " << o.ema_decay);
     impl_ = std::make_unique<Impl>(field, o);
     Impl& im = *impl_;
+    const Device dev = im.dev;
+    im.own_stream = detail::OwnedStream(dev);
+    im.stream = im.own_stream.get();
+    // As FlowMatchingStep (src/train_step.cpp): the GPU step is captured at its second step (the
+    // first runs plainly, so that one-time work is not captured) on a non-blocking stream of its
+    // own in thread-local mode, and replayed on the step's stream from then on.
+    const char* no_graph = std::getenv("EQFLOW_NO_CUDA_GRAPH");
+    if (dev != Device::cuda) {
+        im.graph_status = "off: not a CUDA step";
+    } else if (!o.cuda_graph || (no_graph != nullptr && *no_graph != '\0' && *no_graph != '0')) {
+        im.graph_status =
+            "off: turned off (LikelihoodStepOptions::cuda_graph or EQFLOW_NO_CUDA_GRAPH)";
+    } else {
+        im.graph_wanted = true;
+        im.graph_status = "pending: captured at the second step";
+        im.capture_stream = detail::OwnedStream(dev, true);
+    }
     im.n = field.n_particles();
     im.d = field.dim();
     im.N = o.ode_steps;
@@ -184,11 +257,12 @@ LikelihoodStep<T>::LikelihoodStep(Field<T>& field, const LikelihoodStepOptions& 
     im.P = field.parameter_count();
     const auto B = static_cast<size_t>(im.B), nd = static_cast<size_t>(im.nd),
                P = static_cast<size_t>(im.P);
-    im.data.assign(train, train + count * im.nd);
     if (val_count > 0) im.val.assign(validation, validation + val_count * im.nd);
-    im.order.resize(static_cast<size_t>(count));
-    const Device dev = im.dev;
-    im.x1.resize(B * nd);
+    im.data = Buffer<double>(static_cast<size_t>(count) * nd, dev);
+    im.data.copy_from_host(train, static_cast<size_t>(count) * nd, im.stream);
+    im.order = Buffer<int64_t>(static_cast<size_t>(count), dev);
+    im.args = Buffer<train_math::StepArgs>(1, dev);
+    im.scalars = Buffer<train_math::TrainScalars>(1, dev);
     im.stage_x = Buffer<T>(static_cast<size_t>(im.N) * 4 * B * nd, dev);
     for (Buffer<double>* b : {&im.y, &im.ybar, &im.yacc}) *b = Buffer<double>(B * nd, dev);
     for (Buffer<double>* b : {&im.k, &im.kacc}) *b = Buffer<double>(4 * B * nd, dev);
@@ -197,12 +271,11 @@ LikelihoodStep<T>::LikelihoodStep(Field<T>& field, const LikelihoodStepOptions& 
     for (Buffer<T>* b : {&im.vf, &im.kbar, &im.gx1, &im.gx2}) *b = Buffer<T>(B * nd, dev);
     for (Buffer<T>* b : {&im.tf, &im.divf, &im.dbar}) *b = Buffer<T>(B, dev);
     for (Buffer<T>* b : {&im.grad, &im.m, &im.vmom}) *b = Buffer<T>(P, dev);
-    im.grad.zero();
+    im.grad.zero(im.stream);
     if (o.ema_decay > 0) im.ema = Buffer<double>(P, dev);
     im.row_losses.resize(B);
     for (std::vector<T>* v : {&im.host_grad, &im.host_m, &im.host_vmom}) v->resize(P);
     if (o.ema_decay > 0) im.host_ema.resize(P);
-    if (im.on_device()) im.dev_scalars = Buffer<train_math::TrainScalars>(1, dev);
     // One workspace for the three field operations, sized for the batch now.
     im.ws.get_bytes(std::max({field.workspace_bytes(FieldOp::divergence, im.B),
                               field.workspace_bytes(FieldOp::backward, im.B),
@@ -222,7 +295,7 @@ template <class T>
 void LikelihoodStep<T>::set_order(const std::vector<int64_t>& order) {
     Impl& im = *impl_;
     train_ops::check_order(order, im.count, "likelihood step");
-    im.order = order;
+    im.order.copy_from_host(order.data(), order.size(), im.stream);
     im.have_order = true;
 }
 
@@ -235,29 +308,40 @@ void LikelihoodStep<T>::step(int64_t step, int64_t j, double lr) {
                                            << im.count << " training rows");
     EQFLOW_CHECK(lr > 0 && std::isfinite(lr), "likelihood step: bad learning rate " << lr);
     EQFLOW_CHECK(im.have_order, "likelihood step: set_order before the first step");
-    for (int64_t b = 0; b < im.B; ++b) {
-        const double* src = &im.data[static_cast<size_t>(im.order[j * im.B + b] * im.nd)];
-        std::copy(src, src + im.nd, &im.x1[static_cast<size_t>(b * im.nd)]);
+    train_math::StepArgs a;
+    a.first = j * im.B;
+    a.first_stream = static_cast<uint64_t>(step * im.B);  // unused: nothing is drawn
+    a.lr = lr;
+    train_ops::set_step_args(im.dev, im.args.data(), a, im.stream);
+    if (!im.graph.ready() && im.graph_wanted && im.have_step) {
+        std::string why;
+        // The step's work is issued on the capture stream, and im.stream restored whatever
+        // happens.
+        struct Restore {
+            Stream& target;
+            Stream saved;
+            ~Restore() { target = saved; }
+        } restore{im.stream, im.stream};
+        im.stream = im.capture_stream.get();
+        const bool captured = im.graph.capture(
+            im.stream, [&] { im.step_work(); }, &why);
+        if (captured) {
+            im.graph_status = "on: the step is one CUDA graph, replayed";
+        } else {
+            im.graph_wanted = false;
+            im.graph_status = "off: capture failed (" + why + ")";
+        }
     }
-    const double loss = im.loss(im.x1.data(), im.B, true);
-    im.scalars.loss = loss;
-    im.scalars.bad = std::isfinite(loss) ? 0 : 1;
-    const AdamOptions ao;
-    const bool ema = im.opt.ema_decay > 0;
-    // The update runs where the parameters and the gradient are; on CUDA the host's scalars go
-    // there and come back (the step has waited for the host's loss anyway).
-    train_math::TrainScalars* sc = &im.scalars;
-    if (im.on_device()) {
-        im.dev_scalars.copy_from_host(&im.scalars, 1);
-        sc = im.dev_scalars.data();
-    }
-    train_ops::check_finite<T>(im.dev, im.grad.data(), im.P, sc, nullptr);
-    train_ops::adam_update<T>(im.dev, im.P, im.field.parameters().data, im.grad.data(), im.m.data(),
-                              im.vmom.data(), ema ? im.ema.data() : nullptr, im.opt.ema_decay, lr,
-                              nullptr, ao.beta1, ao.beta2, ao.eps, sc, nullptr);
-    train_ops::finish_step(im.dev, sc, nullptr);
-    if (im.on_device()) im.dev_scalars.copy_to_host(&im.scalars, 1);
+    if (im.graph.ready())
+        im.graph.launch(im.stream);
+    else
+        im.step_work();
     im.have_step = true;
+}
+
+template <class T>
+std::string LikelihoodStep<T>::cuda_graph_status() const {
+    return impl_->graph_status;
 }
 
 template <class T>
@@ -267,7 +351,7 @@ double LikelihoodStep<T>::evaluate(const double* x1, int64_t rows, double* grad)
                  "likelihood step: evaluate takes 1.." << im.B << " rows, got " << rows);
     const double loss = im.loss(x1, rows, grad != nullptr);
     if (grad) {
-        im.grad.copy_to_host(im.host_grad.data(), im.host_grad.size());
+        im.grad.copy_to_host(im.host_grad.data(), im.host_grad.size(), im.stream);
         std::copy(im.host_grad.begin(), im.host_grad.end(), grad);
     }
     return loss;
@@ -290,12 +374,12 @@ double LikelihoodStep<T>::validation_loss(uint64_t, int64_t rows) {
 template <class T>
 double LikelihoodStep<T>::last_loss() {
     EQFLOW_CHECK(impl_->have_step, "likelihood step: no step yet");
-    return impl_->scalars.loss;
+    return impl_->read_scalars().loss;
 }
 
 template <class T>
 typename LikelihoodStep<T>::Counters LikelihoodStep<T>::counters() {
-    const train_math::TrainScalars& s = impl_->scalars;
+    const train_math::TrainScalars s = impl_->read_scalars();
     Counters c;
     c.adam_step = s.adam_step;
     c.skipped = s.skipped;
@@ -306,22 +390,23 @@ typename LikelihoodStep<T>::Counters LikelihoodStep<T>::counters() {
 
 template <class T>
 void LikelihoodStep<T>::reset_window() {
-    train_ops::reset_window(Device::cpu, &impl_->scalars, nullptr);
+    train_ops::reset_window(impl_->dev, impl_->scalars.data(), impl_->stream);
 }
 
 template <class T>
 void LikelihoodStep<T>::download_state(std::vector<double>& params, AdamState& adam,
                                        std::vector<double>* ema, int64_t* skipped) {
     Impl& im = *impl_;
+    const train_math::TrainScalars s = im.read_scalars();  // after the step's work
     params = im.field.parameters_to_host();
-    im.m.copy_to_host(im.host_m.data(), im.host_m.size());
-    im.vmom.copy_to_host(im.host_vmom.data(), im.host_vmom.size());
+    im.m.copy_to_host(im.host_m.data(), im.host_m.size(), im.stream);
+    im.vmom.copy_to_host(im.host_vmom.data(), im.host_vmom.size(), im.stream);
     adam.m.assign(im.host_m.begin(), im.host_m.end());
     adam.v.assign(im.host_vmom.begin(), im.host_vmom.end());
-    adam.step = im.scalars.adam_step;
-    if (skipped != nullptr) *skipped = im.scalars.skipped;
+    adam.step = s.adam_step;
+    if (skipped != nullptr) *skipped = s.skipped;
     if (ema != nullptr && im.opt.ema_decay > 0) {
-        im.ema.copy_to_host(im.host_ema.data(), im.host_ema.size());
+        im.ema.copy_to_host(im.host_ema.data(), im.host_ema.size(), im.stream);
         *ema = im.host_ema;
     }
 }
@@ -331,6 +416,7 @@ void LikelihoodStep<T>::upload_state(const std::vector<double>& params, const Ad
                                      const std::vector<double>& ema, int64_t skipped) {
     Impl& im = *impl_;
     train_ops::check_state(im.P, params, adam, ema, skipped, "likelihood step");
+    im.own_stream.wait();  // no step of the old state still running
     im.field.set_parameters(params);
     if (adam.m.empty()) {
         std::fill(im.host_m.begin(), im.host_m.end(), T(0));
@@ -341,15 +427,16 @@ void LikelihoodStep<T>::upload_state(const std::vector<double>& params, const Ad
         std::transform(adam.v.begin(), adam.v.end(), im.host_vmom.begin(),
                        [](double x) { return static_cast<T>(x); });
     }
-    im.m.copy_from_host(im.host_m.data(), im.host_m.size());
-    im.vmom.copy_from_host(im.host_vmom.data(), im.host_vmom.size());
+    im.m.copy_from_host(im.host_m.data(), im.host_m.size(), im.stream);
+    im.vmom.copy_from_host(im.host_vmom.data(), im.host_vmom.size(), im.stream);
     if (im.opt.ema_decay > 0) {
         im.host_ema = ema.empty() ? params : ema;
-        im.ema.copy_from_host(im.host_ema.data(), im.host_ema.size());
+        im.ema.copy_from_host(im.host_ema.data(), im.host_ema.size(), im.stream);
     }
-    im.scalars = train_math::TrainScalars{};
-    im.scalars.adam_step = adam.step;
-    im.scalars.skipped = skipped;
+    train_math::TrainScalars sc;
+    sc.adam_step = adam.step;
+    sc.skipped = skipped;
+    im.scalars.copy_from_host(&sc, 1, im.stream);
 }
 
 // double: the CPU references (EGNN and kernel field); float: the fast and the CUDA kernel fields,

@@ -104,6 +104,14 @@ EQFLOW_API void lik_rk4_update(Device device, int64_t rows, int64_t nd, int64_t 
 // out[b] = 1/2 |y_b|^2 - integral[b] (the sum over the row in order).
 EQFLOW_API void lik_row_losses(Device device, int64_t rows, int64_t nd, const double* y,
                                const double* integral, double* out, Stream stream);
+// y[b] = data[order[a.first + b]] with a = *args, b < rows (double rows of nd values): the batch,
+// gathered where the solver runs, so that a device step needs no copy from host memory.
+EQFLOW_API void lik_gather(Device device, const double* data, const int64_t* order,
+                           const StepArgs* args, int64_t rows, int64_t nd, double* y,
+                           Stream stream);
+// s->loss = (sum of terms[b], b < rows, in order) / rows; s->bad = loss not finite.
+EQFLOW_API void lik_batch_loss(Device device, int64_t rows, const double* terms, TrainScalars* s,
+                               Stream stream);
 // out = a x (count values).
 EQFLOW_API void lik_scale(Device device, int64_t count, double a, const double* x, double* out,
                           Stream stream);

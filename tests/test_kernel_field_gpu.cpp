@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <string>
@@ -502,5 +504,81 @@ TEST(KernelFieldGpuTraining, LikelihoodStepResumesBitForBitOnTheDevice) {
     EXPECT_NE(p1, params);  // the last two steps moved the parameters
 }
 
+// The CUDA likelihood step replayed as one captured graph (from its second step on) is the
+// launched step, bit for bit: every step's loss, the validation loss, parameters, Adam moments,
+// EMA and counters. The learning rate, the batch and the epoch order change from step to step,
+// so a graph that froze any of them (instead of reading the step's arguments and the order from
+// device memory) fails; a batch with a non-finite row is skipped inside the replay without the
+// host, as in the launched run.
+TEST(KernelFieldGpuTraining, LikelihoodStepGraphReplaysTheLaunchedRun) {
+    const char* off = std::getenv("EQFLOW_NO_CUDA_GRAPH");
+    if (off != nullptr && *off != '\0' && *off != '0')
+        GTEST_SKIP() << "EQFLOW_NO_CUDA_GRAPH is set";
+    const std::vector<double> clean = test::dw4_data(48, 7);
+    std::vector<double> data = clean;
+    data[20 * 8 + 3] = std::numeric_limits<double>::quiet_NaN();  // row 20: batch 2 of epoch 0
+    KernelModel m = random_kernel_model(kCases[0], 47);
+    for (double& p : m.params) p *= 0.3;
+    struct Run {
+        std::vector<double> losses, params, ema;
+        AdamState adam;
+        int64_t skipped = -1;
+        LikelihoodStep<float>::Counters counters;
+        double val = 0.0;
+        std::string status;
+    };
+    const auto run = [&](bool graph) {
+        LikelihoodStepOptions lo;
+        lo.ode_steps = 3;
+        lo.batch = 8;
+        lo.ema_decay = 0.9;
+        lo.cuda_graph = graph;
+        const auto field = make_cuda_field(m);
+        LikelihoodStep<float> step(*field, lo, data.data(), 48, clean.data(), 16);
+        Run r;
+        std::vector<int64_t> order(48);
+        std::iota(order.begin(), order.end(), int64_t{0});
+        int64_t s = 0;
+        for (int epoch = 0; epoch < 2; ++epoch) {
+            if (epoch == 1) std::reverse(order.begin(), order.end());
+            step.set_order(order);
+            for (int64_t j = 0; j < 6; ++j, ++s) {
+                step.step(s, j, 1e-3 * static_cast<double>(1 + s % 4));
+                r.losses.push_back(step.last_loss());
+                if (s == 2) r.status = step.cuda_graph_status();
+            }
+        }
+        r.val = step.validation_loss(0, 16);
+        step.download_state(r.params, r.adam, &r.ema, &r.skipped);
+        r.counters = step.counters();
+        if (!graph) r.status = step.cuda_graph_status();
+        return r;
+    };
+    const Run plain = run(false);
+    const Run replayed = run(true);
+    EXPECT_EQ(plain.status.rfind("off", 0), 0u) << plain.status;
+    EXPECT_EQ(replayed.status.rfind("on", 0), 0u) << replayed.status;
+    ASSERT_EQ(replayed.losses.size(), plain.losses.size());
+    for (size_t i = 0; i < plain.losses.size(); ++i) {
+        if (std::isnan(plain.losses[i]))
+            EXPECT_TRUE(std::isnan(replayed.losses[i])) << "step " << i;
+        else
+            EXPECT_EQ(replayed.losses[i], plain.losses[i]) << "step " << i;
+    }
+    // Row 20 is in batch 2 of epoch 0 (step 2) and batch 3 of the reversed epoch 1 (step 9).
+    EXPECT_TRUE(std::isnan(plain.losses[2]));
+    EXPECT_TRUE(std::isnan(plain.losses[9]));
+    EXPECT_EQ(plain.skipped, 2);
+    EXPECT_EQ(replayed.skipped, plain.skipped);
+    EXPECT_EQ(replayed.adam.step, plain.adam.step);
+    EXPECT_EQ(replayed.counters.window_count, plain.counters.window_count);
+    EXPECT_EQ(replayed.counters.window_loss, plain.counters.window_loss);
+    EXPECT_EQ(replayed.val, plain.val);
+    EXPECT_EQ(replayed.params, plain.params);
+    EXPECT_EQ(replayed.adam.m, plain.adam.m);
+    EXPECT_EQ(replayed.adam.v, plain.adam.v);
+    EXPECT_EQ(replayed.ema, plain.ema);
+    for (double p : plain.params) ASSERT_TRUE(std::isfinite(p));  // the skip kept NaN out
+}
 }  // namespace
 }  // namespace eqflow

@@ -27,14 +27,18 @@
 // TrainScalars bookkeeping). Nothing is random: the validation loss is the same loss on the
 // held-out rows. The solver's state (stage inputs, the stages' k, the divergence integral, the
 // cotangents) lives where the field computes, with the solver's loops as host loops or as their
-// device twins (src/train_ops.h, lik_*): a CUDA step copies only the batch in and the B row
-// losses out, and the parameter gradient, Adam and the EMA stay on the device with the
-// parameters, so it gives the CPU step's arithmetic up to the field's own rounding (and the
-// device's fused multiply-adds).
+// device twins (src/train_ops.h, lik_*), and the parameter gradient, Adam and the EMA stay
+// with the parameters, so a CUDA step gives the CPU step's arithmetic up to the field's own
+// rounding (and the device's fused multiply-adds). On CUDA the training rows, the epoch order,
+// the step's arguments and its counters live on the device too, so a step reads nothing from
+// the host: from the second step on it is one captured CUDA graph, replayed (a DW4 step at 40
+// RK4 steps is ~2000 launches), and the host waits only when it reads the loss, the counters
+// or the state.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "eqflow/export.h"
@@ -47,6 +51,7 @@ struct LikelihoodStepOptions {
     int ode_steps = 10;      // N: RK4 steps from t = 1 to t = 0
     int64_t batch = 256;     // B: rows per step (<= the training set)
     double ema_decay = 0.0;  // 0: no EMA
+    bool cuda_graph = true;  // CUDA: replay the step as a graph (also off: EQFLOW_NO_CUDA_GRAPH=1)
 };
 
 template <class T>
@@ -79,8 +84,12 @@ class EQFLOW_API LikelihoodStep {
     // Exposed for tests (finite differences) and tools.
     double evaluate(const double* x1, int64_t rows, double* grad);
 
-    // The last step's batch loss (NaN or inf when that step was skipped).
+    // The last step's batch loss (NaN or inf when that step was skipped). On CUDA it waits for
+    // the step, as counters() and download_state() do; step() itself only queues work.
     double last_loss();
+
+    // "on: ...", "pending: ...", or "off: <why>" (as FlowMatchingStep::cuda_graph_status).
+    std::string cuda_graph_status() const;
 
     struct Counters {
         int64_t adam_step = 0;     // accepted steps (Adam updates) so far

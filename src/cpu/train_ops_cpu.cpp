@@ -243,6 +243,32 @@ void lik_row_losses(Device device, int64_t rows, int64_t nd, const double* y,
     }
 }
 
+void lik_gather(Device device, const double* data, const int64_t* order, const StepArgs* args,
+                int64_t rows, int64_t nd, double* y, Stream stream) {
+    if (device == Device::cuda) {
+        require_device_float<float>("lik_gather");
+        EQFLOW_DEVICE_CALL(float, lik_gather(data, order, args, rows, nd, y, stream))
+        return;
+    }
+    for (int64_t b = 0; b < rows; ++b) {
+        const double* src = data + order[args->first + b] * nd;
+        std::copy(src, src + nd, y + b * nd);
+    }
+}
+
+void lik_batch_loss(Device device, int64_t rows, const double* terms, TrainScalars* s,
+                    Stream stream) {
+    if (device == Device::cuda) {
+        require_device_float<float>("lik_batch_loss");
+        EQFLOW_DEVICE_CALL(float, lik_batch_loss(rows, terms, s, stream))
+        return;
+    }
+    double sum = 0.0;
+    for (int64_t b = 0; b < rows; ++b) sum += terms[b];
+    s->loss = sum / static_cast<double>(rows);
+    s->bad = std::isfinite(s->loss) ? 0 : 1;
+}
+
 void lik_scale(Device device, int64_t count, double a, const double* x, double* out,
                Stream stream) {
     if (device == Device::cuda) {
