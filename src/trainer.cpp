@@ -320,6 +320,8 @@ TrainResult run_training(const TrainOptions& opt, RunSetup& rs, Field<T>& field)
     Step trainer = make_step(opt, rs, field, n_val_used, static_cast<Step*>(nullptr));
     trainer.upload_state(model.params, adam, ema, skipped);
 
+    auto last_progress = start;  // when opt.progress was last called
+    bool progress_called = false;
     auto elapsed = [&] {
         return elapsed_before + std::chrono::duration<double>(clock::now() - start).count();
     };
@@ -381,8 +383,18 @@ TrainResult run_training(const TrainOptions& opt, RunSetup& rs, Field<T>& field)
         trainer.step(step, j, lr);
         ++step;
         const bool log_step = step % opt.log_every == 0 || step == total;
-        // On the GPU a read synchronises: the loss only when a callback wants every step's.
-        if (opt.progress) opt.progress(step, total, trainer.last_loss(), lr);
+        // On the GPU a read of the loss waits for the device: only when the callback is due
+        // (every step, or every progress_interval seconds and at the last step).
+        if (opt.progress) {
+            const auto now = clock::now();
+            if (opt.progress_interval <= 0 || step == total || !progress_called ||
+                std::chrono::duration<double>(now - last_progress).count() >=
+                    opt.progress_interval) {
+                opt.progress(step, total, trainer.last_loss(), lr);
+                last_progress = now;
+                progress_called = true;
+            }
+        }
         if (log_step) {
             const auto c = trainer.counters();
             skipped = c.skipped;

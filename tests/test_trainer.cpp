@@ -207,6 +207,35 @@ TEST_F(Trainer, NonFiniteStepsAreSkippedAndCounted) {
     for (size_t i = 0; i < p0.size(); ++i) ASSERT_EQ(r.raw_model.params[i], p0[i]);
 }
 
+// progress is called after every step, or with progress_interval only after the first step, the
+// last one and steps that interval after the previous call (the command line's 0.1 s: on the
+// GPU each call waits for the device); the run itself does not change.
+TEST_F(Trainer, ProgressIntervalThinsTheCallsNotTheRun) {
+    const std::vector<double> x = test::dw4_data(24, 3);
+    TrainOptions o = tiny_in_memory(CouplingKind::fm);
+    o.epochs = 4;
+    std::vector<int64_t> every, thinned;
+    std::vector<double> every_loss, thinned_loss;
+    o.progress = [&](int64_t step, int64_t, double loss, double) {
+        every.push_back(step);
+        every_loss.push_back(loss);
+    };
+    const TrainResult a = train_flow_matching(o, x, 24, 4, 2);
+    ASSERT_GT(a.total_steps, 3);
+    ASSERT_EQ(static_cast<int64_t>(every.size()), a.total_steps);
+    o.progress_interval = 3600.0;
+    o.progress = [&](int64_t step, int64_t, double loss, double) {
+        thinned.push_back(step);
+        thinned_loss.push_back(loss);
+    };
+    const TrainResult b = train_flow_matching(o, x, 24, 4, 2);
+    EXPECT_EQ(thinned, (std::vector<int64_t>{1, b.total_steps}));
+    ASSERT_EQ(thinned_loss.size(), 2u);
+    EXPECT_EQ(thinned_loss[0], every_loss.front());  // the loss of the step it reports
+    EXPECT_EQ(thinned_loss[1], every_loss.back());
+    EXPECT_EQ(b.model.params, a.model.params);
+}
+
 TEST_F(Trainer, StopFlagCheckpointsAndResumes) {
     const std::vector<double> x = test::dw4_data(40, 4);
     TrainOptions o = tiny("stop");

@@ -27,7 +27,7 @@
 // device == cuda, where
 // the training set lives on the device and every step (batch gather, draws, coupling, loss,
 // gradient, Adam, EMA) runs there; the host only schedules the learning rate and reads a few
-// bytes on logged steps (and every step when `progress` is set, for its loss). The draws, the
+// bytes on logged steps (and at each call of `progress`, for its loss). The draws, the
 // epoch order and the coupling's inputs are the CPU path's bit for bit (data rounded to float32
 // once), but the network, its gradient and the parameters / Adam moments are float32, so a GPU
 // run follows the CPU run only to float32 accuracy. The checkpoint holds the state widened to
@@ -119,8 +119,12 @@ struct TrainOptions {
     bool overwrite = false;
     int64_t stop_after_steps = 0;  // > 0: stop (with a checkpoint) once this step count is reached
     const std::atomic<bool>* stop = nullptr;  // set (e.g. by SIGINT): checkpoint and return
-    // Called after every step with (step, total steps, loss, lr).
+    // Called after every step with (step, total steps, loss, lr); with progress_interval > 0
+    // only after the first step, the last one, and steps at least that many seconds after the
+    // previous call. On the GPU each call waits for the device (it reads the step's loss), so a
+    // display that refreshes a few times a second should say so here (the command line: 0.1).
     std::function<void(int64_t, int64_t, double, double)> progress;
+    double progress_interval = 0.0;
     // Called after every epoch with (epoch, validation loss).
     std::function<void(int64_t, double)> on_epoch;
 };

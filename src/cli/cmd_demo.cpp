@@ -107,6 +107,9 @@ int cmd_demo(Args& args) {
     int64_t seen_total = 0;
     double val = std::nan("");
     to.on_epoch = [&](int64_t, double v) { val = v; };
+    // The bar refreshes at most ~10 times a second: read the loss (on the GPU, a wait for the
+    // device) no more often.
+    to.progress_interval = 0.1;
     to.progress = [&](int64_t step, int64_t total, double loss, double) {
         if (seen_total != total) {
             tp = Progress("train", total);

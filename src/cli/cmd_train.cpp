@@ -188,6 +188,9 @@ int cmd_train(Args& args) {
     Progress progress("train", 1);
     int64_t total_seen = 0;
     double last_val = std::nan("");
+    // The bar refreshes at most ~10 times a second: read the loss (on the GPU, a wait for the
+    // device) no more often.
+    opt.progress_interval = 0.1;
     opt.progress = [&](int64_t step, int64_t total, double loss, double lr) {
         if (total_seen != total) {
             progress = Progress("train", total);
