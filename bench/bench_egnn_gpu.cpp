@@ -3,7 +3,8 @@
 // layer formula (kernels/egnn.cu header), to compare with the H200's ~67 TFLOP/s FP32.
 // Also the whole flow-matching training step on the device (FlowMatchingStep<float>: draws,
 // coupling, forward, loss, backward, Adam) for fm and eqot at B = 256, the step the targets of
-// bench/RESULTS.md compare with PyTorch's.
+// bench/RESULTS.md compare with PyTorch's. And the likelihood-training step on the CUDA
+// kernel-dynamics field (LikelihoodStep<float>), with and without its CUDA graph.
 // Timing: the device is synchronised after every iteration; real time.
 #include <benchmark/benchmark.h>
 
@@ -16,6 +17,8 @@
 #include "eqflow/device.h"
 #include "eqflow/egnn.h"
 #include "eqflow/field.h"
+#include "eqflow/kernel_dynamics.h"
+#include "eqflow/likelihood.h"
 #include "eqflow/systems.h"
 #include "eqflow/tensor.h"
 #include "eqflow/train_step.h"
@@ -148,7 +151,56 @@ void BM_TrainStep_CUDA(benchmark::State& state, const char* name, eqflow::Coupli
     state.SetLabel("graph " + step.cuda_graph_status().substr(0, 3));
 }
 
+// One likelihood-training step (LikelihoodStep<float>: RK4 solve with the exact divergence and
+// the reverse sweep through it, Adam) on the CUDA kernel-dynamics field at the system's default
+// bases, 40 RK4 steps (scripts/reproduce.sh's setting): ~2000 launches a step, so the graph (1)
+// against launch by launch (0) shows what launch latency costs. Data: N(0, 1) configurations.
+void BM_LikelihoodStep_CUDA(benchmark::State& state, const char* name) {
+    if (eqflow::bench::skip_without_gpu(state)) return;
+    const int64_t B = state.range(0);
+    const eqflow::System s = eqflow::make_system(name);
+    eqflow::KernelModel model;
+    model.config = eqflow::default_kernel_config(name, s.n, s.d);
+    model.params = eqflow::kernel_init_parameters(model.config, 1);
+    std::mt19937_64 gen(4);
+    std::normal_distribution<double> dist(0.0, 1.0);
+    const int64_t count = 4 * B;
+    std::vector<double> data(static_cast<size_t>(count * s.n * s.d));
+    for (auto& v : data) v = dist(gen);
+    const std::unique_ptr<eqflow::Field<float>> field = eqflow::make_cuda_field(model);
+    eqflow::LikelihoodStepOptions o;
+    o.ode_steps = 40;
+    o.batch = B;
+    o.cuda_graph = state.range(1) != 0;
+    eqflow::LikelihoodStep<float> step(*field, o, data.data(), count);
+    std::vector<int64_t> order(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) order[static_cast<size_t>(i)] = i;
+    step.set_order(order);
+    int64_t k = 0;
+    step.step(k++, 0, 1e-4);
+    (void)step.counters();  // synchronises
+    for (auto _ : state) {
+        step.step(k, k % 4, 1e-4);
+        ++k;
+        (void)step.counters();
+    }
+    state.SetItemsProcessed(state.iterations() * B);
+    state.SetLabel("graph " + step.cuda_graph_status().substr(0, 3));
+}
+
 }  // namespace
+
+// BM_LikelihoodStep_CUDA/<system>/256/<graph>/real_time.
+const bool kLikelihoodStepBenchmarks = [] {
+    for (const char* system : {"dw4", "lj13"})
+        benchmark::RegisterBenchmark((std::string("BM_LikelihoodStep_CUDA/") + system).c_str(),
+                                     BM_LikelihoodStep_CUDA, system)
+            ->Args({256, 1})
+            ->Args({256, 0})
+            ->UseRealTime()
+            ->Unit(benchmark::kMillisecond);
+    return true;
+}();
 
 // BM_TrainStep_CUDA/<system>_<coupling>/256/<graph>/real_time, from a table.
 const bool kTrainStepBenchmarks = [] {

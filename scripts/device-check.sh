@@ -101,7 +101,7 @@ phase_bench() {
         return 0
     fi
     local exe=$BUILD/bench/bench_egnn_gpu
-    "$exe" --benchmark_min_time=0.1s --benchmark_filter='lj55/256|lj13/256|dw4/256|TrainStep' \
+    "$exe" --benchmark_min_time=0.1s --benchmark_filter='lj55/256|lj13/256|dw4/256|TrainStep|LikelihoodStep' \
         --benchmark_out="$RES/bench_egnn_gpu.json" --benchmark_out_format=json
     "$BUILD/bench/bench_egnn_unfused" --benchmark_min_time=0.1s --benchmark_filter='lj55/256' \
         --benchmark_out="$RES/bench_unfused.json" --benchmark_out_format=json
