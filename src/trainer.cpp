@@ -386,12 +386,11 @@ TrainResult run_training(const TrainOptions& opt, RunSetup& rs, Field<T>& field)
         // On the GPU a read of the loss waits for the device: only when the callback is due
         // (every step, or every progress_interval seconds and at the last step).
         if (opt.progress) {
-            const auto now = clock::now();
             if (opt.progress_interval <= 0 || step == total || !progress_called ||
-                std::chrono::duration<double>(now - last_progress).count() >=
+                std::chrono::duration<double>(clock::now() - last_progress).count() >=
                     opt.progress_interval) {
                 opt.progress(step, total, trainer.last_loss(), lr);
-                last_progress = now;
+                last_progress = clock::now();  // after the wait: the interval is the host's
                 progress_called = true;
             }
         }

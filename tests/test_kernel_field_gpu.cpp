@@ -509,7 +509,8 @@ TEST(KernelFieldGpuTraining, LikelihoodStepResumesBitForBitOnTheDevice) {
 // EMA and counters. The learning rate, the batch and the epoch order change from step to step,
 // so a graph that froze any of them (instead of reading the step's arguments and the order from
 // device memory) fails; a batch with a non-finite row is skipped inside the replay without the
-// host, as in the launched run.
+// host, as in the launched run and in the host step on the fast CPU field. (The emulator runs
+// queued work at once, so this checks what the step issues, not the device's ordering.)
 TEST(KernelFieldGpuTraining, LikelihoodStepGraphReplaysTheLaunchedRun) {
     const char* off = std::getenv("EQFLOW_NO_CUDA_GRAPH");
     if (off != nullptr && *off != '\0' && *off != '0')
@@ -527,13 +528,13 @@ TEST(KernelFieldGpuTraining, LikelihoodStepGraphReplaysTheLaunchedRun) {
         double val = 0.0;
         std::string status;
     };
-    const auto run = [&](bool graph) {
+    const auto run = [&](bool graph, bool host) {
         LikelihoodStepOptions lo;
         lo.ode_steps = 3;
         lo.batch = 8;
         lo.ema_decay = 0.9;
         lo.cuda_graph = graph;
-        const auto field = make_cuda_field(m);
+        const auto field = host ? make_fast_field(m, 1) : make_cuda_field(m);
         LikelihoodStep<float> step(*field, lo, data.data(), 48, clean.data(), 16);
         Run r;
         std::vector<int64_t> order(48);
@@ -554,8 +555,8 @@ TEST(KernelFieldGpuTraining, LikelihoodStepGraphReplaysTheLaunchedRun) {
         if (!graph) r.status = step.cuda_graph_status();
         return r;
     };
-    const Run plain = run(false);
-    const Run replayed = run(true);
+    const Run plain = run(false, false);
+    const Run replayed = run(true, false);
     EXPECT_EQ(plain.status.rfind("off", 0), 0u) << plain.status;
     EXPECT_EQ(replayed.status.rfind("on", 0), 0u) << replayed.status;
     ASSERT_EQ(replayed.losses.size(), plain.losses.size());
@@ -579,6 +580,19 @@ TEST(KernelFieldGpuTraining, LikelihoodStepGraphReplaysTheLaunchedRun) {
     EXPECT_EQ(replayed.adam.v, plain.adam.v);
     EXPECT_EQ(replayed.ema, plain.ema);
     for (double p : plain.params) ASSERT_TRUE(std::isfinite(p));  // the skip kept NaN out
+    // The host step skips the same batches (it leaves the reverse sweep out, the device runs it
+    // and discards it) and otherwise follows the device run to float rounding.
+    const Run host = run(false, true);
+    EXPECT_EQ(host.status.rfind("off", 0), 0u) << host.status;
+    EXPECT_EQ(host.skipped, plain.skipped);
+    EXPECT_EQ(host.adam.step, plain.adam.step);
+    for (size_t i = 0; i < plain.losses.size(); ++i) {
+        EXPECT_EQ(std::isnan(host.losses[i]), std::isnan(plain.losses[i])) << "step " << i;
+        if (!std::isnan(plain.losses[i]))
+            EXPECT_NEAR(host.losses[i], plain.losses[i], 1e-4 * (std::abs(plain.losses[i]) + 1.0))
+                << "step " << i;
+    }
+    EXPECT_NEAR(host.val, plain.val, 1e-4 * (std::abs(plain.val) + 1.0));
 }
 }  // namespace
 }  // namespace eqflow

@@ -32,8 +32,8 @@
 // rounding (and the device's fused multiply-adds). On CUDA the training rows, the epoch order,
 // the step's arguments and its counters live on the device too, so a step reads nothing from
 // the host: from the second step on it is one captured CUDA graph, replayed (a DW4 step at 40
-// RK4 steps is ~2000 launches), and the host waits only when it reads the loss, the counters
-// or the state.
+// RK4 steps is ~2000 launches), and the host waits only where it reads something back (the
+// loss, the counters, the state, validation_loss, evaluate) or uploads (set_order, upload_state).
 #pragma once
 
 #include <cstdint>

@@ -936,7 +936,8 @@ NB_MODULE(_eqflow, m) {
             }
             EQFLOW_CHECK(!o.reference || (device != "cuda" && device != "gpu"),
                          "reference is the CPU reference field: use it with device='cpu'");
-            // Likelihood training is host-loop code (src/likelihood.cpp): auto is the CPU for it.
+            // Likelihood training: auto is the CPU (the EGNN's second derivatives exist on the CPU
+            // reference only; the kernel field trains on CUDA when asked for explicitly).
             const Device resolved = python::resolve_device(
                 o.likelihood && (device == "auto" || device.empty()) ? "cpu" : device);
             o.device = o.reference ? Device::cpu : resolved;
@@ -948,6 +949,9 @@ NB_MODULE(_eqflow, m) {
             remove_mean(count, system.n, system.d, x.data());  // as the command centres on load
             python::InterruptPoll poll;
             o.stop = &poll.stop;
+            // Without a callback of the caller's, progress only polls for Ctrl-C: 10 times a
+            // second is enough, and spares a CUDA run the wait for the device after every step.
+            if (progress.is_none()) o.progress_interval = 0.1;
             o.progress = [&](int64_t step, int64_t total, double loss, double lr_now) {
                 nb::gil_scoped_acquire acquire;
                 if (PyErr_CheckSignals() != 0) {

@@ -139,7 +139,8 @@ int cmd_train(Args& args) {
     } else if (ode_steps != -1) {
         throw UsageError{"--ode-steps applies to --objective likelihood only"};
     }
-    // Likelihood training is host-loop code (src/likelihood.cpp): auto is the CPU for it.
+    // Likelihood training: auto is the CPU (the EGNN's second derivatives exist on the CPU
+    // reference only; the kernel field trains on CUDA when asked for explicitly).
     opt.device = resolve_device(opt.likelihood && device == "auto" ? "cpu" : device, "trainer",
                                 opt.reference);
     if (scale == "auto") {
