@@ -8,9 +8,21 @@
 #              DW4, LJ13, LJ55 and the device training step                                  <= 3 min
 #   sanitizer  compute-sanitizer memcheck on a chosen subset of the gpu tests                <= 2 min
 #   torch      the PyTorch reference (tools/bench_torch.py) on the same GPU, and the ratios  <= 2 min
+#   train      not a check and not in the default set: Table 1 cells trained and evaluated on
+#              the GPU (scripts/reproduce.sh SYSTEM OBJECTIVE cuda) for EQFLOW_TRAIN_SECONDS
+#              (default 420, the CLI's build included); EQFLOW_TRAIN_CELLS lists them
+#              (default "lj13:eqot"; others: "dw4:fm lj13:ot", ...), and reproduce.sh's
+#              variables pass through (EQFLOW_EMA=0.999, EQFLOW_EPOCHS, ...). The runs live in
+#              runs-device/ (git-ignored); a cell cut off by the time limit checkpoints (the
+#              trainer's SIGTERM handling) and resumes at the next call once runs-device/ is
+#              back: unpack the handed-back train-runs.tar.gz into runs-device/ and name it in
+#              the device tool's `carry`. The paper's data travel in .deps/paper-data
+#              (scripts/prepare-device-deps.sh); without them reproduce.sh generates data.
 #
 #   scripts/device-check.sh                  all phases in that order (under 9 minutes)
 #   scripts/device-check.sh bench torch      only these (the build directory must exist)
+#   EQFLOW_EMA=0.999 scripts/device-check.sh build train
+#                                            train (and evaluate) the LJ13 eqot cell on the GPU
 #   EQFLOW_DEVICE_CHECK_EMU=1 scripts/device-check.sh
 #                                            a dry run of the script itself on the CPU emulator
 #                                            build (emu preset): same phases, no GPU, no nvcc
@@ -56,7 +68,7 @@ run_phase() {
     result=$(grep "^result:" "$log" | tail -1 | cut -c9-)
     printf '%-10s %-16s %4d s  %s\n' "$name" "$status" $(($(date +%s) - t0)) "$result" | tee -a "$SUMMARY"
     [ "$rc" = 0 ] || tail -20 "$log"
-    hand_back "$log" "$RES"/"$name"*.json
+    hand_back "$log" "$RES"/"$name"*.json "$RES"/"$name"-*.tar.gz
     return $rc
 }
 say_result() { echo "result: $*"; }
@@ -146,6 +158,48 @@ phase_torch() {
     say_result "PyTorch on $dev (see torch.log)"
 }
 
+# Table 1 cells on the GPU, resumable across calls (see the header). The phase's own limit is
+# the training budget plus time for the archive; the cells get what the CLI's build leaves.
+phase_train() {
+    local seconds=${EQFLOW_TRAIN_SECONDS:-420} runs=$ROOT/runs-device t0 left cell rc=0 paper
+    t0=$(date +%s)
+    if [ "$EMU" != 1 ]; then
+        cmake -S "$ROOT" -B "$BUILD" -DEQFLOW_BUILD_CLI=ON > /dev/null || return 1
+    fi
+    cmake --build "$BUILD" -j "$JOBS" --target eqflow_cli || return 1
+    paper=$ROOT/.deps/paper-data
+    [ -d "$paper" ] || paper=$ROOT/../shared/data
+    mkdir -p "$runs"
+    for cell in ${EQFLOW_TRAIN_CELLS:-lj13:eqot}; do
+        left=$((seconds - ($(date +%s) - t0)))
+        if [ "$left" -lt 30 ]; then
+            echo "-- $cell: no time left"
+            rc=1
+            break
+        fi
+        echo "-- $cell ($left s left)"
+        # SIGTERM: the trainer saves a checkpoint and exits (143), which ends reproduce.sh.
+        EQFLOW_BIN=$BUILD/eqflow EQFLOW_RUNS=$runs EQFLOW_PAPER_DATA=$paper \
+            timeout -s TERM --kill-after=60 "$left" "$ROOT/scripts/reproduce.sh" "${cell%%:*}" \
+            "${cell#*:}" cuda || rc=$?
+    done
+    # Everything but the data (recopied or regenerated at the next call) comes back.
+    tar -C "$runs" --exclude='*.npy' -czf "$RES/train-runs.tar.gz" .
+    local done_cells=0 total=0
+    for cell in ${EQFLOW_TRAIN_CELLS:-lj13:eqot}; do
+        total=$((total + 1))
+        local dir=$runs/${cell%%:*}-${cell#*:}
+        if [ -f "$dir/metrics_paper_test.json" ] || [ -f "$dir/metrics_eqflow_test.json" ]; then
+            done_cells=$((done_cells + 1))
+            grep -h -E '"(nll|ess|path_length)"' "$dir"/metrics_*_test.json | head -6
+        elif [ -f "$dir/run/train_log.jsonl" ]; then
+            echo "$cell: $(tail -1 "$dir/run/train_log.jsonl")"
+        fi
+    done
+    say_result "$done_cells of $total cells trained and evaluated; runs in train-runs.tar.gz"
+    return $rc
+}
+
 status=0
 for p in "${phases[@]}"; do
     case $p in
@@ -154,7 +208,8 @@ for p in "${phases[@]}"; do
         bench) run_phase bench 180 phase_bench || status=1 ;;
         sanitizer) run_phase sanitizer 120 phase_sanitizer || status=1 ;;
         torch) run_phase torch 120 phase_torch || status=1 ;;
-        *) echo "unknown phase '$p' (build test bench sanitizer torch)"; exit 2 ;;
+        train) run_phase train $((${EQFLOW_TRAIN_SECONDS:-420} + 90)) phase_train || status=1 ;;
+        *) echo "unknown phase '$p' (build test bench sanitizer torch train)"; exit 2 ;;
     esac
 done
 echo "== summary"

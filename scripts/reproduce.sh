@@ -20,7 +20,8 @@
 #
 # Hyperparameters (the paper's Table 1 setup where it states them; docs/design.md section 5):
 # EGNN H 32, L 3, batch 256, Adam lr 5e-4 with x0.1 at half the steps, sigma 0.01, 1000 epochs
-# (EQFLOW_EPOCHS overrides, e.g. for a smoke run). Environment: EQFLOW_BIN (default
+# (EQFLOW_EPOCHS overrides, e.g. for a smoke run; so do EQFLOW_ROWS, the training rows, and
+# EQFLOW_TEST_ROWS, the rows of each held-out set, default 2000, LJ13's paper split 1000). Environment: EQFLOW_BIN (default
 # build/default/eqflow), EQFLOW_SAMPLES (ESS samples, default 10000 for dw4, 2000 for lj13),
 # EQFLOW_EMA (an EMA decay such as 0.999: model.safetensors then holds the averaged weights;
 # default off), EQFLOW_FIELD=kernel for the equivariant kernel dynamics of Koehler et al. 2020 instead of the
@@ -52,6 +53,10 @@
 # compare the last validation loss (the RK4 NLL) with eval's dopri5 nll: a large gap means the
 # model exploits the coarse solver and EQFLOW_ODE_STEPS should grow.
 set -euo pipefail
+# On SIGTERM (a time limit such as `timeout` sends it to the whole process group) the running
+# `eqflow train` saves a checkpoint before it exits; with a trap set, bash waits for it instead
+# of exiting at once, so that whoever sent the signal finds the checkpoint written.
+trap 'exit 143' TERM
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BIN=${EQFLOW_BIN:-$ROOT/build/default/eqflow}
@@ -77,7 +82,8 @@ run_cell() {
     local dir=$RUNS/$system-$objective epochs=${EQFLOW_EPOCHS:-1000}
     [ "$field" = kernel ] && dir=$dir-kernel
     # Training rows: all of them, or the likelihood budget's subset (see the header).
-    local rows=-1 batch=256 lr=5e-4 extra=()
+    local rows=${EQFLOW_ROWS:--1} batch=256 lr=5e-4 extra=()
+    local test_rows=${EQFLOW_TEST_ROWS:-}
     if [ "$objective" = likelihood ]; then
         if [ "$system" = dw4 ]; then
             rows=${EQFLOW_LIK_ROWS:-2816} batch=${EQFLOW_LIK_BATCH:-256} epochs=${EQFLOW_EPOCHS:-60}
@@ -102,10 +108,10 @@ run_cell() {
     if [ ! -f "$dir/train.npy" ]; then
         if [ "$system" = dw4 ] && [ -f "$PAPER/dw4_train.npy" ]; then
             npy_rows "$PAPER/dw4_train.npy" "$dir/train.npy" 0 "$rows"
-            npy_rows "$PAPER/dw4_val.npy" "$dir/paper_test.npy" 0 2000
+            npy_rows "$PAPER/dw4_val.npy" "$dir/paper_test.npy" 0 "${test_rows:-2000}"
         elif [ "$system" = lj13 ] && [ -f "$PAPER/lj13_train.npy" ]; then
             npy_rows "$PAPER/lj13_train.npy" "$dir/train.npy" 0 "$([ "$rows" -lt 0 ] && echo 9000 || echo $((rows < 9000 ? rows : 9000)))"
-            npy_rows "$PAPER/lj13_train.npy" "$dir/paper_test.npy" 9000 -1
+            npy_rows "$PAPER/lj13_train.npy" "$dir/paper_test.npy" 9000 "${test_rows:--1}"
         else
             echo "reproduce: no paper data under $PAPER; training on eqflow's equilibrium data"
             "$BIN" data --system "$system" --samples "$([ "$rows" -lt 0 ] && echo 100000 || echo "$rows")" \
@@ -113,7 +119,7 @@ run_cell() {
         fi
     fi
     [ -f "$dir/eqflow_test.npy" ] ||
-        "$BIN" data --system "$system" --samples 2000 --seed 2 --out "$dir/eqflow_test.npy"
+        "$BIN" data --system "$system" --samples "${test_rows:-2000}" --seed 2 --out "$dir/eqflow_test.npy"
 
     # 2. train
     local train_cmd=("$BIN" train --system "$system" --data "$dir/train.npy" --objective "$objective"
