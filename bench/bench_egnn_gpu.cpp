@@ -117,27 +117,23 @@ void BM_EgnnDivergence_CUDA(benchmark::State& s, const char* name) {
     run(s, name, Op::divergence);
 }
 
-// One training step on the device; data: N(0, 1) configurations (the step's cost does not
-// depend on their distribution), 4 batches' worth. Second argument: 1 replays the step as a CUDA
-// graph (the default), 0 launches its kernels one by one; the label says which ran.
-void BM_TrainStep_CUDA(benchmark::State& state, const char* name, eqflow::CouplingKind kind) {
-    if (eqflow::bench::skip_without_gpu(state)) return;
-    const int64_t B = state.range(0);
-    const eqflow::System s = eqflow::make_system(name);
-    const eqflow::EgnnModel model = eqflow::bench::benchmark_model(name);
-    std::mt19937_64 gen(3);
+// count configurations of s with N(0, 1) coordinates (a step's cost does not depend on their
+// distribution).
+std::vector<double> normal_rows(const eqflow::System& s, int64_t count, uint64_t seed) {
+    std::mt19937_64 gen(seed);
     std::normal_distribution<double> dist(0.0, 1.0);
-    const int64_t count = 4 * B;
     std::vector<double> data(static_cast<size_t>(count * s.n * s.d));
     for (auto& v : data) v = dist(gen);
-    const std::unique_ptr<eqflow::Field<float>> field = eqflow::make_cuda_field(model);
-    eqflow::FlowMatchingStepOptions o;
-    o.objective = kind;
-    o.batch = B;
-    o.cuda_graph = state.range(1) != 0;
-    eqflow::FlowMatchingStep<float> step(*field, o, data.data(), count);
-    std::vector<int64_t> order(static_cast<size_t>(count));
-    for (int64_t i = 0; i < count; ++i) order[static_cast<size_t>(i)] = i;
+    return data;
+}
+
+// Times step.step() over the batches of an identity order of 4 batches, after one untimed step
+// (the graph, when on, is captured at the first timed one); counters() waits for the device after
+// each. The label says whether the graph ran.
+template <class Step>
+void time_steps(benchmark::State& state, Step& step, int64_t B) {
+    std::vector<int64_t> order(static_cast<size_t>(4 * B));
+    for (int64_t i = 0; i < 4 * B; ++i) order[static_cast<size_t>(i)] = i;
     step.set_order(order);
     int64_t k = 0;
     step.step(k++, 0, 1e-4);
@@ -151,10 +147,28 @@ void BM_TrainStep_CUDA(benchmark::State& state, const char* name, eqflow::Coupli
     state.SetLabel("graph " + step.cuda_graph_status().substr(0, 3));
 }
 
+// One training step on the device; data: N(0, 1) configurations, 4 batches' worth. Second
+// argument: 1 replays the step as a CUDA graph (the default), 0 launches its kernels one by one;
+// the label says which ran.
+void BM_TrainStep_CUDA(benchmark::State& state, const char* name, eqflow::CouplingKind kind) {
+    if (eqflow::bench::skip_without_gpu(state)) return;
+    const int64_t B = state.range(0);
+    const eqflow::System s = eqflow::make_system(name);
+    const eqflow::EgnnModel model = eqflow::bench::benchmark_model(name);
+    const std::vector<double> data = normal_rows(s, 4 * B, 3);
+    const std::unique_ptr<eqflow::Field<float>> field = eqflow::make_cuda_field(model);
+    eqflow::FlowMatchingStepOptions o;
+    o.objective = kind;
+    o.batch = B;
+    o.cuda_graph = state.range(1) != 0;
+    eqflow::FlowMatchingStep<float> step(*field, o, data.data(), 4 * B);
+    time_steps(state, step, B);
+}
+
 // One likelihood-training step (LikelihoodStep<float>: RK4 solve with the exact divergence and
 // the reverse sweep through it, Adam) on the CUDA kernel-dynamics field at the system's default
 // bases, 40 RK4 steps (scripts/reproduce.sh's setting): ~2000 launches a step, so the graph (1)
-// against launch by launch (0) shows what launch latency costs. Data: N(0, 1) configurations.
+// against launch by launch (0) shows what launch latency costs. Data as above.
 void BM_LikelihoodStep_CUDA(benchmark::State& state, const char* name) {
     if (eqflow::bench::skip_without_gpu(state)) return;
     const int64_t B = state.range(0);
@@ -162,30 +176,14 @@ void BM_LikelihoodStep_CUDA(benchmark::State& state, const char* name) {
     eqflow::KernelModel model;
     model.config = eqflow::default_kernel_config(name, s.n, s.d);
     model.params = eqflow::kernel_init_parameters(model.config, 1);
-    std::mt19937_64 gen(4);
-    std::normal_distribution<double> dist(0.0, 1.0);
-    const int64_t count = 4 * B;
-    std::vector<double> data(static_cast<size_t>(count * s.n * s.d));
-    for (auto& v : data) v = dist(gen);
+    const std::vector<double> data = normal_rows(s, 4 * B, 4);
     const std::unique_ptr<eqflow::Field<float>> field = eqflow::make_cuda_field(model);
     eqflow::LikelihoodStepOptions o;
     o.ode_steps = 40;
     o.batch = B;
     o.cuda_graph = state.range(1) != 0;
-    eqflow::LikelihoodStep<float> step(*field, o, data.data(), count);
-    std::vector<int64_t> order(static_cast<size_t>(count));
-    for (int64_t i = 0; i < count; ++i) order[static_cast<size_t>(i)] = i;
-    step.set_order(order);
-    int64_t k = 0;
-    step.step(k++, 0, 1e-4);
-    (void)step.counters();  // synchronises
-    for (auto _ : state) {
-        step.step(k, k % 4, 1e-4);
-        ++k;
-        (void)step.counters();
-    }
-    state.SetItemsProcessed(state.iterations() * B);
-    state.SetLabel("graph " + step.cuda_graph_status().substr(0, 3));
+    eqflow::LikelihoodStep<float> step(*field, o, data.data(), 4 * B);
+    time_steps(state, step, B);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // The stream and graph of src/cuda_graph.h.
 #include "cuda_graph.h"
 
+#include <cstdlib>
 #include <exception>
 #include <utility>
 
@@ -124,6 +125,42 @@ void CapturedWork::launch(Stream stream) {
 #else
     (void)stream;
 #endif
+}
+
+StepGraph::StepGraph(Device device, bool enabled, const char* option) : own_(device) {
+    const char* no_graph = std::getenv("EQFLOW_NO_CUDA_GRAPH");
+    if (device != Device::cuda) {
+        status_ = "off: not a CUDA step";
+    } else if (!enabled || (no_graph != nullptr && *no_graph != '\0' && *no_graph != '0')) {
+        status_ = std::string("off: turned off (") + option + " or EQFLOW_NO_CUDA_GRAPH)";
+    } else {
+        wanted_ = true;
+        status_ = "pending: captured at the second step";
+        capture_ = OwnedStream(device, true);
+    }
+}
+
+void StepGraph::run(Stream& current, const std::function<void()>& work) {
+    if (!graph_.ready() && wanted_ && ran_) {
+        struct Restore {
+            Stream& target;
+            Stream saved;
+            ~Restore() { target = saved; }
+        } restore{current, current};
+        current = capture_.get();
+        std::string why;
+        if (graph_.capture(current, work, &why)) {
+            status_ = "on: the step is one CUDA graph, replayed";
+        } else {
+            wanted_ = false;
+            status_ = "off: capture failed (" + why + ")";
+        }
+    }
+    if (graph_.ready())
+        graph_.launch(current);
+    else
+        work();
+    ran_ = true;
 }
 
 }  // namespace eqflow::detail

@@ -66,4 +66,34 @@ class EQFLOW_API CapturedWork {
     void* exec_ = nullptr;  // cudaGraphExec_t
 };
 
+// The stream and graph policy of a training step (FlowMatchingStep, LikelihoodStep): on CUDA the
+// step runs on a blocking stream of its own; its first run() issues the work launch by launch
+// (so that one-time work such as raising a kernel's shared-memory limit is not captured), the
+// second captures it on a non-blocking stream in thread-local mode (so that other threads' CUDA
+// work meanwhile neither joins nor breaks the capture), and every later one replays the graph on
+// the step's stream. If capture fails, status() says why and the work keeps running launch by
+// launch. Off on the CPU, and when turned off by the step's option or EQFLOW_NO_CUDA_GRAPH.
+class EQFLOW_API StepGraph {
+  public:
+    StepGraph() = default;
+    // `option` names the step's option in the status ("FlowMatchingStepOptions::cuda_graph").
+    StepGraph(Device device, bool enabled, const char* option);
+    // The step's stream (nullptr on the CPU).
+    Stream stream() const { return own_.get(); }
+    // Issues the step's work once, as above. `current` is the variable every operation of the
+    // work is issued on: set to the capture stream while capturing, restored whatever happens.
+    void run(Stream& current, const std::function<void()>& work);
+    // "on: ...", "pending: ...", or "off: <why>".
+    const std::string& status() const { return status_; }
+    // Waits for the step's stream; errors are ignored (for destructors).
+    void wait() const noexcept { own_.wait(); }
+
+  private:
+    OwnedStream own_, capture_;
+    CapturedWork graph_;
+    bool wanted_ = false;  // capture at the next run (cleared when capture fails)
+    bool ran_ = false;     // run() has issued the work once
+    std::string status_;
+};
+
 }  // namespace eqflow::detail

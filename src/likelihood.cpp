@@ -18,7 +18,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -36,14 +35,10 @@ template <class T>
 struct LikelihoodStep<T>::Impl {
     Field<T>& field;
     LikelihoodStepOptions opt;
-    // Declared first so that they are destroyed last: the buffers go before the stream, and a
+    // Declared first so that it is destroyed last: the buffers go before the stream, and a
     // replay still running ends first (~Impl waits for it).
-    detail::OwnedStream own_stream;      // on the GPU: the step's stream (blocking), else none
-    Stream stream = nullptr;             // every operation below is ordered on it
-    detail::OwnedStream capture_stream;  // on the GPU: non-blocking, where the step is captured
-    detail::CapturedWork graph;          // on the GPU: the step's work, captured at step 2
-    bool graph_wanted = false;           // capture at the next step (cleared when capture fails)
-    std::string graph_status;            // what cuda_graph_status() says
+    detail::StepGraph graph;  // the step's stream and graph (src/cuda_graph.h)
+    Stream stream = nullptr;  // every operation below is ordered on it (graph's, or the capture's)
     int n = 0, d = 0, N = 0;
     int64_t nd = 0, B = 0, count = 0, val_count = 0, P = 0;
     std::vector<double> val;  // [val_count][nd] (host)
@@ -72,7 +67,7 @@ struct LikelihoodStep<T>::Impl {
     bool have_order = false, have_step = false;
 
     Impl(Field<T>& f, const LikelihoodStepOptions& o) : field(f), opt(o), dev(f.device()) {}
-    ~Impl() { own_stream.wait(); }
+    ~Impl() { graph.wait(); }
     Impl(const Impl&) = delete;
     Impl& operator=(const Impl&) = delete;
 
@@ -231,22 +226,10 @@ LikelihoodStep<T>::LikelihoodStep(Field<T>& field, const LikelihoodStepOptions& 
     impl_ = std::make_unique<Impl>(field, o);
     Impl& im = *impl_;
     const Device dev = im.dev;
-    im.own_stream = detail::OwnedStream(dev);
-    im.stream = im.own_stream.get();
-    // As FlowMatchingStep (src/train_step.cpp): the GPU step is captured at its second step (the
-    // first runs plainly, so that one-time work is not captured) on a non-blocking stream of its
-    // own in thread-local mode, and replayed on the step's stream from then on.
-    const char* no_graph = std::getenv("EQFLOW_NO_CUDA_GRAPH");
-    if (dev != Device::cuda) {
-        im.graph_status = "off: not a CUDA step";
-    } else if (!o.cuda_graph || (no_graph != nullptr && *no_graph != '\0' && *no_graph != '0')) {
-        im.graph_status =
-            "off: turned off (LikelihoodStepOptions::cuda_graph or EQFLOW_NO_CUDA_GRAPH)";
-    } else {
-        im.graph_wanted = true;
-        im.graph_status = "pending: captured at the second step";
-        im.capture_stream = detail::OwnedStream(dev, true);
-    }
+    // As FlowMatchingStep: the GPU step is captured at its second step and replayed from then
+    // on (src/cuda_graph.h).
+    im.graph = detail::StepGraph(dev, o.cuda_graph, "LikelihoodStepOptions::cuda_graph");
+    im.stream = im.graph.stream();
     im.n = field.n_particles();
     im.d = field.dim();
     im.N = o.ode_steps;
@@ -313,35 +296,13 @@ void LikelihoodStep<T>::step(int64_t step, int64_t j, double lr) {
     a.first_stream = static_cast<uint64_t>(step * im.B);  // unused: nothing is drawn
     a.lr = lr;
     train_ops::set_step_args(im.dev, im.args.data(), a, im.stream);
-    if (!im.graph.ready() && im.graph_wanted && im.have_step) {
-        std::string why;
-        // The step's work is issued on the capture stream, and im.stream restored whatever
-        // happens.
-        struct Restore {
-            Stream& target;
-            Stream saved;
-            ~Restore() { target = saved; }
-        } restore{im.stream, im.stream};
-        im.stream = im.capture_stream.get();
-        const bool captured = im.graph.capture(
-            im.stream, [&] { im.step_work(); }, &why);
-        if (captured) {
-            im.graph_status = "on: the step is one CUDA graph, replayed";
-        } else {
-            im.graph_wanted = false;
-            im.graph_status = "off: capture failed (" + why + ")";
-        }
-    }
-    if (im.graph.ready())
-        im.graph.launch(im.stream);
-    else
-        im.step_work();
+    im.graph.run(im.stream, [&] { im.step_work(); });
     im.have_step = true;
 }
 
 template <class T>
 std::string LikelihoodStep<T>::cuda_graph_status() const {
-    return impl_->graph_status;
+    return impl_->graph.status();
 }
 
 template <class T>
@@ -416,7 +377,7 @@ void LikelihoodStep<T>::upload_state(const std::vector<double>& params, const Ad
                                      const std::vector<double>& ema, int64_t skipped) {
     Impl& im = *impl_;
     train_ops::check_state(im.P, params, adam, ema, skipped, "likelihood step");
-    im.own_stream.wait();  // no step of the old state still running
+    im.graph.wait();  // no step of the old state still running
     im.field.set_parameters(params);
     if (adam.m.empty()) {
         std::fill(im.host_m.begin(), im.host_m.end(), T(0));

@@ -25,12 +25,8 @@ struct FlowMatchingStep<T>::Impl {
     Device dev;
     int n = 0, d = 0;
     int64_t nd = 0, B = 0, count = 0, val_count = 0, P = 0;
-    detail::OwnedStream own_stream;      // on the GPU: the step's stream (blocking), else none
-    Stream stream = nullptr;             // every operation below is ordered on it
-    detail::OwnedStream capture_stream;  // on the GPU: non-blocking, where the step is captured
-    detail::CapturedWork graph;          // on the GPU: the step's work, captured at step 2
-    bool graph_wanted = false;           // capture at the next step (cleared when capture fails)
-    std::string graph_status;            // what cuda_graph_status() says
+    detail::StepGraph graph;  // the step's stream and graph (src/cuda_graph.h)
+    Stream stream = nullptr;  // every operation below is ordered on it (graph's, or the capture's)
     CouplingOptions coupling;
     Buffer<T> data, val;                       // [count][nd], [val_count][nd]
     Buffer<int64_t> order, val_order;          // [count], [val_count] (identity)
@@ -47,7 +43,7 @@ struct FlowMatchingStep<T>::Impl {
     Impl(Field<T>& f, const FlowMatchingStepOptions& o) : field(f), opt(o), dev(f.device()) {}
     // The members are destroyed after this body, the buffers before the stream: a replay still
     // running must end first (cudaFree is not promised to wait for it).
-    ~Impl() { own_stream.wait(); }
+    ~Impl() { graph.wait(); }
     Impl(const Impl&) = delete;
     Impl& operator=(const Impl&) = delete;
 
@@ -148,27 +144,11 @@ FlowMatchingStep<T>::FlowMatchingStep(Field<T>& field, const FlowMatchingStepOpt
     impl_ = std::make_unique<Impl>(field, o);
     Impl& im = *impl_;
     const Device dev = im.dev;
-    im.own_stream = detail::OwnedStream(dev);
-    im.stream = im.own_stream.get();
-    // The GPU step is captured as a graph at its second step (the first runs plainly, so that
-    // one-time work such as raising a kernel's shared-memory limit is not captured) and replayed
-    // on the step's stream from then on. It is captured on a non-blocking stream of its own in
-    // thread-local mode, so that other threads' CUDA work during the capture (the Python module
-    // releases the GIL while it trains) cannot break it nor be refused because of it. eqot with
-    // atom types is captured too: its coupling writes the types with a kernel that takes them as
-    // an argument, not by a copy from host memory.
-    const char* no_graph = std::getenv("EQFLOW_NO_CUDA_GRAPH");
-    if (dev != Device::cuda) {
-        im.graph_status = "off: not a CUDA step";
-    } else if (!o.cuda_graph || (no_graph != nullptr && *no_graph != '\0' && *no_graph != '0')) {
-        im.graph_status =
-            "off: turned off (FlowMatchingStepOptions::cuda_graph or "
-            "EQFLOW_NO_CUDA_GRAPH)";
-    } else {
-        im.graph_wanted = true;
-        im.graph_status = "pending: captured at the second step";
-        im.capture_stream = detail::OwnedStream(dev, true);
-    }
+    // The GPU step is captured as a graph at its second step and replayed from then on
+    // (src/cuda_graph.h). eqot with atom types is captured too: its coupling writes the types
+    // with a kernel that takes them as an argument, not by a copy from host memory.
+    im.graph = detail::StepGraph(dev, o.cuda_graph, "FlowMatchingStepOptions::cuda_graph");
+    im.stream = im.graph.stream();
     im.n = field.n_particles();
     im.d = field.dim();
     im.nd = static_cast<int64_t>(im.n) * im.d;
@@ -246,29 +226,7 @@ void FlowMatchingStep<T>::step(int64_t step, int64_t j, double lr) {
     a.first_stream = static_cast<uint64_t>(step * im.B);
     a.lr = lr;
     train_ops::set_step_args(im.dev, im.args.data(), a, im.stream);
-    if (!im.graph.ready() && im.graph_wanted && im.have_step) {
-        std::string why;
-        // The step's work is issued on the capture stream (im.stream is what every operation of
-        // the step uses), and im.stream restored whatever happens.
-        struct Restore {
-            Stream& target;
-            Stream saved;
-            ~Restore() { target = saved; }
-        } restore{im.stream, im.stream};
-        im.stream = im.capture_stream.get();
-        const bool captured = im.graph.capture(
-            im.stream, [&] { im.step_work(); }, &why);
-        if (captured) {
-            im.graph_status = "on: the step is one CUDA graph, replayed";
-        } else {
-            im.graph_wanted = false;
-            im.graph_status = "off: capture failed (" + why + ")";
-        }
-    }
-    if (im.graph.ready())
-        im.graph.launch(im.stream);
-    else
-        im.step_work();
+    im.graph.run(im.stream, [&] { im.step_work(); });
     im.have_step = true;
 }
 
@@ -296,7 +254,7 @@ double FlowMatchingStep<T>::validation_loss(uint64_t seed, int64_t rows) {
 
 template <class T>
 std::string FlowMatchingStep<T>::cuda_graph_status() const {
-    return impl_->graph_status;
+    return impl_->graph.status();
 }
 
 template <class T>
