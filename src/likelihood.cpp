@@ -171,9 +171,9 @@ struct LikelihoodStep<T>::Impl {
         solve(rows);
         detail::copy_bytes(row_losses.data(), Device::cpu, terms.data(), dev,
                            static_cast<size_t>(rows) * sizeof(double), stream);
-        double sum = 0.0;
-        for (int64_t b = 0; b < rows; ++b) sum += row_losses[static_cast<size_t>(b)];
-        const double loss = sum / static_cast<double>(rows);
+        train_math::TrainScalars batch;  // the step's batch loss, here on the host copy
+        train_ops::lik_batch_loss(Device::cpu, rows, row_losses.data(), &batch, nullptr);
+        const double loss = batch.loss;
         if (!with_grad) return loss;
         grad.zero(stream);
         if (std::isfinite(loss)) reverse(rows);  // else the step is skipped: no gradient needed
