@@ -26,6 +26,42 @@ double effective_sample_size(const double* log_w, int64_t N) {
     return s1 * s1 / s2 / static_cast<double>(N);
 }
 
+double effective_sample_size_stderr(const double* log_w, int64_t N) {
+    if (N < 2) return 0.0;
+    double max_lw = -std::numeric_limits<double>::infinity();
+    for (int64_t i = 0; i < N; ++i)
+        if (std::isfinite(log_w[i])) max_lw = std::max(max_lw, log_w[i]);
+    if (!std::isfinite(max_lw)) return 0.0;
+    // a = mean w, b = mean w^2 (over all N, zeros included), ESS = a^2 / b; its gradient
+    // g = (2a / b, -a^2 / b^2) against the sample covariance of (w, w^2) over N.
+    const auto weight = [&](int64_t i) {
+        return std::isfinite(log_w[i]) ? std::exp(log_w[i] - max_lw) : 0.0;
+    };
+    double a = 0.0, b = 0.0;
+    for (int64_t i = 0; i < N; ++i) {
+        const double w = weight(i);
+        a += w;
+        b += w * w;
+    }
+    a /= static_cast<double>(N);
+    b /= static_cast<double>(N);
+    double c11 = 0.0, c12 = 0.0, c22 = 0.0;
+    for (int64_t i = 0; i < N; ++i) {
+        const double w = weight(i), e1 = w - a, e2 = w * w - b;
+        c11 += e1 * e1;
+        c12 += e1 * e2;
+        c22 += e2 * e2;
+    }
+    const double norm = 1.0 / static_cast<double>(N - 1);
+    c11 *= norm;
+    c12 *= norm;
+    c22 *= norm;
+    const double g1 = 2.0 * a / b, g2 = -a * a / (b * b);
+    const double var =
+        (g1 * g1 * c11 + 2.0 * g1 * g2 * c12 + g2 * g2 * c22) / static_cast<double>(N);
+    return std::sqrt(std::max(var, 0.0));
+}
+
 Reweighting importance_weights(const double* u, const double* log_q, int64_t N) {
     Reweighting r;
     r.log_w.resize(static_cast<size_t>(std::max<int64_t>(N, 0)));
@@ -46,6 +82,7 @@ Reweighting importance_weights(const double* u, const double* log_q, int64_t N) 
     r.energy_mean = finite_u > 0 ? sum_u / static_cast<double>(finite_u)
                                  : std::numeric_limits<double>::quiet_NaN();
     r.ess = effective_sample_size(r.log_w.data(), N);
+    r.ess_stderr = effective_sample_size_stderr(r.log_w.data(), N);
     double sw = 0.0, swu = 0.0;
     for (int64_t i = 0; i < N && std::isfinite(max_lw); ++i) {
         const double lw = r.log_w[static_cast<size_t>(i)];
@@ -172,6 +209,17 @@ double mean_of_finite(const std::vector<double>& values, int64_t* count = nullpt
     if (count) *count = k;
     return k > 0 ? sum / static_cast<double>(k) : std::numeric_limits<double>::quiet_NaN();
 }
+
+// Standard error of mean_of_finite: sd / sqrt(k) over the finite values (0 when k < 2).
+double stderr_of_finite(const std::vector<double>& values) {
+    int64_t k = 0;
+    const double m = mean_of_finite(values, &k);
+    if (k < 2) return 0.0;
+    double ss = 0.0;
+    for (double v : values)
+        if (std::isfinite(v)) ss += (v - m) * (v - m);
+    return std::sqrt(ss / static_cast<double>(k - 1) / static_cast<double>(k));
+}
 }  // namespace
 
 FlowMetrics flow_metrics(int n, int d, const std::vector<double>& test_log_q,
@@ -190,6 +238,9 @@ FlowMetrics flow_metrics(int n, int d, const std::vector<double>& test_log_q,
     m.nll = m.nll_normalized - prior_log_normalizer(n, d);
     const Reweighting rw = importance_weights(sample_u.data(), sample_log_q.data(), m.n_samples);
     m.ess = rw.ess;
+    m.ess_stderr = rw.ess_stderr;
+    m.nll_stderr = stderr_of_finite(test_log_q);
+    m.path_length_stderr = stderr_of_finite(sample_path_length);
     m.failed_samples = rw.invalid;
     m.energy_mean_samples = rw.energy_mean;
     m.energy_mean_reweighted = rw.energy_mean_reweighted;
@@ -205,6 +256,9 @@ Json FlowMetrics::to_json() const {
     j["nll_normalized"] = nll_normalized;
     j["ess"] = ess;
     j["path_length"] = path_length;
+    j["nll_stderr"] = nll_stderr;
+    j["ess_stderr"] = ess_stderr;
+    j["path_length_stderr"] = path_length_stderr;
     j["n_samples"] = n_samples;
     j["n_test"] = n_test;
     j["energy_mean_samples"] = energy_mean_samples;

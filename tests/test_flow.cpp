@@ -235,6 +235,42 @@ TEST(Ess, FormulaCases) {
     EXPECT_EQ(effective_sample_size(nullptr, 0), 0.0);
 }
 
+// The ESS's standard error against the spread of the ESS itself over independent draws:
+// log-normal weights (log w ~ N(0, s^2), ESS -> exp(-s^2)), N = 2000 as in LJ13's evaluation,
+// 300 repetitions. The delta method is exact in the limit and low for heavy tails; measured
+// (numpy, 500 repetitions): s = 0.3 ratio 1.00, s = 0.7 0.87, s = 1.0 0.81, s = 1.3 0.69.
+TEST(Ess, StandardErrorFollowsTheSpreadOverDraws) {
+    const std::vector<double> equal(50, -3.25);
+    EXPECT_NEAR(effective_sample_size_stderr(equal.data(), 50), 0.0, 1e-12);
+    EXPECT_EQ(effective_sample_size_stderr(equal.data(), 1), 0.0);
+    const std::vector<double> none = {-kInf, kNaN};
+    EXPECT_EQ(effective_sample_size_stderr(none.data(), 2), 0.0);
+
+    auto gen = test::rng(41);
+    for (double s : {0.3, 0.7}) {
+        const int reps = 300, N = 2000;
+        double sum = 0.0, sum2 = 0.0, se_mean = 0.0;
+        for (int r = 0; r < reps; ++r) {
+            std::vector<double> lw = test::random_normal(N, gen);
+            for (double& v : lw) v *= s;
+            const double e = effective_sample_size(lw.data(), N);
+            sum += e;
+            sum2 += e * e;
+            se_mean += effective_sample_size_stderr(lw.data(), N) / reps;
+        }
+        const double mean = sum / reps,
+                     spread = std::sqrt((sum2 / reps - mean * mean) * reps / (reps - 1));
+        std::printf(
+            "log-normal s %.1f: ESS %.4f, spread over draws %.4f, delta-method stderr %.4f\n", s,
+            mean, spread, se_mean);
+        EXPECT_NEAR(mean, std::exp(-s * s), 4.0 * spread / std::sqrt(reps));
+        // The spread's own sampling error over 300 repetitions is ~4%; the delta method's bias
+        // at s = 0.7 is ~13% low.
+        EXPECT_GT(se_mean, 0.75 * spread) << s;
+        EXPECT_LT(se_mean, 1.15 * spread) << s;
+    }
+}
+
 TEST(Ess, ImportanceWeightsCountInvalidAndNeverNaN) {
     const std::vector<double> u = {1.0, 2.0, kInf, 3.0, kNaN};
     const std::vector<double> log_q = {-1.0, -2.0, -1.0, kNaN, -1.0};
@@ -329,10 +365,14 @@ TEST(Metrics, NllConventionsAndHistogramFigure) {
     EXPECT_EQ(m.failed_test, 1);
     EXPECT_EQ(m.failed_samples, 2);
     EXPECT_NEAR(m.path_length, 3.0, 1e-12);
+    // Standard errors over the finite values: nll from (7, 8), path length from (2, 4, 3).
+    EXPECT_NEAR(m.nll_stderr, std::sqrt(0.5 / 2.0), 1e-12);
+    EXPECT_NEAR(m.path_length_stderr, std::sqrt(1.0 / 3.0), 1e-12);
     EXPECT_NEAR(m.energy_mean_test, -19.0, 1e-12);
     const Json j = Json::parse(m.to_json().dump());
     for (const char* key : {"nll", "nll_normalized", "ess", "path_length", "n_samples", "n_test",
-                            "energy_mean_samples", "energy_mean_reweighted", "energy_mean_test"})
+                            "energy_mean_samples", "energy_mean_reweighted", "energy_mean_test",
+                            "nll_stderr", "ess_stderr", "path_length_stderr"})
         EXPECT_TRUE(j.contains(key)) << key;
     EXPECT_EQ(j.at("n_samples").as_int(), 4);
 

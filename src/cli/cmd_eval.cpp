@@ -26,7 +26,9 @@ const char* const kEvalUsage =
     "configurations (integrated backwards to the prior; `nll` in the paper's convention without\n"
     "1/2 (n-1) d log 2pi, `nll_normalized` with it), and from N model samples (default 1000):\n"
     "the ESS of the importance weights (fraction of N), the path length int |v| dt, and mean\n"
-    "energies of samples, reweighted samples and test data. Writes the metrics JSON and an SVG\n"
+    "energies of samples, reweighted samples and test data, with standard errors of the first\n"
+    "three (NLL: sd / sqrt(M), for independent test points; ESS: delta method, approximate).\n"
+    "Writes the metrics JSON and an SVG\n"
     "figure of the three energy histograms (default: next to the JSON, *_energy.svg).\n"
     "--test-max M uses the first M test configurations only. Defaults: dopri5, atol = rtol = "
     "1e-4. --reference: the double-precision CPU reference field instead of the fast float32 "
@@ -197,9 +199,10 @@ int cmd_eval(Args& args) {
     if (system.name == "aldp")
         j["aldp"] = aldp_analysis(test.data(), n_test_all, samples, weights, rama_figure);
     write_file_atomic(out, j.dump(2) + "\n");
-    std::printf("NLL %.4f (normalised %.4f)  ESS %.4f  path length %.4f%s\n", m.nll,
-                m.nll_normalized, m.ess, m.path_length,
-                m.approximate ? "  [APPROXIMATE: Hutchinson divergence]" : "");
+    std::printf(
+        "NLL %.4f +- %.4f (normalised %.4f)  ESS %.4f +- %.4f  path length %.4f +- %.4f%s\n", m.nll,
+        m.nll_stderr, m.nll_normalized, m.ess, m.ess_stderr, m.path_length, m.path_length_stderr,
+        m.approximate ? "  [APPROXIMATE: Hutchinson divergence]" : "");
     if (m.chirality_folded)
         std::printf("mirrored %lld of %lld samples to L-alanine (%.1f%%)\n",
                     static_cast<long long>(m.mirrored_samples), static_cast<long long>(m.n_samples),
