@@ -241,6 +241,29 @@ FlowMetrics flow_metrics(int n, int d, const std::vector<double>& test_log_q,
     m.ess_stderr = rw.ess_stderr;
     m.nll_stderr = stderr_of_finite(test_log_q);
     m.path_length_stderr = stderr_of_finite(sample_path_length);
+    // log Z = log mean(w) over all N (failures weigh 0), shifted by the largest log w.
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    double max_lw = -std::numeric_limits<double>::infinity(), sum_w = 0.0;
+    for (double lw : rw.log_w)
+        if (std::isfinite(lw)) max_lw = std::max(max_lw, lw);
+    if (std::isfinite(max_lw))
+        for (double lw : rw.log_w)
+            if (std::isfinite(lw)) sum_w += std::exp(lw - max_lw);
+    m.log_z =
+        std::isfinite(max_lw) ? max_lw + std::log(sum_w / static_cast<double>(m.n_samples)) : nan;
+    std::vector<double> data_log_w;  // -u - log q at the test points
+    for (size_t i = 0; i < test_log_q.size() && i < test_u.size(); ++i)
+        if (std::isfinite(test_log_q[i]) && std::isfinite(test_u[i]))
+            data_log_w.push_back(-test_u[i] - test_log_q[i]);
+    if (std::isfinite(m.log_z) && !data_log_w.empty()) {
+        m.kl_test = mean_of_finite(data_log_w) - m.log_z;
+        const double se_data = stderr_of_finite(data_log_w);
+        const double var_log_z = (1.0 / rw.ess - 1.0) / static_cast<double>(m.n_samples);
+        m.kl_test_stderr = std::sqrt(se_data * se_data + std::max(var_log_z, 0.0));
+        m.entropy_test = m.nll - m.kl_test;
+    } else {
+        m.kl_test = m.kl_test_stderr = m.entropy_test = nan;
+    }
     m.failed_samples = rw.invalid;
     m.energy_mean_samples = rw.energy_mean;
     m.energy_mean_reweighted = rw.energy_mean_reweighted;
@@ -259,6 +282,10 @@ Json FlowMetrics::to_json() const {
     j["nll_stderr"] = nll_stderr;
     j["ess_stderr"] = ess_stderr;
     j["path_length_stderr"] = path_length_stderr;
+    j["log_z"] = log_z;
+    j["kl_test"] = kl_test;
+    j["kl_test_stderr"] = kl_test_stderr;
+    j["entropy_test"] = entropy_test;
     j["n_samples"] = n_samples;
     j["n_test"] = n_test;
     j["energy_mean_samples"] = energy_mean_samples;

@@ -271,6 +271,54 @@ TEST(Ess, StandardErrorFollowsTheSpreadOverDraws) {
     }
 }
 
+// log Z, the KL estimate and the entropy on the test points, on a case with known answers: target
+// p = N(0, 1) (u = x^2 / 2, Z = sqrt(2 pi)), model q = N(mu, 1), so KL(p || q) = mu^2 / 2. The
+// sample arrays are q's draws, the test arrays p's.
+TEST(Metrics, KlAndLogZAgainstGaussians) {
+    auto gen = test::rng(43);
+    const double mu = 0.5, log_2pi = std::log(2.0 * M_PI);
+    const int N = 20000, M = 5000;
+    std::vector<double> s_lq, s_u, s_pl(N, 1.0), t_lq, t_u;
+    for (double z : test::random_normal(N, gen)) {
+        const double x = mu + z;
+        s_lq.push_back(-0.5 * z * z - 0.5 * log_2pi);
+        s_u.push_back(0.5 * x * x);
+    }
+    for (double x : test::random_normal(M, gen)) {
+        t_lq.push_back(-0.5 * (x - mu) * (x - mu) - 0.5 * log_2pi);
+        t_u.push_back(0.5 * x * x);
+    }
+    const FlowMetrics m = flow_metrics(2, 1, t_lq, t_u, s_lq, s_u, s_pl);
+    std::printf("log Z %.4f (exact %.4f), KL %.4f +- %.4f (exact %.4f), entropy %.4f\n", m.log_z,
+                0.5 * log_2pi, m.kl_test, m.kl_test_stderr, 0.5 * mu * mu, m.entropy_test);
+    EXPECT_NEAR(m.log_z, 0.5 * log_2pi, 0.02);  // its spread: sqrt((e^{mu^2} - 1) / N) ~ 0.004
+    EXPECT_NEAR(m.kl_test, 0.5 * mu * mu, 4.5 * m.kl_test_stderr);
+    // The spread of -u - log q on the data is |mu| sd(x) = 0.5: the stderr ~ 0.5 / sqrt(M).
+    EXPECT_GT(m.kl_test_stderr, 0.5 / std::sqrt(M) * 0.9);
+    EXPECT_LT(m.kl_test_stderr, 0.5 / std::sqrt(M) * 1.3);
+    // nll = entropy + KL exactly; the entropy of N(0, 1) is 1/2 log(2 pi e), here minus the
+    // paper-convention constant prior_log_normalizer(2, 1) = 1/2 log(2 pi).
+    EXPECT_NEAR(m.nll, m.entropy_test + m.kl_test, 1e-12);
+    EXPECT_NEAR(m.entropy_test, 0.5, 4.5 * std::sqrt(0.5 / M) + 0.02);
+
+    // The model is the target: every log w is log Z, so KL is 0 to rounding.
+    std::vector<double> same_lq;
+    for (double u : s_u) same_lq.push_back(-u - 0.5 * log_2pi);
+    std::vector<double> same_t_lq;
+    for (double u : t_u) same_t_lq.push_back(-u - 0.5 * log_2pi);
+    const FlowMetrics e = flow_metrics(2, 1, same_t_lq, t_u, same_lq, s_u, s_pl);
+    EXPECT_NEAR(e.kl_test, 0.0, 1e-12);
+    EXPECT_NEAR(e.kl_test_stderr, 0.0, 1e-6);
+    EXPECT_NEAR(e.log_z, 0.5 * log_2pi, 1e-12);
+
+    // No finite weight: NaN, not a number that looks measured.
+    const std::vector<double> bad(3, kNaN), one(3, 1.0);
+    const FlowMetrics b = flow_metrics(2, 1, t_lq, t_u, bad, one, one);
+    EXPECT_TRUE(std::isnan(b.log_z));
+    EXPECT_TRUE(std::isnan(b.kl_test));
+    EXPECT_TRUE(std::isnan(b.entropy_test));
+}
+
 TEST(Ess, ImportanceWeightsCountInvalidAndNeverNaN) {
     const std::vector<double> u = {1.0, 2.0, kInf, 3.0, kNaN};
     const std::vector<double> log_q = {-1.0, -2.0, -1.0, kNaN, -1.0};
@@ -370,9 +418,10 @@ TEST(Metrics, NllConventionsAndHistogramFigure) {
     EXPECT_NEAR(m.path_length_stderr, std::sqrt(1.0 / 3.0), 1e-12);
     EXPECT_NEAR(m.energy_mean_test, -19.0, 1e-12);
     const Json j = Json::parse(m.to_json().dump());
-    for (const char* key : {"nll", "nll_normalized", "ess", "path_length", "n_samples", "n_test",
-                            "energy_mean_samples", "energy_mean_reweighted", "energy_mean_test",
-                            "nll_stderr", "ess_stderr", "path_length_stderr"})
+    for (const char* key :
+         {"nll", "nll_normalized", "ess", "path_length", "n_samples", "n_test",
+          "energy_mean_samples", "energy_mean_reweighted", "energy_mean_test", "nll_stderr",
+          "ess_stderr", "path_length_stderr", "log_z", "kl_test", "kl_test_stderr", "entropy_test"})
         EXPECT_TRUE(j.contains(key)) << key;
     EXPECT_EQ(j.at("n_samples").as_int(), 4);
 
