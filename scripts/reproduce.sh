@@ -83,6 +83,12 @@ run_cell() {
     case $field in egnn | kernel) ;; *) echo "reproduce: EQFLOW_FIELD must be egnn or kernel"; return 2 ;; esac
     local dir=$RUNS/$system-$objective epochs=${EQFLOW_EPOCHS:-1000}
     [ "$field" = kernel ] && dir=$dir-kernel
+    local extra_rows=${EQFLOW_EXTRA_ROWS:-0}
+    case $extra_rows in '' | *[!0-9]*) echo "reproduce: EQFLOW_EXTRA_ROWS must be a row count"; return 2 ;; esac
+    if [ "$extra_rows" -gt 0 ]; then
+        [ "$system" = lj13 ] || { echo "reproduce: EQFLOW_EXTRA_ROWS is for lj13 only"; return 2; }
+        dir=$dir-x$extra_rows  # a different training set: its own cell directory
+    fi
     # Training rows: all of them, or the likelihood budget's subset (see the header).
     local rows=${EQFLOW_ROWS:--1} batch=256 lr=5e-4 extra=()
     local test_rows=${EQFLOW_TEST_ROWS:-}
@@ -112,23 +118,26 @@ run_cell() {
             npy_rows "$PAPER/dw4_train.npy" "$dir/train.npy" 0 "$rows"
             npy_rows "$PAPER/dw4_val.npy" "$dir/paper_test.npy" 0 "${test_rows:-2000}"
         elif [ "$system" = lj13 ] && [ -f "$PAPER/lj13_train.npy" ]; then
-            npy_rows "$PAPER/lj13_train.npy" "$dir/train.npy" 0 "$([ "$rows" -lt 0 ] && echo 9000 || echo $((rows < 9000 ? rows : 9000)))"
+            # Written under another name and renamed at the end, so that an interrupted step
+            # leaves no train.npy for a rerun to take as done.
+            npy_rows "$PAPER/lj13_train.npy" "$dir/train.part.npy" 0 "$([ "$rows" -lt 0 ] && echo 9000 || echo $((rows < 9000 ? rows : 9000)))"
             npy_rows "$PAPER/lj13_train.npy" "$dir/paper_test.npy" 9000 "${test_rows:--1}"
-            if [ "${EQFLOW_EXTRA_ROWS:-0}" -gt 0 ]; then
+            if [ "$extra_rows" -gt 0 ]; then
                 # The paper's LJ13 training split is not in $PAPER (the file there is its
                 # validation split, 10^4 rows); later work's code describes the training split as
                 # 10^5 rows. EQFLOW_EXTRA_ROWS appends that many of eqflow's own equilibrium
-                # samples (seed 3; the test set uses seed 2) to the 9000 paper rows.
-                local data_cmd=("$BIN" data --system lj13 --samples "$EQFLOW_EXTRA_ROWS" --seed 3
+                # samples (seed 3; the test set uses seed 2) to the paper rows taken above.
+                local data_cmd=("$BIN" data --system lj13 --samples "$extra_rows" --seed 3
                                 --out "$dir/extra_rows.npy")
                 printf '%q ' "${data_cmd[@]}" > "$dir/data_command.txt"
                 echo >> "$dir/data_command.txt"
                 "${data_cmd[@]}"
                 python3 -c "import numpy as np, sys; a = np.load(sys.argv[1]); b = np.load(sys.argv[2]); \
 np.save(sys.argv[1], np.concatenate([a.reshape(len(a), -1), b.reshape(len(b), -1).astype(a.dtype)]))" \
-                    "$dir/train.npy" "$dir/extra_rows.npy"
+                    "$dir/train.part.npy" "$dir/extra_rows.npy"
                 rm -f "$dir/extra_rows.npy"
             fi
+            mv "$dir/train.part.npy" "$dir/train.npy"
         else
             echo "reproduce: no paper data under $PAPER; training on eqflow's equilibrium data"
             "$BIN" data --system "$system" --samples "$([ "$rows" -lt 0 ] && echo 100000 || echo "$rows")" \
@@ -149,7 +158,9 @@ np.save(sys.argv[1], np.concatenate([a.reshape(len(a), -1), b.reshape(len(b), -1
     if [ "$objective" != likelihood ] || [ "$field" = kernel ]; then train_cmd+=("${dev[@]}"); fi
     if [ -f "$dir/run/checkpoint.safetensors" ]; then train_cmd+=(--resume); fi
     if [ ! -f "$dir/trained" ]; then
-        printf '%q ' "${train_cmd[@]}" > "$dir/command.txt"
+        # The data command first when the training set has eqflow's rows appended.
+        if [ -f "$dir/data_command.txt" ]; then cp "$dir/data_command.txt" "$dir/command.txt"; else : > "$dir/command.txt"; fi
+        printf '%q ' "${train_cmd[@]}" >> "$dir/command.txt"
         echo >> "$dir/command.txt"
         "${train_cmd[@]}"
         touch "$dir/trained"

@@ -37,10 +37,11 @@ double default_t_max(const System& s) {
 }
 
 // About the integrated autocorrelation time of the energy at kT, in sweeps, so that recorded
-// samples are close to independent. Measured on the default ladders (2026-12-03): DW4 ~1 recorded
+// samples are far less correlated. Measured on the default ladders (2026-12-03): DW4 ~1 recorded
 // sample at 20 sweeps; LJ13 ~45 sweeps (4.6 recorded samples at a thinning of 10, 1.6 at 40);
 // LJ55 ~130 sweeps. With a thinning of 10, the mean energy of a 2000-sample LJ13 set scattered
-// by 0.43 from seed to seed (6 seeds); with 50 by 0.22, against 0.15 for independent samples.
+// by 0.43 from seed to seed (6 seeds); with 50 by 0.22, against 0.15 for independent samples
+// (so still ~900 independent samples' worth, not 2000).
 int64_t default_thin(const System& s) {
     if (s.kind == PotentialKind::double_well) return 20;
     return s.n <= 20 ? 50 : 150;

@@ -27,11 +27,12 @@ double effective_sample_size(const double* log_w, int64_t N) {
 }
 
 double effective_sample_size_stderr(const double* log_w, int64_t N) {
-    if (N < 2) return 0.0;
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    if (N < 2) return nan;
     double max_lw = -std::numeric_limits<double>::infinity();
     for (int64_t i = 0; i < N; ++i)
         if (std::isfinite(log_w[i])) max_lw = std::max(max_lw, log_w[i]);
-    if (!std::isfinite(max_lw)) return 0.0;
+    if (!std::isfinite(max_lw)) return nan;
     // a = mean w, b = mean w^2 (over all N, zeros included), ESS = a^2 / b; its gradient
     // g = (2a / b, -a^2 / b^2) against the sample covariance of (w, w^2) over N.
     const auto weight = [&](int64_t i) {
@@ -210,11 +211,12 @@ double mean_of_finite(const std::vector<double>& values, int64_t* count = nullpt
     return k > 0 ? sum / static_cast<double>(k) : std::numeric_limits<double>::quiet_NaN();
 }
 
-// Standard error of mean_of_finite: sd / sqrt(k) over the finite values (0 when k < 2).
+// Standard error of mean_of_finite: sd / sqrt(k) over the finite values (NaN when k < 2: not
+// measurable, and a 0 would read as exact).
 double stderr_of_finite(const std::vector<double>& values) {
     int64_t k = 0;
     const double m = mean_of_finite(values, &k);
-    if (k < 2) return 0.0;
+    if (k < 2) return std::numeric_limits<double>::quiet_NaN();
     double ss = 0.0;
     for (double v : values)
         if (std::isfinite(v)) ss += (v - m) * (v - m);
@@ -251,16 +253,19 @@ FlowMetrics flow_metrics(int n, int d, const std::vector<double>& test_log_q,
             if (std::isfinite(lw)) sum_w += std::exp(lw - max_lw);
     m.log_z =
         std::isfinite(max_lw) ? max_lw + std::log(sum_w / static_cast<double>(m.n_samples)) : nan;
-    std::vector<double> data_log_w;  // -u - log q at the test points
+    // -u - log q and u at the test points where both are finite (one set for both estimates).
+    std::vector<double> data_log_w, data_u;
     for (size_t i = 0; i < test_log_q.size() && i < test_u.size(); ++i)
-        if (std::isfinite(test_log_q[i]) && std::isfinite(test_u[i]))
+        if (std::isfinite(test_log_q[i]) && std::isfinite(test_u[i])) {
             data_log_w.push_back(-test_u[i] - test_log_q[i]);
+            data_u.push_back(test_u[i]);
+        }
     if (std::isfinite(m.log_z) && !data_log_w.empty()) {
         m.kl_test = mean_of_finite(data_log_w) - m.log_z;
         const double se_data = stderr_of_finite(data_log_w);
         const double var_log_z = (1.0 / rw.ess - 1.0) / static_cast<double>(m.n_samples);
         m.kl_test_stderr = std::sqrt(se_data * se_data + std::max(var_log_z, 0.0));
-        m.entropy_test = m.nll - m.kl_test;
+        m.entropy_test = mean_of_finite(data_u) + m.log_z - prior_log_normalizer(n, d);
     } else {
         m.kl_test = m.kl_test_stderr = m.entropy_test = nan;
     }

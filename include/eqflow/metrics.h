@@ -24,7 +24,7 @@ EQFLOW_API double effective_sample_size(const double* log_w, int64_t N);
 // Standard error of effective_sample_size over draws of the N samples, by the delta method on
 // ESS = mean(w)^2 / mean(w^2) (w = 0 where log w is not finite; samples assumed independent, as
 // the flow's are). Approximate: with heavy-tailed weights it comes out low (log-normal weights
-// with ESS ~0.37 at N = 2000: ~0.027 against a spread of ~0.034 over repeated draws). 0 when
+// with ESS ~0.37 at N = 2000: ~0.028 against a spread of ~0.036 over repeated draws). NaN when
 // N < 2 or no weight is finite.
 EQFLOW_API double effective_sample_size_stderr(const double* log_w, int64_t N);
 
@@ -68,20 +68,25 @@ struct FlowMetrics {
     // Standard errors of the three, from the same numbers: nll's is sd(-log q) / sqrt(finite
     // test points), which holds for independent test points (a correlated test set, such as
     // consecutive MCMC samples, has a larger one); ess's is effective_sample_size_stderr;
-    // path_length's is sd / sqrt(finite samples).
+    // path_length's is sd / sqrt(finite samples). NaN where fewer than 2 values are finite.
     double nll_stderr = 0.0, ess_stderr = 0.0, path_length_stderr = 0.0;
     // The NLL's stderr is mostly the test set's own spread (sd(-log q) ~ sd(u): ~0.2 nats for
     // 1000 LJ13 points), so NLLs on different test sets (the paper's and ours) differ by that
-    // much for the same model. These split it: log_z = log of the importance-sampling estimate
-    // mean(exp(log w)) of the target's partition function (normalised convention, the log w of
-    // the samples); kl_test = mean over the test points of (-u - log q) - log_z, an estimate of
-    // KL(p || q) whose spread is that of log w on the data (small for a good model), with
-    // kl_test_stderr from both terms (log_z's by the delta method, (1/ess - 1) / N); and
-    // entropy_test = nll - kl_test = mean(u) + log_z in the paper's convention, the target's
-    // entropy on the same test points: the NLL a perfect model would score there. Test points
-    // with a non-finite u or log q are left out; NaN when no weight or test point is finite.
-    // Caveat: log_z misses what the samples never reach (a missed mode), which biases kl_test
-    // high and entropy_test low.
+    // much for the same model. These split it, over the test points where u and log q are both
+    // finite: log_z = log of the importance-sampling estimate mean(exp(log w)) over the N samples
+    // (failed ones weigh 0) of the target's partition function on the space the model's density
+    // lives on (normalised convention; for aldp, whose density is folded, the L-half's);
+    // kl_test = mean(-u - log q) - log_z, an estimate of KL(p || q) whose spread is that of
+    // log w on the data (small for a good model), with kl_test_stderr from both terms (log_z's
+    // by the delta method, (1/ess - 1) / N, which grows as the ESS falls; the test points taken
+    // as independent); and entropy_test = mean(u) + log_z in the paper's convention, the
+    // target's entropy on those test points: the NLL a perfect model would score there (nll =
+    // entropy_test + kl_test when every test point is finite). NaN when no weight or test point
+    // is finite. Caveats: log_z misses what the samples never reach (a missed mode), and counts
+    // failed integrations (failed_samples) as zero weight, f of them biasing it by about
+    // log(1 - f); both bias kl_test high and entropy_test low. With few effective samples
+    // (ess * n_samples below ~100) log_z is one or a few weights, biased low far beyond its
+    // stderr: an untrained LJ13 model (ESS 1/50) gave kl_test ~4711 +- 1.2. `eqflow eval` says so.
     double log_z = 0.0, kl_test = 0.0, kl_test_stderr = 0.0, entropy_test = 0.0;
     int64_t n_samples = 0, n_test = 0;
     int64_t failed_samples = 0;  // zero-weight samples (failed integration or non-finite energy)

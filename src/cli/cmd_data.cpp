@@ -20,7 +20,7 @@ const char* const kDataUsage =
     "parallel-tempering Metropolis Monte Carlo on P threads (default: OMP_NUM_THREADS, else\n"
     "every CPU this process may run on): C independent chains of R replicas on a geometric\n"
     "ladder up to T x kT, step sizes tuned during burn-in, one sample every THIN sweeps\n"
-    "(default about the energy's autocorrelation time, so that samples are nearly independent:\n"
+    "(default about the energy's autocorrelation time, which cuts the correlation of samples:\n"
     "dw4 20, LJ up to 20 particles 50, larger LJ 150).\n"
     "Output: [N, n*d] float64 (or float32), centred.\n"
     "The same seed gives the same file whatever the number of threads.\n\n"

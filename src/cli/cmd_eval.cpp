@@ -29,8 +29,9 @@ const char* const kEvalUsage =
     "energies of samples, reweighted samples and test data, with standard errors of the first\n"
     "three (NLL: sd / sqrt(M), for independent test points; ESS: delta method, approximate);\n"
     "and the NLL split into the target's entropy on the test points and KL(p || q), through\n"
-    "the samples' estimate of log Z: the KL's error bar is far smaller than the NLL's, whose\n"
-    "spread is mostly the test set's. Writes the metrics JSON and an SVG figure of the three\n"
+    "the samples' estimate of log Z: for a model with a fair ESS the KL's error bar is far\n"
+    "smaller than the NLL's, whose spread is mostly the test set's (metrics.h says how both\n"
+    "are estimated and what biases them). Writes the metrics JSON and an SVG figure of the three\n"
     "energy histograms (default: next to the JSON, *_energy.svg).\n"
     "--test-max M uses the first M test configurations only. Defaults: dopri5, atol = rtol =\n"
     "1e-4. --reference: the double-precision CPU reference field instead of the fast float32\n"
@@ -205,10 +206,12 @@ int cmd_eval(Args& args) {
         "NLL %.4f +- %.4f (normalised %.4f)  ESS %.4f +- %.4f  path length %.4f +- %.4f%s\n", m.nll,
         m.nll_stderr, m.nll_normalized, m.ess, m.ess_stderr, m.path_length, m.path_length_stderr,
         m.approximate ? "  [APPROXIMATE: Hutchinson divergence]" : "");
+    const double effective = m.ess * static_cast<double>(m.n_samples);
     std::printf(
         "KL(p||q) on the test points %.4f +- %.4f  (the target's entropy there %.4f in the "
-        "NLL's convention; log Z %.4f)\n",
-        m.kl_test, m.kl_test_stderr, m.entropy_test, m.log_z);
+        "NLL's convention; log Z %.4f from %.0f effective samples%s)\n",
+        m.kl_test, m.kl_test_stderr, m.entropy_test, m.log_z, effective,
+        effective < 100.0 ? ": too few, KL and log Z unreliable" : "");
     if (m.chirality_folded)
         std::printf("mirrored %lld of %lld samples to L-alanine (%.1f%%)\n",
                     static_cast<long long>(m.mirrored_samples), static_cast<long long>(m.n_samples),
