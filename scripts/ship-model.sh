@@ -88,7 +88,10 @@ def load(path):
     with open(path) as h:
         return json.load(h)
 keys = ["nll", "nll_normalized", "ess", "path_length", "n_samples", "n_test",
-        "energy_mean_samples", "energy_mean_reweighted", "energy_mean_test"]
+        "energy_mean_samples", "energy_mean_reweighted", "energy_mean_test",
+        # error bars and the NLL's split (evaluations from 2026-12-03 on)
+        "nll_stderr", "ess_stderr", "path_length_stderr", "kl_test", "kl_test_stderr",
+        "entropy_test", "log_z"]
 out = {"model": name + ".safetensors"}
 for test in ("paper_test", "eqflow_test"):
     m = load(os.path.join(d, "metrics_%s.json" % test))
