@@ -423,8 +423,9 @@ def log_likelihood(model, x, *, solver="dopri5", atol=1e-4, rtol=1e-4, steps=20,
 def evaluate(model, test, *, samples=1000, seed=0, system=None, figure=None, solver="dopri5",
              atol=1e-4, rtol=1e-4, steps=20, batch=256, hutchinson=0, threads=0, device="auto"):
     """`eqflow eval`: the metrics dict of the command's JSON (nll, nll_normalized, ess,
-    path_length, n_samples, n_test, energy means, histogram, ...) plus the samples [N, n, d] and
-    their log_w. figure: also write the energy-histogram SVG there."""
+    path_length and their *_stderr, kl_test, kl_test_stderr, entropy_test, log_z, n_samples,
+    n_test, energy means, histogram, ...) plus the samples [N, n, d] and their log_w. figure:
+    also write the energy-histogram SVG there."""
     test = np.ascontiguousarray(_to_numpy(test, "test"))
     out = dict(_eqflow.evaluate(model._m, test, int(samples), int(seed), system or "",
                                 "" if figure is None else str(figure),

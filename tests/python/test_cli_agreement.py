@@ -81,7 +81,9 @@ def test_evaluate_matches_cli(cli, run):
     ref = json.load(open(run / "m.json"))
     m = eqflow.evaluate(eqflow.load_model(path), test, samples=8, solver="rk4", steps=4,
                         device="cpu")
-    for key in ("nll", "nll_normalized", "ess", "path_length", "energy_mean_test"):
+    for key in ("nll", "nll_normalized", "ess", "path_length", "energy_mean_test", "nll_stderr",
+                "ess_stderr", "path_length_stderr", "kl_test", "kl_test_stderr", "entropy_test",
+                "log_z"):
         assert m[key] == pytest.approx(ref[key], rel=1e-9, abs=1e-12), key
     assert m["samples"].shape == (8, 4, 2)
     ll = eqflow.log_likelihood(eqflow.load_model(path), test, solver="rk4", steps=4, device="cpu")
