@@ -88,8 +88,13 @@ TEST_F(CliRunDir, TwoConcurrentRunsCannotShareADirectory) {
 }
 
 TEST_F(CliRunDir, KilledEarlyResumesAndStaleTemporariesGo) {
-    // SIGKILL half a second in: no handler runs, yet the step-0 checkpoint is there.
-    Result r = sh(long_run("killed", "killed.log") + "sleep 0.5; kill -KILL $pid; wait $pid");
+    // SIGKILL as soon as the step-0 checkpoint appears (no handler runs): it stays, and the run
+    // resumes from it. Polled rather than a fixed half second, which a loaded CI machine missed
+    // (the process had not started training yet); the next checkpoint would come a minute
+    // later, so one seen within 20 s is the step-0 one.
+    Result r = sh(long_run("killed", "killed.log") + "for i in $(seq 400); do [ -f " +
+                  file("killed/checkpoint.safetensors") +
+                  " ] && break; sleep 0.05; done; kill -KILL $pid; wait $pid");
     ASSERT_TRUE(exists(file("killed/checkpoint.safetensors"))) << read_file(file("killed.log"));
     // A temporary file of a process killed during a checkpoint write (a pid that is gone).
     const pid_t child = ::fork();
