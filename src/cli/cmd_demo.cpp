@@ -166,12 +166,16 @@ int cmd_demo(Args& args) {
     std::printf("\nDW4 demo results (%lld test configurations, %lld samples):\n",
                 static_cast<long long>(n_test), static_cast<long long>(n_samples));
     std::printf(
-        "  NLL          %.4f nats (paper convention; normalised: %.4f; paper after full training: "
-        "1.68)\n",
-        m.nll, m.nll_normalized);
-    std::printf("  ESS          %.2f%% of the samples (paper after full training: 88.71%%)\n",
-                100.0 * m.ess);
-    std::printf("  path length  %.4f (paper: 2.92 for eqot)\n", m.path_length);
+        "  NLL          %.4f +- %.4f nats (paper convention; normalised: %.4f; paper after full "
+        "training: 1.68)\n",
+        m.nll, m.nll_stderr, m.nll_normalized);
+    std::printf(
+        "  ESS          %.2f +- %.2f%% of the samples (paper after full training: 88.71%%)\n",
+        100.0 * m.ess, 100.0 * m.ess_stderr);
+    std::printf("  path length  %.4f +- %.4f (paper: 2.92 for eqot)\n", m.path_length,
+                m.path_length_stderr);
+    std::printf("  KL(p||q)     %.4f +- %.4f nats on the test points (0 for a perfect model)\n",
+                m.kl_test, m.kl_test_stderr);
     std::printf("  mean energy  test %.3f, samples %.3f, reweighted %.3f\n", m.energy_mean_test,
                 m.energy_mean_samples, m.energy_mean_reweighted);
     std::printf(
