@@ -9,11 +9,19 @@
 
 namespace eqflow {
 
-double effective_sample_size(const double* log_w, int64_t N) {
-    if (N <= 0) return 0.0;
+namespace {
+// The largest finite log w (-inf when there is none): the shift that makes the largest weight 1.
+double max_finite(const double* log_w, int64_t N) {
     double max_lw = -std::numeric_limits<double>::infinity();
     for (int64_t i = 0; i < N; ++i)
         if (std::isfinite(log_w[i])) max_lw = std::max(max_lw, log_w[i]);
+    return max_lw;
+}
+}  // namespace
+
+double effective_sample_size(const double* log_w, int64_t N) {
+    if (N <= 0) return 0.0;
+    const double max_lw = max_finite(log_w, N);
     if (!std::isfinite(max_lw)) return 0.0;
     // Shift by the largest log weight so the largest w is 1: no overflow, and ESS is scale-free.
     double s1 = 0.0, s2 = 0.0;
@@ -29,9 +37,7 @@ double effective_sample_size(const double* log_w, int64_t N) {
 double effective_sample_size_stderr(const double* log_w, int64_t N) {
     const double nan = std::numeric_limits<double>::quiet_NaN();
     if (N < 2) return nan;
-    double max_lw = -std::numeric_limits<double>::infinity();
-    for (int64_t i = 0; i < N; ++i)
-        if (std::isfinite(log_w[i])) max_lw = std::max(max_lw, log_w[i]);
+    const double max_lw = max_finite(log_w, N);
     if (!std::isfinite(max_lw)) return nan;
     // a = mean w, b = mean w^2 (over all N, zeros included), ESS = a^2 / b; its gradient
     // g = (2a / b, -a^2 / b^2) against the sample covariance of (w, w^2) over N.
@@ -245,9 +251,8 @@ FlowMetrics flow_metrics(int n, int d, const std::vector<double>& test_log_q,
     m.path_length_stderr = stderr_of_finite(sample_path_length);
     // log Z = log mean(w) over all N (failures weigh 0), shifted by the largest log w.
     const double nan = std::numeric_limits<double>::quiet_NaN();
-    double max_lw = -std::numeric_limits<double>::infinity(), sum_w = 0.0;
-    for (double lw : rw.log_w)
-        if (std::isfinite(lw)) max_lw = std::max(max_lw, lw);
+    const double max_lw = max_finite(rw.log_w.data(), m.n_samples);
+    double sum_w = 0.0;
     if (std::isfinite(max_lw))
         for (double lw : rw.log_w)
             if (std::isfinite(lw)) sum_w += std::exp(lw - max_lw);
