@@ -97,8 +97,9 @@ void kabsch_bench(benchmark::State& state, Device device) {
 }
 
 // The eqot per-pair alignment: what CouplingOptions gives by default (exhaustive in 2D for n <= 5,
-// the frame starts' search otherwise), the search everywhere, or docs/design.md's one-start recipe.
-enum class Search { standard, frames, recipe };
+// the frame starts' search otherwise), the search everywhere, docs/design.md's one-start recipe,
+// or the frame starts' search cut to the 1 or 2 best-scored starts (CouplingOptions::max_starts).
+enum class Search { standard, frames, recipe, best1, best2 };
 
 template <class T>
 void coupling(benchmark::State& state, eqflow::CouplingKind kind, Device device, int n, int d,
@@ -111,6 +112,8 @@ void coupling(benchmark::State& state, eqflow::CouplingKind kind, Device device,
         o.frame_starts = false;      // Kabsch per pair
         o.refine_iterations = 0;
     }
+    if (search == Search::best1) o.max_starts = 1;
+    if (search == Search::best2) o.max_starts = 2;
     if (search != Search::standard) o.exhaustive = false;
     const std::vector<double> a = centred_normal(B, n, d, 1.0, 4),
                               b = centred_normal(B, n, d, 0.7, 5);
@@ -187,6 +190,13 @@ void register_benchmarks() {
         for (const System& s : {System{"dw4", 4, 2}, System{"lj13", 13, 3}, lj55})
             register_coupling("EqotReference", eqflow::CouplingKind::eqot, Search::recipe, device,
                               s);
+    // Fewer starts (CouplingOptions::max_starts 1 and 2): what searching only the best-scored
+    // starts saves where there is a search (DW4's default alignment is exhaustive, no starts).
+    for (Device device : devices)
+        for (const System& s : {System{"lj13", 13, 3}, lj55}) {
+            register_coupling("EqotStarts1", eqflow::CouplingKind::eqot, Search::best1, device, s);
+            register_coupling("EqotStarts2", eqflow::CouplingKind::eqot, Search::best2, device, s);
+        }
 }
 
 }  // namespace

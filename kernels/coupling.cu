@@ -111,6 +111,7 @@ struct EqotParams {
     int allow_reflection;
     int frame_starts;
     int refine_iterations;
+    int max_starts;  // 0: every frame start; k: the k best by eqot_starts' nearest-neighbour score
 };
 
 // Squared distance between particle a of x0 and particle b of the rotated x1, +inf across types.
@@ -265,9 +266,55 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, kEqotMinBlocksPerSm)
         double f0[9], f1[9], r0[9];
         kabsch_math::principal_frame(c0, D, f0);
         kabsch_math::principal_frame(c1, D, f1);
+        // Fewer starts (p.max_starts): each frame start's nearest-neighbour score
+        // (src/common/eqot_starts.h; lanes over the particles of x0, then a warp sum), and only
+        // the max_starts lowest are searched (ties: the earlier start), in mask order.
+        double score[1 << D];
+        int num = 0;
         for (int mask = 0; mask < (1 << D); ++mask) {
             const double det = kabsch_math::frame_start(f0, f1, D, mask, r0);
-            if (det > 0.0 || p.allow_reflection) search(r0);
+            if (!(det > 0.0 || p.allow_reflection)) continue;
+            if (p.max_starts > 0) {
+                double s = 0.0;
+                for (int a = lane; a < n; a += 32) {
+                    double low = inf_double();
+                    for (int b = 0; b < n; ++b) {
+                        if (ts[a] != ts[b]) continue;
+                        double c = 0.0;
+#pragma unroll
+                        for (int u = 0; u < D; ++u) {
+                            double v = 0.0;
+#pragma unroll
+                            for (int w = 0; w < D; ++w) v += r0[u * D + w] * xs1[b * D + w];
+                            const double diff = xs0[a * D + u] - v;
+                            c += diff * diff;
+                        }
+                        low = c < low ? c : low;
+                    }
+                    s += low;
+                }
+                score[num] = warp_sum(s);
+            }
+            ++num;
+        }
+        for (int mask = 0, st = 0; mask < (1 << D); ++mask) {
+            const double det = kabsch_math::frame_start(f0, f1, D, mask, r0);
+            if (!(det > 0.0 || p.allow_reflection)) continue;
+            bool keep = true;
+            if (p.max_starts > 0 && p.max_starts < num) {
+                int rank = 0;  // as eqot_starts::keep_best
+                for (int t = 0; t < num; ++t) {
+                    if (t == st) continue;
+                    const bool s_nan = score[st] != score[st], t_nan = score[t] != score[t];
+                    rank += (s_nan ? (!t_nan || t < st)
+                                   : (score[t] < score[st] || (score[t] == score[st] && t < st)))
+                                ? 1
+                                : 0;
+                }
+                keep = rank < p.max_starts;
+            }
+            ++st;
+            if (keep) search(r0);
         }
         double plain = 0.0;
         for (int k = lane; k < nd; k += 32) plain += (xs0[k] - xs1[k]) * (xs0[k] - xs1[k]);
@@ -499,7 +546,8 @@ void eqot(const CouplingOptions& o, const T* x0, const T* x1, int64_t B, int n, 
         poison_if_failed(flags, x1_paired, B * n * D, cost, B, stream);
         return;
     }
-    const EqotParams p{o.allow_reflection ? 1 : 0, o.frame_starts ? 1 : 0, o.refine_iterations};
+    const EqotParams p{o.allow_reflection ? 1 : 0, o.frame_starts ? 1 : 0, o.refine_iterations,
+                       o.max_starts};
     const std::size_t smem = warps * warp_bytes;
     EQFLOW_LAUNCH((eqot_pair_kernel<T, D>), blocks(B * B), 32 * warps, smem, EQFLOW_STREAM(stream),
                   x0, x1, static_cast<int>(B), n, w.types, p, nullptr, w.m, nullptr, nullptr,

@@ -29,6 +29,8 @@ namespace {
 void check_options(const CouplingOptions& o, int64_t n, int64_t d) {
     EQFLOW_CHECK(o.refine_iterations >= 0 && o.refine_iterations <= 100,
                  "coupling: refine_iterations must be in [0, 100], got " << o.refine_iterations);
+    EQFLOW_CHECK(o.max_starts >= 0,
+                 "coupling: max_starts must be >= 0 (0: every start), got " << o.max_starts);
     EQFLOW_CHECK(o.atom_types.empty() || static_cast<int64_t>(o.atom_types.size()) == n,
                  "coupling: " << o.atom_types.size() << " atom types for " << n << " particles");
     for (int t : o.atom_types) EQFLOW_CHECK(t >= 0, "coupling: negative atom type " << t);

@@ -848,6 +848,13 @@ TrainingCheckpoint load_checkpoint(
                           << (f.has_meta(key) ? f.meta(key) : "?") << "' and is now '" << value
                           << "'");
     }
+    // Keys that a run records only when it sets them: one in the checkpoint must be set again.
+    for (const char* key : {"eqflow.train.ode_steps", "eqflow.train.eqot_starts"}) {
+        const bool now = std::any_of(fingerprint.begin(), fingerprint.end(),
+                                     [&](const auto& kv) { return kv.first == key; });
+        EQFLOW_CHECK(now || !f.has_meta(key), path << ": cannot resume, " << key << " was '"
+                                                   << f.meta(key) << "' and is now not set");
+    }
     SafetensorsFile model_part;
     model_part.metadata = f.metadata;
     for (const SafeTensor& t : f.tensors)

@@ -158,6 +158,7 @@ FlowMatchingStep<T>::FlowMatchingStep(Field<T>& field, const FlowMatchingStepOpt
     im.P = field.parameter_count();
     im.coupling.kind = o.objective;
     im.coupling.allow_reflection = o.reflections;
+    im.coupling.max_starts = o.eqot_starts;
     im.coupling.atom_types = o.atom_types;
     im.coupling.threads = o.threads;
     // On CUDA the coupling only queues its kernels: no host round trip inside a step (a failed

@@ -266,6 +266,7 @@ FlowMatchingStep<T> make_step(const TrainOptions& opt, RunSetup& rs, Field<T>& f
     FlowMatchingStepOptions so;
     so.objective = opt.objective;
     so.reflections = opt.reflections;
+    so.eqot_starts = opt.eqot_starts;
     so.atom_types = opt.atom_types;
     so.sigma = opt.sigma;
     so.batch = rs.B;
@@ -558,6 +559,9 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
     };
     if (opt.likelihood)
         rs.fingerprint.push_back({"eqflow.train.ode_steps", std::to_string(opt.ode_steps)});
+    // Only when set, so that the runs (and checkpoints) from before the option keep resuming.
+    if (opt.eqot_starts != 0)
+        rs.fingerprint.push_back({"eqflow.train.eqot_starts", std::to_string(opt.eqot_starts)});
     if (!opt.out_dir.empty()) {
         rs.ckpt_path = opt.out_dir + "/checkpoint.safetensors";
         rs.model_path = opt.out_dir + "/model.safetensors";

@@ -142,6 +142,43 @@ TEST_F(CliTrain, ResumeMatchesStraightRun) {
     EXPECT_EQ(r.code, 1) << r.out;
 }
 
+TEST_F(CliTrain, EqotStartsReachTheCoupling) {
+    // --eqot-starts K: the eqot search of each pair from its K best-scored principal-axes starts
+    // (LJ13: 4 proper starts). K 4 is every start, the default search, so the same model bit for
+    // bit; K 1 couples differently, so the model differs. Recorded, so a resume must repeat it.
+    Result r = run("data --system lj13 --samples 40 --seed 5 --burn-in 200 --threads 1 --out " +
+                   file("lj13.npy"));
+    ASSERT_EQ(r.code, 0) << r.out;
+    const auto train = [&](const std::string& out, const std::string& extra) {
+        return run("train --system lj13 --data " + file("lj13.npy") +
+                   " --objective eqot --epochs 2 --batch 16 --hidden 8 --layers 1 --threads 1 "
+                   "--seed 3 --out " +
+                   file(out) + extra);
+    };
+    for (const auto& [dir, extra] : {std::pair<std::string, std::string>{"all", ""},
+                                     {"four", " --eqot-starts 4"},
+                                     {"one", " --eqot-starts 1"}}) {
+        r = train(dir, extra);
+        ASSERT_EQ(r.code, 0) << r.out;
+    }
+    const EgnnModel all = load_model(file("all/model.safetensors"));
+    const EgnnModel four = load_model(file("four/model.safetensors"));
+    const EgnnModel one = load_model(file("one/model.safetensors"));
+    EXPECT_EQ(four.params, all.params);
+    EXPECT_NE(one.params, all.params);
+    r = train("one", " --resume");  // without the option it was trained with
+    EXPECT_EQ(r.code, 1) << r.out;
+    r = train("one", " --resume --eqot-starts 1");
+    EXPECT_EQ(r.code, 0) << r.out;
+    for (const char* bad : {" --eqot-starts 9", " --eqot-starts -1"}) {
+        r = train("bad", bad);
+        EXPECT_EQ(r.code, 2) << bad << r.out;
+    }
+    r = run(tiny_train("bad", "ot") + " --eqot-starts 1");
+    EXPECT_EQ(r.code, 2) << r.out;
+    EXPECT_NE(r.out.find("--objective eqot only"), std::string::npos) << r.out;
+}
+
 TEST_F(CliTrain, CtrlCSavesACheckpoint) {
     // A run far too long to finish; SIGINT after a second must checkpoint and exit with 130.
     const std::string cmd = std::string(EQFLOW_CLI_PATH) + " train --system dw4 --data " +

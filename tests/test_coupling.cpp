@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/eqot_exhaustive.h"
+#include "common/eqot_starts.h"
 #include "eqflow/assignment.h"
 #include "eqflow/coupling.h"
 #include "eqflow/error.h"
@@ -453,6 +454,55 @@ TEST_P(Eqot, ReflectionsOnlyWhenAsked) {
     EXPECT_LT(mirrored.total(), 1e-18);
 }
 
+TEST_P(Eqot, FewerStartsKeepInvarianceAndTheSafetyNet) {
+    // max_starts 1 and 2 (the search, also in 2D): the starts are chosen by scores that turn with
+    // the inputs, so rotating and permuting samples changes nothing; the safety net still bounds
+    // every pair by its unaligned cost; as many starts as there are is the default search.
+    const auto [n, d] = GetParam();
+    auto gen = test::rng(650 + n);
+    const int B = 10;
+    const std::vector<double> x0 = prior(B, n, d, gen), x1 = data(B, n, d, gen);
+    for (const int k : {1, 2}) {
+        SCOPED_TRACE(::testing::Message() << "max_starts " << k);
+        CouplingOptions o = opts(CouplingKind::eqot);
+        o.exhaustive = false;
+        o.max_starts = k;
+        const Coupled base = run(o, x0, x1, B, n, d);
+        std::vector<double> x1t = x1, x0t = x0, expected = base.x1p;
+        for (int b = 0; b < B; ++b) {
+            std::vector<int> pi(n);
+            std::iota(pi.begin(), pi.end(), 0);
+            std::shuffle(pi.begin(), pi.end(), gen);
+            transform_sample(x1t, b, n, d, random_rotation(d, gen), pi);
+            std::shuffle(pi.begin(), pi.end(), gen);
+            const std::vector<double> q = random_rotation(d, gen);
+            transform_sample(x0t, b, n, d, q, pi);
+            transform_sample(expected, b, n, d, q, pi);
+        }
+        const Coupled c1 = run(o, x0, x1t, B, n, d);
+        EXPECT_EQ(c1.pairing, base.pairing);
+        EXPECT_ALL_CLOSE(c1.cost, base.cost, 0.0, kCostRtol);
+        EXPECT_ALL_CLOSE(c1.x1p, base.x1p, kCoordTol, 0.0);
+        const Coupled c0 = run(o, x0t, x1, B, n, d);
+        EXPECT_EQ(c0.pairing, base.pairing);
+        EXPECT_ALL_CLOSE(c0.cost, base.cost, 0.0, kCostRtol);
+        EXPECT_ALL_CLOSE(c0.x1p, expected, kCoordTol, 0.0);
+        std::vector<int64_t> perm(n);
+        double r[9];
+        for (int i = 0; i < B; ++i)
+            for (int j = 0; j < B; ++j)
+                EXPECT_LE(eqot_align_pair(o, &x0[i * n * d], &x1[j * n * d], n, d, perm.data(), r),
+                          sq(&x0[i * n * d], &x1[j * n * d], n * d));
+    }
+    CouplingOptions all = opts(CouplingKind::eqot), many = all;
+    all.exhaustive = many.exhaustive = false;
+    many.max_starts = 1 << (d - 1);  // every proper start
+    const Coupled a = run(all, x0, x1, B, n, d), m = run(many, x0, x1, B, n, d);
+    EXPECT_EQ(m.pairing, a.pairing);
+    EXPECT_EQ(m.cost, a.cost);
+    EXPECT_EQ(m.x1p, a.x1p);
+}
+
 INSTANTIATE_TEST_SUITE_P(Systems, Eqot,
                          ::testing::Values(std::make_pair(4, 2), std::make_pair(13, 3)),
                          [](const auto& info) { return "n" + std::to_string(info.param.first); });
@@ -486,21 +536,40 @@ TEST(Coupling, EqotSmallPathMatchesTheReferenceBitForBit) {
         bool typed, reflections, identity_start;
         int refine;
         bool exhaustive = true;  // d = 2, n <= 5 only
+        int max_starts = 0;      // the best-scored starts only (0: all)
     };
-    const Case cases[] = {
-        {4, 2, false, false, false, 1},        {13, 3, false, false, false, 1},
-        {2, 3, false, false, false, 1},        {7, 3, true, true, false, 3},
-        {13, 3, false, false, true, 0},        {9, 2, false, true, false, 2},
-        {32, 3, false, false, false, 1},       {22, 3, true, false, false, 1},
-        {4, 2, false, false, false, 1, false}, {5, 2, true, true, false, 2, false},
-        {5, 2, true, true, false, 1},          {33, 3, false, false, false, 1},
-        {55, 3, false, false, false, 1},       {40, 3, true, true, false, 2},
-        {40, 2, false, false, false, 1},       {55, 3, false, false, true, 0},
-        {64, 3, true, false, false, 1},        {70, 3, false, false, false, 1},
-        {66, 2, true, true, false, 2}};
+    const Case cases[] = {{4, 2, false, false, false, 1},
+                          {13, 3, false, false, false, 1},
+                          {2, 3, false, false, false, 1},
+                          {7, 3, true, true, false, 3},
+                          {13, 3, false, false, true, 0},
+                          {9, 2, false, true, false, 2},
+                          {32, 3, false, false, false, 1},
+                          {22, 3, true, false, false, 1},
+                          {4, 2, false, false, false, 1, false},
+                          {5, 2, true, true, false, 2, false},
+                          {5, 2, true, true, false, 1},
+                          {33, 3, false, false, false, 1},
+                          {55, 3, false, false, false, 1},
+                          {40, 3, true, true, false, 2},
+                          {40, 2, false, false, false, 1},
+                          {55, 3, false, false, true, 0},
+                          {64, 3, true, false, false, 1},
+                          {70, 3, false, false, false, 1},
+                          {66, 2, true, true, false, 2},
+                          // Fewer starts: the same scores and choice on every path.
+                          {13, 3, false, false, false, 1, true, 1},
+                          {13, 3, false, false, false, 1, true, 2},
+                          {7, 3, true, true, false, 2, true, 3},
+                          {9, 2, false, false, false, 1, true, 1},
+                          {4, 2, false, true, false, 1, false, 2},
+                          {22, 3, true, false, false, 1, true, 1},
+                          {55, 3, false, false, false, 1, true, 1},
+                          {70, 3, true, false, false, 1, true, 2}};
     auto gen = test::rng(670);
     for (const Case& c : cases) {
-        SCOPED_TRACE(::testing::Message() << "n=" << c.n << " d=" << c.d);
+        SCOPED_TRACE(::testing::Message()
+                     << "n=" << c.n << " d=" << c.d << " max_starts=" << c.max_starts);
         const int B = 5, n = c.n, d = c.d, nd = n * d;
         const std::vector<double> x0 = prior(B, n, d, gen), x1 = data(B, n, d, gen);
         CouplingOptions o = opts(CouplingKind::eqot);
@@ -508,6 +577,7 @@ TEST(Coupling, EqotSmallPathMatchesTheReferenceBitForBit) {
         o.frame_starts = !c.identity_start;
         o.refine_iterations = c.refine;
         o.exhaustive = c.exhaustive;
+        o.max_starts = c.max_starts;
         if (c.typed)
             for (int a = 0; a < n; ++a) o.atom_types.push_back(a % 3);
         std::vector<double> expected(nd);
@@ -622,6 +692,52 @@ TEST(Coupling, FloatMatchesDouble) {
     }
 }
 
+TEST(Coupling, StartScoresAndTheChoiceOfTheBest) {
+    // The nearest-neighbour score of a start (src/common/eqot_starts.h) against a plain double
+    // loop, with and without types.
+    auto gen = test::rng(690);
+    const int n = 11, d = 3;
+    const std::vector<double> x0 = prior(1, n, d, gen), x1 = data(1, n, d, gen);
+    const std::vector<double> r = random_rotation(d, gen);
+    std::vector<int> types(n);
+    for (int a = 0; a < n; ++a) types[a] = a % 3;
+    std::vector<double> scratch((d + 1) * n);
+    for (const bool typed : {false, true}) {
+        double expected = 0.0;
+        for (int a = 0; a < n; ++a) {
+            double low = std::numeric_limits<double>::infinity();
+            for (int b = 0; b < n; ++b) {
+                if (typed && types[a] != types[b]) continue;
+                double s = 0.0;
+                for (int k = 0; k < d; ++k) {
+                    double v = 0.0;
+                    for (int c = 0; c < d; ++c) v += r[k * d + c] * x1[b * d + c];
+                    s += (x0[a * d + k] - v) * (x0[a * d + k] - v);
+                }
+                low = std::min(low, s);
+            }
+            expected += low;
+        }
+        const double got = eqot_starts::nearest_score<3>(
+            r.data(), x0.data(), x1.data(), n, typed ? types.data() : nullptr, scratch.data());
+        EXPECT_NEAR(got, expected, 1e-12 * expected) << typed;
+    }
+    // The k lowest scores stay, in their order; ties go to the earlier start, NaN last.
+    const auto keep = [](std::vector<double> score, int k) {
+        std::vector<double> starts = {10, 11, 12, 13};
+        const int kept = eqot_starts::keep_best<1>(starts.data(), score.data(), 4, k);
+        starts.resize(kept);
+        return starts;
+    };
+    EXPECT_EQ(keep({3, 1, 3, 0}, 1), (std::vector<double>{13}));
+    EXPECT_EQ(keep({3, 1, 3, 0}, 2), (std::vector<double>{11, 13}));
+    EXPECT_EQ(keep({3, 1, 3, 0}, 3), (std::vector<double>{10, 11, 13}));
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    EXPECT_EQ(keep({nan, 2, nan, 1}, 3), (std::vector<double>{10, 11, 13}));
+    EXPECT_EQ(keep({nan, 2, nan, 1}, 1), (std::vector<double>{13}));
+    for (const int k : {0, 4, 5}) EXPECT_EQ(keep({3, 1, 3, 0}, k).size(), 4u) << k;
+}
+
 TEST(Coupling, ArgumentErrors) {
     std::vector<double> x(2 * 4 * 2), y(2 * 4 * 2), out(2 * 4 * 2);
     const TensorView<const double> xv(x.data(), Shape{2, 4, 2}), yv(y.data(), Shape{2, 4, 2});
@@ -634,6 +750,9 @@ TEST(Coupling, ArgumentErrors) {
                  Error);
     EXPECT_THROW(couple(o, xv, yv, TensorView<double>(y.data(), Shape{2, 4, 2})),
                  Error);  // aliasing x1
+    CouplingOptions negative = o;
+    negative.max_starts = -1;
+    EXPECT_THROW(couple(negative, xv, yv, TensorView<double>(out.data(), Shape{2, 4, 2})), Error);
     x[3] = std::nan("");
     EXPECT_THROW(couple(o, xv, yv, TensorView<double>(out.data(), Shape{2, 4, 2})), Error);
     std::vector<double> x4(2 * 4 * 4), o4(2 * 4 * 4);

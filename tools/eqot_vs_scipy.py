@@ -13,7 +13,8 @@ CPU seconds on both sides by default (steadier on a shared machine); --clock wal
 eqflow's eqot (principal-axes starts and a refinement round per start, eqflow/coupling.h) does
 more work per pair than the one-start recipe SciPy's side runs; EqotReference is eqflow on that
 same recipe (identity start, one Hungarian + Kabsch per pair), so eqot / EqotReference is what
-the rotation-invariant starts cost. DW4 (2D, 4 particles) runs the exhaustive alignment by
+the rotation-invariant starts cost; EqotStarts1 / EqotStarts2 search only the 1 or 2 best-scored
+starts (CouplingOptions::max_starts, `eqflow train --eqot-starts`), still invariant. DW4 (2D, 4 particles) runs the exhaustive alignment by
 default (every permutation, closed-form rotation: the exact minimum); EqotSearch is DW4 on the
 start-and-refine search it replaced. Needs numpy and scipy; never needed to build eqflow.
 """
@@ -58,7 +59,8 @@ def scipy_eqot(x0, x1):
 def run_bench(binary, clock, repetitions):
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         path = f.name
-    cmd = [binary, "--benchmark_filter=BM_Coupling_Eqot(Reference|Search)?_CPU/(dw4|lj13|lj55)/",
+    cmd = [binary,
+           "--benchmark_filter=BM_Coupling_Eqot(Reference|Search|Starts1|Starts2)?_CPU/(dw4|lj13|lj55)/",
            f"--benchmark_out={path}", "--benchmark_out_format=json",
            f"--benchmark_repetitions={repetitions}"]
     subprocess.run(cmd, check=True, stdout=sys.stderr)
@@ -72,6 +74,8 @@ def run_bench(binary, clock, repetitions):
             continue
         kind = ("eqot" if b["name"].startswith("BM_Coupling_Eqot_") else
                 "eqot_search" if b["name"].startswith("BM_Coupling_EqotSearch_") else
+                "eqot_starts1" if b["name"].startswith("BM_Coupling_EqotStarts1_") else
+                "eqot_starts2" if b["name"].startswith("BM_Coupling_EqotStarts2_") else
                 "eqot_reference")
         system = b["name"].split("/")[1]
         t = (b["cpu_time"] if clock == "cpu" else b["real_time"]) * scale[b["time_unit"]]
@@ -118,6 +122,11 @@ def main():
         row = {"system": system, "eqot_s": e, "one_start_s": r, "scipy_s": s}
         line = (f"{system:6} {e * 1e3:10.1f}ms {r * 1e3:8.1f}ms {s * 1e3:8.0f}ms {s / e:10.1f}x "
                 f"{e / r:11.1f}x")
+        for k in (1, 2):  # the search from the k best-scored starts only (max_starts)
+            if (f"eqot_starts{k}", system) in eq:
+                t = eq[(f"eqot_starts{k}", system)]
+                row[f"starts{k}_s"] = t
+                line += f"   {k} start{'s' if k > 1 else ''}: {t * 1e3:.1f}ms (SciPy/it {s / t:.1f}x)"
         if ("eqot_search", system) in eq:  # DW4: the search the exhaustive alignment replaced
             row["search_s"] = eq[("eqot_search", system)]
             line += f"   search: {row['search_s'] * 1e3:.1f}ms"

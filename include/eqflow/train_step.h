@@ -47,6 +47,7 @@ namespace eqflow {
 struct FlowMatchingStepOptions {
     CouplingKind objective = CouplingKind::eqot;
     bool reflections = false;     // eqot: improper rotations too
+    int eqot_starts = 0;          // eqot: CouplingOptions::max_starts (0: every frame start)
     std::vector<int> atom_types;  // eqot permutes only within a type
     double sigma = 0.01;
     int64_t batch = 256;     // B: rows per step (<= the training set)

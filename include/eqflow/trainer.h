@@ -100,6 +100,7 @@ struct TrainOptions {
     int64_t validation_max = 2048;  // at most this many held-out samples are scored per epoch
     double ema_decay = 0.0;         // 0: no EMA
     bool reflections = false;       // eqot: allow improper rotations
+    int eqot_starts = 0;            // eqot: CouplingOptions::max_starts (0: every start)
     int threads = 1;                // 0: all hardware threads
     Device device = Device::cpu;    // cuda: the whole step on the device, float32 (see below)
     bool reference = false;         // device cpu: the double reference field, not the fast one

@@ -777,7 +777,7 @@ NB_MODULE(_eqflow, m) {
         [](const std::string& kind, const InArray& x0_in, const InArray& x1_in,
            const OutArray& out_in, const OutArray& pairing_in, const OutArray& cost_in,
            bool allow_reflection, std::vector<int> atom_types, bool frame_starts,
-           int refine_iterations, bool exhaustive, int threads, uintptr_t stream) {
+           int refine_iterations, bool exhaustive, int max_starts, int threads, uintptr_t stream) {
             CouplingOptions o;
             o.kind = parse_coupling(kind);
             o.allow_reflection = allow_reflection;
@@ -785,6 +785,7 @@ NB_MODULE(_eqflow, m) {
             o.frame_starts = frame_starts;
             o.refine_iterations = refine_iterations;
             o.exhaustive = exhaustive;
+            o.max_starts = max_starts;
             o.threads = threads;
             const ArrayRef x0 = python::inspect(x0_in, "x0"), x1 = python::inspect(x1_in, "x1"),
                            out = python::inspect(out_in, "x1_paired"),
@@ -829,7 +830,7 @@ NB_MODULE(_eqflow, m) {
         nb::arg("kind"), nb::arg("x0"), nb::arg("x1"), nb::arg("x1_paired"), nb::arg("pairing"),
         nb::arg("cost"), nb::arg("allow_reflection"), nb::arg("atom_types"),
         nb::arg("frame_starts"), nb::arg("refine_iterations"), nb::arg("exhaustive"),
-        nb::arg("threads"), nb::arg("stream") = 0);
+        nb::arg("max_starts"), nb::arg("threads"), nb::arg("stream") = 0);
 
     // ---- the commands: data, train, sample, log-likelihood, eval -------------------------------
     m.def(
@@ -869,7 +870,7 @@ NB_MODULE(_eqflow, m) {
            double lr, int hidden, int layers, int radial_basis, double r_max, int time_basis,
            double sigma, uint64_t seed, const std::string& device, bool reference,
            int64_t ode_steps, bool resume, bool overwrite, double ema, double val_fraction,
-           int threads, double length_scale, int64_t log_every, int64_t stop_after,
+           int threads, double length_scale, int64_t log_every, int64_t stop_after, int eqot_starts,
            nb::object progress) {
             TrainOptions o;
             o.system = system.name;
@@ -897,6 +898,11 @@ NB_MODULE(_eqflow, m) {
             o.threads = threads;
             o.log_every = log_every;
             o.stop_after_steps = stop_after;
+            EQFLOW_CHECK(eqot_starts >= 0 && eqot_starts <= 8,
+                         "eqot_starts must be in 1..8 (0: every start), got " << eqot_starts);
+            EQFLOW_CHECK(eqot_starts == 0 || (!o.likelihood && o.objective == CouplingKind::eqot),
+                         "eqot_starts applies to objective='eqot' only");
+            o.eqot_starts = eqot_starts;
             o.atom_types = system.atom_types;
             // length_scale 0: the command line's "auto" (the data's RMS for molecules, else 1).
             if (length_scale == 0) {
@@ -988,7 +994,7 @@ NB_MODULE(_eqflow, m) {
         nb::arg("sigma"), nb::arg("seed"), nb::arg("device"), nb::arg("reference"),
         nb::arg("ode_steps"), nb::arg("resume"), nb::arg("overwrite"), nb::arg("ema"),
         nb::arg("val_fraction"), nb::arg("threads"), nb::arg("length_scale"), nb::arg("log_every"),
-        nb::arg("stop_after"), nb::arg("progress").none());
+        nb::arg("stop_after"), nb::arg("eqot_starts"), nb::arg("progress").none());
 
     m.def(
         "sample",

@@ -20,7 +20,8 @@ const char* const kTrainUsage =
     "                    [--time-basis M] [--sigma SIGMA] [--seed K] [--device cpu|cuda]\n"
     "                    [--resume] [--ema DECAY] [--val-fraction F] [--threads P]\n"
     "                    [--length-scale S] [--checkpoint-minutes M] [--log-every STEPS]\n"
-    "                    [--stop-after STEPS] [--overwrite] [--reference] [--ode-steps N]\n\n"
+    "                    [--stop-after STEPS] [--overwrite] [--reference] [--ode-steps N]\n"
+    "                    [--eqot-starts K]\n\n"
     "Trains a vector field by flow matching on the configurations in train.npy\n"
     "(shape [N, n*d] or [N, n, d]; centred on load). Per step: a batch of data, prior samples,\n"
     "the coupling (fm: independent pairs, ot: minibatch OT, eqot: equivariant OT),\n"
@@ -37,6 +38,10 @@ const char* const kTrainUsage =
     "into it fails at once. The first checkpoint is written at step 0 and the next after at most\n"
     "a minute.\n"
     "--stop-after STEPS stops at that step with a checkpoint (for resuming later).\n"
+    "--eqot-starts K (eqot): search only the K most promising of the principal-axes starts of\n"
+    "each pair's alignment (4 in 3D, 2 in 2D; default all), scored by their nearest-neighbour\n"
+    "cost. Still invariant under rotations and permutations; LJ13: K 1 makes the coupling ~3x\n"
+    "faster on the CPU at ~1.6% more coupled cost (DW4's exact 2D alignment has no starts).\n"
     "--length-scale S: the model works in units of S (data / S; the prior is N(0, 1) there).\n"
     "Default: 1 for dw4/lj (the paper's convention); for molecules (aldp, nm) the RMS coordinate\n"
     "of the centred training data, so that data and prior have a similar spread. Recorded in the\n"
@@ -107,6 +112,12 @@ int cmd_train(Args& args) {
     opt.checkpoint_seconds = 60.0 * args.get_double("checkpoint-minutes", 5.0);
     opt.log_every = args.get_int("log-every", opt.log_every);
     opt.stop_after_steps = args.get_int("stop-after", 0);
+    const int64_t eqot_starts = args.get_int("eqot-starts", 0);
+    if (eqot_starts < 0 || eqot_starts > 8)
+        throw UsageError{"--eqot-starts must be in 1..8 (0 or absent: every start)"};
+    opt.eqot_starts = static_cast<int>(eqot_starts);
+    if (eqot_starts != 0 && (opt.likelihood || opt.objective != CouplingKind::eqot))
+        throw UsageError{"--eqot-starts applies to --objective eqot only"};
     const std::string device = args.get("device", "auto");
     opt.reference = args.flag("reference");
     const std::string scale = args.get("length-scale", "auto");

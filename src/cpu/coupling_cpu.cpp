@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "common/eqot_exhaustive.h"
+#include "common/eqot_starts.h"
 #include "cpu/kabsch_cpu.h"
 #include "eqflow/error.h"
 #include "eqflow/parallel.h"
@@ -55,7 +56,7 @@ double eqot_align_pair(const CouplingOptions& o, const double* x0, const double*
     if (use_exhaustive(o, n, d)) return align_exhaustive(o, x0, x1, n, types, perm, rotation);
     const int dd = d * d;
     s.cost.resize(static_cast<size_t>(n) * n);
-    s.y.resize(static_cast<size_t>(n) * d);
+    s.y.resize(static_cast<size_t>(n) * (d + 1));  // (d + 1) n: eqot_starts' scratch too
     s.cand.resize(n);
     s.prev.resize(n);
     // Start orientations: the principal-axes maps (rotation-invariant), or the identity alone
@@ -70,6 +71,20 @@ double eqot_align_pair(const CouplingOptions& o, const double* x0, const double*
         for (int mask = 0; mask < (1 << d); ++mask) {
             const double det = kabsch_math::frame_start(f0, f1, d, mask, r0);
             if (det > 0.0 || o.allow_reflection) s.starts.insert(s.starts.end(), r0, r0 + dd);
+        }
+        // Fewer starts: the max_starts best by their nearest-neighbour score.
+        const int num = static_cast<int>(s.starts.size()) / dd;
+        if (o.max_starts > 0 && o.max_starts < num) {
+            double score[8];
+            for (int st = 0; st < num; ++st)
+                score[st] = d == 2 ? eqot_starts::nearest_score<2>(&s.starts[st * dd], x0, x1, n,
+                                                                   types, s.y.data())
+                                   : eqot_starts::nearest_score<3>(&s.starts[st * dd], x0, x1, n,
+                                                                   types, s.y.data());
+            const int kept =
+                d == 2 ? eqot_starts::keep_best<4>(s.starts.data(), score, num, o.max_starts)
+                       : eqot_starts::keep_best<9>(s.starts.data(), score, num, o.max_starts);
+            s.starts.resize(static_cast<size_t>(kept) * dd);
         }
     }
     const auto add_identity = [&] {

@@ -18,6 +18,7 @@
 // Shapes: x0, x1 [n][D]; f0, f1 [D][D] principal axes as columns; perm [n]; rotation [D][D].
 #include <limits>
 
+#include "common/eqot_starts.h"
 #include "common/kabsch_math.h"
 #include "cpu/assignment_simd.h"
 #include "cpu/assignment_small.h"
@@ -99,15 +100,36 @@ __attribute__((always_inline)) inline void rotated_costs(const double* r, const 
     }
 }
 
+// The frame starts of eqot_align_pair into starts [2^D][D][D], in mask order (the proper ones, all
+// with reflections), cut to the o.max_starts best-scored when it asks for fewer: how many.
+// scratch: (D + 1) n doubles.
+template <int D>
+__attribute__((always_inline)) inline int frame_starts(const CouplingOptions& o, const double* x0,
+                                                       const double* x1, int n, const int* types,
+                                                       const double* f0, const double* f1,
+                                                       double* starts, double* scratch) {
+    constexpr int kDD = D * D;
+    int num = 0;
+    for (int mask = 0; mask < (1 << D); ++mask) {
+        const double det = kabsch_math::frame_start(f0, f1, D, mask, starts + num * kDD);
+        if (det > 0.0 || o.allow_reflection) ++num;
+    }
+    if (o.max_starts > 0 && o.max_starts < num) {
+        double score[1 << D];
+        for (int st = 0; st < num; ++st)
+            score[st] = eqot_starts::nearest_score<D>(starts + st * kDD, x0, x1, n, types, scratch);
+        num = eqot_starts::keep_best<kDD>(starts, score, num, o.max_starts);
+    }
+    return num;
+}
+
 // The starts of eqot_align_pair, each handed to search(start): the identity alone without frame
 // starts; otherwise the principal-axes starts (the proper ones, all with reflections) and then,
 // when the best cost is still above the unaligned distance, the identity (the safety net).
 template <int D, class Search>
-__attribute__((always_inline)) inline void for_each_start(const CouplingOptions& o,
-                                                          const double* x0, const double* x1, int n,
-                                                          const double* f0, const double* f1,
-                                                          const double& best,
-                                                          const Search& search) {
+__attribute__((always_inline)) inline void for_each_start(
+    const CouplingOptions& o, const double* x0, const double* x1, int n, const int* types,
+    const double* f0, const double* f1, double* scratch, const double& best, const Search& search) {
     double identity[D * D];
     for (int a = 0; a < D; ++a)
         for (int b = 0; b < D; ++b) identity[a * D + b] = a == b ? 1.0 : 0.0;
@@ -115,11 +137,9 @@ __attribute__((always_inline)) inline void for_each_start(const CouplingOptions&
         search(identity);
         return;
     }
-    for (int mask = 0; mask < (1 << D); ++mask) {
-        double r0[D * D];
-        const double det = kabsch_math::frame_start(f0, f1, D, mask, r0);
-        if (det > 0.0 || o.allow_reflection) search(r0);
-    }
+    double starts[1 << D][D * D];
+    const int num = frame_starts<D>(o, x0, x1, n, types, f0, f1, &starts[0][0], scratch);
+    for (int st = 0; st < num; ++st) search(starts[st]);
     double plain = 0.0;
     for (int k = 0; k < n * D; ++k) plain += (x0[k] - x1[k]) * (x0[k] - x1[k]);
     if (!(best <= plain)) search(identity);  // the safety net of eqot_align_pair
@@ -132,8 +152,9 @@ double align_small(const CouplingOptions& o, const double* x0, const double* x1,
     constexpr int kN = kSmallAssignmentN;
     constexpr int kDD = D * D;
     const double inf = std::numeric_limits<double>::infinity();
-    double cost[kN * kN];  // [n][n], dense
-    double y[D * kN];      // [D][n] the rotated x1
+    double cost[kN * kN];          // [n][n], dense
+    double y[D * kN];              // [D][n] the rotated x1
+    double scratch[(D + 1) * kN];  // the starts' scores (frame_starts)
     int cand[kN], prev[kN];
     SmallAssignment lsa;
     double best = inf;
@@ -151,7 +172,7 @@ double align_small(const CouplingOptions& o, const double* x0, const double* x1,
         }
     };
 
-    for_each_start<D>(o, x0, x1, n, f0, f1, best, search);
+    for_each_start<D>(o, x0, x1, n, types, f0, f1, scratch, best, search);
     return best;
 }
 
@@ -172,6 +193,7 @@ __attribute__((always_inline)) inline double align_padded(const CouplingOptions&
     const double inf = std::numeric_limits<double>::infinity();
     alignas(64) double cost[kW * kW];  // [n][kW]
     alignas(64) double y[D * kW];      // [D][kW] the rotated x1
+    double scratch[(D + 1) * kW];      // the starts' scores (frame_starts)
     int cand[kW], prev[kW];
     SimdAssignment<NV> lsa;
     double best = inf;
@@ -184,10 +206,7 @@ __attribute__((always_inline)) inline double align_padded(const CouplingOptions&
     for (int a = 0; a < D; ++a)
         for (int b = 0; b < D; ++b) identity[a * D + b] = a == b ? 1.0 : 0.0;
     if (o.frame_starts) {
-        for (int mask = 0; mask < (1 << D); ++mask) {
-            const double det = kabsch_math::frame_start(f0, f1, D, mask, starts[num_starts]);
-            if (det > 0.0 || o.allow_reflection) ++num_starts;
-        }
+        num_starts = frame_starts<D>(o, x0, x1, n, types, f0, f1, &starts[0][0], scratch);
     } else {
         for (int k = 0; k < kDD; ++k) starts[num_starts][k] = identity[k];
         ++num_starts;
@@ -257,7 +276,7 @@ double align_wide(const CouplingOptions& o, const double* x0, const double* x1, 
     constexpr int kDD = D * D;
     const double inf = std::numeric_limits<double>::infinity();
     w.cost.resize(static_cast<size_t>(n) * n);
-    w.y.resize(static_cast<size_t>(D) * n);
+    w.y.resize(static_cast<size_t>(D + 1) * n);  // also the starts' scores' scratch
     w.cand.resize(n);
     w.prev.resize(n);
     w.col4row.resize(n);
@@ -281,7 +300,7 @@ double align_wide(const CouplingOptions& o, const double* x0, const double* x1, 
         }
     };
 
-    for_each_start<D>(o, x0, x1, n, f0, f1, best, search);
+    for_each_start<D>(o, x0, x1, n, types, f0, f1, y, best, search);  // y: (D + 1) n
     return best;
 }
 #endif  // EQFLOW_HAVE_SIMD_ASSIGNMENT

@@ -239,6 +239,8 @@ def test_likelihood_training_matches_cli(cli, dw4_data, tmp_path):
     (dict(field="egnn", radial_basis=8), "size the kernel field"),
     (dict(field="kernel", time_basis=-1), "must be positive"),
     (dict(objective="ot", ode_steps=4), "applies to objective='likelihood' only"),
+    (dict(objective="ot", eqot_starts=1), "applies to objective='eqot' only"),
+    (dict(objective="eqot", eqot_starts=9), "1..8"),
     (dict(objective="likelihood", ode_steps=0), "1..100000"),
     (dict(objective="likelihood", device="cuda"),
      "EGNN likelihood training on CUDA is not built"),

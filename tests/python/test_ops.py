@@ -80,6 +80,25 @@ def test_couplings(rng):
         np.testing.assert_allclose(d_a, d_b, atol=1e-9)
 
 
+def test_eqot_max_starts(rng):
+    # max_starts searches only the best-scored principal-axes starts: with every proper start
+    # (4 in 3D) it is the default search exactly; with one it is a valid, aligned coupling whose
+    # pairs are no better than the full search's, and it is refused below 0.
+    x0 = centred(rng.normal(size=(8, 13, 3)))
+    x1 = centred(0.7 * rng.normal(size=(8, 13, 3)))
+    p_all, s_all, c_all = eqflow.couple(x0, x1, "eqot")
+    p_four, s_four, c_four = eqflow.couple(x0, x1, "eqot", max_starts=4)
+    np.testing.assert_array_equal(p_four, p_all)
+    np.testing.assert_array_equal(c_four, c_all)
+    p_one, s_one, c_one = eqflow.couple(x0, x1, "eqot", max_starts=1)
+    assert sorted(s_one) == list(range(8))
+    np.testing.assert_allclose(c_one, ((x0 - p_one) ** 2).sum(axis=(1, 2)), rtol=1e-9)
+    _, _, c_ot = eqflow.couple(x0, x1, "ot")
+    assert c_all.sum() <= c_one.sum() + TOL and c_one.sum() <= c_ot.sum() + TOL
+    with pytest.raises(eqflow.Error, match="max_starts"):
+        eqflow.couple(x0, x1, "eqot", max_starts=-1)
+
+
 def test_data_is_seeded():
     a = eqflow.data("dw4", 16, seed=3, burn_in=50, thin=2)
     b = eqflow.data("dw4", 16, seed=3, burn_in=50, thin=2, threads=1)
