@@ -31,6 +31,7 @@
 #include <cstdint>
 
 #include "common/eqot_exhaustive.h"
+#include "common/eqot_starts.h"
 #include "common/kabsch_math.h"
 #include "kernels/assignment.cuh"
 #include "kernels/assignment_device.cuh"
@@ -266,15 +267,18 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, kEqotMinBlocksPerSm)
         double f0[9], f1[9], r0[9];
         kabsch_math::principal_frame(c0, D, f0);
         kabsch_math::principal_frame(c1, D, f1);
-        // Fewer starts (p.max_starts): each frame start's nearest-neighbour score
+        // Fewer starts (p.max_starts below the number of frame starts: 2^(D-1) proper ones,
+        // 2^D with reflections): each frame start's nearest-neighbour score
         // (src/common/eqot_starts.h; lanes over the particles of x0, then a warp sum), and only
         // the max_starts lowest are searched (ties: the earlier start), in mask order.
+        const bool fewer = p.max_starts > 0 && p.max_starts < (p.allow_reflection ? 2 : 1)
+                                                                  << (D - 1);
         double score[1 << D];
         int num = 0;
         for (int mask = 0; mask < (1 << D); ++mask) {
             const double det = kabsch_math::frame_start(f0, f1, D, mask, r0);
             if (!(det > 0.0 || p.allow_reflection)) continue;
-            if (p.max_starts > 0) {
+            if (fewer) {
                 double s = 0.0;
                 for (int a = lane; a < n; a += 32) {
                     double low = inf_double();
@@ -297,23 +301,11 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, kEqotMinBlocksPerSm)
             }
             ++num;
         }
-        for (int mask = 0, st = 0; mask < (1 << D); ++mask) {
+        for (int mask = 0, start = 0; mask < (1 << D); ++mask) {
             const double det = kabsch_math::frame_start(f0, f1, D, mask, r0);
             if (!(det > 0.0 || p.allow_reflection)) continue;
-            bool keep = true;
-            if (p.max_starts > 0 && p.max_starts < num) {
-                int rank = 0;  // as eqot_starts::keep_best
-                for (int t = 0; t < num; ++t) {
-                    if (t == st) continue;
-                    const bool s_nan = score[st] != score[st], t_nan = score[t] != score[t];
-                    rank += (s_nan ? (!t_nan || t < st)
-                                   : (score[t] < score[st] || (score[t] == score[st] && t < st)))
-                                ? 1
-                                : 0;
-                }
-                keep = rank < p.max_starts;
-            }
-            ++st;
+            const bool keep = !fewer || eqot_starts::rank_of(score, num, start) < p.max_starts;
+            ++start;
             if (keep) search(r0);
         }
         double plain = 0.0;

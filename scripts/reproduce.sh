@@ -92,6 +92,7 @@ run_cell() {
     fi
     local eqot_starts=${EQFLOW_EQOT_STARTS:-0}
     case $eqot_starts in '' | *[!0-9]*) echo "reproduce: EQFLOW_EQOT_STARTS must be a count"; return 2 ;; esac
+    eqot_starts=$((10#$eqot_starts))  # one spelling, one cell directory
     if [ "$eqot_starts" -gt 0 ]; then
         [ "$objective" = eqot ] || { echo "reproduce: EQFLOW_EQOT_STARTS is for eqot only"; return 2; }
         dir=$dir-s$eqot_starts  # another coupling: its own cell directory

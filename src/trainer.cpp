@@ -20,6 +20,7 @@
 #include <limits>
 #include <memory>
 
+#include "common/eqot_exhaustive.h"
 #include "common/train_math.h"
 #include "eqflow/buffer.h"
 #include "eqflow/coupling.h"
@@ -477,8 +478,9 @@ FlowModel initial_model(const TrainOptions& opt, int n, int d, double length_sca
 }
 }  // namespace
 
-TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<double>& x,
+TrainResult train_flow_matching(const TrainOptions& options, const std::vector<double>& x,
                                 int64_t count, int n, int d) {
+    TrainOptions opt = options;
     const int64_t D = static_cast<int64_t>(n) * d;
     EQFLOW_CHECK(count >= 2, "training needs at least 2 configurations, got " << count);
     EQFLOW_CHECK(static_cast<int64_t>(x.size()) == count * D,
@@ -495,6 +497,17 @@ TrainResult train_flow_matching(const TrainOptions& opt, const std::vector<doubl
                  "validation fraction must be in [0, 1), got " << opt.validation_fraction);
     EQFLOW_CHECK(opt.log_every > 0, "log interval must be positive, got " << opt.log_every);
     EQFLOW_CHECK(!opt.resume || !opt.out_dir.empty(), "--resume needs the run directory");
+    EQFLOW_CHECK(opt.eqot_starts >= 0, "eqot_starts must be >= 0, got " << opt.eqot_starts);
+    if (opt.eqot_starts != 0) {
+        EQFLOW_CHECK(!opt.likelihood && opt.objective == CouplingKind::eqot,
+                     "eqot_starts (--eqot-starts) applies to the eqot objective only");
+        EQFLOW_CHECK(!eqot_exhaustive::applies(n, d),
+                     "eqot_starts (--eqot-starts): the eqot alignment of "
+                         << n << " particles in 2D is exact (every permutation), it has no starts");
+        // As many as the frame starts there are (2^(d-1) proper ones, 2^d with reflections) is
+        // the default search: recorded as such.
+        if (opt.eqot_starts >= (opt.reflections ? 2 : 1) << (d - 1)) opt.eqot_starts = 0;
+    }
     EQFLOW_CHECK(!opt.likelihood || opt.device == Device::cpu || opt.field == FieldKind::kernel,
                  "EGNN likelihood training on CUDA is not built (the CUDA EGNN has no reverse "
                  "mode of its divergence): use --device cpu, or --field kernel");

@@ -168,6 +168,7 @@ TEST_F(CliTrain, EqotStartsReachTheCoupling) {
     EXPECT_NE(one.params, all.params);
     r = train("one", " --resume");  // without the option it was trained with
     EXPECT_EQ(r.code, 1) << r.out;
+    EXPECT_NE(r.out.find("eqot_starts"), std::string::npos) << r.out;
     r = train("one", " --resume --eqot-starts 1");
     EXPECT_EQ(r.code, 0) << r.out;
     for (const char* bad : {" --eqot-starts 9", " --eqot-starts -1"}) {
@@ -177,6 +178,9 @@ TEST_F(CliTrain, EqotStartsReachTheCoupling) {
     r = run(tiny_train("bad", "ot") + " --eqot-starts 1");
     EXPECT_EQ(r.code, 2) << r.out;
     EXPECT_NE(r.out.find("--objective eqot only"), std::string::npos) << r.out;
+    r = run(tiny_train("bad", "eqot") + " --eqot-starts 1");  // DW4: the exact 2D alignment
+    EXPECT_EQ(r.code, 1) << r.out;
+    EXPECT_NE(r.out.find("has no starts"), std::string::npos) << r.out;
 }
 
 TEST_F(CliTrain, CtrlCSavesACheckpoint) {

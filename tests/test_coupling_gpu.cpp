@@ -100,6 +100,38 @@ TEST(CouplingGpuEdge, ExhaustiveEqotWithTypesAndReflections) {
     }
 }
 
+TEST(CouplingGpuEdge, FewerStartsTypedAndWide) {
+    // max_starts 1 and 2 where the kernel's scores take other branches: typed particles (the
+    // type test in the score), reflections (8 starts in 3D), and n = 40 (lanes with two
+    // particles of x0 each).
+    struct FewCase {
+        int n, B;
+        bool typed, reflections;
+    };
+    auto gen = test::rng(950);
+    for (const FewCase c : {FewCase{13, 10, true, false}, FewCase{13, 8, false, true},
+                            FewCase{40, 5, false, false}}) {
+        const int d = 3;
+        const std::vector<double> x0 = centred_normal(c.B, c.n, d, gen, 1.0),
+                                  x1 = centred_normal(c.B, c.n, d, gen, 0.7);
+        for (const int starts : {1, 2}) {
+            CouplingOptions o;
+            o.max_starts = starts;
+            o.allow_reflection = c.reflections;
+            if (c.typed)
+                for (int a = 0; a < c.n; ++a) o.atom_types.push_back(a % 3);
+            const Out cpu = run(o, x0, x1, c.B, c.n, d, Device::cpu),
+                      gpu = run(o, x0, x1, c.B, c.n, d, Device::cuda);
+            SCOPED_TRACE(::testing::Message()
+                         << "n " << c.n << " typed " << c.typed << " reflections " << c.reflections
+                         << " max_starts " << starts);
+            EXPECT_EQ(gpu.pairing, cpu.pairing);
+            EXPECT_ALL_CLOSE(gpu.cost, cpu.cost, 0.0, kCostRtol);
+            EXPECT_ALL_CLOSE(gpu.x1p, cpu.x1p, kCoordTol, 0.0);
+        }
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(Systems, CouplingGpu,
                          ::testing::Values(Case{4, 2, 64}, Case{13, 3, 48}, Case{22, 3, 16},
                                            Case{55, 3, 24}, Case{2, 3, 5}),

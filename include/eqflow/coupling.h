@@ -35,9 +35,12 @@
 // 3D, twice that with reflections): the frame starts are scored by their nearest-neighbour cost
 // sum_a min_b |x0_a - R x1_b|^2 (no assignment needed; src/common/eqot_starts.h) and only the k
 // lowest are searched, in their usual order; the safety net stays. The scores turn with the
-// inputs, so the coupling stays invariant under rotating and permuting samples (up to rounding),
-// at a higher cost: on LJ13 one start makes the coupling ~3x faster on the CPU and raises the
-// coupled cost ~1.6% (bench/RESULTS.md). The default (0) searches every start.
+// inputs, so the coupling stays invariant under rotating and permuting samples (up to rounding:
+// two scores within rounding of each other may rank either way, and the pair's result then
+// differs by more than rounding), at a higher cost: on the paper's LJ13 data one start makes the
+// coupling 2.8x faster on the CPU and raises the coupled cost 1.3% (bench/RESULTS.md). The
+// default (0) searches every start; k >= the number of frame starts is the same search. No effect
+// without frame starts, nor on the exhaustive 2D alignment below (it has no starts).
 //
 // Few particles in 2D (d = 2, n <= 5, e.g. DW4): with `exhaustive` (the default) no search at all.
 // For a fixed permutation the best 2D rotation and its cost are closed-form, so every permutation
@@ -91,10 +94,10 @@ struct CouplingOptions {
     std::vector<int> atom_types;    // [n] type index per particle; empty: all particles alike
     bool frame_starts = true;   // eqot: principal-axes starts (invariance); false: identity start
     int refine_iterations = 1;  // eqot: extra Hungarian + Kabsch rounds per start (>= 0)
-    int max_starts = 0;      // eqot: search only the k best-scored frame starts (see above); 0: all
-    bool exhaustive = true;  // eqot, d = 2, n <= 5: every permutation, exact (see above)
-    int threads = 0;         // eqot on the CPU: threads for the B^2 alignments; 0: all
-    bool synchronize = true;  // CUDA: wait for the stream, errors thrown (see above)
+    bool exhaustive = true;     // eqot, d = 2, n <= 5: every permutation, exact (see above)
+    int threads = 0;            // eqot on the CPU: threads for the B^2 alignments; 0: all
+    bool synchronize = true;    // CUDA: wait for the stream, errors thrown (see above)
+    int max_starts = 0;  // eqot: search only the k best-scored frame starts (see above); 0: all
 };
 
 EQFLOW_API std::size_t coupling_workspace_bytes(Device device, const CouplingOptions& options,

@@ -11,7 +11,7 @@
 // choice of the k lowest, are invariant under rotating and permuting either sample (up to
 // rounding), as the search is. On LJ13 pairs (Gaussian prior against the paper's data) the
 // lowest-scoring start is the one whose search ends lowest for about half the pairs, and the
-// batch's coupled cost rises ~1.6% with one start and ~0.7% with two (bench/RESULTS.md).
+// batch's coupled cost rises 1.3% with one start and 0.4% with two (bench/RESULTS.md).
 #pragma once
 
 #include <cmath>
@@ -74,6 +74,21 @@ EQFLOW_STARTS_FN double nearest_score(const double* r, const double* x0, const d
     return total;
 }
 
+// The rank of start s among the num starts in the order (score, index), NaN scores last: the
+// starts before it. The CUDA kernel ranks its starts with it too.
+EQFLOW_STARTS_FN int rank_of(const double* score, int num, int s) {
+    int rank = 0;
+    const bool s_nan = score[s] != score[s];
+    for (int t = 0; t < num; ++t) {
+        if (t == s) continue;
+        const bool t_nan = score[t] != score[t];
+        const bool t_lower =
+            s_nan ? (!t_nan || t < s) : (score[t] < score[s] || (score[t] == score[s] && t < s));
+        rank += t_lower ? 1 : 0;
+    }
+    return rank;
+}
+
 // Keeps the k lowest-scoring of the num starts (starts [num][DD], score [num]; ties and NaN
 // scores: the earlier start first), compacted in place in their original order; returns how
 // many remain (min(k, num); all of them for k <= 0).
@@ -82,16 +97,7 @@ EQFLOW_STARTS_FN int keep_best(double* starts, const double* score, int num, int
     if (k <= 0 || k >= num) return num;
     int kept = 0;
     for (int s = 0; s < num; ++s) {
-        // rank = how many starts come before s in the order (score, index); NaN ranks last.
-        int rank = 0;
-        for (int t = 0; t < num; ++t) {
-            if (t == s) continue;
-            const bool s_nan = score[s] != score[s], t_nan = score[t] != score[t];
-            const bool t_lower = s_nan ? (!t_nan || t < s)
-                                       : (score[t] < score[s] || (score[t] == score[s] && t < s));
-            rank += t_lower ? 1 : 0;
-        }
-        if (rank < k) {
+        if (rank_of(score, num, s) < k) {
             for (int q = 0; q < DD; ++q) starts[kept * DD + q] = starts[s * DD + q];
             ++kept;
         }
