@@ -165,12 +165,13 @@ np.save(sys.argv[1], np.concatenate([a.reshape(len(a), -1), b.reshape(len(b), -1
     # EGNN likelihood training runs on the CPU reference whatever the device (its CUDA backend
     # has no reverse mode of the divergence); the kernel field's runs on DEVICE.
     if [ "$objective" != likelihood ] || [ "$field" = kernel ]; then train_cmd+=("${dev[@]}"); fi
-    if [ -f "$dir/run/checkpoint.safetensors" ]; then train_cmd+=(--resume); fi
     if [ ! -f "$dir/trained" ]; then
-        # The data command first when the training set has eqflow's rows appended.
+        # The data command first when the training set has eqflow's rows appended. The command
+        # is recorded as a fresh run's (a resumed run ends where the straight one does).
         if [ -f "$dir/data_command.txt" ]; then cp "$dir/data_command.txt" "$dir/command.txt"; else : > "$dir/command.txt"; fi
         printf '%q ' "${train_cmd[@]}" >> "$dir/command.txt"
         echo >> "$dir/command.txt"
+        if [ -f "$dir/run/checkpoint.safetensors" ]; then train_cmd+=(--resume); fi
         "${train_cmd[@]}"
         touch "$dir/trained"
     fi
