@@ -39,15 +39,15 @@ __global__ void set_step_args_kernel(StepArgs* dst, StepArgs args) {
 __global__ void __launch_bounds__(kThreads)
     prepare_batch_kernel(const float* __restrict__ data, const int64_t* __restrict__ order,
                          const StepArgs* __restrict__ args, int64_t B, int n, int d, uint64_t seed,
-                         double* __restrict__ x0, double* __restrict__ x1, double* __restrict__ t,
-                         double* __restrict__ eps) {
+                         double time_power, double* __restrict__ x0, double* __restrict__ x1,
+                         double* __restrict__ t, double* __restrict__ eps) {
     const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (b >= B) return;
     const int64_t nd = static_cast<int64_t>(n) * d;
     const int64_t src = order[args->first + b];
     for (int64_t k = 0; k < nd; ++k) x1[b * nd + k] = static_cast<double>(data[src * nd + k]);
     train_math::draw_row(seed, args->first_stream + static_cast<uint64_t>(b), n, d, x0 + b * nd,
-                         t + b, eps + b * nd);
+                         t + b, eps + b * nd, time_power);
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -134,11 +134,11 @@ void fm_set_step_args(StepArgs* dst, const StepArgs& args, Stream stream) {
 }
 
 void fm_prepare_batch(const float* data, const int64_t* order, const StepArgs* args, int64_t B,
-                      int n, int d, uint64_t seed, double* x0, double* x1, double* t, double* eps,
-                      Stream stream) {
+                      int n, int d, uint64_t seed, double time_power, double* x0, double* x1,
+                      double* t, double* eps, Stream stream) {
     if (B == 0) return;
     EQFLOW_LAUNCH(prepare_batch_kernel, blocks_for(B), kThreads, 0, EQFLOW_STREAM(stream), data,
-                  order, args, B, n, d, seed, x0, x1, t, eps);
+                  order, args, B, n, d, seed, time_power, x0, x1, t, eps);
     EQFLOW_CUDA_CHECK_LAUNCH();
 }
 

@@ -24,10 +24,11 @@ using train_math::StepArgs;
 void fm_set_step_args(StepArgs* dst, const StepArgs& args, Stream stream);
 
 // Row b of the batch, with a = *args: x1[b] = data[order[a.first + b]] (widened to double) and
-// x0[b], t[b], eps[b] = train_math::draw_row(seed, a.first_stream + b) (src/common/train_math.h).
+// x0[b], t[b], eps[b] = train_math::draw_row(seed, a.first_stream + b, time_power)
+// (src/common/train_math.h).
 void fm_prepare_batch(const float* data, const int64_t* order, const StepArgs* args, int64_t B,
-                      int n, int d, uint64_t seed, double* x0, double* x1, double* t, double* eps,
-                      Stream stream);
+                      int n, int d, uint64_t seed, double time_power, double* x0, double* x1,
+                      double* t, double* eps, Stream stream);
 
 // xt = float((1 - t) x0 + t x1 + sigma eps), tf = float(t).
 void fm_interpolate(int64_t B, int64_t nd, const double* x0, const double* x1, const double* t,

@@ -24,7 +24,8 @@
 # EQFLOW_TEST_ROWS, the rows of each held-out set, default 2000, LJ13's paper split 1000;
 # EQFLOW_EXTRA_ROWS, LJ13 only, appends that many of eqflow's own equilibrium samples to the 9000
 # paper rows: see the data step; EQFLOW_EQOT_STARTS=K, eqot only, trains with --eqot-starts K,
-# the search from the K best-scored starts per pair, into SYSTEM-eqot-sK/). Environment: EQFLOW_BIN (default
+# the search from the K best-scored starts per pair, into SYSTEM-eqot-sK/; EQFLOW_TIME_POWER=A, flow
+# matching only, trains with --time-power A, times t = u^(1/A), into SYSTEM-OBJECTIVE-pA/). Environment: EQFLOW_BIN (default
 # build/default/eqflow), EQFLOW_SAMPLES (ESS samples, default 10000 for dw4, 2000 for lj13),
 # EQFLOW_EMA (an EMA decay such as 0.999: model.safetensors then holds the averaged weights;
 # default off), EQFLOW_FIELD=kernel for the equivariant kernel dynamics of Koehler et al. 2020 instead of the
@@ -97,6 +98,13 @@ run_cell() {
         [ "$objective" = eqot ] || { echo "reproduce: EQFLOW_EQOT_STARTS is for eqot only"; return 2; }
         dir=$dir-s$eqot_starts  # another coupling: its own cell directory
     fi
+    local time_power=${EQFLOW_TIME_POWER:-}
+    case $time_power in '' | [0-9]* | .[0-9]*) ;; *) echo "reproduce: EQFLOW_TIME_POWER must be a number"; return 2 ;; esac
+    case $time_power in *[!0-9.]*) echo "reproduce: EQFLOW_TIME_POWER must be a number"; return 2 ;; esac
+    if [ -n "$time_power" ]; then
+        [ "$objective" != likelihood ] || { echo "reproduce: EQFLOW_TIME_POWER is for flow matching only"; return 2; }
+        dir=$dir-p$time_power  # other training times: their own cell directory
+    fi
     # Training rows: all of them, or the likelihood budget's subset (see the header).
     local rows=${EQFLOW_ROWS:--1} batch=256 lr=5e-4 extra=()
     local test_rows=${EQFLOW_TEST_ROWS:-}
@@ -162,6 +170,7 @@ np.save(sys.argv[1], np.concatenate([a.reshape(len(a), -1), b.reshape(len(b), -1
     if [ "$field" = kernel ]; then train_cmd+=(--field kernel); else train_cmd+=(--hidden 32 --layers 3); fi
     [ -n "${EQFLOW_EMA:-}" ] && train_cmd+=(--ema "$EQFLOW_EMA")
     [ "$eqot_starts" -gt 0 ] && train_cmd+=(--eqot-starts "$eqot_starts")
+    [ -n "$time_power" ] && train_cmd+=(--time-power "$time_power")
     # EGNN likelihood training runs on the CPU reference whatever the device (its CUDA backend
     # has no reverse mode of the divergence); the kernel field's runs on DEVICE.
     if [ "$objective" != likelihood ] || [ "$field" = kernel ]; then train_cmd+=("${dev[@]}"); fi

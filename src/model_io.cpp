@@ -849,7 +849,8 @@ TrainingCheckpoint load_checkpoint(
                           << "'");
     }
     // Keys that a run records only when it sets them: one in the checkpoint must be set again.
-    for (const char* key : {"eqflow.train.ode_steps", "eqflow.train.eqot_starts"}) {
+    for (const char* key :
+         {"eqflow.train.ode_steps", "eqflow.train.eqot_starts", "eqflow.train.time_power"}) {
         const bool now = std::any_of(fingerprint.begin(), fingerprint.end(),
                                      [&](const auto& kv) { return kv.first == key; });
         EQFLOW_CHECK(now || !f.has_meta(key), path << ": cannot resume, " << key << " was '"

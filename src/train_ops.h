@@ -37,11 +37,12 @@ using train_math::TrainScalars;
 EQFLOW_API void set_step_args(Device device, StepArgs* dst, const StepArgs& args, Stream stream);
 
 // With a = *args (device memory): x1[b] = data[order[a.first + b]] (widened to double); x0[b],
-// t[b], eps[b] = train_math::draw_row(seed, a.first_stream + b).
+// t[b], eps[b] = train_math::draw_row(seed, a.first_stream + b, time_power).
 template <class T>
 EQFLOW_API void prepare_batch(Device device, const T* data, const int64_t* order,
                               const StepArgs* args, int64_t B, int n, int d, uint64_t seed,
-                              double* x0, double* x1, double* t, double* eps, Stream stream);
+                              double time_power, double* x0, double* x1, double* t, double* eps,
+                              Stream stream);
 
 // xt = T((1 - t) x0 + t x1 + sigma eps), tf = T(t).
 template <class T>

@@ -96,7 +96,8 @@ struct FlowMatchingStep<T>::Impl {
     // Steps 1-2 and x_t: draws, coupling, interpolation.
     void prepare(const T* rows_data, const int64_t* rows_order, int64_t rows, uint64_t seed) {
         train_ops::prepare_batch<T>(dev, rows_data, rows_order, args.data(), rows, n, d, seed,
-                                    x0.data(), x1.data(), t.data(), eps.data(), stream);
+                                    opt.time_power, x0.data(), x1.data(), t.data(), eps.data(),
+                                    stream);
         if (coupled(rows)) {
             const Shape s{rows, n, d};
             couple(coupling, TensorView<const double>(x0.data(), s, dev),

@@ -70,11 +70,6 @@ std::vector<int64_t> permutation(int64_t count, uint64_t seed, uint64_t stream) 
     return p;
 }
 
-// x0, t and eps of one row from its own stream (the device step draws with the same function).
-void draw_row(uint64_t seed, uint64_t stream, int n, int d, double* x0, double* t, double* eps) {
-    train_math::draw_row(seed, stream, n, d, x0, t, eps);
-}
-
 std::string fmt(double x) {
     char buf[40];
     std::snprintf(buf, sizeof buf, "%.17g", x);
@@ -150,9 +145,11 @@ void append_line(const std::string& path, const std::string& line) {
 }  // namespace
 
 void draw_training_row(uint64_t seed, uint64_t stream, int n, int d, double* x0, double* t,
-                       double* eps) {
+                       double* eps, double time_power) {
     EQFLOW_CHECK(n >= 1 && d >= 1, "draw_training_row: bad sizes " << n << " x " << d);
-    draw_row(seed, stream, n, d, x0, t, eps);
+    EQFLOW_CHECK(time_power > 0 && std::isfinite(time_power),
+                 "draw_training_row: time_power must be positive and finite, got " << time_power);
+    train_math::draw_row(seed, stream, n, d, x0, t, eps, time_power);
 }
 
 void couple_batch(CouplingKind coupling, int64_t B, int n, int d, const double* x0, double* x1,
@@ -270,6 +267,7 @@ FlowMatchingStep<T> make_step(const TrainOptions& opt, RunSetup& rs, Field<T>& f
     so.eqot_starts = opt.eqot_starts;
     so.atom_types = opt.atom_types;
     so.sigma = opt.sigma;
+    so.time_power = opt.time_power;
     so.batch = rs.B;
     so.draw_seed = derive_seed(opt.seed, kPurposeDraws);
     so.ema_decay = opt.ema_decay;
@@ -497,6 +495,11 @@ TrainResult train_flow_matching(const TrainOptions& options, const std::vector<d
                  "validation fraction must be in [0, 1), got " << opt.validation_fraction);
     EQFLOW_CHECK(opt.log_every > 0, "log interval must be positive, got " << opt.log_every);
     EQFLOW_CHECK(!opt.resume || !opt.out_dir.empty(), "--resume needs the run directory");
+    EQFLOW_CHECK(opt.time_power > 0 && std::isfinite(opt.time_power),
+                 "time_power must be positive and finite, got " << opt.time_power);
+    EQFLOW_CHECK(!opt.likelihood || opt.time_power == 1.0,
+                 "time_power (--time-power) applies to flow matching only (likelihood training "
+                 "draws no t)");
     EQFLOW_CHECK(opt.eqot_starts >= 0, "eqot_starts must be >= 0, got " << opt.eqot_starts);
     if (opt.eqot_starts != 0) {
         EQFLOW_CHECK(!opt.likelihood && opt.objective == CouplingKind::eqot,
@@ -575,6 +578,8 @@ TrainResult train_flow_matching(const TrainOptions& options, const std::vector<d
     // Only when set, so that the runs (and checkpoints) from before the option keep resuming.
     if (opt.eqot_starts != 0)
         rs.fingerprint.push_back({"eqflow.train.eqot_starts", std::to_string(opt.eqot_starts)});
+    if (opt.time_power != 1.0)
+        rs.fingerprint.push_back({"eqflow.train.time_power", fmt(opt.time_power)});
     if (!opt.out_dir.empty()) {
         rs.ckpt_path = opt.out_dir + "/checkpoint.safetensors";
         rs.model_path = opt.out_dir + "/model.safetensors";

@@ -183,6 +183,36 @@ TEST_F(CliTrain, EqotStartsReachTheCoupling) {
     EXPECT_NE(r.out.find("has no starts"), std::string::npos) << r.out;
 }
 
+TEST_F(CliTrain, TimePowerReachesTheDraws) {
+    // --time-power A: t = u^(1/A). A 1 is the default draw, so the same model bit for bit; A 2
+    // trains on other times, so the model differs. Recorded, so a resume must repeat it.
+    Result r;
+    for (const auto& [dir, extra] : {std::pair<std::string, std::string>{"tp-default", ""},
+                                     {"tp-one", " --time-power 1"},
+                                     {"tp-two", " --time-power 2"}}) {
+        r = run(tiny_train(dir, "ot") + extra);
+        ASSERT_EQ(r.code, 0) << r.out;
+    }
+    const EgnnModel base = load_model(file("tp-default/model.safetensors"));
+    EXPECT_EQ(load_model(file("tp-one/model.safetensors")).params, base.params);
+    EXPECT_NE(load_model(file("tp-two/model.safetensors")).params, base.params);
+    r = run(tiny_train("tp-two", "ot") + " --resume");  // without the option it was trained with
+    EXPECT_EQ(r.code, 1) << r.out;
+    EXPECT_NE(r.out.find("time_power"), std::string::npos) << r.out;
+    r = run(tiny_train("tp-two", "ot") + " --resume --time-power 3");
+    EXPECT_EQ(r.code, 1) << r.out;
+    r = run(tiny_train("tp-two", "ot") + " --resume --time-power 2");
+    EXPECT_EQ(r.code, 0) << r.out;
+    for (const char* bad :
+         {" --time-power 0", " --time-power -1", " --time-power nan", " --time-power 101"}) {
+        r = run(tiny_train("tp-bad", "ot") + bad);
+        EXPECT_EQ(r.code, 2) << bad << r.out;
+    }
+    r = run(tiny_train("tp-bad", "likelihood") + " --ode-steps 1 --time-power 2");
+    EXPECT_EQ(r.code, 2) << r.out;
+    EXPECT_NE(r.out.find("flow matching"), std::string::npos) << r.out;
+}
+
 TEST_F(CliTrain, CtrlCSavesACheckpoint) {
     // A run far too long to finish; SIGINT after a second must checkpoint and exit with 130.
     const std::string cmd = std::string(EQFLOW_CLI_PATH) + " train --system dw4 --data " +

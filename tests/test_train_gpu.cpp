@@ -138,13 +138,14 @@ struct Batch {
 };
 
 Batch cpu_batch(const StepCase& c, uint64_t draw_seed, int64_t B, const std::vector<double>& train,
-                const std::vector<int64_t>& order, int64_t step, int64_t j) {
+                const std::vector<int64_t>& order, int64_t step, int64_t j,
+                double time_power = 1.0) {
     const int64_t D = c.n * c.d;
     Batch r{std::vector<double>(B * D), std::vector<double>(B), std::vector<double>(B * D),
             std::vector<double>(B * D)};
     for (int64_t b = 0; b < B; ++b) {
         draw_training_row(draw_seed, static_cast<uint64_t>(step * B + b), c.n, c.d,
-                          r.x0.data() + b * D, r.t.data() + b, r.eps.data() + b * D);
+                          r.x0.data() + b * D, r.t.data() + b, r.eps.data() + b * D, time_power);
         const int64_t src = order[static_cast<size_t>(j * B + b)];
         std::copy(train.begin() + src * D, train.begin() + (src + 1) * D, r.x1.begin() + b * D);
     }
@@ -155,34 +156,49 @@ Batch cpu_batch(const StepCase& c, uint64_t draw_seed, int64_t B, const std::vec
 // (b) The device draws are the CPU trainer's draws, bit for bit (both run
 // train_math::draw_row: Philox normals built from correctly rounded operations, and a mean
 // removal of additions, one division and subtractions). The gathered rows are the stored float32
-// rows widened exactly. n*d = 15 (odd) exercises the spare normal carried into eps.
+// rows widened exactly. n*d = 15 (odd) exercises the spare normal carried into eps. With a time
+// power (FlowMatchingStepOptions::time_power) t = u^(1/A) goes through the device's pow, which
+// may round differently from the host's: t to 2 ulps there, everything else bit for bit.
 TEST(TrainGpu, DeviceDrawsAndGatherAreBitIdenticalToTheTrainer) {
-    for (const StepCase c : {StepCase{"dw4", 4, 2, 16, 2, false, CouplingKind::fm},
-                             StepCase{"lj5_typed", 5, 3, 16, 2, true, CouplingKind::fm}}) {
-        auto gen = test::rng(82);
-        const int64_t count = 37, B = 6;
-        const std::vector<double> train = make_train(c, count, gen);
-        const EgnnModel model = make_model(c, 5);
-        FlowMatchingStepOptions o;
-        o.objective = c.objective;
-        o.batch = B;
-        o.draw_seed = test::seed() ^ 0xABCDEFull;
-        o.atom_types = model.config.atom_types;
-        const std::unique_ptr<Field<float>> net = make_cuda_field(model);
-        FlowMatchingStep<float> gfm(*net, o, train.data(), count, train.data(), count);
-        const std::vector<int64_t> order = shuffled(count, gen);
-        gfm.set_order(order);
-        const int64_t step = 11, j = 3;
-        gfm.step(step, j, 1e-4);
-        const FlowMatchingStep<float>::Snapshot s = gfm.snapshot();
-        const auto [x0, t, eps, x1] = cpu_batch(c, o.draw_seed, B, train, order, step, j);
-        EXPECT_EQ(s.x0, x0) << c.name;
-        EXPECT_EQ(s.t, t) << c.name;
-        EXPECT_EQ(s.eps, eps) << c.name;
-        EXPECT_EQ(s.x1, x1) << c.name;
-        EXPECT_EQ(s.x1_paired, x1) << c.name << ": fm pairs as drawn";
-        EXPECT_TRUE(test::not_all_zero(s.x0));
-    }
+    for (const double time_power : {1.0, 2.5})
+        for (const StepCase c : {StepCase{"dw4", 4, 2, 16, 2, false, CouplingKind::fm},
+                                 StepCase{"lj5_typed", 5, 3, 16, 2, true, CouplingKind::fm}}) {
+            auto gen = test::rng(82);
+            const int64_t count = 37, B = 6;
+            const std::vector<double> train = make_train(c, count, gen);
+            const EgnnModel model = make_model(c, 5);
+            FlowMatchingStepOptions o;
+            o.objective = c.objective;
+            o.batch = B;
+            o.draw_seed = test::seed() ^ 0xABCDEFull;
+            o.time_power = time_power;
+            o.atom_types = model.config.atom_types;
+            const std::unique_ptr<Field<float>> net = make_cuda_field(model);
+            FlowMatchingStep<float> gfm(*net, o, train.data(), count, train.data(), count);
+            const std::vector<int64_t> order = shuffled(count, gen);
+            gfm.set_order(order);
+            const int64_t step = 11, j = 3;
+            gfm.step(step, j, 1e-4);
+            const FlowMatchingStep<float>::Snapshot s = gfm.snapshot();
+            const auto [x0, t, eps, x1] =
+                cpu_batch(c, o.draw_seed, B, train, order, step, j, time_power);
+            EXPECT_EQ(s.x0, x0) << c.name;
+            if (time_power == 1.0) {
+                EXPECT_EQ(s.t, t) << c.name;
+            } else {
+                const std::vector<double> uniform =
+                    cpu_batch(c, o.draw_seed, B, train, order, step, j).t;
+                ASSERT_EQ(s.t.size(), t.size());
+                for (size_t b = 0; b < t.size(); ++b) {
+                    EXPECT_NEAR(s.t[b], t[b], 4.5e-16 * t[b]) << c.name << " row " << b;
+                    EXPECT_GT(s.t[b], uniform[b]) << c.name << ": A > 1 moves t towards 1";
+                }
+            }
+            EXPECT_EQ(s.eps, eps) << c.name;
+            EXPECT_EQ(s.x1, x1) << c.name;
+            EXPECT_EQ(s.x1_paired, x1) << c.name << ": fm pairs as drawn";
+            EXPECT_TRUE(test::not_all_zero(s.x0));
+        }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -63,6 +64,45 @@ TEST(TrainMath, DrawRowIsTheTrainersDrawBitForBit) {
             EXPECT_TRUE(test::not_all_zero(x0));
         }
     }
+}
+
+// --time-power A: the same stream, so x0 and eps are the default draws' bits and t is
+// u^(1/A) of the default t; power 1 is u itself. Over many streams t has the mean of Beta(A, 1),
+// A / (A + 1), and its CDF t^A (checked at t = 1/2 against the count, within 5 standard errors).
+TEST(TrainMath, TimePowerTransformsOnlyTheTime) {
+    const int n = 13, d = 3;
+    const uint64_t seed = test::seed() + 23;
+    std::vector<double> x0(n * d), eps(n * d), x0_p(n * d), eps_p(n * d);
+    for (uint64_t stream : {0ull, 7ull, 1000003ull}) {
+        double t = 0, t1 = 0, t2 = 0;
+        draw_training_row(seed, stream, n, d, x0.data(), &t, eps.data());
+        draw_training_row(seed, stream, n, d, x0_p.data(), &t1, eps_p.data(), 1.0);
+        EXPECT_EQ(t1, t);
+        draw_training_row(seed, stream, n, d, x0_p.data(), &t2, eps_p.data(), 2.5);
+        EXPECT_EQ(x0_p, x0);
+        EXPECT_EQ(eps_p, eps);
+        EXPECT_EQ(t2, std::pow(t, 1.0 / 2.5));
+        EXPECT_GT(t2, t);  // A > 1 moves every t towards 1
+    }
+    const int count = 20000;
+    for (double A : {0.5, 1.0, 3.0}) {
+        double sum = 0;
+        int below_half = 0;
+        for (int s = 0; s < count; ++s) {
+            double t = 0;
+            draw_training_row(seed, static_cast<uint64_t>(s), 1, 1, x0.data(), &t, eps.data(), A);
+            ASSERT_GE(t, 0.0);
+            ASSERT_LT(t, 1.0);
+            sum += t;
+            below_half += t < 0.5;
+        }
+        const double mean = A / (A + 1), var = A / ((A + 1) * (A + 1) * (A + 2));
+        EXPECT_NEAR(sum / count, mean, 5 * std::sqrt(var / count)) << "A " << A;
+        const double p = std::pow(0.5, A);
+        EXPECT_NEAR(below_half / double(count), p, 5 * std::sqrt(p * (1 - p) / count)) << "A " << A;
+    }
+    for (double bad : {0.0, -1.0, std::numeric_limits<double>::infinity()})
+        EXPECT_THROW(draw_training_row(seed, 0, n, d, x0.data(), nullptr, eps.data(), bad), Error);
 }
 
 // The float32-storage element against adam_update in double; the error budget and the inputs are

@@ -50,11 +50,12 @@ struct FlowMatchingStepOptions {
     int eqot_starts = 0;          // eqot: CouplingOptions::max_starts (0: every frame start)
     std::vector<int> atom_types;  // eqot permutes only within a type
     double sigma = 0.01;
-    int64_t batch = 256;     // B: rows per step (<= the training set)
-    uint64_t draw_seed = 0;  // row b of step s draws from Philox(draw_seed, s*B + b)
-    double ema_decay = 0.0;  // 0: no EMA
-    int threads = 0;         // CPU eqot coupling: threads for its B^2 alignments; 0: all
-    bool cuda_graph = true;  // CUDA: replay the step as a graph (also off: EQFLOW_NO_CUDA_GRAPH=1)
+    double time_power = 1.0;  // t = u^(1/A), u ~ U(0, 1): density A t^(A-1); 1: uniform t
+    int64_t batch = 256;      // B: rows per step (<= the training set)
+    uint64_t draw_seed = 0;   // row b of step s draws from Philox(draw_seed, s*B + b)
+    double ema_decay = 0.0;   // 0: no EMA
+    int threads = 0;          // CPU eqot coupling: threads for its B^2 alignments; 0: all
+    bool cuda_graph = true;   // CUDA: replay the step as a graph (also off: EQFLOW_NO_CUDA_GRAPH=1)
 };
 
 template <class T>

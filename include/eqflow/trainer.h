@@ -101,11 +101,15 @@ struct TrainOptions {
     double ema_decay = 0.0;         // 0: no EMA
     bool reflections = false;       // eqot: allow improper rotations
     int eqot_starts = 0;            // eqot: CouplingOptions::max_starts (0: every start)
-    int threads = 1;                // 0: all hardware threads
-    Device device = Device::cpu;    // cuda: the whole step on the device, float32 (see below)
-    bool reference = false;         // device cpu: the double reference field, not the fast one
-    std::vector<int> atom_types;    // per particle (typed systems such as aldp): one-hot model
-                                    // features, and eqot permutes only within a type
+    // Flow matching: the training times t = u^(1/A), u ~ U(0, 1), density A t^(A-1) (Beta(A, 1)):
+    // A > 1 trains more near the data end t = 1, A < 1 near the prior; 1 is the paper's uniform t.
+    // The validation loss draws its t the same way.
+    double time_power = 1.0;
+    int threads = 1;              // 0: all hardware threads
+    Device device = Device::cpu;  // cuda: the whole step on the device, float32 (see below)
+    bool reference = false;       // device cpu: the double reference field, not the fast one
+    std::vector<int> atom_types;  // per particle (typed systems such as aldp): one-hot model
+                                  // features, and eqot permutes only within a type
     // Physical length per model unit (EgnnConfig::length_scale): the data are divided by it
     // before training and the model records it. 0: the data's RMS coordinate (of the centred
     // training data) when `scale_to_data`, else 1.
@@ -159,9 +163,11 @@ EQFLOW_API double flow_matching_loss(const FlowModel& model, int64_t B, const do
                                      Device device = Device::cpu);
 
 // The prior sample x0 [n][d], time t and noise eps [n][d] of one training row (exposed for
-// tests): all from Philox(seed, stream), x0 and eps centred. The GPU step draws the same bits.
+// tests): all from Philox(seed, stream), x0 and eps centred; t = u^(1/time_power) of a uniform u
+// (TrainOptions::time_power). The GPU step draws the same bits (t to an ulp of pow when
+// time_power != 1).
 EQFLOW_API void draw_training_row(uint64_t seed, uint64_t stream, int n, int d, double* x0,
-                                  double* t, double* eps);
+                                  double* t, double* eps, double time_power = 1.0);
 
 // The coupling of one batch: reorders x1 [B][n][d] in place so that row i pairs with x0 row i
 // (ot and eqot; for eqot each x1 row is also permuted and rotated onto its x0 partner).

@@ -362,7 +362,7 @@ def train(system_, data_, *, objective="eqot", field="egnn", out_dir=None, epoch
           lr=5e-4, hidden=0, layers=0, radial_basis=0, r_max=0.0, time_basis=0, sigma=0.01,
           seed=0, device="auto", reference=False, ode_steps=None, resume=False, overwrite=False,
           ema=0.0, val_fraction=0.1, threads=0, length_scale="auto", log_every=10, stop_after=0,
-          eqot_starts=0, progress=None):
+          eqot_starts=0, time_power=1.0, progress=None):
     """`eqflow train`: trains a vector field on configurations data_ [N, n, d] or [N, n*d]
     (centred on load), with the command's options and rules. Returns (model, info): the model to
     sample from (EMA weights with ema > 0) and a dict (step, total_steps, loss, validation_loss,
@@ -377,6 +377,8 @@ def train(system_, data_, *, objective="eqot", field="egnn", out_dir=None, epoch
     the system's default; on the CPU or on CUDA like the EGNN). reference: the double CPU
     reference field instead of the fast float32 one. eqot_starts=k (objective "eqot"): the
     command's --eqot-starts, only the k best-scored principal-axes starts per pair (0: all).
+    time_power=A (flow matching): the command's --time-power, training times t = u^(1/A) with
+    u ~ U(0, 1) (density A t^(A-1); A > 1 favours the data end; 1: uniform).
 
     With out_dir, writes RUN/model.safetensors, RUN/checkpoint.safetensors and
     RUN/train_log.jsonl as the command does (resume=True continues from the checkpoint; a
@@ -392,7 +394,7 @@ def train(system_, data_, *, objective="eqot", field="egnn", out_dir=None, epoch
         float(r_max), int(time_basis), float(sigma), int(seed), str(device), bool(reference),
         -1 if ode_steps is None else int(ode_steps), bool(resume), bool(overwrite), float(ema),
         float(val_fraction), int(threads), scale, int(log_every), int(stop_after),
-        int(eqot_starts), progress)
+        int(eqot_starts), float(time_power), progress)
     info = dict(info)
     info["raw_model"] = Model(raw)
     return Model(model), info

@@ -871,7 +871,7 @@ NB_MODULE(_eqflow, m) {
            double sigma, uint64_t seed, const std::string& device, bool reference,
            int64_t ode_steps, bool resume, bool overwrite, double ema, double val_fraction,
            int threads, double length_scale, int64_t log_every, int64_t stop_after, int eqot_starts,
-           nb::object progress) {
+           double time_power, nb::object progress) {
             TrainOptions o;
             o.system = system.name;
             o.likelihood = objective == "likelihood";
@@ -903,6 +903,11 @@ NB_MODULE(_eqflow, m) {
             EQFLOW_CHECK(eqot_starts == 0 || (!o.likelihood && o.objective == CouplingKind::eqot),
                          "eqot_starts applies to objective='eqot' only");
             o.eqot_starts = eqot_starts;
+            EQFLOW_CHECK(time_power > 0 && time_power <= 100,
+                         "time_power must be in (0, 100], got " << time_power);
+            EQFLOW_CHECK(time_power == 1.0 || !o.likelihood,
+                         "time_power applies to flow matching (fm, ot, eqot) only");
+            o.time_power = time_power;
             o.atom_types = system.atom_types;
             // length_scale 0: the command line's "auto" (the data's RMS for molecules, else 1).
             if (length_scale == 0) {
@@ -994,7 +999,8 @@ NB_MODULE(_eqflow, m) {
         nb::arg("sigma"), nb::arg("seed"), nb::arg("device"), nb::arg("reference"),
         nb::arg("ode_steps"), nb::arg("resume"), nb::arg("overwrite"), nb::arg("ema"),
         nb::arg("val_fraction"), nb::arg("threads"), nb::arg("length_scale"), nb::arg("log_every"),
-        nb::arg("stop_after"), nb::arg("eqot_starts"), nb::arg("progress").none());
+        nb::arg("stop_after"), nb::arg("eqot_starts"), nb::arg("time_power"),
+        nb::arg("progress").none());
 
     m.def(
         "sample",

@@ -68,15 +68,24 @@ EQFLOW_HD inline void remove_row_mean(int n, int d, double* x) {
     }
 }
 
+// The training time from its uniform draw u in [0, 1): t = u^(1/A), whose density is A t^(A-1)
+// (Beta(A, 1)). A = 1 is the paper's t ~ U(0, 1), returned as u itself (no pow, so the default
+// draws are the same bits as before the option existed); A > 1 puts more of the training near the
+// data end t = 1, A < 1 near the prior end. pow may differ by an ulp between host and device.
+EQFLOW_HD inline double time_from_uniform(double u, double time_power) {
+    return time_power == 1.0 ? u : pow(u, 1.0 / time_power);
+}
+
 // The prior sample x0 [n][d], the time t and the noise eps [n][d] of one training row, all from
-// the one stream Philox(seed, stream): n*d normals, one uniform, n*d normals (when n*d is odd the
-// spare normal of x0's last pair becomes eps[0]), then x0 and eps centred.
+// the one stream Philox(seed, stream): n*d normals, one uniform (t = time_from_uniform of it), n*d
+// normals (when n*d is odd the spare normal of x0's last pair becomes eps[0]), then x0 and eps
+// centred.
 EQFLOW_HD inline void draw_row(uint64_t seed, uint64_t stream, int n, int d, double* x0, double* t,
-                               double* eps) {
+                               double* eps, double time_power = 1.0) {
     Philox rng(seed, stream);
     const int nd = n * d;
     for (int k = 0; k < nd; ++k) x0[k] = rng.normal();
-    *t = rng.uniform();
+    *t = time_from_uniform(rng.uniform(), time_power);
     for (int k = 0; k < nd; ++k) eps[k] = rng.normal();
     remove_row_mean(n, d, x0);
     remove_row_mean(n, d, eps);

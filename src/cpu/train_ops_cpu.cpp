@@ -51,12 +51,12 @@ void set_step_args(Device device, StepArgs* dst, const StepArgs& args, Stream st
 
 template <class T>
 void prepare_batch(Device device, const T* data, const int64_t* order, const StepArgs* args,
-                   int64_t B, int n, int d, uint64_t seed, double* x0, double* x1, double* t,
-                   double* eps, Stream stream) {
+                   int64_t B, int n, int d, uint64_t seed, double time_power, double* x0,
+                   double* x1, double* t, double* eps, Stream stream) {
     if (device == Device::cuda) {
         require_device_float<T>("prepare_batch");
-        EQFLOW_DEVICE_CALL(
-            T, fm_prepare_batch(data, order, args, B, n, d, seed, x0, x1, t, eps, stream))
+        EQFLOW_DEVICE_CALL(T, fm_prepare_batch(data, order, args, B, n, d, seed, time_power, x0, x1,
+                                               t, eps, stream))
         return;
     }
     const int64_t nd = static_cast<int64_t>(n) * d;
@@ -64,7 +64,7 @@ void prepare_batch(Device device, const T* data, const int64_t* order, const Ste
         const T* src = data + order[args->first + b] * nd;
         for (int64_t k = 0; k < nd; ++k) x1[b * nd + k] = static_cast<double>(src[k]);
         train_math::draw_row(seed, args->first_stream + static_cast<uint64_t>(b), n, d, x0 + b * nd,
-                             t + b, eps + b * nd);
+                             t + b, eps + b * nd, time_power);
     }
 }
 
@@ -306,7 +306,7 @@ void lik_accumulate(Device device, int64_t count, const T* gx1, const T* gx2, do
 
 #define EQFLOW_INSTANTIATE(T)                                                                      \
     template void prepare_batch<T>(Device, const T*, const int64_t*, const StepArgs*, int64_t,     \
-                                   int, int, uint64_t, double*, double*, double*, double*,         \
+                                   int, int, uint64_t, double, double*, double*, double*, double*, \
                                    Stream);                                                        \
     template void interpolate<T>(Device, int64_t, int64_t, const double*, const double*,           \
                                  const double*, const double*, double, T*, T*, Stream);            \

@@ -232,6 +232,16 @@ def test_likelihood_training_matches_cli(cli, dw4_data, tmp_path):
     assert egnn.field_type == "egnn" and info["step"] == 1 and np.isfinite(info["loss"])
 
 
+def test_time_power_reaches_the_draws(dw4_data):
+    # time_power 1 is the default draw (the same model bit for bit); 2 trains on other times.
+    kw = dict(objective="ot", epochs=2, batch=16, hidden=8, layers=1, threads=1, seed=3)
+    base, _ = eqflow.train("dw4", dw4_data, **kw)
+    one, _ = eqflow.train("dw4", dw4_data, time_power=1.0, **kw)
+    two, _ = eqflow.train("dw4", dw4_data, time_power=2.0, **kw)
+    assert np.array_equal(one.parameters(), base.parameters())
+    assert not np.array_equal(two.parameters(), base.parameters())
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(field="mlp"), "choose egnn or kernel"),
     (dict(objective="nll"), "choose fm, ot, eqot or likelihood"),
@@ -241,6 +251,8 @@ def test_likelihood_training_matches_cli(cli, dw4_data, tmp_path):
     (dict(objective="ot", ode_steps=4), "applies to objective='likelihood' only"),
     (dict(objective="ot", eqot_starts=1), "applies to objective='eqot' only"),
     (dict(objective="eqot", eqot_starts=9), "1..8"),
+    (dict(objective="ot", time_power=0), "time_power must be in"),
+    (dict(objective="likelihood", time_power=2), "flow matching .fm, ot, eqot. only"),
     (dict(objective="likelihood", ode_steps=0), "1..100000"),
     (dict(objective="likelihood", device="cuda"),
      "EGNN likelihood training on CUDA is not built"),
