@@ -140,6 +140,8 @@ FlowMatchingStep<T>::FlowMatchingStep(Field<T>& field, const FlowMatchingStepOpt
                  "training step: no validation data");
     // sigma = inf is allowed: every step is then non-finite and skipped.
     EQFLOW_CHECK(o.sigma >= 0, "training step: sigma must be non-negative, got " << o.sigma);
+    EQFLOW_CHECK(o.time_power > 0 && std::isfinite(o.time_power),
+                 "training step: time_power must be positive and finite, got " << o.time_power);
     EQFLOW_CHECK(o.ema_decay >= 0 && o.ema_decay < 1,
                  "training step: EMA decay must be in [0, 1), got " << o.ema_decay);
     impl_ = std::make_unique<Impl>(field, o);

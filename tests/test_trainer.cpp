@@ -185,6 +185,9 @@ TEST_F(Trainer, ResumeRefusesChangedOptionsOrData) {
     TrainOptions changed = o;
     changed.lr = 1e-3;
     EXPECT_THROW(train_flow_matching(changed, x, 24, 4, 2), Error);
+    changed = o;
+    changed.time_power = 2.0;  // recorded only when set: refused both ways (the CLI test)
+    EXPECT_THROW(train_flow_matching(changed, x, 24, 4, 2), Error);
     std::vector<double> other = x;
     other[0] += 1e-9;
     EXPECT_THROW(train_flow_matching(o, other, 24, 4, 2), Error);
@@ -192,6 +195,16 @@ TEST_F(Trainer, ResumeRefusesChangedOptionsOrData) {
     missing.out_dir = dir_ + "/nothing-here";
     EXPECT_THROW(train_flow_matching(missing, x, 24, 4, 2), Error);
     EXPECT_EQ(train_flow_matching(o, x, 24, 4, 2).step, o.epochs * 2);
+}
+
+TEST_F(Trainer, TimePowerMustBePositiveAndFinite) {
+    const std::vector<double> x = test::dw4_data(24, 3);
+    for (const double bad : {0.0, -2.0, std::numeric_limits<double>::quiet_NaN(),
+                             std::numeric_limits<double>::infinity()}) {
+        TrainOptions o = tiny_in_memory(CouplingKind::fm);
+        o.time_power = bad;
+        EXPECT_THROW(train_flow_matching(o, x, 24, 4, 2), Error) << bad;
+    }
 }
 
 TEST_F(Trainer, NonFiniteStepsAreSkippedAndCounted) {
