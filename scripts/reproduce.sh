@@ -99,8 +99,12 @@ run_cell() {
         dir=$dir-s$eqot_starts  # another coupling: its own cell directory
     fi
     local time_power=${EQFLOW_TIME_POWER:-}
-    case $time_power in '' | [0-9]* | .[0-9]*) ;; *) echo "reproduce: EQFLOW_TIME_POWER must be a number"; return 2 ;; esac
-    case $time_power in *[!0-9.]*) echo "reproduce: EQFLOW_TIME_POWER must be a number"; return 2 ;; esac
+    if [ -n "$time_power" ]; then
+        [[ $time_power =~ ^[0-9]*\.?[0-9]+$ ]] || { echo "reproduce: EQFLOW_TIME_POWER must be a positive number"; return 2; }
+        time_power=$(LC_ALL=C printf '%g' "$time_power")  # one spelling, one cell directory: 2.0 -> 2
+        [ "$time_power" != 0 ] || { echo "reproduce: EQFLOW_TIME_POWER must be a positive number"; return 2; }
+        [ "$time_power" != 1 ] || time_power=  # the default, uniform t: the plain cell
+    fi
     if [ -n "$time_power" ]; then
         [ "$objective" != likelihood ] || { echo "reproduce: EQFLOW_TIME_POWER is for flow matching only"; return 2; }
         dir=$dir-p$time_power  # other training times: their own cell directory

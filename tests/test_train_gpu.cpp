@@ -158,7 +158,8 @@ Batch cpu_batch(const StepCase& c, uint64_t draw_seed, int64_t B, const std::vec
 // removal of additions, one division and subtractions). The gathered rows are the stored float32
 // rows widened exactly. n*d = 15 (odd) exercises the spare normal carried into eps. With a time
 // power (FlowMatchingStepOptions::time_power) t = u^(1/A) goes through the device's pow, which
-// may round differently from the host's: t to 2 ulps there, everything else bit for bit.
+// may round differently from the host's (CUDA's double pow within 2 ulps, libm's within 1): t to
+// 4 ulps there, everything else bit for bit.
 TEST(TrainGpu, DeviceDrawsAndGatherAreBitIdenticalToTheTrainer) {
     for (const double time_power : {1.0, 2.5})
         for (const StepCase c : {StepCase{"dw4", 4, 2, 16, 2, false, CouplingKind::fm},
@@ -190,7 +191,7 @@ TEST(TrainGpu, DeviceDrawsAndGatherAreBitIdenticalToTheTrainer) {
                     cpu_batch(c, o.draw_seed, B, train, order, step, j).t;
                 ASSERT_EQ(s.t.size(), t.size());
                 for (size_t b = 0; b < t.size(); ++b) {
-                    EXPECT_NEAR(s.t[b], t[b], 4.5e-16 * t[b]) << c.name << " row " << b;
+                    EXPECT_NEAR(s.t[b], t[b], 8.9e-16 * t[b]) << c.name << " row " << b;
                     EXPECT_GT(s.t[b], uniform[b]) << c.name << ": A > 1 moves t towards 1";
                 }
             }

@@ -205,6 +205,10 @@ TEST_F(Trainer, TimePowerMustBePositiveAndFinite) {
         o.time_power = bad;
         EXPECT_THROW(train_flow_matching(o, x, 24, 4, 2), Error) << bad;
     }
+    TrainOptions lik = tiny_in_memory(CouplingKind::fm);
+    lik.likelihood = true;  // draws no t
+    lik.time_power = 2.0;
+    EXPECT_THROW(train_flow_matching(lik, x, 24, 4, 2), Error);
 }
 
 TEST_F(Trainer, NonFiniteStepsAreSkippedAndCounted) {

@@ -8,7 +8,7 @@
 //
 //   1. gather the batch rows order[j*B .. j*B+B) and draw x0, t, eps of row b from
 //      Philox(draw_seed, step*B + b) (src/common/train_math.h, double: the same bits on every
-//      device);
+//      device, t to a few ulps of pow when time_power != 1);
 //   2. couple them with the public couple() (eqflow/coupling.h; fm: as drawn);
 //   3. x_t = (1-t) x0 + t x1 + sigma eps in T;
 //   4. the field's forward_backward into a zeroed gradient (forward, dL/dv of each row once its

@@ -4,9 +4,10 @@
 //
 // Per step: x1 <- the next `batch` training samples of the epoch's shuffled order; x0 <- prior
 // samples; the coupling pairs them (fm: as drawn; ot: minibatch OT; eqot: equivariant OT);
-// t ~ U(0,1) per sample; eps ~ mean-free N(0, I); x_t = (1-t) x0 + t x1 + sigma eps; target
-// u = x1 - x0; loss = mean over B*n*d of (v(x_t, t) - u)^2; Adam; lr x 0.1 from half the steps on;
-// optional EMA. A step whose loss or gradient is not finite changes nothing and is counted.
+// t ~ U(0,1) per sample (or t = u^(1/A), time_power); eps ~ mean-free N(0, I); x_t = (1-t) x0 + t
+// x1 + sigma eps; target u = x1 - x0; loss = mean over B*n*d of (v(x_t, t) - u)^2; Adam; lr x 0.1
+// from half the steps on; optional EMA. A step whose loss or gradient is not finite changes nothing
+// and is counted.
 //
 // Randomness is a pure function of (seed, step, sample): the epoch permutation comes from
 // Philox(seed', epoch), the prior / time / noise of sample b at step s from Philox(seed'', s*B+b).
@@ -164,8 +165,8 @@ EQFLOW_API double flow_matching_loss(const FlowModel& model, int64_t B, const do
 
 // The prior sample x0 [n][d], time t and noise eps [n][d] of one training row (exposed for
 // tests): all from Philox(seed, stream), x0 and eps centred; t = u^(1/time_power) of a uniform u
-// (TrainOptions::time_power). The GPU step draws the same bits (t to an ulp of pow when
-// time_power != 1).
+// (TrainOptions::time_power). The GPU step draws the same bits (t to a few ulps of pow
+// when time_power != 1).
 EQFLOW_API void draw_training_row(uint64_t seed, uint64_t stream, int n, int d, double* x0,
                                   double* t, double* eps, double time_power = 1.0);
 

@@ -7,7 +7,9 @@
 // Bit-identity of the draws: the Philox normals are bit-identical on both sides (eqflow/philox.h);
 // the mean removal below uses only additions, one division and subtractions, each correctly
 // rounded by IEEE 754 on both sides, and none of them can be contracted into an FMA. So a row
-// drawn on the device equals the host's row bit for bit.
+// drawn on the device equals the host's row bit for bit, except t under a time power A != 1,
+// which goes through pow (CUDA's double pow is within 2 ulps, libm's within 1: t may differ by a
+// few ulps).
 //
 // The Adam element is NOT bit-identical across host and device: nvcc may contract its a*b+c into
 // FMAs and the device's pow() may differ from libm's in the last bit. The GPU path stores
@@ -71,7 +73,7 @@ EQFLOW_HD inline void remove_row_mean(int n, int d, double* x) {
 // The training time from its uniform draw u in [0, 1): t = u^(1/A), whose density is A t^(A-1)
 // (Beta(A, 1)). A = 1 is the paper's t ~ U(0, 1), returned as u itself (no pow, so the default
 // draws are the same bits as before the option existed); A > 1 puts more of the training near the
-// data end t = 1, A < 1 near the prior end. pow may differ by an ulp between host and device.
+// data end t = 1, A < 1 near the prior end. pow may differ by a few ulps between host and device.
 EQFLOW_HD inline double time_from_uniform(double u, double time_power) {
     return time_power == 1.0 ? u : pow(u, 1.0 / time_power);
 }
