@@ -133,6 +133,10 @@ TEST_F(CliTrain, ResumeMatchesStraightRun) {
     EXPECT_NE(r.out.find("--resume"), std::string::npos) << r.out;
     r = run(tiny_train("parts", "ot") + " --resume");
     ASSERT_EQ(r.code, 0) << r.out;
+    // The resumed process has no validation loss before its first epoch ends: its progress
+    // lines say "val -" until then, never nan.
+    EXPECT_NE(r.out.find("val -"), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("nan"), std::string::npos) << r.out;
     const EgnnModel a = load_model(file("straight/model.safetensors"));
     const EgnnModel b = load_model(file("parts/model.safetensors"));
     ASSERT_EQ(a.params.size(), b.params.size());

@@ -210,6 +210,7 @@ int cmd_train(Args& args) {
     Progress progress("train", 1);
     int64_t total_seen = 0;
     double last_val = std::nan("");
+    bool val_measured = false;
     // The bar refreshes at most ~10 times a second: read the loss (on the GPU, a wait for the
     // device) no more often.
     opt.progress_interval = 0.1;
@@ -218,11 +219,23 @@ int cmd_train(Args& args) {
             progress = Progress("train", total);
             total_seen = total;
         }
+        // "val -" until this process has finished an epoch (a resumed run has no validation loss
+        // before then; a diverged one shows its nan); nothing when no rows are held out.
+        char val[40] = "";
+        if (opt.validation_fraction > 0) {
+            if (val_measured)
+                std::snprintf(val, sizeof val, "  val %.4f", last_val);
+            else
+                std::snprintf(val, sizeof val, "  val -");
+        }
         char extra[128];
-        std::snprintf(extra, sizeof extra, "loss %.4f  lr %.1e  val %.4f", loss, lr, last_val);
+        std::snprintf(extra, sizeof extra, "loss %.4f  lr %.1e%s", loss, lr, val);
         progress.update(step, extra);
     };
-    opt.on_epoch = [&](int64_t, double vl) { last_val = vl; };
+    opt.on_epoch = [&](int64_t, double vl) {
+        last_val = vl;
+        val_measured = true;
+    };
     TrainResult r;
     try {
         r = train_flow_matching(opt, x, count, system.n, system.d);
