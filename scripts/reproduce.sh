@@ -30,6 +30,12 @@
 # EQFLOW_EMA (an EMA decay such as 0.999: model.safetensors then holds the averaged weights;
 # default off), EQFLOW_FIELD=kernel for the equivariant kernel dynamics of Koehler et al. 2020 instead of the
 # EGNN (docs/design.md section 4b; its default bases; the cell goes to SYSTEM-OBJECTIVE-kernel/).
+# EQFLOW_RESUME_FROM=CHECKPOINT (one cell only): a checkpoint of this cell's training written on
+# another machine, such as a long run's partial checkpoint committed under models/in-progress/
+# (a path relative to the repository root, or absolute). It is copied into the cell's run/ when
+# the cell has no checkpoint and has not finished training, and the run continues from it: the
+# trainer refuses it unless the options and the training data are the same, and the result is
+# the straight run's (only the recorded wall time differs).
 # The kernel field's likelihood training is cheap (closed-form divergence and its gradient, on the
 # fast float32 CPU field: about 0.15 s of CPU per DW4 step at batch 256 and 40 RK4 steps), so it uses all the training rows,
 # batch 256, lr 5e-3, 6 epochs (2106 steps, ~10 min of CPU) and EQFLOW_ODE_STEPS (default 40)
@@ -67,6 +73,10 @@ BIN=${EQFLOW_BIN:-$ROOT/build/default/eqflow}
 RUNS=${EQFLOW_RUNS:-$ROOT/runs}
 PAPER=${EQFLOW_PAPER_DATA:-$ROOT/../shared/data}
 [ -x "$BIN" ] || { echo "reproduce: no eqflow binary at $BIN (build first, or set EQFLOW_BIN)"; exit 2; }
+if [ -n "${EQFLOW_RESUME_FROM:-}" ]; then
+    [ $# -ge 2 ] || { echo "reproduce: EQFLOW_RESUME_FROM is for one cell (SYSTEM OBJECTIVE)"; exit 2; }
+    [ -f "$EQFLOW_RESUME_FROM" ] || { echo "reproduce: no checkpoint at $EQFLOW_RESUME_FROM"; exit 2; }
+fi
 
 # Rows [first, first + count) of an .npy file into another (numpy, from tools' requirements).
 npy_rows() {
@@ -179,6 +189,12 @@ np.save(sys.argv[1], np.concatenate([a.reshape(len(a), -1), b.reshape(len(b), -1
     # has no reverse mode of the divergence); the kernel field's runs on DEVICE.
     if [ "$objective" != likelihood ] || [ "$field" = kernel ]; then train_cmd+=("${dev[@]}"); fi
     if [ ! -f "$dir/trained" ]; then
+        if [ -n "${EQFLOW_RESUME_FROM:-}" ] && [ ! -f "$dir/run/checkpoint.safetensors" ]; then
+            mkdir -p "$dir/run"
+            cp "$EQFLOW_RESUME_FROM" "$dir/run/checkpoint.part.safetensors"
+            mv "$dir/run/checkpoint.part.safetensors" "$dir/run/checkpoint.safetensors"
+            echo "reproduce: continuing from $EQFLOW_RESUME_FROM"
+        fi
         # The data command first when the training set has eqflow's rows appended. The command
         # is recorded as a fresh run's (a resumed run ends where the straight one does).
         if [ -f "$dir/data_command.txt" ]; then cp "$dir/data_command.txt" "$dir/command.txt"; else : > "$dir/command.txt"; fi
