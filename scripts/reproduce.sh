@@ -5,7 +5,7 @@
 #   scripts/reproduce.sh                               the whole table (dw4, lj13 x fm, ot, eqot)
 #
 # SYSTEM: dw4 | lj13. OBJECTIVE: fm | ot | eqot | likelihood. DEVICE: cpu | cuda (default: what
-# eqflow picks; likelihood always trains on the CPU reference, see below).
+# eqflow picks; EGNN likelihood always trains on the CPU, see below).
 #
 # Steps of a cell, each skipped when its output exists (so a rerun after an interruption picks
 # up where it stopped; training itself resumes from its checkpoint):
@@ -45,12 +45,13 @@
 #
 # likelihood (the maximum-likelihood baseline): the same EGNN and Adam, but every step
 # integrates the batch through EQFLOW_ODE_STEPS fixed RK4 steps with the exact divergence and
-# differentiates through them with second derivatives, on the double CPU reference (EGNN
+# differentiates through them with second derivatives, on the fast float32 CPU field (EGNN
 # likelihood training on CUDA is not built: the EGNN trains on the CPU whatever DEVICE says, eval
-# uses DEVICE; the kernel field trains on DEVICE). Measured cost (one thread, this repository's reference): DW4 at batch 256 about
-# 2.85 s of CPU per RK4 step per training step; LJ13 (13 particles, 39 directions, 156 edges)
-# at batch 32 about 15 s (~40x DW4 per sample). So the budget is a subset of the data and fewer epochs, sized for
-# a 2-core machine (EQFLOW_* override every number):
+# uses DEVICE; the kernel field trains on DEVICE). The budget below was sized for the double
+# reference, which it ran on until 2026-12-03: DW4 at batch 256 about 2.85 s of CPU per RK4 step
+# per training step; LJ13 (13 particles, 39 directions, 156 edges) at batch 32 about 15 s (~40x
+# DW4 per sample). The fast field is ~4x cheaper (docs/design.md section 5). So the budget is a
+# subset of the data and fewer epochs, sized for a 2-core machine (EQFLOW_* override every number):
 #   dw4:  EQFLOW_LIK_ROWS=2816 rows (2534 train / 282 validation), batch 256 (9 steps/epoch),
 #         EQFLOW_ODE_STEPS=4, EQFLOW_EPOCHS=60 -> 540 steps x ~11 s CPU = ~1.7 h CPU, under an
 #         hour on 2 cores; lr 1e-3 (x0.1 at half the steps): few steps, so a larger rate.
@@ -185,8 +186,8 @@ np.save(sys.argv[1], np.concatenate([a.reshape(len(a), -1), b.reshape(len(b), -1
     [ -n "${EQFLOW_EMA:-}" ] && train_cmd+=(--ema "$EQFLOW_EMA")
     [ "$eqot_starts" -gt 0 ] && train_cmd+=(--eqot-starts "$eqot_starts")
     [ -n "$time_power" ] && train_cmd+=(--time-power "$time_power")
-    # EGNN likelihood training runs on the CPU reference whatever the device (its CUDA backend
-    # has no reverse mode of the divergence); the kernel field's runs on DEVICE.
+    # EGNN likelihood training runs on the CPU (the fast float field) whatever the device (its
+    # CUDA backend has no reverse mode of the divergence); the kernel field's runs on DEVICE.
     if [ "$objective" != likelihood ] || [ "$field" = kernel ]; then train_cmd+=("${dev[@]}"); fi
     if [ ! -f "$dir/trained" ]; then
         if [ -n "${EQFLOW_RESUME_FROM:-}" ] && [ ! -f "$dir/run/checkpoint.safetensors" ]; then

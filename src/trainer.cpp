@@ -603,13 +603,14 @@ TrainResult train_flow_matching(const TrainOptions& options, const std::vector<d
     }
 
     if (opt.likelihood) {
-        // The fast float EGNN has no divergence_backward: EGNN likelihood runs on the reference.
-        // The kernel field on CUDA: the field, the solver's state and Adam on the device.
+        // The kernel field on CUDA: the field, the solver's state and Adam on the device. On the
+        // CPU both fields run their fast float backend (the EGNN's divergence_backward: the
+        // reference's second-order pass across SIMD lanes) unless `reference`.
         if (opt.device == Device::cuda && rs.model.kind == FieldKind::kernel) {
             std::unique_ptr<Field<float>> field = make_cuda_field(rs.model);
             return run_training<LikelihoodStep<float>>(opt, rs, *field);
         }
-        if (opt.reference || rs.model.kind != FieldKind::kernel) {
+        if (opt.reference) {
             std::unique_ptr<Field<double>> field = make_reference_field(rs.model, opt.threads);
             return run_training<LikelihoodStep<double>>(opt, rs, *field);
         }

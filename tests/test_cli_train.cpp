@@ -231,12 +231,15 @@ TEST_F(CliTrain, CtrlCSavesACheckpoint) {
     EXPECT_NE(read_file(file("long.log")).find("--resume"), std::string::npos);
 }
 
-// --objective likelihood: trains on the double reference through --ode-steps RK4 steps, resumes
-// exactly (nothing is drawn), and its model is an ordinary model that eval scores. The options
-// that do not fit are usage errors.
+// --objective likelihood: trains the EGNN on the fast float field (--reference: the double one)
+// through --ode-steps RK4 steps, resumes exactly (nothing is drawn), and its model is an ordinary
+// model that eval scores. The options that do not fit are usage errors.
 TEST_F(CliTrain, LikelihoodTrainResumeEval) {
     const std::string lik = tiny_train("lik", "likelihood") + " --ode-steps 2";
     Result r = run(lik);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("fast float32 CPU field"), std::string::npos) << r.out;
+    r = run(tiny_train("lik-ref", "likelihood") + " --ode-steps 2 --reference");
     ASSERT_EQ(r.code, 0) << r.out;
     EXPECT_NE(r.out.find("double CPU reference"), std::string::npos) << r.out;
     const std::string log = read_file(file("lik/train_log.jsonl"));

@@ -158,18 +158,99 @@ TEST(DivergenceBackward, DoesNotDependOnTheThreadCount) {
     EXPECT_EQ(dp[0], dp[1]);
 }
 
-TEST(DivergenceBackward, FastFieldSaysItHasNone) {
-    const EgnnModel model = random_egnn_model(EgnnCase{"dw4", 4, 2, 8, 2}, 1);
-    std::unique_ptr<Field<float>> field = make_fast_field(model, 1);
-    EXPECT_FALSE(field->supports_divergence_backward());
-    const std::vector<float> x(8, 0.5f), t(1, 0.5f), g(1, 1.0f);
-    std::vector<float> dp(static_cast<size_t>(field->parameter_count()));
-    EXPECT_THROW(field->divergence_backward(
-                     TensorView<const float>(x.data(), Shape{1, 4, 2}),
-                     TensorView<const float>(t.data(), Shape{1}),
-                     TensorView<const float>(g.data(), Shape{1}),
-                     TensorView<float>(dp.data(), Shape{field->parameter_count()}), {}, {}),
-                 Error);
+// The fast EGNN's divergence_backward (the reference's forward-over-reverse pass in float, the
+// directions across SIMD lanes) against the double reference's, at the reference's parameters
+// rounded to float. Float rounding through a second-order pass of 2-3 layers: each entry within
+// 2e-5 of the largest (seen: 2e-7 for the parameters, 4e-6 for x), where a wrong lane seed or a
+// dropped tangent term is O(1).
+// LJ13's 39 directions span several passes, with a partly filled last one at every SIMD width.
+void check_fast_divergence_backward(const EgnnCase& c, int B) {
+    EgnnModel model = random_egnn_model(c, seed() + 31);
+    for (double& p : model.params) p = static_cast<float>(p);  // both fields see the same weights
+    std::unique_ptr<Field<double>> ref = make_reference_field(model, 2);
+    std::unique_ptr<Field<float>> fast = make_fast_field(model, 2);
+    ASSERT_TRUE(fast->supports_divergence_backward());
+    Rows r = random_rows(c, B, seed() + 32);
+    for (double& v : r.x) v = static_cast<float>(v);
+    for (double& v : r.t) v = static_cast<float>(v);
+    auto gen = rng(seed() + 33);
+    std::vector<double> g = random_normal(static_cast<size_t>(B), gen);
+    for (double& v : g) v = static_cast<float>(v);
+    const int64_t P = ref->parameter_count(), nd = static_cast<int64_t>(c.n) * c.d;
+    const Shape xs{B, c.n, c.d};
+
+    std::vector<double> dp(static_cast<size_t>(P), 0.0), dx(static_cast<size_t>(B * nd));
+    FieldWorkspace ws;
+    ref->divergence_backward(
+        TensorView<const double>(r.x.data(), xs), TensorView<const double>(r.t.data(), Shape{B}),
+        TensorView<const double>(g.data(), Shape{B}), TensorView<double>(dp.data(), Shape{P}),
+        TensorView<double>(dx.data(), xs), ws.get(*ref, FieldOp::divergence_backward, B));
+
+    const std::vector<float> xf(r.x.begin(), r.x.end()), tf(r.t.begin(), r.t.end()),
+        gf(g.begin(), g.end());
+    std::vector<float> dpf(static_cast<size_t>(P), 0.5f), dxf(static_cast<size_t>(B * nd), 7.0f);
+    FieldWorkspace wsf;
+    fast->divergence_backward(
+        TensorView<const float>(xf.data(), xs), TensorView<const float>(tf.data(), Shape{B}),
+        TensorView<const float>(gf.data(), Shape{B}), TensorView<float>(dpf.data(), Shape{P}),
+        TensorView<float>(dxf.data(), xs), wsf.get(*fast, FieldOp::divergence_backward, B));
+    std::vector<double> got_p(dpf.begin(), dpf.end()), got_x(dxf.begin(), dxf.end());
+    for (double& v : got_p) v -= 0.5;  // parameter gradients accumulate onto what they held
+    EXPECT_TRUE(not_all_zero(dp));
+    double scale_p = 0.0, scale_x = 0.0, err_p = 0.0, err_x = 0.0;
+    for (int64_t k = 0; k < P; ++k) {
+        scale_p = std::max(scale_p, std::fabs(dp[k]));
+        err_p = std::max(err_p, std::fabs(got_p[k] - dp[k]));
+    }
+    for (int64_t k = 0; k < B * nd; ++k) {
+        scale_x = std::max(scale_x, std::fabs(dx[k]));
+        err_x = std::max(err_x, std::fabs(got_x[k] - dx[k]));
+    }
+    std::printf("%s fast divergence_backward: max error %.2e of %.2e (params), %.2e of %.2e (x)\n",
+                c.name, err_p, scale_p, err_x, scale_x);
+    EXPECT_ALL_CLOSE(got_p, dp, 2e-5 * scale_p, 1e-5);
+    EXPECT_ALL_CLOSE(got_x, dx, 2e-5 * scale_x, 1e-5);
+}
+
+TEST(DivergenceBackward, FastEgnnMatchesTheReferenceDw4) {
+    check_fast_divergence_backward(EgnnCase{"dw4", 4, 2, 32, 3}, 20);
+}
+
+TEST(DivergenceBackward, FastEgnnMatchesTheReferenceLj13) {
+    check_fast_divergence_backward(EgnnCase{"lj13", 13, 3, 16, 2}, 3);
+}
+
+TEST(DivergenceBackward, FastEgnnMatchesTheReferenceWithoutAttentionOrTanhTyped) {
+    EgnnCase c{"typed", 5, 3, 8, 2};
+    c.attention = false;
+    c.tanh = false;
+    c.typed = true;
+    check_fast_divergence_backward(c, 4);
+}
+
+TEST(DivergenceBackward, FastEgnnDoesNotDependOnTheThreadCount) {
+    const EgnnCase c{"dw4", 4, 2, 8, 2};
+    const EgnnModel model = random_egnn_model(c, seed() + 41);
+    const int B = 40;  // three chunks of rows
+    const Rows r = random_rows(c, B, seed() + 42);
+    const std::vector<float> x(r.x.begin(), r.x.end()), t(r.t.begin(), r.t.end()),
+        g(static_cast<size_t>(B), 0.25f);
+    const int64_t P = egnn_parameter_count(model.config);
+    std::vector<std::vector<float>> dp(2, std::vector<float>(static_cast<size_t>(P), 0.0f));
+    std::vector<std::vector<float>> dx(2, std::vector<float>(x.size()));
+    for (int k = 0; k < 2; ++k) {
+        std::unique_ptr<Field<float>> field = make_fast_field(model, k == 0 ? 1 : 3);
+        FieldWorkspace ws;
+        field->divergence_backward(TensorView<const float>(x.data(), Shape{B, c.n, c.d}),
+                                   TensorView<const float>(t.data(), Shape{B}),
+                                   TensorView<const float>(g.data(), Shape{B}),
+                                   TensorView<float>(dp[k].data(), Shape{P}),
+                                   TensorView<float>(dx[k].data(), Shape{B, c.n, c.d}),
+                                   ws.get(*field, FieldOp::divergence_backward, B));
+    }
+    EXPECT_TRUE(not_all_zero(std::vector<double>(dp[0].begin(), dp[0].end())));
+    EXPECT_EQ(dp[0], dp[1]);
+    EXPECT_EQ(dx[0], dx[1]);
 }
 
 // The likelihood step's gradient is the exact gradient of its discrete loss: central
@@ -328,6 +409,35 @@ TEST(LikelihoodStep, FastKernelFieldFollowsTheReference) {
     double scale = 0.0;
     for (double g : gr) scale = std::max(scale, std::fabs(g));
     std::printf("kernel likelihood, float vs double: loss %.8f vs %.8f, gradient scale %.3g\n", lf,
+                lr, scale);
+    EXPECT_NEAR(lf, lr, 1e-5 * (1.0 + std::fabs(lr)));
+    EXPECT_ALL_CLOSE(gf, gr, 1e-4 * scale, 1e-4);
+}
+
+// The same for the EGNN: LikelihoodStep<float> on the fast EGNN (its divergence_backward across
+// SIMD lanes) follows the double reference's loss and exact gradient to float accuracy.
+TEST(LikelihoodStep, FastEgnnFieldFollowsTheReference) {
+    const EgnnCase c{"dw4", 4, 2, 16, 2};
+    EgnnModel m = random_egnn_model(c, seed() + 61);
+    for (double& p : m.params) p = static_cast<float>(p);
+    const int B = 12;
+    const std::vector<double> data = dw4_data(B, 3);
+    std::unique_ptr<Field<double>> ref = make_reference_field(m, 2);
+    std::unique_ptr<Field<float>> fast = make_fast_field(m, 2);
+    LikelihoodStepOptions so;
+    so.ode_steps = 3;
+    so.batch = B;
+    LikelihoodStep<double> sr(*ref, so, data.data(), B);
+    LikelihoodStep<float> sf(*fast, so, data.data(), B);
+    const size_t P = static_cast<size_t>(ref->parameter_count());
+    std::vector<double> gr(P), gf(P);
+    const double lr = sr.evaluate(data.data(), B, gr.data());
+    const double lf = sf.evaluate(data.data(), B, gf.data());
+    ASSERT_TRUE(std::isfinite(lr));
+    EXPECT_TRUE(not_all_zero(gr));
+    double scale = 0.0;
+    for (double g : gr) scale = std::max(scale, std::fabs(g));
+    std::printf("EGNN likelihood, float vs double: loss %.8f vs %.8f, gradient scale %.3g\n", lf,
                 lr, scale);
     EXPECT_NEAR(lf, lr, 1e-5 * (1.0 + std::fabs(lr)));
     EXPECT_ALL_CLOSE(gf, gr, 1e-4 * scale, 1e-4);

@@ -74,10 +74,10 @@ struct TrainOptions {
     std::string system = "dw4";  // for the model metadata
     CouplingKind objective = CouplingKind::eqot;
     // Maximum likelihood instead of flow matching (`--objective likelihood`): LikelihoodStep
-    // (eqflow/likelihood.h) through `ode_steps` RK4 steps: the EGNN on the double CPU reference
-    // whatever `reference` says (the fast and CUDA EGNN have no divergence_backward; device cuda
-    // throws), the kernel field on the fast float field unless `reference`, or on the CUDA field
-    // with device cuda (the solver's state on the device as well).
+    // (eqflow/likelihood.h) through `ode_steps` RK4 steps: on the fast float CPU field unless
+    // `reference` (the double one), for the EGNN and the kernel field alike; the kernel field
+    // also on the CUDA field with device cuda (the solver's state on the device as well), while
+    // the EGNN with device cuda throws (the CUDA EGNN has no divergence_backward).
     // objective, sigma and reflections are then unused.
     bool likelihood = false;
     int ode_steps = 10;

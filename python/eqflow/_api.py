@@ -370,9 +370,9 @@ def train(system_, data_, *, objective="eqot", field="egnn", out_dir=None, epoch
 
     objective: "fm", "ot", "eqot" (flow matching with that coupling) or "likelihood" (maximum
     likelihood through ode_steps fixed RK4 steps, default 10, with the exact divergence; on the
-    CPU (device="auto" picks it, "cuda" is refused): the EGNN on the double reference field, the
-    kernel field on the fast float32 one unless reference=True; ode_steps with another objective
-    is an error). field: "egnn" (sized by hidden and layers; 0: the system's default) or "kernel"
+    CPU (device="auto" picks it; "cuda" is refused for the EGNN and runs the kernel field's CUDA
+    field): on the fast float32 field unless reference=True, for both fields; ode_steps with
+    another objective is an error). field: "egnn" (sized by hidden and layers; 0: the system's default) or "kernel"
     (the kernel dynamics, sized by radial_basis centres on [0, r_max] and time_basis centres; 0:
     the system's default; on the CPU or on CUDA like the EGNN). reference: the double CPU
     reference field instead of the fast float32 one. eqot_starts=k (objective "eqot"): the

@@ -940,15 +940,13 @@ NB_MODULE(_eqflow, m) {
                 EQFLOW_CHECK(ode_steps == -1 || (ode_steps >= 1 && ode_steps <= 100000),
                              "ode_steps must be in 1..100000, got " << ode_steps);
                 if (ode_steps != -1) o.ode_steps = static_cast<int>(ode_steps);
-                // The fast EGNN has no divergence_backward; the fast kernel field has.
-                if (o.field != FieldKind::kernel) o.reference = true;
             } else {
                 EQFLOW_CHECK(ode_steps == -1, "ode_steps applies to objective='likelihood' only");
             }
             EQFLOW_CHECK(!o.reference || (device != "cuda" && device != "gpu"),
                          "reference is the CPU reference field: use it with device='cpu'");
             // Likelihood training: auto is the CPU (the EGNN's second derivatives exist on the CPU
-            // reference only; the kernel field trains on CUDA when asked for explicitly).
+            // fields only; the kernel field trains on CUDA when asked for explicitly).
             const Device resolved = python::resolve_device(
                 o.likelihood && (device == "auto" || device.empty()) ? "cpu" : device);
             o.device = o.reference ? Device::cpu : resolved;

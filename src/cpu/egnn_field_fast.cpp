@@ -59,6 +59,7 @@
 #include <vector>
 
 #include "common/egnn_offsets.h"
+#include "cpu/egnn_lanes.h"
 #include "cpu/simd_f32.h"
 #include "eqflow/egnn.h"
 #include "eqflow/error.h"
@@ -1085,6 +1086,10 @@ class FastEgnnField final : public Field<float> {
                 }
     }
 
+    // Reverse mode of the exact divergence: the reference's forward-over-reverse pass in float
+    // with the directions across SIMD lanes (src/cpu/egnn_lanes.cpp), not the tiles above.
+    bool supports_divergence_backward() const override { return true; }
+
   protected:
     TensorView<float> do_parameters() override {
         return TensorView<float>(params_.data(), Shape{parameter_count()}, Device::cpu);
@@ -1118,6 +1123,8 @@ class FastEgnnField final : public Field<float> {
         return w;
     }
     size_t do_workspace_bytes(FieldOp op, int64_t B, int K) const override {
+        if (op == FieldOp::divergence_backward)  // a double gradient slot [P] per chunk
+            return static_cast<size_t>(chunk_count(B) * parameter_count()) * sizeof(double);
         if (op == FieldOp::divergence) K = D_.n * D_.d;
         return layout(op, B, K).total;
     }
@@ -1162,6 +1169,35 @@ class FastEgnnField final : public Field<float> {
     }
     size_t do_forward_backward_workspace_bytes(int64_t B) const override {
         return layout(FieldOp::backward, B, 0).total;
+    }
+
+    // Each chunk of kChunkRows rows sums its samples into its own double slot; the slots are
+    // added in chunk order, so the result does not depend on the thread count.
+    void do_divergence_backward(TensorView<const float> x, TensorView<const float> t,
+                                TensorView<const float> dL_ddiv, TensorView<float> dL_dparams,
+                                TensorView<float> dL_dx, TensorView<unsigned char> ws,
+                                Stream) override {
+        const int64_t nd = row_size(), P = parameter_count(), B = x.size(0);
+        const int64_t chunks = chunk_count(B);
+        const std::vector<double> params(params_.begin(), params_.end());
+        const EgnnOffsets offsets = egnn_offsets(config_);
+        double* slots = reinterpret_cast<double*>(ws.data);
+        parallel_for(
+            chunks,
+            [&](int64_t c) {
+                const int64_t b0 = c * kChunkRows, m = std::min(kChunkRows, B - b0);
+                double* slot = slots + c * P;
+                std::fill(slot, slot + P, 0.0);
+                cpu::egnn_divergence_backward_lanes(
+                    config_, offsets, params.data(), m, x.data + b0 * nd, t.data + b0,
+                    dL_ddiv.data + b0, slot, dL_dx.defined() ? dL_dx.data + b0 * nd : nullptr);
+            },
+            threads_);
+        for (int64_t i = 0; i < P; ++i) {
+            double sum = 0.0;
+            for (int64_t c = 0; c < chunks; ++c) sum += slots[c * P + i];
+            dL_dparams.data[i] += static_cast<float>(sum);
+        }
     }
 
     void do_divergence(TensorView<const float> x, TensorView<const float> t, TensorView<float> v,
