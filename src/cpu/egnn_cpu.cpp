@@ -56,7 +56,7 @@ void layer_jvp(const Dims& D, const double* p, const EgnnLayerOffsets& lo, int K
     std::memcpy(xd_out, xd, sizeof(double) * K * nd);
 
     const double* W1 = p + lo.edge_w0;
-    const EdgeWeights ew(D, p, lo);
+    const EdgeWeights<double> ew(D, p, lo);
     std::vector<double> ds1(H), dm(H), dsc(H), s1d(H), z2d(H), med(H), zcd(H), dd(d);
     Edge<double> e(D);
     for (int i = 0; i < n; ++i) {

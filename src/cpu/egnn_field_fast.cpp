@@ -1179,7 +1179,6 @@ class FastEgnnField final : public Field<float> {
                                 Stream) override {
         const int64_t nd = row_size(), P = parameter_count(), B = x.size(0);
         const int64_t chunks = chunk_count(B);
-        const std::vector<double> params(params_.begin(), params_.end());
         const EgnnOffsets offsets = egnn_offsets(config_);
         double* slots = reinterpret_cast<double*>(ws.data);
         parallel_for(
@@ -1189,7 +1188,7 @@ class FastEgnnField final : public Field<float> {
                 double* slot = slots + c * P;
                 std::fill(slot, slot + P, 0.0);
                 cpu::egnn_divergence_backward_lanes(
-                    config_, offsets, params.data(), m, x.data + b0 * nd, t.data + b0,
+                    config_, offsets, params_.data(), m, x.data + b0 * nd, t.data + b0,
                     dL_ddiv.data + b0, slot, dL_dx.defined() ? dL_dx.data + b0 * nd : nullptr);
             },
             threads_);

@@ -12,7 +12,7 @@
 // vector arithmetic instead of W passes of scalar double dual arithmetic: DW4's 8 directions are
 // one pass with AVX2, LJ13's 39 are five.
 //
-// Precision: float throughout the pass (the parameters are rounded to float where they multiply);
+// Precision: float throughout the pass, with the fast field's float parameters;
 // the gradient's tangents accumulate per lane in float over the call's rows (a chunk of 16 of
 // the fast field), then are summed over the lanes into the caller's double gradient. Tested against
 // the double reference to float tolerances (tests/test_field_cpu.cpp).
@@ -41,8 +41,10 @@ struct LaneDual {
     vf d{};
 
     LaneDual() = default;
-    // Implicit from double: a constant in every lane (zero tangent), as Dual.
-    LaneDual(double value) : v(splat(value)) {}  // NOLINT(google-explicit-constructor)
+    // Implicit from double or float: a constant in every lane (zero tangent), as Dual.
+    LaneDual(double value) : v(splat(value)) {}       // NOLINT(google-explicit-constructor)
+    LaneDual(float value) : v(simd::splat(value)) {}  // NOLINT(google-explicit-constructor)
+    LaneDual(int value) : v(simd::splat(static_cast<float>(value))) {}  // NOLINT: `S r = 0`
     LaneDual(vf value, vf tangent) : v(value), d(tangent) {}
 
     LaneDual& operator+=(const LaneDual& b) {
@@ -86,6 +88,15 @@ inline LaneDual operator*(double a, const LaneDual& b) {
 }
 inline LaneDual operator*(const LaneDual& a, double b) {
     const vf s = splat(b);
+    return LaneDual(a.v * s, a.d * s);
+}
+// A weight (float, the fast field's parameters) times a dual: one broadcast, no conversion.
+inline LaneDual operator*(float a, const LaneDual& b) {
+    const vf s = simd::splat(a);
+    return LaneDual(s * b.v, s * b.d);
+}
+inline LaneDual operator*(const LaneDual& a, float b) {
+    const vf s = simd::splat(b);
     return LaneDual(a.v * s, a.d * s);
 }
 inline LaneDual operator/(const LaneDual& a, const LaneDual& b) {
@@ -150,7 +161,7 @@ int egnn_lanes_width() {
 }
 
 void egnn_divergence_backward_lanes(const EgnnConfig& config, const EgnnOffsets& off,
-                                    const double* params, int64_t rows, const float* x,
+                                    const float* params, int64_t rows, const float* x,
                                     const float* t, const float* g, double* grad, float* dL_dx) {
     const int nd = config.n_particles * config.dim;
     const int64_t P = egnn_parameter_count(config);
@@ -173,8 +184,8 @@ void egnn_divergence_backward_lanes(const EgnnConfig& config, const EgnnOffsets&
                 xs[static_cast<size_t>(k)] = LaneDual(splat(xb[k]), tangent);
                 dv[static_cast<size_t>(k)] = LaneDual(seed, vf{});
             }
-            backward_one<LaneDual, LaneGrad>(config, off, params, xs.data(), t[b], dv.data(),
-                                             G.data(), gxb ? gx.data() : nullptr);
+            backward_one<LaneDual, LaneGrad, float>(config, off, params, xs.data(), t[b], dv.data(),
+                                                    G.data(), gxb ? gx.data() : nullptr);
             if (gxb)
                 for (int k = 0; k < nd; ++k) gxb[k] += simd::hsum(gx[static_cast<size_t>(k)].d);
         }

@@ -16,9 +16,9 @@ int egnn_lanes_width();
 
 // `rows` samples x [rows][n][d] at times t [rows] with upstream gradients g [rows]:
 // grad [P] (double) += sum_b g_b d div v(x_b) / dparams; dL_dx [rows][n][d] (nullable) =
-// g_b d div v(x_b) / dx_b. params [P] in double (the fast field's float parameters, widened).
+// g_b d div v(x_b) / dx_b. params [P]: the fast field's float parameters.
 void egnn_divergence_backward_lanes(const EgnnConfig& config, const EgnnOffsets& off,
-                                    const double* params, int64_t rows, const float* x,
+                                    const float* params, int64_t rows, const float* x,
                                     const float* t, const float* g, double* grad, float* dL_dx);
 
 }  // namespace eqflow::cpu

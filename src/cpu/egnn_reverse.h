@@ -1,5 +1,6 @@
 // src/cpu/egnn_reverse.h: the CPU reference EGNN's primal and reverse passes, templated on the
-// scalar type S of the activations (src/cpu/egnn_cpu.cpp has the equations). Instantiated with
+// scalar type S of the activations and on the parameters' type R (double; float for the lanes)
+// (src/cpu/egnn_cpu.cpp has the equations). Instantiated with
 // double (the backward pass), Dual (forward over reverse: the reference's divergence_backward)
 // and LaneDual (src/cpu/egnn_lanes.cpp: the fast backend's divergence_backward, the directions
 // across SIMD lanes). The reverse pass is templated on the parameter gradient's type G too, so
@@ -49,11 +50,20 @@ S dsilu(const S& z) {
     return s * (1.0 + z * (1.0 - s));
 }
 
+// The parameters' type R (double; float for the fast field's lanes) is deduced from the weights
+// only: a bias argument may be nullptr.
+template <class R>
+struct SameType {
+    using type = R;
+};
+template <class R>
+using Same = typename SameType<R>::type;
+
 // y[o] = b[o] + sum_k W[o*ld + k] x[k]  (o < rows, k < cols; b nullable)
-template <class X, class Y>
-void gemv(const double* W, int64_t ld, int rows, int cols, const X* x, const double* b, Y* y) {
+template <class R, class X, class Y>
+void gemv(const R* W, int64_t ld, int rows, int cols, const X* x, const Same<R>* b, Y* y) {
     for (int o = 0; o < rows; ++o) {
-        const double* w = W + o * ld;
+        const R* w = W + o * ld;
         Y acc = b ? Y(b[o]) : Y(0.0);
         for (int k = 0; k < cols; ++k) acc += w[k] * x[k];
         y[o] = acc;
@@ -61,10 +71,10 @@ void gemv(const double* W, int64_t ld, int rows, int cols, const X* x, const dou
 }
 
 // x[k] += sum_o W[o*ld + k] y[o]
-template <class S>
-void gemv_t_add(const double* W, int64_t ld, int rows, int cols, const S* y, S* x) {
+template <class R, class S>
+void gemv_t_add(const R* W, int64_t ld, int rows, int cols, const S* y, S* x) {
     for (int o = 0; o < rows; ++o) {
-        const double* w = W + o * ld;
+        const R* w = W + o * ld;
         const S yo = y[o];
         for (int k = 0; k < cols; ++k) x[k] += w[k] * yo;
     }
@@ -92,19 +102,20 @@ inline void ger_add(Dual* dW, int64_t ld, int rows, int cols, const Dual* y, con
 // y[o] = b[o] + sum_k xt[k][o] x[k] with the weight stored transposed, xt [cols][rows]: the
 // inner loop runs over o with unit stride, which compilers vectorise without reassociating
 // sums (unlike the dot products of gemv). Used for the per-edge H x H products.
-template <class S>
-void gemv_transposed(const double* Wt, int rows, int cols, const S* x, const double* b, S* y) {
+template <class R, class S>
+void gemv_transposed(const R* Wt, int rows, int cols, const S* x, const Same<R>* b, S* y) {
     for (int o = 0; o < rows; ++o) y[o] = b ? S(b[o]) : S(0.0);
     for (int k = 0; k < cols; ++k) {
         const S xk = x[k];
-        const double* w = Wt + static_cast<int64_t>(k) * rows;
+        const R* w = Wt + static_cast<int64_t>(k) * rows;
         for (int o = 0; o < rows; ++o) y[o] += xk * w[o];
     }
 }
 
 // W [rows][cols] -> Wt [cols][rows]
-inline std::vector<double> transpose(const double* W, int rows, int cols) {
-    std::vector<double> Wt(static_cast<size_t>(rows) * cols);
+template <class R>
+std::vector<R> transpose(const R* W, int rows, int cols) {
+    std::vector<R> Wt(static_cast<size_t>(rows) * cols);
     for (int o = 0; o < rows; ++o)
         for (int k = 0; k < cols; ++k)
             Wt[static_cast<size_t>(k) * rows + o] = W[static_cast<size_t>(o) * cols + k];
@@ -134,8 +145,8 @@ inline std::vector<double> node_features(const EgnnConfig& c, double t) {
 }
 
 // h0 [n][H] = emb_w f + emb_b
-inline void embed(const Dims& D, const double* p, const EgnnOffsets& off, const double* f,
-                  double* h0) {
+template <class R>
+void embed(const Dims& D, const R* p, const EgnnOffsets& off, const double* f, double* h0) {
     for (int i = 0; i < D.n; ++i)
         gemv(p + off.emb_w, D.F, D.H, D.F, f + i * D.F, p + off.emb_b, h0 + i * D.H);
 }
@@ -152,14 +163,15 @@ struct Edge {
 };
 
 // The two per-edge H x H weights of a layer, transposed (see gemv_transposed).
+template <class R>
 struct EdgeWeights {
-    std::vector<double> W2t, Wc1t;
-    EdgeWeights(const Dims& D, const double* p, const EgnnLayerOffsets& lo)
+    std::vector<R> W2t, Wc1t;
+    EdgeWeights(const Dims& D, const R* p, const EgnnLayerOffsets& lo)
         : W2t(transpose(p + lo.edge_w2, D.H, D.H)), Wc1t(transpose(p + lo.coord_w0, D.H, D.H)) {}
 };
 
-template <class S>
-void edge_forward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, const EdgeWeights& ew,
+template <class S, class R>
+void edge_forward(const Dims& D, const R* p, const EgnnLayerOffsets& lo, const EdgeWeights<R>& ew,
                   const S* Pi, const S* Qj, const S* xi, const S* xj, const S* x0i, const S* x0j,
                   Edge<S>& e) {
     const int H = D.H;
@@ -172,7 +184,7 @@ void edge_forward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, co
         e.r += e.dx[k] * e.dx[k];
         e.a += e.dx0[k] * e.dx0[k];
     }
-    const double* W1 = p + lo.edge_w0;
+    const R* W1 = p + lo.edge_w0;
     for (int o = 0; o < H; ++o) {
         e.z1[o] = Pi[o] + Qj[o] + W1[o * ld1 + 2 * H] * e.r + W1[o * ld1 + 2 * H + 1] * e.a;
         e.s1[o] = silu(e.z1[o]);
@@ -204,8 +216,8 @@ void edge_forward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, co
 }
 
 // P [n][H] = W1a h + b1, Q [n][H] = W1b h.
-template <class S>
-void node_projections(const Dims& D, const double* p, const EgnnLayerOffsets& lo, const S* h, S* P,
+template <class S, class R>
+void node_projections(const Dims& D, const R* p, const EgnnLayerOffsets& lo, const S* h, S* P,
                       S* Q) {
     const int H = D.H;
     const int64_t ld1 = 2 * H + 2;
@@ -216,15 +228,15 @@ void node_projections(const Dims& D, const double* p, const EgnnLayerOffsets& lo
 }
 
 // One layer forward. h, x [n][*] -> h_out, x_out; M [n][H] = sum_j me_ij.
-template <class S>
-void layer_forward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, const S* h,
-                   const S* x, const S* x0, S* h_out, S* x_out, S* M) {
+template <class S, class R>
+void layer_forward(const Dims& D, const R* p, const EgnnLayerOffsets& lo, const S* h, const S* x,
+                   const S* x0, S* h_out, S* x_out, S* M) {
     const int n = D.n, d = D.d, H = D.H;
     std::vector<S> P(static_cast<size_t>(n) * H), Q(static_cast<size_t>(n) * H);
     node_projections(D, p, lo, h, P.data(), Q.data());
     std::copy(x, x + static_cast<size_t>(n) * d, x_out);
     std::fill(M, M + static_cast<size_t>(n) * H, S(0.0));
-    const EdgeWeights ew(D, p, lo);
+    const EdgeWeights<R> ew(D, p, lo);
     Edge<S> e(D);
     for (int i = 0; i < n; ++i) {
         for (int j = 0; j < n; ++j) {
@@ -258,8 +270,8 @@ struct Tape {
 };
 
 // v [n][d] (nullable) = mean-free (x^L - x^0); fills the tape.
-template <class S>
-void forward_with_tape(const Dims& D, const EgnnConfig& c, const EgnnOffsets& off, const double* p,
+template <class S, class R>
+void forward_with_tape(const Dims& D, const EgnnConfig& c, const EgnnOffsets& off, const R* p,
                        const S* x, double t, Tape<S>& tape, S* v) {
     const int n = D.n, d = D.d, H = D.H, L = D.L;
     const size_t nH = static_cast<size_t>(n) * H, nd = static_cast<size_t>(n) * d;
@@ -289,10 +301,10 @@ void forward_with_tape(const Dims& D, const EgnnConfig& c, const EgnnOffsets& of
 
 // One layer backward. Inputs: the layer's h, x, M (from the tape), gh_out, gx_out (dL/d outputs).
 // Outputs: gh_in, gx_in (overwritten); gx0 [n][d] += dL/dx0 through a_ij; dp += parameter grads.
-template <class S, class G>
-void layer_backward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, const S* h,
-                    const S* x, const S* x0, const S* M, const S* gh_out, const S* gx_out, S* gh_in,
-                    S* gx_in, S* gx0, G* dp) {
+template <class S, class G, class R>
+void layer_backward(const Dims& D, const R* p, const EgnnLayerOffsets& lo, const S* h, const S* x,
+                    const S* x0, const S* M, const S* gh_out, const S* gx_out, S* gh_in, S* gx_in,
+                    S* gx0, G* dp) {
     const int n = D.n, d = D.d, H = D.H;
     const int64_t ld1 = 2 * H + 2;
     std::copy(gh_out, gh_out + static_cast<size_t>(n) * H, gh_in);
@@ -331,9 +343,9 @@ void layer_backward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, 
     node_projections(D, p, lo, h, P.data(), Q.data());
     std::vector<S> gP(static_cast<size_t>(n) * H, S(0.0)), gQ(static_cast<size_t>(n) * H, S(0.0));
     std::vector<S> g_zc(H), g_me(H), g_m(H), g_z2(H), g_s1(H), g_z1(H), g_dx(d);
-    const double* W1 = p + lo.edge_w0;
+    const R* W1 = p + lo.edge_w0;
     G* dW1 = dp + lo.edge_w0;
-    const EdgeWeights ew(D, p, lo);
+    const EdgeWeights<R> ew(D, p, lo);
     Edge<S> e(D);
     for (int i = 0; i < n; ++i) {
         const S* gxi = gx_out + i * d;
@@ -413,9 +425,9 @@ void layer_backward(const Dims& D, const double* p, const EgnnLayerOffsets& lo, 
 // Reverse mode of one sample in the scalar type S (double: the backward pass; Dual: forward
 // over reverse). dL_dparams [P] += dL/dparams, in G (S, or a type that keeps the part of S that
 // the caller reads); dL_dx [n][d] = dL/dx (nullable).
-template <class S, class G = S>
-void backward_one(const EgnnConfig& config, const EgnnOffsets& off, const double* params,
-                  const S* x, double t, const S* dL_dv, G* dL_dparams, S* dL_dx) {
+template <class S, class G = S, class R = double>
+void backward_one(const EgnnConfig& config, const EgnnOffsets& off, const R* params, const S* x,
+                  double t, const S* dL_dv, G* dL_dparams, S* dL_dx) {
     const Dims D = dims_of(config);
     const int n = D.n, d = D.d, H = D.H, L = D.L;
     const size_t nH = static_cast<size_t>(n) * H, nd = static_cast<size_t>(n) * d;
