@@ -384,6 +384,33 @@ TEST(LikelihoodTraining, TinyDw4RunLowersTheNll) {
 // test_kernel_dynamics.cpp); the solver sums y, k, the divergence integral and the cotangents in
 // double, so the loss carries the field's error summed over 4 N stages, not the float rounding of
 // N steps of y. A formula difference (a missing term) would be O(1).
+// The float step on `model`'s fast field against the double step on its reference field: the
+// same B rows of DW4 data through `ode_steps` RK4 steps, loss within 1e-5, gradient within 1e-4
+// of its largest entry.
+void expect_float_step_follows_the_reference(const FlowModel& model, int B, int ode_steps,
+                                             const char* what) {
+    const std::vector<double> data = dw4_data(B, 3);
+    std::unique_ptr<Field<double>> ref = make_reference_field(model, 2);
+    std::unique_ptr<Field<float>> fast = make_fast_field(model, 2);
+    LikelihoodStepOptions so;
+    so.ode_steps = ode_steps;
+    so.batch = B;
+    LikelihoodStep<double> sr(*ref, so, data.data(), B);
+    LikelihoodStep<float> sf(*fast, so, data.data(), B);
+    const size_t P = static_cast<size_t>(ref->parameter_count());
+    std::vector<double> gr(P), gf(P);
+    const double lr = sr.evaluate(data.data(), B, gr.data());
+    const double lf = sf.evaluate(data.data(), B, gf.data());
+    ASSERT_TRUE(std::isfinite(lr));
+    EXPECT_TRUE(not_all_zero(gr));
+    double scale = 0.0;
+    for (double g : gr) scale = std::max(scale, std::fabs(g));
+    std::printf("%s likelihood, float vs double: loss %.8f vs %.8f, gradient scale %.3g\n", what,
+                lf, lr, scale);
+    EXPECT_NEAR(lf, lr, 1e-5 * (1.0 + std::fabs(lr)));
+    EXPECT_ALL_CLOSE(gf, gr, 1e-4 * scale, 1e-4);
+}
+
 TEST(LikelihoodStep, FastKernelFieldFollowsTheReference) {
     KernelModel m;
     m.config = default_kernel_config("dw4", 4, 2);
@@ -391,56 +418,15 @@ TEST(LikelihoodStep, FastKernelFieldFollowsTheReference) {
     // Weights of a trained field's size (0.3 gives a field whose 5-step RK4 solve is chaotic:
     // gradients of 3e4 whose float and double values differ in sign).
     m.params = random_normal(static_cast<size_t>(kernel_parameter_count(m.config)), gen, 0.05);
-    const int B = 16;
-    const std::vector<double> data = dw4_data(B, 3);
-    std::unique_ptr<Field<double>> ref = make_reference_field(m, 2);
-    std::unique_ptr<Field<float>> fast = make_fast_field(m, 2);
-    LikelihoodStepOptions so;
-    so.ode_steps = 5;
-    so.batch = B;
-    LikelihoodStep<double> sr(*ref, so, data.data(), B);
-    LikelihoodStep<float> sf(*fast, so, data.data(), B);
-    const size_t P = static_cast<size_t>(ref->parameter_count());
-    std::vector<double> gr(P), gf(P);
-    const double lr = sr.evaluate(data.data(), B, gr.data());
-    const double lf = sf.evaluate(data.data(), B, gf.data());
-    ASSERT_TRUE(std::isfinite(lr));
-    EXPECT_TRUE(not_all_zero(gr));
-    double scale = 0.0;
-    for (double g : gr) scale = std::max(scale, std::fabs(g));
-    std::printf("kernel likelihood, float vs double: loss %.8f vs %.8f, gradient scale %.3g\n", lf,
-                lr, scale);
-    EXPECT_NEAR(lf, lr, 1e-5 * (1.0 + std::fabs(lr)));
-    EXPECT_ALL_CLOSE(gf, gr, 1e-4 * scale, 1e-4);
+    expect_float_step_follows_the_reference(m, 16, 5, "kernel");
 }
 
 // The same for the EGNN: LikelihoodStep<float> on the fast EGNN (its divergence_backward across
 // SIMD lanes) follows the double reference's loss and exact gradient to float accuracy.
 TEST(LikelihoodStep, FastEgnnFieldFollowsTheReference) {
-    const EgnnCase c{"dw4", 4, 2, 16, 2};
-    EgnnModel m = random_egnn_model(c, seed() + 61);
-    for (double& p : m.params) p = static_cast<float>(p);
-    const int B = 12;
-    const std::vector<double> data = dw4_data(B, 3);
-    std::unique_ptr<Field<double>> ref = make_reference_field(m, 2);
-    std::unique_ptr<Field<float>> fast = make_fast_field(m, 2);
-    LikelihoodStepOptions so;
-    so.ode_steps = 3;
-    so.batch = B;
-    LikelihoodStep<double> sr(*ref, so, data.data(), B);
-    LikelihoodStep<float> sf(*fast, so, data.data(), B);
-    const size_t P = static_cast<size_t>(ref->parameter_count());
-    std::vector<double> gr(P), gf(P);
-    const double lr = sr.evaluate(data.data(), B, gr.data());
-    const double lf = sf.evaluate(data.data(), B, gf.data());
-    ASSERT_TRUE(std::isfinite(lr));
-    EXPECT_TRUE(not_all_zero(gr));
-    double scale = 0.0;
-    for (double g : gr) scale = std::max(scale, std::fabs(g));
-    std::printf("EGNN likelihood, float vs double: loss %.8f vs %.8f, gradient scale %.3g\n", lf,
-                lr, scale);
-    EXPECT_NEAR(lf, lr, 1e-5 * (1.0 + std::fabs(lr)));
-    EXPECT_ALL_CLOSE(gf, gr, 1e-4 * scale, 1e-4);
+    EgnnModel m = random_egnn_model(EgnnCase{"dw4", 4, 2, 16, 2}, seed() + 61);
+    for (double& p : m.params) p = static_cast<float>(p);  // both fields see the same weights
+    expect_float_step_follows_the_reference(m, 12, 3, "EGNN");
 }
 
 // Through the trainer: --objective likelihood with the kernel field runs the fast float field
