@@ -33,9 +33,11 @@
 # EQFLOW_RESUME_FROM=CHECKPOINT (one cell only): a checkpoint of this cell's training written on
 # another machine, such as a long run's partial checkpoint committed under models/in-progress/
 # (a path relative to the repository root, or absolute). It is copied into the cell's run/ when
-# the cell has no checkpoint and has not finished training, and the run continues from it: the
-# trainer refuses it unless the options and the training data are the same, and the result is
-# the straight run's (only the recorded wall time differs).
+# the cell has no checkpoint and has not finished training (otherwise it is ignored, with a
+# note), and the run continues from it: the trainer refuses it unless the options and the
+# training data are the same (then delete the cell's run/checkpoint.safetensors before a rerun).
+# With the same build on the same SIMD width the model is the straight run's; the cell's
+# train_log.jsonl starts at the copied step, and the recorded wall time is the sum of the parts.
 # The kernel field's likelihood training is cheap (closed-form divergence and its gradient, on the
 # fast float32 CPU field: about 0.15 s of CPU per DW4 step at batch 256 and 40 RK4 steps), so it uses all the training rows,
 # batch 256, lr 5e-3, 6 epochs (2106 steps, ~10 min of CPU) and EQFLOW_ODE_STEPS (default 40)
@@ -190,11 +192,15 @@ np.save(sys.argv[1], np.concatenate([a.reshape(len(a), -1), b.reshape(len(b), -1
     # CUDA backend has no reverse mode of the divergence); the kernel field's runs on DEVICE.
     if [ "$objective" != likelihood ] || [ "$field" = kernel ]; then train_cmd+=("${dev[@]}"); fi
     if [ ! -f "$dir/trained" ]; then
-        if [ -n "${EQFLOW_RESUME_FROM:-}" ] && [ ! -f "$dir/run/checkpoint.safetensors" ]; then
-            mkdir -p "$dir/run"
-            cp "$EQFLOW_RESUME_FROM" "$dir/run/checkpoint.part.safetensors"
-            mv "$dir/run/checkpoint.part.safetensors" "$dir/run/checkpoint.safetensors"
-            echo "reproduce: continuing from $EQFLOW_RESUME_FROM"
+        if [ -n "${EQFLOW_RESUME_FROM:-}" ]; then
+            if [ -f "$dir/run/checkpoint.safetensors" ]; then
+                echo "reproduce: $dir has its own checkpoint; EQFLOW_RESUME_FROM ignored"
+            else
+                mkdir -p "$dir/run"
+                cp -- "$EQFLOW_RESUME_FROM" "$dir/run/checkpoint.part.safetensors"
+                mv -- "$dir/run/checkpoint.part.safetensors" "$dir/run/checkpoint.safetensors"
+                echo "reproduce: continuing from $EQFLOW_RESUME_FROM (if train refuses it, delete $dir/run/checkpoint.safetensors)"
+            fi
         fi
         # The data command first when the training set has eqflow's rows appended. The command
         # is recorded as a fresh run's (a resumed run ends where the straight one does).
@@ -204,6 +210,8 @@ np.save(sys.argv[1], np.concatenate([a.reshape(len(a), -1), b.reshape(len(b), -1
         if [ -f "$dir/run/checkpoint.safetensors" ]; then train_cmd+=(--resume); fi
         "${train_cmd[@]}"
         touch "$dir/trained"
+    elif [ -n "${EQFLOW_RESUME_FROM:-}" ]; then
+        echo "reproduce: $dir is trained; EQFLOW_RESUME_FROM ignored"
     fi
 
     # 3. eval on the paper's held-out data (when present) and on eqflow's own equilibrium data

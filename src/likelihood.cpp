@@ -209,8 +209,8 @@ LikelihoodStep<T>::LikelihoodStep(Field<T>& field, const LikelihoodStepOptions& 
                                   int64_t val_count) {
     EQFLOW_CHECK(field.supports_divergence_backward(),
                  "likelihood training needs the reverse mode of the divergence, which this field "
-                 "does not have (the double CPU references and the fast and CUDA kernel fields "
-                 "have it; the fast and CUDA EGNN do not)");
+                 "does not have (the CPU fields of both field types and the CUDA kernel field "
+                 "have it; the CUDA EGNN does not)");
     constexpr bool kFloat = std::is_same_v<T, float>;
     EQFLOW_CHECK(field.device() == Device::cpu || kFloat,
                  "likelihood step: a device field computes in float32");
@@ -400,11 +400,11 @@ void LikelihoodStep<T>::upload_state(const std::vector<double>& params, const Ad
     im.scalars.copy_from_host(&sc, 1, im.stream);
 }
 
-// double: the CPU references (EGNN and kernel field); float: the fast and the CUDA kernel fields,
-// the float backends with divergence_backward (the fast and CUDA EGNN have none; the constructor
-// says so). In float the stage inputs, the field's outputs and the parameter gradient are float,
-// everything the solver accumulates (y, the stages' k, the divergence integral, the cotangents)
-// is double.
+// double: the CPU references (EGNN and kernel field); float: the fast CPU fields (EGNN and
+// kernel field) and the CUDA kernel field, the float backends with divergence_backward (the
+// CUDA EGNN has none; the constructor says so). In float the stage inputs, the field's outputs and
+// the parameter gradient are float, everything the solver accumulates (y, the stages' k, the
+// divergence integral, the cotangents) is double.
 template class LikelihoodStep<double>;
 template class LikelihoodStep<float>;
 

@@ -19,8 +19,8 @@
 // (4 N B n d values: DW4, N = 10, B = 256 is 80k doubles). Each stage input the field saw is
 // kept, so the reverse sweep needs no recomputation of the forward; per stage it calls the
 // field's backward (cotangent of v) and divergence_backward (cotangent of div). The field must
-// support divergence_backward (the CPU references and the fast and CUDA kernel fields do; the
-// fast and CUDA EGNN do not).
+// support divergence_backward (the CPU fields of both field types and the CUDA kernel field do;
+// the CUDA EGNN does not).
 //
 // One step: gather the rows order[j*B .. j*B+B), the loss and gradient above, a finite check,
 // Adam and the EMA (skipped when not finite), exactly as FlowMatchingStep (train_ops, the same

@@ -15,12 +15,12 @@
 // and resumed is bit-for-bit the run that never stopped. The batch gradient is summed over
 // fixed chunks of rows in a fixed order, so the result does not depend on the thread count.
 //
-// With `likelihood` the step is LikelihoodStep (eqflow/likelihood.h): LikelihoodStep<double> on the
-// CPU reference for the EGNN (or with `reference`), LikelihoodStep<float> on the fast field for the
-// kernel dynamics, or on its CUDA field with device cuda (which, as for flow matching, takes
-// precedence over `reference`; the command line refuses the two together); the loss is the
-// batch's mean NLL; everything else below (schedule, EMA, skipping, checkpoints, resume, log,
-// validation) is the same loop.
+// With `likelihood` the step is LikelihoodStep (eqflow/likelihood.h): LikelihoodStep<float> on the
+// fast CPU field (LikelihoodStep<double> on the reference with `reference`), for the EGNN and the
+// kernel dynamics alike, or for the kernel dynamics on its CUDA field with device cuda (which, as
+// for flow matching, takes precedence over `reference`; the command line refuses the two together);
+// the loss is the batch's mean NLL; everything else below (schedule, EMA, skipping, checkpoints,
+// resume, log, validation) is the same loop.
 //
 // The step itself is FlowMatchingStep<T> (eqflow/train_step.h) over the field interface: on
 // device == cpu the fast CPU field (float32, make_fast_field), or the double CPU reference with

@@ -12,10 +12,10 @@
 // vector arithmetic instead of W passes of scalar double dual arithmetic: DW4's 8 directions are
 // one pass with AVX2, LJ13's 39 are five.
 //
-// Precision: float throughout the pass, with the fast field's float parameters;
-// the gradient's tangents accumulate per lane in float over the call's rows (a chunk of 16 of
-// the fast field), then are summed over the lanes into the caller's double gradient. Tested against
-// the double reference to float tolerances (tests/test_field_cpu.cpp).
+// Precision: float throughout the pass, with the fast field's float parameters; the gradient's
+// tangents accumulate per lane in float over about kFlushEdges edge terms (DW4: a chunk's 16 rows;
+// LJ13: 2 rows; LJ55: one), then are summed over the lanes into the caller's double gradient.
+// Tested against the double reference to float tolerances (tests/test_likelihood.cpp).
 #include "cpu/egnn_lanes.h"
 
 #include <algorithm>
@@ -30,6 +30,8 @@ namespace {
 
 using simd::kLanes;
 using simd::vf;
+
+constexpr int64_t kFlushEdges = 1024;  // as in egnn_field_fast.cpp
 
 inline vf splat(double s) {
     return simd::splat(static_cast<float>(s));
@@ -112,6 +114,13 @@ inline LaneDual operator/(double a, const LaneDual& b) {
     return LaneDual(q, -q * b.d / b.v);
 }
 
+// sigmoid as one function (found before the template in egnn_reverse.h by argument-dependent
+// lookup): the template's 1 / (1 + exp(-z)) through the quotient rule overflows in float where
+// exp(-z) does (z below about -88: inf * tangent), this one does not (s' = s (1 - s)).
+inline LaneDual sigmoid(const LaneDual& a) {
+    const vf s = simd::vsigmoid(a.v);
+    return LaneDual(s, s * (1.0f - s) * a.d);
+}
 inline LaneDual exp(const LaneDual& a) {
     const vf e = simd::vexp(a.v);
     return LaneDual(e, e * a.d);
@@ -156,10 +165,6 @@ inline void ger_add(LaneGrad* dW, int64_t ld, int rows, int cols, const LaneDual
 
 }  // namespace
 
-int egnn_lanes_width() {
-    return kLanes;
-}
-
 void egnn_divergence_backward_lanes(const EgnnConfig& config, const EgnnOffsets& off,
                                     const float* params, int64_t rows, const float* x,
                                     const float* t, const float* g, double* grad, float* dL_dx) {
@@ -168,6 +173,20 @@ void egnn_divergence_backward_lanes(const EgnnConfig& config, const EgnnOffsets&
     std::vector<LaneDual> xs(static_cast<size_t>(nd)), dv(static_cast<size_t>(nd)),
         gx(static_cast<size_t>(nd));
     std::vector<LaneGrad> G(static_cast<size_t>(P));
+    // The lanes' float gradient goes into the double one every kFlushEdges edge terms (a row's
+    // n(n-1) L if more), as the fast field's own float accumulators do.
+    const int64_t edges = static_cast<int64_t>(config.n_particles) * (config.n_particles - 1) *
+                          std::max(config.layers, 1);
+    const int64_t flush_rows = std::max<int64_t>(1, kFlushEdges / edges);
+    auto flush = [&] {
+        for (int64_t i = 0; i < P; ++i) {
+            LaneGrad& gi = G[static_cast<size_t>(i)];
+            double sum = 0.0;
+            for (int l = 0; l < kLanes; ++l) sum += gi.d[l];
+            grad[i] += sum;
+            gi = LaneGrad{};
+        }
+    };
     for (int64_t b = 0; b < rows; ++b) {
         const float* xb = x + b * nd;
         float* gxb = dL_dx ? dL_dx + b * nd : nullptr;
@@ -189,11 +208,7 @@ void egnn_divergence_backward_lanes(const EgnnConfig& config, const EgnnOffsets&
             if (gxb)
                 for (int k = 0; k < nd; ++k) gxb[k] += simd::hsum(gx[static_cast<size_t>(k)].d);
         }
-    }
-    for (int64_t i = 0; i < P; ++i) {
-        double sum = 0.0;
-        for (int l = 0; l < kLanes; ++l) sum += G[static_cast<size_t>(i)].d[l];
-        grad[i] += sum;
+        if ((b + 1) % flush_rows == 0 || b + 1 == rows) flush();
     }
 }
 

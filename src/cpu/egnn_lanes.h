@@ -11,9 +11,6 @@
 
 namespace eqflow::cpu {
 
-// Directions per pass: the SIMD width of the fast backend's build (8 with AVX2, 16 with AVX-512).
-int egnn_lanes_width();
-
 // `rows` samples x [rows][n][d] at times t [rows] with upstream gradients g [rows]:
 // grad [P] (double) += sum_b g_b d div v(x_b) / dparams; dL_dx [rows][n][d] (nullable) =
 // g_b d div v(x_b) / dx_b. params [P]: the fast field's float parameters.

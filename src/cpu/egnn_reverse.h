@@ -8,8 +8,9 @@
 //
 // Everything here has internal linkage (an unnamed namespace in a header, on purpose): the two
 // files that include it are compiled with different flags (the fast one with -march=native and
-// FMA contraction), and a shared inline instantiation such as gemv<double, double> must not be
-// merged across them by the linker, or the reference's bits would depend on which copy won.
+// FMA contraction), and a shared inline instantiation such as gemv<double, double, double> must
+// not be merged across them by the linker, or the reference's bits would depend on which copy
+// won. (cpu/dual.h's inline operators have external linkage: the fast file must not use Dual.)
 #pragma once
 
 #include <algorithm>
@@ -29,9 +30,10 @@ namespace {
 constexpr double kNormEps = 1e-8;
 
 // The activation math is templated on the scalar type S of the activations (double, or Dual
-// for forward-over-reverse second derivatives); parameters are always double. With S = double
-// every expression is the one the untemplated code had, in the same order: results are
-// bit-identical. exp / tanh / sqrt are found by overload: std:: for double, cpu:: for Dual.
+// for forward-over-reverse second derivatives, or LaneDual); the parameters are double (R) for
+// the reference. With S = double every expression is the one the untemplated code had, in the
+// same order: results are bit-identical. exp / tanh / sqrt are found by overload: std:: for
+// double, cpu:: for Dual, by argument-dependent lookup for LaneDual.
 using std::exp;
 using std::sqrt;
 using std::tanh;
