@@ -17,6 +17,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 namespace eqflow::cpu::simd {
 
 #if defined(__AVX512F__)
@@ -38,8 +42,21 @@ inline vf load(const float* p) {
 inline void store(float* p, vf v) {
     *reinterpret_cast<vf_u*>(p) = v;
 }
+// A broadcast. Not `vf{} + s`: without -ffast-math that is a real add (0 + -0 is +0), which GCC
+// emits as a scalar add and a register broadcast before every use; in product_tile's inner loop
+// both went to the ports the FMAs need (AVX-512: vbroadcastss from a register runs on port 5,
+// the second FMA unit), half the products' throughput. The set1 intrinsic is one broadcast,
+// folded into the FMA as a memory operand where it can be.
 inline vf splat(float s) {
+#if defined(__AVX512F__)
+    return reinterpret_cast<vf>(_mm512_set1_ps(s));
+#elif defined(__AVX__)
+    return reinterpret_cast<vf>(_mm256_set1_ps(s));
+#elif defined(__SSE2__)
+    return reinterpret_cast<vf>(_mm_set1_ps(s));
+#else
     return vf{} + s;
+#endif
 }
 // Pairwise (tree) sum of the lanes: log2(kLanes) dependent adds instead of a serial chain. Lane l
 // adds lane l + w for w = kLanes/2, ..., 1, as whole-vector shuffles and adds (a scalar
@@ -63,9 +80,10 @@ inline float hsum(vf v) {
 
 // exp(x) for float lanes, branch-free (Cephes' expf: range reduction by ln 2, degree-6
 // polynomial, scaling by the exponent bits); relative error about 2 ulp, inputs clamped to
-// [-87.3, 88.7] so the result stays a normal float.
+// [-87.3, 88.3] so the result stays a normal float (the scale is 2^n with n = round(x log2 e),
+// which must stay <= 127: x < 88.376; the clamp at 88.7 used before gave n = 128, scale +inf).
 inline vf vexp(vf x) {
-    const vf hi = splat(88.7f), lo = splat(-87.3f);
+    const vf hi = splat(88.3f), lo = splat(-87.3f);
     x = x < hi ? x : hi;
     x = x > lo ? x : lo;
     const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
@@ -88,13 +106,35 @@ inline vf vexp(vf x) {
     std::memcpy(&scale, &e, sizeof scale);
     return y * scale;
 }
+// 1 / x for x >= 1 (the callers' 1 + exp(.)): the hardware's reciprocal estimate and one Newton
+// step, r + r (1 - x r), within about 2 ulp of the quotient. A vector division is the slowest
+// instruction of the edge loops (AVX-512 vdivps: one every ~10 cycles, on an FMA port), and the
+// edge MLPs take three sigmoids per edge row. The estimate has 14 bits with AVX-512 and 12 with
+// AVX. x is capped at 2^126 first: an infinite x (exp overflowing) has the estimate 0 and would
+// make the Newton step 0 * (1 - inf * 0) = NaN; 2^-126 instead of 1/x beyond the cap is an error
+// under 1.2e-38. The portable build divides.
+inline vf vrecip(vf x) {
+#if defined(__AVX512F__) || defined(__AVX__)
+    const vf cap = splat(8.50705917e37f);  // 2^126
+    x = x < cap ? x : cap;
+#if defined(__AVX512F__)
+    const vf r =
+        reinterpret_cast<vf>(_mm512_maskz_rcp14_ps(__mmask16(0xffff), reinterpret_cast<__m512>(x)));
+#else
+    const vf r = reinterpret_cast<vf>(_mm256_rcp_ps(reinterpret_cast<__m256>(x)));
+#endif
+    return r + r * (1.0f - x * r);
+#else
+    return 1.0f / x;
+#endif
+}
 inline vf vsigmoid(vf z) {
-    return 1.0f / (1.0f + vexp(-z));
+    return vrecip(1.0f + vexp(-z));
 }
 // tanh(c) = 1 - 2 / (exp(2c) + 1): saturates correctly through vexp's clamping; near 0 the
 // absolute error is a few float ulps of 1 (1e-7), which is what the callers need (phi = cr tanh).
 inline vf vtanh(vf c) {
-    return 1.0f - 2.0f / (vexp(2.0f * c) + 1.0f);
+    return 1.0f - 2.0f * vrecip(vexp(2.0f * c) + 1.0f);
 }
 // d silu / dz from z and s = sigmoid(z), kept from the forward pass.
 inline vf vdsilu_sig(vf z, vf s) {
