@@ -129,6 +129,16 @@ inline LaneDual tanh(const LaneDual& a) {
     const vf t = simd::vtanh(a.v);
     return LaneDual(t, (1.0f - t * t) * a.d);
 }
+// silu and dsilu as the templates in egnn_reverse.h write them (the same expressions, the same
+// bits), as overloads that are always inlined: the templates were out-of-line calls per element,
+// each returning its dual through memory.
+[[gnu::always_inline]] inline LaneDual silu(const LaneDual& z) {
+    return z * sigmoid(z);
+}
+[[gnu::always_inline]] inline LaneDual dsilu(const LaneDual& z) {
+    const LaneDual s = sigmoid(z);
+    return s * (1.0 + z * (1.0 - s));
+}
 inline LaneDual sqrt(const LaneDual& a) {  // once per edge: a plain loop is enough
     vf s{};
     for (int l = 0; l < kLanes; ++l) s[l] = std::sqrt(a.v[l]);
@@ -145,14 +155,195 @@ struct LaneGrad {
     }
 };
 
-// dW += y x^T, tangents only: (y x).d.
+// The reverse pass's H x H matrix-vector products, as the templates in egnn_reverse.h compute
+// them (each output's sum in the same order, so the same bits) but with a tile of outputs held in
+// registers across the whole sum: the templates' loop order (unit stride over outputs) loads and
+// stores every output dual once per weight, two loads and two stores per two FMAs here.
+constexpr int kGemvTile = simd::kVectorRegisters >= 32 ? 8 : 4;
+
+// y[o] = b[o] + sum_k Wt[k][o] x[k], k ascending (gemv_transposed).
+template <int T>
+inline void gemv_transposed_tile(const float* Wt, int rows, int cols, const LaneDual* x,
+                                 const float* b, LaneDual* y, int o) {
+    vf av[T], ad[T];
+#pragma GCC unroll 8
+    for (int r = 0; r < T; ++r) {
+        av[r] = b ? simd::splat(b[o + r]) : vf{};
+        ad[r] = vf{};
+    }
+    for (int k = 0; k < cols; ++k) {
+        const vf xv = x[k].v, xd = x[k].d;
+        const float* w = Wt + static_cast<int64_t>(k) * rows + o;
+#pragma GCC unroll 8
+        for (int r = 0; r < T; ++r) {
+            const vf s = simd::splat(w[r]);
+            av[r] += xv * s;
+            ad[r] += xd * s;
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < T; ++r) y[o + r] = LaneDual(av[r], ad[r]);
+}
+inline void gemv_transposed(const float* Wt, int rows, int cols, const LaneDual* x, const float* b,
+                            LaneDual* y) {
+    int o = 0;
+    for (; o + kGemvTile <= rows; o += kGemvTile)
+        gemv_transposed_tile<kGemvTile>(Wt, rows, cols, x, b, y, o);
+    for (; o < rows; ++o) gemv_transposed_tile<1>(Wt, rows, cols, x, b, y, o);
+}
+
+// x[k] += sum_o W[o*ld + k] y[o], o ascending (gemv_t_add).
+template <int T>
+inline void gemv_t_add_tile(const float* W, int64_t ld, int rows, const LaneDual* y, LaneDual* x,
+                            int k) {
+    vf av[T], ad[T];
+#pragma GCC unroll 8
+    for (int r = 0; r < T; ++r) {
+        av[r] = x[k + r].v;
+        ad[r] = x[k + r].d;
+    }
+    for (int o = 0; o < rows; ++o) {
+        const vf yv = y[o].v, yd = y[o].d;
+        const float* w = W + o * ld + k;
+#pragma GCC unroll 8
+        for (int r = 0; r < T; ++r) {
+            const vf s = simd::splat(w[r]);
+            av[r] += s * yv;
+            ad[r] += s * yd;
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < T; ++r) x[k + r] = LaneDual(av[r], ad[r]);
+}
+inline void gemv_t_add(const float* W, int64_t ld, int rows, int cols, const LaneDual* y,
+                       LaneDual* x) {
+    int k = 0;
+    for (; k + kGemvTile <= cols; k += kGemvTile) gemv_t_add_tile<kGemvTile>(W, ld, rows, y, x, k);
+    for (; k < cols; ++k) gemv_t_add_tile<1>(W, ld, rows, y, x, k);
+}
+
+// The outer products dW += y x^T (tangents only: (y x).d = y.v x.d + y.d x.v) are most of the
+// reverse pass: two H x H per edge (Wc1, W2), five H^2 per node. Applied one at a time, each reads
+// and writes its block of the lanes' gradient (H^2 vectors of kLanes floats: 64 KB at H 32 with
+// AVX-512) for 2 FMAs per vector, an L2-bound stream. So they are deferred: each target block
+// (by its dW) queues up to kGerBatch (y, x) pairs, then applies them as one register-tiled
+// product over the queued pairs, the accumulators in registers across the pairs, so the block
+// is read and written once per kGerBatch products. The queue is drained before the gradient is
+// read (flush). The float sums change order (per block of pairs, then into G); deterministic.
+constexpr int kGerBatch = 16;
+
+struct GerSlot {
+    LaneGrad* dW = nullptr;
+    int64_t ld = 0;
+    int rows = 0, cols = 0, count = 0;
+    std::vector<LaneDual> y, x;  // [kGerBatch][rows], [kGerBatch][cols]
+};
+
+// Tile of TO rows x TK columns of dW, accumulated over the slot's pairs in registers.
+template <int TO, int TK>
+inline void ger_tile(const GerSlot& s, int o0, int k0) {
+    vf acc[TO][TK];
+#pragma GCC unroll 8
+    for (int o = 0; o < TO; ++o)
+#pragma GCC unroll 8
+        for (int k = 0; k < TK; ++k) acc[o][k] = vf{};
+    for (int e = 0; e < s.count; ++e) {
+        const LaneDual* y = s.y.data() + static_cast<int64_t>(e) * s.rows + o0;
+        const LaneDual* x = s.x.data() + static_cast<int64_t>(e) * s.cols + k0;
+        vf xv[TK], xd[TK];
+#pragma GCC unroll 8
+        for (int k = 0; k < TK; ++k) {
+            xv[k] = x[k].v;
+            xd[k] = x[k].d;
+        }
+#pragma GCC unroll 8
+        for (int o = 0; o < TO; ++o) {
+            const vf yv = y[o].v, yd = y[o].d;
+#pragma GCC unroll 8
+            for (int k = 0; k < TK; ++k) acc[o][k] += yv * xd[k] + yd * xv[k];
+        }
+    }
+#pragma GCC unroll 8
+    for (int o = 0; o < TO; ++o)
+#pragma GCC unroll 8
+        for (int k = 0; k < TK; ++k) s.dW[(o0 + o) * s.ld + k0 + k].d += acc[o][k];
+}
+
+// 4 x 4 tiles with 32 vector registers (16 accumulators, 8 x vectors, 2 y), 2 x 2 with 16.
+constexpr int kGerTile = simd::kVectorRegisters >= 32 ? 4 : 2;
+
+void ger_apply(GerSlot& s) {
+    constexpr int T = kGerTile;
+    for (int o0 = 0; o0 < s.rows; o0 += T)
+        for (int k0 = 0; k0 < s.cols; k0 += T) {
+            if (o0 + T <= s.rows && k0 + T <= s.cols) {
+                ger_tile<T, T>(s, o0, k0);
+                continue;
+            }
+            for (int o = o0; o < std::min(o0 + T, s.rows); ++o)  // edges of the block
+                for (int k = k0; k < std::min(k0 + T, s.cols); ++k) {
+                    vf acc = vf{};
+                    for (int e = 0; e < s.count; ++e) {
+                        const LaneDual& yo = s.y[static_cast<size_t>(e * s.rows + o)];
+                        const LaneDual& xk = s.x[static_cast<size_t>(e * s.cols + k)];
+                        acc += yo.v * xk.d + yo.d * xk.v;
+                    }
+                    s.dW[o * s.ld + k].d += acc;
+                }
+        }
+    s.count = 0;
+}
+
+struct GerQueue {
+    std::vector<GerSlot> slots;
+    GerSlot& slot(LaneGrad* dW, int64_t ld, int rows, int cols) {
+        for (GerSlot& s : slots)
+            if (s.dW == dW) return s;
+        GerSlot* s = nullptr;
+        for (GerSlot& free : slots)
+            if (free.dW == nullptr) {
+                s = &free;
+                break;
+            }
+        if (s == nullptr) s = &slots.emplace_back();
+        s->dW = dW;
+        s->ld = ld;
+        s->rows = rows;
+        s->cols = cols;
+        s->count = 0;
+        // Grow only: a thread's slots keep their buffers from call to call.
+        if (s->y.size() < static_cast<size_t>(kGerBatch) * rows)
+            s->y.resize(static_cast<size_t>(kGerBatch) * rows);
+        if (s->x.size() < static_cast<size_t>(kGerBatch) * cols)
+            s->x.resize(static_cast<size_t>(kGerBatch) * cols);
+        return *s;
+    }
+    void drain() {
+        for (GerSlot& s : slots)
+            if (s.count > 0) ger_apply(s);
+    }
+    void release() {  // after a drain: the targets are forgotten, the buffers kept
+        for (GerSlot& s : slots) s.dW = nullptr;
+    }
+};
+
+// A thread's buffers, kept across calls (the workers of the thread pool persist): the lanes'
+// gradient (P vectors: 1.4 MB at DW4 H 32 with AVX-512) and the outer products' queue, which
+// allocated afresh per call cost page faults and zeroing in every call (~10% of a DW4 step).
+struct LanesWorkspace {
+    std::vector<LaneGrad> G;
+    GerQueue queue;
+};
+thread_local LanesWorkspace t_workspace;
+// The queue of the calling thread's egnn_divergence_backward_lanes while it runs.
+thread_local GerQueue* t_ger_queue = nullptr;
+
 inline void ger_add(LaneGrad* dW, int64_t ld, int rows, int cols, const LaneDual* y,
                     const LaneDual* x) {
-    for (int o = 0; o < rows; ++o) {
-        LaneGrad* w = dW + o * ld;
-        const LaneDual yo = y[o];
-        for (int k = 0; k < cols; ++k) w[k].d += yo.v * x[k].d + yo.d * x[k].v;
-    }
+    GerSlot& s = t_ger_queue->slot(dW, ld, rows, cols);
+    std::copy(y, y + rows, s.y.begin() + static_cast<int64_t>(s.count) * rows);
+    std::copy(x, x + cols, s.x.begin() + static_cast<int64_t>(s.count) * cols);
+    if (++s.count == kGerBatch) ger_apply(s);
 }
 inline void ger_add(LaneGrad* dW, int64_t ld, int rows, int cols, const LaneDual* y,
                     const double* x) {
@@ -172,13 +363,17 @@ void egnn_divergence_backward_lanes(const EgnnConfig& config, const EgnnOffsets&
     const int64_t P = egnn_parameter_count(config);
     std::vector<LaneDual> xs(static_cast<size_t>(nd)), dv(static_cast<size_t>(nd)),
         gx(static_cast<size_t>(nd));
-    std::vector<LaneGrad> G(static_cast<size_t>(P));
+    std::vector<LaneGrad>& G = t_workspace.G;
+    G.assign(static_cast<size_t>(P), LaneGrad{});
     // The lanes' float gradient goes into the double one every kFlushEdges edge terms (a row's
     // n(n-1) L if more), as the fast field's own float accumulators do.
     const int64_t edges = static_cast<int64_t>(config.n_particles) * (config.n_particles - 1) *
                           std::max(config.layers, 1);
     const int64_t flush_rows = std::max<int64_t>(1, kFlushEdges / edges);
+    GerQueue& queue = t_workspace.queue;
+    t_ger_queue = &queue;
     auto flush = [&] {
+        queue.drain();
         for (int64_t i = 0; i < P; ++i) {
             LaneGrad& gi = G[static_cast<size_t>(i)];
             double sum = 0.0;
@@ -210,6 +405,8 @@ void egnn_divergence_backward_lanes(const EgnnConfig& config, const EgnnOffsets&
         }
         if ((b + 1) % flush_rows == 0 || b + 1 == rows) flush();
     }
+    queue.release();
+    t_ger_queue = nullptr;
 }
 
 }  // namespace eqflow::cpu
