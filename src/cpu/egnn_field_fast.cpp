@@ -79,6 +79,7 @@ constexpr int kEdgeBlock = 32;         // edge rows per tile: 12 [32][Hp] arrays
 constexpr int64_t kFlushEdges = 1024;  // float gradient terms per weight before a double flush
 constexpr int kMaxPairDim = 8;         // layer 0 as pairs (layer_edges) up to this dimension
 constexpr float kNormEps = 1e-8f;      // docs/design.md section 4: sqrt(r_ij + 1e-8) + 1
+constexpr int kMaxTangentRows = 256;   // layer 0's c-tangents on the stack up to this many
 // Backward keeps every edge's forward quantities of a sample (10 [E][Hp] arrays a layer) when
 // they fit in this many bytes, about the L2 cache: LJ13 (0.6 MB) does, LJ55 (54 MB) would stream
 // from memory and recomputes them per layer instead, which is faster there.
@@ -290,7 +291,7 @@ struct Scratch {
     float* G;                                   // [grad_size] the float gradient accumulator
     // forward mode with K tangents
     float *hd, *hd2, *Pd, *Qd, *Md;  // [n][K][Hp]
-    float *xd, *xd2, *x0d;           // [n][K][d]
+    float *xd, *xd2, *x0d;           // [n][d][Kp]: coordinate-major, Kp = K padded to lanes
     float *S1d, *Z2d;                // [max(K, 2)][Hp]
     float* Med;                      // [2][Hp]
     float *rd, *ad, *cd, *dd;        // [K], dd [K][d]
@@ -328,12 +329,13 @@ struct Scratch {
         if (op == FieldOp::divergence || op == FieldOp::jvp_trace) {
             const int64_t nK = n * K;
             for (float** p : {&s.hd, &s.hd2, &s.Pd, &s.Qd, &s.Md}) *p = c.take(nK * Hp);
-            for (float** p : {&s.xd, &s.xd2, &s.x0d}) *p = c.take(nK * d);
+            const int64_t Kp = round_up(K, kLanes);
+            for (float** p : {&s.xd, &s.xd2, &s.x0d}) *p = c.take(n * d * Kp);
             // K rows, and at least layer 0's two basis rows (K = 1: one Hutchinson probe).
             for (float** p : {&s.S1d, &s.Z2d}) *p = c.take(std::max<int64_t>(K, 2) * Hp);
             s.Med = c.take(2 * int64_t{Hp});  // layer 0's two basis rows
-            for (float** p : {&s.rd, &s.ad, &s.cd}) *p = c.take(K);
-            s.dd = c.take(int64_t{K} * d);
+            for (float** p : {&s.rd, &s.ad, &s.cd}) *p = c.take(Kp);
+            s.dd = c.take(d * Kp);  // [d][Kp]
             for (float** p : {&s.ds1, &s.dm, &s.dsc, &s.weff, &s.u_a, &s.u_c}) *p = c.take(Hp);
         }
         return c.used;
@@ -815,13 +817,19 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
     const Dims& D = net.D;
     const int n = D.n, d = D.d, Hp = D.Hp, H = D.H;
     const int64_t nH = static_cast<int64_t>(n) * Hp, nd = static_cast<int64_t>(n) * d;
-    const int64_t KHp = static_cast<int64_t>(K) * Hp, Kd = static_cast<int64_t>(K) * d;
+    const int64_t KHp = static_cast<int64_t>(K) * Hp;
     const int64_t nKH = n * KHp;
-    // Node-major tangents: x0d[i][q][k] = dirs[q][i][k].
+    // The coordinates' tangents coordinate-major, the directions innermost and padded to Kp:
+    // x0d[(i d + k) Kp + q] = dirs[q][i][k], so the per-edge work over the directions (the
+    // tangents of dx, r and a, and the update of x) runs as vectors over q. The padding stays
+    // zero: its rd, ad and cd are zero, so its updates add zero.
+    const int Kp = round_up(K, kLanes);
+    const int64_t nd_Kp = nd * Kp;
+    std::fill(s.x0d, s.x0d + nd_Kp, 0.0f);
     for (int q = 0; q < K; ++q)
-        for (int i = 0; i < n; ++i)
-            for (int k = 0; k < d; ++k) s.x0d[(i * Kd) + q * d + k] = dirs[q * nd + i * d + k];
-    std::memcpy(s.xd, s.x0d, sizeof(float) * n * Kd);
+        for (int64_t ik = 0; ik < nd; ++ik) s.x0d[ik * Kp + q] = dirs[q * nd + ik];
+    std::memcpy(s.xd, s.x0d, sizeof(float) * nd_Kp);
+    std::fill(s.cd, s.cd + Kp, 0.0f);
     float *hd = s.hd, *hd_next = s.hd2, *xd = s.xd, *xd_next = s.xd2;
     s.use(s.blk);
 
@@ -851,7 +859,7 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
         }
         std::memcpy(x_out, xl, sizeof(float) * nd);
         std::fill(M, M + nH, 0.0f);
-        std::memcpy(xd_next, xd, sizeof(float) * n * Kd);
+        std::memcpy(xd_next, xd, sizeof(float) * nd_Kp);
         if (!last) std::fill(s.Md, s.Md + nKH, 0.0f);  // M's tangent feeds the node update only
         const float* w1r = net.at(lp.w1r);
         const float* w1a = net.at(lp.w1a);
@@ -889,21 +897,38 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                 // This edge's directions q0 .. q0 + rows - 1 (row r = q - q0 of the temporaries).
                 const int q0 = own_rows ? i * d : 0;
                 const int rows = own_rows ? d : K;
-                // Per direction: the tangents of x_i - x_j (dd), of r and of a.
-                const float* xdi = xd + i * Kd + q0 * d;
-                const float* xdj = xd + j * Kd + q0 * d;
-                const float* x0di = s.x0d + i * Kd + q0 * d;
-                const float* x0dj = s.x0d + j * Kd + q0 * d;
-                for (int r = 0; r < rows; ++r) {
-                    float rd = 0.0f, ad = 0.0f;
+                // Per direction: the tangents of x_i - x_j (dd [d][Kp]), of r and of a. All
+                // directions: as vectors over the padded rows; own rows (d of them): scalar.
+                auto cidx = [&](int p, int k) {  // (particle p, coordinate k), direction q0
+                    return (static_cast<int64_t>(p) * d + k) * Kp + q0;
+                };
+                if (own_rows) {
+                    for (int r = 0; r < rows; ++r) s.rd[r] = s.ad[r] = 0.0f;
                     for (int k = 0; k < d; ++k) {
-                        const float ddk = xdi[r * d + k] - xdj[r * d + k];
-                        s.dd[r * d + k] = ddk;
-                        rd += 2.0f * dx[k] * ddk;
-                        ad += 2.0f * dx0[k] * (x0di[r * d + k] - x0dj[r * d + k]);
+                        const float *xdi = (xd + cidx(i, k)), *xdj = (xd + cidx(j, k));
+                        const float *x0di = (s.x0d + cidx(i, k)), *x0dj = (s.x0d + cidx(j, k));
+                        for (int r = 0; r < rows; ++r) {
+                            const float ddk = xdi[r] - xdj[r];
+                            s.dd[k * Kp + r] = ddk;
+                            s.rd[r] += 2.0f * dx[k] * ddk;
+                            s.ad[r] += 2.0f * dx0[k] * (x0di[r] - x0dj[r]);
+                        }
                     }
-                    s.rd[r] = rd;
-                    s.ad[r] = ad;
+                } else {
+                    for (int r = 0; r < Kp; r += kLanes) {
+                        vf rdv = vf{}, adv = vf{};
+                        for (int k = 0; k < d; ++k) {
+                            const vf ddk = simd::load((xd + cidx(i, k)) + r) -
+                                           simd::load((xd + cidx(j, k)) + r);
+                            simd::store(s.dd + k * Kp + r, ddk);
+                            rdv += simd::splat(2.0f * dx[k]) * ddk;
+                            adv +=
+                                simd::splat(2.0f * dx0[k]) * (simd::load((s.x0d + cidx(i, k)) + r) -
+                                                              simd::load((s.x0d + cidx(j, k)) + r));
+                        }
+                        simd::store(s.rd + r, rdv);
+                        simd::store(s.ad + r, adv);
+                    }
                 }
                 // The edge's tangent map from z1-tangent rows [rows][Hp] of S1d to c-tangents cd
                 // and me-tangents. With z2d = S1d-row W2^T and md = dm z2d: za = md . wa, gd =
@@ -948,13 +973,28 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                     }
                 };
                 float* Mdi = s.Md + i * KHp + static_cast<int64_t>(q0) * Hp;
-                float* xdo = xd_next + i * Kd + q0 * d;
-                // x_i += (dd sc + dx coef) per direction, coef = phid / nrm - phi nrmd / nrm^2.
+                // x_i += (dd sc + dx coef) per direction, coef = phid / nrm - phi nrmd / nrm^2,
+                // from the directions' c-tangents cd [Kp]: own rows scalar, else vectors.
                 const float coef_c = dphi_dc / nrm, coef_r = phi * dnrm_dr / (nrm * nrm);
-                auto finish = [&](int r, float cd) {
-                    const float coef = coef_c * cd - coef_r * s.rd[r];
-                    for (int k = 0; k < d; ++k)
-                        xdo[r * d + k] += s.dd[r * d + k] * sc + dx[k] * coef;
+                auto finish = [&](const float* cd) {
+                    if (own_rows) {
+                        for (int r = 0; r < rows; ++r) {
+                            const float coef = coef_c * cd[r] - coef_r * s.rd[r];
+                            for (int k = 0; k < d; ++k)
+                                (xd_next + cidx(i, k))[r] += s.dd[k * Kp + r] * sc + dx[k] * coef;
+                        }
+                        return;
+                    }
+                    const vf scv = simd::splat(sc), ccv = simd::splat(coef_c),
+                             crv = simd::splat(coef_r);
+                    for (int r = 0; r < Kp; r += kLanes) {
+                        const vf coef = ccv * simd::load(cd + r) - crv * simd::load(s.rd + r);
+                        for (int k = 0; k < d; ++k) {
+                            float* xo = (xd_next + cidx(i, k)) + r;
+                            simd::store(xo, simd::load(xo) + simd::load(s.dd + k * Kp + r) * scv +
+                                                simd::splat(dx[k]) * coef);
+                        }
+                    }
                 };
                 if (first) {
                     // Layer 0: z1-tangent = ds1 (w1r rd + w1a ad): two basis rows, then each
@@ -967,20 +1007,24 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                     const float cr_ = s.cd[0], ca_ = s.cd[1];
                     const float* medr = s.Med;
                     const float* meda = s.Med + Hp;
-                    for (int q = 0; q < K; ++q) {
-                        const float rd = s.rd[q], ad = s.ad[q];
-                        bool moves = rd != 0.0f || ad != 0.0f;
-                        for (int k = 0; k < d; ++k) moves = moves || s.dd[q * d + k] != 0.0f;
-                        if (!moves) continue;  // most unit directions in layer 0
-                        if (!last) {
+                    // Each direction's c-tangent is cr_ rd + ca_ ad (the padding: zero).
+                    alignas(64) float cdq[kMaxTangentRows];
+                    float* cdl = Kp <= kMaxTangentRows ? cdq : s.Z2d;  // Z2d: free after use
+                    for (int r = 0; r < Kp; r += kLanes)
+                        simd::store(cdl + r, simd::splat(cr_) * simd::load(s.rd + r) +
+                                                 simd::splat(ca_) * simd::load(s.ad + r));
+                    if (!last) {
+                        for (int q = 0; q < K; ++q) {
+                            const float rd = s.rd[q], ad = s.ad[q];
+                            if (rd == 0.0f && ad == 0.0f) continue;  // most unit directions
                             float* mdq = Mdi + q * Hp;
                             for (int o = 0; o < Hp; o += kLanes)
                                 simd::store(mdq + o, simd::load(mdq + o) +
                                                          simd::load(medr + o) * rd +
                                                          simd::load(meda + o) * ad);
                         }
-                        finish(q, cr_ * rd + ca_ * ad);
                     }
+                    finish(cdl);
                 } else {
                     const float* Pdi = s.Pd + i * KHp + static_cast<int64_t>(q0) * Hp;
                     const float* Qdj = s.Qd + j * KHp + static_cast<int64_t>(q0) * Hp;
@@ -995,7 +1039,7 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                                      simd::load(w1r + o) * rd + simd::load(w1a + o) * ad));
                     }
                     edge_tangents(rows, last ? nullptr : Mdi, true);
-                    for (int r = 0; r < rows; ++r) finish(r, s.cd[r]);
+                    finish(s.cd);
                 }
             }
         }
@@ -1034,19 +1078,21 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
             mean /= static_cast<float>(n);
             for (int i = 0; i < n; ++i) v[i * d + k] = xL[i * d + k] - x[i * d + k] - mean;
         }
+        auto at = [&](const float* base, int i, int q) {
+            return base[(static_cast<int64_t>(i) * d + k) * Kp + q];
+        };
         if (diagonal) {
             for (int i = 0; i < n; ++i) {
                 const int q = i * d + k;
-                reduce(q, i, k, xd[i * Kd + q * d + k] - s.x0d[i * Kd + q * d + k]);
+                reduce(q, i, k, at(xd, i, q) - at(s.x0d, i, q));
             }
             continue;
         }
         for (int q = 0; q < K; ++q) {
             float mean = 0.0f;
-            for (int i = 0; i < n; ++i) mean += xd[i * Kd + q * d + k] - s.x0d[i * Kd + q * d + k];
+            for (int i = 0; i < n; ++i) mean += at(xd, i, q) - at(s.x0d, i, q);
             mean /= static_cast<float>(n);
-            for (int i = 0; i < n; ++i)
-                reduce(q, i, k, xd[i * Kd + q * d + k] - s.x0d[i * Kd + q * d + k] - mean);
+            for (int i = 0; i < n; ++i) reduce(q, i, k, at(xd, i, q) - at(s.x0d, i, q) - mean);
         }
     }
 }
