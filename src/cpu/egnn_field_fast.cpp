@@ -290,13 +290,13 @@ struct Scratch {
     float *gx, *gx2, *gx0;                      // [n][d]
     float* G;                                   // [grad_size] the float gradient accumulator
     // forward mode with K tangents
-    float *hd, *hd2, *Pd, *Qd, *Md;  // [n][K][Hp]
-    float *xd, *xd2, *x0d;           // [n][d][Kp]: coordinate-major, Kp = K padded to lanes
-    float *S1d, *Z2d;                // [max(K, 2)][Hp]
-    float* Med;                      // [2][Hp]
-    float *rd, *ad, *cd, *dd;        // [K], dd [K][d]
-    float *ds1, *dm, *dsc, *weff;    // [Hp]
-    float *u_a, *u_c;                // [Hp]
+    float *hd, *hd2, *Pd, *Qd, *Md;      // [n][K][Hp]
+    float *xd, *xd2, *x0d;               // [n][d][Kp]: coordinate-major, Kp = K padded to lanes
+    float *S1d, *Z2d;                    // [max(K, 2)][Hp]
+    float* Med;                          // [2][Hp]
+    float *rd, *ad, *cd, *dd;            // [K], dd [K][d]
+    float *ds1, *dm, *dmg, *dsc, *weff;  // [Hp]; dmg = dm g (g the edge's gate, or 1)
+    float *u_a, *u_c;                    // [Hp]
 
     // Returns the floats used; with mem == nullptr only counts.
     static size_t carve(Scratch& s, float* mem, const Dims& D, FieldOp op, int K,
@@ -336,7 +336,8 @@ struct Scratch {
             s.Med = c.take(2 * int64_t{Hp});  // layer 0's two basis rows
             for (float** p : {&s.rd, &s.ad, &s.cd}) *p = c.take(Kp);
             s.dd = c.take(d * Kp);  // [d][Kp]
-            for (float** p : {&s.ds1, &s.dm, &s.dsc, &s.weff, &s.u_a, &s.u_c}) *p = c.take(Hp);
+            for (float** p : {&s.ds1, &s.dm, &s.dmg, &s.dsc, &s.weff, &s.u_a, &s.u_c})
+                *p = c.take(Hp);
         }
         return c.used;
     }
@@ -943,6 +944,7 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                         const vf dmv = simd::load(s.dm + o), wv = simd::load(s.weff + o);
                         simd::store(s.u_a + o, dmv * simd::load(wa + o));
                         simd::store(s.u_c + o, dmv * wv);
+                        simd::store(s.dmg + o, dmv * (D.attention ? g : 1.0f));
                         acc += simd::load(mm + o) * wv;
                     }
                     mm_c = simd::hsum(acc);
@@ -958,14 +960,16 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                             za += zv * simd::load(s.u_a + o);
                             cz += zv * simd::load(s.u_c + o);
                         }
-                        const float gd = D.attention ? gate_slope * simd::hsum(za) : 0.0f;
+                        float za_s, cz_s;
+                        simd::hsum2(za, cz, za_s, cz_s);
+                        const float gd = D.attention ? gate_slope * za_s : 0.0f;
                         const float gm = D.attention ? g : 1.0f;
-                        s.cd[q] = gm * simd::hsum(cz) + gd * mm_c;
+                        s.cd[q] = gm * cz_s + gd * mm_c;
                         if (med == nullptr) continue;
                         float* mq = med + q * Hp;
-                        const vf gv = simd::splat(gm), gdv = simd::splat(gd);
+                        const vf gdv = simd::splat(gd);
                         for (int o = 0; o < Hp; o += kLanes) {
-                            vf mv = simd::load(z2d + o) * simd::load(s.dm + o) * gv;
+                            vf mv = simd::load(z2d + o) * simd::load(s.dmg + o);
                             if (D.attention) mv += simd::load(mm + o) * gdv;
                             if (accumulate) mv += simd::load(mq + o);
                             simd::store(mq + o, mv);

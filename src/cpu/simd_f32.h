@@ -78,6 +78,31 @@ inline float hsum(vf v) {
     return v[0];
 }
 
+// {hsum(a), hsum(b)} with one shuffle tree for both: the first step folds a's and b's halves
+// into one vector (a's partial sums in the low half, b's in the high), the rest runs once.
+inline void hsum2(vf a, vf b, float& sa, float& sb) {
+#if defined(__AVX512F__)
+    vf v =
+        __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+        __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 4, 5, 6, 7, 12, 13, 14, 15, 12, 13, 14, 15);
+    v += __builtin_shufflevector(v, v, 2, 3, 2, 3, 2, 3, 2, 3, 10, 11, 10, 11, 10, 11, 10, 11);
+    v += __builtin_shufflevector(v, v, 1, 1, 1, 1, 1, 1, 1, 1, 9, 9, 9, 9, 9, 9, 9, 9);
+    sa = v[0];
+    sb = v[8];
+#elif defined(__AVX__)
+    vf v = __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15);
+    v += __builtin_shufflevector(v, v, 2, 3, 2, 3, 6, 7, 6, 7);
+    v += __builtin_shufflevector(v, v, 1, 1, 1, 1, 5, 5, 5, 5);
+    sa = v[0];
+    sb = v[4];
+#else
+    sa = hsum(a);
+    sb = hsum(b);
+#endif
+}
+
 // exp(x) for float lanes, branch-free (Cephes' expf: range reduction by ln 2, degree-6
 // polynomial, scaling by the exponent bits); relative error about 2 ulp, inputs clamped to
 // [-87.3, 88.3] so the result stays a normal float (the scale is 2^n with n = round(x log2 e),
@@ -106,13 +131,14 @@ inline vf vexp(vf x) {
     std::memcpy(&scale, &e, sizeof scale);
     return y * scale;
 }
-// 1 / x for x >= 1 (the callers' 1 + exp(.)): the hardware's reciprocal estimate and one Newton
-// step, r + r (1 - x r), within about 2 ulp of the quotient. A vector division is the slowest
-// instruction of the edge loops (AVX-512 vdivps: one every ~10 cycles, on an FMA port), and the
-// edge MLPs take three sigmoids per edge row. The estimate has 14 bits with AVX-512 and 12 with
-// AVX. x is capped at 2^126 first: an infinite x (exp overflowing) has the estimate 0 and would
-// make the Newton step 0 * (1 - inf * 0) = NaN; 2^-126 instead of 1/x beyond the cap is an error
-// under 1.2e-38. The portable build divides.
+// 1 / x for x >= 1 (the callers' 1 + exp(.)): the hardware's reciprocal estimate refined by
+// Newton steps r + r (1 - x r). A vector division is the slowest instruction of the edge loops
+// (AVX-512 vdivps: one every ~10 cycles, on an FMA port), and the edge MLPs take three sigmoids
+// per edge row. AVX-512's estimate has 14 bits: one step, within ~1 ulp, 1/1 exactly. AVX's has
+// 12: one step leaves ~2 ulp and 1/1 = 0.99999994 (sigmoid(z) never reaching 1, sigmoid(0) one
+// ulp low), so AVX takes a second step. x is capped at 2^126 first: an infinite x would have the
+// estimate 0 and make the step 0 * (1 - inf * 0) = NaN; beyond the cap the result is 2^-126 (or
+// 0 where the estimate flushes), an error under 1.2e-38. The portable build divides.
 inline vf vrecip(vf x) {
 #if defined(__AVX512F__) || defined(__AVX__)
     const vf cap = splat(8.50705917e37f);  // 2^126
@@ -120,10 +146,12 @@ inline vf vrecip(vf x) {
 #if defined(__AVX512F__)
     const vf r =
         reinterpret_cast<vf>(_mm512_maskz_rcp14_ps(__mmask16(0xffff), reinterpret_cast<__m512>(x)));
-#else
-    const vf r = reinterpret_cast<vf>(_mm256_rcp_ps(reinterpret_cast<__m256>(x)));
-#endif
     return r + r * (1.0f - x * r);
+#else
+    vf r = reinterpret_cast<vf>(_mm256_rcp_ps(reinterpret_cast<__m256>(x)));
+    r = r + r * (1.0f - x * r);
+    return r + r * (1.0f - x * r);
+#endif
 #else
     return 1.0f / x;
 #endif
