@@ -31,7 +31,9 @@
 // as one [K][Hp] x [Hp][Hp] product with the primal quantities computed once, and the tangent of c
 // = wc2 . SiLU(Wc1 me + bc1) is (Wc1^T dsc) . me-tangent, one H x H product per edge rather than
 // per direction; in layer 0 (no tangent on h) an edge's tangent is linear in (dr, da) only, so two
-// basis tangents per edge replace the K. The exact divergence wants only the Jacobian's diagonal,
+// basis tangents per edge replace the K. The coordinates' tangents are coordinate-major, [n][d][Kp]
+// (directions innermost, padded to the vector width), so the per-direction work of an edge is
+// vector arithmetic over the directions. The exact divergence wants only the Jacobian's diagonal,
 // so its last layer carries each edge's d own directions instead of the K (sample_jvp).
 //
 // Threads. Rows are cut into fixed chunks of kChunkRows; min(threads, chunks) workers take
