@@ -161,65 +161,49 @@ struct LaneGrad {
 // stores every output dual once per weight, two loads and two stores per two FMAs here.
 constexpr int kGemvTile = simd::kVectorRegisters >= 32 ? 8 : 4;
 
-// y[o] = b[o] + sum_k Wt[k][o] x[k], k ascending (gemv_transposed).
+// out[r] += sum_i W[i stride + r] in[i], i ascending, r < T: the outputs' duals in registers.
 template <int T>
-inline void gemv_transposed_tile(const float* Wt, int rows, int cols, const LaneDual* x,
-                                 const float* b, LaneDual* y, int o) {
+inline void dual_tile(const float* W, int64_t stride, int count, const LaneDual* in,
+                      LaneDual* out) {
     vf av[T], ad[T];
 #pragma GCC unroll 8
     for (int r = 0; r < T; ++r) {
-        av[r] = b ? simd::splat(b[o + r]) : vf{};
-        ad[r] = vf{};
+        av[r] = out[r].v;
+        ad[r] = out[r].d;
     }
-    for (int k = 0; k < cols; ++k) {
-        const vf xv = x[k].v, xd = x[k].d;
-        const float* w = Wt + static_cast<int64_t>(k) * rows + o;
+    for (int i = 0; i < count; ++i) {
+        const vf iv = in[i].v, id = in[i].d;
+        const float* w = W + i * stride;
 #pragma GCC unroll 8
         for (int r = 0; r < T; ++r) {
             const vf s = simd::splat(w[r]);
-            av[r] += xv * s;
-            ad[r] += xd * s;
+            av[r] += iv * s;
+            ad[r] += id * s;
         }
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < T; ++r) y[o + r] = LaneDual(av[r], ad[r]);
+    for (int r = 0; r < T; ++r) out[r] = LaneDual(av[r], ad[r]);
 }
+// out[r] += sum_i W[i stride + r] in[i] for r < n, in tiles.
+inline void dual_products(const float* W, int64_t stride, int count, const LaneDual* in,
+                          LaneDual* out, int n) {
+    int r = 0;
+    for (; r + kGemvTile <= n; r += kGemvTile)
+        dual_tile<kGemvTile>(W + r, stride, count, in, out + r);
+    for (; r < n; ++r) dual_tile<1>(W + r, stride, count, in, out + r);
+}
+
+// y[o] = b[o] + sum_k Wt[k][o] x[k], k ascending (gemv_transposed).
 inline void gemv_transposed(const float* Wt, int rows, int cols, const LaneDual* x, const float* b,
                             LaneDual* y) {
-    int o = 0;
-    for (; o + kGemvTile <= rows; o += kGemvTile)
-        gemv_transposed_tile<kGemvTile>(Wt, rows, cols, x, b, y, o);
-    for (; o < rows; ++o) gemv_transposed_tile<1>(Wt, rows, cols, x, b, y, o);
+    for (int o = 0; o < rows; ++o) y[o] = b ? LaneDual(b[o]) : LaneDual(0.0);
+    dual_products(Wt, rows, cols, x, y, rows);
 }
 
 // x[k] += sum_o W[o*ld + k] y[o], o ascending (gemv_t_add).
-template <int T>
-inline void gemv_t_add_tile(const float* W, int64_t ld, int rows, const LaneDual* y, LaneDual* x,
-                            int k) {
-    vf av[T], ad[T];
-#pragma GCC unroll 8
-    for (int r = 0; r < T; ++r) {
-        av[r] = x[k + r].v;
-        ad[r] = x[k + r].d;
-    }
-    for (int o = 0; o < rows; ++o) {
-        const vf yv = y[o].v, yd = y[o].d;
-        const float* w = W + o * ld + k;
-#pragma GCC unroll 8
-        for (int r = 0; r < T; ++r) {
-            const vf s = simd::splat(w[r]);
-            av[r] += s * yv;
-            ad[r] += s * yd;
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < T; ++r) x[k + r] = LaneDual(av[r], ad[r]);
-}
 inline void gemv_t_add(const float* W, int64_t ld, int rows, int cols, const LaneDual* y,
                        LaneDual* x) {
-    int k = 0;
-    for (; k + kGemvTile <= cols; k += kGemvTile) gemv_t_add_tile<kGemvTile>(W, ld, rows, y, x, k);
-    for (; k < cols; ++k) gemv_t_add_tile<1>(W, ld, rows, y, x, k);
+    dual_products(W, ld, rows, y, x, cols);
 }
 
 // The outer products dW += y x^T (tangents only: (y x).d = y.v x.d + y.d x.v) are most of the
