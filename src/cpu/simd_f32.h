@@ -138,15 +138,22 @@ inline vf vexp(vf x) {
 // 12: one step leaves ~2 ulp and 1/1 = 0.99999994 (sigmoid(z) never reaching 1, sigmoid(0) one
 // ulp low), so AVX takes a second step. x is capped at 2^126 first: an infinite x would have the
 // estimate 0 and make the step 0 * (1 - inf * 0) = NaN; beyond the cap the result is 2^-126 (or
-// 0 where the estimate flushes), an error under 1.2e-38. The portable build divides.
+// 0 where the estimate flushes), an error under 1.2e-38. The steps are explicit FMAs (the
+// residual 1 - x r is exact in one): without them, in a build that does not contract (-O1: the
+// ASan job), the rounded product x r cost another ulp. The portable build divides.
 inline vf vrecip(vf x) {
 #if defined(__AVX512F__) || defined(__AVX__)
     const vf cap = splat(8.50705917e37f);  // 2^126
     x = x < cap ? x : cap;
 #if defined(__AVX512F__)
-    const vf r =
-        reinterpret_cast<vf>(_mm512_maskz_rcp14_ps(__mmask16(0xffff), reinterpret_cast<__m512>(x)));
-    return r + r * (1.0f - x * r);
+    const __m512 xm = reinterpret_cast<__m512>(x), one = _mm512_set1_ps(1.0f);
+    const __m512 r = _mm512_maskz_rcp14_ps(__mmask16(0xffff), xm);
+    return reinterpret_cast<vf>(_mm512_fmadd_ps(r, _mm512_fnmadd_ps(xm, r, one), r));
+#elif defined(__FMA__)
+    const __m256 xm = reinterpret_cast<__m256>(x), one = _mm256_set1_ps(1.0f);
+    __m256 r = _mm256_rcp_ps(xm);
+    r = _mm256_fmadd_ps(r, _mm256_fnmadd_ps(xm, r, one), r);
+    return reinterpret_cast<vf>(_mm256_fmadd_ps(r, _mm256_fnmadd_ps(xm, r, one), r));
 #else
     vf r = reinterpret_cast<vf>(_mm256_rcp_ps(reinterpret_cast<__m256>(x)));
     r = r + r * (1.0f - x * r);
