@@ -81,7 +81,6 @@ constexpr int kEdgeBlock = 32;         // edge rows per tile: 12 [32][Hp] arrays
 constexpr int64_t kFlushEdges = 1024;  // float gradient terms per weight before a double flush
 constexpr int kMaxPairDim = 8;         // layer 0 as pairs (layer_edges) up to this dimension
 constexpr float kNormEps = 1e-8f;      // docs/design.md section 4: sqrt(r_ij + 1e-8) + 1
-constexpr int kMaxTangentRows = 256;   // layer 0's c-tangents on the stack up to this many
 // Backward keeps every edge's forward quantities of a sample (10 [E][Hp] arrays a layer) when
 // they fit in this many bytes, about the L2 cache: LJ13 (0.6 MB) does, LJ55 (54 MB) would stream
 // from memory and recomputes them per layer instead, which is faster there.
@@ -296,7 +295,7 @@ struct Scratch {
     float *xd, *xd2, *x0d;               // [n][d][Kp]: coordinate-major, Kp = K padded to lanes
     float *S1d, *Z2d;                    // [max(K, 2)][Hp]
     float* Med;                          // [2][Hp]
-    float *rd, *ad, *cd, *dd;            // [K], dd [K][d]
+    float *rd, *ad, *cd, *dd;            // [Kp] (padding zero), dd [d][Kp]
     float *ds1, *dm, *dmg, *dsc, *weff;  // [Hp]; dmg = dm g (g the edge's gate, or 1)
     float *u_a, *u_c;                    // [Hp]
 
@@ -908,8 +907,8 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                 if (own_rows) {
                     for (int r = 0; r < rows; ++r) s.rd[r] = s.ad[r] = 0.0f;
                     for (int k = 0; k < d; ++k) {
-                        const float *xdi = (xd + cidx(i, k)), *xdj = (xd + cidx(j, k));
-                        const float *x0di = (s.x0d + cidx(i, k)), *x0dj = (s.x0d + cidx(j, k));
+                        const float *xdi = xd + cidx(i, k), *xdj = xd + cidx(j, k);
+                        const float *x0di = s.x0d + cidx(i, k), *x0dj = s.x0d + cidx(j, k);
                         for (int r = 0; r < rows; ++r) {
                             const float ddk = xdi[r] - xdj[r];
                             s.dd[k * Kp + r] = ddk;
@@ -921,13 +920,13 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                     for (int r = 0; r < Kp; r += kLanes) {
                         vf rdv = vf{}, adv = vf{};
                         for (int k = 0; k < d; ++k) {
-                            const vf ddk = simd::load((xd + cidx(i, k)) + r) -
-                                           simd::load((xd + cidx(j, k)) + r);
+                            const vf ddk =
+                                simd::load(xd + cidx(i, k) + r) - simd::load(xd + cidx(j, k) + r);
                             simd::store(s.dd + k * Kp + r, ddk);
                             rdv += simd::splat(2.0f * dx[k]) * ddk;
                             adv +=
-                                simd::splat(2.0f * dx0[k]) * (simd::load((s.x0d + cidx(i, k)) + r) -
-                                                              simd::load((s.x0d + cidx(j, k)) + r));
+                                simd::splat(2.0f * dx0[k]) * (simd::load(s.x0d + cidx(i, k) + r) -
+                                                              simd::load(s.x0d + cidx(j, k) + r));
                         }
                         simd::store(s.rd + r, rdv);
                         simd::store(s.ad + r, adv);
@@ -987,7 +986,7 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                         for (int r = 0; r < rows; ++r) {
                             const float coef = coef_c * cd[r] - coef_r * s.rd[r];
                             for (int k = 0; k < d; ++k)
-                                (xd_next + cidx(i, k))[r] += s.dd[k * Kp + r] * sc + dx[k] * coef;
+                                xd_next[cidx(i, k) + r] += s.dd[k * Kp + r] * sc + dx[k] * coef;
                         }
                         return;
                     }
@@ -996,7 +995,7 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                     for (int r = 0; r < Kp; r += kLanes) {
                         const vf coef = ccv * simd::load(cd + r) - crv * simd::load(s.rd + r);
                         for (int k = 0; k < d; ++k) {
-                            float* xo = (xd_next + cidx(i, k)) + r;
+                            float* xo = xd_next + cidx(i, k) + r;
                             simd::store(xo, simd::load(xo) + simd::load(s.dd + k * Kp + r) * scv +
                                                 simd::splat(dx[k]) * coef);
                         }
@@ -1013,12 +1012,11 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                     const float cr_ = s.cd[0], ca_ = s.cd[1];
                     const float* medr = s.Med;
                     const float* meda = s.Med + Hp;
-                    // Each direction's c-tangent is cr_ rd + ca_ ad (the padding: zero).
-                    alignas(64) float cdq[kMaxTangentRows];
-                    float* cdl = Kp <= kMaxTangentRows ? cdq : s.Z2d;  // Z2d: free after use
+                    // Each direction's c-tangent is cr_ rd + ca_ ad, into cd (its padding stays
+                    // zero: rd and ad are zero there).
                     for (int r = 0; r < Kp; r += kLanes)
-                        simd::store(cdl + r, simd::splat(cr_) * simd::load(s.rd + r) +
-                                                 simd::splat(ca_) * simd::load(s.ad + r));
+                        simd::store(s.cd + r, simd::splat(cr_) * simd::load(s.rd + r) +
+                                                  simd::splat(ca_) * simd::load(s.ad + r));
                     if (!last) {
                         for (int q = 0; q < K; ++q) {
                             const float rd = s.rd[q], ad = s.ad[q];
@@ -1030,7 +1028,7 @@ void sample_jvp(const Net& net, const float* x, float t, int K, const float* dir
                                                          simd::load(meda + o) * ad);
                         }
                     }
-                    finish(cdl);
+                    finish(s.cd);
                 } else {
                     const float* Pdi = s.Pd + i * KHp + static_cast<int64_t>(q0) * Hp;
                     const float* Qdj = s.Qd + j * KHp + static_cast<int64_t>(q0) * Hp;
